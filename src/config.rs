@@ -1,0 +1,988 @@
+//! Typed configuration: loading, validation (every problem at once) and the
+//! Kafka client settings derived from it.
+//!
+//! Sources, later ones winning: built-in defaults, an optional TOML file, then
+//! environment variables named after the key path, e.g.
+//! `SEGSTREAM__KAFKA__BOOTSTRAP_SERVERS` for `kafka.bootstrap_servers`
+//! (`SEGSTREAM__INPUT__TOPICS` takes a comma-separated list).
+//!
+//! Loading never stops at the first mistake: unknown keys, values of the wrong
+//! type and values out of range are all collected into one [`ConfigError`].
+//! Secrets ([`Secret`]) never appear in `Debug` output, logs or errors.
+//!
+//! This module owns no runtime objects; each stage builds its own from the
+//! section it needs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Decoder, Encoding, Limits};
+
+/// Prefix of environment overrides (`SEGSTREAM__SECTION__KEY`).
+pub const ENV_PREFIX: &str = "SEGSTREAM";
+
+/// The whole configuration of a segstream instance.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Kafka connection settings shared by every client of the instance.
+    pub kafka: KafkaConfig,
+    /// Where events come from and how they are read.
+    pub input: InputConfig,
+    /// Contract bounds applied to every event.
+    pub validation: ValidationConfig,
+    /// Where refused records go.
+    pub dead_letter: DeadLetterConfig,
+    /// Logging.
+    pub telemetry: TelemetryConfig,
+}
+
+/// Kafka connection settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list of brokers to bootstrap from.
+    pub bootstrap_servers: String,
+    /// Consumer group; instances with the same group share the partitions.
+    pub group_id: String,
+    /// Client id reported to the brokers (shows up in broker logs and quotas).
+    pub client_id: String,
+    /// Transport security.
+    pub security_protocol: SecurityProtocol,
+    /// SASL credentials, used with `sasl_plaintext` and `sasl_ssl`.
+    pub sasl: SaslConfig,
+    /// TLS files, used with `ssl` and `sasl_ssl`.
+    pub tls: TlsConfig,
+    /// Extra librdkafka properties passed through verbatim (e.g.
+    /// `"session.timeout.ms" = "30000"`). Properties segstream manages itself
+    /// are refused here.
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_bootstrap_servers() -> String {
+    "127.0.0.1:19092".to_string()
+}
+
+fn default_group_id() -> String {
+    "segstream".to_string()
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: default_bootstrap_servers(),
+            group_id: default_group_id(),
+            client_id: default_group_id(),
+            security_protocol: SecurityProtocol::default(),
+            sasl: SaslConfig::default(),
+            tls: TlsConfig::default(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// Kafka `security.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    /// No TLS, no authentication.
+    #[default]
+    Plaintext,
+    /// TLS, no SASL.
+    Ssl,
+    /// SASL without TLS.
+    SaslPlaintext,
+    /// SASL over TLS.
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    fn as_librdkafka(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    fn uses_sasl(self) -> bool {
+        matches!(self, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
+    }
+
+    fn uses_tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+}
+
+/// SASL mechanism.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum SaslMechanism {
+    /// SCRAM with SHA-512 (the default).
+    #[default]
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+    /// SCRAM with SHA-256.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// PLAIN (only over TLS in production).
+    #[serde(rename = "PLAIN")]
+    Plain,
+}
+
+impl SaslMechanism {
+    fn as_librdkafka(self) -> &'static str {
+        match self {
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::Plain => "PLAIN",
+        }
+    }
+}
+
+/// SASL credentials. Give the password inline (better: through
+/// `SEGSTREAM__KAFKA__SASL__PASSWORD`) or as a file, not both.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SaslConfig {
+    /// Mechanism: `SCRAM-SHA-512`, `SCRAM-SHA-256` or `PLAIN`.
+    pub mechanism: SaslMechanism,
+    /// User name.
+    pub username: String,
+    /// Password (secret).
+    pub password: Secret,
+    /// File holding the password (e.g. a mounted Kubernetes secret).
+    pub password_file: Option<PathBuf>,
+}
+
+/// TLS settings (PEM files).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// CA bundle to verify brokers with; the system store when unset.
+    pub ca_location: Option<PathBuf>,
+    /// Client certificate, for mutual TLS.
+    pub certificate_location: Option<PathBuf>,
+    /// Client private key, for mutual TLS.
+    pub key_location: Option<PathBuf>,
+    /// Password of the private key (secret).
+    pub key_password: Secret,
+    /// File holding the private key's password.
+    pub key_password_file: Option<PathBuf>,
+    /// Verify that the broker certificate matches its host name.
+    pub verify_hostname: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            ca_location: None,
+            certificate_location: None,
+            key_location: None,
+            key_password: Secret::default(),
+            key_password_file: None,
+            verify_hostname: true,
+        }
+    }
+}
+
+/// Input topics and how they are read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// Topics to consume; every one must be keyed by customer id.
+    pub topics: Vec<String>,
+    /// `auto` (detect protobuf or JSON per record), `protobuf` or `json`.
+    pub encoding: Encoding,
+    /// Where a group with no committed offset starts: `earliest` or `latest`.
+    pub auto_offset_reset: OffsetReset,
+    /// Most records decoded per batch.
+    pub batch_size: usize,
+    /// Longest wait to fill a batch once its first record arrived.
+    #[serde(with = "humantime_serde")]
+    pub batch_max_wait: Duration,
+}
+
+/// Input topics used when none are configured.
+pub fn default_input_topics() -> Vec<String> {
+    ["events.browse", "events.purchase", "events.review"]
+        .map(String::from)
+        .to_vec()
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig {
+            topics: default_input_topics(),
+            encoding: Encoding::Auto,
+            auto_offset_reset: OffsetReset::Earliest,
+            batch_size: 1000,
+            batch_max_wait: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Kafka `auto.offset.reset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OffsetReset {
+    /// Start from the beginning of each partition.
+    #[default]
+    Earliest,
+    /// Start from the end.
+    Latest,
+}
+
+/// Contract bounds (see `event::Limits`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    /// Largest accepted record value, in bytes.
+    pub max_event_bytes: usize,
+    /// Longest id (event, customer, order, product, session), in bytes.
+    pub max_id_bytes: usize,
+    /// Longest category or currency, in bytes.
+    pub max_name_bytes: usize,
+    /// Longest review text, in bytes.
+    pub max_text_bytes: usize,
+    /// Most line items per purchase.
+    pub max_line_items: usize,
+    /// Oldest accepted event time, as an age relative to now (e.g. `1095d`).
+    #[serde(with = "humantime_serde")]
+    pub max_past: Duration,
+    /// Furthest accepted event time into the future (clock skew), e.g. `10m`.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
+    /// Refuse records whose Kafka key is not their `customer_id`.
+    pub require_key_match: bool,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        ValidationConfig {
+            max_event_bytes: l.max_event_bytes,
+            max_id_bytes: l.max_id_bytes,
+            max_name_bytes: l.max_name_bytes,
+            max_text_bytes: l.max_text_bytes,
+            max_line_items: l.max_line_items,
+            max_past: Duration::from_millis(l.max_past_ms.unsigned_abs()),
+            max_future: Duration::from_millis(l.max_future_ms.unsigned_abs()),
+            require_key_match: l.require_key_match,
+        }
+    }
+}
+
+impl ValidationConfig {
+    /// The limits the decoder enforces.
+    pub fn limits(&self) -> Limits {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Limits {
+            max_event_bytes: self.max_event_bytes,
+            max_id_bytes: self.max_id_bytes,
+            max_name_bytes: self.max_name_bytes,
+            max_text_bytes: self.max_text_bytes,
+            max_line_items: self.max_line_items,
+            max_past_ms: ms(self.max_past),
+            max_future_ms: ms(self.max_future),
+            require_key_match: self.require_key_match,
+        }
+    }
+}
+
+/// The dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterConfig {
+    /// Topic receiving refused records with their original bytes and reasons.
+    pub topic: String,
+    /// Values longer than this are cut to this length (headers then say
+    /// `segstream.dlq.truncated=true` and give the original size), so one
+    /// oversized record cannot exceed the dead-letter topic's own limit.
+    pub max_value_bytes: usize,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        DeadLetterConfig {
+            topic: "segstream-dlq".to_string(),
+            max_value_bytes: 512 * 1024,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `text` for people, `json` for log pipelines (production).
+    pub log_format: LogFormat,
+    /// A `tracing` filter such as `info` or `segstream=debug,rdkafka=warn`;
+    /// the `RUST_LOG` environment variable wins when set.
+    pub log_level: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            log_format: LogFormat::Text,
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A secret string: never printed by `Debug`, serialized as `"<redacted>"`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself; only for handing it to a client library.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether no secret was given.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("Secret(<empty>)")
+        } else {
+            f.write_str("Secret(<redacted>)")
+        }
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "<redacted>" })
+    }
+}
+
+/// One thing wrong with a configuration, at a key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, e.g. `kafka.sasl.username` (empty for the whole file).
+    pub path: String,
+    /// What is wrong and, where possible, how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Everything wrong with a configuration, all at once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The problems, in key order as found.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "{n} configuration problem{}:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn single(path: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            problems: vec![Problem {
+                path: path.to_string(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+/// Collects problems while checking.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// Like [`Config::load`] with an explicit environment (for tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let prefix = format!("{ENV_PREFIX}__");
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .collect();
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::single(
+                    "",
+                    format!("configuration file {} does not exist", path.display()),
+                ));
+            }
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("input.topics")
+                .source(Some(env)),
+        );
+        let merged = builder
+            .build()
+            .and_then(|c| c.try_deserialize::<serde_json::Value>())
+            .map_err(|e| ConfigError::single("", format!("cannot read configuration: {e}")))?;
+        Self::from_value(merged)
+    }
+
+    /// Checks and converts an already-merged configuration tree, reporting
+    /// unknown keys, wrong types and invalid values together.
+    pub fn from_value(mut tree: serde_json::Value) -> Result<Config, ConfigError> {
+        let mut problems = Problems::default();
+        let defaults = serde_json::to_value(Config::default())
+            .map_err(|e| ConfigError::single("", format!("internal: defaults: {e}")))?;
+        if tree.is_null() {
+            tree = serde_json::Value::Object(Default::default());
+        }
+        prune_unknown(&mut tree, &defaults, "", &mut problems);
+
+        // serde stops at the first bad value; record it, put the default in its
+        // place and try again, so that every bad value is reported.
+        let mut config = None;
+        for _ in 0..64 {
+            match serde_path_to_error::deserialize::<_, Config>(&tree) {
+                Ok(c) => {
+                    config = Some(c);
+                    break;
+                }
+                Err(e) => {
+                    let path = e.path().to_string();
+                    let path = if path == "." { String::new() } else { path };
+                    let message = if is_secret_path(&path) {
+                        "invalid value (not shown: this key holds a secret)".to_string()
+                    } else {
+                        e.inner().to_string()
+                    };
+                    problems.add(path.clone(), message);
+                    if !replace_with_default(&mut tree, &defaults, &path) {
+                        break;
+                    }
+                }
+            }
+        }
+        let Some(config) = config else {
+            return Err(ConfigError {
+                problems: problems.0,
+            });
+        };
+        config.check(&mut problems);
+        if problems.0.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                problems: problems.0,
+            })
+        }
+    }
+
+    /// Semantic checks of a well-typed configuration.
+    fn check(&self, p: &mut Problems) {
+        self.kafka.check(p);
+        let i = &self.input;
+        if i.topics.is_empty() {
+            p.add("input.topics", "at least one input topic is required");
+        }
+        for (n, t) in i.topics.iter().enumerate() {
+            if let Err(why) = check_topic_name(t) {
+                p.add(format!("input.topics[{n}]"), why);
+            }
+            if i.topics[..n].contains(t) {
+                p.add(format!("input.topics[{n}]"), format!("topic {t:?} is listed twice"));
+            }
+        }
+        range(p, "input.batch_size", i.batch_size, 1, 100_000);
+        if i.batch_max_wait > Duration::from_secs(10) {
+            p.add("input.batch_max_wait", "must be at most 10s");
+        }
+
+        let v = &self.validation;
+        range(p, "validation.max_event_bytes", v.max_event_bytes, 16, 16 << 20);
+        range(p, "validation.max_id_bytes", v.max_id_bytes, 8, 4096);
+        range(p, "validation.max_name_bytes", v.max_name_bytes, 8, 4096);
+        range(p, "validation.max_text_bytes", v.max_text_bytes, 0, 1 << 20);
+        range(p, "validation.max_line_items", v.max_line_items, 1, 100_000);
+        if v.max_past.is_zero() {
+            p.add("validation.max_past", "must be greater than zero");
+        }
+
+        let d = &self.dead_letter;
+        if let Err(why) = check_topic_name(&d.topic) {
+            p.add("dead_letter.topic", why);
+        }
+        if i.topics.contains(&d.topic) {
+            p.add(
+                "dead_letter.topic",
+                "must not be one of the input topics (refused records would loop)",
+            );
+        }
+        range(p, "dead_letter.max_value_bytes", d.max_value_bytes, 1024, 16 << 20);
+
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level) {
+            p.add("telemetry.log_level", format!("not a valid log filter: {e}"));
+        }
+    }
+
+    /// The decoder the ingest stage uses.
+    pub fn decoder(&self) -> Decoder {
+        Decoder::new(self.input.encoding, self.validation.limits())
+    }
+}
+
+/// librdkafka properties segstream sets itself; `kafka.properties` may not.
+const MANAGED_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "kafka.bootstrap_servers"),
+    ("metadata.broker.list", "kafka.bootstrap_servers"),
+    ("group.id", "kafka.group_id"),
+    ("client.id", "kafka.client_id"),
+    ("security.protocol", "kafka.security_protocol"),
+    ("sasl.mechanism", "kafka.sasl.mechanism"),
+    ("sasl.mechanisms", "kafka.sasl.mechanism"),
+    ("sasl.username", "kafka.sasl.username"),
+    ("sasl.password", "kafka.sasl.password"),
+    ("ssl.ca.location", "kafka.tls.ca_location"),
+    ("ssl.certificate.location", "kafka.tls.certificate_location"),
+    ("ssl.key.location", "kafka.tls.key_location"),
+    ("ssl.key.password", "kafka.tls.key_password"),
+    ("enable.auto.commit", "(segstream commits offsets with its outputs)"),
+    ("enable.auto.offset.store", "(segstream commits offsets with its outputs)"),
+    ("isolation.level", "(always read_committed)"),
+    ("partition.assignment.strategy", "(always cooperative-sticky)"),
+    ("transactional.id", "(managed by the pipeline)"),
+    ("auto.offset.reset", "input.auto_offset_reset"),
+];
+
+impl KafkaConfig {
+    fn check(&self, p: &mut Problems) {
+        if self.bootstrap_servers.trim().is_empty() {
+            p.add("kafka.bootstrap_servers", "at least one host:port is required");
+        }
+        for server in self.bootstrap_servers.split(',').map(str::trim) {
+            if server.is_empty() {
+                continue;
+            }
+            let port = server
+                .rsplit_once(':')
+                .and_then(|(host, port)| (!host.is_empty()).then_some(port))
+                .and_then(|port| port.parse::<u16>().ok())
+                .filter(|port| *port != 0);
+            if port.is_none() {
+                p.add(
+                    "kafka.bootstrap_servers",
+                    format!("{server:?} is not host:port"),
+                );
+            }
+        }
+        if self.group_id.trim().is_empty() {
+            p.add("kafka.group_id", "must not be empty");
+        }
+        if self.client_id.trim().is_empty() {
+            p.add("kafka.client_id", "must not be empty");
+        }
+        let sasl = &self.sasl;
+        let sasl_given = !sasl.username.is_empty()
+            || !sasl.password.is_empty()
+            || sasl.password_file.is_some();
+        if self.security_protocol.uses_sasl() {
+            if sasl.username.is_empty() {
+                p.add(
+                    "kafka.sasl.username",
+                    "required with security_protocol sasl_plaintext or sasl_ssl",
+                );
+            }
+            check_secret(
+                p,
+                "kafka.sasl.password",
+                &sasl.password,
+                sasl.password_file.as_deref(),
+                true,
+            );
+        } else if sasl_given {
+            p.add(
+                "kafka.sasl",
+                "SASL credentials are set but security_protocol does not use SASL \
+                 (use sasl_ssl or sasl_plaintext)",
+            );
+        }
+        let tls = &self.tls;
+        let tls_given = tls.ca_location.is_some()
+            || tls.certificate_location.is_some()
+            || tls.key_location.is_some();
+        if self.security_protocol.uses_tls() {
+            for (key, path) in [
+                ("kafka.tls.ca_location", &tls.ca_location),
+                ("kafka.tls.certificate_location", &tls.certificate_location),
+                ("kafka.tls.key_location", &tls.key_location),
+            ] {
+                if let Some(path) = path {
+                    if !path.is_file() {
+                        p.add(key, format!("file {} does not exist", path.display()));
+                    }
+                }
+            }
+            if tls.certificate_location.is_some() != tls.key_location.is_some() {
+                p.add(
+                    "kafka.tls",
+                    "certificate_location and key_location go together (mutual TLS)",
+                );
+            }
+            check_secret(
+                p,
+                "kafka.tls.key_password",
+                &tls.key_password,
+                tls.key_password_file.as_deref(),
+                false,
+            );
+        } else if tls_given {
+            p.add(
+                "kafka.tls",
+                "TLS files are set but security_protocol does not use TLS (use ssl or sasl_ssl)",
+            );
+        }
+        for (key, value) in &self.properties {
+            let path = format!("kafka.properties.\"{key}\"");
+            if let Some((_, instead)) = MANAGED_PROPERTIES.iter().find(|(k, _)| k == key) {
+                p.add(path, format!("is managed by segstream; use {instead}"));
+                continue;
+            }
+            let mut probe = ClientConfig::new();
+            probe.set(key, value);
+            if let Err(e) = probe.create_native_config() {
+                // librdkafka's message may quote the value, which may be secret.
+                let why = if e.to_string().contains("No such configuration property") {
+                    "is not a librdkafka property".to_string()
+                } else {
+                    "librdkafka refuses this value (not shown)".to_string()
+                };
+                p.add(path, why);
+            }
+        }
+    }
+
+    /// librdkafka settings shared by every client (connection and security),
+    /// with secrets resolved from their files.
+    pub fn client_config(&self) -> Result<ClientConfig, ConfigError> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers)
+            .set("client.id", &self.client_id)
+            .set(
+                "security.protocol",
+                self.security_protocol.as_librdkafka(),
+            );
+        if self.security_protocol.uses_sasl() {
+            let password = read_secret(
+                "kafka.sasl.password",
+                &self.sasl.password,
+                self.sasl.password_file.as_deref(),
+            )?;
+            c.set("sasl.mechanism", self.sasl.mechanism.as_librdkafka())
+                .set("sasl.username", &self.sasl.username)
+                .set("sasl.password", password.expose());
+        }
+        if self.security_protocol.uses_tls() {
+            let tls = &self.tls;
+            for (key, path) in [
+                ("ssl.ca.location", &tls.ca_location),
+                ("ssl.certificate.location", &tls.certificate_location),
+                ("ssl.key.location", &tls.key_location),
+            ] {
+                if let Some(path) = path {
+                    c.set(key, path.to_string_lossy());
+                }
+            }
+            let key_password = read_secret(
+                "kafka.tls.key_password",
+                &tls.key_password,
+                tls.key_password_file.as_deref(),
+            )?;
+            if !key_password.is_empty() {
+                c.set("ssl.key.password", key_password.expose());
+            }
+            c.set(
+                "ssl.endpoint.identification.algorithm",
+                if tls.verify_hostname { "https" } else { "none" },
+            );
+        }
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        Ok(c)
+    }
+}
+
+fn check_secret(p: &mut Problems, path: &str, inline: &Secret, file: Option<&Path>, required: bool) {
+    match (inline.is_empty(), file) {
+        (false, Some(_)) => p.add(path, "give the secret inline or as a file, not both"),
+        (true, None) if required => p.add(
+            path,
+            format!(
+                "required; set {path}_file or the environment variable {}",
+                env_name(path)
+            ),
+        ),
+        (true, Some(f)) => {
+            if let Err(e) = std::fs::read(f) {
+                p.add(
+                    format!("{path}_file"),
+                    format!("cannot read {}: {e}", f.display()),
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+fn read_secret(path: &str, inline: &Secret, file: Option<&Path>) -> Result<Secret, ConfigError> {
+    match file {
+        None => Ok(inline.clone()),
+        Some(f) => std::fs::read_to_string(f)
+            .map(|s| Secret::new(s.trim_end_matches(['\r', '\n'])))
+            .map_err(|e| {
+                ConfigError::single(
+                    &format!("{path}_file"),
+                    format!("cannot read {}: {e}", f.display()),
+                )
+            }),
+    }
+}
+
+/// The environment variable overriding a dotted key path.
+pub fn env_name(path: &str) -> String {
+    format!(
+        "{ENV_PREFIX}__{}",
+        path.replace('.', "__").to_ascii_uppercase()
+    )
+}
+
+fn is_secret_path(path: &str) -> bool {
+    path.contains("password") || path.contains("secret")
+}
+
+fn range(p: &mut Problems, path: &str, value: usize, min: usize, max: usize) {
+    if value < min || value > max {
+        p.add(path, format!("is {value}, must be between {min} and {max}"));
+    }
+}
+
+/// Kafka's topic name rules.
+pub fn check_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("topic name must not be empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a legal topic name"));
+    }
+    if name.len() > 249 {
+        return Err("topic name is longer than 249 characters".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic name {name:?} contains {c:?}; only ASCII letters, digits, '.', '_' and '-' are legal"
+        ));
+    }
+    Ok(())
+}
+
+/// Removes keys that the defaults do not know, reporting each with a
+/// suggestion; maps whose default is empty (free-form, e.g.
+/// `kafka.properties`) are left alone. Scalars given where a string is
+/// expected (environment values are parsed eagerly) are turned back into strings.
+fn prune_unknown(
+    tree: &mut serde_json::Value,
+    defaults: &serde_json::Value,
+    path: &str,
+    p: &mut Problems,
+) {
+    use serde_json::Value;
+    let (Value::Object(map), Value::Object(known)) = (&mut *tree, defaults) else {
+        if let (Value::Number(_) | Value::Bool(_), Value::String(_)) = (&*tree, defaults) {
+            *tree = Value::String(tree.to_string());
+        }
+        return;
+    };
+    if known.is_empty() {
+        return;
+    }
+    let unknown: Vec<String> = map
+        .keys()
+        .filter(|k| !known.contains_key(k.as_str()))
+        .cloned()
+        .collect();
+    for key in unknown {
+        map.remove(&key);
+        let full = join(path, &key);
+        let hint = known
+            .keys()
+            .map(|k| (edit_distance(k, &key), k))
+            .filter(|(d, _)| *d <= 3)
+            .min()
+            .map(|(_, k)| format!("; did you mean `{}`?", join(path, k)))
+            .unwrap_or_default();
+        p.add(full, format!("unknown key{hint}"));
+    }
+    for (key, value) in map.iter_mut() {
+        if let Some(d) = known.get(key) {
+            prune_unknown(value, d, &join(path, key), p);
+        }
+    }
+}
+
+/// Puts the default value at `path` (dotted, as serde_path_to_error prints
+/// it); returns false when the path cannot be resolved.
+fn replace_with_default(
+    tree: &mut serde_json::Value,
+    defaults: &serde_json::Value,
+    path: &str,
+) -> bool {
+    if path.is_empty() {
+        return false;
+    }
+    let mut segments: Vec<String> = Vec::new();
+    for part in path.split('.') {
+        // Sequence indexes print as `topics[2]`.
+        match part.split_once('[') {
+            Some((name, rest)) => {
+                segments.push(name.to_string());
+                segments.push(format!("[{rest}"));
+            }
+            None => segments.push(part.to_string()),
+        }
+    }
+    let mut node = tree;
+    let mut default = Some(defaults);
+    let last = segments.len() - 1;
+    for (i, seg) in segments.iter().enumerate() {
+        if let Some(idx) = seg.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            let Ok(idx) = idx.parse::<usize>() else {
+                return false;
+            };
+            let Some(arr) = node.as_array_mut() else {
+                return false;
+            };
+            if idx >= arr.len() {
+                return false;
+            }
+            if i == last {
+                arr.remove(idx);
+                return true;
+            }
+            default = None;
+            node = &mut arr[idx];
+        } else {
+            let Some(obj) = node.as_object_mut() else {
+                return false;
+            };
+            default = default.and_then(|d| d.get(seg.as_str()));
+            if i == last {
+                match default {
+                    Some(d) => obj.insert(seg.clone(), d.clone()),
+                    None => obj.remove(seg.as_str()),
+                };
+                return true;
+            }
+            let Some(next) = obj.get_mut(seg.as_str()) else {
+                return false;
+            };
+            node = next;
+        }
+    }
+    false
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,407 @@
+//! Bytes → unvalidated `proto::Event` → validated [`Event`].
+//!
+//! Accepted encodings, detected per record when `encoding = "auto"`:
+//! - plain protobuf `segstream.v1.Event`;
+//! - JSON following `schemas/event.schema.json` (snake_case names; the
+//!   lowerCamelCase names of the protobuf JSON mapping are accepted too, and
+//!   64-bit integers may be JSON numbers or decimal strings);
+//! - either of them in the Confluent Schema Registry wire format: magic byte
+//!   `0x00`, a 4-byte big-endian schema id, then for protobuf the message-index
+//!   list (both the single `0x00` and the explicit `[0x02,0x00]`/`[0x01,0x00]`
+//!   encodings of index `[0]` are accepted), then the message.
+//!
+//! Both JSON and protobuf are first mapped onto the generated protobuf struct,
+//! so there is exactly one validation path (see `validate.rs`).
+
+use prost::Message as _;
+use serde::Deserialize;
+
+use super::proto;
+use super::validate::{validate, Limits};
+use super::{Event, Reason, Rejection};
+
+/// Which encodings a decoder accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// Detect protobuf or JSON per record (the default).
+    #[default]
+    Auto,
+    /// Only protobuf (plain or Confluent-framed).
+    Protobuf,
+    /// Only JSON (plain or Confluent-framed).
+    Json,
+}
+
+/// How the record's value was framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// The bare message.
+    Plain,
+    /// Confluent Schema Registry wire format with this schema id.
+    Confluent {
+        /// The registry's schema id (not looked up: the contract is compiled in).
+        schema_id: u32,
+    },
+}
+
+/// Turns record bytes into validated events. Cheap to clone; holds no state.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    encoding: Encoding,
+    limits: Limits,
+}
+
+impl Decoder {
+    /// A decoder accepting `encoding` and enforcing `limits`.
+    pub fn new(encoding: Encoding, limits: Limits) -> Self {
+        Decoder { encoding, limits }
+    }
+
+    /// Decodes and validates one record value. `key` is the Kafka record key;
+    /// `now_ms` is the wall clock the time bounds are checked against.
+    pub fn decode(
+        &self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        now_ms: i64,
+    ) -> Result<(Event, Framing), Rejection> {
+        let value = value.unwrap_or_default();
+        if value.is_empty() {
+            return Err(Rejection::new(
+                Reason::EmptyValue,
+                "record value is empty (or a tombstone)",
+            ));
+        }
+        if value.len() > self.limits.max_event_bytes {
+            return Err(Rejection::new(
+                Reason::TooLarge,
+                format!(
+                    "record value is {} bytes, above the limit of {} (validation.max_event_bytes)",
+                    value.len(),
+                    self.limits.max_event_bytes
+                ),
+            ));
+        }
+        let (framing, body) = split_framing(value)?;
+        let raw = if looks_like_json(body) {
+            if self.encoding == Encoding::Protobuf {
+                return Err(Rejection::new(
+                    Reason::InvalidProtobuf,
+                    "value looks like JSON but input.encoding is \"protobuf\"",
+                ));
+            }
+            decode_json(body)?
+        } else {
+            if self.encoding == Encoding::Json {
+                return Err(Rejection::new(
+                    Reason::InvalidJson,
+                    "value is not JSON and input.encoding is \"json\"",
+                ));
+            }
+            let body = match framing {
+                Framing::Plain => body,
+                Framing::Confluent { .. } => strip_message_indexes(body)?,
+            };
+            proto::Event::decode(body).map_err(|e| {
+                Rejection::new(
+                    Reason::InvalidProtobuf,
+                    format!("not a valid segstream.v1.Event: {e}"),
+                )
+            })?
+        };
+        let event = validate(raw, key, now_ms, &self.limits)?;
+        Ok((event, framing))
+    }
+}
+
+/// Splits off a Confluent wire-format header when the value starts with the
+/// magic byte 0 (a plain protobuf Event never does: field number 0 is invalid,
+/// and JSON starts with `{` or whitespace).
+fn split_framing(value: &[u8]) -> Result<(Framing, &[u8]), Rejection> {
+    match value.first() {
+        Some(0) => {
+            if value.len() < 5 {
+                return Err(Rejection::new(
+                    Reason::BadFraming,
+                    format!(
+                        "Confluent wire format needs 5 header bytes, value has {}",
+                        value.len()
+                    ),
+                ));
+            }
+            let schema_id = u32::from_be_bytes([value[1], value[2], value[3], value[4]]);
+            Ok((Framing::Confluent { schema_id }, &value[5..]))
+        }
+        _ => Ok((Framing::Plain, value)),
+    }
+}
+
+fn looks_like_json(body: &[u8]) -> bool {
+    body.iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'{')
+}
+
+/// Reads a protobuf varint, returning the value and the bytes consumed.
+fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// Removes the Confluent protobuf message-index list and checks that it names
+/// the first message of `events.proto` (`Event`, index path `[0]`).
+///
+/// The list is a count followed by that many indexes. Confluent's serializers
+/// write zig-zag varints, and write `[0]` as the single byte `0x00`; some
+/// clients write the count unsigned (`[0x01, 0x00]`). An odd raw count is
+/// negative in zig-zag, so it is read as unsigned; an even one as zig-zag.
+fn strip_message_indexes(body: &[u8]) -> Result<&[u8], Rejection> {
+    let bad = |what: &str| Rejection::new(Reason::BadFraming, what.to_string());
+    let (raw_count, mut used) =
+        read_varint(body).ok_or_else(|| bad("truncated Confluent message-index list"))?;
+    if raw_count == 0 {
+        return Ok(&body[used..]);
+    }
+    let count = if raw_count % 2 == 1 {
+        raw_count
+    } else {
+        raw_count / 2
+    };
+    if count > 16 {
+        return Err(bad("Confluent message-index list is implausibly long"));
+    }
+    let mut path = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let (raw, n) = read_varint(&body[used..])
+            .ok_or_else(|| bad("truncated Confluent message-index list"))?;
+        used += n;
+        // Zig-zag and unsigned agree on 0; anything else is not `Event`.
+        path.push(raw);
+    }
+    if path != [0] {
+        return Err(Rejection::new(
+            Reason::UnsupportedMessageType,
+            format!(
+                "Confluent message indexes {path:?} do not name segstream.v1.Event (index [0])"
+            ),
+        ));
+    }
+    Ok(&body[used..])
+}
+
+fn decode_json(body: &[u8]) -> Result<proto::Event, Rejection> {
+    let json: JsonEvent = serde_json::from_slice(body).map_err(|e| {
+        let reason = if e.classify() == serde_json::error::Category::Data {
+            Reason::JsonWrongType
+        } else {
+            Reason::InvalidJson
+        };
+        Rejection::new(reason, format!("JSON event: {}", scrub_serde_message(&e)))
+    })?;
+    json.into_proto()
+}
+
+/// serde_json quotes offending string values in its messages; those may be
+/// review text, which must never leave the process outside the original bytes.
+fn scrub_serde_message(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let mut out = String::with_capacity(msg.len());
+    let mut in_quote = false;
+    for c in msg.chars() {
+        if c == '"' {
+            if in_quote {
+                out.push_str("\"…\"");
+            }
+            in_quote = !in_quote;
+        } else if !in_quote {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A 64-bit integer as a JSON number or, as protobuf's JSON mapping writes
+/// int64, a decimal string.
+#[derive(Debug, Clone, Copy, Default)]
+struct JsonInt(i64);
+
+impl<'de> Deserialize<'de> for JsonInt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Int(i64),
+            Str(String),
+        }
+        match Repr::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected an integer (a JSON number or a decimal string)")
+        })? {
+            Repr::Int(v) => Ok(JsonInt(v)),
+            Repr::Str(s) => s.trim().parse().map(JsonInt).map_err(|_| {
+                serde::de::Error::custom("expected an integer (a JSON number or a decimal string)")
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct JsonEvent {
+    #[serde(default, alias = "eventId")]
+    event_id: Option<String>,
+    #[serde(default, alias = "customerId")]
+    customer_id: Option<String>,
+    #[serde(default, alias = "eventTimeMs")]
+    event_time_ms: Option<JsonInt>,
+    #[serde(default)]
+    browse: Option<JsonBrowse>,
+    #[serde(default)]
+    purchase: Option<JsonPurchase>,
+    #[serde(default)]
+    review: Option<JsonReview>,
+}
+
+#[derive(Debug, Deserialize)]
+struct JsonBrowse {
+    #[serde(default, alias = "productId")]
+    product_id: Option<String>,
+    #[serde(default)]
+    category: Option<String>,
+    #[serde(default, alias = "sessionId")]
+    session_id: Option<String>,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default, alias = "dwellMs")]
+    dwell_ms: Option<JsonInt>,
+    #[serde(default, alias = "priceMinor")]
+    price_minor: Option<JsonInt>,
+}
+
+#[derive(Debug, Deserialize)]
+struct JsonLineItem {
+    #[serde(default, alias = "productId")]
+    product_id: Option<String>,
+    #[serde(default)]
+    category: Option<String>,
+    #[serde(default)]
+    quantity: Option<JsonInt>,
+    #[serde(default, alias = "unitPriceMinor")]
+    unit_price_minor: Option<JsonInt>,
+}
+
+#[derive(Debug, Deserialize)]
+struct JsonPurchase {
+    #[serde(default, alias = "orderId")]
+    order_id: Option<String>,
+    #[serde(default)]
+    items: Option<Vec<JsonLineItem>>,
+    #[serde(default, alias = "totalMinor")]
+    total_minor: Option<JsonInt>,
+    #[serde(default)]
+    currency: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct JsonReview {
+    #[serde(default, alias = "productId")]
+    product_id: Option<String>,
+    #[serde(default)]
+    category: Option<String>,
+    #[serde(default)]
+    rating: Option<JsonInt>,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+/// Maps a JSON action name (`view`, or the protobuf enum name
+/// `BROWSE_ACTION_VIEW`) to the protobuf enum value; -1 when unknown, which
+/// validation rejects like any unknown enum value.
+fn action_from_json(name: Option<&str>) -> i32 {
+    let Some(name) = name else { return 0 };
+    let short = name
+        .strip_prefix("BROWSE_ACTION_")
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_else(|| name.to_string());
+    match short.as_str() {
+        "view" => proto::BrowseAction::View as i32,
+        "cart_add" => proto::BrowseAction::CartAdd as i32,
+        "cart_remove" => proto::BrowseAction::CartRemove as i32,
+        "wishlist" => proto::BrowseAction::Wishlist as i32,
+        "search" => proto::BrowseAction::Search as i32,
+        "unspecified" => 0,
+        _ => -1,
+    }
+}
+
+impl JsonEvent {
+    fn into_proto(self) -> Result<proto::Event, Rejection> {
+        let set = [
+            self.browse.is_some(),
+            self.purchase.is_some(),
+            self.review.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if set > 1 {
+            return Err(Rejection::new(
+                Reason::MultiplePayloads,
+                "exactly one of browse, purchase, review may be set",
+            ));
+        }
+        let int = |v: Option<JsonInt>| v.unwrap_or_default().0;
+        let payload = if let Some(b) = self.browse {
+            Some(proto::event::Payload::Browse(proto::Browse {
+                product_id: b.product_id.unwrap_or_default(),
+                category: b.category.unwrap_or_default(),
+                session_id: b.session_id.unwrap_or_default(),
+                action: action_from_json(b.action.as_deref()),
+                dwell_ms: int(b.dwell_ms),
+                price_minor: int(b.price_minor),
+            }))
+        } else if let Some(p) = self.purchase {
+            Some(proto::event::Payload::Purchase(proto::Purchase {
+                order_id: p.order_id.unwrap_or_default(),
+                items: p
+                    .items
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|i| proto::LineItem {
+                        product_id: i.product_id.unwrap_or_default(),
+                        category: i.category.unwrap_or_default(),
+                        quantity: int(i.quantity),
+                        unit_price_minor: int(i.unit_price_minor),
+                    })
+                    .collect(),
+                total_minor: int(p.total_minor),
+                currency: p.currency.unwrap_or_default(),
+            }))
+        } else if let Some(r) = self.review {
+            let rating = int(r.rating);
+            Some(proto::event::Payload::Review(proto::Review {
+                product_id: r.product_id.unwrap_or_default(),
+                category: r.category.unwrap_or_default(),
+                // Out-of-range values become an invalid rating, not a wrap-around.
+                rating: i32::try_from(rating).unwrap_or(i32::MAX),
+                text: r.text.unwrap_or_default(),
+            }))
+        } else {
+            None
+        };
+        Ok(proto::Event {
+            event_id: self.event_id.unwrap_or_default(),
+            customer_id: self.customer_id.unwrap_or_default(),
+            event_time_ms: int(self.event_time_ms),
+            payload,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,194 @@
+//! Dead-letter records: the refused record's original key, value and headers,
+//! plus headers naming the stage, the reason code, a message and the source
+//! coordinates.
+
+use std::time::Duration;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use super::{IngestError, SourceRecord};
+use crate::config::Config;
+use crate::event::{Reason, Rejection, Stage};
+
+/// Header names written on every dead-letter record (part of the contract).
+pub mod header {
+    /// Stage that refused the record (`decode`, `validate`, ...).
+    pub const STAGE: &str = "segstream.dlq.stage";
+    /// Low-cardinality reason code (see `event::Reason`).
+    pub const REASON: &str = "segstream.dlq.reason";
+    /// Human-readable explanation.
+    pub const MESSAGE: &str = "segstream.dlq.message";
+    /// Source topic.
+    pub const TOPIC: &str = "segstream.dlq.source.topic";
+    /// Source partition (decimal).
+    pub const PARTITION: &str = "segstream.dlq.source.partition";
+    /// Source offset (decimal).
+    pub const OFFSET: &str = "segstream.dlq.source.offset";
+    /// Source record timestamp in ms (decimal), when the record had one.
+    pub const TIMESTAMP: &str = "segstream.dlq.source.timestamp_ms";
+    /// Size of the original value in bytes (decimal).
+    pub const ORIGINAL_SIZE: &str = "segstream.dlq.original_size";
+    /// `true` when the value was cut to `dead_letter.max_value_bytes`.
+    pub const TRUNCATED: &str = "segstream.dlq.truncated";
+}
+
+/// A refused record on its way to the dead-letter topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Stage that refused it.
+    pub stage: Stage,
+    /// Why.
+    pub reason: Reason,
+    /// Details.
+    pub message: String,
+    /// Source topic.
+    pub source_topic: String,
+    /// Source partition.
+    pub source_partition: i32,
+    /// Source offset.
+    pub source_offset: i64,
+    /// Source timestamp.
+    pub source_timestamp_ms: Option<i64>,
+    /// Original key.
+    pub key: Option<Vec<u8>>,
+    /// Original value (possibly truncated).
+    pub value: Vec<u8>,
+    /// Size of the original value.
+    pub original_size: usize,
+    /// Whether `value` was cut.
+    pub truncated: bool,
+    /// Original headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl DeadLetter {
+    /// Builds the dead letter for `record` refused with `rejection`.
+    pub fn new(record: &SourceRecord<'_>, rejection: Rejection, max_value_bytes: usize) -> Self {
+        let value = record.value.unwrap_or_default();
+        let truncated = value.len() > max_value_bytes;
+        DeadLetter {
+            stage: rejection.stage,
+            reason: rejection.reason,
+            message: rejection.message,
+            source_topic: record.topic.to_string(),
+            source_partition: record.partition,
+            source_offset: record.offset,
+            source_timestamp_ms: record.timestamp_ms,
+            key: record.key.map(<[u8]>::to_vec),
+            value: value[..value.len().min(max_value_bytes)].to_vec(),
+            original_size: value.len(),
+            truncated,
+            headers: record.headers.clone(),
+        }
+    }
+
+    /// The original headers followed by the segstream ones.
+    pub fn kafka_headers(&self) -> OwnedHeaders {
+        let mut h = OwnedHeaders::new_with_capacity(self.headers.len() + 9);
+        for (k, v) in &self.headers {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let partition = self.source_partition.to_string();
+        let offset = self.source_offset.to_string();
+        let size = self.original_size.to_string();
+        let mut ours: Vec<(&str, String)> = vec![
+            (header::STAGE, self.stage.as_str().to_string()),
+            (header::REASON, self.reason.as_str().to_string()),
+            (header::MESSAGE, self.message.clone()),
+            (header::TOPIC, self.source_topic.clone()),
+            (header::PARTITION, partition),
+            (header::OFFSET, offset),
+            (header::ORIGINAL_SIZE, size),
+            (header::TRUNCATED, self.truncated.to_string()),
+        ];
+        if let Some(ts) = self.source_timestamp_ms {
+            ours.push((header::TIMESTAMP, ts.to_string()));
+        }
+        for (k, v) in &ours {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        h
+    }
+}
+
+/// Writes dead letters to the dead-letter topic and waits for every
+/// acknowledgement, so that the caller may commit the source offsets after.
+pub struct DeadLetterSink {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl DeadLetterSink {
+    /// An idempotent producer sized for `dead_letter.max_value_bytes`.
+    pub fn build(config: &Config) -> Result<Self, IngestError> {
+        let mut client = config.kafka.client_config()?;
+        // Room for the value plus the original and segstream headers.
+        let max = (config.dead_letter.max_value_bytes + 256 * 1024).max(1_000_000);
+        client
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.max.bytes", max.to_string())
+            .set("message.timeout.ms", "60000");
+        let producer = client
+            .create()
+            .map_err(IngestError::kafka("creating the dead-letter producer"))?;
+        Ok(DeadLetterSink {
+            producer,
+            topic: config.dead_letter.topic.clone(),
+        })
+    }
+
+    /// Sends every dead letter and waits until all are acknowledged.
+    pub async fn send_all(&self, letters: &[DeadLetter]) -> Result<(), IngestError> {
+        let mut pending = Vec::with_capacity(letters.len());
+        for d in letters {
+            let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
+                .payload(&d.value)
+                .headers(d.kafka_headers());
+            if let Some(k) = &d.key {
+                record = record.key(k);
+            }
+            let delivery = self
+                .producer
+                .send_result(record)
+                .map_err(|(e, _)| IngestError::Kafka {
+                    what: "queueing a dead letter",
+                    source: e,
+                })?;
+            pending.push(delivery);
+        }
+        for delivery in pending {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    return Err(IngestError::Kafka {
+                        what: "writing a dead letter",
+                        source: e,
+                    })
+                }
+                Err(_canceled) => {
+                    return Err(IngestError::Kafka {
+                        what: "writing a dead letter",
+                        source: rdkafka::error::KafkaError::Canceled,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for queued records to be delivered (shutdown).
+    pub fn flush(&self, timeout: Duration) -> Result<(), IngestError> {
+        use rdkafka::producer::Producer;
+        self.producer
+            .flush(timeout)
+            .map_err(IngestError::kafka("flushing the dead-letter producer"))
+    }
+}

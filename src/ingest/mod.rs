@@ -1,0 +1,385 @@
+//! Ingestion: the Kafka consumer-group member over the input topics, decoding
+//! and validating in batches, and routing of refused records to the
+//! dead-letter topic.
+//!
+//! The routing rule is pure ([`route`]): a record becomes either a
+//! [`SourcedEvent`] or a [`DeadLetter`], never nothing. This module owns the
+//! consumer and the dead-letter records; it does not commit offsets. It
+//! reports, per batch, the next offset of every partition it read
+//! ([`IngestBatch::next_offsets`]) so that the caller commits them only
+//! together with the outputs they caused.
+
+mod dead_letter;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientContext, TopicPartitionList};
+use tracing::{info, warn};
+
+pub use dead_letter::{header, DeadLetter, DeadLetterSink};
+
+use crate::config::{Config, ConfigError, OffsetReset};
+use crate::event::{Decoder, Event, Framing, Reason};
+use crate::telemetry::Metrics;
+
+/// Errors of the ingest stage. Bad input is never an error here: it becomes a
+/// [`DeadLetter`].
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The configuration could not be turned into clients.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A Kafka client call failed (external: retry with backoff, or give up).
+    #[error("{what}: {source}")]
+    Kafka {
+        /// What was being done.
+        what: &'static str,
+        /// The client error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// Topics the instance needs do not exist on the cluster.
+    #[error("missing topics: {0:?}; create them first (for the local broker: `make topics`)")]
+    MissingTopics(Vec<String>),
+}
+
+impl IngestError {
+    fn kafka(what: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> IngestError {
+        move |source| IngestError::Kafka { what, source }
+    }
+}
+
+/// A record as read from Kafka, borrowed (so the routing rule is testable
+/// without a broker).
+#[derive(Debug, Clone)]
+pub struct SourceRecord<'a> {
+    /// Topic it was read from.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Broker or producer timestamp, when present.
+    pub timestamp_ms: Option<i64>,
+    /// Record key.
+    pub key: Option<&'a [u8]>,
+    /// Record value.
+    pub value: Option<&'a [u8]>,
+    /// Record headers (kept on dead letters).
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// A valid event and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourcedEvent {
+    /// The event.
+    pub event: Event,
+    /// How its value was framed.
+    pub framing: Framing,
+    /// Source topic.
+    pub topic: Arc<str>,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+}
+
+/// Decides what becomes of one record: an event, or a dead letter.
+pub fn route(
+    decoder: &Decoder,
+    record: &SourceRecord<'_>,
+    topic: &Arc<str>,
+    now_ms: i64,
+    max_dead_letter_bytes: usize,
+) -> Result<SourcedEvent, DeadLetter> {
+    match decoder.decode(record.key, record.value, now_ms) {
+        Ok((event, framing)) => Ok(SourcedEvent {
+            event,
+            framing,
+            topic: topic.clone(),
+            partition: record.partition,
+            offset: record.offset,
+        }),
+        Err(rejection) => Err(DeadLetter::new(record, rejection, max_dead_letter_bytes)),
+    }
+}
+
+/// What one poll produced.
+#[derive(Debug, Default)]
+pub struct IngestBatch {
+    /// Valid events, in consumption order.
+    pub events: Vec<SourcedEvent>,
+    /// Refused records, in consumption order.
+    pub dead_letters: Vec<DeadLetter>,
+    /// For every (topic, partition) read: the offset after the last record.
+    pub next_offsets: BTreeMap<(Arc<str>, i32), i64>,
+}
+
+impl IngestBatch {
+    /// Records in the batch (events plus dead letters).
+    pub fn len(&self) -> usize {
+        self.events.len() + self.dead_letters.len()
+    }
+
+    /// Whether the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next offsets as a list ready to commit.
+    pub fn offsets_to_commit(&self) -> Result<TopicPartitionList, IngestError> {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &self.next_offsets {
+            tpl.add_partition_offset(topic, *partition, rdkafka::Offset::Offset(*offset))
+                .map_err(IngestError::kafka("building the offset list"))?;
+        }
+        Ok(tpl)
+    }
+}
+
+/// Logs assignment changes of the consumer group.
+pub struct IngestContext;
+
+impl ClientContext for IngestContext {}
+
+impl ConsumerContext for IngestContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                info!(partitions = %describe(tpl), "Partitions assigned.")
+            }
+            Rebalance::Revoke(tpl) => {
+                info!(partitions = %describe(tpl), "Partitions revoked.")
+            }
+            Rebalance::Error(e) => warn!(error = %e, "Rebalance failed."),
+        }
+    }
+}
+
+fn describe(tpl: &TopicPartitionList) -> String {
+    let parts: Vec<String> = tpl
+        .elements()
+        .iter()
+        .map(|e| format!("{}[{}]", e.topic(), e.partition()))
+        .collect();
+    parts.join(",")
+}
+
+/// The consumer-group member reading the input topics.
+pub struct Ingestor {
+    consumer: StreamConsumer<IngestContext>,
+    decoder: Decoder,
+    topics: Vec<String>,
+    max_dead_letter_bytes: usize,
+    batch_size: usize,
+    batch_max_wait: Duration,
+    metrics: Metrics,
+    /// Interned topic names, so events share one allocation per topic.
+    topic_names: BTreeMap<String, Arc<str>>,
+}
+
+impl Ingestor {
+    /// Builds the consumer (not yet subscribed). Auto-commit is off: offsets
+    /// are committed by the caller with the outputs they caused.
+    pub fn build(config: &Config, metrics: Metrics) -> Result<Self, IngestError> {
+        let mut client = config.kafka.client_config()?;
+        client
+            .set("group.id", &config.kafka.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("isolation.level", "read_committed")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set(
+                "auto.offset.reset",
+                match config.input.auto_offset_reset {
+                    OffsetReset::Earliest => "earliest",
+                    OffsetReset::Latest => "latest",
+                },
+            );
+        let consumer: StreamConsumer<IngestContext> = client
+            .create_with_context(IngestContext)
+            .map_err(IngestError::kafka("creating the consumer"))?;
+        Ok(Ingestor {
+            consumer,
+            decoder: config.decoder(),
+            topics: config.input.topics.clone(),
+            max_dead_letter_bytes: config.dead_letter.max_value_bytes,
+            batch_size: config.input.batch_size,
+            batch_max_wait: config.input.batch_max_wait,
+            metrics,
+            topic_names: BTreeMap::new(),
+        })
+    }
+
+    /// Checks that the input topics exist, then joins the group.
+    pub fn subscribe(&self, timeout: Duration) -> Result<(), IngestError> {
+        let metadata = self
+            .consumer
+            .fetch_metadata(None, timeout)
+            .map_err(IngestError::kafka("fetching cluster metadata"))?;
+        let missing: Vec<String> = self
+            .topics
+            .iter()
+            .filter(|t| {
+                !metadata
+                    .topics()
+                    .iter()
+                    .any(|m| m.name() == t.as_str() && m.error().is_none())
+            })
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Err(IngestError::MissingTopics(missing));
+        }
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        self.consumer
+            .subscribe(&topics)
+            .map_err(IngestError::kafka("subscribing to the input topics"))
+    }
+
+    /// The underlying consumer (for committing and for group metadata).
+    pub fn consumer(&self) -> &StreamConsumer<IngestContext> {
+        &self.consumer
+    }
+
+    /// The partitions currently assigned to this instance.
+    pub fn assignment(&self) -> Result<Vec<(String, i32)>, IngestError> {
+        let tpl = self
+            .consumer
+            .assignment()
+            .map_err(IngestError::kafka("reading the assignment"))?;
+        Ok(tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect())
+    }
+
+    /// The consumer's position (next offset to read) per assigned partition;
+    /// `None` before the first record of a partition was fetched.
+    pub fn positions(&self) -> Result<Vec<(String, i32, Option<i64>)>, IngestError> {
+        let tpl = self
+            .consumer
+            .position()
+            .map_err(IngestError::kafka("reading positions"))?;
+        Ok(tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition(), e.offset().to_raw()))
+            .collect())
+    }
+
+    /// Waits up to `idle_wait` for a first record, then gathers more for at
+    /// most `input.batch_max_wait` or until `input.batch_size` records, and
+    /// routes each of them. An empty batch means nothing arrived.
+    pub async fn next_batch(&mut self, idle_wait: Duration) -> Result<IngestBatch, IngestError> {
+        let mut batch = IngestBatch::default();
+        let mut consumed: BTreeMap<Arc<str>, u64> = BTreeMap::new();
+        let now_ms = now_ms();
+        let first = match tokio::time::timeout(idle_wait, self.consumer.recv()).await {
+            Err(_) => return Ok(batch),
+            Ok(r) => r.map_err(IngestError::kafka("receiving records"))?,
+        };
+        let decoder = &self.decoder;
+        let names = &mut self.topic_names;
+        let max_dlq = self.max_dead_letter_bytes;
+        let mut handle = |batch: &mut IngestBatch, msg: &BorrowedMessage<'_>| {
+            let topic = intern(names, msg.topic());
+            *consumed.entry(topic.clone()).or_default() += 1;
+            let record = source_record(msg);
+            batch
+                .next_offsets
+                .insert((topic.clone(), record.partition), record.offset + 1);
+            match route(decoder, &record, &topic, now_ms, max_dlq) {
+                Ok(e) => batch.events.push(e),
+                Err(d) => batch.dead_letters.push(d),
+            }
+        };
+        handle(&mut batch, &first);
+        drop(first);
+        let deadline = tokio::time::Instant::now() + self.batch_max_wait;
+        while batch.len() < self.batch_size {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Err(_) => break,
+                Ok(Ok(msg)) => handle(&mut batch, &msg),
+                Ok(Err(e)) => {
+                    // Keep what we have; the error surfaces on the next call
+                    // if it persists.
+                    warn!(error = %e, "Consumer error while filling a batch.");
+                    break;
+                }
+            }
+        }
+        self.record_metrics(&batch, &consumed);
+        Ok(batch)
+    }
+
+    fn record_metrics(&self, batch: &IngestBatch, consumed: &BTreeMap<Arc<str>, u64>) {
+        let m = &self.metrics;
+        for (topic, n) in consumed {
+            m.records_consumed.with_label_values(&[topic]).inc_by(*n);
+        }
+        let mut accepted: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        for e in &batch.events {
+            *accepted.entry((&e.topic, e.event.kind().as_str())).or_default() += 1;
+        }
+        for ((topic, kind), n) in accepted {
+            m.events_accepted.with_label_values(&[topic, kind]).inc_by(n);
+        }
+        let mut refused: BTreeMap<Reason, u64> = BTreeMap::new();
+        for d in &batch.dead_letters {
+            *refused.entry(d.reason).or_default() += 1;
+            if d.truncated {
+                m.dead_letters_truncated.inc();
+            }
+        }
+        for (reason, n) in refused {
+            m.dead_letters
+                .with_label_values(&[reason.stage().as_str(), reason.as_str()])
+                .inc_by(n);
+        }
+        m.batch_records.observe(batch.len() as f64);
+    }
+}
+
+fn intern(names: &mut BTreeMap<String, Arc<str>>, topic: &str) -> Arc<str> {
+    if let Some(t) = names.get(topic) {
+        return t.clone();
+    }
+    let t: Arc<str> = Arc::from(topic);
+    names.insert(topic.to_string(), t.clone());
+    t
+}
+
+fn source_record<'a>(msg: &'a BorrowedMessage<'a>) -> SourceRecord<'a> {
+    let headers = msg
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    SourceRecord {
+        topic: msg.topic(),
+        partition: msg.partition(),
+        offset: msg.offset(),
+        timestamp_ms: msg.timestamp().to_millis(),
+        key: msg.key(),
+        value: msg.payload(),
+        headers,
+    }
+}
+
+/// Wall clock in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

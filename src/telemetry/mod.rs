@@ -1,0 +1,120 @@
+//! Metrics and logging.
+//!
+//! Every metric lives in [`Metrics`], registered once in its own registry and
+//! handed to stages by reference; stages update it per batch, never per
+//! event. Names follow `segstream_<what>_<unit>[_total]` and labels are bounded
+//! (topic, kind, stage, reason), never a customer id.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+
+use crate::config::{LogFormat, TelemetryConfig};
+use crate::event::{EventKind, Reason};
+
+/// The process's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Records read from input topics, by topic.
+    pub records_consumed: IntCounterVec,
+    /// Events decoded and validated, by topic and kind.
+    pub events_accepted: IntCounterVec,
+    /// Records sent to the dead-letter topic, by stage and reason.
+    pub dead_letters: IntCounterVec,
+    /// Dead-letter records whose value was cut to `dead_letter.max_value_bytes`.
+    pub dead_letters_truncated: IntCounter,
+    /// Records per decoded batch.
+    pub batch_records: Histogram,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let records_consumed = IntCounterVec::new(
+            Opts::new(
+                "segstream_records_consumed_total",
+                "Records read from the input topics.",
+            ),
+            &["topic"],
+        )?;
+        let events_accepted = IntCounterVec::new(
+            Opts::new(
+                "segstream_events_accepted_total",
+                "Events that decoded and passed validation.",
+            ),
+            &["topic", "kind"],
+        )?;
+        let dead_letters = IntCounterVec::new(
+            Opts::new(
+                "segstream_dead_letters_total",
+                "Records routed to the dead-letter topic.",
+            ),
+            &["stage", "reason"],
+        )?;
+        let dead_letters_truncated = IntCounter::new(
+            "segstream_dead_letters_truncated_total",
+            "Dead-letter records whose value was cut to dead_letter.max_value_bytes.",
+        )?;
+        let batch_records = Histogram::with_opts(
+            HistogramOpts::new(
+                "segstream_ingest_batch_records",
+                "Records per ingest batch.",
+            )
+            .buckets(vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0]),
+        )?;
+        registry.register(Box::new(records_consumed.clone()))?;
+        registry.register(Box::new(events_accepted.clone()))?;
+        registry.register(Box::new(dead_letters.clone()))?;
+        registry.register(Box::new(dead_letters_truncated.clone()))?;
+        registry.register(Box::new(batch_records.clone()))?;
+        // Pre-create every reason series so rates start from zero, not absent.
+        for reason in Reason::ALL {
+            dead_letters.with_label_values(&[reason.stage().as_str(), reason.as_str()]);
+        }
+        Ok(Metrics {
+            registry,
+            records_consumed,
+            events_accepted,
+            dead_letters,
+            dead_letters_truncated,
+            batch_records,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Events accepted so far for `kind` on `topic` (tests and summaries).
+    pub fn accepted(&self, topic: &str, kind: EventKind) -> u64 {
+        self.events_accepted
+            .with_label_values(&[topic, kind.as_str()])
+            .get()
+    }
+
+    /// Dead letters so far for `reason`.
+    pub fn dead_lettered(&self, reason: Reason) -> u64 {
+        self.dead_letters
+            .with_label_values(&[reason.stage().as_str(), reason.as_str()])
+            .get()
+    }
+}
+
+/// Installs the global `tracing` subscriber. `RUST_LOG` wins over the config.
+pub fn init_logging(cfg: &TelemetryConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log_level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests) is harmless; ignore the "already set" error.
+    let _ = match cfg.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
