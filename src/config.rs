@@ -112,7 +112,10 @@ impl SecurityProtocol {
     }
 
     fn uses_sasl(self) -> bool {
-        matches!(self, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
     }
 
     fn uses_tls(self) -> bool {
@@ -558,7 +561,10 @@ impl Config {
                 p.add(format!("input.topics[{n}]"), why);
             }
             if i.topics[..n].contains(t) {
-                p.add(format!("input.topics[{n}]"), format!("topic {t:?} is listed twice"));
+                p.add(
+                    format!("input.topics[{n}]"),
+                    format!("topic {t:?} is listed twice"),
+                );
             }
         }
         range(p, "input.batch_size", i.batch_size, 1, 100_000);
@@ -567,7 +573,13 @@ impl Config {
         }
 
         let v = &self.validation;
-        range(p, "validation.max_event_bytes", v.max_event_bytes, 16, 16 << 20);
+        range(
+            p,
+            "validation.max_event_bytes",
+            v.max_event_bytes,
+            16,
+            16 << 20,
+        );
         range(p, "validation.max_id_bytes", v.max_id_bytes, 8, 4096);
         range(p, "validation.max_name_bytes", v.max_name_bytes, 8, 4096);
         range(p, "validation.max_text_bytes", v.max_text_bytes, 0, 1 << 20);
@@ -586,10 +598,19 @@ impl Config {
                 "must not be one of the input topics (refused records would loop)",
             );
         }
-        range(p, "dead_letter.max_value_bytes", d.max_value_bytes, 1024, 16 << 20);
+        range(
+            p,
+            "dead_letter.max_value_bytes",
+            d.max_value_bytes,
+            1024,
+            16 << 20,
+        );
 
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level) {
-            p.add("telemetry.log_level", format!("not a valid log filter: {e}"));
+            p.add(
+                "telemetry.log_level",
+                format!("not a valid log filter: {e}"),
+            );
         }
     }
 
@@ -601,31 +622,46 @@ impl Config {
 
 /// librdkafka properties segstream sets itself; `kafka.properties` may not.
 const MANAGED_PROPERTIES: &[(&str, &str)] = &[
-    ("bootstrap.servers", "kafka.bootstrap_servers"),
-    ("metadata.broker.list", "kafka.bootstrap_servers"),
-    ("group.id", "kafka.group_id"),
-    ("client.id", "kafka.client_id"),
-    ("security.protocol", "kafka.security_protocol"),
-    ("sasl.mechanism", "kafka.sasl.mechanism"),
-    ("sasl.mechanisms", "kafka.sasl.mechanism"),
-    ("sasl.username", "kafka.sasl.username"),
-    ("sasl.password", "kafka.sasl.password"),
-    ("ssl.ca.location", "kafka.tls.ca_location"),
-    ("ssl.certificate.location", "kafka.tls.certificate_location"),
-    ("ssl.key.location", "kafka.tls.key_location"),
-    ("ssl.key.password", "kafka.tls.key_password"),
-    ("enable.auto.commit", "(segstream commits offsets with its outputs)"),
-    ("enable.auto.offset.store", "(segstream commits offsets with its outputs)"),
-    ("isolation.level", "(always read_committed)"),
-    ("partition.assignment.strategy", "(always cooperative-sticky)"),
-    ("transactional.id", "(managed by the pipeline)"),
-    ("auto.offset.reset", "input.auto_offset_reset"),
+    ("bootstrap.servers", "set kafka.bootstrap_servers instead"),
+    (
+        "metadata.broker.list",
+        "set kafka.bootstrap_servers instead",
+    ),
+    ("group.id", "set kafka.group_id instead"),
+    ("client.id", "set kafka.client_id instead"),
+    ("security.protocol", "set kafka.security_protocol instead"),
+    ("sasl.mechanism", "set kafka.sasl.mechanism instead"),
+    ("sasl.mechanisms", "set kafka.sasl.mechanism instead"),
+    ("sasl.username", "set kafka.sasl.username instead"),
+    ("sasl.password", "set kafka.sasl.password instead"),
+    ("ssl.ca.location", "set kafka.tls.ca_location instead"),
+    (
+        "ssl.certificate.location",
+        "set kafka.tls.certificate_location instead",
+    ),
+    ("ssl.key.location", "set kafka.tls.key_location instead"),
+    ("ssl.key.password", "set kafka.tls.key_password instead"),
+    (
+        "enable.auto.commit",
+        "segstream commits offsets with its outputs",
+    ),
+    (
+        "enable.auto.offset.store",
+        "segstream commits offsets with its outputs",
+    ),
+    ("isolation.level", "always read_committed"),
+    ("partition.assignment.strategy", "always cooperative-sticky"),
+    ("transactional.id", "managed by the pipeline"),
+    ("auto.offset.reset", "set input.auto_offset_reset instead"),
 ];
 
 impl KafkaConfig {
     fn check(&self, p: &mut Problems) {
         if self.bootstrap_servers.trim().is_empty() {
-            p.add("kafka.bootstrap_servers", "at least one host:port is required");
+            p.add(
+                "kafka.bootstrap_servers",
+                "at least one host:port is required",
+            );
         }
         for server in self.bootstrap_servers.split(',').map(str::trim) {
             if server.is_empty() {
@@ -650,9 +686,8 @@ impl KafkaConfig {
             p.add("kafka.client_id", "must not be empty");
         }
         let sasl = &self.sasl;
-        let sasl_given = !sasl.username.is_empty()
-            || !sasl.password.is_empty()
-            || sasl.password_file.is_some();
+        let sasl_given =
+            !sasl.username.is_empty() || !sasl.password.is_empty() || sasl.password_file.is_some();
         if self.security_protocol.uses_sasl() {
             if sasl.username.is_empty() {
                 p.add(
@@ -712,7 +747,7 @@ impl KafkaConfig {
         for (key, value) in &self.properties {
             let path = format!("kafka.properties.\"{key}\"");
             if let Some((_, instead)) = MANAGED_PROPERTIES.iter().find(|(k, _)| k == key) {
-                p.add(path, format!("is managed by segstream; use {instead}"));
+                p.add(path, format!("is managed by segstream: {instead}"));
                 continue;
             }
             let mut probe = ClientConfig::new();
@@ -735,10 +770,7 @@ impl KafkaConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap_servers)
             .set("client.id", &self.client_id)
-            .set(
-                "security.protocol",
-                self.security_protocol.as_librdkafka(),
-            );
+            .set("security.protocol", self.security_protocol.as_librdkafka());
         if self.security_protocol.uses_sasl() {
             let password = read_secret(
                 "kafka.sasl.password",
@@ -780,7 +812,13 @@ impl KafkaConfig {
     }
 }
 
-fn check_secret(p: &mut Problems, path: &str, inline: &Secret, file: Option<&Path>, required: bool) {
+fn check_secret(
+    p: &mut Problems,
+    path: &str,
+    inline: &Secret,
+    file: Option<&Path>,
+    required: bool,
+) {
     match (inline.is_empty(), file) {
         (false, Some(_)) => p.add(path, "give the secret inline or as a file, not both"),
         (true, None) if required => p.add(

@@ -1,9 +1,7 @@
 //! Contract rules applied to every decoded event, whatever its encoding.
 
 use super::proto;
-use super::{
-    Browse, BrowseAction, Event, LineItem, Payload, Purchase, Reason, Rejection, Review,
-};
+use super::{Browse, BrowseAction, Event, LineItem, Payload, Purchase, Reason, Rejection, Review};
 
 /// Bounds enforced on every event (from `[validation]` in the config).
 #[derive(Debug, Clone, PartialEq)]
@@ -152,12 +150,10 @@ fn browse(c: &Checker<'_>, b: proto::Browse) -> Result<Browse, Rejection> {
         Ok(proto::BrowseAction::CartRemove) => BrowseAction::CartRemove,
         Ok(proto::BrowseAction::Wishlist) => BrowseAction::Wishlist,
         Ok(proto::BrowseAction::Search) => BrowseAction::Search,
-        Ok(proto::BrowseAction::Unspecified) | Err(_) => {
-            return Err(Rejection::new(
-                Reason::InvalidField,
-                "browse.action is missing or unknown (view, cart_add, cart_remove, wishlist, search)",
-            ))
-        }
+        Ok(proto::BrowseAction::Unspecified) | Err(_) => return Err(Rejection::new(
+            Reason::InvalidField,
+            "browse.action is missing or unknown (view, cart_add, cart_remove, wishlist, search)",
+        )),
     };
     c.id("browse.product_id", &b.product_id)?;
     c.id("browse.session_id", &b.session_id)?;

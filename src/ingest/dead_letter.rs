@@ -155,13 +155,13 @@ impl DeadLetterSink {
             if let Some(k) = &d.key {
                 record = record.key(k);
             }
-            let delivery = self
-                .producer
-                .send_result(record)
-                .map_err(|(e, _)| IngestError::Kafka {
-                    what: "queueing a dead letter",
-                    source: e,
-                })?;
+            let delivery =
+                self.producer
+                    .send_result(record)
+                    .map_err(|(e, _)| IngestError::Kafka {
+                        what: "queueing a dead letter",
+                        source: e,
+                    })?;
             pending.push(delivery);
         }
         for delivery in pending {

@@ -326,10 +326,14 @@ impl Ingestor {
         }
         let mut accepted: BTreeMap<(&str, &str), u64> = BTreeMap::new();
         for e in &batch.events {
-            *accepted.entry((&e.topic, e.event.kind().as_str())).or_default() += 1;
+            *accepted
+                .entry((&e.topic, e.event.kind().as_str()))
+                .or_default() += 1;
         }
         for ((topic, kind), n) in accepted {
-            m.events_accepted.with_label_values(&[topic, kind]).inc_by(n);
+            m.events_accepted
+                .with_label_values(&[topic, kind])
+                .inc_by(n);
         }
         let mut refused: BTreeMap<Reason, u64> = BTreeMap::new();
         for d in &batch.dead_letters {

@@ -21,10 +21,13 @@ fn every_kind_decodes_identically_in_every_wire_format() {
         let raw = make("c-1", "e-1", NOW - 1000);
         let mut decoded = Vec::new();
         for format in WireFormat::ALL {
-            let (event, framing) = decode("c-1", &encode(&raw, format))
-                .unwrap_or_else(|r| panic!("{format:?}: {r}"));
+            let (event, framing) =
+                decode("c-1", &encode(&raw, format)).unwrap_or_else(|r| panic!("{format:?}: {r}"));
             let confluent = !matches!(format, WireFormat::Protobuf | WireFormat::Json);
-            assert_eq!(matches!(framing, Framing::Confluent { schema_id: 1 }), confluent);
+            assert_eq!(
+                matches!(framing, Framing::Confluent { schema_id: 1 }),
+                confluent
+            );
             decoded.push(event);
         }
         assert!(decoded.windows(2).all(|w| w[0] == w[1]), "{decoded:#?}");
@@ -33,7 +36,11 @@ fn every_kind_decodes_identically_in_every_wire_format() {
 
 #[test]
 fn decoded_fields_match_the_source() {
-    let (e, _) = decode("c-9", &encode(&purchase("c-9", "p-1", NOW), WireFormat::Json)).unwrap();
+    let (e, _) = decode(
+        "c-9",
+        &encode(&purchase("c-9", "p-1", NOW), WireFormat::Json),
+    )
+    .unwrap();
     assert_eq!(e.customer_id, "c-9");
     assert_eq!(e.event_id, "p-1");
     assert_eq!(e.event_time_ms, NOW);
@@ -48,7 +55,11 @@ fn decoded_fields_match_the_source() {
     assert_eq!(p.items[1].quantity, 3);
     assert_eq!(p.items[1].unit_price_minor, 499);
 
-    let (e, _) = decode("c-9", &encode(&browse("c-9", "b-1", NOW), WireFormat::Protobuf)).unwrap();
+    let (e, _) = decode(
+        "c-9",
+        &encode(&browse("c-9", "b-1", NOW), WireFormat::Protobuf),
+    )
+    .unwrap();
     let Payload::Browse(b) = e.payload else {
         panic!("not a browse")
     };
@@ -142,12 +153,18 @@ fn forced_encodings_refuse_the_other_one() {
     let json_only = Decoder::new(Encoding::Json, Limits::default());
     let proto_only = Decoder::new(Encoding::Protobuf, Limits::default());
     assert_eq!(
-        json_only.decode(Some(b"c"), Some(&pb), NOW).unwrap_err().reason,
+        json_only
+            .decode(Some(b"c"), Some(&pb), NOW)
+            .unwrap_err()
+            .reason,
         Reason::InvalidJson
     );
     assert!(json_only.decode(Some(b"c"), Some(&js), NOW).is_ok());
     assert_eq!(
-        proto_only.decode(Some(b"c"), Some(&js), NOW).unwrap_err().reason,
+        proto_only
+            .decode(Some(b"c"), Some(&js), NOW)
+            .unwrap_err()
+            .reason,
         Reason::InvalidProtobuf
     );
     assert!(proto_only.decode(Some(b"c"), Some(&pb), NOW).is_ok());
@@ -158,9 +175,15 @@ fn time_bounds_follow_the_limits() {
     let limits = Limits::default();
     let at = |t: i64| decode("c", &encode(&browse("c", "e", t), WireFormat::Protobuf));
     assert!(at(NOW - limits.max_past_ms).is_ok());
-    assert_eq!(at(NOW - limits.max_past_ms - 1).unwrap_err().reason, Reason::TimeOutOfRange);
+    assert_eq!(
+        at(NOW - limits.max_past_ms - 1).unwrap_err().reason,
+        Reason::TimeOutOfRange
+    );
     assert!(at(NOW + limits.max_future_ms).is_ok());
-    assert_eq!(at(NOW + limits.max_future_ms + 1).unwrap_err().reason, Reason::TimeOutOfRange);
+    assert_eq!(
+        at(NOW + limits.max_future_ms + 1).unwrap_err().reason,
+        Reason::TimeOutOfRange
+    );
 }
 
 #[test]
@@ -168,7 +191,11 @@ fn stage_follows_reason() {
     assert_eq!(Reason::InvalidJson.stage(), Stage::Decode);
     assert_eq!(Reason::InvalidRating.stage(), Stage::Validate);
     let codes: std::collections::BTreeSet<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
-    assert_eq!(codes.len(), Reason::ALL.len(), "reason codes must be unique");
+    assert_eq!(
+        codes.len(),
+        Reason::ALL.len(),
+        "reason codes must be unique"
+    );
 }
 
 proptest! {

@@ -1,0 +1,120 @@
+# segstream developer / CI entry points. Run `make` (or `make help`) for a list.
+#
+# Everything downloaded (Kafka jars, the ONNX Runtime library) lives under
+# $(SEGSTREAM_CACHE); Maven keeps its own repository in ~/.m2 and pip its
+# HTTP cache in ~/.cache/pip. The local broker is managed by
+# deploy/local/kafka.sh; its data dir is deploy/local/.data (gitignored).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+SEGSTREAM_CACHE ?= $(HOME)/.cache/segstream
+ORT_VERSION := 1.31.1
+KAFKA_BOOTSTRAP ?= 127.0.0.1:19092
+PARTITIONS ?= 3
+
+CARGO ?= cargo
+PYTHON ?= python3
+KAFKA := deploy/local/kafka.sh
+
+# kafka.sh reads these; keep the broker port in sync with KAFKA_BOOTSTRAP.
+export SEGSTREAM_CACHE
+export KAFKA_PORT := $(lastword $(subst :, ,$(KAFKA_BOOTSTRAP)))
+
+# ONNX Runtime shared library, taken from the official PyPI wheel (the wheel
+# bundles libonnxruntime.so; the Python bindings are not used). The Rust code
+# loads it at run time through ORT_DYLIB_PATH, exported to every recipe.
+ORT_DIR := $(SEGSTREAM_CACHE)/onnxruntime-$(ORT_VERSION)
+ORT_LIB := $(ORT_DIR)/libonnxruntime.so.$(ORT_VERSION)
+# The wheel's tag does not matter for the native library; pin one so the
+# download does not depend on the local Python version.
+ORT_WHEEL_PLATFORM := manylinux_2_28_x86_64
+ORT_WHEEL_PYTHON := 3.11
+export ORT_DYLIB_PATH := $(ORT_LIB)
+
+.PHONY: help tools onnxruntime kafka-jars kafka-up kafka-down kafka-status \
+        topics build test lint demo clean-kafka
+
+help: ## List targets
+	@echo "Usage: make <target> [VAR=value ...]"
+	@echo
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
+	  | awk 'BEGIN { FS = ":.*## " } { printf "  %-13s %s\n", $$1, $$2 }'
+	@echo
+	@echo "Variables: SEGSTREAM_CACHE=$(SEGSTREAM_CACHE)"
+	@echo "           KAFKA_BOOTSTRAP=$(KAFKA_BOOTSTRAP) PARTITIONS=$(PARTITIONS) ORT_VERSION=$(ORT_VERSION)"
+
+# ---------------------------------------------------------------------------
+# Tools
+# ---------------------------------------------------------------------------
+
+tools: onnxruntime kafka-jars ## Download ONNX Runtime and the Kafka jars (cached)
+
+onnxruntime: $(ORT_LIB) ## Download libonnxruntime.so into the cache
+
+# Download the wheel, pull the library out with Python's zipfile (no unzip
+# needed), then move it into place atomically so the target is idempotent.
+$(ORT_LIB):
+	@echo "onnxruntime: fetching onnxruntime==$(ORT_VERSION) wheel"
+	rm -rf "$(ORT_DIR)/wheel"
+	mkdir -p "$(ORT_DIR)/wheel"
+	$(PYTHON) -m pip download --quiet --disable-pip-version-check \
+	  --no-deps --only-binary=:all: --implementation cp \
+	  --python-version $(ORT_WHEEL_PYTHON) --platform $(ORT_WHEEL_PLATFORM) \
+	  --dest "$(ORT_DIR)/wheel" "onnxruntime==$(ORT_VERSION)"
+	$(PYTHON) -c 'import sys, zipfile; open(sys.argv[3], "wb").write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))' \
+	  "$$(ls "$(ORT_DIR)"/wheel/onnxruntime-$(ORT_VERSION)-*.whl)" \
+	  "onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION)" "$@.tmp"
+	chmod 0755 "$@.tmp"
+	mv "$@.tmp" "$@"
+	rm -rf "$(ORT_DIR)/wheel"
+	@echo "onnxruntime: $@"
+
+kafka-jars: ## Download the Kafka broker/tools jars (Maven)
+	$(KAFKA) fetch
+
+# ---------------------------------------------------------------------------
+# Local Kafka
+# ---------------------------------------------------------------------------
+
+kafka-up: kafka-jars ## Start the local broker (no-op if running)
+	$(KAFKA) up
+
+kafka-down: ## Stop the local broker
+	$(KAFKA) down
+
+kafka-status: ## Show broker state and topics
+	$(KAFKA) status
+
+topics: kafka-up ## Create the default topics (PARTITIONS=3)
+	$(KAFKA) topic events.browse $(PARTITIONS)
+	$(KAFKA) topic events.purchase $(PARTITIONS)
+	$(KAFKA) topic events.review $(PARTITIONS)
+	$(KAFKA) topic customer-segments $(PARTITIONS)
+	$(KAFKA) topic segstream-dlq $(PARTITIONS)
+	$(KAFKA) topic segstream-state-changelog $(PARTITIONS) cleanup.policy=compact
+
+clean-kafka: ## Stop the broker and delete its data dir
+	$(KAFKA) down --purge
+
+# ---------------------------------------------------------------------------
+# Rust
+# ---------------------------------------------------------------------------
+
+build: ## cargo build --release
+	$(CARGO) build --locked --release
+
+# with-kafka.sh starts the broker, runs the command, always stops the broker
+# (also on failure or Ctrl-C) and exits with the command's status.
+test: tools ## Run all tests against a fresh local broker
+	SEGSTREAM_TEST_BOOTSTRAP=$(KAFKA_BOOTSTRAP) deploy/local/with-kafka.sh \
+	  $(CARGO) test --locked --release --all-targets
+
+lint: ## rustfmt check and clippy (warnings are errors)
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+demo: tools topics ## Start the broker, create topics, run the demo
+	deploy/local/demo.sh

@@ -1,0 +1,91 @@
+//! The command line as an operator uses it.
+
+use std::process::Command;
+
+fn segstream() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_segstream"));
+    // The developer's own environment must not change the outcome.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SEGSTREAM__") || k == "SEGSTREAM_CONFIG" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+#[test]
+fn config_check_accepts_the_example() {
+    let out = segstream()
+        .args(["config", "check", "deploy/segstream.example.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+}
+
+#[test]
+fn config_check_reports_every_mistake_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[kafka]\ngroupid = \"x\"\n[input]\nbatch_size = -5\n[validation]\nmax_event_bytes = 1\n",
+    )
+    .unwrap();
+    let out = segstream()
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("3 configuration problems"), "{err}");
+    assert!(
+        err.contains("kafka.groupid: unknown key; did you mean `kafka.group_id`?"),
+        "{err}"
+    );
+    assert!(err.contains("input.batch_size"), "{err}");
+    assert!(
+        err.contains("validation.max_event_bytes: is 1, must be between"),
+        "{err}"
+    );
+}
+
+#[test]
+fn environment_problems_are_reported_too() {
+    let out = segstream()
+        .args(["config", "check", "deploy/segstream.example.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("SEGSTREAM__KAFKA__SECURITY_PROTOCOL", "sasl_ssl")
+        .env("SEGSTREAM__KAFKA__SASL__PASSWORD", "s3cr3t-value")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kafka.sasl.username: required"), "{err}");
+    assert!(!err.contains("s3cr3t-value"), "{err}");
+}
+
+#[test]
+fn print_redacts_secrets() {
+    let out = segstream()
+        .args(["config", "check", "--print"])
+        .env("SEGSTREAM__KAFKA__SECURITY_PROTOCOL", "sasl_ssl")
+        .env("SEGSTREAM__KAFKA__SASL__USERNAME", "svc")
+        .env("SEGSTREAM__KAFKA__SASL__PASSWORD", "s3cr3t-value")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("<redacted>"), "{text}");
+    assert!(!text.contains("s3cr3t-value"), "{text}");
+}

@@ -1,0 +1,52 @@
+//! Helpers shared by the integration tests: the real broker's address and
+//! unique topic and group names, so tests never see each other's data.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use rand::Rng as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+
+/// The broker `make test` starts (`make kafka-up`).
+pub fn bootstrap() -> String {
+    std::env::var("SEGSTREAM_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+/// A name no other test run uses.
+pub fn unique(prefix: &str) -> String {
+    let n: u64 = rand::rng().random();
+    format!("{prefix}-{n:016x}")
+}
+
+/// Creates topics with `partitions` partitions, failing loudly when the broker
+/// is not there.
+pub async fn create_topics(names: &[&str], partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client");
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results =
+        tokio::time::timeout(Duration::from_secs(60), admin.create_topics(&topics, &opts))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no Kafka broker answered at {} within 60 s; start one with `make kafka-up` \
+                 (or run `make test`, which does)",
+                    bootstrap()
+                )
+            })
+            .expect("create topics");
+    for r in results {
+        if let Err((topic, code)) = r {
+            panic!("creating topic {topic}: {code}");
+        }
+    }
+}
