@@ -116,5 +116,5 @@ lint: ## rustfmt check and clippy (warnings are errors)
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-demo: tools topics ## Start the broker, create topics, run the demo
-	deploy/local/demo.sh
+demo: tools ## Start the broker, run the demo, stop the broker
+	deploy/local/with-kafka.sh deploy/local/demo.sh

@@ -21,6 +21,7 @@
 //! | [`config`] | typed configuration, loading, validation (all errors at once), Kafka client settings |
 //! | [`event`] | the input contract, decoding (protobuf, JSON, Confluent framing), validation, reason codes |
 //! | [`ingest`] | the Kafka consumer-group member, batching, dead-letter routing |
+//! | [`generate`] | synthetic data for Kafka (today: the reference sample corpus) |
 //! | [`telemetry`] | Prometheus metrics and logging |
 //!
 //! Where an event goes next: `ingest` turns Kafka records into
@@ -30,5 +31,6 @@
 
 pub mod config;
 pub mod event;
+pub mod generate;
 pub mod ingest;
 pub mod telemetry;

@@ -34,6 +34,33 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Produce the reference corpus to the input topics: every event kind in
+    /// every accepted wire format, then every bad-record case (smoke-tests the
+    /// wiring and the dead-letter topic).
+    Samples {
+        /// Customers to produce valid events for (18 events each).
+        #[arg(long, default_value_t = 3)]
+        customers: usize,
+    },
+    /// Dead-letter topic tools.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Print dead-letter records (reason, source, message) from the beginning
+    /// of the topic until it has been idle for `--idle`.
+    Show {
+        /// Stop after this long without a new record.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        idle: Duration,
+        /// Stop after this many records.
+        #[arg(long, default_value_t = 100)]
+        max: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -54,7 +81,7 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { file, print },
         } => config_check(file.or(cli.config), print),
-        Command::Run => {
+        command => {
             let config = match Config::load(cli.config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -73,18 +100,93 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(config)) {
+            let result = runtime.block_on(async {
+                match command {
+                    Command::Run => run(config).await,
+                    Command::Samples { customers } => samples(config, customers).await,
+                    Command::Dlq {
+                        command: DlqCommand::Show { idle, max },
+                    } => dlq_show(config, idle, max).await,
+                    Command::Config { .. } => Ok(()),
+                }
+            });
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    error!(
-                        error = format!("{e:#}"),
-                        "segstream run stopped on an error."
-                    );
+                    error!(error = format!("{e:#}"), "segstream stopped on an error.");
                     ExitCode::FAILURE
                 }
             }
         }
     }
+}
+
+async fn samples(config: Config, customers: usize) -> anyhow::Result<()> {
+    let report = segstream::generate::samples::produce(&config, customers).await?;
+    for (topic, n) in &report.valid {
+        println!("produced {n:>4} valid events to {topic}");
+    }
+    let bad: usize = report.bad.values().sum();
+    println!("produced {bad:>4} bad records; the dead-letter topic must receive them with these reasons:");
+    for (reason, n) in &report.bad {
+        println!("    {n} x {}", reason.as_str());
+    }
+    Ok(())
+}
+
+async fn dlq_show(config: Config, idle: Duration, max: usize) -> anyhow::Result<()> {
+    use rdkafka::consumer::StreamConsumer;
+    use rdkafka::message::{Headers, Message};
+    use segstream::ingest::header;
+    let mut client = config.kafka.client_config()?;
+    client
+        .set(
+            "group.id",
+            format!("{}-dlq-show-{}", config.kafka.group_id, std::process::id()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed");
+    let consumer: StreamConsumer = client.create().context("creating the consumer")?;
+    consumer
+        .subscribe(&[&config.dead_letter.topic])
+        .context("subscribing to the dead-letter topic")?;
+    println!(
+        "{:<10} {:<24} {:<32} message",
+        "stage", "reason", "source (topic[partition]@offset)"
+    );
+    let mut shown = 0;
+    while shown < max {
+        let msg = match tokio::time::timeout(idle, consumer.recv()).await {
+            Err(_) => break,
+            Ok(m) => m.context("reading the dead-letter topic")?,
+        };
+        let get = |key: &str| {
+            msg.headers()
+                .and_then(|h| h.iter().find(|x| x.key == key).and_then(|x| x.value))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_else(|| "?".into())
+        };
+        let source = format!(
+            "{}[{}]@{}",
+            get(header::TOPIC),
+            get(header::PARTITION),
+            get(header::OFFSET)
+        );
+        println!(
+            "{:<10} {:<24} {:<32} {}",
+            get(header::STAGE),
+            get(header::REASON),
+            source,
+            get(header::MESSAGE)
+        );
+        shown += 1;
+    }
+    println!(
+        "({shown} dead-letter records shown from {})",
+        config.dead_letter.topic
+    );
+    Ok(())
 }
 
 fn config_check(file: Option<PathBuf>, print: bool) -> ExitCode {
@@ -162,6 +264,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 backoff = Duration::from_millis(100);
                 if batch.is_empty() {
                     continue;
+                }
+                if !batch.dead_letters.is_empty() {
+                    let mut reasons = std::collections::BTreeMap::new();
+                    for d in &batch.dead_letters {
+                        *reasons.entry(d.reason.as_str()).or_insert(0u32) += 1;
+                    }
+                    warn!(
+                        count = batch.dead_letters.len(),
+                        reasons = ?reasons,
+                        topic = %config.dead_letter.topic,
+                        "Routed refused records to the dead-letter topic."
+                    );
                 }
                 sink.send_all(&batch.dead_letters).await?;
                 let offsets = batch.offsets_to_commit()?;

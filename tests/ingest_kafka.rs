@@ -14,7 +14,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
 use segstream::config::Config;
-use segstream::event::corpus::{bad_records, browse, purchase, review};
+use segstream::event::corpus::{bad_records, browse, purchase, review, BadRecord};
 use segstream::event::encode::{encode, WireFormat};
 use segstream::event::{proto, Decoder, Encoding, Limits, Reason};
 use segstream::ingest::{header, now_ms, DeadLetterSink, Ingestor};
@@ -107,8 +107,7 @@ async fn valid_events_decode_and_bad_records_reach_the_dead_letter_topic() {
 
     // Bad records, spread over the three topics, one of them with headers
     // that must survive into the dead letter.
-    let mut expected_bad: HashMap<(String, i32, i64), (String, Reason, Option<Vec<u8>>, Vec<u8>)> =
-        HashMap::new();
+    let mut expected_bad: HashMap<(String, i32, i64), BadRecord> = HashMap::new();
     let topics = [&browse_t, &purchase_t, &review_t];
     for (i, bad) in bad_records("cust-bad", now, HUGE).into_iter().enumerate() {
         let headers = (i == 0).then(|| {
@@ -125,10 +124,7 @@ async fn valid_events_decode_and_bad_records_reach_the_dead_letter_topic() {
             headers,
         )
         .await;
-        expected_bad.insert(
-            (at.topic, at.partition, at.offset),
-            (bad.name.to_string(), bad.expected, bad.key, bad.value),
-        );
+        expected_bad.insert((at.topic, at.partition, at.offset), bad);
     }
     let total = valid.len() + expected_bad.len();
 
@@ -236,9 +232,10 @@ async fn valid_events_decode_and_bad_records_reach_the_dead_letter_topic() {
                 .parse::<i64>()
                 .unwrap(),
         );
-        let (name, reason, key, value) = expected_bad
+        let bad = expected_bad
             .get(&coords)
             .unwrap_or_else(|| panic!("dead letter for unknown source {coords:?}"));
+        let (name, reason, key, value) = (bad.name, &bad.expected, &bad.key, &bad.value);
         assert_eq!(
             header_str(h, header::REASON).as_deref(),
             Some(reason.as_str()),

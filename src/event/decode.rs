@@ -182,8 +182,9 @@ fn strip_message_indexes(body: &[u8]) -> Result<&[u8], Rejection> {
         let (raw, n) = read_varint(&body[used..])
             .ok_or_else(|| bad("truncated Confluent message-index list"))?;
         used += n;
-        // Zig-zag and unsigned agree on 0; anything else is not `Event`.
-        path.push(raw);
+        // Zig-zag and unsigned agree on 0; anything else is not `Event`
+        // (shown zig-zag decoded where that is non-negative, as Confluent writes it).
+        path.push(if raw % 2 == 0 { raw / 2 } else { raw });
     }
     if path != [0] {
         return Err(Rejection::new(

@@ -88,23 +88,34 @@ pub struct SourcedEvent {
     pub offset: i64,
 }
 
-/// Decides what becomes of one record: an event, or a dead letter.
+/// What becomes of one record: exactly one of these, never nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Routed {
+    /// A valid event for the state stage.
+    Event(SourcedEvent),
+    /// A refused record for the dead-letter topic.
+    DeadLetter(DeadLetter),
+}
+
+/// Decides what becomes of one record.
 pub fn route(
     decoder: &Decoder,
     record: &SourceRecord<'_>,
     topic: &Arc<str>,
     now_ms: i64,
     max_dead_letter_bytes: usize,
-) -> Result<SourcedEvent, DeadLetter> {
+) -> Routed {
     match decoder.decode(record.key, record.value, now_ms) {
-        Ok((event, framing)) => Ok(SourcedEvent {
+        Ok((event, framing)) => Routed::Event(SourcedEvent {
             event,
             framing,
             topic: topic.clone(),
             partition: record.partition,
             offset: record.offset,
         }),
-        Err(rejection) => Err(DeadLetter::new(record, rejection, max_dead_letter_bytes)),
+        Err(rejection) => {
+            Routed::DeadLetter(DeadLetter::new(record, rejection, max_dead_letter_bytes))
+        }
     }
 }
 
@@ -296,8 +307,8 @@ impl Ingestor {
                 .next_offsets
                 .insert((topic.clone(), record.partition), record.offset + 1);
             match route(decoder, &record, &topic, now_ms, max_dlq) {
-                Ok(e) => batch.events.push(e),
-                Err(d) => batch.dead_letters.push(d),
+                Routed::Event(e) => batch.events.push(e),
+                Routed::DeadLetter(d) => batch.dead_letters.push(d),
             }
         };
         handle(&mut batch, &first);
