@@ -2,11 +2,13 @@
 //! binary vendored by `protoc-bin-vendored` so that no system protoc is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/segstream/v1/events.proto"];
+    let protos = [
+        "proto/segstream/v1/events.proto",
+        "proto/segstream/v1/state.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }
-    // SAFETY of set_var: build scripts are single-threaded at this point.
     if std::env::var_os("PROTOC").is_none() {
         let protoc = protoc_bin_vendored::protoc_bin_path()?;
         // Edition 2021: set_var is a safe function.

@@ -21,16 +21,23 @@
 //! | [`config`] | typed configuration, loading, validation (all errors at once), Kafka client settings |
 //! | [`event`] | the input contract, decoding (protobuf, JSON, Confluent framing), validation, reason codes |
 //! | [`ingest`] | the Kafka consumer-group member, batching, dead-letter routing |
+//! | [`state`] | per-customer state, windows, watermark and timers, retention, changelog codec and restore |
+//! | [`features`] | state → Arrow batch → tensors; the only place features are computed (serving and training) |
 //! | [`generate`] | synthetic data for Kafka (today: the reference sample corpus) |
 //! | [`telemetry`] | Prometheus metrics and logging |
 //!
 //! Where an event goes next: `ingest` turns Kafka records into
-//! [`event::Event`]s (or dead letters). The state, features, scoring,
-//! decision and pipeline stages of the design (`../shared/DESIGN.md`) are built
-//! on top of these and land as their own modules.
+//! [`event::Event`]s (or dead letters); `state` applies them to the
+//! customer's [`state::CustomerState`] in its partition's
+//! [`state::PartitionStore`] (late ones become dead letters too) and records
+//! every change for the changelog; `features` turns states as of a time into
+//! the model's input batch. The scoring, decision and pipeline stages of the
+//! design (`../shared/DESIGN.md`) build on these and land as their own modules.
 
 pub mod config;
 pub mod event;
+pub mod features;
 pub mod generate;
 pub mod ingest;
+pub mod state;
 pub mod telemetry;

@@ -174,6 +174,8 @@ pub enum Stage {
     Decode,
     /// The event was decoded but breaks a contract rule.
     Validate,
+    /// The event is valid but cannot be applied to the customer's state.
+    State,
 }
 
 impl Stage {
@@ -182,6 +184,7 @@ impl Stage {
         match self {
             Stage::Decode => "decode",
             Stage::Validate => "validate",
+            Stage::State => "state",
         }
     }
 }
@@ -225,11 +228,13 @@ pub enum Reason {
     StringTooLong,
     /// Any other field that breaks the contract (unknown action, bad currency, ...).
     InvalidField,
+    /// Older than its partition's watermark (beyond `state.allowed_lateness`).
+    Late,
 }
 
 impl Reason {
     /// Every code, for documentation and for pre-registering metric series.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::EmptyValue,
         Reason::TooLarge,
         Reason::BadFraming,
@@ -247,6 +252,7 @@ impl Reason {
         Reason::NegativeAmount,
         Reason::StringTooLong,
         Reason::InvalidField,
+        Reason::Late,
     ];
 
     /// The stable snake_case code.
@@ -269,6 +275,7 @@ impl Reason {
             Reason::NegativeAmount => "negative_amount",
             Reason::StringTooLong => "string_too_long",
             Reason::InvalidField => "invalid_field",
+            Reason::Late => "late",
         }
     }
 
@@ -282,6 +289,7 @@ impl Reason {
             | Reason::InvalidProtobuf
             | Reason::InvalidJson
             | Reason::JsonWrongType => Stage::Decode,
+            Reason::Late => Stage::State,
             _ => Stage::Validate,
         }
     }

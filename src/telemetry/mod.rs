@@ -5,7 +5,9 @@
 //! event. Names follow `segstream_<what>_<unit>[_total]` and labels are bounded
 //! (topic, kind, stage, reason), never a customer id.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 use crate::config::{LogFormat, TelemetryConfig};
 use crate::event::{EventKind, Reason};
@@ -24,6 +26,12 @@ pub struct Metrics {
     pub dead_letters_truncated: IntCounter,
     /// Records per decoded batch.
     pub batch_records: Histogram,
+    /// Changelog records read while restoring, by changelog topic.
+    pub restore_records: IntCounterVec,
+    /// Partitions being restored right now.
+    pub restore_in_progress: IntGauge,
+    /// Seconds each partition restore took.
+    pub restore_duration: Histogram,
 }
 
 impl Metrics {
@@ -62,6 +70,27 @@ impl Metrics {
             )
             .buckets(vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0]),
         )?;
+        let restore_records = IntCounterVec::new(
+            Opts::new(
+                "segstream_restore_records_total",
+                "Changelog records read while restoring state.",
+            ),
+            &["topic"],
+        )?;
+        let restore_in_progress = IntGauge::new(
+            "segstream_restore_partitions_in_progress",
+            "Partitions whose state is being restored from the changelog.",
+        )?;
+        let restore_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "segstream_restore_duration_seconds",
+                "Time to restore one partition's state from the changelog.",
+            )
+            .buckets(vec![0.01, 0.05, 0.25, 1.0, 5.0, 15.0, 60.0, 300.0]),
+        )?;
+        registry.register(Box::new(restore_records.clone()))?;
+        registry.register(Box::new(restore_in_progress.clone()))?;
+        registry.register(Box::new(restore_duration.clone()))?;
         registry.register(Box::new(records_consumed.clone()))?;
         registry.register(Box::new(events_accepted.clone()))?;
         registry.register(Box::new(dead_letters.clone()))?;
@@ -78,6 +107,9 @@ impl Metrics {
             dead_letters,
             dead_letters_truncated,
             batch_records,
+            restore_records,
+            restore_in_progress,
+            restore_duration,
         })
     }
 

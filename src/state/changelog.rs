@@ -1,0 +1,432 @@
+//! Changelog durability: the versioned binary encoding of a customer's state
+//! (`proto/segstream/v1/state.proto`), the records written for changed and
+//! evicted customers, and restore of a partition's customers from the
+//! compacted changelog topic.
+//!
+//! The changelog is co-partitioned with the input: a customer's record goes
+//! to the same partition number as their input events, so a partition's
+//! state moves with the partition. Writing transactionally with the outputs
+//! and offsets belongs to the pipeline; this module produces the records and
+//! restores them.
+
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tracing::{error, info};
+
+use super::{CustomerState, DayBucket, Decision, PartitionStore, RecentEvent};
+use crate::event::proto;
+use crate::telemetry::Metrics;
+
+/// The layout version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Why a changelog value could not be read back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// Not a protobuf `CustomerStateRecord`.
+    #[error("undecodable state record: {0}")]
+    Protobuf(String),
+    /// Written by a layout this build does not know.
+    #[error("state record has format_version {0}, this build reads {FORMAT_VERSION}")]
+    Version(u32),
+    /// Columns of different lengths or other inconsistencies.
+    #[error("inconsistent state record: {0}")]
+    Inconsistent(&'static str),
+}
+
+/// Encodes a state as a changelog value.
+pub fn encode(state: &CustomerState) -> Vec<u8> {
+    let mut recent = proto::RecentEvents::default();
+    let mut prev = 0i64;
+    for (i, e) in state.recent.iter().enumerate() {
+        let delta = if i == 0 { e.time_s } else { e.time_s - prev };
+        // The list is sorted, so deltas are never negative; the first value
+        // is an absolute time after 1970 (validated on input).
+        recent.time_s_delta.push(delta.max(0).unsigned_abs());
+        prev = e.time_s;
+        recent.id_hash.push(e.id_hash);
+        recent.kind.push(e.kind);
+        recent.rating.push(e.rating);
+        recent.category_hash.push(e.category);
+        recent.amount_minor.push(e.amount_minor);
+        recent.dwell_s.push(u32::from(e.dwell_s));
+    }
+    recent.token_count = state.token_counts.iter().map(|c| u32::from(*c)).collect();
+    recent.tokens = state.tokens.clone();
+    let mut days = proto::DayBuckets::default();
+    let mut prev_day = 0i64;
+    for (i, d) in state.days.iter().enumerate() {
+        let delta = if i == 0 { d.day } else { d.day - prev_day };
+        days.day_delta
+            .push(u32::try_from(delta.max(0)).unwrap_or(u32::MAX));
+        prev_day = d.day;
+        days.browse.push(d.browse);
+        days.cart_adds.push(d.cart_adds);
+        days.purchases.push(d.purchases);
+        days.reviews.push(d.reviews);
+        days.spend_minor.push(d.spend_minor);
+        days.rating_sum.push(d.rating_sum);
+        days.category_bits.push(d.category_bits);
+    }
+    let dec = &state.decision;
+    proto::CustomerStateRecord {
+        format_version: FORMAT_VERSION,
+        first_seen_ms: state.first_seen_ms,
+        last_event_ms: state.last_event_ms,
+        last_purchase_ms: state.last_purchase_ms,
+        recent: Some(recent),
+        days: Some(days),
+        decision: Some(proto::Decision {
+            segment: dec.segment.clone(),
+            scores: dec.scores.clone(),
+            model_version: dec.model_version.clone(),
+            decided_at_ms: dec.decided_at_ms,
+            next_review_ms: dec.next_review_ms,
+        }),
+        duplicates: state.duplicates,
+    }
+    .encode_to_vec()
+}
+
+/// Decodes a changelog value.
+pub fn decode(bytes: &[u8]) -> Result<CustomerState, CodecError> {
+    let r = proto::CustomerStateRecord::decode(bytes)
+        .map_err(|e| CodecError::Protobuf(e.to_string()))?;
+    if r.format_version != FORMAT_VERSION {
+        return Err(CodecError::Version(r.format_version));
+    }
+    let recent = r.recent.unwrap_or_default();
+    let n = recent.time_s_delta.len();
+    if [
+        recent.id_hash.len(),
+        recent.kind.len(),
+        recent.rating.len(),
+        recent.category_hash.len(),
+        recent.amount_minor.len(),
+        recent.dwell_s.len(),
+        recent.token_count.len(),
+    ]
+    .iter()
+    .any(|len| *len != n)
+    {
+        return Err(CodecError::Inconsistent(
+            "recent-event columns differ in length",
+        ));
+    }
+    let token_total: u64 = recent.token_count.iter().map(|c| u64::from(*c)).sum();
+    if token_total != recent.tokens.len() as u64 || recent.token_count.iter().any(|c| *c > 255) {
+        return Err(CodecError::Inconsistent(
+            "token counts do not match the tokens",
+        ));
+    }
+    let mut events = Vec::with_capacity(n);
+    let mut t = 0i64;
+    for i in 0..n {
+        let delta = i64::try_from(recent.time_s_delta[i])
+            .map_err(|_| CodecError::Inconsistent("time out of range"))?;
+        t = t
+            .checked_add(delta)
+            .ok_or(CodecError::Inconsistent("time out of range"))?;
+        events.push(RecentEvent {
+            id_hash: recent.id_hash[i],
+            amount_minor: recent.amount_minor[i],
+            time_s: t,
+            category: recent.category_hash[i],
+            dwell_s: u16::try_from(recent.dwell_s[i]).unwrap_or(u16::MAX),
+            kind: recent.kind[i],
+            rating: recent.rating[i],
+        });
+    }
+    let days_in = r.days.unwrap_or_default();
+    let m = days_in.day_delta.len();
+    if [
+        days_in.browse.len(),
+        days_in.cart_adds.len(),
+        days_in.purchases.len(),
+        days_in.reviews.len(),
+        days_in.spend_minor.len(),
+        days_in.rating_sum.len(),
+        days_in.category_bits.len(),
+    ]
+    .iter()
+    .any(|len| *len != m)
+    {
+        return Err(CodecError::Inconsistent(
+            "day-bucket columns differ in length",
+        ));
+    }
+    let mut days = Vec::with_capacity(m);
+    let mut day = 0i64;
+    for i in 0..m {
+        day += i64::from(days_in.day_delta[i]);
+        days.push(DayBucket {
+            day,
+            spend_minor: days_in.spend_minor[i],
+            category_bits: days_in.category_bits[i],
+            browse: days_in.browse[i],
+            cart_adds: days_in.cart_adds[i],
+            purchases: days_in.purchases[i],
+            reviews: days_in.reviews[i],
+            rating_sum: days_in.rating_sum[i],
+        });
+    }
+    let d = r.decision.unwrap_or_default();
+    Ok(CustomerState {
+        first_seen_ms: r.first_seen_ms,
+        last_event_ms: r.last_event_ms,
+        last_purchase_ms: r.last_purchase_ms,
+        recent: events,
+        token_counts: recent.token_count.iter().map(|c| *c as u8).collect(),
+        tokens: recent.tokens,
+        days,
+        decision: Decision {
+            segment: d.segment,
+            scores: d.scores,
+            model_version: d.model_version,
+            decided_at_ms: d.decided_at_ms,
+            next_review_ms: d.next_review_ms,
+        },
+        duplicates: r.duplicates,
+    })
+}
+
+/// One changelog record: a customer's encoded state, or a tombstone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangelogRecord {
+    /// The customer id (record key).
+    pub key: String,
+    /// Encoded state; `None` is a tombstone (evicted).
+    pub value: Option<Vec<u8>>,
+}
+
+/// The records for every customer changed or evicted since the last call.
+pub fn drain_dirty(store: &mut PartitionStore) -> Vec<ChangelogRecord> {
+    store
+        .take_dirty()
+        .into_iter()
+        .map(|(key, state)| ChangelogRecord {
+            key,
+            value: state.map(encode),
+        })
+        .collect()
+}
+
+/// Errors of the Kafka side of the changelog.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangelogError {
+    /// A Kafka call failed.
+    #[error("{what}: {source}")]
+    Kafka {
+        /// What was being done.
+        what: &'static str,
+        /// The client error.
+        #[source]
+        source: KafkaError,
+    },
+    /// Restore did not reach the end of the partition in time.
+    #[error("restore of {topic}[{partition}] did not finish within {timeout:?}")]
+    Timeout {
+        /// Changelog topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The limit.
+        timeout: Duration,
+    },
+}
+
+fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> ChangelogError {
+    move |source| ChangelogError::Kafka { what, source }
+}
+
+/// Writes changelog records to their partition and waits for the acks.
+/// (The pipeline writes the same records inside its transaction instead.)
+pub struct ChangelogWriter {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl ChangelogWriter {
+    /// An idempotent producer on `client` (connection settings from the config).
+    pub fn new(mut client: ClientConfig, topic: &str) -> Result<Self, ChangelogError> {
+        client
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("compression.type", "zstd");
+        Ok(ChangelogWriter {
+            producer: client
+                .create()
+                .map_err(kafka("creating the changelog producer"))?,
+            topic: topic.to_string(),
+        })
+    }
+
+    /// Writes `records` to `partition` (the customers' input partition).
+    pub async fn write(
+        &self,
+        partition: i32,
+        records: &[ChangelogRecord],
+    ) -> Result<(), ChangelogError> {
+        let mut pending = Vec::with_capacity(records.len());
+        for r in records {
+            let mut rec = FutureRecord::<str, [u8]>::to(&self.topic)
+                .partition(partition)
+                .key(&r.key);
+            if let Some(v) = &r.value {
+                rec = rec.payload(v);
+            }
+            pending.push(self.producer.send_result(rec).map_err(|(e, _)| {
+                ChangelogError::Kafka {
+                    what: "queueing a changelog record",
+                    source: e,
+                }
+            })?);
+        }
+        for p in pending {
+            match p.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(kafka("writing a changelog record")(e)),
+                Err(_) => return Err(kafka("writing a changelog record")(KafkaError::Canceled)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RestoreStats {
+    /// Records read (states and tombstones).
+    pub records: u64,
+    /// Bytes of record values read.
+    pub bytes: u64,
+    /// Tombstones applied.
+    pub tombstones: u64,
+    /// Records that could not be decoded (logged and skipped).
+    pub corrupt: u64,
+    /// Customers in the store afterwards.
+    pub customers: usize,
+    /// Wall time taken.
+    pub duration: Duration,
+}
+
+/// Restores one partition's customers into `store`, reading the changelog
+/// partition from the beginning to its end (read_committed). Blocking: run it
+/// on a blocking thread. Customers of the partition must not be processed
+/// before it returns.
+pub fn restore_partition(
+    client: &ClientConfig,
+    topic: &str,
+    partition: i32,
+    store: &mut PartitionStore,
+    metrics: &Metrics,
+    timeout: Duration,
+) -> Result<RestoreStats, ChangelogError> {
+    let started = Instant::now();
+    let mut client = client.clone();
+    client
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest");
+    if client.get("group.id").is_none() {
+        client.set("group.id", "segstream-restore");
+    }
+    let consumer: BaseConsumer = client
+        .create()
+        .map_err(kafka("creating the restore consumer"))?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)
+        .map_err(kafka("building the restore assignment"))?;
+    consumer
+        .assign(&tpl)
+        .map_err(kafka("assigning the changelog partition"))?;
+    let in_progress = metrics.restore_in_progress.clone();
+    in_progress.inc();
+    let _guard = scopeguard(move || in_progress.dec());
+    let records_counter = metrics.restore_records.with_label_values(&[topic]);
+    let mut stats = RestoreStats::default();
+    let mut unreported = 0u64;
+    loop {
+        if started.elapsed() > timeout {
+            return Err(ChangelogError::Timeout {
+                topic: topic.to_string(),
+                partition,
+                timeout,
+            });
+        }
+        match consumer.poll(Duration::from_millis(500)) {
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => return Err(kafka("reading the changelog")(e)),
+            Some(Ok(msg)) => {
+                stats.records += 1;
+                unreported += 1;
+                let key = msg.key().map(String::from_utf8_lossy).unwrap_or_default();
+                match msg.payload() {
+                    None => {
+                        stats.tombstones += 1;
+                        store.forget(&key);
+                    }
+                    Some(bytes) => {
+                        stats.bytes += bytes.len() as u64;
+                        match decode(bytes) {
+                            Ok(mut state) => {
+                                state.shrink();
+                                store.restore(key.into_owned(), state);
+                            }
+                            Err(e) => {
+                                stats.corrupt += 1;
+                                error!(
+                                    topic, partition, offset = msg.offset(), error = %e,
+                                    "Skipped a changelog record that could not be decoded; \
+                                     that customer's state restarts empty."
+                                );
+                            }
+                        }
+                    }
+                }
+                if unreported >= 1024 {
+                    records_counter.inc_by(unreported);
+                    unreported = 0;
+                }
+            }
+        }
+    }
+    records_counter.inc_by(unreported);
+    stats.customers = store.len();
+    stats.duration = started.elapsed();
+    metrics
+        .restore_duration
+        .observe(stats.duration.as_secs_f64());
+    info!(
+        topic,
+        partition,
+        records = stats.records,
+        customers = stats.customers,
+        tombstones = stats.tombstones,
+        corrupt = stats.corrupt,
+        seconds = stats.duration.as_secs_f64(),
+        "Restored partition state from the changelog."
+    );
+    Ok(stats)
+}
+
+/// Runs `f` when dropped (keeps the in-progress gauge right on every exit path).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}

@@ -1,0 +1,425 @@
+use proptest::prelude::*;
+use tokio::time::Instant;
+
+use super::changelog::{decode, encode, CodecError};
+use super::*;
+use crate::event::{Browse, LineItem, Purchase, Review};
+
+pub(crate) const T0: i64 = 1_790_000_000_000;
+
+pub(crate) fn ev(customer: &str, id: &str, time_ms: i64, payload: Payload) -> Event {
+    Event {
+        event_id: id.into(),
+        customer_id: customer.into(),
+        event_time_ms: time_ms,
+        payload,
+    }
+}
+
+pub(crate) fn view(category: &str, price: i64, dwell_ms: i64) -> Payload {
+    Payload::Browse(Browse {
+        product_id: "p".into(),
+        category: category.into(),
+        session_id: String::new(),
+        action: BrowseAction::View,
+        dwell_ms,
+        price_minor: price,
+    })
+}
+
+pub(crate) fn cart_add(category: &str) -> Payload {
+    Payload::Browse(Browse {
+        product_id: "p".into(),
+        category: category.into(),
+        session_id: String::new(),
+        action: BrowseAction::CartAdd,
+        dwell_ms: 0,
+        price_minor: 100,
+    })
+}
+
+pub(crate) fn buy(category: &str, total: i64) -> Payload {
+    Payload::Purchase(Purchase {
+        order_id: "o".into(),
+        items: vec![LineItem {
+            product_id: "p".into(),
+            category: category.into(),
+            quantity: 1,
+            unit_price_minor: total,
+        }],
+        total_minor: total,
+        currency: "EUR".into(),
+    })
+}
+
+pub(crate) fn rate(category: &str, rating: u8, text: &str) -> Payload {
+    Payload::Review(Review {
+        product_id: "p".into(),
+        category: category.into(),
+        rating,
+        text: text.into(),
+    })
+}
+
+/// Random events of one customer spread over `span_ms` after T0.
+pub(crate) fn events(
+    customer: &'static str,
+    span_ms: i64,
+    max: usize,
+) -> impl Strategy<Value = Vec<Event>> {
+    let one = (
+        0..span_ms,
+        0u8..4,
+        0usize..5,
+        0i64..50_000,
+        1u8..=5,
+        0i64..600_000,
+    );
+    proptest::collection::vec(one, 1..max).prop_map(move |raw| {
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, (dt, k, cat, amount, rating, dwell))| {
+                let category = ["", "shoes", "socks", "hats", "bags"][cat];
+                let payload = match k {
+                    0 => view(category, amount, dwell),
+                    1 => cart_add(category),
+                    2 => buy(category, amount),
+                    _ => rate(category, rating, "good fit, would buy again"),
+                };
+                ev(customer, &format!("e{i}"), T0 + dt, payload)
+            })
+            .collect()
+    })
+}
+
+fn state_of(events: &[Event], limits: StateLimits) -> CustomerState {
+    let mut s = CustomerState::default();
+    for e in events {
+        s.record(e, limits);
+    }
+    s
+}
+
+#[test]
+fn keeps_the_last_n_events_in_time_order_with_their_tokens() {
+    let limits = StateLimits {
+        max_events: 3,
+        text_tokens: 4,
+    };
+    let mut s = CustomerState::default();
+    s.record(&ev("c", "a", T0 + 5_000, view("x", 1, 0)), limits);
+    s.record(&ev("c", "b", T0 + 1_000, rate("x", 5, "so good")), limits);
+    s.record(
+        &ev("c", "c", T0 + 9_000, rate("x", 2, "too small sadly")),
+        limits,
+    );
+    s.record(&ev("c", "d", T0 + 7_000, buy("x", 500)), limits);
+    let times: Vec<i64> = s.recent().iter().map(|e| e.time_s * 1000).collect();
+    assert_eq!(times, [T0 + 5_000, T0 + 7_000, T0 + 9_000]);
+    let counts: Vec<usize> = s.recent_tokens().map(<[u32]>::len).collect();
+    assert_eq!(counts, [0, 0, 4], "the oldest review's tokens left with it");
+    assert_eq!(
+        s.recent_tokens().last().unwrap(),
+        &text::tokenize("too small sadly", 4)[..]
+    );
+    // Aggregates still count the evicted event.
+    assert_eq!(s.aggregates(T0 + 10_000).windows[0].reviews, 2);
+    assert_eq!(s.last_purchase_ms, T0 + 7_000);
+    assert_eq!(s.first_seen_ms, T0 + 1_000);
+}
+
+#[test]
+fn duplicate_event_ids_are_ignored_and_counted() {
+    let limits = StateLimits::default();
+    let mut s = CustomerState::default();
+    assert_eq!(
+        s.record(&ev("c", "a", T0, buy("x", 100)), limits),
+        Applied::Changed
+    );
+    let before = s.clone();
+    assert_eq!(
+        s.record(&ev("c", "a", T0 + 5, buy("x", 100)), limits),
+        Applied::Duplicate
+    );
+    assert_eq!(s.duplicates, 1);
+    assert_eq!(s.aggregates(T0).windows[0].purchases, 1);
+    assert_eq!(s.recent(), before.recent());
+}
+
+#[test]
+fn state_never_holds_review_text() {
+    let secret = "unmistakable-private-words";
+    let s = state_of(
+        &[ev("c", "r", T0, rate("x", 4, secret))],
+        StateLimits::default(),
+    );
+    let bytes = encode(&s);
+    assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    assert!(!format!("{s:?}").contains(secret));
+}
+
+#[test]
+fn old_day_buckets_are_pruned() {
+    let limits = StateLimits::default();
+    let s = state_of(
+        &[
+            ev("c", "a", T0, buy("x", 100)),
+            ev("c", "b", T0 + 200 * 86_400_000, view("x", 1, 0)),
+        ],
+        limits,
+    );
+    assert_eq!(s.days().len(), 1);
+    assert_eq!(s.aggregates(T0 + 200 * 86_400_000).windows[3].purchases, 0);
+    // ...but the last purchase is still known.
+    assert_eq!(s.last_purchase_ms, T0);
+}
+
+#[test]
+fn codec_refuses_unknown_versions_and_inconsistent_columns() {
+    use prost::Message as _;
+    let s = state_of(
+        &[ev("c", "a", T0, rate("x", 4, "nice"))],
+        StateLimits::default(),
+    );
+    let mut record = crate::event::proto::CustomerStateRecord::decode(&encode(&s)[..]).unwrap();
+    record.format_version = 2;
+    assert_eq!(decode(&record.encode_to_vec()), Err(CodecError::Version(2)));
+    record.format_version = 1;
+    record.recent.as_mut().unwrap().kind.push(3);
+    assert!(matches!(
+        decode(&record.encode_to_vec()),
+        Err(CodecError::Inconsistent(_))
+    ));
+    assert!(matches!(
+        decode(&[0xff, 0xff]),
+        Err(CodecError::Protobuf(_))
+    ));
+}
+
+fn naive_window(events: &[Event], as_of_ms: i64, days: u32) -> Window {
+    let today = day_of(as_of_ms);
+    let first = today - i64::from(days) + 1;
+    let mut w = Window::default();
+    let mut bits = 0u64;
+    let mut rating_sum = 0u64;
+    let mut seen = std::collections::HashSet::new();
+    for e in events {
+        if !seen.insert(e.event_id.clone()) {
+            continue;
+        }
+        let d = day_of(e.event_time_ms);
+        if d < first || d > today {
+            continue;
+        }
+        let bit = |c: &str| {
+            let h = text::category_hash(c);
+            if h == 0 {
+                0
+            } else {
+                1u64 << (h % 64)
+            }
+        };
+        match &e.payload {
+            Payload::Browse(b) => {
+                w.browse += 1;
+                w.cart_adds += u64::from(b.action == BrowseAction::CartAdd);
+                bits |= bit(&b.category);
+            }
+            Payload::Purchase(p) => {
+                w.purchases += 1;
+                w.spend_minor += p.total_minor as u64;
+                for i in &p.items {
+                    bits |= bit(&i.category);
+                }
+            }
+            Payload::Review(r) => {
+                w.reviews += 1;
+                rating_sum += u64::from(r.rating);
+                bits |= bit(&r.category);
+            }
+        }
+    }
+    w.distinct_categories = bits.count_ones();
+    w.mean_rating = (w.reviews > 0).then(|| rating_sum as f64 / w.reviews as f64);
+    w
+}
+
+proptest! {
+    #[test]
+    fn any_arrival_order_gives_the_same_state(
+        evs in events("c", 3_600_000, 120),
+        seed in any::<u64>(),
+    ) {
+        let limits = StateLimits { max_events: 16, text_tokens: 8 };
+        let ordered = state_of(&evs, limits);
+        let mut shuffled = evs.clone();
+        let mut rng = seed;
+        for i in (1..shuffled.len()).rev() {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            shuffled.swap(i, (rng >> 33) as usize % (i + 1));
+        }
+        let other = state_of(&shuffled, limits);
+        prop_assert_eq!(&ordered, &other);
+        let f = crate::features::Featurizer::new(
+            crate::features::FeatureSpec::for_state(limits), limits).unwrap();
+        let as_of = T0 + 3_600_000;
+        prop_assert_eq!(f.featurize(&[&ordered], as_of).unwrap(), f.featurize(&[&other], as_of).unwrap());
+    }
+
+    #[test]
+    fn window_aggregates_equal_a_naive_recount(
+        evs in events("c", 120 * 86_400_000, 200),
+        after_ms in 0i64..40 * 86_400_000,
+    ) {
+        let s = state_of(&evs, StateLimits::default());
+        let as_of = evs.iter().map(|e| e.event_time_ms).max().unwrap() + after_ms;
+        let agg = s.aggregates(as_of);
+        for (w, days) in agg.windows.iter().zip(WINDOW_DAYS) {
+            let naive = naive_window(&evs, as_of, days);
+            prop_assert_eq!(w, &naive, "window of {} days", days);
+        }
+        let last = evs.iter().map(|e| e.event_time_ms).max().unwrap();
+        prop_assert!((agg.days_since_event - (as_of - last) as f64 / 86_400_000.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn codec_round_trips(evs in events("c", 100 * 86_400_000, 150), review_ms in 0i64..i64::MAX / 2) {
+        let mut s = state_of(&evs, StateLimits::default());
+        s.decision = Decision {
+            segment: "at_risk".into(),
+            scores: vec![0.1, 0.7, 0.2],
+            model_version: "2026-11-28T10-00-00Z".into(),
+            decided_at_ms: T0,
+            next_review_ms: review_ms,
+        };
+        let bytes = encode(&s);
+        prop_assert_eq!(decode(&bytes).unwrap(), s);
+    }
+
+    #[test]
+    fn codec_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = decode(&bytes);
+    }
+}
+
+fn store_limits() -> StoreLimits {
+    StoreLimits {
+        state: StateLimits::default(),
+        allowed_lateness_ms: 60_000,
+        idle_timeout: std::time::Duration::from_secs(30),
+        ttl_ms: 100 * 86_400_000,
+        review_after_ms: 3_600_000,
+    }
+}
+
+#[test]
+fn events_behind_the_watermark_are_late() {
+    let now = Instant::now();
+    let mut store = PartitionStore::new(store_limits());
+    assert_eq!(
+        store.record(&ev("a", "1", T0, view("x", 1, 0)), now),
+        RecordOutcome::Applied
+    );
+    // Within the allowed lateness: placed in order.
+    assert_eq!(
+        store.record(&ev("b", "2", T0 - 60_000, view("x", 1, 0)), now),
+        RecordOutcome::Applied
+    );
+    assert_eq!(
+        store.record(&ev("b", "3", T0 - 60_001, view("x", 1, 0)), now),
+        RecordOutcome::Late {
+            watermark_ms: T0 - 60_000
+        }
+    );
+    assert_eq!(
+        store.record(&ev("a", "1", T0, view("x", 1, 0)), now),
+        RecordOutcome::Duplicate
+    );
+    assert_eq!(store.duplicates(), 1);
+    let dirty: Vec<String> = store.take_dirty().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(dirty, ["a", "b"]);
+    assert!(store.take_dirty().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_partitions_advance_by_wall_clock_and_fire_inactivity_timers() {
+    let limits = store_limits();
+    let mut store = PartitionStore::new(limits);
+    store.record(&ev("a", "1", T0, view("x", 1, 0)), Instant::now());
+    store.record(
+        &ev("b", "2", T0 + 1_800_000, view("x", 1, 0)),
+        Instant::now(),
+    );
+    store.tick(Instant::now());
+    assert!(store.take_due().is_empty());
+    let wm0 = store.watermark_ms();
+    assert_eq!(wm0, T0 + 1_800_000 - 60_000);
+
+    // Not idle long enough yet: nothing moves.
+    tokio::time::advance(std::time::Duration::from_secs(29)).await;
+    store.tick(Instant::now());
+    assert_eq!(store.watermark_ms(), wm0);
+
+    // Idle: the watermark follows the wall clock (credited from the idle timeout on).
+    tokio::time::advance(std::time::Duration::from_secs(31)).await;
+    store.tick(Instant::now());
+    assert_eq!(store.watermark_ms(), wm0 + 30_000);
+
+    // "a" is due at T0 + 1h; the watermark reaches it after ~31 more minutes.
+    tokio::time::advance(std::time::Duration::from_secs(31 * 60)).await;
+    store.tick(Instant::now());
+    assert_eq!(store.take_due(), ["a"]);
+    assert!(store.take_due().is_empty(), "a timer fires once");
+    assert_eq!(store.get("a").unwrap().decision.next_review_ms, 0);
+
+    // A rescheduled review fires again later; new input stops the idle clock.
+    store.schedule_review("a", store.watermark_ms() + 10_000);
+    tokio::time::advance(std::time::Duration::from_secs(10)).await;
+    store.tick(Instant::now());
+    assert_eq!(store.take_due(), ["a"]);
+    let t = store.watermark_ms() + 1;
+    assert_eq!(
+        store.record(&ev("c", "3", t, view("x", 1, 0)), Instant::now()),
+        RecordOutcome::Applied
+    );
+    let wm = store.watermark_ms();
+    tokio::time::advance(std::time::Duration::from_secs(20)).await;
+    store.tick(Instant::now());
+    assert_eq!(store.watermark_ms(), wm);
+}
+
+#[test]
+fn inactive_customers_are_evicted_as_tombstones() {
+    let now = Instant::now();
+    let mut store = PartitionStore::new(store_limits());
+    store.record(&ev("old", "1", T0, view("x", 1, 0)), now);
+    store.record(&ev("new", "2", T0 + 99 * 86_400_000, view("x", 1, 0)), now);
+    store.take_dirty();
+    assert_eq!(store.evict_expired(), 0);
+    store.record(&ev("new", "3", T0 + 101 * 86_400_000, view("x", 1, 0)), now);
+    assert_eq!(store.evict_expired(), 1);
+    assert!(store.get("old").is_none());
+    let dirty = store.take_dirty();
+    let tomb: Vec<_> = dirty
+        .iter()
+        .filter(|(_, s)| s.is_none())
+        .map(|(k, _)| k.as_str())
+        .collect();
+    assert_eq!(tomb, ["old"]);
+    assert_eq!(store.len(), 1);
+}
+
+#[test]
+fn restore_rebuilds_timers_and_watermark() {
+    let now = Instant::now();
+    let mut original = PartitionStore::new(store_limits());
+    original.record(&ev("a", "1", T0, view("x", 1, 0)), now);
+    let mut restored = PartitionStore::new(store_limits());
+    for rec in changelog::drain_dirty(&mut original) {
+        restored.restore(rec.key, decode(&rec.value.unwrap()).unwrap());
+    }
+    assert_eq!(restored.watermark_ms(), original.watermark_ms());
+    assert_eq!(restored.get("a"), original.get("a"));
+    restored.record(&ev("b", "2", T0 + 2 * 3_600_000, view("x", 1, 0)), now);
+    assert_eq!(restored.take_due(), ["a"]);
+}
