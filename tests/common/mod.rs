@@ -24,13 +24,23 @@ pub fn unique(prefix: &str) -> String {
 /// Creates topics with `partitions` partitions, failing loudly when the broker
 /// is not there.
 pub async fn create_topics(names: &[&str], partitions: i32) {
+    create_topics_with(names, partitions, &[]).await
+}
+
+/// Creates topics with topic-level configs (e.g. `cleanup.policy=compact`).
+pub async fn create_topics_with(names: &[&str], partitions: i32, configs: &[(&str, &str)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .create()
         .expect("admin client");
     let topics: Vec<NewTopic<'_>> = names
         .iter()
-        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+        .map(|n| {
+            configs.iter().fold(
+                NewTopic::new(n, partitions, TopicReplication::Fixed(1)),
+                |t, (k, v)| t.set(k, v),
+            )
+        })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results =
