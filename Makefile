@@ -35,7 +35,7 @@ ORT_WHEEL_PYTHON := 3.11
 export ORT_DYLIB_PATH := $(ORT_LIB)
 
 .PHONY: help tools onnxruntime kafka-jars kafka-up kafka-down kafka-status \
-        topics build test lint demo clean-kafka
+        topics build test bench lint demo clean-kafka
 
 help: ## List targets
 	@echo "Usage: make <target> [VAR=value ...]"
@@ -111,6 +111,10 @@ build: ## cargo build --release
 test: tools ## Run all tests against a fresh local broker
 	SEGSTREAM_TEST_BOOTSTRAP=$(KAFKA_BOOTSTRAP) deploy/local/with-kafka.sh \
 	  $(CARGO) test --locked --release --all-targets
+
+bench: build kafka-up ## Benchmarks against a local broker (results: target/bench/*.json)
+	mkdir -p target/bench
+	target/release/segstream bench state --customers $${CUSTOMERS:-100000} --json target/bench/state.json
 
 lint: ## rustfmt check and clippy (warnings are errors)
 	$(CARGO) fmt --check

@@ -24,6 +24,7 @@
 //! | [`state`] | per-customer state, windows, watermark and timers, retention, changelog codec and restore |
 //! | [`features`] | state → Arrow batch → tensors; the only place features are computed (serving and training) |
 //! | [`generate`] | synthetic data for Kafka (today: the reference sample corpus) |
+//! | [`bench`] | the benchmark suite: ratios against raw librdkafka / ONNX Runtime baselines |
 //! | [`telemetry`] | Prometheus metrics and logging |
 //!
 //! Where an event goes next: `ingest` turns Kafka records into
@@ -34,6 +35,7 @@
 //! the model's input batch. The scoring, decision and pipeline stages of the
 //! design (`../shared/DESIGN.md`) build on these and land as their own modules.
 
+pub mod bench;
 pub mod config;
 pub mod event;
 pub mod features;

@@ -42,10 +42,31 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         customers: usize,
     },
+    /// Benchmarks, reported as ratios against baselines measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Dead-letter topic tools.
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Memory per customer and changelog restore rate (vs raw librdkafka).
+    State {
+        /// Customers to simulate.
+        #[arg(long, default_value_t = 100_000)]
+        customers: usize,
+        /// Skip the restore measurement (no broker needed).
+        #[arg(long)]
+        no_kafka: bool,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
 }
 
@@ -107,6 +128,14 @@ fn main() -> ExitCode {
                     Command::Dlq {
                         command: DlqCommand::Show { idle, max },
                     } => dlq_show(config, idle, max).await,
+                    Command::Bench {
+                        command:
+                            BenchCommand::State {
+                                customers,
+                                no_kafka,
+                                json,
+                            },
+                    } => bench_state(config, customers, !no_kafka, json).await,
                     Command::Config { .. } => Ok(()),
                 }
             });
@@ -119,6 +148,23 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+async fn bench_state(
+    config: Config,
+    customers: usize,
+    kafka: bool,
+    json: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let result = segstream::bench::state(&config, customers, kafka)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{}", segstream::bench::state_markdown(&result));
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&result)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 async fn samples(config: Config, customers: usize) -> anyhow::Result<()> {

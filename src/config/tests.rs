@@ -223,3 +223,24 @@ fn edit_distance_suggests_near_keys() {
     assert_eq!(edit_distance("abc", "abc"), 0);
     assert_eq!(edit_distance("", "abc"), 3);
 }
+
+#[test]
+fn state_rules_are_checked() {
+    let e = load_toml(
+        r#"
+        [state]
+        max_events = 0
+        ttl = "30days"
+        changelog_topic = "segstream-dlq"
+        "#,
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(
+        paths(&e),
+        ["state.max_events", "state.ttl", "state.changelog_topic"],
+        "{e}"
+    );
+    let c = load_toml("[state]\nallowed_lateness = \"5m\"\n", &[]).unwrap();
+    assert_eq!(c.state.limits().allowed_lateness_ms, 300_000);
+}

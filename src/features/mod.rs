@@ -206,8 +206,11 @@ impl Featurizer {
                 spec.text_tokens, limits.text_tokens
             ));
         }
-        if spec.category_buckets < 2 || spec.text_buckets < 2 {
-            why.push("category_buckets and text_buckets must be at least 2".to_string());
+        if spec.category_buckets < 2 || !(2..=65_536).contains(&spec.text_buckets) {
+            why.push(
+                "category_buckets must be at least 2 and text_buckets between 2 and 65536"
+                    .to_string(),
+            );
         }
         let n = &spec.normalization;
         for (name, v) in [
@@ -298,20 +301,20 @@ impl Featurizer {
         let s = &self.spec;
         let norm = &s.normalization;
         let as_of_s = as_of_ms.div_euclid(1000);
-        let tokens: Vec<&[u32]> = state.recent_tokens().collect();
+        let tokens: Vec<&[u16]> = state.recent_tokens().collect();
         let visible = state
             .recent()
             .iter()
             .zip(tokens)
             .rev()
-            .filter(|(ev, _)| ev.time_s <= as_of_s)
+            .filter(|(ev, _)| i64::from(ev.time_s) <= as_of_s)
             .take(s.max_events);
         for (i, (ev, toks)) in visible.enumerate() {
             kinds[i] = i64::from(ev.kind);
             cats[i] = bucket(ev.category, s.category_buckets);
             mask[i] = 1.0;
-            let age_s = (as_of_s - ev.time_s).max(0) as f32;
-            let hour = (ev.time_s.rem_euclid(86_400) as f32) / 3_600.0;
+            let age_s = (as_of_s - i64::from(ev.time_s)).max(0) as f32;
+            let hour = ((ev.time_s % 86_400) as f32) / 3_600.0;
             let angle = hour / 24.0 * std::f32::consts::TAU;
             let row = &mut numeric[i * EVENT_NUMERIC_DIM..(i + 1) * EVENT_NUMERIC_DIM];
             row[0] = age_s.ln_1p() / norm.age_log_scale;
@@ -321,7 +324,7 @@ impl Featurizer {
             row[4] = angle.sin();
             row[5] = angle.cos();
             for (j, tok) in toks.iter().take(s.text_tokens).enumerate() {
-                text[i * s.text_tokens + j] = bucket(*tok, s.text_buckets);
+                text[i * s.text_tokens + j] = bucket(u32::from(*tok), s.text_buckets);
             }
         }
     }

@@ -43,34 +43,34 @@ pub enum CodecError {
 /// Encodes a state as a changelog value.
 pub fn encode(state: &CustomerState) -> Vec<u8> {
     let mut recent = proto::RecentEvents::default();
-    let mut prev = 0i64;
-    for (i, e) in state.recent.iter().enumerate() {
-        let delta = if i == 0 { e.time_s } else { e.time_s - prev };
-        // The list is sorted, so deltas are never negative; the first value
-        // is an absolute time after 1970 (validated on input).
-        recent.time_s_delta.push(delta.max(0).unsigned_abs());
+    let mut prev = 0u32;
+    for e in &state.recent {
+        // The list is sorted, so deltas are never negative; the first one is
+        // the absolute time.
+        recent.time_s_delta.push(u64::from(e.time_s - prev));
         prev = e.time_s;
         recent.id_hash.push(e.id_hash);
         recent.kind.push(e.kind);
         recent.rating.push(e.rating);
         recent.category_hash.push(e.category);
-        recent.amount_minor.push(e.amount_minor);
+        recent.amount_minor.push(u64::from(e.amount_minor));
         recent.dwell_s.push(u32::from(e.dwell_s));
     }
     recent.token_count = state.token_counts.iter().map(|c| u32::from(*c)).collect();
-    recent.tokens = state.tokens.clone();
+    recent.tokens = state.tokens.iter().map(|t| u32::from(*t)).collect();
     let mut days = proto::DayBuckets::default();
     let mut prev_day = 0i64;
-    for (i, d) in state.days.iter().enumerate() {
-        let delta = if i == 0 { d.day } else { d.day - prev_day };
+    for d in &state.days {
+        // Sorted and after 1970 (validated on input): deltas are never negative.
+        let delta = i64::from(d.day) - prev_day;
         days.day_delta
             .push(u32::try_from(delta.max(0)).unwrap_or(u32::MAX));
-        prev_day = d.day;
-        days.browse.push(d.browse);
-        days.cart_adds.push(d.cart_adds);
-        days.purchases.push(d.purchases);
-        days.reviews.push(d.reviews);
-        days.spend_minor.push(d.spend_minor);
+        prev_day = i64::from(d.day);
+        days.browse.push(u32::from(d.browse));
+        days.cart_adds.push(u32::from(d.cart_adds));
+        days.purchases.push(u32::from(d.purchases));
+        days.reviews.push(u32::from(d.reviews));
+        days.spend_minor.push(u64::from(d.spend_minor));
         days.rating_sum.push(d.rating_sum);
         days.category_bits.push(d.category_bits);
     }
@@ -126,16 +126,15 @@ pub fn decode(bytes: &[u8]) -> Result<CustomerState, CodecError> {
         ));
     }
     let mut events = Vec::with_capacity(n);
-    let mut t = 0i64;
+    let mut t = 0u32;
+    let out_of_range = CodecError::Inconsistent("value out of range");
     for i in 0..n {
-        let delta = i64::try_from(recent.time_s_delta[i])
-            .map_err(|_| CodecError::Inconsistent("time out of range"))?;
-        t = t
-            .checked_add(delta)
-            .ok_or(CodecError::Inconsistent("time out of range"))?;
+        let delta = u32::try_from(recent.time_s_delta[i]).map_err(|_| out_of_range.clone())?;
+        t = t.checked_add(delta).ok_or(out_of_range.clone())?;
         events.push(RecentEvent {
             id_hash: recent.id_hash[i],
-            amount_minor: recent.amount_minor[i],
+            amount_minor: u32::try_from(recent.amount_minor[i])
+                .map_err(|_| out_of_range.clone())?,
             time_s: t,
             category: recent.category_hash[i],
             dwell_s: u16::try_from(recent.dwell_s[i]).unwrap_or(u16::MAX),
@@ -162,17 +161,19 @@ pub fn decode(bytes: &[u8]) -> Result<CustomerState, CodecError> {
         ));
     }
     let mut days = Vec::with_capacity(m);
-    let mut day = 0i64;
+    let mut day = 0i32;
+    let u16_of = |v: u32| u16::try_from(v).map_err(|_| out_of_range.clone());
     for i in 0..m {
-        day += i64::from(days_in.day_delta[i]);
+        let delta = i32::try_from(days_in.day_delta[i]).map_err(|_| out_of_range.clone())?;
+        day = day.checked_add(delta).ok_or(out_of_range.clone())?;
         days.push(DayBucket {
             day,
-            spend_minor: days_in.spend_minor[i],
+            spend_minor: u32::try_from(days_in.spend_minor[i]).map_err(|_| out_of_range.clone())?,
             category_bits: days_in.category_bits[i],
-            browse: days_in.browse[i],
-            cart_adds: days_in.cart_adds[i],
-            purchases: days_in.purchases[i],
-            reviews: days_in.reviews[i],
+            browse: u16_of(days_in.browse[i])?,
+            cart_adds: u16_of(days_in.cart_adds[i])?,
+            purchases: u16_of(days_in.purchases[i])?,
+            reviews: u16_of(days_in.reviews[i])?,
             rating_sum: days_in.rating_sum[i],
         });
     }
@@ -183,7 +184,11 @@ pub fn decode(bytes: &[u8]) -> Result<CustomerState, CodecError> {
         last_purchase_ms: r.last_purchase_ms,
         recent: events,
         token_counts: recent.token_count.iter().map(|c| *c as u8).collect(),
-        tokens: recent.tokens,
+        tokens: recent
+            .tokens
+            .iter()
+            .map(|t| u16::try_from(*t).map_err(|_| out_of_range.clone()))
+            .collect::<Result<_, _>>()?,
         days,
         decision: Decision {
             segment: d.segment,

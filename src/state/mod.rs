@@ -66,16 +66,16 @@ impl Default for StateLimits {
     }
 }
 
-/// One recent event, compactly: 32 bytes plus its review tokens.
+/// One recent event, compactly: 24 bytes plus its review tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecentEvent {
     /// Hash of `event_id` (duplicate detection and deterministic ordering of
     /// events within the same second).
     pub id_hash: u64,
-    /// Purchase total or displayed price, minor units.
-    pub amount_minor: u64,
-    /// Event time, seconds since the epoch.
-    pub time_s: i64,
+    /// Event time, seconds since the epoch (unsigned 32 bits: until 2106).
+    pub time_s: u32,
+    /// Purchase total or displayed price, minor units (saturating).
+    pub amount_minor: u32,
     /// Category hash (0: none).
     pub category: u32,
     /// Dwell time, seconds (saturating).
@@ -87,30 +87,31 @@ pub struct RecentEvent {
 }
 
 impl RecentEvent {
-    fn order_key(&self) -> (i64, u64) {
+    fn order_key(&self) -> (u32, u64) {
         (self.time_s, self.id_hash)
     }
 }
 
-/// Activity of one day.
+/// Activity of one day, in 32 bytes. Counters saturate (at 65535 events or
+/// 2^32 - 1 minor units of spend per customer and day).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DayBucket {
-    /// Days since the epoch.
-    pub day: i64,
-    /// Spend in minor units.
-    pub spend_minor: u64,
     /// Sketch of categories seen (bit = hash % 64).
     pub category_bits: u64,
-    /// Browse events (all actions).
-    pub browse: u32,
-    /// Cart adds.
-    pub cart_adds: u32,
-    /// Purchases.
-    pub purchases: u32,
-    /// Reviews.
-    pub reviews: u32,
+    /// Days since the epoch.
+    pub day: i32,
+    /// Spend in minor units.
+    pub spend_minor: u32,
     /// Sum of review ratings.
     pub rating_sum: u32,
+    /// Browse events (all actions).
+    pub browse: u16,
+    /// Cart adds.
+    pub cart_adds: u16,
+    /// Purchases.
+    pub purchases: u16,
+    /// Reviews.
+    pub reviews: u16,
 }
 
 /// What segstream last decided for a customer.
@@ -142,7 +143,7 @@ pub struct CustomerState {
     /// Token count per recent event (parallel to `recent`).
     token_counts: Vec<u8>,
     /// Token ids of the recent events, concatenated in event order.
-    tokens: Vec<u32>,
+    tokens: Vec<u16>,
     /// Daily buckets of the last `KEPT_DAYS` days of activity, oldest first.
     days: Vec<DayBucket>,
     /// Decision memory.
@@ -188,6 +189,10 @@ pub fn day_of(time_ms: i64) -> i64 {
     time_ms.div_euclid(DAY_MS)
 }
 
+fn sat_u32(v: i64) -> u32 {
+    u32::try_from(v.max(0)).unwrap_or(u32::MAX)
+}
+
 /// Whether the event was applied or ignored as a duplicate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -211,14 +216,14 @@ impl CustomerState {
         let mut recent = RecentEvent {
             id_hash,
             amount_minor: 0,
-            time_s: t.div_euclid(1000),
+            time_s: sat_u32(t.div_euclid(1000)),
             category: 0,
             dwell_s: 0,
             kind: kind::PAD,
             rating: 0,
         };
         let mut bucket = DayBucket {
-            day,
+            day: i32::try_from(day).unwrap_or(i32::MAX),
             ..DayBucket::default()
         };
         let mut tokens = Vec::new();
@@ -232,15 +237,15 @@ impl CustomerState {
                     BrowseAction::Search => kind::SEARCH,
                 };
                 recent.category = category_hash(&b.category);
-                recent.amount_minor = b.price_minor.max(0).unsigned_abs();
+                recent.amount_minor = sat_u32(b.price_minor);
                 recent.dwell_s = u16::try_from(b.dwell_ms.max(0) / 1000).unwrap_or(u16::MAX);
                 bucket.browse = 1;
-                bucket.cart_adds = u32::from(b.action == BrowseAction::CartAdd);
+                bucket.cart_adds = u16::from(b.action == BrowseAction::CartAdd);
                 bucket.category_bits = category_bit(recent.category);
             }
             Payload::Purchase(p) => {
                 recent.kind = kind::PURCHASE;
-                recent.amount_minor = p.total_minor.max(0).unsigned_abs();
+                recent.amount_minor = sat_u32(p.total_minor);
                 // The category of the line with the highest value stands for the order.
                 recent.category = p
                     .items
@@ -277,7 +282,7 @@ impl CustomerState {
         Applied::Changed
     }
 
-    fn insert_recent(&mut self, event: RecentEvent, tokens: &[u32], max_events: usize) {
+    fn insert_recent(&mut self, event: RecentEvent, tokens: &[u16], max_events: usize) {
         let at = self
             .recent
             .partition_point(|r| r.order_key() < event.order_key());
@@ -303,19 +308,19 @@ impl CustomerState {
         let at = self.days.partition_point(|d| d.day < b.day);
         match self.days.get_mut(at) {
             Some(d) if d.day == b.day => {
-                d.browse += b.browse;
-                d.cart_adds += b.cart_adds;
-                d.purchases += b.purchases;
-                d.reviews += b.reviews;
-                d.spend_minor += b.spend_minor;
-                d.rating_sum += b.rating_sum;
+                d.browse = d.browse.saturating_add(b.browse);
+                d.cart_adds = d.cart_adds.saturating_add(b.cart_adds);
+                d.purchases = d.purchases.saturating_add(b.purchases);
+                d.reviews = d.reviews.saturating_add(b.reviews);
+                d.spend_minor = d.spend_minor.saturating_add(b.spend_minor);
+                d.rating_sum = d.rating_sum.saturating_add(b.rating_sum);
                 d.category_bits |= b.category_bits;
             }
             _ => self.days.insert(at, b),
         }
         // Keep only what the longest window can still see from the latest event.
         let horizon = day_of(self.last_event_ms) - i64::from(KEPT_DAYS) + 1;
-        let stale = self.days.partition_point(|d| d.day < horizon);
+        let stale = self.days.partition_point(|d| i64::from(d.day) < horizon);
         self.days.drain(..stale);
     }
 
@@ -325,7 +330,7 @@ impl CustomerState {
     }
 
     /// Token ids of each recent event, parallel to [`CustomerState::recent`].
-    pub fn recent_tokens(&self) -> impl Iterator<Item = &[u32]> {
+    pub fn recent_tokens(&self) -> impl Iterator<Item = &[u16]> {
         let mut start = 0;
         self.token_counts.iter().map(move |c| {
             let end = start + usize::from(*c);
@@ -351,13 +356,13 @@ impl CustomerState {
             for d in self
                 .days
                 .iter()
-                .filter(|d| d.day >= first && d.day <= today)
+                .filter(|d| i64::from(d.day) >= first && i64::from(d.day) <= today)
             {
                 w.browse += u64::from(d.browse);
                 w.cart_adds += u64::from(d.cart_adds);
                 w.purchases += u64::from(d.purchases);
                 w.reviews += u64::from(d.reviews);
-                w.spend_minor += d.spend_minor;
+                w.spend_minor += u64::from(d.spend_minor);
                 rating_sum += u64::from(d.rating_sum);
                 bits |= d.category_bits;
             }
@@ -376,7 +381,7 @@ impl CustomerState {
         size_of::<Self>()
             + self.recent.capacity() * size_of::<RecentEvent>()
             + self.token_counts.capacity()
-            + self.tokens.capacity() * size_of::<u32>()
+            + self.tokens.capacity() * size_of::<u16>()
             + self.days.capacity() * size_of::<DayBucket>()
             + self.decision.segment.capacity()
             + self.decision.model_version.capacity()

@@ -114,9 +114,13 @@ fn keeps_the_last_n_events_in_time_order_with_their_tokens() {
         limits,
     );
     s.record(&ev("c", "d", T0 + 7_000, buy("x", 500)), limits);
-    let times: Vec<i64> = s.recent().iter().map(|e| e.time_s * 1000).collect();
+    let times: Vec<i64> = s
+        .recent()
+        .iter()
+        .map(|e| i64::from(e.time_s) * 1000)
+        .collect();
     assert_eq!(times, [T0 + 5_000, T0 + 7_000, T0 + 9_000]);
-    let counts: Vec<usize> = s.recent_tokens().map(<[u32]>::len).collect();
+    let counts: Vec<usize> = s.recent_tokens().map(<[u16]>::len).collect();
     assert_eq!(counts, [0, 0, 4], "the oldest review's tokens left with it");
     assert_eq!(
         s.recent_tokens().last().unwrap(),

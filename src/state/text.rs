@@ -27,8 +27,9 @@ pub const TOKENIZER: &str = "lower-alnum-words-bigrams-fnv1a-v1";
 
 /// Up to `max` token ids of `text`: lower-cased alphanumeric words and the
 /// bigrams of adjacent words, interleaved in reading order (w1, w2, w1 w2,
-/// w3, w2 w3, ...). Ids are 32-bit hashes, never 0 (0 is padding).
-pub fn tokenize(text: &str, max: usize) -> Vec<u32> {
+/// w3, w2 w3, ...). Ids are 16-bit hashes, never 0 (0 is padding); models
+/// bucket them further (`text_buckets` ≤ 65536).
+pub fn tokenize(text: &str, max: usize) -> Vec<u16> {
     let mut out = Vec::with_capacity(max.min(32));
     let mut prev: Option<String> = None;
     for word in text
@@ -51,9 +52,9 @@ pub fn tokenize(text: &str, max: usize) -> Vec<u32> {
     out
 }
 
-fn token_id(bytes: &[u8]) -> u32 {
+fn token_id(bytes: &[u8]) -> u16 {
     let h = fnv1a64(bytes);
-    ((h >> 32) as u32 ^ h as u32).max(1)
+    ((h >> 48) as u16 ^ (h >> 32) as u16 ^ (h >> 16) as u16 ^ h as u16).max(1)
 }
 
 #[cfg(test)]
