@@ -34,7 +34,12 @@ ORT_WHEEL_PLATFORM := manylinux_2_28_x86_64
 ORT_WHEEL_PYTHON := 3.11
 export ORT_DYLIB_PATH := $(ORT_LIB)
 
-.PHONY: help tools onnxruntime kafka-jars kafka-up kafka-down kafka-status \
+# A Python venv with the same onnxruntime from PyPI, for the parity test
+# (segstream's outputs equal the Python package's on the same model file).
+PYENV := $(SEGSTREAM_CACHE)/pyenv-ort-$(ORT_VERSION)
+export SEGSTREAM_TEST_PYTHON := $(PYENV)/bin/python
+
+.PHONY: help tools pyenv onnxruntime kafka-jars kafka-up kafka-down kafka-status \
         topics build test bench lint demo clean-kafka
 
 help: ## List targets
@@ -72,6 +77,15 @@ $(ORT_LIB):
 	rm -rf "$(ORT_DIR)/wheel"
 	@echo "onnxruntime: $@"
 
+pyenv: $(PYENV)/.ok ## Python venv with onnxruntime (parity test)
+
+$(PYENV)/.ok:
+	rm -rf "$(PYENV)"
+	$(PYTHON) -m venv "$(PYENV)"
+	"$(PYENV)/bin/pip" install --quiet --disable-pip-version-check \
+	  "onnxruntime==$(ORT_VERSION)" numpy
+	touch "$@"
+
 kafka-jars: ## Download the Kafka broker/tools jars (Maven)
 	$(KAFKA) fetch
 
@@ -108,7 +122,7 @@ build: ## cargo build --release
 
 # with-kafka.sh starts the broker, runs the command, always stops the broker
 # (also on failure or Ctrl-C) and exits with the command's status.
-test: tools ## Run all tests against a fresh local broker
+test: tools pyenv ## Run all tests against a fresh local broker
 	SEGSTREAM_TEST_BOOTSTRAP=$(KAFKA_BOOTSTRAP) deploy/local/with-kafka.sh \
 	  $(CARGO) test --locked --release --all-targets
 

@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/segstream/v1/events.proto",
         "proto/segstream/v1/state.proto",
+        "proto/onnx/onnx_subset.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -41,6 +41,8 @@ pub struct Config {
     pub dead_letter: DeadLetterConfig,
     /// Per-customer state, event-time rules and the changelog.
     pub state: StateConfig,
+    /// Scoring with ONNX Runtime and the model registry.
+    pub score: ScoreConfig,
     /// Logging.
     pub telemetry: TelemetryConfig,
 }
@@ -387,6 +389,88 @@ impl StateConfig {
     }
 }
 
+/// Scoring with ONNX Runtime and the model registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoreConfig {
+    /// The ONNX Runtime shared library; empty means `$ORT_DYLIB_PATH`, then
+    /// `libonnxruntime.so` on the library path.
+    pub onnxruntime_library: String,
+    /// Execution provider: `auto` (CUDA when this ONNX Runtime has it, else
+    /// CPU), `cpu` or `cuda`.
+    pub provider: Provider,
+    /// With `provider = "cuda"` or `"auto"`: refuse to start (or to load a
+    /// model) without a working CUDA provider instead of falling back to CPU.
+    pub cuda_required: bool,
+    /// CUDA device id.
+    pub cuda_device: i32,
+    /// Dedicated inference threads, each with its own session.
+    pub inference_threads: usize,
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_op_threads: usize,
+    /// Graph optimization: `disabled`, `basic`, `extended` or `all`.
+    pub graph_optimization: GraphOptimization,
+    /// Largest micro-batch of customers scored at once.
+    pub max_batch: usize,
+    /// Longest a dirty customer waits for its micro-batch to fill.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// Scoring requests queued per inference thread before callers wait.
+    pub queue_depth: usize,
+    /// Model registry directory (`<version>/model.onnx`, `manifest.json`, `CURRENT`).
+    pub registry: PathBuf,
+    /// How often the registry's `CURRENT` is checked for a new model.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for ScoreConfig {
+    fn default() -> Self {
+        ScoreConfig {
+            onnxruntime_library: String::new(),
+            provider: Provider::Auto,
+            cuda_required: false,
+            cuda_device: 0,
+            inference_threads: 1,
+            intra_op_threads: 1,
+            graph_optimization: GraphOptimization::All,
+            max_batch: 512,
+            max_delay: Duration::from_millis(20),
+            queue_depth: 4,
+            registry: PathBuf::from("models"),
+            poll_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// ONNX Runtime execution provider choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// CUDA when available, else CPU.
+    #[default]
+    Auto,
+    /// CPU only.
+    Cpu,
+    /// CUDA (falls back to CPU unless `cuda_required`).
+    Cuda,
+}
+
+/// ONNX Runtime graph optimization level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphOptimization {
+    /// No optimization.
+    Disabled,
+    /// Constant folding and redundant-node elimination.
+    Basic,
+    /// Plus complex node fusions.
+    Extended,
+    /// Everything, including layout optimizations.
+    #[default]
+    All,
+}
+
 /// Logging.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -699,6 +783,30 @@ impl Config {
             p.add(
                 "state.changelog_topic",
                 "must differ from the input and dead-letter topics",
+            );
+        }
+
+        let sc = &self.score;
+        range(p, "score.inference_threads", sc.inference_threads, 1, 64);
+        range(p, "score.intra_op_threads", sc.intra_op_threads, 1, 256);
+        range(p, "score.max_batch", sc.max_batch, 1, 65_536);
+        range(p, "score.queue_depth", sc.queue_depth, 1, 1024);
+        if sc.max_delay > Duration::from_secs(10) {
+            p.add("score.max_delay", "must be at most 10s");
+        }
+        if sc.poll_interval < Duration::from_millis(100) {
+            p.add("score.poll_interval", "must be at least 100ms");
+        }
+        if sc.cuda_required && sc.provider == Provider::Cpu {
+            p.add(
+                "score.cuda_required",
+                "cannot be true with provider = \"cpu\"",
+            );
+        }
+        if !sc.onnxruntime_library.is_empty() && !Path::new(&sc.onnxruntime_library).is_file() {
+            p.add(
+                "score.onnxruntime_library",
+                format!("file {} does not exist", sc.onnxruntime_library),
             );
         }
 

@@ -23,6 +23,8 @@
 //! | [`ingest`] | the Kafka consumer-group member, batching, dead-letter routing |
 //! | [`state`] | per-customer state, windows, watermark and timers, retention, changelog codec and restore |
 //! | [`features`] | state → Arrow batch → tensors; the only place features are computed (serving and training) |
+//! | [`model`] | the ONNX contract, manifest, directory registry, ONNX writer, reference model |
+//! | [`score`] | ONNX Runtime sessions (CUDA or CPU), validation, inference threads, micro-batching, hot swap |
 //! | [`generate`] | synthetic data for Kafka (today: the reference sample corpus) |
 //! | [`bench`] | the benchmark suite: ratios against raw librdkafka / ONNX Runtime baselines |
 //! | [`telemetry`] | Prometheus metrics and logging |
@@ -41,5 +43,7 @@ pub mod event;
 pub mod features;
 pub mod generate;
 pub mod ingest;
+pub mod model;
+pub mod score;
 pub mod state;
 pub mod telemetry;

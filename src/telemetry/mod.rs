@@ -6,7 +6,8 @@
 //! (topic, kind, stage, reason), never a customer id.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 use crate::config::{LogFormat, TelemetryConfig};
@@ -32,6 +33,20 @@ pub struct Metrics {
     pub restore_in_progress: IntGauge,
     /// Seconds each partition restore took.
     pub restore_duration: Histogram,
+    /// 1 for the live model version and provider.
+    pub model_info: IntGaugeVec,
+    /// Models swapped in.
+    pub model_swaps: IntCounter,
+    /// Models rejected or not loadable, by reason.
+    pub model_load_failures: IntCounterVec,
+    /// Seconds per inference run.
+    pub inference_seconds: Histogram,
+    /// Rows per inference run.
+    pub inference_batch_rows: Histogram,
+    /// Customers scored.
+    pub scored_customers: IntCounter,
+    /// Inference runs that failed.
+    pub inference_failures: IntCounter,
 }
 
 impl Metrics {
@@ -88,6 +103,51 @@ impl Metrics {
             )
             .buckets(vec![0.01, 0.05, 0.25, 1.0, 5.0, 15.0, 60.0, 300.0]),
         )?;
+        let model_info = IntGaugeVec::new(
+            Opts::new(
+                "segstream_model_info",
+                "The live model: 1 for its version and execution provider.",
+            ),
+            &["version", "provider"],
+        )?;
+        let model_swaps = IntCounter::new(
+            "segstream_model_swaps_total",
+            "Models swapped in without a restart.",
+        )?;
+        let model_load_failures = IntCounterVec::new(
+            Opts::new(
+                "segstream_model_load_failures_total",
+                "Models rejected or not loadable, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let inference_seconds = Histogram::with_opts(
+            HistogramOpts::new("segstream_inference_seconds", "Time per inference run.").buckets(
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                ],
+            ),
+        )?;
+        let inference_batch_rows = Histogram::with_opts(
+            HistogramOpts::new(
+                "segstream_inference_batch_rows",
+                "Customers per inference run.",
+            )
+            .buckets(vec![1.0, 8.0, 32.0, 128.0, 512.0, 2048.0, 8192.0]),
+        )?;
+        let scored_customers =
+            IntCounter::new("segstream_scored_customers_total", "Customers scored.")?;
+        let inference_failures = IntCounter::new(
+            "segstream_inference_failures_total",
+            "Inference runs that failed.",
+        )?;
+        registry.register(Box::new(model_info.clone()))?;
+        registry.register(Box::new(model_swaps.clone()))?;
+        registry.register(Box::new(model_load_failures.clone()))?;
+        registry.register(Box::new(inference_seconds.clone()))?;
+        registry.register(Box::new(inference_batch_rows.clone()))?;
+        registry.register(Box::new(scored_customers.clone()))?;
+        registry.register(Box::new(inference_failures.clone()))?;
         registry.register(Box::new(restore_records.clone()))?;
         registry.register(Box::new(restore_in_progress.clone()))?;
         registry.register(Box::new(restore_duration.clone()))?;
@@ -110,6 +170,13 @@ impl Metrics {
             restore_records,
             restore_in_progress,
             restore_duration,
+            model_info,
+            model_swaps,
+            model_load_failures,
+            inference_seconds,
+            inference_batch_rows,
+            scored_customers,
+            inference_failures,
         })
     }
 
@@ -126,6 +193,14 @@ impl Metrics {
         self.events_accepted
             .with_label_values(&[topic, kind.as_str()])
             .get()
+    }
+
+    /// Marks `version` on `provider` as the live model (and only it).
+    pub fn set_model(&self, version: &str, provider: &str) {
+        self.model_info.reset();
+        self.model_info
+            .with_label_values(&[version, provider])
+            .set(1);
     }
 
     /// Dead letters so far for `reason`.

@@ -1,0 +1,415 @@
+//! Models: the ONNX contract, the manifest, the directory registry, the ONNX
+//! writer, and the reference model.
+//!
+//! A model directory holds `model.onnx` and `manifest.json`. A registry is a
+//! directory of model directories named by version plus a `CURRENT` file
+//! naming the live one, replaced by atomic rename. This module owns files and
+//! contracts; loading into ONNX Runtime and validation against a session is
+//! the `score` module's job.
+
+pub mod onnx;
+pub mod reference;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::features::{FeatureSpec, CUSTOMER_DIM, EVENT_NUMERIC_DIM};
+use onnx::Elem;
+
+/// Manifest layout version.
+pub const MANIFEST_VERSION: u32 = 1;
+/// File name of the model in a model directory.
+pub const MODEL_FILE: &str = "model.onnx";
+/// File name of the manifest in a model directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// File naming the live version in a registry.
+pub const CURRENT_FILE: &str = "CURRENT";
+
+/// Default segment taxonomy (DESIGN.md, Segments).
+pub const DEFAULT_SEGMENTS: [&str; 5] = [
+    "high_value",
+    "active_buyer",
+    "browser",
+    "at_risk",
+    "dormant",
+];
+
+/// Errors reading or writing models and registries.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The manifest is not valid JSON for this layout.
+    #[error("{path}: invalid manifest: {message}")]
+    Manifest {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A version name that cannot be a directory name.
+    #[error("invalid model version {0:?}: use letters, digits, '.', '_' and '-'")]
+    BadVersion(String),
+    /// The version already exists in the registry.
+    #[error("model version {0} already exists in the registry")]
+    Exists(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
+    move |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The training window a model saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingWindow {
+    /// First event time (ms).
+    pub from_ms: i64,
+    /// Last event time (ms).
+    pub to_ms: i64,
+}
+
+/// Row-major tensors of one batch: the model inputs.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldenInputs {
+    /// Rows in the batch.
+    pub batch: usize,
+    /// [B, N]
+    pub event_kind: Vec<i64>,
+    /// [B, N]
+    pub event_category: Vec<i64>,
+    /// [B, N, E]
+    pub event_numeric: Vec<f32>,
+    /// [B, N, T]
+    pub event_text: Vec<i64>,
+    /// [B, N]
+    pub event_mask: Vec<f32>,
+    /// [B, F]
+    pub customer_features: Vec<f32>,
+}
+
+impl GoldenInputs {
+    /// Copies the tensors of a feature batch.
+    pub fn from_batch(batch: &arrow_array::RecordBatch) -> Self {
+        use crate::features::{tensors, TensorData};
+        let mut g = GoldenInputs {
+            batch: batch.num_rows(),
+            ..Default::default()
+        };
+        for t in tensors(batch).unwrap_or_default() {
+            match (t.name, t.data) {
+                ("event_kind", TensorData::I64(d)) => g.event_kind = d.to_vec(),
+                ("event_category", TensorData::I64(d)) => g.event_category = d.to_vec(),
+                ("event_numeric", TensorData::F32(d)) => g.event_numeric = d.to_vec(),
+                ("event_text", TensorData::I64(d)) => g.event_text = d.to_vec(),
+                ("event_mask", TensorData::F32(d)) => g.event_mask = d.to_vec(),
+                ("customer_features", TensorData::F32(d)) => g.customer_features = d.to_vec(),
+                _ => {}
+            }
+        }
+        g
+    }
+
+    /// As borrowed reference-model inputs.
+    pub fn as_inputs(&self) -> reference::Inputs<'_> {
+        reference::Inputs {
+            event_kind: &self.event_kind,
+            event_category: &self.event_category,
+            event_numeric: &self.event_numeric,
+            event_text: &self.event_text,
+            event_mask: &self.event_mask,
+            customer_features: &self.customer_features,
+        }
+    }
+}
+
+/// Golden inputs and the outputs the model must give for them.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Golden {
+    /// Largest accepted absolute difference per output value.
+    pub tolerance: f32,
+    /// The inputs.
+    pub inputs: GoldenInputs,
+    /// The expected outputs.
+    pub outputs: reference::Outputs,
+}
+
+/// What travels with every model (`manifest.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// [`MANIFEST_VERSION`].
+    pub format_version: u32,
+    /// The model version (also the registry directory name).
+    pub version: String,
+    /// When it was created (ms since the epoch).
+    pub created_at_ms: i64,
+    /// What it is.
+    pub description: String,
+    /// The features it was trained on.
+    pub feature_spec: FeatureSpec,
+    /// Segment names, in the order of `segment_probs`.
+    pub segments: Vec<String>,
+    /// The history it was trained on.
+    pub training_window: Option<TrainingWindow>,
+    /// Evaluation metrics (name → value).
+    pub metrics: BTreeMap<String, f64>,
+    /// Golden inputs and outputs.
+    pub golden: Golden,
+}
+
+impl Manifest {
+    /// Reads `manifest.json`.
+    pub fn read(path: &Path) -> Result<Self, ModelError> {
+        let text = fs::read_to_string(path).map_err(io(path))?;
+        let m: Manifest = serde_json::from_str(&text).map_err(|e| ModelError::Manifest {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        if m.format_version != MANIFEST_VERSION {
+            return Err(ModelError::Manifest {
+                path: path.to_path_buf(),
+                message: format!(
+                    "format_version {} (this build reads {MANIFEST_VERSION})",
+                    m.format_version
+                ),
+            });
+        }
+        Ok(m)
+    }
+}
+
+/// A model directory's contents.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    /// Where it was read from.
+    pub dir: PathBuf,
+    /// `model.onnx`.
+    pub onnx: Vec<u8>,
+    /// `manifest.json`.
+    pub manifest: Manifest,
+}
+
+impl ModelFiles {
+    /// Reads a model directory.
+    pub fn read(dir: &Path) -> Result<Self, ModelError> {
+        let onnx_path = dir.join(MODEL_FILE);
+        let onnx = fs::read(&onnx_path).map_err(io(&onnx_path))?;
+        let manifest = Manifest::read(&dir.join(MANIFEST_FILE))?;
+        Ok(ModelFiles {
+            dir: dir.to_path_buf(),
+            onnx,
+            manifest,
+        })
+    }
+
+    /// Writes a model directory (creating it).
+    pub fn write(dir: &Path, onnx: &[u8], manifest: &Manifest) -> Result<(), ModelError> {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let m = dir.join(MODEL_FILE);
+        fs::write(&m, onnx).map_err(io(&m))?;
+        let p = dir.join(MANIFEST_FILE);
+        let json = serde_json::to_vec_pretty(manifest).map_err(|e| ModelError::Manifest {
+            path: p.clone(),
+            message: e.to_string(),
+        })?;
+        fs::write(&p, json).map_err(io(&p))
+    }
+}
+
+/// The type and shape a model input or output must have. `None` dimensions
+/// are dynamic (the batch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSig {
+    /// Name.
+    pub name: &'static str,
+    /// Element type.
+    pub elem: Elem,
+    /// Dimensions.
+    pub dims: Vec<Option<i64>>,
+}
+
+/// The inputs every model must take, for a feature spec.
+pub fn contract_inputs(spec: &FeatureSpec) -> Vec<TensorSig> {
+    let (n, e, t, f) = (
+        spec.max_events as i64,
+        EVENT_NUMERIC_DIM as i64,
+        spec.text_tokens as i64,
+        CUSTOMER_DIM as i64,
+    );
+    vec![
+        TensorSig {
+            name: "event_kind",
+            elem: Elem::I64,
+            dims: vec![None, Some(n)],
+        },
+        TensorSig {
+            name: "event_category",
+            elem: Elem::I64,
+            dims: vec![None, Some(n)],
+        },
+        TensorSig {
+            name: "event_numeric",
+            elem: Elem::F32,
+            dims: vec![None, Some(n), Some(e)],
+        },
+        TensorSig {
+            name: "event_text",
+            elem: Elem::I64,
+            dims: vec![None, Some(n), Some(t)],
+        },
+        TensorSig {
+            name: "event_mask",
+            elem: Elem::F32,
+            dims: vec![None, Some(n)],
+        },
+        TensorSig {
+            name: "customer_features",
+            elem: Elem::F32,
+            dims: vec![None, Some(f)],
+        },
+    ]
+}
+
+/// The outputs every model must give, for `segments` segments.
+pub fn contract_outputs(segments: usize) -> Vec<TensorSig> {
+    vec![
+        TensorSig {
+            name: "segment_probs",
+            elem: Elem::F32,
+            dims: vec![None, Some(segments as i64)],
+        },
+        TensorSig {
+            name: "purchase_probability",
+            elem: Elem::F32,
+            dims: vec![None],
+        },
+        TensorSig {
+            name: "churn_probability",
+            elem: Elem::F32,
+            dims: vec![None],
+        },
+        TensorSig {
+            name: "predicted_spend",
+            elem: Elem::F32,
+            dims: vec![None],
+        },
+    ]
+}
+
+/// A directory registry of model versions.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    root: PathBuf,
+}
+
+fn check_version(version: &str) -> Result<(), ModelError> {
+    let ok = !version.is_empty()
+        && version.len() <= 128
+        && version != "."
+        && version != ".."
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ModelError::BadVersion(version.to_string()))
+    }
+}
+
+impl Registry {
+    /// A registry rooted at `root` (created on first publish).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Registry { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The live version, if one was promoted.
+    pub fn current(&self) -> Result<Option<String>, ModelError> {
+        let path = self.root.join(CURRENT_FILE);
+        match fs::read_to_string(&path) {
+            Ok(s) => {
+                let v = s.trim().to_string();
+                check_version(&v)?;
+                Ok(Some(v))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// The directory of `version`.
+    pub fn dir(&self, version: &str) -> Result<PathBuf, ModelError> {
+        check_version(version)?;
+        Ok(self.root.join(version))
+    }
+
+    /// Writes a new version (to a temporary directory, then renamed into
+    /// place, so a half-written version is never visible).
+    pub fn publish(&self, onnx: &[u8], manifest: &Manifest) -> Result<PathBuf, ModelError> {
+        let dir = self.dir(&manifest.version)?;
+        if dir.exists() {
+            return Err(ModelError::Exists(manifest.version.clone()));
+        }
+        let tmp = self
+            .root
+            .join(format!(".tmp-{}-{}", manifest.version, std::process::id()));
+        ModelFiles::write(&tmp, onnx, manifest)?;
+        fs::rename(&tmp, &dir).map_err(io(&dir))?;
+        Ok(dir)
+    }
+
+    /// Makes `version` the live one: `CURRENT` is replaced by atomic rename.
+    pub fn promote(&self, version: &str) -> Result<(), ModelError> {
+        let dir = self.dir(version)?;
+        if !dir.join(MODEL_FILE).is_file() {
+            return Err(io(&dir)(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no model.onnx in this version",
+            )));
+        }
+        let tmp = self
+            .root
+            .join(format!(".{CURRENT_FILE}.tmp-{}", std::process::id()));
+        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+        writeln!(f, "{version}").map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        let current = self.root.join(CURRENT_FILE);
+        fs::rename(&tmp, &current).map_err(io(&current))
+    }
+
+    /// Versions present, sorted.
+    pub fn versions(&self) -> Result<Vec<String>, ModelError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.root).map_err(io(&self.root))? {
+            let entry = entry.map_err(io(&self.root))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && entry.path().join(MODEL_FILE).is_file() {
+                out.push(name);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
