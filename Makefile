@@ -129,6 +129,7 @@ test: tools pyenv ## Run all tests against a fresh local broker
 bench: build kafka-up ## Benchmarks against a local broker (results: target/bench/*.json)
 	mkdir -p target/bench
 	target/release/segstream bench state --customers $${CUSTOMERS:-100000} --json target/bench/state.json
+	target/release/segstream bench score --json target/bench/score.json
 
 lint: ## rustfmt check and clippy (warnings are errors)
 	$(CARGO) fmt --check

@@ -422,6 +422,9 @@ pub struct ScoreConfig {
     /// How often the registry's `CURRENT` is checked for a new model.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// After a model swap, known customers are rescored (trigger
+    /// MODEL_UPDATE) at most this many per second.
+    pub rescore_per_second: f64,
 }
 
 impl Default for ScoreConfig {
@@ -439,6 +442,7 @@ impl Default for ScoreConfig {
             queue_depth: 4,
             registry: PathBuf::from("models"),
             poll_interval: Duration::from_secs(10),
+            rescore_per_second: 1000.0,
         }
     }
 }
@@ -796,6 +800,9 @@ impl Config {
         }
         if sc.poll_interval < Duration::from_millis(100) {
             p.add("score.poll_interval", "must be at least 100ms");
+        }
+        if !(sc.rescore_per_second.is_finite() && sc.rescore_per_second > 0.0) {
+            p.add("score.rescore_per_second", "must be a positive number");
         }
         if sc.cuda_required && sc.provider == Provider::Cpu {
             p.add(

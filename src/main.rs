@@ -52,10 +52,58 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Model tools: look at, check, or create model directories.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Print a model directory's manifest and its ONNX input/output signature.
+    Inspect {
+        /// The model directory (holding model.onnx and manifest.json).
+        dir: PathBuf,
+    },
+    /// Load a model directory into ONNX Runtime and run every check the
+    /// pipeline runs before a hot swap (contract, feature spec, golden outputs).
+    Validate {
+        /// The model directory.
+        dir: PathBuf,
+    },
+    /// Publish the seeded, untrained reference model into a registry (for
+    /// smoke tests of a deployment before the first trained model exists).
+    Reference {
+        /// Registry directory (default: score.registry).
+        #[arg(long)]
+        registry: Option<PathBuf>,
+        /// Version name.
+        #[arg(long, default_value = "reference-1")]
+        version: String,
+        /// Weight seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Also make it the live version (CURRENT).
+        #[arg(long)]
+        promote: bool,
+    },
 }
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Scoring throughput: raw ONNX Runtime `Session::run` versus the scorer.
+    Score {
+        /// Batch sizes.
+        #[arg(long, value_delimiter = ',', default_value = "1,64,512,4096")]
+        batches: Vec<usize>,
+        /// Seconds of measurement per batch size and path.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Memory per customer and changelog restore rate (vs raw librdkafka).
     State {
         /// Customers to simulate.
@@ -136,6 +184,15 @@ fn main() -> ExitCode {
                                 json,
                             },
                     } => bench_state(config, customers, !no_kafka, json).await,
+                    Command::Bench {
+                        command:
+                            BenchCommand::Score {
+                                batches,
+                                seconds,
+                                json,
+                            },
+                    } => bench_score(config, batches, seconds, json).await,
+                    Command::Model { command } => model_command(config, command),
                     Command::Config { .. } => Ok(()),
                 }
             });
@@ -148,6 +205,23 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+async fn bench_score(
+    config: Config,
+    batches: Vec<usize>,
+    seconds: f64,
+    json: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let rows = segstream::bench::score(&config, &batches, seconds)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{}", segstream::bench::score_markdown(&rows));
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&rows)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 async fn bench_state(
@@ -165,6 +239,83 @@ async fn bench_state(
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+fn model_command(config: Config, command: ModelCommand) -> anyhow::Result<()> {
+    use segstream::model::{reference, ModelFiles, Registry, DEFAULT_SEGMENTS};
+    use segstream::score::{signature, LoadedModel};
+    let limits = config.state.limits().state;
+    match command {
+        ModelCommand::Inspect { dir } => {
+            let files = ModelFiles::read(&dir)?;
+            let m = &files.manifest;
+            println!("version:        {}", m.version);
+            println!("created_at_ms:  {}", m.created_at_ms);
+            println!("description:    {}", m.description);
+            println!("segments:       {}", m.segments.join(", "));
+            let s = &m.feature_spec;
+            println!(
+                "feature spec:   v{} N={} E={} T={} F={} kinds={} category_buckets={} text_buckets={} tokenizer={}",
+                s.version, s.max_events, s.event_numeric_dim, s.text_tokens, s.customer_dim,
+                s.kind_vocab, s.category_buckets, s.text_buckets, s.tokenizer
+            );
+            if let Some(w) = &m.training_window {
+                println!("training:       {} .. {} (ms)", w.from_ms, w.to_ms);
+            }
+            for (k, v) in &m.metrics {
+                println!("metric:         {k} = {v}");
+            }
+            println!(
+                "golden:         {} rows, tolerance {:e}",
+                m.golden.inputs.batch, m.golden.tolerance
+            );
+            println!("model.onnx:     {} bytes", files.onnx.len());
+            match signature(&config.score, &m.version, &files.onnx) {
+                Ok((inputs, outputs)) => {
+                    for i in inputs {
+                        println!("input:          {i}");
+                    }
+                    for o in outputs {
+                        println!("output:         {o}");
+                    }
+                }
+                Err(e) => println!("onnx:           cannot load: {e}"),
+            }
+            Ok(())
+        }
+        ModelCommand::Validate { dir } => {
+            let files = ModelFiles::read(&dir)?;
+            let model = LoadedModel::load(&config.score, &files, limits, 1)?;
+            println!(
+                "model {} is valid: contract, feature spec and {} golden rows pass on {}",
+                model.version,
+                files.manifest.golden.inputs.batch,
+                model.provider.as_str()
+            );
+            Ok(())
+        }
+        ModelCommand::Reference {
+            registry,
+            version,
+            seed,
+            promote,
+        } => {
+            let registry = Registry::new(registry.unwrap_or(config.score.registry.clone()));
+            let featurizer = segstream::features::Featurizer::new(
+                segstream::features::FeatureSpec::for_state(limits),
+                limits,
+            )?;
+            let segments: Vec<String> = DEFAULT_SEGMENTS.iter().map(|s| s.to_string()).collect();
+            let (onnx, manifest) = reference::build(&featurizer, &segments, &version, seed);
+            let dir = registry.publish(&onnx, &manifest)?;
+            println!("published {}", dir.display());
+            if promote {
+                registry.promote(&version)?;
+                println!("promoted {version} (CURRENT)");
+            }
+            Ok(())
+        }
+    }
 }
 
 async fn samples(config: Config, customers: usize) -> anyhow::Result<()> {

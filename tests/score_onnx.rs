@@ -72,6 +72,44 @@ fn the_reference_model_matches_its_rust_forward_pass() {
     assert_eq!(&*scores.model_version, "ref-1");
     let sum: f32 = scores.segment_probs(0).iter().sum();
     assert!((sum - 1.0).abs() < 1e-5);
+
+    // Every output on varied customers (the golden inputs) within 1e-5.
+    let g = &files.manifest.golden.inputs;
+    let mut session = segstream::score::new_session(&cfg(), "ref-1", &files.onnx)
+        .unwrap()
+        .0;
+    let ort = segstream::score::run_session(&mut session, g, f.spec(), 5).unwrap();
+    let rust = ReferenceModel::new(f.spec(), 5, 7).forward(g.as_inputs());
+    for (name, a, b) in [
+        ("segment_probs", &ort.segment_probs, &rust.segment_probs),
+        (
+            "purchase_probability",
+            &ort.purchase_probability,
+            &rust.purchase_probability,
+        ),
+        (
+            "churn_probability",
+            &ort.churn_probability,
+            &rust.churn_probability,
+        ),
+        (
+            "predicted_spend",
+            &ort.predicted_spend,
+            &rust.predicted_spend,
+        ),
+    ] {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b.iter()) {
+            assert!((x - y).abs() <= 1e-5, "{name}: {x} vs {y}");
+        }
+    }
+    assert!(
+        ort.segment_probs
+            .chunks(5)
+            .map(|r| r.iter().cloned().fold(0f32, f32::max))
+            .any(|m| m < 0.99),
+        "outputs are not degenerate"
+    );
 }
 
 /// A graph like the reference model's but with one contract defect.
@@ -141,7 +179,7 @@ fn defective(defect: &str) -> Vec<u8> {
         "churn_probability",
         "predicted_spend",
     ] {
-        g.output(name, Elem::F32, &[b.clone()]);
+        g.output(name, Elem::F32, std::slice::from_ref(&b));
     }
     g.finish("defective test model", &[])
 }

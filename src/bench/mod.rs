@@ -315,3 +315,116 @@ pub fn state_markdown(b: &StateBench) -> String {
     }
     s
 }
+
+/// One batch size of the scoring benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScoreBenchRow {
+    /// Customers per batch.
+    pub batch: usize,
+    /// Raw `Session::run` (inputs borrowed, outputs read in place): customers/s.
+    pub raw_customers_per_second: f64,
+    /// Through the scorer (queue, inference thread, output copy): customers/s.
+    pub scorer_customers_per_second: f64,
+    /// Scorer overhead: 1 - scorer / raw (goal: under 10%).
+    pub overhead: f64,
+}
+
+/// Scoring throughput of the reference model: raw ONNX Runtime against the
+/// scorer, same model, same inputs, same run.
+pub async fn score(
+    config: &Config,
+    batches: &[usize],
+    seconds_each: f64,
+) -> Result<Vec<ScoreBenchRow>, Box<dyn std::error::Error + Send + Sync>> {
+    use crate::features::{FeatureSpec, Featurizer};
+    use crate::model::{reference, GoldenInputs, ModelFiles, DEFAULT_SEGMENTS};
+    use crate::score::{new_session, run_session, LoadedModel, Scorer};
+    let limits = config.state.limits().state;
+    let featurizer = Featurizer::new(FeatureSpec::for_state(limits), limits)?;
+    let segments: Vec<String> = DEFAULT_SEGMENTS.iter().map(|s| s.to_string()).collect();
+    let (onnx, manifest) = reference::build(&featurizer, &segments, "bench", 1);
+    let files = ModelFiles {
+        dir: Default::default(),
+        onnx,
+        manifest,
+    };
+    let mut cfg = config.score.clone();
+    cfg.inference_threads = 1;
+    let metrics = Metrics::new()?;
+    let scorer = Scorer::start(&cfg, LoadedModel::load(&cfg, &files, limits, 1)?, metrics);
+    let (mut raw_session, _) = new_session(&cfg, "bench", &files.onnx)?;
+
+    let max = batches.iter().copied().max().unwrap_or(1);
+    let mut rng = Rng(42);
+    let states: Vec<CustomerState> = (0..max)
+        .map(|c| {
+            let customer = format!("bench-{c}");
+            let n = 1 + rng.below(80) as usize;
+            let mut s = CustomerState::default();
+            for i in 0..n {
+                let t = 1_790_000_000_000 + rng.below(90 * 86_400_000) as i64;
+                s.record(&synthetic_event(&mut rng, &customer, i, t), limits);
+            }
+            s
+        })
+        .collect();
+    let as_of = 1_790_000_000_000 + 91 * 86_400_000;
+    let mut rows = Vec::new();
+    for &b in batches {
+        let refs: Vec<&CustomerState> = states.iter().take(b).collect();
+        let batch = featurizer.featurize(&refs, as_of)?;
+        let inputs = GoldenInputs::from_batch(&batch);
+        let spec = featurizer.spec().clone();
+        // Warm up both paths once.
+        run_session(&mut raw_session, &inputs, &spec, segments.len())?;
+        scorer.score(scorer.current(), batch.clone()).await?;
+
+        let timed = |mut f: Box<dyn FnMut() -> Result<(), crate::score::ScoreError> + '_>| {
+            let started = Instant::now();
+            let mut runs = 0u64;
+            while runs < 3 || started.elapsed().as_secs_f64() < seconds_each {
+                f()?;
+                runs += 1;
+            }
+            Ok::<f64, crate::score::ScoreError>(
+                (runs as f64 * b as f64) / started.elapsed().as_secs_f64(),
+            )
+        };
+        let raw = timed(Box::new(|| {
+            run_session(&mut raw_session, &inputs, &spec, 5).map(|_| ())
+        }))?;
+        let started = Instant::now();
+        let mut runs = 0u64;
+        while runs < 3 || started.elapsed().as_secs_f64() < seconds_each {
+            scorer.score(scorer.current(), batch.clone()).await?;
+            runs += 1;
+        }
+        let through = (runs as f64 * b as f64) / started.elapsed().as_secs_f64();
+        rows.push(ScoreBenchRow {
+            batch: b,
+            raw_customers_per_second: raw,
+            scorer_customers_per_second: through,
+            overhead: 1.0 - through / raw,
+        });
+    }
+    scorer.shutdown();
+    Ok(rows)
+}
+
+/// The scoring results as a Markdown table.
+pub fn score_markdown(rows: &[ScoreBenchRow]) -> String {
+    let mut s = String::from(
+        "| batch | raw Session::run (customers/s) | scorer (customers/s) | scorer / raw | overhead |\n| --- | --- | --- | --- | --- |\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:.3} | {:.1}% |\n",
+            r.batch,
+            r.raw_customers_per_second,
+            r.scorer_customers_per_second,
+            r.scorer_customers_per_second / r.raw_customers_per_second,
+            r.overhead * 100.0
+        ));
+    }
+    s
+}

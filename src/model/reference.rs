@@ -193,8 +193,8 @@ impl ReferenceModel {
             g.op_into(act, &[&y], name, &[]);
         }
         g.output("segment_probs", Elem::F32, &[b.clone(), Dim::Fixed(k)]);
-        g.output("purchase_probability", Elem::F32, &[b.clone()]);
-        g.output("churn_probability", Elem::F32, &[b.clone()]);
+        g.output("purchase_probability", Elem::F32, std::slice::from_ref(&b));
+        g.output("churn_probability", Elem::F32, std::slice::from_ref(&b));
         g.output("predicted_spend", Elem::F32, &[b]);
         g.finish(
             "segstream reference model (seeded, untrained): for smoke tests and benchmarks",
@@ -203,6 +203,8 @@ impl ReferenceModel {
     }
 
     /// The same computation in plain Rust (f32, same operation order where it matters).
+    // Index loops mirror the tensor algebra of the graph one to one.
+    #[allow(clippy::needless_range_loop)]
     pub fn forward(&self, x: Inputs<'_>) -> Outputs {
         let s = &self.spec;
         let (n, e, t, f, h, k) = (

@@ -24,7 +24,7 @@ use ort::session::Session;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 use tracing::{info, warn};
 
-pub use batcher::MicroBatcher;
+pub use batcher::{MicroBatcher, RescoreSweep};
 pub use watcher::{ModelWatcher, PollOutcome};
 
 use crate::config::{GraphOptimization, Provider, ScoreConfig};
@@ -259,6 +259,47 @@ fn check_sigs(
             ));
         }
     }
+}
+
+/// Human-readable input and output signatures of a model file, as ONNX
+/// Runtime sees them (e.g. `event_kind: Int64 [batch, 64]`).
+pub fn signature(
+    cfg: &ScoreConfig,
+    version: &str,
+    onnx: &[u8],
+) -> Result<(Vec<String>, Vec<String>), ScoreError> {
+    let (session, _) = new_session(cfg, version, onnx)?;
+    let describe = |outlets: &[ort::value::Outlet]| {
+        outlets
+            .iter()
+            .map(|o| match o.dtype() {
+                ValueType::Tensor {
+                    ty,
+                    shape,
+                    dimension_symbols,
+                } => {
+                    let dims: Vec<String> = shape
+                        .iter()
+                        .zip(dimension_symbols.iter())
+                        .map(|(d, s)| {
+                            if *d < 0 {
+                                if s.is_empty() {
+                                    "?".into()
+                                } else {
+                                    s.clone()
+                                }
+                            } else {
+                                d.to_string()
+                            }
+                        })
+                        .collect();
+                    format!("{}: {ty:?} [{}]", o.name(), dims.join(", "))
+                }
+                other => format!("{}: {other:?}", o.name()),
+            })
+            .collect::<Vec<_>>()
+    };
+    Ok((describe(session.inputs()), describe(session.outputs())))
 }
 
 /// Runs `session` on row-major inputs; outputs are copied out.
