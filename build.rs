@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/segstream/v1/events.proto",
         "proto/segstream/v1/state.proto",
+        "proto/segstream/v1/segments.proto",
         "proto/onnx/onnx_subset.proto",
     ];
     for p in &protos {

@@ -43,6 +43,12 @@ pub struct Config {
     pub state: StateConfig,
     /// Scoring with ONNX Runtime and the model registry.
     pub score: ScoreConfig,
+    /// Segment decisions.
+    pub decide: DecideConfig,
+    /// Where segment changes go.
+    pub output: OutputConfig,
+    /// The run loop: transactions, commit cycle, health endpoints.
+    pub pipeline: PipelineConfig,
     /// Logging.
     pub telemetry: TelemetryConfig,
 }
@@ -475,6 +481,105 @@ pub enum GraphOptimization {
     All,
 }
 
+/// Segment decisions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecideConfig {
+    /// A challenger segment must beat the current one by this much probability.
+    pub margin: f32,
+    /// A segment holds at least this long (event time) before it may change.
+    #[serde(with = "humantime_serde")]
+    pub min_dwell: Duration,
+}
+
+impl Default for DecideConfig {
+    fn default() -> Self {
+        DecideConfig {
+            margin: 0.1,
+            min_dwell: Duration::from_secs(86_400),
+        }
+    }
+}
+
+impl DecideConfig {
+    /// The rules in force.
+    pub fn rules(&self) -> crate::decide::Hysteresis {
+        crate::decide::Hysteresis {
+            margin: self.margin,
+            min_dwell_ms: i64::try_from(self.min_dwell.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// Where segment changes go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// The segment topic, keyed by customer id. With `{segment}` in the name,
+    /// one topic per segment (e.g. `segments.{segment}`).
+    pub topic: String,
+    /// `protobuf` (`segstream.v1.SegmentChange`) or `json`.
+    pub format: OutputFormat,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            topic: "customer-segments".into(),
+            format: OutputFormat::Protobuf,
+        }
+    }
+}
+
+impl OutputConfig {
+    /// The topic a change to `segment` goes to.
+    pub fn topic_for(&self, segment: &str) -> String {
+        self.topic.replace("{segment}", segment)
+    }
+}
+
+/// Encoding of output records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    /// `segstream.v1.SegmentChange` protobuf.
+    #[default]
+    Protobuf,
+    /// The JSON form (snake_case field names).
+    Json,
+}
+
+/// The run loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Length of a commit cycle: outputs, changelog, dead letters and offsets
+    /// are committed in one Kafka transaction this often.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// The producer's transactional id; keep it stable per instance (e.g. a
+    /// StatefulSet pod name) so a restarted instance fences its predecessor
+    /// at once. Empty: `<group_id>-<hostname>`.
+    pub transactional_id: String,
+    /// Transaction timeout: how long a crashed instance's open transaction
+    /// can hold back read_committed consumers.
+    #[serde(with = "humantime_serde")]
+    pub transaction_timeout: Duration,
+    /// Address of `/healthz`, `/readyz` and `/metrics`; empty disables them.
+    pub http_listen: String,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            commit_interval: Duration::from_millis(100),
+            transactional_id: String::new(),
+            transaction_timeout: Duration::from_secs(10),
+            http_listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -814,6 +919,32 @@ impl Config {
             p.add(
                 "score.onnxruntime_library",
                 format!("file {} does not exist", sc.onnxruntime_library),
+            );
+        }
+
+        let dc = &self.decide;
+        if !(dc.margin.is_finite() && (0.0..=1.0).contains(&dc.margin)) {
+            p.add("decide.margin", "must be between 0 and 1");
+        }
+        let out = &self.output;
+        if let Err(why) = check_topic_name(&out.topic_for("segment")) {
+            p.add("output.topic", why);
+        }
+        let pc = &self.pipeline;
+        if pc.commit_interval < Duration::from_millis(10)
+            || pc.commit_interval > Duration::from_secs(60)
+        {
+            p.add("pipeline.commit_interval", "must be between 10ms and 60s");
+        }
+        if pc.transaction_timeout < Duration::from_secs(1)
+            || pc.transaction_timeout > Duration::from_secs(900)
+        {
+            p.add("pipeline.transaction_timeout", "must be between 1s and 15m");
+        }
+        if !pc.http_listen.is_empty() && pc.http_listen.parse::<std::net::SocketAddr>().is_err() {
+            p.add(
+                "pipeline.http_listen",
+                format!("{:?} is not ip:port", pc.http_listen),
             );
         }
 

@@ -25,6 +25,8 @@
 //! | [`features`] | state → Arrow batch → tensors; the only place features are computed (serving and training) |
 //! | [`model`] | the ONNX contract, manifest, directory registry, ONNX writer, reference model |
 //! | [`score`] | ONNX Runtime sessions (CUDA or CPU), validation, inference threads, micro-batching, hot swap |
+//! | [`decide`] | segment decisions with hysteresis, `SegmentChange` |
+//! | [`pipeline`] | the run loop: one Kafka transaction per commit cycle, rebalances, restore, health endpoints |
 //! | [`generate`] | synthetic data for Kafka (today: the reference sample corpus) |
 //! | [`bench`] | the benchmark suite: ratios against raw librdkafka / ONNX Runtime baselines |
 //! | [`telemetry`] | Prometheus metrics and logging |
@@ -39,11 +41,13 @@
 
 pub mod bench;
 pub mod config;
+pub mod decide;
 pub mod event;
 pub mod features;
 pub mod generate;
 pub mod ingest;
 pub mod model;
+pub mod pipeline;
 pub mod score;
 pub mod state;
 pub mod telemetry;

@@ -2,15 +2,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use rdkafka::consumer::{CommitMode, Consumer};
-use tracing::{error, info, warn};
+use rdkafka::consumer::Consumer;
+use tracing::{error, info};
 
 use segstream::config::Config;
-use segstream::ingest::{DeadLetterSink, Ingestor};
 use segstream::telemetry::{self, Metrics};
 
 /// Streaming customer segmentation over Kafka.
@@ -409,91 +408,11 @@ fn config_check(file: Option<PathBuf>, print: bool) -> ExitCode {
     }
 }
 
-/// Consumes, decodes and validates the input topics, writing refused records
-/// to the dead-letter topic. Offsets are committed only after the dead letters
-/// of their batch are acknowledged (at least once). The transactional,
-/// exactly-once cycle with state and scoring replaces this loop in the
-/// pipeline module.
+/// The streaming pipeline (see `segstream::pipeline` for its guarantees).
 async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new().context("registering metrics")?;
-    let mut ingestor = Ingestor::build(&config, metrics.clone())?;
-    let sink = DeadLetterSink::build(&config)?;
-    ingestor.subscribe(Duration::from_secs(10))?;
-    info!(
-        topics = ?config.input.topics,
-        group = %config.kafka.group_id,
-        dead_letter_topic = %config.dead_letter.topic,
-        "Consuming."
-    );
-    let mut shutdown = std::pin::pin!(shutdown_signal());
-    let mut report = tokio::time::interval(Duration::from_secs(10));
-    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut events, mut dead) = (0u64, 0u64);
-    let mut backoff = Duration::from_millis(100);
-    let started = Instant::now();
-    let mut last_offsets = None;
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => {
-                info!("Shutdown requested; stopping after the current batch.");
-                break;
-            }
-            _ = report.tick() => {
-                let secs = started.elapsed().as_secs_f64().max(1e-3);
-                info!(
-                    events,
-                    dead_letters = dead,
-                    events_per_second = format!("{:.1}", events as f64 / secs),
-                    assignment = ?ingestor.assignment().unwrap_or_default(),
-                    "Progress."
-                );
-            }
-            batch = ingestor.next_batch(Duration::from_millis(500)) => {
-                let batch = match batch {
-                    Ok(b) => b,
-                    Err(e) => {
-                        warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "Consumer error; retrying.");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                        continue;
-                    }
-                };
-                backoff = Duration::from_millis(100);
-                if batch.is_empty() {
-                    continue;
-                }
-                if !batch.dead_letters.is_empty() {
-                    let mut reasons = std::collections::BTreeMap::new();
-                    for d in &batch.dead_letters {
-                        *reasons.entry(d.reason.as_str()).or_insert(0u32) += 1;
-                    }
-                    warn!(
-                        count = batch.dead_letters.len(),
-                        reasons = ?reasons,
-                        topic = %config.dead_letter.topic,
-                        "Routed refused records to the dead-letter topic."
-                    );
-                }
-                sink.send_all(&batch.dead_letters).await?;
-                let offsets = batch.offsets_to_commit()?;
-                ingestor
-                    .consumer()
-                    .commit(&offsets, CommitMode::Async)
-                    .context("committing offsets")?;
-                last_offsets = Some(offsets);
-                events += batch.events.len() as u64;
-                dead += batch.dead_letters.len() as u64;
-            }
-        }
-    }
-    sink.flush(Duration::from_secs(10))?;
-    if let Some(offsets) = last_offsets {
-        ingestor
-            .consumer()
-            .commit(&offsets, CommitMode::Sync)
-            .context("final offset commit")?;
-    }
-    info!(events, dead_letters = dead, "Stopped.");
+    segstream::pipeline::run(config, metrics, shutdown_signal()).await?;
+    info!("Stopped.");
     Ok(())
 }
 

@@ -144,6 +144,7 @@ pub async fn state(
         model_version: "20261128-1".into(),
         decided_at_ms: start_ms,
         next_review_ms: start_ms + span_ms,
+        since_ms: start_ms,
     };
     for c in 0..customers {
         let customer = format!("customer-{c:08}");

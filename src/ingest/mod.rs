@@ -371,7 +371,8 @@ fn intern(names: &mut BTreeMap<String, Arc<str>>, topic: &str) -> Arc<str> {
     t
 }
 
-fn source_record<'a>(msg: &'a BorrowedMessage<'a>) -> SourceRecord<'a> {
+/// The borrowed view of a consumed message.
+pub fn source_record<'a>(msg: &'a BorrowedMessage<'a>) -> SourceRecord<'a> {
     let headers = msg
         .headers()
         .map(|h| {

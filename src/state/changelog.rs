@@ -88,6 +88,7 @@ pub fn encode(state: &CustomerState) -> Vec<u8> {
             model_version: dec.model_version.clone(),
             decided_at_ms: dec.decided_at_ms,
             next_review_ms: dec.next_review_ms,
+            since_ms: dec.since_ms,
         }),
         duplicates: state.duplicates,
     }
@@ -196,6 +197,7 @@ pub fn decode(bytes: &[u8]) -> Result<CustomerState, CodecError> {
             model_version: d.model_version,
             decided_at_ms: d.decided_at_ms,
             next_review_ms: d.next_review_ms,
+            since_ms: d.since_ms,
         },
         duplicates: r.duplicates,
     })
@@ -343,8 +345,9 @@ pub fn restore_partition(
     if client.get("group.id").is_none() {
         client.set("group.id", "segstream-restore");
     }
-    let consumer: BaseConsumer = client
-        .create()
+    client.set("fetch.wait.max.ms", "10");
+    let consumer: BaseConsumer<RestoreContext> = client
+        .create_with_context(RestoreContext)
         .map_err(kafka("creating the restore consumer"))?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Beginning)
@@ -422,6 +425,19 @@ pub fn restore_partition(
     );
     Ok(stats)
 }
+
+/// Keeps the expected end-of-partition signal out of the error log.
+struct RestoreContext;
+
+impl rdkafka::ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            error!(error = %error, reason, "Changelog restore consumer error.");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for RestoreContext {}
 
 /// Runs `f` when dropped (keeps the in-progress gauge right on every exit path).
 fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {

@@ -127,6 +127,8 @@ pub struct Decision {
     pub decided_at_ms: i64,
     /// Event time at which to rescore if nothing happens (ms; 0: none).
     pub next_review_ms: i64,
+    /// Event time at which the current segment was entered (ms).
+    pub since_ms: i64,
 }
 
 /// Everything segstream knows about one customer.

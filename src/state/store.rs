@@ -89,6 +89,20 @@ impl PartitionStore {
         }
     }
 
+    /// The partition's event-time clock: the latest event time seen, moved on
+    /// by the wall clock while idle (`i64::MIN` before any event).
+    pub fn clock_ms(&self) -> i64 {
+        self.clock_ms
+    }
+
+    /// A customer's decision memory, for the decision stage (marks the
+    /// customer changed for the changelog).
+    pub fn decision_mut(&mut self, id: &str) -> Option<&mut super::Decision> {
+        let s = self.customers.get_mut(id)?;
+        self.dirty.insert(id.to_string());
+        Some(&mut s.decision)
+    }
+
     /// The watermark: events before it are late; timers at or before it fire.
     pub fn watermark_ms(&self) -> i64 {
         self.clock_ms
@@ -208,6 +222,11 @@ impl PartitionStore {
             evicted += 1;
         }
         evicted
+    }
+
+    /// Whether customers changed since the last [`PartitionStore::take_dirty`].
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
     }
 
     /// Customers changed (or evicted: `None`) since the last call, for the

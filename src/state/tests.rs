@@ -295,6 +295,7 @@ proptest! {
             model_version: "2026-11-28T10-00-00Z".into(),
             decided_at_ms: T0,
             next_review_ms: review_ms,
+            since_ms: T0 - 5,
         };
         let bytes = encode(&s);
         prop_assert_eq!(decode(&bytes).unwrap(), s);

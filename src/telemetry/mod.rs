@@ -47,6 +47,18 @@ pub struct Metrics {
     pub scored_customers: IntCounter,
     /// Inference runs that failed.
     pub inference_failures: IntCounter,
+    /// Kafka transactions by outcome (`committed`, `aborted`).
+    pub transactions: IntCounterVec,
+    /// Seconds to produce and commit one cycle's transaction.
+    pub commit_seconds: Histogram,
+    /// Events ignored as duplicates.
+    pub duplicate_events: IntCounter,
+    /// Customers evicted after the TTL.
+    pub evicted_customers: IntCounter,
+    /// Customers held in state by this instance.
+    pub state_customers: IntGauge,
+    /// Segment changes published, by from, to and trigger.
+    pub segment_changes: IntCounterVec,
 }
 
 impl Metrics {
@@ -141,6 +153,47 @@ impl Metrics {
             "segstream_inference_failures_total",
             "Inference runs that failed.",
         )?;
+        let transactions = IntCounterVec::new(
+            Opts::new(
+                "segstream_transactions_total",
+                "Kafka transactions by outcome.",
+            ),
+            &["outcome"],
+        )?;
+        let commit_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "segstream_commit_seconds",
+                "Time to produce and commit one cycle's transaction.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ]),
+        )?;
+        let duplicate_events = IntCounter::new(
+            "segstream_duplicate_events_total",
+            "Events ignored because their event_id was seen among the customer's recent events.",
+        )?;
+        let evicted_customers = IntCounter::new(
+            "segstream_evicted_customers_total",
+            "Customers evicted after state.ttl without events.",
+        )?;
+        let state_customers = IntGauge::new(
+            "segstream_state_customers",
+            "Customers held in state by this instance.",
+        )?;
+        let segment_changes = IntCounterVec::new(
+            Opts::new(
+                "segstream_segment_changes_total",
+                "Segment changes published, by previous segment, new segment and trigger.",
+            ),
+            &["from", "to", "trigger"],
+        )?;
+        registry.register(Box::new(transactions.clone()))?;
+        registry.register(Box::new(commit_seconds.clone()))?;
+        registry.register(Box::new(duplicate_events.clone()))?;
+        registry.register(Box::new(evicted_customers.clone()))?;
+        registry.register(Box::new(state_customers.clone()))?;
+        registry.register(Box::new(segment_changes.clone()))?;
         registry.register(Box::new(model_info.clone()))?;
         registry.register(Box::new(model_swaps.clone()))?;
         registry.register(Box::new(model_load_failures.clone()))?;
@@ -177,6 +230,12 @@ impl Metrics {
             inference_batch_rows,
             scored_customers,
             inference_failures,
+            transactions,
+            commit_seconds,
+            duplicate_events,
+            evicted_customers,
+            state_customers,
+            segment_changes,
         })
     }
 

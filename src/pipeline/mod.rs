@@ -1,0 +1,924 @@
+//! The run loop (`segstream run`): consume → update state → score dirty and
+//! due customers → decide → produce segment changes, changelog records and
+//! dead letters → send the consumed offsets → commit, all in ONE Kafka
+//! transaction per commit cycle.
+//!
+//! # Guarantee: exactly once
+//!
+//! Offsets follow outputs: the offsets of the records a cycle consumed are
+//! committed inside the transaction that carries everything those records
+//! caused (segment changes, the customers' new state in the changelog, dead
+//! letters). Either all of it becomes visible to `read_committed` readers, or
+//! none of it and the records are consumed again. The producer is fenced by
+//! the consumer group's metadata (KIP-447), so a zombie that lost its
+//! partitions cannot commit; a restarted instance with the same
+//! transactional id aborts its predecessor's open transaction at start.
+//!
+//! State is partition-local and co-partitioned: partition `p` of every input
+//! topic and of the changelog hold the same customers. The consumer uses the
+//! `range` assignor, which gives an instance the same partition numbers of
+//! every input topic (cooperative-sticky does not, and a customer's events
+//! would be split across instances). On assignment, a partition's state is
+//! restored from the changelog before any of its input is processed; on
+//! revocation or on any transaction failure the open transaction is aborted,
+//! local state is dropped and rebuilt from the changelog (which holds exactly
+//! the committed state), and consumption resumes from the committed offsets.
+
+mod http;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+pub use http::Health;
+
+use crate::config::{Config, OffsetReset, OutputFormat};
+use crate::decide::{self, Hysteresis, SegmentChangeJson};
+use crate::event::proto::Trigger;
+use crate::event::{Decoder, Reason, Rejection};
+use crate::ingest::{self, DeadLetter, Routed};
+use crate::score::{LoadedModel, ModelWatcher, PollOutcome, RescoreSweep, Scorer};
+use crate::state::changelog::{self, drain_dirty};
+use crate::state::{CustomerState, PartitionStore, RecordOutcome};
+use crate::telemetry::Metrics;
+
+/// Errors that end the run loop.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Configuration could not be turned into clients.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A Kafka call failed fatally (e.g. this producer was fenced by a newer
+    /// instance with the same transactional id).
+    #[error("{what}: {source}")]
+    Kafka {
+        /// What was being done.
+        what: &'static str,
+        /// The client error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The topics do not fit together (missing, or partition counts differ).
+    #[error("topics: {0}")]
+    Topics(String),
+    /// Restoring state failed.
+    #[error(transparent)]
+    Restore(#[from] changelog::ChangelogError),
+    /// Scoring failed in a way retrying cannot fix.
+    #[error(transparent)]
+    Score(#[from] crate::score::ScoreError),
+    /// Other I/O (the HTTP listener).
+    #[error("{0}")]
+    Io(String),
+}
+
+fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> PipelineError {
+    move |source| PipelineError::Kafka { what, source }
+}
+
+/// Rebalance notices, taken by the loop after each poll.
+#[derive(Default)]
+pub struct PipelineContext {
+    events: Mutex<Vec<RebalanceNotice>>,
+    pending: AtomicBool,
+}
+
+#[derive(Debug, Clone)]
+enum RebalanceNotice {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+impl ClientContext for PipelineContext {}
+
+impl ConsumerContext for PipelineContext {
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let list = |tpl: &TopicPartitionList| {
+            tpl.elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect::<Vec<_>>()
+        };
+        let notice = match rebalance {
+            Rebalance::Assign(tpl) => RebalanceNotice::Assigned(list(tpl)),
+            Rebalance::Revoke(tpl) => RebalanceNotice::Revoked(list(tpl)),
+            Rebalance::Error(e) => {
+                warn!(error = %e, "Rebalance error.");
+                return;
+            }
+        };
+        if let Ok(mut events) = self.events.lock() {
+            events.push(notice);
+            self.pending.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Why a customer is scored this cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Why {
+    Event,
+    Inactivity,
+    ModelUpdate,
+}
+
+impl Why {
+    fn trigger(self) -> Trigger {
+        match self {
+            Why::Event => Trigger::Event,
+            Why::Inactivity => Trigger::Inactivity,
+            Why::ModelUpdate => Trigger::ModelUpdate,
+        }
+    }
+}
+
+/// The work of the open transaction.
+#[derive(Default)]
+struct Cycle {
+    open: bool,
+    offsets: BTreeMap<(String, i32), i64>,
+    dead_letters: Vec<DeadLetter>,
+    to_score: BTreeMap<i32, BTreeMap<String, Why>>,
+    records: u64,
+}
+
+/// The running pipeline of one instance.
+pub struct Pipeline {
+    cfg: Config,
+    consumer: Arc<StreamConsumer<PipelineContext>>,
+    producer: FutureProducer,
+    decoder: Decoder,
+    rules: Hysteresis,
+    stores: BTreeMap<i32, PartitionStore>,
+    assigned: BTreeSet<(String, i32)>,
+    scorer: Arc<Scorer>,
+    metrics: Metrics,
+    health: Arc<Health>,
+    cycle: Cycle,
+    sweep: Option<RescoreSweep<(i32, String)>>,
+    max_dead_letter_bytes: usize,
+}
+
+/// Runs an instance until `shutdown` resolves: waits for a model, joins the
+/// group, and processes until stopped; the open cycle is committed on the
+/// way out.
+pub async fn run(
+    cfg: Config,
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), PipelineError> {
+    let health = Arc::new(Health::default());
+    if !cfg.pipeline.http_listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&cfg.pipeline.http_listen)
+            .await
+            .map_err(|e| PipelineError::Io(format!("binding {}: {e}", cfg.pipeline.http_listen)))?;
+        tokio::spawn(http::serve(listener, health.clone(), metrics.clone()));
+    }
+    let mut shutdown = std::pin::pin!(shutdown);
+
+    // A model first: without one nothing can be decided.
+    crate::score::environment(&cfg.score)?;
+    let mut watcher = ModelWatcher::new(&cfg.score, cfg.state.limits().state, metrics.clone());
+    let model = loop {
+        let outcome = tokio::task::block_in_place(|| watcher.poll());
+        if let PollOutcome::Loaded(m) = outcome {
+            break *m;
+        }
+        info!(registry = %cfg.score.registry.display(), "Waiting for a valid model in the registry.");
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = tokio::time::sleep(cfg.score.poll_interval) => {}
+        }
+    };
+    info!(version = %model.version, provider = model.provider.as_str(), "Serving model.");
+    let scorer = Arc::new(Scorer::start(&cfg.score, model, metrics.clone()));
+    health.model_loaded.store(true, Ordering::Relaxed);
+    let (model_tx, mut model_rx) = mpsc::channel::<LoadedModel>(1);
+    let stop_watch = Arc::new(AtomicBool::new(false));
+    let watch_thread = {
+        let stop = stop_watch.clone();
+        let interval = cfg.score.poll_interval;
+        std::thread::Builder::new()
+            .name("segstream-model-watch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let deadline = Instant::now() + interval;
+                    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    if let PollOutcome::Loaded(m) = watcher.poll() {
+                        if model_tx.blocking_send(*m).is_err() {
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| PipelineError::Io(format!("starting the model watcher: {e}")))?
+    };
+
+    let mut p = Pipeline::build(cfg, scorer.clone(), metrics, health.clone())?;
+    p.check_topics()?;
+    p.producer
+        .init_transactions(Duration::from_secs(30))
+        .map_err(kafka("initializing transactions"))?;
+    let topics: Vec<&str> = p.cfg.input.topics.iter().map(String::as_str).collect();
+    p.consumer
+        .subscribe(&topics)
+        .map_err(kafka("subscribing to the input topics"))?;
+    info!(
+        topics = ?p.cfg.input.topics,
+        group = %p.cfg.kafka.group_id,
+        output = %p.cfg.output.topic,
+        "Running."
+    );
+    let consumer = p.consumer.clone();
+    let mut tick = tokio::time::interval(p.cfg.pipeline.commit_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                info!("Shutdown requested; committing the open cycle.");
+                health.stopping.store(true, Ordering::Relaxed);
+                break p.end_cycle().await;
+            }
+            Some(model) = model_rx.recv() => {
+                p.on_new_model(model);
+            }
+            _ = tick.tick() => {
+                if let Err(e) = p.end_cycle().await {
+                    break Err(e);
+                }
+            }
+            msg = consumer.recv() => {
+                if let Err(e) = p.on_message(msg).await {
+                    break Err(e);
+                }
+            }
+        }
+    };
+    stop_watch.store(true, Ordering::Relaxed);
+    let _ = watch_thread.join();
+    if let Err(e) = &result {
+        error!(error = %e, "The run loop stopped on an error.");
+        if p.cycle.open {
+            let _ = p.producer.abort_transaction(Duration::from_secs(10));
+        }
+    }
+    drop(p);
+    drop(consumer);
+    if let Ok(scorer) = Arc::try_unwrap(scorer) {
+        scorer.shutdown();
+    }
+    result
+}
+
+impl Pipeline {
+    fn build(
+        cfg: Config,
+        scorer: Arc<Scorer>,
+        metrics: Metrics,
+        health: Arc<Health>,
+    ) -> Result<Self, PipelineError> {
+        let base = cfg.kafka.client_config()?;
+        let mut c = base.clone();
+        c.set("group.id", &cfg.kafka.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("partition.assignment.strategy", "range")
+            .set(
+                "auto.offset.reset",
+                match cfg.input.auto_offset_reset {
+                    OffsetReset::Earliest => "earliest",
+                    OffsetReset::Latest => "latest",
+                },
+            );
+        let consumer: StreamConsumer<PipelineContext> = c
+            .create_with_context(PipelineContext::default())
+            .map_err(kafka("creating the consumer"))?;
+        let transactional_id = if cfg.pipeline.transactional_id.is_empty() {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".into());
+            format!("{}-{host}", cfg.kafka.group_id)
+        } else {
+            cfg.pipeline.transactional_id.clone()
+        };
+        let mut pc = base;
+        let max = (cfg.dead_letter.max_value_bytes + 256 * 1024).max(1_000_000);
+        pc.set("transactional.id", &transactional_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.max.bytes", max.to_string())
+            .set(
+                "transaction.timeout.ms",
+                cfg.pipeline.transaction_timeout.as_millis().to_string(),
+            );
+        let producer: FutureProducer = pc.create().map_err(kafka("creating the producer"))?;
+        info!(transactional_id = %transactional_id, "Transactional producer ready.");
+        Ok(Pipeline {
+            consumer: Arc::new(consumer),
+            decoder: cfg.decoder(),
+            rules: cfg.decide.rules(),
+            max_dead_letter_bytes: cfg.dead_letter.max_value_bytes,
+            cfg,
+            producer,
+            stores: BTreeMap::new(),
+            assigned: BTreeSet::new(),
+            scorer,
+            metrics,
+            health,
+            cycle: Cycle::default(),
+            sweep: None,
+        })
+    }
+
+    /// Input topics, changelog and dead-letter topics exist, and the input
+    /// topics and the changelog have the same number of partitions.
+    fn check_topics(&self) -> Result<(), PipelineError> {
+        let md = self
+            .consumer
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map_err(kafka("fetching cluster metadata"))?;
+        let count = |name: &str| {
+            md.topics()
+                .iter()
+                .find(|t| t.name() == name && t.error().is_none())
+                .map(|t| t.partitions().len())
+        };
+        let mut problems = Vec::new();
+        let mut counts = BTreeMap::new();
+        for t in self
+            .cfg
+            .input
+            .topics
+            .iter()
+            .chain(std::iter::once(&self.cfg.state.changelog_topic))
+        {
+            match count(t) {
+                Some(n) => {
+                    counts.insert(t.clone(), n);
+                }
+                None => problems.push(format!("{t} does not exist")),
+            }
+        }
+        if count(&self.cfg.dead_letter.topic).is_none() {
+            problems.push(format!("{} does not exist", self.cfg.dead_letter.topic));
+        }
+        if !self.cfg.output.topic.contains("{segment}") && count(&self.cfg.output.topic).is_none() {
+            problems.push(format!("{} does not exist", self.cfg.output.topic));
+        }
+        let distinct: BTreeSet<usize> = counts.values().copied().collect();
+        if distinct.len() > 1 {
+            problems.push(format!(
+                "input topics and the changelog must have the same partition count (co-partitioning): {counts:?}"
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(PipelineError::Topics(format!(
+                "{} (for the local broker: `make topics`)",
+                problems.join("; ")
+            )))
+        }
+    }
+
+    fn begin(&mut self) -> Result<(), PipelineError> {
+        if !self.cycle.open {
+            self.producer
+                .begin_transaction()
+                .map_err(kafka("beginning a transaction"))?;
+            self.cycle.open = true;
+        }
+        Ok(())
+    }
+
+    async fn take_rebalances(&mut self) -> Result<(), PipelineError> {
+        if !self
+            .consumer
+            .context()
+            .pending
+            .swap(false, Ordering::AcqRel)
+        {
+            return Ok(());
+        }
+        let notices: Vec<RebalanceNotice> = match self.consumer.context().events.lock() {
+            Ok(mut e) => std::mem::take(&mut *e),
+            Err(_) => Vec::new(),
+        };
+        for n in notices {
+            match n {
+                RebalanceNotice::Revoked(list) => {
+                    // The generation changed: the open transaction can no
+                    // longer commit its offsets. Abort; the new owner redoes it.
+                    self.abort_cycle("partitions were revoked");
+                    for tp in &list {
+                        self.assigned.remove(tp);
+                    }
+                    let keep: BTreeSet<i32> = self.assigned.iter().map(|(_, p)| *p).collect();
+                    self.stores.retain(|p, _| keep.contains(p));
+                    // Uncommitted changes of kept partitions are gone too: rebuild.
+                    self.reset_kept().await?;
+                    info!(partitions = ?list, "Partitions revoked.");
+                }
+                RebalanceNotice::Assigned(list) => {
+                    self.assigned.extend(list.iter().cloned());
+                    let new: BTreeSet<i32> = list
+                        .iter()
+                        .map(|(_, p)| *p)
+                        .filter(|p| !self.stores.contains_key(p))
+                        .collect();
+                    for p in new {
+                        self.restore(p).await?;
+                    }
+                    info!(partitions = ?list, "Partitions assigned and restored.");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn restore(&mut self, partition: i32) -> Result<(), PipelineError> {
+        self.health.restoring.fetch_add(1, Ordering::Relaxed);
+        let client = self.cfg.kafka.client_config()?;
+        let topic = self.cfg.state.changelog_topic.clone();
+        let limits = self.cfg.state.limits();
+        let metrics = self.metrics.clone();
+        let timeout = self.cfg.state.restore_timeout;
+        let result = tokio::task::spawn_blocking(move || {
+            let mut store = PartitionStore::new(limits);
+            changelog::restore_partition(&client, &topic, partition, &mut store, &metrics, timeout)
+                .map(|_| store)
+        })
+        .await;
+        self.health.restoring.fetch_sub(1, Ordering::Relaxed);
+        let store = result.map_err(|e| PipelineError::Io(format!("restore task: {e}")))??;
+        self.stores.insert(partition, store);
+        Ok(())
+    }
+
+    /// Drops local state of the partitions still owned, restores it from the
+    /// changelog and rewinds their input to the committed offsets.
+    async fn reset_kept(&mut self) -> Result<(), PipelineError> {
+        let partitions: Vec<i32> = self.stores.keys().copied().collect();
+        self.stores.clear();
+        for p in &partitions {
+            self.restore(*p).await?;
+        }
+        if self.assigned.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in &self.assigned {
+            let _ = tpl.add_partition(t, *p);
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .map_err(kafka("reading committed offsets"))?;
+        let mut seek = TopicPartitionList::new();
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => match self.cfg.input.auto_offset_reset {
+                    OffsetReset::Earliest => Offset::Beginning,
+                    OffsetReset::Latest => Offset::End,
+                },
+            };
+            let _ = seek.add_partition_offset(e.topic(), e.partition(), offset);
+        }
+        self.consumer
+            .seek_partitions(seek, Duration::from_secs(10))
+            .map_err(kafka("rewinding to the committed offsets"))?;
+        Ok(())
+    }
+
+    fn abort_cycle(&mut self, why: &str) {
+        if self.cycle.open {
+            if let Err(e) = self.producer.abort_transaction(Duration::from_secs(30)) {
+                warn!(error = %e, "Aborting the transaction failed.");
+            }
+            self.metrics
+                .transactions
+                .with_label_values(&["aborted"])
+                .inc();
+            warn!(
+                reason = why,
+                records = self.cycle.records,
+                "Aborted the open transaction."
+            );
+        }
+        self.cycle = Cycle::default();
+    }
+
+    async fn on_message(
+        &mut self,
+        msg: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
+    ) -> Result<(), PipelineError> {
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "Consumer error.");
+                return Ok(());
+            }
+        };
+        // A rebalance noticed during this poll applies before the record: its
+        // partition's state must be restored first, and a record of a
+        // partition just revoked must not be processed.
+        self.take_rebalances().await?;
+        let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
+        if !self.assigned.contains(&(topic.clone(), partition)) {
+            return Ok(());
+        }
+        if !self.stores.contains_key(&partition) {
+            self.restore(partition).await?;
+        }
+        let record = ingest::source_record(&msg);
+        let topic_arc: Arc<str> = Arc::from(topic.as_str());
+        let routed = ingest::route(
+            &self.decoder,
+            &record,
+            &topic_arc,
+            ingest::now_ms(),
+            self.max_dead_letter_bytes,
+        );
+        let late_letter = match &routed {
+            Routed::Event(e) => {
+                let Some(store) = self.stores.get_mut(&partition) else {
+                    return Err(PipelineError::Io(format!(
+                        "no state for partition {partition} after restore"
+                    )));
+                };
+                match store.record(&e.event, tokio::time::Instant::now()) {
+                    RecordOutcome::Applied => {
+                        self.cycle
+                            .to_score
+                            .entry(partition)
+                            .or_default()
+                            .insert(e.event.customer_id.clone(), Why::Event);
+                        self.metrics
+                            .events_accepted
+                            .with_label_values(&[&topic, e.event.kind().as_str()])
+                            .inc();
+                        None
+                    }
+                    RecordOutcome::Duplicate => {
+                        self.metrics.duplicate_events.inc();
+                        None
+                    }
+                    RecordOutcome::Late { watermark_ms } => Some(DeadLetter::new(
+                        &record,
+                        Rejection::new(
+                            Reason::Late,
+                            format!(
+                                "event_time_ms {} is before the partition watermark {watermark_ms} \
+                                 (state.allowed_lateness)",
+                                e.event.event_time_ms
+                            ),
+                        ),
+                        self.max_dead_letter_bytes,
+                    )),
+                }
+            }
+            Routed::DeadLetter(d) => Some(d.clone()),
+        };
+        if let Some(d) = late_letter {
+            self.metrics
+                .dead_letters
+                .with_label_values(&[d.stage.as_str(), d.reason.as_str()])
+                .inc();
+            self.cycle.dead_letters.push(d);
+        }
+        self.metrics
+            .records_consumed
+            .with_label_values(&[&topic])
+            .inc();
+        self.cycle.offsets.insert((topic, partition), offset + 1);
+        self.cycle.records += 1;
+        Ok(())
+    }
+
+    fn on_new_model(&mut self, model: LoadedModel) {
+        let version = model.version.clone();
+        self.scorer.swap(model);
+        let keys: Vec<(i32, String)> = self
+            .stores
+            .iter()
+            .flat_map(|(p, s)| s.iter().map(move |(id, _)| (*p, id.clone())))
+            .collect();
+        info!(version = %version, customers = keys.len(), "Swapped in a new model; rescoring known customers.");
+        self.sweep = Some(RescoreSweep::new(
+            keys,
+            self.cfg.score.rescore_per_second,
+            tokio::time::Instant::now(),
+        ));
+    }
+
+    /// Scores, decides, produces and commits everything of the open cycle.
+    async fn end_cycle(&mut self) -> Result<(), PipelineError> {
+        self.take_rebalances().await?;
+        let now = tokio::time::Instant::now();
+        // Timers and retention.
+        for (p, store) in self.stores.iter_mut() {
+            store.tick(now);
+            for id in store.take_due() {
+                self.cycle
+                    .to_score
+                    .entry(*p)
+                    .or_default()
+                    .entry(id)
+                    .or_insert(Why::Inactivity);
+            }
+            let evicted = store.evict_expired();
+            if evicted > 0 {
+                self.metrics.evicted_customers.inc_by(evicted as u64);
+            }
+        }
+        if let Some(sweep) = &mut self.sweep {
+            for (p, id) in sweep.take(now, self.cfg.score.max_batch) {
+                if self.stores.get(&p).and_then(|s| s.get(&id)).is_some() {
+                    self.cycle
+                        .to_score
+                        .entry(p)
+                        .or_default()
+                        .entry(id)
+                        .or_insert(Why::ModelUpdate);
+                }
+            }
+            if sweep.is_done() {
+                self.sweep = None;
+            }
+        }
+        let has_changelog = self.stores.values().any(|s| s.has_dirty());
+        if self.cycle.offsets.is_empty()
+            && self.cycle.dead_letters.is_empty()
+            && self.cycle.to_score.is_empty()
+            && !has_changelog
+        {
+            self.update_gauges();
+            return Ok(());
+        }
+        self.begin()?;
+        let started = Instant::now();
+        match self.produce_cycle().await {
+            Ok(()) => {}
+            Err(CycleError::Abortable(why)) => {
+                self.abort_cycle(&why);
+                self.reset_kept().await?;
+                return Ok(());
+            }
+            Err(CycleError::Fatal(e)) => return Err(e),
+        }
+        match self.commit().await {
+            Ok(()) => {
+                self.metrics
+                    .transactions
+                    .with_label_values(&["committed"])
+                    .inc();
+                self.metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.cycle = Cycle::default();
+            }
+            Err(CycleError::Abortable(why)) => {
+                self.abort_cycle(&why);
+                self.reset_kept().await?;
+            }
+            Err(CycleError::Fatal(e)) => return Err(e),
+        }
+        self.update_gauges();
+        Ok(())
+    }
+
+    fn update_gauges(&self) {
+        let customers: usize = self.stores.values().map(PartitionStore::len).sum();
+        self.metrics.state_customers.set(customers as i64);
+    }
+
+    async fn produce_cycle(&mut self) -> Result<(), CycleError> {
+        // Score and decide, partition by partition, in micro-batches.
+        let to_score = std::mem::take(&mut self.cycle.to_score);
+        let review_after = self.cfg.state.limits().review_after_ms;
+        let mut changes = Vec::new();
+        for (p, customers) in &to_score {
+            let Some(store) = self.stores.get(p) else {
+                continue;
+            };
+            let as_of = store.clock_ms();
+            let ids: Vec<(&String, &Why)> = customers
+                .iter()
+                .filter(|(id, _)| store.get(id).is_some())
+                .collect();
+            for chunk in ids.chunks(self.cfg.score.max_batch.max(1)) {
+                let model = self.scorer.current();
+                let (scores, chunk_ids) = {
+                    let Some(store) = self.stores.get(p) else {
+                        break;
+                    };
+                    let states: Vec<&CustomerState> =
+                        chunk.iter().filter_map(|(id, _)| store.get(id)).collect();
+                    let batch = model.featurizer.featurize(&states, as_of).map_err(|e| {
+                        CycleError::Fatal(PipelineError::Io(format!("featurizing: {e}")))
+                    })?;
+                    let ids: Vec<(String, Why)> =
+                        chunk.iter().map(|(id, w)| ((*id).clone(), **w)).collect();
+                    (self.scorer.score(model.clone(), batch).await, ids)
+                };
+                let scores =
+                    scores.map_err(|e| CycleError::Abortable(format!("scoring failed: {e}")))?;
+                let decided_at = ingest::now_ms();
+                let Some(store) = self.stores.get_mut(p) else {
+                    break;
+                };
+                for (row, (id, why)) in chunk_ids.iter().enumerate() {
+                    let scored = decide::Scored {
+                        segments: &scores.segments,
+                        probs: scores.segment_probs(row),
+                        purchase: scores.outputs.purchase_probability[row],
+                        churn: scores.outputs.churn_probability[row],
+                        spend: scores.outputs.predicted_spend[row],
+                        model_version: &scores.model_version,
+                    };
+                    if let Some(decision) = store.decision_mut(id) {
+                        if let Some(change) = decide::apply(
+                            &self.rules,
+                            id,
+                            decision,
+                            scored,
+                            as_of,
+                            decided_at,
+                            why.trigger(),
+                        ) {
+                            changes.push(change);
+                        }
+                    }
+                    store.schedule_review(id, as_of.saturating_add(review_after));
+                }
+            }
+        }
+        // Outputs, changelog, dead letters: all inside the transaction.
+        for c in &changes {
+            let value = match self.cfg.output.format {
+                OutputFormat::Protobuf => c.encode_to_vec(),
+                OutputFormat::Json => {
+                    serde_json::to_vec(&SegmentChangeJson::new(c)).unwrap_or_default()
+                }
+            };
+            let topic = self.cfg.output.topic_for(&c.segment);
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "segstream.segment",
+                    value: Some(c.segment.as_str()),
+                })
+                .insert(Header {
+                    key: "segstream.trigger",
+                    value: Some(decide::trigger_name(c.trigger)),
+                })
+                .insert(Header {
+                    key: "segstream.model_version",
+                    value: Some(c.model_version.as_str()),
+                });
+            let record = FutureRecord::<str, [u8]>::to(&topic)
+                .key(&c.customer_id)
+                .payload(&value)
+                .headers(headers);
+            self.send(record).await?;
+            self.metrics
+                .segment_changes
+                .with_label_values(&[
+                    if c.previous_segment.is_empty() {
+                        "none"
+                    } else {
+                        &c.previous_segment
+                    },
+                    &c.segment,
+                    decide::trigger_name(c.trigger),
+                ])
+                .inc();
+        }
+        let changelog_topic = self.cfg.state.changelog_topic.clone();
+        let partitions: Vec<i32> = self.stores.keys().copied().collect();
+        for p in partitions {
+            let records = match self.stores.get_mut(&p) {
+                Some(store) => drain_dirty(store),
+                None => continue,
+            };
+            for r in &records {
+                let mut record = FutureRecord::<str, [u8]>::to(&changelog_topic)
+                    .partition(p)
+                    .key(&r.key);
+                if let Some(v) = &r.value {
+                    record = record.payload(v);
+                }
+                self.send(record).await?;
+            }
+        }
+        let letters = std::mem::take(&mut self.cycle.dead_letters);
+        for d in &letters {
+            let mut record = FutureRecord::<[u8], [u8]>::to(&self.cfg.dead_letter.topic)
+                .payload(&d.value)
+                .headers(d.kafka_headers());
+            if let Some(k) = &d.key {
+                record = record.key(k);
+            }
+            self.send(record).await?;
+        }
+        Ok(())
+    }
+
+    async fn send<K, P>(&self, mut record: FutureRecord<'_, K, P>) -> Result<(), CycleError>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        loop {
+            match self.producer.send_result(record) {
+                // Delivery is confirmed by commit_transaction, which fails if
+                // any record of the transaction failed.
+                Ok(_delivery) => return Ok(()),
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((e, _)) => return Err(classify("producing", e)),
+            }
+        }
+    }
+
+    async fn commit(&mut self) -> Result<(), CycleError> {
+        if !self.cycle.offsets.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for ((t, p), o) in &self.cycle.offsets {
+                tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+                    .map_err(|e| classify("building offsets", e))?;
+            }
+            let cgm = self
+                .consumer
+                .group_metadata()
+                .ok_or_else(|| CycleError::Abortable("no consumer group metadata yet".into()))?;
+            let producer = self.producer.clone();
+            tokio::task::block_in_place(|| {
+                producer.send_offsets_to_transaction(&tpl, &cgm, Duration::from_secs(30))
+            })
+            .map_err(|e| classify("sending offsets to the transaction", e))?;
+        }
+        let mut backoff = Duration::from_millis(100);
+        for attempt in 0..6 {
+            let producer = self.producer.clone();
+            match tokio::task::block_in_place(|| {
+                producer.commit_transaction(Duration::from_secs(30))
+            }) {
+                Ok(()) => {
+                    self.cycle.open = false;
+                    return Ok(());
+                }
+                Err(e) => match classify("committing the transaction", e) {
+                    CycleError::Abortable(why) if attempt < 5 && why.contains("retriable") => {
+                        warn!(reason = %why, "Commit failed; retrying.");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    other => return Err(other),
+                },
+            }
+        }
+        Err(CycleError::Abortable("commit kept failing".into()))
+    }
+}
+
+enum CycleError {
+    /// Abort the transaction and redo the work from the committed state.
+    Abortable(String),
+    /// End the instance.
+    Fatal(PipelineError),
+}
+
+fn classify(what: &'static str, e: KafkaError) -> CycleError {
+    if let KafkaError::Transaction(t) = &e {
+        if t.is_fatal() {
+            return CycleError::Fatal(PipelineError::Kafka { what, source: e });
+        }
+        if t.is_retriable() {
+            return CycleError::Abortable(format!("{what}: retriable: {e}"));
+        }
+    }
+    CycleError::Abortable(format!("{what}: {e}"))
+}
