@@ -71,15 +71,19 @@ enum ModelCommand {
         /// The model directory.
         dir: PathBuf,
     },
-    /// Publish the seeded, untrained reference model into a registry (for
-    /// smoke tests of a deployment before the first trained model exists).
-    Reference {
+    /// Publish a built-in model into a registry: the recency/frequency/
+    /// monetary rules (`--kind rules`, a sensible first model) or the seeded,
+    /// untrained reference network (`--kind reference`, for smoke tests).
+    Builtin {
+        /// `rules` or `reference`.
+        #[arg(long, default_value = "rules")]
+        kind: String,
         /// Registry directory (default: score.registry).
         #[arg(long)]
         registry: Option<PathBuf>,
-        /// Version name.
-        #[arg(long, default_value = "reference-1")]
-        version: String,
+        /// Version name (default: the kind plus "-1").
+        #[arg(long)]
+        version: Option<String>,
         /// Weight seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -293,19 +297,25 @@ fn model_command(config: Config, command: ModelCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        ModelCommand::Reference {
+        ModelCommand::Builtin {
+            kind,
             registry,
             version,
             seed,
             promote,
         } => {
+            let version = version.unwrap_or_else(|| format!("{kind}-1"));
             let registry = Registry::new(registry.unwrap_or(config.score.registry.clone()));
             let featurizer = segstream::features::Featurizer::new(
                 segstream::features::FeatureSpec::for_state(limits),
                 limits,
             )?;
             let segments: Vec<String> = DEFAULT_SEGMENTS.iter().map(|s| s.to_string()).collect();
-            let (onnx, manifest) = reference::build(&featurizer, &segments, &version, seed);
+            let (onnx, manifest) = match kind.as_str() {
+                "rules" => segstream::model::rules::build(&featurizer, &version),
+                "reference" => reference::build(&featurizer, &segments, &version, seed),
+                other => anyhow::bail!("unknown built-in model {other:?}: use rules or reference"),
+            };
             let dir = registry.publish(&onnx, &manifest)?;
             println!("published {}", dir.display());
             if promote {

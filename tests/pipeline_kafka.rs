@@ -21,7 +21,7 @@ use segstream::event::encode::{encode, WireFormat};
 use segstream::event::proto::{self, SegmentChange};
 use segstream::features::{FeatureSpec, Featurizer};
 use segstream::ingest::{header, now_ms};
-use segstream::model::{reference, Registry, DEFAULT_SEGMENTS};
+use segstream::model::{reference, rules, Registry, DEFAULT_SEGMENTS};
 use segstream::state::{changelog, StateLimits};
 
 const CUSTOMERS: usize = 1500;
@@ -40,7 +40,13 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let id = common::unique("crash");
+    setup_with(PARTITIONS, "reference", "").await
+}
+
+/// Topics with `partitions` partitions, a registry with the built-in model
+/// `model` (`reference` or `rules`), and a config file (plus `extra` TOML).
+async fn setup_with(partitions: i32, model: &str, extra: &str) -> Setup {
+    let id = common::unique("pipe");
     let t = |s: &str| format!("{id}.{s}");
     let s = Setup {
         dir: tempfile::tempdir().unwrap(),
@@ -53,10 +59,10 @@ async fn setup() -> Setup {
         output: t("segments"),
         group: t("group"),
     };
-    common::create_topics(&[&s.browse, &s.purchase, &s.review], PARTITIONS).await;
+    common::create_topics(&[&s.browse, &s.purchase, &s.review], partitions).await;
     common::create_topics_with(
         &[&s.changelog],
-        PARTITIONS,
+        partitions,
         &[("cleanup.policy", "compact")],
     )
     .await;
@@ -65,7 +71,11 @@ async fn setup() -> Setup {
     let limits = StateLimits::default();
     let featurizer = Featurizer::new(FeatureSpec::for_state(limits), limits).unwrap();
     let segments: Vec<String> = DEFAULT_SEGMENTS.iter().map(|x| x.to_string()).collect();
-    let (onnx, manifest) = reference::build(&featurizer, &segments, "m1", 3);
+    let (onnx, manifest) = if model == "rules" {
+        rules::build(&featurizer, "m1")
+    } else {
+        reference::build(&featurizer, &segments, "m1", 3)
+    };
     registry.publish(&onnx, &manifest).unwrap();
     registry.promote("m1").unwrap();
     let config = s.dir.path().join("segstream.toml");
@@ -96,6 +106,7 @@ poll_interval = "1s"
 [pipeline]
 transactional_id = "{group}-instance"
 http_listen = ""
+{extra}
 "#,
             bootstrap = common::bootstrap(),
             group = s.group,
@@ -106,6 +117,7 @@ http_listen = ""
             d = s.dlq,
             o = s.output,
             reg = registry.root().display(),
+            extra = extra,
         ),
     )
     .unwrap();
@@ -209,14 +221,18 @@ fn read_all(topic: &str) -> Vec<Row> {
 
 /// Whether the group's committed offsets reached the end of every input partition.
 fn consumed_all(s: &Setup) -> bool {
+    consumed_all_of(s, &s.group, PARTITIONS)
+}
+
+fn consumed_all_of(s: &Setup, group: &str, partitions: i32) -> bool {
     let consumer: BaseConsumer = client()
-        .set("group.id", &s.group)
+        .set("group.id", group)
         .set("isolation.level", "read_committed")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for t in [&s.browse, &s.purchase, &s.review] {
-        for p in 0..PARTITIONS {
+        for p in 0..partitions {
             tpl.add_partition(t, p);
         }
     }
@@ -436,4 +452,115 @@ fn unsafe_sigterm(child: &Child) {
         .arg("-TERM")
         .arg(child.id().to_string())
         .status();
+}
+
+fn outputs(s: &Setup) -> BTreeMap<String, Vec<SegmentChange>> {
+    let mut chains: BTreeMap<String, Vec<SegmentChange>> = BTreeMap::new();
+    for (_, _, _, value, _) in read_all(&s.output) {
+        let change = SegmentChange::decode(&value.unwrap()[..]).unwrap();
+        chains
+            .entry(change.customer_id.clone())
+            .or_default()
+            .push(change);
+    }
+    chains
+}
+
+/// Customers who stop buying move to `at_risk` through inactivity timers as
+/// event time advances (driven by other customers' events), without any
+/// event of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_customers_become_at_risk_by_inactivity() {
+    assert!(
+        std::env::var_os("ORT_DYLIB_PATH").is_some(),
+        "ORT_DYLIB_PATH is not set; run `make test`"
+    );
+    let s = setup_with(1, "rules", "[state]\nreview_after = \"1day\"\n").await;
+    // The config's [state] section is appended: move the changelog topic there too.
+    let text = std::fs::read_to_string(&s.config).unwrap().replace(
+        &format!("[state]\nchangelog_topic = \"{}\"\n", s.changelog),
+        "",
+    );
+    let text = text.replace(
+        "[state]\nreview_after",
+        &format!(
+            "[state]\nchangelog_topic = \"{}\"\nreview_after",
+            s.changelog
+        ),
+    );
+    std::fs::write(&s.config, text).unwrap();
+    let producer: FutureProducer = client().create().unwrap();
+    let send = |topic: &str, key: String, value: Vec<u8>| {
+        let producer = producer.clone();
+        let topic = topic.to_string();
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(&key).payload(&value),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    };
+    let day = 86_400_000;
+    let start_ms = now_ms() - 10 * day;
+    let silent: Vec<String> = (0..20).map(|i| format!("silent-{i:02}")).collect();
+    for (i, c) in silent.iter().enumerate() {
+        let e = purchase(c, &format!("{c}-p"), start_ms + i as i64 * 60_000);
+        send(&s.purchase, c.clone(), encode(&e, WireFormat::Protobuf)).await;
+    }
+    let log = s.dir.path().join("run.log");
+    let mut child = start(&s.config, &log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while outputs(&s).len() < silent.len() {
+        assert!(
+            Instant::now() < deadline,
+            "first classifications missing:\n{}",
+            tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Another customer keeps browsing for nine days (every six hours).
+    for k in 0..36 {
+        let t = start_ms + day + k * 6 * 3_600_000;
+        let e = browse("busy", &format!("busy-{k}"), t);
+        send(&s.browse, "busy".into(), encode(&e, WireFormat::Json)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let chains = outputs(&s);
+        let done = silent
+            .iter()
+            .all(|c| chains.get(c).is_some_and(|v| v.len() >= 2));
+        if done {
+            for c in &silent {
+                let chain = &chains[c];
+                assert_eq!(chain.len(), 2, "{c}: {chain:?}");
+                assert_eq!(chain[0].segment, "active_buyer", "{c}");
+                assert_eq!(chain[0].trigger, proto::Trigger::Event as i32);
+                assert_eq!(chain[1].previous_segment, "active_buyer", "{c}");
+                assert_eq!(chain[1].segment, "at_risk", "{c}");
+                assert_eq!(chain[1].trigger, proto::Trigger::Inactivity as i32, "{c}");
+                assert!(
+                    chain[1].as_of_ms - chain[0].as_of_ms >= day,
+                    "{c}: as of later event time"
+                );
+                assert!(
+                    chain[1].churn_probability > chain[0].churn_probability,
+                    "{c}"
+                );
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no inactivity moves:\n{}",
+            tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    unsafe_sigterm(&child);
+    assert!(child.wait().unwrap().success());
 }

@@ -9,6 +9,7 @@
 
 pub mod onnx;
 pub mod reference;
+pub mod rules;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -369,7 +369,7 @@ pub fn restore_partition(
                 timeout,
             });
         }
-        match consumer.poll(Duration::from_millis(500)) {
+        match consumer.poll(Duration::from_millis(100)) {
             None => continue,
             Some(Err(KafkaError::PartitionEOF(_))) => break,
             Some(Err(e)) => return Err(kafka("reading the changelog")(e)),
@@ -431,7 +431,12 @@ struct RestoreContext;
 
 impl rdkafka::ClientContext for RestoreContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || matches!(
+                error,
+                KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+            );
+        if !eof {
             error!(error = %error, reason, "Changelog restore consumer error.");
         }
     }
