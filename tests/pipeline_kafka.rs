@@ -247,59 +247,73 @@ fn consumed_all_of(s: &Setup, group: &str, partitions: i32) -> bool {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crashes_lose_nothing_and_duplicate_nothing() {
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
-    );
-    let s = setup().await;
+/// What the stream held: events per customer and the bad records' coordinates.
+struct Stream {
+    produced: HashMap<String, u64>,
+    bad: Vec<(i32, i64, segstream::event::Reason)>,
+}
+
+#[derive(Clone)]
+struct Topics {
+    browse: String,
+    purchase: String,
+    review: String,
+}
+
+/// Produces a known stream over about `seconds`: every customer gets 2-6
+/// events of mixed kinds and encodings, all in the last half hour (inside the
+/// allowed lateness); then the bad-record corpus.
+async fn produce_stream(t: Topics, seconds: f64) -> Stream {
     let producer: FutureProducer = client()
         .set("enable.idempotence", "true")
         .set("linger.ms", "20")
         .create()
         .unwrap();
-    // A known stream: every customer gets 2-6 events of mixed kinds, all in
-    // the last half hour (inside the allowed lateness).
     let now = now_ms();
-    let mut rng = rand::rng();
     let mut produced: HashMap<String, u64> = HashMap::new();
-    let mut pending = Vec::new();
-    for c in 0..CUSTOMERS {
-        let customer = format!("cust-{c:05}");
-        let n = rng.random_range(2..=6);
-        for i in 0..n {
-            let id = format!("{customer}-e{i}");
-            let t = now - 1_800_000 + rng.random_range(0..1_700_000);
-            let (event, topic) = match rng.random_range(0..3) {
-                0 => (browse(&customer, &id, t), &s.browse),
-                1 => (purchase(&customer, &id, t), &s.purchase),
-                _ => (review(&customer, &id, t), &s.review),
-            };
-            let value = encode(&event, WireFormat::ALL[i % WireFormat::ALL.len()]);
-            let key = customer.clone();
-            let topic = topic.clone();
-            let producer = producer.clone();
-            pending.push(tokio::spawn(async move {
-                producer
-                    .send(
-                        FutureRecord::to(&topic).key(&key).payload(&value),
-                        Duration::from_secs(30),
-                    )
-                    .await
-                    .map(|_| ())
-                    .map_err(|(e, _)| e.to_string())
-            }));
-            *produced.entry(customer.clone()).or_default() += 1;
+    let slices = 20;
+    let per_slice = CUSTOMERS.div_ceil(slices);
+    for slice in 0..slices {
+        let mut pending = Vec::new();
+        {
+            let mut rng = rand::rng();
+            for c in slice * per_slice..((slice + 1) * per_slice).min(CUSTOMERS) {
+                let customer = format!("cust-{c:05}");
+                let n = rng.random_range(2..=6);
+                for i in 0..n {
+                    let id = format!("{customer}-e{i}");
+                    let at = now - 1_800_000 + rng.random_range(0..1_700_000);
+                    let (event, topic) = match rng.random_range(0..3) {
+                        0 => (browse(&customer, &id, at), &t.browse),
+                        1 => (purchase(&customer, &id, at), &t.purchase),
+                        _ => (review(&customer, &id, at), &t.review),
+                    };
+                    let value = encode(&event, WireFormat::ALL[i % WireFormat::ALL.len()]);
+                    let (key, topic, producer) =
+                        (customer.clone(), topic.clone(), producer.clone());
+                    pending.push(async move {
+                        producer
+                            .send(
+                                FutureRecord::to(&topic).key(&key).payload(&value),
+                                Duration::from_secs(30),
+                            )
+                            .await
+                            .map(|_| ())
+                            .map_err(|(e, _)| e.to_string())
+                    });
+                    *produced.entry(customer.clone()).or_default() += 1;
+                }
+            }
         }
+        for p in pending {
+            p.await.expect("produce");
+        }
+        tokio::time::sleep(Duration::from_secs_f64(seconds / slices as f64)).await;
     }
-    for p in pending {
-        p.await.unwrap().expect("produce");
-    }
-    let mut bad_coords = Vec::new();
-    for bad in bad_records("cust-bad", now, 300 * 1024) {
-        let mut r = FutureRecord::<[u8], [u8]>::to(&s.browse).payload(&bad.value);
-        if let Some(k) = &bad.key {
+    let mut bad = Vec::new();
+    for b in bad_records("cust-bad", now, 300 * 1024) {
+        let mut r = FutureRecord::<[u8], [u8]>::to(&t.browse).payload(&b.value);
+        if let Some(k) = &b.key {
             r = r.key(k);
         }
         let d = producer
@@ -307,53 +321,50 @@ async fn crashes_lose_nothing_and_duplicate_nothing() {
             .await
             .map_err(|(e, _)| e)
             .unwrap();
-        bad_coords.push((d.partition, d.offset, bad.expected));
+        bad.push((d.partition, d.offset, b.expected));
     }
-    let total_events: u64 = produced.values().sum();
+    Stream { produced, bad }
+}
 
-    // Run, SIGKILL at random moments, restart; then run to the end.
-    let log = s.dir.path().join("run.log");
-    let mut kills = 0;
-    for _ in 0..3 {
-        let mut child = start(&s.config, &log);
-        let wait = rng.random_range(2_000..6_000);
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
-        kills += 1;
+fn topics(s: &Setup) -> Topics {
+    Topics {
+        browse: s.browse.clone(),
+        purchase: s.purchase.clone(),
+        review: s.review.clone(),
     }
-    let mut child = start(&s.config, &log);
+}
+
+/// Waits until the group committed the end of every input partition.
+async fn wait_consumed(s: &Setup, children: &mut [Child], log: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(180);
-    while !consumed_all(&s) {
+    while !consumed_all(s) {
         assert!(
             Instant::now() < deadline,
             "input not consumed within 180 s:\n{}",
-            tail(&log)
+            tail(log)
         );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "segstream run exited early:\n{}",
-            tail(&log)
-        );
+        for child in children.iter_mut() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "segstream run exited early:\n{}",
+                tail(log)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
-    // Graceful stop (SIGTERM) commits the open cycle.
-    unsafe_sigterm(&child);
-    let status = child.wait().unwrap();
-    assert!(
-        status.success(),
-        "segstream run exit: {status}:\n{}",
-        tail(&log)
-    );
-    assert_eq!(kills, 3);
+}
 
-    // Verify the changelog: every customer counts exactly its events.
+/// Reads output, changelog and dead-letter topics with read_committed and
+/// checks every customer: exact event counts, no duplicates, consistent
+/// segment chains, each bad record dead-lettered exactly once.
+fn verify(s: &Setup, stream: &Stream) {
+    let total_events: u64 = stream.produced.values().sum();
     let mut latest: HashMap<String, Option<Vec<u8>>> = HashMap::new();
     for (_, _, key, value, _) in read_all(&s.changelog) {
         latest.insert(String::from_utf8(key.unwrap()).unwrap(), value);
     }
     let mut counted = 0u64;
-    for (customer, n) in &produced {
+    for (customer, n) in &stream.produced {
         let bytes = latest
             .get(customer)
             .and_then(|v| v.as_ref())
@@ -377,7 +388,6 @@ async fn crashes_lose_nothing_and_duplicate_nothing() {
     }
     assert_eq!(counted, total_events);
 
-    // Verify the outputs: per customer, no duplicates and a consistent chain.
     let mut chains: BTreeMap<String, Vec<SegmentChange>> = BTreeMap::new();
     for (_, _, key, value, headers) in read_all(&s.output) {
         let change = SegmentChange::decode(&value.unwrap()[..]).unwrap();
@@ -414,7 +424,6 @@ async fn crashes_lose_nothing_and_duplicate_nothing() {
         assert_eq!(chain[0].trigger, proto::Trigger::Event as i32);
     }
 
-    // Verify the dead letters: each bad record exactly once.
     let mut seen: HashMap<(i32, i64), u32> = HashMap::new();
     for (_, _, _, _, headers) in read_all(&s.dlq) {
         let get = |k: &str| {
@@ -429,7 +438,8 @@ async fn crashes_lose_nothing_and_duplicate_nothing() {
             get(header::PARTITION).parse().unwrap(),
             get(header::OFFSET).parse().unwrap(),
         );
-        let expected = bad_coords
+        let expected = stream
+            .bad
             .iter()
             .find(|(p, o, _)| (*p, *o) == coords)
             .expect("known bad record");
@@ -438,13 +448,113 @@ async fn crashes_lose_nothing_and_duplicate_nothing() {
     }
     assert_eq!(
         seen.len(),
-        bad_coords.len(),
+        stream.bad.len(),
         "every bad record dead-lettered"
     );
     assert!(
         seen.values().all(|n| *n == 1),
         "no dead letter twice: {seen:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_lose_nothing_and_duplicate_nothing() {
+    assert!(
+        std::env::var_os("ORT_DYLIB_PATH").is_some(),
+        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
+    );
+    let s = setup().await;
+    let producing = tokio::spawn(produce_stream(topics(&s), 10.0));
+    // Run, SIGKILL at random moments, restart; then run to the end.
+    let log = s.dir.path().join("run.log");
+    for _ in 0..3 {
+        let mut child = start(&s.config, &log);
+        let wait = rand::rng().random_range(2_000..5_000);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+    }
+    let stream = producing.await.unwrap();
+    let mut children = vec![start(&s.config, &log)];
+    wait_consumed(&s, &mut children, &log).await;
+    // Graceful stop (SIGTERM) commits the open cycle.
+    let child = &mut children[0];
+    unsafe_sigterm(child);
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "segstream run exit: {status}:\n{}",
+        tail(&log)
+    );
+    verify(&s, &stream);
+}
+
+/// Instances join and leave the group mid-stream (gracefully and by
+/// SIGKILL); partitions and their state move between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalances_lose_nothing_and_duplicate_nothing() {
+    assert!(
+        std::env::var_os("ORT_DYLIB_PATH").is_some(),
+        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
+    );
+    let s = setup().await;
+    let producing = tokio::spawn(produce_stream(topics(&s), 12.0));
+    let log = s.dir.path().join("run.log");
+    let mut a = start_as(&s.config, &log, "a");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut b = start_as(&s.config, &log, "b");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut c = start_as(&s.config, &log, "c");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    unsafe_sigterm(&b);
+    assert!(
+        b.wait().unwrap().success(),
+        "b stops cleanly:\n{}",
+        tail(&log)
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.kill().unwrap();
+    c.wait().unwrap();
+    let stream = producing.await.unwrap();
+    let mut b2 = start_as(&s.config, &log, "b");
+    wait_consumed(&s, std::slice::from_mut(&mut a), &log).await;
+    for child in [&mut a, &mut b2] {
+        unsafe_sigterm(child);
+        assert!(
+            child.wait().unwrap().success(),
+            "clean stop:\n{}",
+            tail(&log)
+        );
+    }
+    verify(&s, &stream);
+}
+
+/// Like [`start`], with its own transactional id (one per instance).
+fn start_as(config: &std::path::Path, log: &std::path::Path, instance: &str) -> Child {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let text = std::fs::read_to_string(config).unwrap();
+    let group = text
+        .lines()
+        .find_map(|l| l.strip_prefix("group_id = \""))
+        .map(|g| g.trim_end_matches('"').to_string())
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_segstream"))
+        .args(["run", "-c"])
+        .arg(config)
+        .env("RUST_LOG", "warn,segstream=info")
+        .env("NO_COLOR", "1")
+        .env(
+            "SEGSTREAM__PIPELINE__TRANSACTIONAL_ID",
+            format!("{group}-{instance}"),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("start segstream run")
 }
 
 fn unsafe_sigterm(child: &Child) {
