@@ -167,6 +167,10 @@ pub struct Pipeline {
     cycle: Cycle,
     sweep: Option<RescoreSweep<(i32, String)>>,
     max_dead_letter_bytes: usize,
+    /// To re-create the producer after it was fenced.
+    producer_config: rdkafka::ClientConfig,
+    /// When the producer was last re-created (bounds fencing loops).
+    fenced_at: Vec<Instant>,
 }
 
 /// Runs an instance until `shutdown` resolves: waits for a model, joins the
@@ -329,6 +333,7 @@ impl Pipeline {
                 cfg.pipeline.transaction_timeout.as_millis().to_string(),
             );
         let producer: FutureProducer = pc.create().map_err(kafka("creating the producer"))?;
+        let producer_config = pc;
         info!(transactional_id = %transactional_id, "Transactional producer ready.");
         Ok(Pipeline {
             consumer: Arc::new(consumer),
@@ -344,6 +349,8 @@ impl Pipeline {
             health,
             cycle: Cycle::default(),
             sweep: None,
+            producer_config,
+            fenced_at: Vec::new(),
         })
     }
 
@@ -426,14 +433,16 @@ impl Pipeline {
                 RebalanceNotice::Revoked(list) => {
                     // The generation changed: the open transaction can no
                     // longer commit its offsets. Abort; the new owner redoes it.
-                    self.abort_cycle("partitions were revoked");
+                    if let Err(e) = self.abort_cycle("partitions were revoked").await {
+                        self.after_fatal(e).await?;
+                    }
                     for tp in &list {
                         self.assigned.remove(tp);
                     }
                     let keep: BTreeSet<i32> = self.assigned.iter().map(|(_, p)| *p).collect();
                     self.stores.retain(|p, _| keep.contains(p));
                     // Uncommitted changes of kept partitions are gone too: rebuild.
-                    self.reset_kept().await?;
+                    self.recover().await?;
                     info!(partitions = ?list, "Partitions revoked.");
                 }
                 RebalanceNotice::Assigned(list) => {
@@ -453,7 +462,23 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Restores a partition's state, retrying while the broker is unreachable.
     async fn restore(&mut self, partition: i32) -> Result<(), PipelineError> {
+        let mut backoff = Duration::from_millis(200);
+        let started = Instant::now();
+        loop {
+            match self.restore_once(partition).await {
+                Err(PipelineError::Restore(e)) if started.elapsed() < Duration::from_secs(600) => {
+                    warn!(partition, error = %e, "Restore failed; retrying.");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn restore_once(&mut self, partition: i32) -> Result<(), PipelineError> {
         self.health.restoring.fetch_add(1, Ordering::Relaxed);
         let client = self.cfg.kafka.client_config()?;
         let topic = self.cfg.state.changelog_topic.clone();
@@ -508,10 +533,31 @@ impl Pipeline {
         Ok(())
     }
 
-    fn abort_cycle(&mut self, why: &str) {
+    /// Aborts the open transaction, retrying while the broker is away; a
+    /// fatal error (e.g. fenced) or a minute of failures ends the instance.
+    async fn abort_cycle(&mut self, why: &str) -> Result<(), PipelineError> {
         if self.cycle.open {
-            if let Err(e) = self.producer.abort_transaction(Duration::from_secs(30)) {
-                warn!(error = %e, "Aborting the transaction failed.");
+            let mut backoff = Duration::from_millis(200);
+            let started = Instant::now();
+            loop {
+                let producer = self.producer.clone();
+                match tokio::task::block_in_place(|| {
+                    producer.abort_transaction(Duration::from_secs(10))
+                }) {
+                    Ok(()) => break,
+                    Err(e) => {
+                        let fatal = matches!(&e, KafkaError::Transaction(t) if t.is_fatal());
+                        if fatal || started.elapsed() > Duration::from_secs(120) {
+                            return Err(PipelineError::Kafka {
+                                what: "aborting a transaction",
+                                source: e,
+                            });
+                        }
+                        warn!(error = %e, "Aborting the transaction failed; retrying.");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
             }
             self.metrics
                 .transactions
@@ -524,6 +570,82 @@ impl Pipeline {
             );
         }
         self.cycle = Cycle::default();
+        Ok(())
+    }
+
+    /// A fatal producer error. Being fenced is expected after the broker's
+    /// transaction coordinator timed our transaction out (e.g. during a
+    /// broker outage longer than `pipeline.transaction_timeout`): nothing of
+    /// the open transaction was committed, so the producer is re-created
+    /// (which bumps its epoch) and state is rebuilt from the committed
+    /// changelog. Repeated fencing (another live instance with the same
+    /// transactional id) ends the instance.
+    async fn after_fatal(&mut self, e: PipelineError) -> Result<(), PipelineError> {
+        let transactional = matches!(
+            &e,
+            PipelineError::Kafka {
+                source: KafkaError::Transaction(_),
+                ..
+            }
+        );
+        self.fenced_at
+            .retain(|t| t.elapsed() < Duration::from_secs(300));
+        if !transactional || self.fenced_at.len() >= 3 {
+            return Err(e);
+        }
+        self.fenced_at.push(Instant::now());
+        warn!(
+            error = %e,
+            "The transactional producer is unusable (fenced or its transaction timed out); \
+             re-creating it and rebuilding state from the changelog."
+        );
+        self.metrics
+            .transactions
+            .with_label_values(&["aborted"])
+            .inc();
+        self.cycle = Cycle::default();
+        let producer: FutureProducer = self
+            .producer_config
+            .create()
+            .map_err(kafka("re-creating the producer"))?;
+        let mut backoff = Duration::from_millis(500);
+        let started = Instant::now();
+        loop {
+            let p = producer.clone();
+            match tokio::task::block_in_place(|| p.init_transactions(Duration::from_secs(30))) {
+                Ok(()) => break,
+                Err(e) if started.elapsed() < Duration::from_secs(300) => {
+                    warn!(error = %e, "Initializing transactions failed; retrying.");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(kafka("initializing transactions")(e)),
+            }
+        }
+        self.producer = producer;
+        self.recover().await
+    }
+
+    /// [`Pipeline::reset_kept`], retried with backoff while the broker is
+    /// unreachable (the instance is not ready meanwhile).
+    async fn recover(&mut self) -> Result<(), PipelineError> {
+        let mut backoff = Duration::from_millis(200);
+        let started = Instant::now();
+        loop {
+            match self.reset_kept().await {
+                Ok(()) => return Ok(()),
+                Err(e @ PipelineError::Kafka { .. }) | Err(e @ PipelineError::Restore(_))
+                    if started.elapsed() < Duration::from_secs(600) =>
+                {
+                    warn!(error = %e, "Rebuilding state failed; retrying.");
+                    self.health.restoring.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(backoff).await;
+                    self.health.restoring.fetch_sub(1, Ordering::Relaxed);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn on_message(
@@ -678,11 +800,13 @@ impl Pipeline {
         match self.produce_cycle().await {
             Ok(()) => {}
             Err(CycleError::Abortable(why)) => {
-                self.abort_cycle(&why);
-                self.reset_kept().await?;
+                if let Err(e) = self.abort_cycle(&why).await {
+                    return self.after_fatal(e).await;
+                }
+                self.recover().await?;
                 return Ok(());
             }
-            Err(CycleError::Fatal(e)) => return Err(e),
+            Err(CycleError::Fatal(e)) => return self.after_fatal(e).await,
         }
         match self.commit().await {
             Ok(()) => {
@@ -696,10 +820,12 @@ impl Pipeline {
                 self.cycle = Cycle::default();
             }
             Err(CycleError::Abortable(why)) => {
-                self.abort_cycle(&why);
-                self.reset_kept().await?;
+                if let Err(e) = self.abort_cycle(&why).await {
+                    return self.after_fatal(e).await;
+                }
+                self.recover().await?;
             }
-            Err(CycleError::Fatal(e)) => return Err(e),
+            Err(CycleError::Fatal(e)) => return self.after_fatal(e).await,
         }
         self.update_gauges();
         Ok(())

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod pipeline;
+
 use std::time::Duration;
 
 use rand::Rng as _;

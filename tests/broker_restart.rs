@@ -1,0 +1,60 @@
+//! The broker stops and starts again mid-stream; the pipeline recovers by
+//! itself and the verifier finds every event exactly once. (Its own test
+//! binary: cargo runs test binaries one after another, so restarting the
+//! shared local broker cannot disturb the other tests.)
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::pipeline::*;
+
+fn broker(action: &str) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/kafka.sh");
+    let status = Command::new(script)
+        .arg(action)
+        .status()
+        .expect("run kafka.sh");
+    assert!(status.success(), "kafka.sh {action} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_recovers_from_a_broker_restart() {
+    assert!(
+        std::env::var_os("ORT_DYLIB_PATH").is_some(),
+        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
+    );
+    let t0 = std::time::Instant::now();
+    let phase = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
+    let s = setup().await;
+    phase("setup");
+    // The whole stream is in the topics before the pipeline starts; the
+    // broker goes away while the pipeline is working through it, for longer
+    // than the transaction timeout (so the open transaction is timed out and
+    // the producer fenced, which the pipeline must survive).
+    let stream = produce_stream(topics(&s), 1.0).await;
+    phase("stream produced");
+    let log = s.dir.path().join("run.log");
+    let mut children = vec![start(&s.config, &log)];
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    broker("down");
+    phase("broker down");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    broker("up");
+    phase("broker up");
+    keep_log(&log);
+    wait_consumed(&s, &mut children, &log).await;
+    phase("consumed");
+    let child = &mut children[0];
+    sigterm(child);
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "segstream run exit: {status}:\n{}",
+        tail(&log)
+    );
+    keep_log(&log);
+    verify(&s, &stream);
+    phase("verified");
+}

@@ -1,0 +1,514 @@
+//! Helpers for the pipeline tests: topics and a registry per test, `segstream
+//! run` as a child process, a known input stream, and the read_committed
+//! verifier of outputs, changelog and dead letters.
+
+//! process: crashes (SIGKILL at random moments, then restart) lose nothing
+//! and duplicate nothing. A verifier reads the output, changelog and
+//! dead-letter topics with read_committed and checks every customer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use rand::Rng as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use segstream::event::corpus::{bad_records, browse, purchase, review};
+use segstream::event::encode::{encode, WireFormat};
+use segstream::event::proto::{self, SegmentChange};
+use segstream::features::{FeatureSpec, Featurizer};
+use segstream::ingest::{header, now_ms};
+use segstream::model::{reference, rules, Registry, DEFAULT_SEGMENTS};
+use segstream::state::{changelog, StateLimits};
+
+pub const CUSTOMERS: usize = 1500;
+pub const PARTITIONS: i32 = 3;
+
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config: std::path::PathBuf,
+    pub browse: String,
+    pub purchase: String,
+    pub review: String,
+    pub changelog: String,
+    pub dlq: String,
+    pub output: String,
+    pub group: String,
+}
+
+pub async fn setup() -> Setup {
+    setup_with(PARTITIONS, "reference", "").await
+}
+
+/// Topics with `partitions` partitions, a registry with the built-in model
+/// `model` (`reference` or `rules`), and a config file (plus `extra` TOML).
+pub async fn setup_with(partitions: i32, model: &str, extra: &str) -> Setup {
+    let id = super::unique("pipe");
+    let t = |s: &str| format!("{id}.{s}");
+    let s = Setup {
+        dir: tempfile::tempdir().unwrap(),
+        config: Default::default(),
+        browse: t("browse"),
+        purchase: t("purchase"),
+        review: t("review"),
+        changelog: t("changelog"),
+        dlq: t("dlq"),
+        output: t("segments"),
+        group: t("group"),
+    };
+    super::create_topics(&[&s.browse, &s.purchase, &s.review], partitions).await;
+    super::create_topics_with(
+        &[&s.changelog],
+        partitions,
+        &[("cleanup.policy", "compact")],
+    )
+    .await;
+    super::create_topics(&[&s.dlq, &s.output], 1).await;
+    let registry = Registry::new(s.dir.path().join("models"));
+    let limits = StateLimits::default();
+    let featurizer = Featurizer::new(FeatureSpec::for_state(limits), limits).unwrap();
+    let segments: Vec<String> = DEFAULT_SEGMENTS.iter().map(|x| x.to_string()).collect();
+    let (onnx, manifest) = if model == "rules" {
+        rules::build(&featurizer, "m1")
+    } else {
+        reference::build(&featurizer, &segments, "m1", 3)
+    };
+    registry.publish(&onnx, &manifest).unwrap();
+    registry.promote("m1").unwrap();
+    let config = s.dir.path().join("segstream.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+group_id = "{group}"
+[kafka.properties]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+[input]
+topics = ["{b}", "{p}", "{r}"]
+[state]
+changelog_topic = "{c}"
+[dead_letter]
+topic = "{d}"
+[output]
+topic = "{o}"
+[decide]
+margin = 0.0
+min_dwell = "1ms"
+[score]
+registry = "{reg}"
+poll_interval = "1s"
+[pipeline]
+transactional_id = "{group}-instance"
+http_listen = ""
+{extra}
+"#,
+            bootstrap = super::bootstrap(),
+            group = s.group,
+            b = s.browse,
+            p = s.purchase,
+            r = s.review,
+            c = s.changelog,
+            d = s.dlq,
+            o = s.output,
+            reg = registry.root().display(),
+            extra = extra,
+        ),
+    )
+    .unwrap();
+    Setup { config, ..s }
+}
+
+/// Starts `segstream run`; its log goes to `log` (shown when a check fails).
+pub fn start(config: &std::path::Path, log: &std::path::Path) -> Child {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_segstream"))
+        .args(["run", "-c"])
+        .arg(config)
+        .env("RUST_LOG", "warn,segstream=info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("start segstream run")
+}
+
+pub fn tail(log: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(400)..].join("\n")
+}
+
+pub fn client() -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", super::bootstrap());
+    c
+}
+
+/// A committed record: partition, offset, key, value, headers.
+pub type Row = (
+    i32,
+    i64,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<(String, String)>,
+);
+
+/// Reads every committed record of `topic` (all partitions) to its end.
+pub fn read_all(topic: &str) -> Vec<Row> {
+    let consumer: BaseConsumer = client()
+        .set("group.id", super::unique("verifier"))
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions = md.topics()[0].partitions().len();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut eof = 0;
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while eof < partitions && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|x| {
+                                (
+                                    x.key.to_string(),
+                                    String::from_utf8_lossy(x.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((
+                    m.partition(),
+                    m.offset(),
+                    m.key().map(<[u8]>::to_vec),
+                    m.payload().map(<[u8]>::to_vec),
+                    headers,
+                ))
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => eof += 1,
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    assert_eq!(eof, partitions, "read {topic} to its end");
+    out
+}
+
+/// Whether the group's committed offsets reached the end of every input partition.
+pub fn consumed_all(s: &Setup) -> bool {
+    consumed_all_of(s, &s.group, PARTITIONS)
+}
+
+pub fn consumed_all_of(s: &Setup, group: &str, partitions: i32) -> bool {
+    let consumer: BaseConsumer = client()
+        .set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in [&s.browse, &s.purchase, &s.review] {
+        for p in 0..partitions {
+            tpl.add_partition(t, p);
+        }
+    }
+    let Ok(committed) = consumer.committed_offsets(tpl, Duration::from_secs(10)) else {
+        return false;
+    };
+    committed.elements().iter().all(|e| {
+        let (_, high) = consumer
+            .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
+            .unwrap_or((0, i64::MAX));
+        matches!(e.offset(), Offset::Offset(o) if o >= high) || (high == 0)
+    })
+}
+
+/// What the stream held: events per customer and the bad records' coordinates.
+pub struct Stream {
+    pub produced: HashMap<String, u64>,
+    pub bad: Vec<(i32, i64, segstream::event::Reason)>,
+}
+
+#[derive(Clone)]
+pub struct Topics {
+    pub browse: String,
+    pub purchase: String,
+    pub review: String,
+}
+
+/// Produces a known stream over about `seconds`: every customer gets 2-6
+/// events of mixed kinds and encodings, all in the last half hour (inside the
+/// allowed lateness); then the bad-record corpus.
+pub async fn produce_stream(t: Topics, seconds: f64) -> Stream {
+    let producer: FutureProducer = client()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    let now = now_ms();
+    let mut produced: HashMap<String, u64> = HashMap::new();
+    let slices = 20;
+    let per_slice = CUSTOMERS.div_ceil(slices);
+    for slice in 0..slices {
+        let mut pending = tokio::task::JoinSet::new();
+        {
+            let mut rng = rand::rng();
+            for c in slice * per_slice..((slice + 1) * per_slice).min(CUSTOMERS) {
+                let customer = format!("cust-{c:05}");
+                let n = rng.random_range(2..=6);
+                for i in 0..n {
+                    let id = format!("{customer}-e{i}");
+                    let at = now - 1_800_000 + rng.random_range(0..1_700_000);
+                    let (event, topic) = match rng.random_range(0..3) {
+                        0 => (browse(&customer, &id, at), &t.browse),
+                        1 => (purchase(&customer, &id, at), &t.purchase),
+                        _ => (review(&customer, &id, at), &t.review),
+                    };
+                    let value = encode(&event, WireFormat::ALL[i % WireFormat::ALL.len()]);
+                    let (key, topic, producer) =
+                        (customer.clone(), topic.clone(), producer.clone());
+                    pending.spawn(async move {
+                        producer
+                            .send(
+                                FutureRecord::to(&topic).key(&key).payload(&value),
+                                Duration::from_secs(30),
+                            )
+                            .await
+                            .map(|_| ())
+                            .map_err(|(e, _)| e.to_string())
+                    });
+                    *produced.entry(customer.clone()).or_default() += 1;
+                }
+            }
+        }
+        while let Some(r) = pending.join_next().await {
+            r.unwrap().expect("produce");
+        }
+        tokio::time::sleep(Duration::from_secs_f64(seconds / slices as f64)).await;
+    }
+    let mut bad = Vec::new();
+    for b in bad_records("cust-bad", now, 300 * 1024) {
+        let mut r = FutureRecord::<[u8], [u8]>::to(&t.browse).payload(&b.value);
+        if let Some(k) = &b.key {
+            r = r.key(k);
+        }
+        let d = producer
+            .send(r, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        bad.push((d.partition, d.offset, b.expected));
+    }
+    Stream { produced, bad }
+}
+
+pub fn topics(s: &Setup) -> Topics {
+    Topics {
+        browse: s.browse.clone(),
+        purchase: s.purchase.clone(),
+        review: s.review.clone(),
+    }
+}
+
+/// Waits until the group committed the end of every input partition.
+pub async fn wait_consumed(s: &Setup, children: &mut [Child], log: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !consumed_all(s) {
+        assert!(
+            Instant::now() < deadline,
+            "input not consumed within 180 s:\n{}",
+            tail(log)
+        );
+        for child in children.iter_mut() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "segstream run exited early:\n{}",
+                tail(log)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+}
+
+/// Reads output, changelog and dead-letter topics with read_committed and
+/// checks every customer: exact event counts, no duplicates, consistent
+/// segment chains, each bad record dead-lettered exactly once.
+pub fn verify(s: &Setup, stream: &Stream) {
+    let total_events: u64 = stream.produced.values().sum();
+    let mut latest: HashMap<String, Option<Vec<u8>>> = HashMap::new();
+    for (_, _, key, value, _) in read_all(&s.changelog) {
+        latest.insert(String::from_utf8(key.unwrap()).unwrap(), value);
+    }
+    let mut counted = 0u64;
+    for (customer, n) in &stream.produced {
+        let bytes = latest
+            .get(customer)
+            .and_then(|v| v.as_ref())
+            .unwrap_or_else(|| panic!("{customer} missing from the changelog"));
+        let state = changelog::decode(bytes).unwrap();
+        let events: u64 = state
+            .days()
+            .iter()
+            .map(|d| u64::from(d.browse) + u64::from(d.purchases) + u64::from(d.reviews))
+            .sum();
+        assert_eq!(events, *n, "{customer}: events in state");
+        assert_eq!(
+            state.duplicates, 0,
+            "{customer}: no event was applied twice"
+        );
+        assert!(
+            !state.decision.segment.is_empty(),
+            "{customer} was classified"
+        );
+        counted += events;
+    }
+    assert_eq!(counted, total_events);
+
+    let mut chains: BTreeMap<String, Vec<SegmentChange>> = BTreeMap::new();
+    for (_, _, key, value, headers) in read_all(&s.output) {
+        let change = SegmentChange::decode(&value.unwrap()[..]).unwrap();
+        assert_eq!(key.as_deref(), Some(change.customer_id.as_bytes()));
+        assert!(headers
+            .iter()
+            .any(|(k, v)| k == "segstream.segment" && *v == change.segment));
+        assert_eq!(change.model_version, "m1");
+        chains
+            .entry(change.customer_id.clone())
+            .or_default()
+            .push(change);
+    }
+    assert_eq!(
+        chains.len(),
+        CUSTOMERS,
+        "every customer got a first classification"
+    );
+    for (customer, chain) in &chains {
+        let mut previous = String::new();
+        for c in chain {
+            assert_eq!(
+                c.previous_segment, previous,
+                "{customer}: chain broken: {chain:?}"
+            );
+            assert_ne!(c.segment, c.previous_segment, "{customer}: not a change");
+            previous = c.segment.clone();
+        }
+        let state = changelog::decode(latest[customer].as_ref().unwrap()).unwrap();
+        assert_eq!(
+            state.decision.segment, previous,
+            "{customer}: state agrees with the last output"
+        );
+        assert_eq!(chain[0].trigger, proto::Trigger::Event as i32);
+    }
+
+    let mut seen: HashMap<(i32, i64), u32> = HashMap::new();
+    for (_, _, _, _, headers) in read_all(&s.dlq) {
+        let get = |k: &str| {
+            headers
+                .iter()
+                .find(|(x, _)| x == k)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        assert_eq!(get(header::TOPIC), s.browse);
+        let coords = (
+            get(header::PARTITION).parse().unwrap(),
+            get(header::OFFSET).parse().unwrap(),
+        );
+        let expected = stream
+            .bad
+            .iter()
+            .find(|(p, o, _)| (*p, *o) == coords)
+            .expect("known bad record");
+        assert_eq!(get(header::REASON), expected.2.as_str());
+        *seen.entry(coords).or_default() += 1;
+    }
+    assert_eq!(
+        seen.len(),
+        stream.bad.len(),
+        "every bad record dead-lettered"
+    );
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "no dead letter twice: {seen:?}"
+    );
+}
+
+/// Like [`start`], with its own transactional id (one per instance).
+pub fn start_as(config: &std::path::Path, log: &std::path::Path, instance: &str) -> Child {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let text = std::fs::read_to_string(config).unwrap();
+    let group = text
+        .lines()
+        .find_map(|l| l.strip_prefix("group_id = \""))
+        .map(|g| g.trim_end_matches('"').to_string())
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_segstream"))
+        .args(["run", "-c"])
+        .arg(config)
+        .env("RUST_LOG", "warn,segstream=info")
+        .env("NO_COLOR", "1")
+        .env(
+            "SEGSTREAM__PIPELINE__TRANSACTIONAL_ID",
+            format!("{group}-{instance}"),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("start segstream run")
+}
+
+pub fn sigterm(child: &Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+}
+
+pub fn outputs(s: &Setup) -> BTreeMap<String, Vec<SegmentChange>> {
+    let mut chains: BTreeMap<String, Vec<SegmentChange>> = BTreeMap::new();
+    for (_, _, _, value, _) in read_all(&s.output) {
+        let change = SegmentChange::decode(&value.unwrap()[..]).unwrap();
+        chains
+            .entry(change.customer_id.clone())
+            .or_default()
+            .push(change);
+    }
+    chains
+}
+
+/// Copies a run log to `$SEGSTREAM_TEST_LOG_DIR` (when set) for inspection.
+pub fn keep_log(log: &std::path::Path) {
+    if let Ok(dir) = std::env::var("SEGSTREAM_TEST_LOG_DIR") {
+        let name = format!("{}.log", super::unique("run"));
+        let _ = std::fs::copy(log, std::path::Path::new(&dir).join(name));
+    }
+}
