@@ -51,6 +51,11 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Segment output tools.
+    Segments {
+        #[command(subcommand)]
+        command: SegmentsCommand,
+    },
     /// Model tools: look at, check, or create model directories.
     Model {
         #[command(subcommand)]
@@ -118,6 +123,20 @@ enum BenchCommand {
         /// Also write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SegmentsCommand {
+    /// Print segment changes (customer, from → to, trigger, probabilities)
+    /// from the beginning of the output topic until it has been idle for `--idle`.
+    Show {
+        /// Stop after this long without a new record.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        idle: Duration,
+        /// Stop after this many records.
+        #[arg(long, default_value_t = 100)]
+        max: usize,
     },
 }
 
@@ -196,6 +215,9 @@ fn main() -> ExitCode {
                             },
                     } => bench_score(config, batches, seconds, json).await,
                     Command::Model { command } => model_command(config, command),
+                    Command::Segments {
+                        command: SegmentsCommand::Show { idle, max },
+                    } => segments_show(config, idle, max).await,
                     Command::Config { .. } => Ok(()),
                 }
             });
@@ -340,23 +362,85 @@ async fn samples(config: Config, customers: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn dlq_show(config: Config, idle: Duration, max: usize) -> anyhow::Result<()> {
-    use rdkafka::consumer::StreamConsumer;
-    use rdkafka::message::{Headers, Message};
-    use segstream::ingest::header;
+/// A throwaway read_committed consumer of `topic` from its beginning.
+fn reader(config: &Config, topic: &str) -> anyhow::Result<rdkafka::consumer::StreamConsumer> {
     let mut client = config.kafka.client_config()?;
     client
         .set(
             "group.id",
-            format!("{}-dlq-show-{}", config.kafka.group_id, std::process::id()),
+            format!("{}-show-{}", config.kafka.group_id, std::process::id()),
         )
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed");
-    let consumer: StreamConsumer = client.create().context("creating the consumer")?;
+    let consumer: rdkafka::consumer::StreamConsumer =
+        client.create().context("creating the consumer")?;
     consumer
-        .subscribe(&[&config.dead_letter.topic])
-        .context("subscribing to the dead-letter topic")?;
+        .subscribe(&[topic])
+        .with_context(|| format!("subscribing to {topic}"))?;
+    Ok(consumer)
+}
+
+async fn segments_show(config: Config, idle: Duration, max: usize) -> anyhow::Result<()> {
+    use prost::Message as _;
+    use rdkafka::message::Message;
+    use segstream::event::proto::SegmentChange;
+    let topic = config.output.topic.replace("{segment}", "*");
+    anyhow::ensure!(
+        !config.output.topic.contains("{segment}"),
+        "output.topic is a per-segment template ({topic}); read those topics individually"
+    );
+    let consumer = reader(&config, &config.output.topic)?;
+    let mut shown = 0;
+    while shown < max {
+        let msg = match tokio::time::timeout(idle, consumer.recv()).await {
+            Err(_) => break,
+            Ok(m) => m.context("reading the segment topic")?,
+        };
+        let bytes = msg.payload().unwrap_or_default();
+        let change = match config.output.format {
+            segstream::config::OutputFormat::Protobuf => SegmentChange::decode(bytes)
+                .map(|c| {
+                    let mut scores: Vec<(String, f32)> = c.scores.clone().into_iter().collect();
+                    scores.sort_by(|a, b| b.1.total_cmp(&a.1));
+                    let top: Vec<String> = scores
+                        .iter()
+                        .take(3)
+                        .map(|(s, p)| format!("{s} {p:.2}"))
+                        .collect();
+                    format!(
+                        "{:<22} {:>13} -> {:<13} {:<12} [{}] buy {:.2} churn {:.2} model {}",
+                        c.customer_id,
+                        if c.previous_segment.is_empty() {
+                            "(new)"
+                        } else {
+                            &c.previous_segment
+                        },
+                        c.segment,
+                        segstream::decide::trigger_name(c.trigger),
+                        top.join(", "),
+                        c.purchase_probability,
+                        c.churn_probability,
+                        c.model_version
+                    )
+                })
+                .unwrap_or_else(|e| format!("(undecodable record: {e})")),
+            segstream::config::OutputFormat::Json => String::from_utf8_lossy(bytes).into_owned(),
+        };
+        println!("{change}");
+        shown += 1;
+    }
+    println!(
+        "({shown} segment changes shown from {})",
+        config.output.topic
+    );
+    Ok(())
+}
+
+async fn dlq_show(config: Config, idle: Duration, max: usize) -> anyhow::Result<()> {
+    use rdkafka::message::{Headers, Message};
+    use segstream::ingest::header;
+    let consumer = reader(&config, &config.dead_letter.topic)?;
     println!(
         "{:<10} {:<24} {:<32} message",
         "stage", "reason", "source (topic[partition]@offset)"
