@@ -130,6 +130,7 @@ bench: build kafka-up ## Benchmarks against a local broker (results: target/benc
 	mkdir -p target/bench
 	target/release/segstream bench state --customers $${CUSTOMERS:-100000} --json target/bench/state.json
 	target/release/segstream bench score --json target/bench/score.json
+	target/release/segstream bench e2e --json target/bench/e2e.json
 
 lint: ## rustfmt check and clippy (warnings are errors)
 	$(CARGO) fmt --check

@@ -100,6 +100,19 @@ enum ModelCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// End to end with transactions: sustained events/s (vs raw librdkafka)
+    /// and event → SegmentChange latency at half that rate.
+    E2e {
+        /// Events in the throughput run.
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        /// Seconds of the latency run.
+        #[arg(long, default_value_t = 10.0)]
+        latency_seconds: f64,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Scoring throughput: raw ONNX Runtime `Session::run` versus the scorer.
     Score {
         /// Batch sizes.
@@ -206,6 +219,27 @@ fn main() -> ExitCode {
                                 json,
                             },
                     } => bench_state(config, customers, !no_kafka, json).await,
+                    Command::Bench {
+                        command:
+                            BenchCommand::E2e {
+                                events,
+                                latency_seconds,
+                                json,
+                            },
+                    } => match segstream::bench::e2e(&config, events, latency_seconds).await {
+                        Ok(r) => {
+                            println!("{}", segstream::bench::e2e_markdown(&r));
+                            match json {
+                                Some(path) => std::fs::write(
+                                    &path,
+                                    serde_json::to_vec_pretty(&r).unwrap_or_default(),
+                                )
+                                .with_context(|| format!("writing {}", path.display())),
+                                None => Ok(()),
+                            }
+                        }
+                        Err(e) => Err(anyhow::anyhow!("{e}")),
+                    },
                     Command::Bench {
                         command:
                             BenchCommand::Score {
