@@ -416,11 +416,10 @@ pub struct ScoreConfig {
     pub intra_op_threads: usize,
     /// Graph optimization: `disabled`, `basic`, `extended` or `all`.
     pub graph_optimization: GraphOptimization,
-    /// Largest micro-batch of customers scored at once.
+    /// Largest micro-batch of customers scored at once. Dirty customers are
+    /// coalesced per commit cycle (`pipeline.commit_interval` is the longest
+    /// wait: outputs only become visible at commit anyway).
     pub max_batch: usize,
-    /// Longest a dirty customer waits for its micro-batch to fill.
-    #[serde(with = "humantime_serde")]
-    pub max_delay: Duration,
     /// Scoring requests queued per inference thread before callers wait.
     pub queue_depth: usize,
     /// Model registry directory (`<version>/model.onnx`, `manifest.json`, `CURRENT`).
@@ -444,7 +443,6 @@ impl Default for ScoreConfig {
             intra_op_threads: 1,
             graph_optimization: GraphOptimization::All,
             max_batch: 512,
-            max_delay: Duration::from_millis(20),
             queue_depth: 4,
             registry: PathBuf::from("models"),
             poll_interval: Duration::from_secs(10),
@@ -900,9 +898,6 @@ impl Config {
         range(p, "score.intra_op_threads", sc.intra_op_threads, 1, 256);
         range(p, "score.max_batch", sc.max_batch, 1, 65_536);
         range(p, "score.queue_depth", sc.queue_depth, 1, 1024);
-        if sc.max_delay > Duration::from_secs(10) {
-            p.add("score.max_delay", "must be at most 10s");
-        }
         if sc.poll_interval < Duration::from_millis(100) {
             p.add("score.poll_interval", "must be at least 100ms");
         }

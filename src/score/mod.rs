@@ -1,7 +1,7 @@
 //! Scoring with ONNX Runtime: sessions on the configured execution provider,
 //! validation of a model against the contract and its golden outputs,
-//! dedicated inference threads fed by a bounded queue, micro-batching, and
-//! the registry watcher that hot-swaps validated models.
+//! dedicated inference threads fed by a bounded queue, the rescoring sweep,
+//! and the registry watcher that hot-swaps validated models.
 //!
 //! Inference never runs on the async runtime's workers: each inference thread
 //! owns one session per loaded model (`Session::run` takes `&mut self`).
@@ -24,7 +24,7 @@ use ort::session::Session;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 use tracing::{info, warn};
 
-pub use batcher::{MicroBatcher, RescoreSweep};
+pub use batcher::RescoreSweep;
 pub use watcher::{ModelWatcher, PollOutcome};
 
 use crate::config::{GraphOptimization, Provider, ScoreConfig};
