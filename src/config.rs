@@ -987,7 +987,10 @@ const MANAGED_PROPERTIES: &[(&str, &str)] = &[
         "segstream commits offsets with its outputs",
     ),
     ("isolation.level", "always read_committed"),
-    ("partition.assignment.strategy", "always cooperative-sticky"),
+    (
+        "partition.assignment.strategy",
+        "always range (co-partitioned state)",
+    ),
     ("transactional.id", "managed by the pipeline"),
     ("auto.offset.reset", "set input.auto_offset_reset instead"),
 ];

@@ -180,7 +180,11 @@ fn describe(tpl: &TopicPartitionList) -> String {
     parts.join(",")
 }
 
-/// The consumer-group member reading the input topics.
+/// A consumer-group member reading the input topics in routed batches, with
+/// a plain (non-transactional) dead-letter writer: for tools and jobs that
+/// read the input outside the run loop (e.g. replaying history). The run
+/// loop itself consumes through `pipeline`, with [`route`], inside its
+/// transactions.
 pub struct Ingestor {
     consumer: StreamConsumer<IngestContext>,
     decoder: Decoder,
@@ -204,7 +208,9 @@ impl Ingestor {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
             .set("isolation.level", "read_committed")
-            .set("partition.assignment.strategy", "cooperative-sticky")
+            // Same partition numbers of every input topic per member (the
+            // state is co-partitioned; see the pipeline module).
+            .set("partition.assignment.strategy", "range")
             .set(
                 "auto.offset.reset",
                 match config.input.auto_offset_reset {
