@@ -233,7 +233,7 @@ async fn restore_bench(
     drop(records);
 
     let (c1, t1) = (client.clone(), topic.clone());
-    let raw = tokio::task::spawn_blocking(move || raw_read(&c1, &t1)).await??;
+    let raw = tokio::task::spawn_blocking(move || raw_read_all(&c1, &[t1], 1)).await??;
     let (c2, t2) = (client.clone(), topic.clone());
     let limits = config.state.limits();
     let restored = tokio::task::spawn_blocking(move || {
@@ -252,30 +252,6 @@ async fn restore_bench(
         restore_customers_per_second: restore_rate,
         ratio: restore_rate / raw_rate.max(1e-9),
     })
-}
-
-/// Reads partition 0 of `topic` to its end with a bare librdkafka consumer.
-fn raw_read(client: &ClientConfig, topic: &str) -> Result<(u64, Duration), KafkaError> {
-    let mut c = client.clone();
-    c.set("group.id", "segstream-bench-raw")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed");
-    let consumer: BaseConsumer = c.create()?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
-    consumer.assign(&tpl)?;
-    let started = Instant::now();
-    let mut n = 0u64;
-    loop {
-        match consumer.poll(Duration::from_millis(500)) {
-            None => continue,
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => return Err(e),
-            Some(Ok(_)) => n += 1,
-        }
-    }
-    Ok((n, started.elapsed()))
 }
 
 /// The state results as a Markdown table.

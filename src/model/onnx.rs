@@ -106,6 +106,51 @@ impl GraphBuilder {
         name.to_string()
     }
 
+    /// Declares the six contract inputs for `spec` (batch dimension dynamic),
+    /// in contract order; returns their names.
+    pub fn contract_inputs(&mut self, spec: &crate::features::FeatureSpec) -> [String; 6] {
+        let (n, e, t, f) = (
+            spec.max_events as i64,
+            crate::features::EVENT_NUMERIC_DIM as i64,
+            spec.text_tokens as i64,
+            crate::features::CUSTOMER_DIM as i64,
+        );
+        let b = || Dim::Dynamic("batch");
+        [
+            self.input("event_kind", Elem::I64, &[b(), Dim::Fixed(n)]),
+            self.input("event_category", Elem::I64, &[b(), Dim::Fixed(n)]),
+            self.input(
+                "event_numeric",
+                Elem::F32,
+                &[b(), Dim::Fixed(n), Dim::Fixed(e)],
+            ),
+            self.input(
+                "event_text",
+                Elem::I64,
+                &[b(), Dim::Fixed(n), Dim::Fixed(t)],
+            ),
+            self.input("event_mask", Elem::F32, &[b(), Dim::Fixed(n)]),
+            self.input("customer_features", Elem::F32, &[b(), Dim::Fixed(f)]),
+        ]
+    }
+
+    /// Declares the four contract outputs for `segments` segments.
+    pub fn contract_outputs(&mut self, segments: usize) {
+        let b = || Dim::Dynamic("batch");
+        self.output(
+            "segment_probs",
+            Elem::F32,
+            &[b(), Dim::Fixed(segments as i64)],
+        );
+        for name in [
+            "purchase_probability",
+            "churn_probability",
+            "predicted_spend",
+        ] {
+            self.output(name, Elem::F32, &[b()]);
+        }
+    }
+
     /// Declares a graph output (an existing value must be named `name`).
     pub fn output(&mut self, name: &str, elem: Elem, dims: &[Dim]) {
         self.graph.output.push(value_info(name, elem, dims));

@@ -9,7 +9,7 @@
 //! the customer features; then a softmax segment head and sigmoid/softplus
 //! heads for the auxiliary outputs.
 
-use super::onnx::{Attr, Dim, Elem, GraphBuilder};
+use super::onnx::{Attr, GraphBuilder};
 use crate::features::{FeatureSpec, CUSTOMER_DIM, EVENT_NUMERIC_DIM};
 
 /// Weights of the reference model.
@@ -108,30 +108,14 @@ impl ReferenceModel {
     /// The ONNX file.
     pub fn to_onnx(&self, version: &str) -> Vec<u8> {
         let s = &self.spec;
-        let (n, e, t, f, h, k) = (
-            s.max_events as i64,
+        let (e, f, h, k) = (
             EVENT_NUMERIC_DIM as i64,
-            s.text_tokens as i64,
             CUSTOMER_DIM as i64,
             self.hidden as i64,
             self.segments as i64,
         );
-        let b = Dim::Dynamic("batch");
         let mut g = GraphBuilder::new("segstream_reference");
-        let kind = g.input("event_kind", Elem::I64, &[b.clone(), Dim::Fixed(n)]);
-        let cat = g.input("event_category", Elem::I64, &[b.clone(), Dim::Fixed(n)]);
-        let num = g.input(
-            "event_numeric",
-            Elem::F32,
-            &[b.clone(), Dim::Fixed(n), Dim::Fixed(e)],
-        );
-        let text = g.input(
-            "event_text",
-            Elem::I64,
-            &[b.clone(), Dim::Fixed(n), Dim::Fixed(t)],
-        );
-        let mask = g.input("event_mask", Elem::F32, &[b.clone(), Dim::Fixed(n)]);
-        let cust = g.input("customer_features", Elem::F32, &[b.clone(), Dim::Fixed(f)]);
+        let [kind, cat, num, text, mask, cust] = g.contract_inputs(s);
 
         let kind_w = g.init_f32("kind_emb", &[s.kind_vocab as i64, h], &self.kind_emb);
         let cat_w = g.init_f32(
@@ -192,10 +176,7 @@ impl ReferenceModel {
             let y = g.op("ReduceSum", &[&y, &axis1], &[Attr::Int("keepdims", 0)]);
             g.op_into(act, &[&y], name, &[]);
         }
-        g.output("segment_probs", Elem::F32, &[b.clone(), Dim::Fixed(k)]);
-        g.output("purchase_probability", Elem::F32, std::slice::from_ref(&b));
-        g.output("churn_probability", Elem::F32, std::slice::from_ref(&b));
-        g.output("predicted_spend", Elem::F32, &[b]);
+        g.contract_outputs(self.segments);
         g.finish(
             "segstream reference model (seeded, untrained): for smoke tests and benchmarks",
             &[("segstream.version", version)],

@@ -17,9 +17,9 @@
 //!
 //! where "days since last event" crosses 0.1 after about 1.3 days of silence.
 
-use super::onnx::{Attr, Dim, Elem, GraphBuilder};
+use super::onnx::{Attr, GraphBuilder};
 use super::reference::{Inputs, Outputs};
-use crate::features::{FeatureSpec, CUSTOMER_DIM, EVENT_NUMERIC_DIM};
+use crate::features::{FeatureSpec, CUSTOMER_DIM};
 use crate::state::WINDOW_DAYS;
 
 const PER_WINDOW: usize = 7;
@@ -62,29 +62,10 @@ fn weights() -> (Vec<f32>, Vec<f32>) {
 
 /// The rule model for `spec` (five default segments).
 pub fn to_onnx(spec: &FeatureSpec, version: &str) -> Vec<u8> {
-    let (n, e, t, f) = (
-        spec.max_events as i64,
-        EVENT_NUMERIC_DIM as i64,
-        spec.text_tokens as i64,
-        CUSTOMER_DIM as i64,
-    );
-    let b = Dim::Dynamic("batch");
+    let f = CUSTOMER_DIM as i64;
     let mut g = GraphBuilder::new("segstream_rfm_rules");
     // The sequence inputs are part of the contract; the rules do not use them.
-    g.input("event_kind", Elem::I64, &[b.clone(), Dim::Fixed(n)]);
-    g.input("event_category", Elem::I64, &[b.clone(), Dim::Fixed(n)]);
-    g.input(
-        "event_numeric",
-        Elem::F32,
-        &[b.clone(), Dim::Fixed(n), Dim::Fixed(e)],
-    );
-    g.input(
-        "event_text",
-        Elem::I64,
-        &[b.clone(), Dim::Fixed(n), Dim::Fixed(t)],
-    );
-    g.input("event_mask", Elem::F32, &[b.clone(), Dim::Fixed(n)]);
-    let cust = g.input("customer_features", Elem::F32, &[b.clone(), Dim::Fixed(f)]);
+    let [_, _, _, _, _, cust] = g.contract_inputs(spec);
     let (w, bias) = weights();
     let w = g.init_f32("w_rules", &[f, 5], &w);
     let bias = g.init_f32("b_rules", &[5], &bias);
@@ -124,10 +105,7 @@ pub fn to_onnx(spec: &FeatureSpec, version: &str) -> Vec<u8> {
         g.op_into(act, &[&y], name, &[]);
     }
     g.op_into("Sub", &["spend_exp", &one], "predicted_spend", &[]);
-    g.output("segment_probs", Elem::F32, &[b.clone(), Dim::Fixed(5)]);
-    g.output("purchase_probability", Elem::F32, std::slice::from_ref(&b));
-    g.output("churn_probability", Elem::F32, std::slice::from_ref(&b));
-    g.output("predicted_spend", Elem::F32, &[b]);
+    g.contract_outputs(5);
     g.finish(
         "segstream recency/frequency/monetary rule model",
         &[("segstream.version", version)],

@@ -127,20 +127,31 @@ http_listen = ""
 
 /// Starts `segstream run`; its log goes to `log` (shown when a check fails).
 pub fn start(config: &std::path::Path, log: &std::path::Path) -> Child {
+    spawn_run(config, log, None)
+}
+
+/// Starts `segstream run`, optionally with its own transactional id.
+fn spawn_run(
+    config: &std::path::Path,
+    log: &std::path::Path,
+    transactional_id: Option<String>,
+) -> Child {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_segstream"))
-        .args(["run", "-c"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_segstream"));
+    cmd.args(["run", "-c"])
         .arg(config)
         .env("RUST_LOG", "warn,segstream=info")
         .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::null())
-        .stderr(file)
-        .spawn()
-        .expect("start segstream run")
+        .stderr(file);
+    if let Some(id) = transactional_id {
+        cmd.env("SEGSTREAM__PIPELINE__TRANSACTIONAL_ID", id);
+    }
+    cmd.spawn().expect("start segstream run")
 }
 
 pub fn tail(log: &std::path::Path) -> String {
@@ -460,30 +471,13 @@ pub fn verify(s: &Setup, stream: &Stream) {
 
 /// Like [`start`], with its own transactional id (one per instance).
 pub fn start_as(config: &std::path::Path, log: &std::path::Path, instance: &str) -> Child {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
     let text = std::fs::read_to_string(config).unwrap();
     let group = text
         .lines()
         .find_map(|l| l.strip_prefix("group_id = \""))
         .map(|g| g.trim_end_matches('"').to_string())
         .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_segstream"))
-        .args(["run", "-c"])
-        .arg(config)
-        .env("RUST_LOG", "warn,segstream=info")
-        .env("NO_COLOR", "1")
-        .env(
-            "SEGSTREAM__PIPELINE__TRANSACTIONAL_ID",
-            format!("{group}-{instance}"),
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(file)
-        .spawn()
-        .expect("start segstream run")
+    spawn_run(config, log, Some(format!("{group}-{instance}")))
 }
 
 pub fn sigterm(child: &Child) {
