@@ -73,6 +73,12 @@ pub struct KafkaConfig {
     /// `"session.timeout.ms" = "30000"`). Properties segstream manages itself
     /// are refused here.
     pub properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties for consumers only (e.g.
+    /// `"session.timeout.ms"`, `"group.instance.id"`).
+    pub consumer_properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties for producers only (e.g. `"linger.ms"`,
+    /// `"compression.type"`).
+    pub producer_properties: BTreeMap<String, String>,
 }
 
 fn default_bootstrap_servers() -> String {
@@ -93,6 +99,8 @@ impl Default for KafkaConfig {
             sasl: SaslConfig::default(),
             tls: TlsConfig::default(),
             properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
         }
     }
 }
@@ -1084,8 +1092,16 @@ impl KafkaConfig {
                 "TLS files are set but security_protocol does not use TLS (use ssl or sasl_ssl)",
             );
         }
-        for (key, value) in &self.properties {
-            let path = format!("kafka.properties.\"{key}\"");
+        let all = [
+            ("properties", &self.properties),
+            ("consumer_properties", &self.consumer_properties),
+            ("producer_properties", &self.producer_properties),
+        ];
+        for (section, key, value) in all
+            .iter()
+            .flat_map(|(section, map)| map.iter().map(move |(k, v)| (*section, k, v)))
+        {
+            let path = format!("kafka.{section}.\"{key}\"");
             if let Some((_, instead)) = MANAGED_PROPERTIES.iter().find(|(k, _)| k == key) {
                 p.add(path, format!("is managed by segstream: {instead}"));
                 continue;
@@ -1146,6 +1162,26 @@ impl KafkaConfig {
             );
         }
         for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        Ok(c)
+    }
+
+    /// Settings for a consumer: [`KafkaConfig::client_config`] plus
+    /// `kafka.consumer_properties`.
+    pub fn consumer_config(&self) -> Result<ClientConfig, ConfigError> {
+        let mut c = self.client_config()?;
+        for (k, v) in &self.consumer_properties {
+            c.set(k, v);
+        }
+        Ok(c)
+    }
+
+    /// Settings for a producer: [`KafkaConfig::client_config`] plus
+    /// `kafka.producer_properties`.
+    pub fn producer_config(&self) -> Result<ClientConfig, ConfigError> {
+        let mut c = self.client_config()?;
+        for (k, v) in &self.producer_properties {
             c.set(k, v);
         }
         Ok(c)

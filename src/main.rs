@@ -398,7 +398,7 @@ async fn samples(config: Config, customers: usize) -> anyhow::Result<()> {
 
 /// A throwaway read_committed consumer of `topic` from its beginning.
 fn reader(config: &Config, topic: &str) -> anyhow::Result<rdkafka::consumer::StreamConsumer> {
-    let mut client = config.kafka.client_config()?;
+    let mut client = config.kafka.consumer_config()?;
     client
         .set(
             "group.id",

@@ -244,3 +244,32 @@ fn state_rules_are_checked() {
     let c = load_toml("[state]\nallowed_lateness = \"5m\"\n", &[]).unwrap();
     assert_eq!(c.state.limits().allowed_lateness_ms, 300_000);
 }
+
+#[test]
+fn consumer_and_producer_properties_go_to_their_clients_only() {
+    let c = load_toml(
+        "[kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\
+         [kafka.producer_properties]\n\"linger.ms\" = \"7\"\n",
+        &[],
+    )
+    .unwrap();
+    let consumer = c.kafka.consumer_config().unwrap();
+    let producer = c.kafka.producer_config().unwrap();
+    assert_eq!(consumer.get("session.timeout.ms"), Some("6000"));
+    assert_eq!(consumer.get("linger.ms"), None);
+    assert_eq!(producer.get("linger.ms"), Some("7"));
+    assert_eq!(producer.get("session.timeout.ms"), None);
+    let e = load_toml(
+        "[kafka.producer_properties]\n\"transactional.id\" = \"x\"\n\"bogus.key\" = \"1\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(
+        paths(&e),
+        [
+            "kafka.producer_properties.\"bogus.key\"",
+            "kafka.producer_properties.\"transactional.id\""
+        ],
+        "{e}"
+    );
+}

@@ -54,7 +54,7 @@ pub fn topic_for(config: &Config, kind: EventKind) -> &str {
 /// The oversized case is one byte over `validation.max_event_bytes`, so that
 /// it fits a broker's default record limit.
 pub async fn produce(config: &Config, customers: usize) -> Result<SamplesReport, SamplesError> {
-    let mut client = config.kafka.client_config()?;
+    let mut client = config.kafka.producer_config()?;
     client
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", "30000");

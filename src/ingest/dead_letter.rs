@@ -128,7 +128,7 @@ pub struct DeadLetterSink {
 impl DeadLetterSink {
     /// An idempotent producer sized for `dead_letter.max_value_bytes`.
     pub fn build(config: &Config) -> Result<Self, IngestError> {
-        let mut client = config.kafka.client_config()?;
+        let mut client = config.kafka.producer_config()?;
         // Room for the value plus the original and segstream headers.
         let max = (config.dead_letter.max_value_bytes + 256 * 1024).max(1_000_000);
         client

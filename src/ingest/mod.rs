@@ -201,7 +201,7 @@ impl Ingestor {
     /// Builds the consumer (not yet subscribed). Auto-commit is off: offsets
     /// are committed by the caller with the outputs they caused.
     pub fn build(config: &Config, metrics: Metrics) -> Result<Self, IngestError> {
-        let mut client = config.kafka.client_config()?;
+        let mut client = config.kafka.consumer_config()?;
         client
             .set("group.id", &config.kafka.group_id)
             .set("enable.auto.commit", "false")

@@ -293,8 +293,7 @@ impl Pipeline {
         metrics: Metrics,
         health: Arc<Health>,
     ) -> Result<Self, PipelineError> {
-        let base = cfg.kafka.client_config()?;
-        let mut c = base.clone();
+        let mut c = cfg.kafka.consumer_config()?;
         c.set("group.id", &cfg.kafka.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -321,7 +320,7 @@ impl Pipeline {
         } else {
             cfg.pipeline.transactional_id.clone()
         };
-        let mut pc = base;
+        let mut pc = cfg.kafka.producer_config()?;
         let max = (cfg.dead_letter.max_value_bytes + 256 * 1024).max(1_000_000);
         pc.set("transactional.id", &transactional_id)
             .set("enable.idempotence", "true")
@@ -480,7 +479,7 @@ impl Pipeline {
 
     async fn restore_once(&mut self, partition: i32) -> Result<(), PipelineError> {
         self.health.restoring.fetch_add(1, Ordering::Relaxed);
-        let client = self.cfg.kafka.client_config()?;
+        let client = self.cfg.kafka.consumer_config()?;
         let topic = self.cfg.state.changelog_topic.clone();
         let limits = self.cfg.state.limits();
         let metrics = self.metrics.clone();

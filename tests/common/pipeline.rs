@@ -87,7 +87,7 @@ pub async fn setup_with(partitions: i32, model: &str, extra: &str) -> Setup {
 [kafka]
 bootstrap_servers = "{bootstrap}"
 group_id = "{group}"
-[kafka.properties]
+[kafka.consumer_properties]
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "1000"
 [input]
