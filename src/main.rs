@@ -139,32 +139,29 @@ enum BenchCommand {
     },
 }
 
+/// How long and how much a `show` command reads.
+#[derive(clap::Args)]
+struct ShowArgs {
+    /// Stop after this long without a new record.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    idle: Duration,
+    /// Stop after this many records.
+    #[arg(long, default_value_t = 100)]
+    max: usize,
+}
+
 #[derive(Subcommand)]
 enum SegmentsCommand {
     /// Print segment changes (customer, from → to, trigger, probabilities)
     /// from the beginning of the output topic until it has been idle for `--idle`.
-    Show {
-        /// Stop after this long without a new record.
-        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-        idle: Duration,
-        /// Stop after this many records.
-        #[arg(long, default_value_t = 100)]
-        max: usize,
-    },
+    Show(ShowArgs),
 }
 
 #[derive(Subcommand)]
 enum DlqCommand {
     /// Print dead-letter records (reason, source, message) from the beginning
     /// of the topic until it has been idle for `--idle`.
-    Show {
-        /// Stop after this long without a new record.
-        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-        idle: Duration,
-        /// Stop after this many records.
-        #[arg(long, default_value_t = 100)]
-        max: usize,
-    },
+    Show(ShowArgs),
 }
 
 #[derive(Subcommand)]
@@ -209,49 +206,13 @@ fn main() -> ExitCode {
                     Command::Run => run(config).await,
                     Command::Samples { customers } => samples(config, customers).await,
                     Command::Dlq {
-                        command: DlqCommand::Show { idle, max },
-                    } => dlq_show(config, idle, max).await,
-                    Command::Bench {
-                        command:
-                            BenchCommand::State {
-                                customers,
-                                no_kafka,
-                                json,
-                            },
-                    } => bench_state(config, customers, !no_kafka, json).await,
-                    Command::Bench {
-                        command:
-                            BenchCommand::E2e {
-                                events,
-                                latency_seconds,
-                                json,
-                            },
-                    } => match segstream::bench::e2e(&config, events, latency_seconds).await {
-                        Ok(r) => {
-                            println!("{}", segstream::bench::e2e_markdown(&r));
-                            match json {
-                                Some(path) => std::fs::write(
-                                    &path,
-                                    serde_json::to_vec_pretty(&r).unwrap_or_default(),
-                                )
-                                .with_context(|| format!("writing {}", path.display())),
-                                None => Ok(()),
-                            }
-                        }
-                        Err(e) => Err(anyhow::anyhow!("{e}")),
-                    },
-                    Command::Bench {
-                        command:
-                            BenchCommand::Score {
-                                batches,
-                                seconds,
-                                json,
-                            },
-                    } => bench_score(config, batches, seconds, json).await,
+                        command: DlqCommand::Show(a),
+                    } => dlq_show(config, a.idle, a.max).await,
+                    Command::Bench { command } => bench(config, command).await,
                     Command::Model { command } => model_command(config, command),
                     Command::Segments {
-                        command: SegmentsCommand::Show { idle, max },
-                    } => segments_show(config, idle, max).await,
+                        command: SegmentsCommand::Show(a),
+                    } => segments_show(config, a.idle, a.max).await,
                     Command::Config { .. } => Ok(()),
                 }
             });
@@ -266,35 +227,45 @@ fn main() -> ExitCode {
     }
 }
 
-async fn bench_score(
-    config: Config,
-    batches: Vec<usize>,
-    seconds: f64,
-    json: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    let rows = segstream::bench::score(&config, &batches, seconds)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("{}", segstream::bench::score_markdown(&rows));
+/// Runs one benchmark, prints its Markdown table and optionally writes JSON.
+async fn bench(config: Config, command: BenchCommand) -> anyhow::Result<()> {
+    use segstream::bench;
+    let lift = |e: Box<dyn std::error::Error + Send + Sync>| anyhow::anyhow!("{e}");
+    let (markdown, value, json) = match command {
+        BenchCommand::State {
+            customers,
+            no_kafka,
+            json,
+        } => {
+            let r = bench::state(&config, customers, !no_kafka)
+                .await
+                .map_err(lift)?;
+            (bench::state_markdown(&r), serde_json::to_value(&r)?, json)
+        }
+        BenchCommand::Score {
+            batches,
+            seconds,
+            json,
+        } => {
+            let r = bench::score(&config, &batches, seconds)
+                .await
+                .map_err(lift)?;
+            (bench::score_markdown(&r), serde_json::to_value(&r)?, json)
+        }
+        BenchCommand::E2e {
+            events,
+            latency_seconds,
+            json,
+        } => {
+            let r = bench::e2e(&config, events, latency_seconds)
+                .await
+                .map_err(lift)?;
+            (bench::e2e_markdown(&r), serde_json::to_value(&r)?, json)
+        }
+    };
+    println!("{markdown}");
     if let Some(path) = json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&rows)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
-}
-
-async fn bench_state(
-    config: Config,
-    customers: usize,
-    kafka: bool,
-    json: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    let result = segstream::bench::state(&config, customers, kafka)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("{}", segstream::bench::state_markdown(&result));
-    if let Some(path) = json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&result)?)
+        std::fs::write(&path, serde_json::to_vec_pretty(&value)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())

@@ -368,7 +368,9 @@ impl Ingestor {
     }
 }
 
-fn intern(names: &mut BTreeMap<String, Arc<str>>, topic: &str) -> Arc<str> {
+/// One shared `Arc<str>` per topic name, so per-record bookkeeping does not
+/// allocate.
+pub fn intern(names: &mut BTreeMap<String, Arc<str>>, topic: &str) -> Arc<str> {
     if let Some(t) = names.get(topic) {
         return t.clone();
     }

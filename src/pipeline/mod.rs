@@ -146,7 +146,7 @@ impl Why {
 #[derive(Default)]
 struct Cycle {
     open: bool,
-    offsets: BTreeMap<(String, i32), i64>,
+    offsets: BTreeMap<(Arc<str>, i32), i64>,
     dead_letters: Vec<DeadLetter>,
     to_score: BTreeMap<i32, BTreeMap<String, Why>>,
     records: u64,
@@ -160,7 +160,9 @@ pub struct Pipeline {
     decoder: Decoder,
     rules: Hysteresis,
     stores: BTreeMap<i32, PartitionStore>,
-    assigned: BTreeSet<(String, i32)>,
+    assigned: BTreeSet<(Arc<str>, i32)>,
+    /// Interned topic names (no allocation per record).
+    topic_names: BTreeMap<String, Arc<str>>,
     scorer: Arc<Scorer>,
     metrics: Metrics,
     health: Arc<Health>,
@@ -343,6 +345,7 @@ impl Pipeline {
             producer,
             stores: BTreeMap::new(),
             assigned: BTreeSet::new(),
+            topic_names: BTreeMap::new(),
             scorer,
             metrics,
             health,
@@ -435,8 +438,9 @@ impl Pipeline {
                     if let Err(e) = self.abort_cycle("partitions were revoked").await {
                         self.after_fatal(e).await?;
                     }
-                    for tp in &list {
-                        self.assigned.remove(tp);
+                    for (t, p) in &list {
+                        let t = ingest::intern(&mut self.topic_names, t);
+                        self.assigned.remove(&(t, *p));
                     }
                     let keep: BTreeSet<i32> = self.assigned.iter().map(|(_, p)| *p).collect();
                     self.stores.retain(|p, _| keep.contains(p));
@@ -445,7 +449,10 @@ impl Pipeline {
                     info!(partitions = ?list, "Partitions revoked.");
                 }
                 RebalanceNotice::Assigned(list) => {
-                    self.assigned.extend(list.iter().cloned());
+                    for (t, p) in &list {
+                        let t = ingest::intern(&mut self.topic_names, t);
+                        self.assigned.insert((t, *p));
+                    }
                     let new: BTreeSet<i32> = list
                         .iter()
                         .map(|(_, p)| *p)
@@ -662,7 +669,8 @@ impl Pipeline {
         // partition's state must be restored first, and a record of a
         // partition just revoked must not be processed.
         self.take_rebalances().await?;
-        let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
+        let topic = ingest::intern(&mut self.topic_names, msg.topic());
+        let (partition, offset) = (msg.partition(), msg.offset());
         if !self.assigned.contains(&(topic.clone(), partition)) {
             return Ok(());
         }
@@ -670,15 +678,14 @@ impl Pipeline {
             self.restore(partition).await?;
         }
         let record = ingest::source_record(&msg);
-        let topic_arc: Arc<str> = Arc::from(topic.as_str());
         let routed = ingest::route(
             &self.decoder,
             &record,
-            &topic_arc,
+            &topic,
             ingest::now_ms(),
             self.max_dead_letter_bytes,
         );
-        let late_letter = match &routed {
+        let late_letter = match routed {
             Routed::Event(e) => {
                 let Some(store) = self.stores.get_mut(&partition) else {
                     return Err(PipelineError::Io(format!(
@@ -694,7 +701,7 @@ impl Pipeline {
                             .insert(e.event.customer_id.clone(), Why::Event);
                         self.metrics
                             .events_accepted
-                            .with_label_values(&[&topic, e.event.kind().as_str()])
+                            .with_label_values(&[&*topic, e.event.kind().as_str()])
                             .inc();
                         None
                     }
@@ -716,7 +723,7 @@ impl Pipeline {
                     )),
                 }
             }
-            Routed::DeadLetter(d) => Some(d.clone()),
+            Routed::DeadLetter(d) => Some(d),
         };
         if let Some(d) = late_letter {
             self.metrics
@@ -727,7 +734,7 @@ impl Pipeline {
         }
         self.metrics
             .records_consumed
-            .with_label_values(&[&topic])
+            .with_label_values(&[&*topic])
             .inc();
         self.cycle.offsets.insert((topic, partition), offset + 1);
         self.cycle.records += 1;
