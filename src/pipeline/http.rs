@@ -78,11 +78,14 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, metrics: Metrics)
                     "text/plain",
                     "not ready: waiting for a model or a partition restore\n".to_string(),
                 ),
-                "/metrics" => (
-                    "200 OK",
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    metrics.render(),
-                ),
+                "/metrics" => {
+                    metrics.ready.set(i64::from(health.ready()));
+                    (
+                        "200 OK",
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        metrics.render(),
+                    )
+                }
                 _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
             };
             let response = format!(

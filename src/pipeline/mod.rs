@@ -50,7 +50,7 @@ use crate::ingest::{self, DeadLetter, Routed};
 use crate::score::{LoadedModel, ModelWatcher, PollOutcome, RescoreSweep, Scorer};
 use crate::state::changelog::{self, drain_dirty};
 use crate::state::{CustomerState, PartitionStore, RecordOutcome};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, Tally};
 
 /// Errors that end the run loop.
 #[derive(Debug, thiserror::Error)]
@@ -86,11 +86,13 @@ fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> PipelineError {
     move |source| PipelineError::Kafka { what, source }
 }
 
-/// Rebalance notices, taken by the loop after each poll.
+/// Rebalance notices, taken by the loop after each poll, and the input
+/// partitions' end offsets from librdkafka's statistics (for the lag gauge).
 #[derive(Default)]
 pub struct PipelineContext {
     events: Mutex<Vec<RebalanceNotice>>,
     pending: AtomicBool,
+    ends: Mutex<BTreeMap<(String, i32), i64>>,
 }
 
 #[derive(Debug, Clone)]
@@ -99,7 +101,27 @@ enum RebalanceNotice {
     Revoked(Vec<(String, i32)>),
 }
 
-impl ClientContext for PipelineContext {}
+impl ClientContext for PipelineContext {
+    /// Every `statistics.interval.ms`: keeps the end of each fetched
+    /// partition (the last stable offset, as `read_committed` sees it).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Ok(mut ends) = self.ends.lock() else {
+            return;
+        };
+        for (name, topic) in &statistics.topics {
+            for p in topic.partitions.values() {
+                let end = if p.ls_offset >= 0 {
+                    p.ls_offset
+                } else {
+                    p.hi_offset
+                };
+                if p.partition >= 0 && end >= 0 {
+                    ends.insert((name.clone(), p.partition), end);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for PipelineContext {
     fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -150,6 +172,8 @@ struct Cycle {
     dead_letters: Vec<DeadLetter>,
     to_score: BTreeMap<i32, BTreeMap<String, Why>>,
     records: u64,
+    /// Kafka timestamps (ms) of the cycle's records, for end-to-end latency.
+    timestamps: Vec<i64>,
 }
 
 /// The running pipeline of one instance.
@@ -165,6 +189,13 @@ pub struct Pipeline {
     topic_names: BTreeMap<String, Arc<str>>,
     scorer: Arc<Scorer>,
     metrics: Metrics,
+    /// Per-record counts, flushed to `metrics` once per cycle.
+    tally: Tally,
+    /// Committed offset (next record to process) of each assigned input
+    /// partition, for the lag gauge.
+    committed: BTreeMap<(Arc<str>, i32), i64>,
+    /// When the lag and state-size gauges were last updated.
+    gauges_at: Option<Instant>,
     health: Arc<Health>,
     cycle: Cycle,
     sweep: Option<RescoreSweep<(i32, String)>>,
@@ -296,11 +327,17 @@ impl Pipeline {
         health: Arc<Health>,
     ) -> Result<Self, PipelineError> {
         let mut c = cfg.kafka.consumer_config()?;
+        // Statistics feed the lag gauge; a configured interval wins.
+        let stats_interval = c
+            .get("statistics.interval.ms")
+            .unwrap_or("5000")
+            .to_string();
         c.set("group.id", &cfg.kafka.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("isolation.level", "read_committed")
             .set("partition.assignment.strategy", "range")
+            .set("statistics.interval.ms", stats_interval)
             .set(
                 "auto.offset.reset",
                 match cfg.input.auto_offset_reset {
@@ -347,7 +384,10 @@ impl Pipeline {
             assigned: BTreeSet::new(),
             topic_names: BTreeMap::new(),
             scorer,
+            tally: metrics.tally(),
             metrics,
+            committed: BTreeMap::new(),
+            gauges_at: None,
             health,
             cycle: Cycle::default(),
             sweep: None,
@@ -440,6 +480,8 @@ impl Pipeline {
                     }
                     for (t, p) in &list {
                         let t = ingest::intern(&mut self.topic_names, t);
+                        self.metrics.forget_lag(&t, *p);
+                        self.committed.remove(&(t.clone(), *p));
                         self.assigned.remove(&(t, *p));
                     }
                     let keep: BTreeSet<i32> = self.assigned.iter().map(|(_, p)| *p).collect();
@@ -453,6 +495,7 @@ impl Pipeline {
                         let t = ingest::intern(&mut self.topic_names, t);
                         self.assigned.insert((t, *p));
                     }
+                    self.load_committed(&list);
                     let new: BTreeSet<i32> = list
                         .iter()
                         .map(|(_, p)| *p)
@@ -699,14 +742,11 @@ impl Pipeline {
                             .entry(partition)
                             .or_default()
                             .insert(e.event.customer_id.clone(), Why::Event);
-                        self.metrics
-                            .events_accepted
-                            .with_label_values(&[&*topic, e.event.kind().as_str()])
-                            .inc();
+                        self.tally.accepted(&topic, e.event.kind());
                         None
                     }
                     RecordOutcome::Duplicate => {
-                        self.metrics.duplicate_events.inc();
+                        self.tally.duplicate();
                         None
                     }
                     RecordOutcome::Late { watermark_ms } => Some(DeadLetter::new(
@@ -726,16 +766,13 @@ impl Pipeline {
             Routed::DeadLetter(d) => Some(d),
         };
         if let Some(d) = late_letter {
-            self.metrics
-                .dead_letters
-                .with_label_values(&[d.stage.as_str(), d.reason.as_str()])
-                .inc();
+            self.tally.refused(d.reason, d.truncated);
             self.cycle.dead_letters.push(d);
         }
-        self.metrics
-            .records_consumed
-            .with_label_values(&[&*topic])
-            .inc();
+        self.tally.consumed(&topic);
+        self.cycle
+            .timestamps
+            .push(msg.timestamp().to_millis().unwrap_or(-1));
         self.cycle.offsets.insert((topic, partition), offset + 1);
         self.cycle.records += 1;
         Ok(())
@@ -759,6 +796,7 @@ impl Pipeline {
 
     /// Scores, decides, produces and commits everything of the open cycle.
     async fn end_cycle(&mut self) -> Result<(), PipelineError> {
+        self.tally.flush();
         self.take_rebalances().await?;
         let now = tokio::time::Instant::now();
         // Timers and retention.
@@ -823,6 +861,10 @@ impl Pipeline {
                 self.metrics
                     .commit_seconds
                     .observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .observe_end_to_end(&self.cycle.timestamps, ingest::now_ms());
+                let offsets = std::mem::take(&mut self.cycle.offsets);
+                self.committed.extend(offsets);
                 self.cycle = Cycle::default();
             }
             Err(CycleError::Abortable(why)) => {
@@ -837,9 +879,75 @@ impl Pipeline {
         Ok(())
     }
 
-    fn update_gauges(&self) {
+    /// State size and consumer lag, at most once a second (the lag reads
+    /// librdkafka's cached high watermarks; no broker round trip).
+    fn update_gauges(&mut self) {
+        if self
+            .gauges_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.gauges_at = Some(Instant::now());
         let customers: usize = self.stores.values().map(PartitionStore::len).sum();
         self.metrics.state_customers.set(customers as i64);
+        let bytes: usize = self.stores.values().map(PartitionStore::memory_bytes).sum();
+        self.metrics.state_bytes.set(bytes as i64);
+        self.metrics
+            .assigned_partitions
+            .set(self.assigned.len() as i64);
+        if let Ok(ends) = self.consumer.context().ends.lock() {
+            for ((topic, partition), next) in &self.committed {
+                if let Some(end) = ends.get(&(topic.to_string(), *partition)) {
+                    self.metrics.set_lag(topic, *partition, end - next);
+                }
+            }
+        }
+    }
+
+    /// Reads the group's committed offsets of newly assigned partitions (the
+    /// lag gauge's starting point; afterwards each commit moves it).
+    fn load_committed(&mut self, list: &[(String, i32)]) {
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in list {
+            tpl.add_partition(t, *p);
+        }
+        let consumer = self.consumer.clone();
+        let reset = self.cfg.input.auto_offset_reset;
+        let found = tokio::task::block_in_place(|| {
+            let timeout = Duration::from_secs(10);
+            let committed = consumer.committed_offsets(tpl, timeout)?;
+            let mut found = Vec::new();
+            for e in committed.elements() {
+                let next = match e.offset() {
+                    Offset::Offset(o) => o,
+                    // Nothing committed yet: the group starts at an end.
+                    _ => {
+                        let (low, high) =
+                            consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
+                        match reset {
+                            OffsetReset::Earliest => low,
+                            OffsetReset::Latest => high,
+                        }
+                    }
+                };
+                found.push((e.topic().to_string(), e.partition(), next));
+            }
+            Ok::<_, KafkaError>(found)
+        });
+        match found {
+            Ok(found) => {
+                for (t, p, next) in found {
+                    let t = ingest::intern(&mut self.topic_names, &t);
+                    self.committed.insert((t, p), next);
+                }
+            }
+            Err(e) => warn!(
+                error = %e,
+                "Could not read the committed offsets of the assigned partitions; \
+                 their lag shows after the first commit."
+            ),
+        }
     }
 
     async fn produce_cycle(&mut self) -> Result<(), CycleError> {

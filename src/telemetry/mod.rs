@@ -2,9 +2,19 @@
 //!
 //! Every metric lives in [`Metrics`], registered once in its own registry and
 //! handed to stages by reference; stages update it per batch, never per
-//! event. Names follow `segstream_<what>_<unit>[_total]` and labels are bounded
-//! (topic, kind, stage, reason), never a customer id.
+//! event: the run loop counts into a [`Tally`] of plain integers and flushes
+//! it once per commit cycle. Names follow `segstream_<what>_<unit>[_total]`
+//! and labels are bounded (topic, partition, kind, stage, reason, segment,
+//! model version), never a customer id. The catalog is documented in the
+//! README's operations section; `tests/observability.rs` checks the output
+//! with `promtool check metrics` and scrapes it with a real Prometheus.
+//!
+//! This module owns no I/O: the HTTP endpoints are served by
+//! `pipeline::http`, which renders [`Metrics::render`].
 
+use std::sync::Arc;
+
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -13,10 +23,23 @@ use prometheus::{
 use crate::config::{LogFormat, TelemetryConfig};
 use crate::event::{EventKind, Reason};
 
+/// Reasons a model can be refused (`ScoreError::reason` plus `registry`),
+/// pre-created so alert expressions see a zero before the first failure.
+pub const MODEL_FAILURE_REASONS: [&str; 6] = [
+    "registry",
+    "load",
+    "contract",
+    "golden",
+    "runtime",
+    "cuda_unavailable",
+];
+
 /// The process's metrics.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// `segstream_build_info{version}`: always 1.
+    pub build_info: IntGaugeVec,
     /// Records read from input topics, by topic.
     pub records_consumed: IntCounterVec,
     /// Events decoded and validated, by topic and kind.
@@ -25,8 +48,19 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Dead-letter records whose value was cut to `dead_letter.max_value_bytes`.
     pub dead_letters_truncated: IntCounter,
-    /// Records per decoded batch.
+    /// Events older than the partition watermark allows (also dead letters
+    /// with reason `late`).
+    pub late_events: IntCounter,
+    /// Records per decoded batch (the run loop: per commit cycle).
     pub batch_records: Histogram,
+    /// Records between the committed offset and the end of each assigned
+    /// input partition.
+    pub consumer_lag: IntGaugeVec,
+    /// Input partitions assigned to this instance.
+    pub assigned_partitions: IntGauge,
+    /// Seconds from a record's Kafka timestamp to the commit of the
+    /// transaction carrying its effects.
+    pub end_to_end_seconds: Histogram,
     /// Changelog records read while restoring, by changelog topic.
     pub restore_records: IntCounterVec,
     /// Partitions being restored right now.
@@ -57,186 +91,230 @@ pub struct Metrics {
     pub evicted_customers: IntCounter,
     /// Customers held in state by this instance.
     pub state_customers: IntGauge,
+    /// Bytes of customer state held by this instance (estimate).
+    pub state_bytes: IntGauge,
     /// Segment changes published, by from, to and trigger.
     pub segment_changes: IntCounterVec,
+    /// 1 while `/readyz` answers 200.
+    pub ready: IntGauge,
 }
 
+fn counter(name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+    IntCounter::new(name, help)
+}
+
+fn counter_vec(
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    IntCounterVec::new(Opts::new(name, help), labels)
+}
+
+fn gauge(name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+    IntGauge::new(name, help)
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, prometheus::Error> {
+    IntGaugeVec::new(Opts::new(name, help), labels)
+}
+
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> Result<Histogram, prometheus::Error> {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+}
+
+/// Latency buckets from 1 ms to 2 minutes.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0,
+];
+
 impl Metrics {
-    /// Creates and registers every metric.
+    /// Creates and registers every metric (and, on Linux, the process
+    /// collector: CPU, memory, file descriptors, threads, start time).
     pub fn new() -> Result<Self, prometheus::Error> {
-        let registry = Registry::new();
-        let records_consumed = IntCounterVec::new(
-            Opts::new(
+        let m = Metrics {
+            registry: Registry::new(),
+            build_info: gauge_vec(
+                "segstream_build_info",
+                "Always 1; the version label names the running build.",
+                &["version"],
+            )?,
+            records_consumed: counter_vec(
                 "segstream_records_consumed_total",
                 "Records read from the input topics.",
-            ),
-            &["topic"],
-        )?;
-        let events_accepted = IntCounterVec::new(
-            Opts::new(
+                &["topic"],
+            )?,
+            events_accepted: counter_vec(
                 "segstream_events_accepted_total",
-                "Events that decoded and passed validation.",
-            ),
-            &["topic", "kind"],
-        )?;
-        let dead_letters = IntCounterVec::new(
-            Opts::new(
+                "Events that decoded and passed validation, by topic and event kind.",
+                &["topic", "kind"],
+            )?,
+            dead_letters: counter_vec(
                 "segstream_dead_letters_total",
-                "Records routed to the dead-letter topic.",
-            ),
-            &["stage", "reason"],
-        )?;
-        let dead_letters_truncated = IntCounter::new(
-            "segstream_dead_letters_truncated_total",
-            "Dead-letter records whose value was cut to dead_letter.max_value_bytes.",
-        )?;
-        let batch_records = Histogram::with_opts(
-            HistogramOpts::new(
+                "Records routed to the dead-letter topic, by stage and reason.",
+                &["stage", "reason"],
+            )?,
+            dead_letters_truncated: counter(
+                "segstream_dead_letters_truncated_total",
+                "Dead-letter records whose value was cut to dead_letter.max_value_bytes.",
+            )?,
+            late_events: counter(
+                "segstream_late_events_total",
+                "Events behind the partition watermark by more than state.allowed_lateness.",
+            )?,
+            batch_records: histogram(
                 "segstream_ingest_batch_records",
-                "Records per ingest batch.",
-            )
-            .buckets(vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0]),
-        )?;
-        let restore_records = IntCounterVec::new(
-            Opts::new(
+                "Records per ingest batch (the run loop: per commit cycle).",
+                &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0],
+            )?,
+            consumer_lag: gauge_vec(
+                "segstream_consumer_lag_records",
+                "Records between the committed offset and the end of an assigned input partition.",
+                &["topic", "partition"],
+            )?,
+            assigned_partitions: gauge(
+                "segstream_assigned_partitions",
+                "Input partitions assigned to this instance.",
+            )?,
+            end_to_end_seconds: histogram(
+                "segstream_end_to_end_seconds",
+                "Time from a record's Kafka timestamp to the commit of the transaction carrying its effects.",
+                &LATENCY_BUCKETS,
+            )?,
+            restore_records: counter_vec(
                 "segstream_restore_records_total",
                 "Changelog records read while restoring state.",
-            ),
-            &["topic"],
-        )?;
-        let restore_in_progress = IntGauge::new(
-            "segstream_restore_partitions_in_progress",
-            "Partitions whose state is being restored from the changelog.",
-        )?;
-        let restore_duration = Histogram::with_opts(
-            HistogramOpts::new(
+                &["topic"],
+            )?,
+            restore_in_progress: gauge(
+                "segstream_restore_partitions_in_progress",
+                "Partitions whose state is being restored from the changelog.",
+            )?,
+            restore_duration: histogram(
                 "segstream_restore_duration_seconds",
                 "Time to restore one partition's state from the changelog.",
-            )
-            .buckets(vec![0.01, 0.05, 0.25, 1.0, 5.0, 15.0, 60.0, 300.0]),
-        )?;
-        let model_info = IntGaugeVec::new(
-            Opts::new(
+                &[0.01, 0.05, 0.25, 1.0, 5.0, 15.0, 60.0, 300.0],
+            )?,
+            model_info: gauge_vec(
                 "segstream_model_info",
                 "The live model: 1 for its version and execution provider.",
-            ),
-            &["version", "provider"],
-        )?;
-        let model_swaps = IntCounter::new(
-            "segstream_model_swaps_total",
-            "Models swapped in without a restart.",
-        )?;
-        let model_load_failures = IntCounterVec::new(
-            Opts::new(
+                &["version", "provider"],
+            )?,
+            model_swaps: counter(
+                "segstream_model_swaps_total",
+                "Models swapped in without a restart.",
+            )?,
+            model_load_failures: counter_vec(
                 "segstream_model_load_failures_total",
                 "Models rejected or not loadable, by reason.",
-            ),
-            &["reason"],
-        )?;
-        let inference_seconds = Histogram::with_opts(
-            HistogramOpts::new("segstream_inference_seconds", "Time per inference run.").buckets(
-                vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-                ],
-            ),
-        )?;
-        let inference_batch_rows = Histogram::with_opts(
-            HistogramOpts::new(
+                &["reason"],
+            )?,
+            inference_seconds: histogram(
+                "segstream_inference_seconds",
+                "Time per inference run.",
+                &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
+            )?,
+            inference_batch_rows: histogram(
                 "segstream_inference_batch_rows",
                 "Customers per inference run.",
-            )
-            .buckets(vec![1.0, 8.0, 32.0, 128.0, 512.0, 2048.0, 8192.0]),
-        )?;
-        let scored_customers =
-            IntCounter::new("segstream_scored_customers_total", "Customers scored.")?;
-        let inference_failures = IntCounter::new(
-            "segstream_inference_failures_total",
-            "Inference runs that failed.",
-        )?;
-        let transactions = IntCounterVec::new(
-            Opts::new(
+                &[1.0, 8.0, 32.0, 128.0, 512.0, 2048.0, 8192.0],
+            )?,
+            scored_customers: counter("segstream_scored_customers_total", "Customers scored.")?,
+            inference_failures: counter(
+                "segstream_inference_failures_total",
+                "Inference runs that failed.",
+            )?,
+            transactions: counter_vec(
                 "segstream_transactions_total",
                 "Kafka transactions by outcome.",
-            ),
-            &["outcome"],
-        )?;
-        let commit_seconds = Histogram::with_opts(
-            HistogramOpts::new(
+                &["outcome"],
+            )?,
+            commit_seconds: histogram(
                 "segstream_commit_seconds",
                 "Time to produce and commit one cycle's transaction.",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-            ]),
-        )?;
-        let duplicate_events = IntCounter::new(
-            "segstream_duplicate_events_total",
-            "Events ignored because their event_id was seen among the customer's recent events.",
-        )?;
-        let evicted_customers = IntCounter::new(
-            "segstream_evicted_customers_total",
-            "Customers evicted after state.ttl without events.",
-        )?;
-        let state_customers = IntGauge::new(
-            "segstream_state_customers",
-            "Customers held in state by this instance.",
-        )?;
-        let segment_changes = IntCounterVec::new(
-            Opts::new(
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0],
+            )?,
+            duplicate_events: counter(
+                "segstream_duplicate_events_total",
+                "Events ignored because their event_id was seen among the customer's recent events.",
+            )?,
+            evicted_customers: counter(
+                "segstream_evicted_customers_total",
+                "Customers evicted after state.ttl without events.",
+            )?,
+            state_customers: gauge(
+                "segstream_state_customers",
+                "Customers held in state by this instance.",
+            )?,
+            state_bytes: gauge(
+                "segstream_state_bytes",
+                "Estimated bytes of customer state held by this instance.",
+            )?,
+            segment_changes: counter_vec(
                 "segstream_segment_changes_total",
                 "Segment changes published, by previous segment, new segment and trigger.",
-            ),
-            &["from", "to", "trigger"],
-        )?;
-        registry.register(Box::new(transactions.clone()))?;
-        registry.register(Box::new(commit_seconds.clone()))?;
-        registry.register(Box::new(duplicate_events.clone()))?;
-        registry.register(Box::new(evicted_customers.clone()))?;
-        registry.register(Box::new(state_customers.clone()))?;
-        registry.register(Box::new(segment_changes.clone()))?;
-        registry.register(Box::new(model_info.clone()))?;
-        registry.register(Box::new(model_swaps.clone()))?;
-        registry.register(Box::new(model_load_failures.clone()))?;
-        registry.register(Box::new(inference_seconds.clone()))?;
-        registry.register(Box::new(inference_batch_rows.clone()))?;
-        registry.register(Box::new(scored_customers.clone()))?;
-        registry.register(Box::new(inference_failures.clone()))?;
-        registry.register(Box::new(restore_records.clone()))?;
-        registry.register(Box::new(restore_in_progress.clone()))?;
-        registry.register(Box::new(restore_duration.clone()))?;
-        registry.register(Box::new(records_consumed.clone()))?;
-        registry.register(Box::new(events_accepted.clone()))?;
-        registry.register(Box::new(dead_letters.clone()))?;
-        registry.register(Box::new(dead_letters_truncated.clone()))?;
-        registry.register(Box::new(batch_records.clone()))?;
-        // Pre-create every reason series so rates start from zero, not absent.
-        for reason in Reason::ALL {
-            dead_letters.with_label_values(&[reason.stage().as_str(), reason.as_str()]);
+                &["from", "to", "trigger"],
+            )?,
+            ready: gauge(
+                "segstream_ready",
+                "1 while the instance is ready (a model is loaded and no restore is running).",
+            )?,
+        };
+        let mut collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(m.build_info.clone()),
+            Box::new(m.records_consumed.clone()),
+            Box::new(m.events_accepted.clone()),
+            Box::new(m.dead_letters.clone()),
+            Box::new(m.dead_letters_truncated.clone()),
+            Box::new(m.late_events.clone()),
+            Box::new(m.batch_records.clone()),
+            Box::new(m.consumer_lag.clone()),
+            Box::new(m.assigned_partitions.clone()),
+            Box::new(m.end_to_end_seconds.clone()),
+            Box::new(m.restore_records.clone()),
+            Box::new(m.restore_in_progress.clone()),
+            Box::new(m.restore_duration.clone()),
+            Box::new(m.model_info.clone()),
+            Box::new(m.model_swaps.clone()),
+            Box::new(m.model_load_failures.clone()),
+            Box::new(m.inference_seconds.clone()),
+            Box::new(m.inference_batch_rows.clone()),
+            Box::new(m.scored_customers.clone()),
+            Box::new(m.inference_failures.clone()),
+            Box::new(m.transactions.clone()),
+            Box::new(m.commit_seconds.clone()),
+            Box::new(m.duplicate_events.clone()),
+            Box::new(m.evicted_customers.clone()),
+            Box::new(m.state_customers.clone()),
+            Box::new(m.state_bytes.clone()),
+            Box::new(m.segment_changes.clone()),
+            Box::new(m.ready.clone()),
+        ];
+        // process_cpu_seconds_total, process_resident_memory_bytes,
+        // process_open_fds, process_threads, process_start_time_seconds, ...
+        #[cfg(target_os = "linux")]
+        collectors.push(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+        for c in collectors {
+            m.registry.register(c)?;
         }
-        Ok(Metrics {
-            registry,
-            records_consumed,
-            events_accepted,
-            dead_letters,
-            dead_letters_truncated,
-            batch_records,
-            restore_records,
-            restore_in_progress,
-            restore_duration,
-            model_info,
-            model_swaps,
-            model_load_failures,
-            inference_seconds,
-            inference_batch_rows,
-            scored_customers,
-            inference_failures,
-            transactions,
-            commit_seconds,
-            duplicate_events,
-            evicted_customers,
-            state_customers,
-            segment_changes,
-        })
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        // Pre-create the series alerts and rates look at, so they start from
+        // zero instead of appearing with their first increment.
+        for reason in Reason::ALL {
+            m.dead_letters
+                .with_label_values(&[reason.stage().as_str(), reason.as_str()]);
+        }
+        for reason in MODEL_FAILURE_REASONS {
+            m.model_load_failures.with_label_values(&[reason]);
+        }
+        for outcome in ["committed", "aborted"] {
+            m.transactions.with_label_values(&[outcome]);
+        }
+        Ok(m)
     }
 
     /// The Prometheus text exposition of every metric.
@@ -268,6 +346,164 @@ impl Metrics {
             .with_label_values(&[reason.stage().as_str(), reason.as_str()])
             .get()
     }
+
+    /// A fresh [`Tally`] for the run loop.
+    pub fn tally(&self) -> Tally {
+        let refused = Reason::ALL
+            .iter()
+            .map(|r| {
+                self.dead_letters
+                    .with_label_values(&[r.stage().as_str(), r.as_str()])
+            })
+            .collect();
+        Tally {
+            metrics: self.clone(),
+            topics: Vec::new(),
+            refused,
+            refused_counts: [0; Reason::ALL.len()],
+            truncated: 0,
+            duplicates: 0,
+            late: 0,
+            records: 0,
+        }
+    }
+
+    /// Sets the lag of one input partition.
+    pub fn set_lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.consumer_lag
+            .with_label_values(&[topic, &partition.to_string()])
+            .set(lag.max(0));
+    }
+
+    /// Drops the lag series of a partition this instance no longer owns (its
+    /// new owner reports it), so sums over instances do not count it twice.
+    pub fn forget_lag(&self, topic: &str, partition: i32) {
+        let _ = self
+            .consumer_lag
+            .remove_label_values(&[topic, &partition.to_string()]);
+    }
+
+    /// Observes the end-to-end latency of the records of one committed
+    /// cycle, given their Kafka timestamps (ms; negative: unknown), through a
+    /// thread-local histogram flushed once.
+    pub fn observe_end_to_end(&self, timestamps_ms: &[i64], committed_at_ms: i64) {
+        let local = self.end_to_end_seconds.local();
+        for &ts in timestamps_ms {
+            if ts >= 0 {
+                local.observe((committed_at_ms - ts).max(0) as f64 / 1000.0);
+            }
+        }
+        local.flush();
+    }
+}
+
+/// Per-topic counters with their labelled handles resolved once.
+struct TopicCounts {
+    topic: Arc<str>,
+    records_handle: IntCounter,
+    kind_handles: [IntCounter; EventKind::ALL.len()],
+    records: u64,
+    kinds: [u64; EventKind::ALL.len()],
+}
+
+/// What the run loop counted since the last [`Tally::flush`]: plain integers
+/// bumped per record (no atomics, no label hashing), handed to the shared
+/// metrics once per commit cycle.
+pub struct Tally {
+    metrics: Metrics,
+    topics: Vec<TopicCounts>,
+    refused: Vec<IntCounter>,
+    refused_counts: [u64; Reason::ALL.len()],
+    truncated: u64,
+    duplicates: u64,
+    late: u64,
+    records: u64,
+}
+
+impl Tally {
+    fn topic(&mut self, topic: &Arc<str>) -> &mut TopicCounts {
+        // Topic names are interned: a pointer comparison finds them.
+        let i = match self
+            .topics
+            .iter()
+            .position(|t| Arc::ptr_eq(&t.topic, topic))
+        {
+            Some(i) => i,
+            None => {
+                let m = &self.metrics;
+                self.topics.push(TopicCounts {
+                    topic: topic.clone(),
+                    records_handle: m.records_consumed.with_label_values(&[&**topic]),
+                    kind_handles: EventKind::ALL
+                        .map(|k| m.events_accepted.with_label_values(&[&**topic, k.as_str()])),
+                    records: 0,
+                    kinds: [0; EventKind::ALL.len()],
+                });
+                self.topics.len() - 1
+            }
+        };
+        &mut self.topics[i]
+    }
+
+    /// A record was read from `topic`.
+    pub fn consumed(&mut self, topic: &Arc<str>) {
+        self.records += 1;
+        self.topic(topic).records += 1;
+    }
+
+    /// An event of `kind` from `topic` was applied to state.
+    pub fn accepted(&mut self, topic: &Arc<str>, kind: EventKind) {
+        let i = EventKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.topic(topic).kinds[i] += 1;
+    }
+
+    /// A record was routed to the dead-letter topic.
+    pub fn refused(&mut self, reason: Reason, truncated: bool) {
+        if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
+            self.refused_counts[i] += 1;
+        }
+        if reason == Reason::Late {
+            self.late += 1;
+        }
+        if truncated {
+            self.truncated += 1;
+        }
+    }
+
+    /// An event was a duplicate.
+    pub fn duplicate(&mut self) {
+        self.duplicates += 1;
+    }
+
+    /// Hands the counts to the shared metrics and starts over.
+    pub fn flush(&mut self) {
+        if self.records == 0 && self.duplicates == 0 {
+            return;
+        }
+        for t in &mut self.topics {
+            t.records_handle.inc_by(std::mem::take(&mut t.records));
+            for (h, n) in t.kind_handles.iter().zip(t.kinds.iter_mut()) {
+                if *n > 0 {
+                    h.inc_by(std::mem::take(n));
+                }
+            }
+        }
+        for (h, n) in self.refused.iter().zip(self.refused_counts.iter_mut()) {
+            if *n > 0 {
+                h.inc_by(std::mem::take(n));
+            }
+        }
+        let m = &self.metrics;
+        m.dead_letters_truncated
+            .inc_by(std::mem::take(&mut self.truncated));
+        m.late_events.inc_by(std::mem::take(&mut self.late));
+        m.duplicate_events
+            .inc_by(std::mem::take(&mut self.duplicates));
+        if self.records > 0 {
+            m.batch_records.observe(self.records as f64);
+        }
+        self.records = 0;
+    }
 }
 
 /// Installs the global `tracing` subscriber. `RUST_LOG` wins over the config.
@@ -283,4 +519,99 @@ pub fn init_logging(cfg: &TelemetryConfig) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn a_tally_reaches_the_metrics_only_when_flushed() {
+        let m = Metrics::new().unwrap();
+        let mut tally = m.tally();
+        let topic: Arc<str> = Arc::from("events.browse");
+        for _ in 0..3 {
+            tally.consumed(&topic);
+            tally.accepted(&topic, EventKind::Browse);
+        }
+        tally.consumed(&topic);
+        tally.refused(Reason::Late, true);
+        tally.duplicate();
+        assert_eq!(m.accepted("events.browse", EventKind::Browse), 0);
+        tally.flush();
+        assert_eq!(m.accepted("events.browse", EventKind::Browse), 3);
+        assert_eq!(m.dead_lettered(Reason::Late), 1);
+        let text = m.render();
+        assert_eq!(
+            value(
+                &text,
+                "segstream_records_consumed_total{topic=\"events.browse\"}"
+            ),
+            Some(4.0)
+        );
+        assert_eq!(value(&text, "segstream_late_events_total"), Some(1.0));
+        assert_eq!(
+            value(&text, "segstream_dead_letters_truncated_total"),
+            Some(1.0)
+        );
+        assert_eq!(value(&text, "segstream_duplicate_events_total"), Some(1.0));
+        assert_eq!(
+            value(&text, "segstream_ingest_batch_records_count"),
+            Some(1.0)
+        );
+        // A second flush without new records changes nothing.
+        tally.flush();
+        assert_eq!(m.accepted("events.browse", EventKind::Browse), 3);
+    }
+
+    #[test]
+    fn alert_series_exist_before_their_first_increment() {
+        let text = Metrics::new().unwrap().render();
+        for series in [
+            "segstream_transactions_total{outcome=\"aborted\"}",
+            "segstream_model_load_failures_total{reason=\"golden\"}",
+            "segstream_dead_letters_total{reason=\"late\",stage=\"state\"}",
+        ] {
+            assert_eq!(value(&text, series), Some(0.0), "{series} in\n{text}");
+        }
+        #[cfg(target_os = "linux")]
+        assert!(value(&text, "process_resident_memory_bytes").is_some_and(|v| v > 0.0));
+    }
+
+    #[test]
+    fn lag_series_go_away_with_their_partition() {
+        let m = Metrics::new().unwrap();
+        m.set_lag("events.browse", 2, 17);
+        m.set_lag("events.browse", 1, -3);
+        let text = m.render();
+        let series = "segstream_consumer_lag_records{partition=\"2\",topic=\"events.browse\"}";
+        assert_eq!(value(&text, series), Some(17.0));
+        assert_eq!(
+            value(
+                &text,
+                "segstream_consumer_lag_records{partition=\"1\",topic=\"events.browse\"}"
+            ),
+            Some(0.0),
+            "negative lag (stale end offset) reads as zero"
+        );
+        m.forget_lag("events.browse", 2);
+        assert_eq!(value(&m.render(), series), None);
+    }
+
+    #[test]
+    fn end_to_end_latency_is_observed_per_record_and_skips_unknown_timestamps() {
+        let m = Metrics::new().unwrap();
+        m.observe_end_to_end(&[1_000, 1_500, -1], 2_000);
+        let text = m.render();
+        assert_eq!(
+            value(&text, "segstream_end_to_end_seconds_count"),
+            Some(2.0)
+        );
+        assert_eq!(value(&text, "segstream_end_to_end_seconds_sum"), Some(1.5));
+    }
 }
