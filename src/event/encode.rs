@@ -131,3 +131,52 @@ pub fn to_json(e: &proto::Event) -> Value {
     }
     Value::Object(m)
 }
+
+/// The wire form of a validated event (the inverse of decoding): what the
+/// generator produces and what file writers serialise.
+pub fn to_proto(e: &super::Event) -> proto::Event {
+    use super::{BrowseAction, Payload};
+    let payload = match &e.payload {
+        Payload::Browse(b) => proto::event::Payload::Browse(proto::Browse {
+            product_id: b.product_id.clone(),
+            category: b.category.clone(),
+            session_id: b.session_id.clone(),
+            action: match b.action {
+                BrowseAction::View => proto::BrowseAction::View,
+                BrowseAction::CartAdd => proto::BrowseAction::CartAdd,
+                BrowseAction::CartRemove => proto::BrowseAction::CartRemove,
+                BrowseAction::Wishlist => proto::BrowseAction::Wishlist,
+                BrowseAction::Search => proto::BrowseAction::Search,
+            } as i32,
+            dwell_ms: b.dwell_ms,
+            price_minor: b.price_minor,
+        }),
+        Payload::Purchase(p) => proto::event::Payload::Purchase(proto::Purchase {
+            order_id: p.order_id.clone(),
+            items: p
+                .items
+                .iter()
+                .map(|i| proto::LineItem {
+                    product_id: i.product_id.clone(),
+                    category: i.category.clone(),
+                    quantity: i.quantity,
+                    unit_price_minor: i.unit_price_minor,
+                })
+                .collect(),
+            total_minor: p.total_minor,
+            currency: p.currency.clone(),
+        }),
+        Payload::Review(r) => proto::event::Payload::Review(proto::Review {
+            product_id: r.product_id.clone(),
+            category: r.category.clone(),
+            rating: i32::from(r.rating),
+            text: r.text.clone(),
+        }),
+    };
+    proto::Event {
+        event_id: e.event_id.clone(),
+        customer_id: e.customer_id.clone(),
+        event_time_ms: e.event_time_ms,
+        payload: Some(payload),
+    }
+}

@@ -1,9 +1,26 @@
-//! Synthetic data for Kafka.
+//! Synthetic data: the realistic behaviour generator behind
+//! `segstream generate`, and the reference corpus of [`samples`].
 //!
-//! Today this holds [`samples`]: the reference corpus (every event kind in
-//! every accepted wire format, plus every bad-record case) produced to the
-//! configured input topics, for smoke-testing an installation's wiring and
-//! its dead-letter topic. The realistic behaviour generator of the design
-//! (`segstream generate`) is tracked as its own issue and will live here too.
+//! - [`world`]: categories, products and prices, review vocabularies,
+//!   seasonality, the seeded random stream.
+//! - [`behaviour`]: customer archetypes, sessions and funnels, lifecycle
+//!   drift, and [`history`], the event-time-ordered stream of a world.
+//! - [`live`]: the same world continued with wall-clock event times.
+//! - [`kafka`]: producing either to the configured input topics.
+//! - [`samples`]: every event kind in every wire format plus every bad-record
+//!   case, for smoke-testing an installation's wiring and dead-letter topic.
+//!
+//! Everything here is deterministic given a seed; nothing here reads Kafka or
+//! touches state.
 
+pub mod behaviour;
+pub mod kafka;
+pub mod live;
 pub mod samples;
+pub mod world;
+
+#[cfg(test)]
+mod tests;
+
+pub use behaviour::{history, Archetype, Generator, GeneratorConfig, GeneratorSummary};
+pub use live::{Live, Pacer};

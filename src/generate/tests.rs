@@ -1,0 +1,305 @@
+use std::collections::{BTreeMap, HashSet};
+
+use super::world::{sentiment, DAY_MS};
+use super::*;
+use crate::event::{BrowseAction, Event, EventKind, Payload};
+
+fn cfg(customers: usize, days: u32, seed: u64) -> GeneratorConfig {
+    GeneratorConfig {
+        seed,
+        customers,
+        days,
+        ..GeneratorConfig::default()
+    }
+}
+
+#[test]
+fn same_seed_same_events_other_seed_other_events() {
+    let a: Vec<Event> = history(&cfg(200, 30, 7)).collect();
+    let b: Vec<Event> = history(&cfg(200, 30, 7)).collect();
+    let c: Vec<Event> = history(&cfg(200, 30, 8)).collect();
+    assert!(a.len() > 1000, "only {} events", a.len());
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
+
+#[test]
+fn events_are_in_time_order_within_the_window_with_unique_ids() {
+    let c = cfg(300, 60, 1);
+    let events: Vec<Event> = history(&c).collect();
+    let mut ids = HashSet::new();
+    for w in events.windows(2) {
+        assert!(w[0].event_time_ms <= w[1].event_time_ms);
+    }
+    for e in &events {
+        assert!(e.event_time_ms >= c.start_ms && e.event_time_ms < c.end_ms());
+        assert!(ids.insert(e.event_id.clone()), "duplicate {}", e.event_id);
+        assert!(e.customer_id.starts_with('c') && e.customer_id.len() == 7);
+        if let Payload::Purchase(p) = &e.payload {
+            let total: i64 = p
+                .items
+                .iter()
+                .map(|i| i.quantity * i.unit_price_minor)
+                .sum();
+            assert_eq!(total, p.total_minor);
+            assert_eq!(p.currency, "EUR");
+        }
+    }
+}
+
+#[test]
+fn generated_events_pass_the_contract_validation() {
+    use crate::event::encode::{encode, to_proto, WireFormat};
+    use crate::event::{Decoder, Encoding, Limits};
+    let decoder = Decoder::new(
+        Encoding::Auto,
+        Limits {
+            max_past_ms: i64::MAX / 4,
+            ..Limits::default()
+        },
+    );
+    let now = GeneratorConfig::default().end_ms();
+    for e in history(&cfg(50, 30, 3)) {
+        for format in [WireFormat::Protobuf, WireFormat::Json] {
+            let bytes = encode(&to_proto(&e), format);
+            let (back, _) = decoder
+                .decode(Some(e.customer_id.as_bytes()), Some(&bytes), now)
+                .unwrap();
+            assert_eq!(back, e);
+        }
+    }
+}
+
+#[test]
+fn every_kind_and_action_occurs() {
+    let mut g = history(&cfg(300, 60, 2));
+    let kinds: HashSet<EventKind> = g.by_ref().map(|e| e.kind()).collect();
+    assert_eq!(kinds.len(), 3);
+    let s = g.summary();
+    for a in [
+        BrowseAction::View,
+        BrowseAction::CartAdd,
+        BrowseAction::CartRemove,
+        BrowseAction::Wishlist,
+        BrowseAction::Search,
+    ] {
+        assert!(
+            s.browse_by_action.get(a.as_str()).copied().unwrap_or(0) > 10,
+            "{} is rare: {:?}",
+            a.as_str(),
+            s.browse_by_action
+        );
+    }
+}
+
+#[test]
+fn review_ratings_follow_the_sentiment_of_their_text() {
+    let reviews: Vec<(f64, f64)> = history(&cfg(1000, 90, 4))
+        .filter_map(|e| match e.payload {
+            Payload::Review(r) => Some((f64::from(r.rating), f64::from(sentiment(&r.text)))),
+            _ => None,
+        })
+        .collect();
+    assert!(reviews.len() > 500, "{} reviews", reviews.len());
+    let n = reviews.len() as f64;
+    let (mx, my) = (
+        reviews.iter().map(|r| r.0).sum::<f64>() / n,
+        reviews.iter().map(|r| r.1).sum::<f64>() / n,
+    );
+    let cov: f64 = reviews.iter().map(|r| (r.0 - mx) * (r.1 - my)).sum();
+    let vx: f64 = reviews.iter().map(|r| (r.0 - mx).powi(2)).sum();
+    let vy: f64 = reviews.iter().map(|r| (r.1 - my).powi(2)).sum();
+    let corr = cov / (vx * vy).sqrt();
+    assert!(corr > 0.75, "rating/sentiment correlation {corr}");
+    let low: Vec<f64> = reviews.iter().filter(|r| r.0 <= 2.0).map(|r| r.1).collect();
+    let high: Vec<f64> = reviews.iter().filter(|r| r.0 >= 4.0).map(|r| r.1).collect();
+    assert!(!low.is_empty() && !high.is_empty());
+    assert!(low.iter().all(|s| *s < 0.0));
+    assert!(high.iter().all(|s| *s > 0.0));
+}
+
+#[test]
+fn customers_drift_between_archetypes() {
+    let c = cfg(1000, 120, 5);
+    let start: Vec<Archetype> = {
+        let g = Generator::new(&c);
+        (0..c.customers).filter_map(|i| g.archetype(i)).collect()
+    };
+    let mut g = history(&c);
+    g.by_ref().for_each(drop);
+    let changed = (0..c.customers)
+        .filter(|&i| g.archetype(i) != Some(start[i]))
+        .count();
+    let s = g.summary();
+    assert!(s.transitions as usize >= changed);
+    assert!(changed > c.customers / 5, "only {changed} changed");
+    let churned = s.archetype_mix["churned"];
+    let churned_at_start = start.iter().filter(|a| **a == Archetype::Churned).count();
+    assert!(
+        churned > churned_at_start,
+        "{churned} vs {churned_at_start}"
+    );
+    // No drift, no change.
+    let still = GeneratorConfig { drift: 0.0, ..c };
+    let mut g = history(&still);
+    g.by_ref().for_each(drop);
+    assert_eq!(g.summary().transitions, 0);
+}
+
+/// What the trainer's labels need, per customer.
+#[derive(Default)]
+struct Timeline {
+    /// (time, is_purchase, total)
+    events: Vec<(i64, bool, i64)>,
+    negative_reviews: Vec<i64>,
+    cart_adds: Vec<i64>,
+}
+
+const LABELS: [&str; 5] = [
+    "high_value",
+    "active_buyer",
+    "browser",
+    "at_risk",
+    "dormant",
+];
+
+/// The DESIGN.md outcome of a customer after `cut` over 30 days.
+fn label(t: &Timeline, cut: i64) -> Option<&'static str> {
+    let h = 30 * DAY_MS;
+    let active_before = t
+        .events
+        .iter()
+        .any(|e| e.0 <= cut && e.0 > cut - 90 * DAY_MS);
+    if !active_before {
+        return None;
+    }
+    let after: Vec<_> = t
+        .events
+        .iter()
+        .filter(|e| e.0 > cut && e.0 <= cut + h)
+        .collect();
+    let spend: i64 = after.iter().filter(|e| e.1).map(|e| e.2).sum();
+    let bought = after.iter().any(|e| e.1);
+    let bought_before = t.events.iter().any(|e| e.0 <= cut && e.1);
+    Some(if spend >= 20_000 {
+        "high_value"
+    } else if bought {
+        "active_buyer"
+    } else if !after.is_empty() {
+        "browser"
+    } else if bought_before {
+        "at_risk"
+    } else {
+        "dormant"
+    })
+}
+
+fn timelines(c: &GeneratorConfig) -> BTreeMap<String, Timeline> {
+    let mut out: BTreeMap<String, Timeline> = BTreeMap::new();
+    for e in history(c) {
+        let t = out.entry(e.customer_id.clone()).or_default();
+        match &e.payload {
+            Payload::Purchase(p) => t.events.push((e.event_time_ms, true, p.total_minor)),
+            Payload::Review(r) => {
+                if r.rating <= 2 {
+                    t.negative_reviews.push(e.event_time_ms);
+                }
+                t.events.push((e.event_time_ms, false, 0));
+            }
+            Payload::Browse(b) => {
+                if b.action == BrowseAction::CartAdd {
+                    t.cart_adds.push(e.event_time_ms);
+                }
+                t.events.push((e.event_time_ms, false, 0));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn all_five_labels_are_frequent_and_the_future_follows_the_recent_past() {
+    let c = cfg(3000, 180, 11);
+    let people = timelines(&c);
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut total = 0usize;
+    // (signal present, outcome) tallies for two sequence-level signals.
+    let mut neg = [[0usize; 2]; 2];
+    let mut cart = [[0usize; 2]; 2];
+    for day in [60, 90, 120, 150] {
+        let cut = c.start_ms + day * DAY_MS;
+        for t in people.values() {
+            let Some(l) = label(t, cut) else { continue };
+            *counts.entry(l).or_default() += 1;
+            total += 1;
+            let churn = matches!(l, "at_risk" | "dormant");
+            let buys = matches!(l, "high_value" | "active_buyer");
+            let recent_neg = t
+                .negative_reviews
+                .iter()
+                .any(|x| *x <= cut && *x > cut - 14 * DAY_MS);
+            let recent_cart = t
+                .cart_adds
+                .iter()
+                .any(|x| *x <= cut && *x > cut - 3 * DAY_MS);
+            let recently_active = t
+                .events
+                .iter()
+                .any(|e| e.0 <= cut && e.0 > cut - 14 * DAY_MS);
+            if recently_active {
+                neg[usize::from(recent_neg)][usize::from(churn)] += 1;
+            }
+            cart[usize::from(recent_cart)][usize::from(buys)] += 1;
+        }
+    }
+    let share = |l: &str| counts.get(l).copied().unwrap_or(0) as f64 / total as f64;
+    let shares: Vec<String> = LABELS
+        .iter()
+        .map(|l| format!("{l} {:.3}", share(l)))
+        .collect();
+    eprintln!("label shares over {total} examples: {}", shares.join(", "));
+    let rate = |t: [usize; 2]| t[1] as f64 / (t[0] + t[1]).max(1) as f64;
+    eprintln!(
+        "churn of the recently active after a negative review {:.3} vs {:.3}; purchase after a recent cart add {:.3} vs {:.3}",
+        rate(neg[1]),
+        rate(neg[0]),
+        rate(cart[1]),
+        rate(cart[0])
+    );
+    for l in LABELS {
+        assert!(
+            (0.08..=0.35).contains(&share(l)),
+            "{l} share {:.3} outside [0.08, 0.35]: {shares:?}",
+            share(l)
+        );
+    }
+    assert!(rate(neg[1]) > 1.5 * rate(neg[0]));
+    assert!(rate(cart[1]) > 1.5 * rate(cart[0]));
+}
+
+#[test]
+fn live_continues_the_world_with_wall_clock_times() {
+    let c = cfg(200, 20, 9);
+    let history_ids: HashSet<String> = history(&c).map(|e| e.event_id).collect();
+    let mut live = Live::after_history(&c);
+    let now = 1_800_000_000_000;
+    let events: Vec<Event> = (0..2000)
+        .filter_map(|i| live.next_event(now + i / 10))
+        .collect();
+    assert_eq!(events.len(), 2000);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.event_time_ms, now + i as i64 / 10);
+        assert!(!history_ids.contains(&e.event_id), "{} repeats", e.event_id);
+    }
+    assert!(live.summary().events_by_kind.values().sum::<u64>() > history_ids.len() as u64);
+}
+
+#[test]
+fn pacer_holds_a_rate_and_unpaced_never_waits() {
+    let mut p = Pacer::new(None);
+    assert!(p.sent_one().is_zero());
+    let mut p = Pacer::new(Some(10.0));
+    let waits: Vec<_> = (0..3).map(|_| p.sent_one()).collect();
+    assert!(waits[2] > waits[0]);
+    assert!(waits[2].as_secs_f64() <= 0.3 + 1e-9);
+}
