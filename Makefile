@@ -36,7 +36,8 @@ export ORT_DYLIB_PATH := $(ORT_LIB)
 
 # A Python venv with the same onnxruntime from PyPI, for the parity test
 # (segstream's outputs equal the Python package's on the same model file).
-PYENV := $(SEGSTREAM_CACHE)/pyenv-ort-$(ORT_VERSION)
+ONNX_VERSION := 1.23.2
+PYENV := $(SEGSTREAM_CACHE)/pyenv-ort-$(ORT_VERSION)-onnx-$(ONNX_VERSION)
 export SEGSTREAM_TEST_PYTHON := $(PYENV)/bin/python
 
 .PHONY: help tools pyenv onnxruntime kafka-jars kafka-up kafka-down kafka-status \
@@ -77,13 +78,13 @@ $(ORT_LIB):
 	rm -rf "$(ORT_DIR)/wheel"
 	@echo "onnxruntime: $@"
 
-pyenv: $(PYENV)/.ok ## Python venv with onnxruntime (parity test)
+pyenv: $(PYENV)/.ok ## Python venv with onnxruntime and onnx (parity and checker tests)
 
 $(PYENV)/.ok:
 	rm -rf "$(PYENV)"
 	$(PYTHON) -m venv "$(PYENV)"
 	"$(PYENV)/bin/pip" install --quiet --disable-pip-version-check \
-	  "onnxruntime==$(ORT_VERSION)" numpy
+	  "onnxruntime==$(ORT_VERSION)" "onnx==$(ONNX_VERSION)" numpy
 	touch "$@"
 
 kafka-jars: ## Download the Kafka broker/tools jars (Maven)

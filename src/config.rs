@@ -51,6 +51,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// Logging.
     pub telemetry: TelemetryConfig,
+    /// The trainer: examples, labels, the Transformer, evaluation, promotion.
+    pub train: TrainConfig,
 }
 
 /// Kafka connection settings.
@@ -486,6 +488,84 @@ pub enum GraphOptimization {
     #[default]
     All,
 }
+
+/// The trainer (`segstream train`): point-in-time examples, labels, the
+/// Transformer and its training, and promotion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Labels are outcomes in (t, t + horizon] after each cut time t.
+    #[serde(with = "humantime_serde")]
+    pub horizon: Duration,
+    /// Cut times are taken this far apart.
+    #[serde(with = "humantime_serde")]
+    pub sample_every: Duration,
+    /// A customer is an example at t only if active within this long before t.
+    #[serde(with = "humantime_serde")]
+    pub lookback: Duration,
+    /// Spend in the horizon (minor units) at or above which the label is `high_value`.
+    pub high_value_spend_minor: i64,
+    /// Share of the cut times, the latest ones, held out for validation.
+    pub validation_fraction: f64,
+    /// Model width (d).
+    pub d_model: usize,
+    /// Encoder layers.
+    pub layers: usize,
+    /// Attention heads (must divide `d_model`).
+    pub heads: usize,
+    /// Hidden width of each layer's feed-forward block.
+    pub ffn_dim: usize,
+    /// Examples per optimizer step.
+    pub batch_size: usize,
+    /// Upper bound on passes over the training examples.
+    pub max_epochs: usize,
+    /// Stop after this many epochs without a better validation loss.
+    pub patience: usize,
+    /// AdamW learning rate.
+    pub learning_rate: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Seed of weight initialization and example shuffling.
+    pub seed: u64,
+    /// Metric a new model must not be worse on to replace the champion:
+    /// `segment_macro_f1`, `segment_accuracy`, `purchase_auc` or `churn_auc`.
+    pub promote_metric: String,
+    /// Largest accepted difference between the trained model and its ONNX
+    /// export under ONNX Runtime, on validation examples.
+    pub parity_tolerance: f32,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            horizon: Duration::from_secs(30 * 86_400),
+            sample_every: Duration::from_secs(7 * 86_400),
+            lookback: Duration::from_secs(90 * 86_400),
+            high_value_spend_minor: 20_000,
+            validation_fraction: 0.2,
+            d_model: 64,
+            layers: 2,
+            heads: 4,
+            ffn_dim: 128,
+            batch_size: 128,
+            max_epochs: 12,
+            patience: 2,
+            learning_rate: 2e-3,
+            weight_decay: 0.01,
+            seed: 7,
+            promote_metric: "segment_macro_f1".into(),
+            parity_tolerance: 1e-4,
+        }
+    }
+}
+
+/// Metrics `train.promote_metric` may name (all: higher is better).
+pub const PROMOTE_METRICS: [&str; 4] = [
+    "segment_macro_f1",
+    "segment_accuracy",
+    "purchase_auc",
+    "churn_auc",
+];
 
 /// Segment decisions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -949,6 +1029,47 @@ impl Config {
                 "pipeline.http_listen",
                 format!("{:?} is not ip:port", pc.http_listen),
             );
+        }
+
+        let tc = &self.train;
+        if tc.horizon < Duration::from_secs(86_400) {
+            p.add("train.horizon", "must be at least 1 day");
+        }
+        if tc.sample_every < Duration::from_secs(3_600) {
+            p.add("train.sample_every", "must be at least 1 hour");
+        }
+        if tc.lookback < Duration::from_secs(86_400) {
+            p.add("train.lookback", "must be at least 1 day");
+        }
+        if tc.high_value_spend_minor <= 0 {
+            p.add("train.high_value_spend_minor", "must be positive");
+        }
+        if !(tc.validation_fraction > 0.0 && tc.validation_fraction < 1.0) {
+            p.add("train.validation_fraction", "must be between 0 and 1 (exclusive)");
+        }
+        range(p, "train.d_model", tc.d_model, 4, 1024);
+        range(p, "train.layers", tc.layers, 1, 16);
+        range(p, "train.heads", tc.heads, 1, 64);
+        if tc.heads > 0 && tc.d_model % tc.heads != 0 {
+            p.add("train.heads", format!("must divide d_model ({})", tc.d_model));
+        }
+        range(p, "train.ffn_dim", tc.ffn_dim, 4, 8192);
+        range(p, "train.batch_size", tc.batch_size, 1, 65_536);
+        range(p, "train.max_epochs", tc.max_epochs, 1, 10_000);
+        if !(tc.learning_rate.is_finite() && tc.learning_rate > 0.0 && tc.learning_rate < 1.0) {
+            p.add("train.learning_rate", "must be between 0 and 1 (exclusive)");
+        }
+        if !(tc.weight_decay.is_finite() && tc.weight_decay >= 0.0) {
+            p.add("train.weight_decay", "must be a non-negative number");
+        }
+        if !PROMOTE_METRICS.contains(&tc.promote_metric.as_str()) {
+            p.add(
+                "train.promote_metric",
+                format!("{:?} is not one of {}", tc.promote_metric, PROMOTE_METRICS.join(", ")),
+            );
+        }
+        if !(tc.parity_tolerance.is_finite() && tc.parity_tolerance > 0.0 && tc.parity_tolerance <= 0.01) {
+            p.add("train.parity_tolerance", "must be in (0, 0.01]");
         }
 
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level) {

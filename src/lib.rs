@@ -51,3 +51,4 @@ pub mod pipeline;
 pub mod score;
 pub mod state;
 pub mod telemetry;
+pub mod train;

@@ -1,0 +1,157 @@
+//! The baselines a trained model is judged against, on the same validation
+//! examples: the recency/frequency/monetary rule model (`model::rules`, the
+//! model a fresh deployment starts with) and a logistic regression on the
+//! customer (window aggregate) features, with one head per model output.
+
+use super::examples::{segment, ExampleSet};
+use super::fit::class_weights;
+use crate::features::{FeatureSpec, CUSTOMER_DIM};
+use crate::model::reference::{Inputs, Outputs};
+
+/// The rule model's outputs for every example.
+pub fn rules(spec: &FeatureSpec, set: &ExampleSet) -> Outputs {
+    let cf: Vec<f32> = (0..set.len())
+        .flat_map(|i| set.customer_features_of(i).iter().copied())
+        .collect();
+    crate::model::rules::forward(
+        spec,
+        Inputs {
+            event_kind: &[],
+            event_category: &[],
+            event_numeric: &[],
+            event_text: &[],
+            event_mask: &[],
+            customer_features: &cf,
+        },
+    )
+}
+
+/// Multinomial + binary logistic regressions and a linear log-spend
+/// regression on standardized customer features.
+#[derive(Debug, Clone)]
+pub struct Logistic {
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    /// [F + 1, K + 3]: segment logits, purchase logit, churn logit, log-spend.
+    w: Vec<f32>,
+    spend_scale: f32,
+}
+
+const OUTS: usize = segment::COUNT + 3;
+
+impl Logistic {
+    /// Fits by full-batch Adam with a little L2, `iterations` steps.
+    pub fn fit(set: &ExampleSet, spend_scale: f32, iterations: usize) -> Self {
+        let n = set.len().max(1);
+        let f = CUSTOMER_DIM;
+        let mut mean = vec![0f32; f];
+        let mut sq = vec![0f32; f];
+        for i in 0..set.len() {
+            for (j, v) in set.customer_features_of(i).iter().enumerate() {
+                mean[j] += v;
+                sq[j] += v * v;
+            }
+        }
+        for j in 0..f {
+            mean[j] /= n as f32;
+            sq[j] = (sq[j] / n as f32 - mean[j] * mean[j]).max(0.0).sqrt();
+            if sq[j] < 1e-6 {
+                sq[j] = 1.0;
+            }
+        }
+        let mut model = Logistic {
+            mean,
+            std: sq,
+            w: vec![0f32; (f + 1) * OUTS],
+            spend_scale,
+        };
+        let cw = class_weights(set);
+        let x: Vec<Vec<f32>> = (0..set.len()).map(|i| model.row(set, i)).collect();
+        let (mut m1, mut m2) = (vec![0f32; model.w.len()], vec![0f32; model.w.len()]);
+        let (b1, b2, lr, l2) = (0.9f32, 0.999f32, 0.05f32, 1e-4f32);
+        let w_total: f32 = set.labels.iter().map(|l| cw[usize::from(l.segment)]).sum();
+        for step in 1..=iterations {
+            let mut grad = vec![0f32; model.w.len()];
+            for (i, xi) in x.iter().enumerate() {
+                let z = model.logits(xi);
+                let l = set.labels[i];
+                let mut dz = [0f32; OUTS];
+                // Softmax cross-entropy, class-weighted.
+                let probs = softmax(&z[..segment::COUNT]);
+                let cwi = cw[usize::from(l.segment)] / w_total.max(1e-6);
+                for k in 0..segment::COUNT {
+                    let y = f32::from(u8::from(usize::from(l.segment) == k));
+                    dz[k] = (probs[k] - y) * cwi;
+                }
+                let nf = n as f32;
+                dz[segment::COUNT] =
+                    (sigmoid(z[segment::COUNT]) - f32::from(u8::from(l.purchased))) / nf;
+                dz[segment::COUNT + 1] =
+                    (sigmoid(z[segment::COUNT + 1]) - f32::from(u8::from(l.churned))) / nf;
+                let y_spend = (l.spend_minor.max(0) as f32).ln_1p() / spend_scale;
+                dz[segment::COUNT + 2] = 2.0 * (z[segment::COUNT + 2] - y_spend) / nf;
+                for (j, xv) in xi.iter().enumerate() {
+                    for (o, d) in dz.iter().enumerate() {
+                        grad[j * OUTS + o] += xv * d;
+                    }
+                }
+            }
+            for (k, g) in grad.iter_mut().enumerate() {
+                *g += l2 * model.w[k];
+                m1[k] = b1 * m1[k] + (1.0 - b1) * *g;
+                m2[k] = b2 * m2[k] + (1.0 - b2) * *g * *g;
+                let mh = m1[k] / (1.0 - b1.powi(step as i32));
+                let vh = m2[k] / (1.0 - b2.powi(step as i32));
+                model.w[k] -= lr * mh / (vh.sqrt() + 1e-8);
+            }
+        }
+        model
+    }
+
+    /// Standardized features of example `i`, with a trailing 1 (bias).
+    fn row(&self, set: &ExampleSet, i: usize) -> Vec<f32> {
+        let mut x: Vec<f32> = set
+            .customer_features_of(i)
+            .iter()
+            .enumerate()
+            .map(|(j, v)| (v - self.mean[j]) / self.std[j])
+            .collect();
+        x.push(1.0);
+        x
+    }
+
+    fn logits(&self, x: &[f32]) -> [f32; OUTS] {
+        let mut z = [0f32; OUTS];
+        for (j, xv) in x.iter().enumerate() {
+            for (o, zo) in z.iter_mut().enumerate() {
+                *zo += xv * self.w[j * OUTS + o];
+            }
+        }
+        z
+    }
+
+    /// Outputs for every example of `set`.
+    pub fn predict(&self, set: &ExampleSet) -> Outputs {
+        let mut out = Outputs::default();
+        for i in 0..set.len() {
+            let z = self.logits(&self.row(set, i));
+            out.segment_probs.extend(softmax(&z[..segment::COUNT]));
+            out.purchase_probability.push(sigmoid(z[segment::COUNT]));
+            out.churn_probability.push(sigmoid(z[segment::COUNT + 1]));
+            out.predicted_spend
+                .push(((z[segment::COUNT + 2] * self.spend_scale).exp() - 1.0).max(0.0));
+        }
+        out
+    }
+}
+
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+fn softmax(z: &[f32]) -> Vec<f32> {
+    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = z.iter().map(|v| (v - max).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}

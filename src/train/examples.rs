@@ -1,0 +1,725 @@
+//! Point-in-time examples: history replayed in event-time order through the
+//! serving code (`state::CustomerState::record`, `features::Featurizer`),
+//! with features taken as of each cut time t and labels from (t, t + H].
+//!
+//! Leakage rules, enforced by construction and tested:
+//! - features at t are computed when the replay has applied every event at
+//!   or before t and none after it;
+//! - the outcome labels (purchase, churn, spend and the segment's activity
+//!   and spend tests) count only events in (t, t + H]. The one label input
+//!   from before t is the taxonomy's own `at_risk`/`dormant` split ("did the
+//!   customer ever purchase before t"), which is known at t by definition.
+
+use std::collections::HashMap;
+
+use crate::config::TrainConfig;
+use crate::event::{Event, Payload};
+use crate::features::{tensors, FeatureError, Featurizer, TensorData};
+use crate::model::GoldenInputs;
+use crate::state::{CustomerState, StateLimits};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Segment ids in `model::DEFAULT_SEGMENTS` order.
+pub mod segment {
+    /// Spend in the horizon at or above the threshold.
+    pub const HIGH_VALUE: u8 = 0;
+    /// At least one purchase in the horizon, below the threshold.
+    pub const ACTIVE_BUYER: u8 = 1;
+    /// Activity in the horizon but no purchase.
+    pub const BROWSER: u8 = 2;
+    /// No activity in the horizon, purchased before t.
+    pub const AT_RISK: u8 = 3;
+    /// No activity in the horizon, never purchased.
+    pub const DORMANT: u8 = 4;
+    /// Number of segments.
+    pub const COUNT: usize = 5;
+}
+
+/// What happened to a customer in (t, t + H].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Labels {
+    /// Segment id (see [`segment`]).
+    pub segment: u8,
+    /// At least one purchase.
+    pub purchased: bool,
+    /// No activity at all.
+    pub churned: bool,
+    /// Total spend in minor units.
+    pub spend_minor: i64,
+}
+
+/// Label rules (from `[train]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LabelRules {
+    /// H in ms.
+    pub horizon_ms: i64,
+    /// `high_value` threshold in minor units.
+    pub high_value_spend_minor: i64,
+}
+
+impl LabelRules {
+    /// The rules of a trainer config.
+    pub fn from_config(cfg: &TrainConfig) -> Self {
+        LabelRules {
+            horizon_ms: ms(cfg.horizon),
+            high_value_spend_minor: cfg.high_value_spend_minor,
+        }
+    }
+
+    /// Labels of a customer at `t` from its time-ordered outcome timeline.
+    pub fn label(&self, timeline: &[Outcome], t: i64) -> Labels {
+        let after = timeline.partition_point(|o| o.time_ms <= t);
+        let purchased_before = timeline[..after].iter().any(|o| o.spend_minor >= 0);
+        let end = t.saturating_add(self.horizon_ms);
+        let window = timeline[after..].iter().take_while(|o| o.time_ms <= end);
+        let (mut active, mut purchases, mut spend) = (false, 0u32, 0i64);
+        for o in window {
+            active = true;
+            if o.spend_minor >= 0 {
+                purchases += 1;
+                spend = spend.saturating_add(o.spend_minor);
+            }
+        }
+        let seg = if purchases > 0 && spend >= self.high_value_spend_minor {
+            segment::HIGH_VALUE
+        } else if purchases > 0 {
+            segment::ACTIVE_BUYER
+        } else if active {
+            segment::BROWSER
+        } else if purchased_before {
+            segment::AT_RISK
+        } else {
+            segment::DORMANT
+        };
+        Labels {
+            segment: seg,
+            purchased: purchases > 0,
+            churned: !active,
+            spend_minor: spend,
+        }
+    }
+}
+
+/// One event of a customer's outcome timeline: its time and, for purchases,
+/// the order total (-1 for other events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Event time.
+    pub time_ms: i64,
+    /// Order total in minor units, or -1 when not a purchase.
+    pub spend_minor: i64,
+}
+
+/// Examples in a compact ragged layout: each keeps only its real events
+/// (most recent first, as the featurizer orders them); batches are padded
+/// when materialized.
+#[derive(Debug, Clone, Default)]
+pub struct ExampleSet {
+    /// N of the feature spec (the padded length served).
+    pub max_events: usize,
+    /// T of the feature spec.
+    pub text_tokens: usize,
+    /// Customer ids; examples refer to them by index.
+    pub customers: Vec<String>,
+    /// Per example: customer index.
+    pub customer: Vec<u32>,
+    /// Per example: the cut time t.
+    pub cut_ms: Vec<i64>,
+    /// Per example: the labels.
+    pub labels: Vec<Labels>,
+    /// Per example: the start of its events in the event arrays.
+    offsets: Vec<usize>,
+    kinds: Vec<u8>,
+    categories: Vec<u32>,
+    numeric: Vec<f32>,
+    text: Vec<u16>,
+    customer_features: Vec<f32>,
+}
+
+/// A padded batch of examples, in model input layout with `len` events per row.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Batch {
+    /// Rows.
+    pub rows: usize,
+    /// Events per row (the longest row's, or N).
+    pub len: usize,
+    /// [rows, len]
+    pub kinds: Vec<u32>,
+    /// [rows, len]
+    pub categories: Vec<u32>,
+    /// [rows, len, E]
+    pub numeric: Vec<f32>,
+    /// [rows, len, T]
+    pub text: Vec<u32>,
+    /// [rows, len]
+    pub mask: Vec<f32>,
+    /// [rows, F]
+    pub customer_features: Vec<f32>,
+}
+
+impl Batch {
+    /// As ONNX Runtime inputs (`len` must be N).
+    pub fn to_golden(&self) -> GoldenInputs {
+        GoldenInputs {
+            batch: self.rows,
+            event_kind: self.kinds.iter().map(|&v| i64::from(v)).collect(),
+            event_category: self.categories.iter().map(|&v| i64::from(v)).collect(),
+            event_numeric: self.numeric.clone(),
+            event_text: self.text.iter().map(|&v| i64::from(v)).collect(),
+            event_mask: self.mask.clone(),
+            customer_features: self.customer_features.clone(),
+        }
+    }
+}
+
+impl ExampleSet {
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Events of example `i`.
+    pub fn events_of(&self, i: usize) -> usize {
+        self.offsets[i + 1] - self.offsets[i]
+    }
+
+    /// Customer features of example `i`.
+    pub fn customer_features_of(&self, i: usize) -> &[f32] {
+        let f = crate::features::CUSTOMER_DIM;
+        &self.customer_features[i * f..(i + 1) * f]
+    }
+
+    /// The distinct cut times, ascending.
+    pub fn cut_times(&self) -> Vec<i64> {
+        let mut v = self.cut_ms.clone();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Materializes rows `idx`, padded to `pad_to` events (or to the longest
+    /// row when `None`).
+    pub fn batch(&self, idx: &[usize], pad_to: Option<usize>) -> Batch {
+        let (e, t, f) = (
+            crate::features::EVENT_NUMERIC_DIM,
+            self.text_tokens,
+            crate::features::CUSTOMER_DIM,
+        );
+        let len = pad_to
+            .unwrap_or_else(|| idx.iter().map(|&i| self.events_of(i)).max().unwrap_or(0))
+            .max(1);
+        let rows = idx.len();
+        let mut b = Batch {
+            rows,
+            len,
+            kinds: vec![0; rows * len],
+            categories: vec![0; rows * len],
+            numeric: vec![0.0; rows * len * e],
+            text: vec![0; rows * len * t],
+            mask: vec![0.0; rows * len],
+            customer_features: Vec::with_capacity(rows * f),
+        };
+        for (r, &i) in idx.iter().enumerate() {
+            let (start, n) = (self.offsets[i], self.events_of(i).min(len));
+            for j in 0..n {
+                let src = start + j;
+                let dst = r * len + j;
+                b.kinds[dst] = u32::from(self.kinds[src]);
+                b.categories[dst] = self.categories[src];
+                b.mask[dst] = 1.0;
+                b.numeric[dst * e..(dst + 1) * e]
+                    .copy_from_slice(&self.numeric[src * e..(src + 1) * e]);
+                for k in 0..t {
+                    b.text[dst * t + k] = u32::from(self.text[src * t + k]);
+                }
+            }
+            b.customer_features
+                .extend_from_slice(self.customer_features_of(i));
+        }
+        b
+    }
+
+    /// Appends the rows of a feature batch (one per customer index in `who`).
+    fn push_features(
+        &mut self,
+        batch: &arrow_array::RecordBatch,
+        who: &[u32],
+        t: i64,
+        labels: &[Labels],
+    ) -> Result<(), FeatureError> {
+        let (n, e, tt, f) = (
+            self.max_events,
+            crate::features::EVENT_NUMERIC_DIM,
+            self.text_tokens,
+            crate::features::CUSTOMER_DIM,
+        );
+        let views = tensors(batch)?;
+        let get_i = |name: &str| {
+            views.iter().find_map(|v| match (v.name == name, &v.data) {
+                (true, TensorData::I64(d)) => Some(*d),
+                _ => None,
+            })
+        };
+        let get_f = |name: &str| {
+            views.iter().find_map(|v| match (v.name == name, &v.data) {
+                (true, TensorData::F32(d)) => Some(*d),
+                _ => None,
+            })
+        };
+        let missing = || FeatureError::Layout("a model input column is missing".into());
+        let kinds = get_i("event_kind").ok_or_else(missing)?;
+        let cats = get_i("event_category").ok_or_else(missing)?;
+        let text = get_i("event_text").ok_or_else(missing)?;
+        let numeric = get_f("event_numeric").ok_or_else(missing)?;
+        let mask = get_f("event_mask").ok_or_else(missing)?;
+        let cust = get_f("customer_features").ok_or_else(missing)?;
+        for (r, (&c, l)) in who.iter().zip(labels).enumerate() {
+            if self.offsets.is_empty() {
+                self.offsets.push(0);
+            }
+            let real = mask[r * n..(r + 1) * n]
+                .iter()
+                .take_while(|&&m| m > 0.0)
+                .count();
+            for j in 0..real {
+                let at = r * n + j;
+                // Kind ids are below kind::COUNT and category/text ids below
+                // their bucket counts (u32 / at most 65536), so the casts keep values.
+                self.kinds.push(kinds[at] as u8);
+                self.categories.push(cats[at] as u32);
+                self.numeric
+                    .extend_from_slice(&numeric[at * e..(at + 1) * e]);
+                self.text
+                    .extend(text[at * tt..(at + 1) * tt].iter().map(|&v| v as u16));
+            }
+            self.offsets.push(self.kinds.len());
+            self.customer_features
+                .extend_from_slice(&cust[r * f..(r + 1) * f]);
+            self.customer.push(c);
+            self.cut_ms.push(t);
+            self.labels.push(*l);
+        }
+        Ok(())
+    }
+
+    /// The examples whose index satisfies `keep`, as a new set.
+    pub fn subset(&self, keep: impl Fn(usize) -> bool) -> ExampleSet {
+        let idx: Vec<usize> = (0..self.len()).filter(|&i| keep(i)).collect();
+        let mut out = ExampleSet {
+            max_events: self.max_events,
+            text_tokens: self.text_tokens,
+            customers: self.customers.clone(),
+            offsets: vec![0],
+            ..Default::default()
+        };
+        let (e, t) = (crate::features::EVENT_NUMERIC_DIM, self.text_tokens);
+        for i in idx {
+            let (a, b) = (self.offsets[i], self.offsets[i + 1]);
+            out.kinds.extend_from_slice(&self.kinds[a..b]);
+            out.categories.extend_from_slice(&self.categories[a..b]);
+            out.numeric.extend_from_slice(&self.numeric[a * e..b * e]);
+            out.text.extend_from_slice(&self.text[a * t..b * t]);
+            out.offsets.push(out.kinds.len());
+            out.customer_features
+                .extend_from_slice(self.customer_features_of(i));
+            out.customer.push(self.customer[i]);
+            out.cut_ms.push(self.cut_ms[i]);
+            out.labels.push(self.labels[i]);
+        }
+        out
+    }
+}
+
+/// Cut-time schedule and example selection (from `[train]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sampling {
+    /// Distance between cut times (ms).
+    pub every_ms: i64,
+    /// A customer is an example only if active within this long before t.
+    pub lookback_ms: i64,
+}
+
+impl Sampling {
+    /// The sampling of a trainer config.
+    pub fn from_config(cfg: &TrainConfig) -> Self {
+        Sampling {
+            every_ms: ms(cfg.sample_every),
+            lookback_ms: ms(cfg.lookback),
+        }
+    }
+}
+
+fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Cut times for history spanning [first, last]: the last millisecond of a
+/// UTC day, `every` apart, ending where a full horizon of outcomes is still
+/// observed, starting once a full `every` of history exists.
+pub fn cut_times(first_ms: i64, last_ms: i64, every_ms: i64, horizon_ms: i64) -> Vec<i64> {
+    let mut cuts = Vec::new();
+    let end = last_ms - horizon_ms;
+    // Last ms of the day, at or before `end`.
+    let mut t = (end + 1).div_euclid(DAY_MS) * DAY_MS - 1;
+    let every = every_ms.max(DAY_MS);
+    while t >= first_ms + every {
+        cuts.push(t);
+        t -= every;
+    }
+    cuts.reverse();
+    cuts
+}
+
+/// What building examples saw.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReplayReport {
+    /// Events replayed.
+    pub events: u64,
+    /// Duplicates the state ignored.
+    pub duplicates: u64,
+    /// Customers seen.
+    pub customers: usize,
+    /// Cut times.
+    pub cuts: usize,
+    /// First and last event time.
+    pub span_ms: (i64, i64),
+}
+
+/// Replays `events` (any order; sorted here by event time) and takes
+/// examples at every cut time. `progress` is called with the number of
+/// events replayed so far, about every 64k events.
+pub fn build(
+    mut events: Vec<Event>,
+    featurizer: &Featurizer,
+    limits: StateLimits,
+    rules: LabelRules,
+    sampling: Sampling,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(ExampleSet, ReplayReport), FeatureError> {
+    events.sort_by_key(|e| e.event_time_ms);
+    let spec = featurizer.spec();
+    let mut set = ExampleSet {
+        max_events: spec.max_events,
+        text_tokens: spec.text_tokens,
+        offsets: vec![0],
+        ..Default::default()
+    };
+    let mut report = ReplayReport::default();
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return Ok((set, report));
+    };
+    report.span_ms = (first.event_time_ms, last.event_time_ms);
+    let cuts = cut_times(
+        first.event_time_ms,
+        last.event_time_ms,
+        sampling.every_ms,
+        rules.horizon_ms,
+    );
+    report.cuts = cuts.len();
+
+    // Customer index and outcome timelines (labels look ahead through these).
+    let mut index: HashMap<&str, u32> = HashMap::new();
+    let mut timelines: Vec<Vec<Outcome>> = Vec::new();
+    let mut who = Vec::with_capacity(events.len());
+    for e in &events {
+        let next = index.len() as u32;
+        let c = *index.entry(e.customer_id.as_str()).or_insert(next);
+        if c == next {
+            set.customers.push(e.customer_id.clone());
+            timelines.push(Vec::new());
+        }
+        who.push(c);
+        let spend_minor = match &e.payload {
+            Payload::Purchase(p) => p.total_minor.max(0),
+            _ => -1,
+        };
+        timelines[c as usize].push(Outcome {
+            time_ms: e.event_time_ms,
+            spend_minor,
+        });
+    }
+    report.customers = set.customers.len();
+
+    let mut states: Vec<CustomerState> = vec![CustomerState::default(); set.customers.len()];
+    let mut last_seen: Vec<i64> = vec![i64::MIN; set.customers.len()];
+    let mut next_cut = cuts.iter().copied().peekable();
+    let take = |t: i64,
+                states: &[CustomerState],
+                last_seen: &[i64],
+                set: &mut ExampleSet|
+     -> Result<(), FeatureError> {
+        let active: Vec<u32> = (0..states.len() as u32)
+            .filter(|&c| {
+                let seen = last_seen[c as usize];
+                seen != i64::MIN && seen <= t && seen > t - sampling.lookback_ms
+            })
+            .collect();
+        for chunk in active.chunks(1024) {
+            let refs: Vec<&CustomerState> = chunk.iter().map(|&c| &states[c as usize]).collect();
+            let labels: Vec<Labels> = chunk
+                .iter()
+                .map(|&c| rules.label(&timelines[c as usize], t))
+                .collect();
+            let batch = featurizer.featurize(&refs, t)?;
+            set.push_features(&batch, chunk, t, &labels)?;
+        }
+        Ok(())
+    };
+    for (i, e) in events.iter().enumerate() {
+        while let Some(&t) = next_cut.peek() {
+            if e.event_time_ms <= t {
+                break;
+            }
+            take(t, &states, &last_seen, &mut set)?;
+            next_cut.next();
+        }
+        let c = who[i] as usize;
+        if states[c].record(e, limits) == crate::state::Applied::Duplicate {
+            report.duplicates += 1;
+        }
+        last_seen[c] = last_seen[c].max(e.event_time_ms);
+        report.events += 1;
+        if report.events % 65_536 == 0 {
+            progress(report.events);
+        }
+    }
+    for t in next_cut {
+        take(t, &states, &last_seen, &mut set)?;
+    }
+    progress(report.events);
+    Ok((set, report))
+}
+
+/// Splits by time: the latest `fraction` of the cut times validate; training
+/// keeps only cut times whose horizon ends before the first validation cut,
+/// so no training label overlaps the validation period.
+pub fn split_by_time(set: &ExampleSet, fraction: f64, horizon_ms: i64) -> (ExampleSet, ExampleSet) {
+    let cuts = set.cut_times();
+    if cuts.len() < 2 {
+        return (set.subset(|_| false), set.subset(|_| false));
+    }
+    let n_val = ((cuts.len() as f64 * fraction).ceil() as usize).clamp(1, cuts.len() - 1);
+    let first_val = cuts[cuts.len() - n_val];
+    let train = set.subset(|i| set.cut_ms[i] + horizon_ms < first_val);
+    let val = set.subset(|i| set.cut_ms[i] >= first_val);
+    (train, val)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::FeatureSpec;
+    use crate::state::tests::{buy, ev, view};
+
+    const DAY: i64 = DAY_MS;
+    const T0: i64 = 1_780_000_000_000 / DAY * DAY;
+
+    fn featurizer() -> (Featurizer, StateLimits) {
+        let limits = StateLimits::default();
+        (
+            Featurizer::new(FeatureSpec::for_state(limits), limits).unwrap(),
+            limits,
+        )
+    }
+
+    fn rules() -> LabelRules {
+        LabelRules {
+            horizon_ms: 30 * DAY,
+            high_value_spend_minor: 20_000,
+        }
+    }
+
+    #[test]
+    fn labels_follow_the_taxonomy_and_only_look_ahead() {
+        let r = rules();
+        let tl = |v: &[(i64, i64)]| -> Vec<Outcome> {
+            v.iter()
+                .map(|&(d, s)| Outcome {
+                    time_ms: T0 + d * DAY,
+                    spend_minor: s,
+                })
+                .collect()
+        };
+        let t = T0 + 10 * DAY;
+        let seg = |v: &[(i64, i64)]| r.label(&tl(v), t).segment;
+        assert_eq!(seg(&[(11, 25_000)]), segment::HIGH_VALUE);
+        assert_eq!(seg(&[(11, 5_000), (12, 5_000)]), segment::ACTIVE_BUYER);
+        assert_eq!(seg(&[(11, 15_000), (12, 5_000)]), segment::HIGH_VALUE);
+        assert_eq!(seg(&[(11, -1)]), segment::BROWSER);
+        assert_eq!(seg(&[(1, 5_000)]), segment::AT_RISK);
+        assert_eq!(seg(&[(1, -1)]), segment::DORMANT);
+        // An event exactly at t belongs to the past; one at t + H to the horizon;
+        // one after t + H to neither.
+        let at_t = vec![Outcome {
+            time_ms: t,
+            spend_minor: 90_000,
+        }];
+        assert_eq!(r.label(&at_t, t).segment, segment::AT_RISK);
+        assert!(!r.label(&at_t, t).purchased);
+        let edge = vec![Outcome {
+            time_ms: t + 30 * DAY,
+            spend_minor: 100,
+        }];
+        assert!(r.label(&edge, t).purchased);
+        let late = vec![Outcome {
+            time_ms: t + 30 * DAY + 1,
+            spend_minor: 100,
+        }];
+        assert!(r.label(&late, t).churned);
+    }
+
+    #[test]
+    fn cut_times_end_a_horizon_before_the_last_event() {
+        let cuts = cut_times(T0, T0 + 100 * DAY, 7 * DAY, 30 * DAY);
+        assert!(!cuts.is_empty());
+        assert!(cuts.iter().all(|t| (t + 1) % DAY == 0));
+        assert!(*cuts.last().unwrap() <= T0 + 70 * DAY);
+        assert!(cuts[0] >= T0 + 7 * DAY);
+        assert!(cuts.windows(2).all(|w| w[1] - w[0] == 7 * DAY));
+    }
+
+    /// A customer history with an event every 2 days, purchases every 5th.
+    fn history(customers: usize, days: i64) -> Vec<Event> {
+        let mut out = Vec::new();
+        for c in 0..customers {
+            let id = format!("c{c}");
+            for d in 0..days {
+                if (d + c as i64) % 2 != 0 {
+                    continue;
+                }
+                let t = T0 + d * DAY + (c as i64) * 60_000;
+                let p = if (d + c as i64) % 5 == 0 {
+                    buy("shoes", 1_000 + 100 * c as i64)
+                } else {
+                    view("bags", 30_000, 2_000)
+                };
+                out.push(ev(&id, &format!("{c}-{d}"), t, p));
+            }
+        }
+        out
+    }
+
+    fn features_truncated(events: &[Event], customer: &str, t: i64) -> Batch {
+        let (f, limits) = featurizer();
+        let mut s = CustomerState::default();
+        for e in events
+            .iter()
+            .filter(|e| e.customer_id == customer && e.event_time_ms <= t)
+        {
+            s.record(e, limits);
+        }
+        let batch = f.featurize(&[&s], t).unwrap();
+        let mut set = ExampleSet {
+            max_events: f.spec().max_events,
+            text_tokens: f.spec().text_tokens,
+            offsets: vec![0],
+            ..Default::default()
+        };
+        let l = Labels {
+            segment: 0,
+            purchased: false,
+            churned: false,
+            spend_minor: 0,
+        };
+        set.push_features(&batch, &[0], t, &[l]).unwrap();
+        set.batch(&[0], Some(f.spec().max_events))
+    }
+
+    #[test]
+    fn features_never_see_the_future() {
+        let (f, limits) = featurizer();
+        let events = history(6, 120);
+        let (set, report) = build(
+            events.clone(),
+            &f,
+            limits,
+            rules(),
+            Sampling {
+                every_ms: 7 * DAY,
+                lookback_ms: 90 * DAY,
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+        assert!(report.cuts >= 10, "{report:?}");
+        assert!(set.len() >= 50);
+        // Every example equals the features of the history cut at t: events
+        // after t (including later the same day) cannot have changed it.
+        for i in (0..set.len()).step_by(7) {
+            let cust = &set.customers[set.customer[i] as usize];
+            let want = features_truncated(&events, cust, set.cut_ms[i]);
+            let got = set.batch(&[i], Some(f.spec().max_events));
+            assert_eq!(got, want, "example {i} ({cust} at {})", set.cut_ms[i]);
+        }
+    }
+
+    #[test]
+    fn labels_never_see_the_past() {
+        let (f, limits) = featurizer();
+        let sampling = Sampling {
+            every_ms: 7 * DAY,
+            lookback_ms: 90 * DAY,
+        };
+        let events = history(4, 120);
+        let (base, _) = build(events.clone(), &f, limits, rules(), sampling, &mut |_| {}).unwrap();
+        // Add a big purchase at exactly one cut time t*: for the examples at
+        // t* it is past (features change, outcome labels must not); for
+        // earlier cuts within the horizon it is future (their labels change).
+        let cuts = base.cut_times();
+        let t_star = cuts[cuts.len() / 2];
+        let mut more = events.clone();
+        more.push(ev("c1", "x", t_star, buy("watches", 500_000)));
+        let (changed, _) = build(more, &f, limits, rules(), sampling, &mut |_| {}).unwrap();
+        assert_eq!(base.len(), changed.len());
+        let (mut features_differ, mut earlier_labels_differ) = (0, 0);
+        for i in 0..base.len() {
+            let (a, b) = (base.labels[i], changed.labels[i]);
+            let outcome = |l: Labels| (l.purchased, l.churned, l.spend_minor);
+            if base.cut_ms[i] == t_star {
+                assert_eq!(outcome(a), outcome(b), "example {i} at t*");
+                if base.customer_features_of(i) != changed.customer_features_of(i) {
+                    features_differ += 1;
+                }
+            } else if base.cut_ms[i] < t_star && outcome(a) != outcome(b) {
+                earlier_labels_differ += 1;
+            }
+        }
+        assert_eq!(
+            features_differ, 1,
+            "the purchase at t* is visible to c1's features at t*"
+        );
+        assert!(earlier_labels_differ > 0, "and to earlier cuts' labels");
+    }
+
+    #[test]
+    fn the_split_is_by_time_with_a_horizon_gap() {
+        let (f, limits) = featurizer();
+        let (set, _) = build(
+            history(5, 200),
+            &f,
+            limits,
+            rules(),
+            Sampling {
+                every_ms: 7 * DAY,
+                lookback_ms: 90 * DAY,
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+        let (train, val) = split_by_time(&set, 0.2, 30 * DAY);
+        assert!(!train.is_empty() && !val.is_empty());
+        let last_train = train.cut_ms.iter().max().unwrap();
+        let first_val = val.cut_ms.iter().min().unwrap();
+        assert!(last_train + 30 * DAY < *first_val);
+        assert!(
+            train.len() + val.len() < set.len(),
+            "the gap drops some cuts"
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! The training loop: AdamW, class-weighted segment loss plus the auxiliary
+//! heads, length-bucketed mini-batches, early stopping on the validation
+//! loss (the best epoch's weights are kept).
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+
+use super::examples::{segment, Batch, ExampleSet};
+use super::net::{bce_with_logits, log_softmax_last, sigmoid, softmax_last, Transformer};
+use super::Rng;
+use crate::config::TrainConfig;
+use crate::model::reference::Outputs;
+
+/// Weight of the log-spend regression term in the loss.
+const SPEND_LOSS_WEIGHT: f64 = 4.0;
+
+/// Per-segment loss weights: inverse class frequency, square-rooted (full
+/// inverse weighting over-predicts rare segments), normalized to mean 1.
+pub fn class_weights(set: &ExampleSet) -> [f32; segment::COUNT] {
+    let mut counts = [0usize; segment::COUNT];
+    for l in &set.labels {
+        counts[usize::from(l.segment)] += 1;
+    }
+    let n = set.len().max(1) as f32;
+    let mut w = [0f32; segment::COUNT];
+    for k in 0..segment::COUNT {
+        let freq = (counts[k].max(1) as f32) / n;
+        w[k] = (1.0 / (segment::COUNT as f32 * freq)).sqrt();
+    }
+    let mean = w.iter().sum::<f32>() / segment::COUNT as f32;
+    w.map(|v| v / mean)
+}
+
+/// What one epoch did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochReport {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Validation loss.
+    pub val_loss: f64,
+    /// Seconds the epoch took.
+    pub seconds: f64,
+}
+
+/// What training did.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FitReport {
+    /// Every epoch run.
+    pub epochs: Vec<EpochReport>,
+    /// The epoch whose weights were kept.
+    pub best_epoch: usize,
+    /// Total seconds.
+    pub seconds: f64,
+}
+
+/// Index order for one epoch: shuffled, then bucketed by length in groups of
+/// 32 batches (padding follows the longest row of a batch), batches shuffled.
+fn epoch_batches(set: &ExampleSet, batch: usize, rng: &mut Rng) -> Vec<Vec<usize>> {
+    let mut idx: Vec<usize> = (0..set.len()).collect();
+    rng.shuffle(&mut idx);
+    let mut batches = Vec::new();
+    for group in idx.chunks(batch * 32) {
+        let mut g = group.to_vec();
+        g.sort_by_key(|&i| set.events_of(i));
+        batches.extend(g.chunks(batch).map(<[usize]>::to_vec));
+    }
+    rng.shuffle(&mut batches);
+    batches
+}
+
+/// The loss of a batch (a scalar tensor).
+pub fn loss(
+    net: &Transformer,
+    set: &ExampleSet,
+    idx: &[usize],
+    batch: &Batch,
+    weights: &[f32; segment::COUNT],
+    spend_scale: f32,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let heads = net.forward(batch)?;
+    let k = net.arch.segments;
+    let rows = idx.len();
+    let mut onehot = vec![0f32; rows * k];
+    let mut row_w = vec![0f32; rows];
+    let (mut bought, mut churned, mut spend) = (
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+    );
+    for (r, &i) in idx.iter().enumerate() {
+        let l = set.labels[i];
+        let s = usize::from(l.segment);
+        onehot[r * k + s] = 1.0;
+        row_w[r] = weights[s];
+        bought.push(f32::from(u8::from(l.purchased)));
+        churned.push(f32::from(u8::from(l.churned)));
+        spend.push((l.spend_minor.max(0) as f32).ln_1p() / spend_scale);
+    }
+    let w_total: f32 = row_w.iter().sum();
+    let onehot = Tensor::from_vec(onehot, (rows, k), device)?;
+    let row_w = Tensor::from_vec(row_w, rows, device)?;
+    let nll = (log_softmax_last(&heads.segment_logits)? * onehot)?
+        .sum(1)?
+        .neg()?;
+    let seg = ((nll * row_w)?.sum_all()? / f64::from(w_total.max(1e-6)))?;
+    let bought = Tensor::from_vec(bought, rows, device)?;
+    let churned = Tensor::from_vec(churned, rows, device)?;
+    let spend = Tensor::from_vec(spend, rows, device)?;
+    let p = bce_with_logits(&heads.purchase_logit, &bought)?.mean_all()?;
+    let c = bce_with_logits(&heads.churn_logit, &churned)?.mean_all()?;
+    let s = (heads.spend - spend)?.sqr()?.mean_all()?;
+    ((seg + p)? + c)? + (s * SPEND_LOSS_WEIGHT)?
+}
+
+fn mean_loss(
+    net: &Transformer,
+    set: &ExampleSet,
+    weights: &[f32; segment::COUNT],
+    spend_scale: f32,
+    device: &Device,
+) -> candle_core::Result<f64> {
+    let mut idx: Vec<usize> = (0..set.len()).collect();
+    idx.sort_by_key(|&i| set.events_of(i));
+    let (mut total, mut n) = (0f64, 0usize);
+    for chunk in idx.chunks(512) {
+        let b = set.batch(chunk, None);
+        let l = loss(net, set, chunk, &b, weights, spend_scale, device)?;
+        total += f64::from(l.to_scalar::<f32>()?) * chunk.len() as f64;
+        n += chunk.len();
+    }
+    Ok(total / n.max(1) as f64)
+}
+
+/// Trains `net` on `train`, early-stopping on `val`; `progress` hears of
+/// every batch and every epoch.
+pub fn fit(
+    net: &Transformer,
+    train: &ExampleSet,
+    val: &ExampleSet,
+    cfg: &TrainConfig,
+    spend_scale: f32,
+    device: &Device,
+    progress: &mut super::Progress<'_>,
+) -> candle_core::Result<FitReport> {
+    let started = Instant::now();
+    let weights = class_weights(train);
+    let vars: Vec<_> = net.params().values().cloned().collect();
+    let mut opt = AdamW::new(
+        vars,
+        ParamsAdamW {
+            lr: cfg.learning_rate,
+            weight_decay: cfg.weight_decay,
+            ..ParamsAdamW::default()
+        },
+    )?;
+    let mut rng = Rng::new(cfg.seed ^ 0x5eed);
+    let mut report = FitReport::default();
+    let mut best = (f64::INFINITY, net.snapshot()?);
+    let mut since_best = 0;
+    for epoch in 1..=cfg.max_epochs {
+        let t0 = Instant::now();
+        let batches = epoch_batches(train, cfg.batch_size, &mut rng);
+        // Linear warm-up over the first epoch's first 50 steps, then constant.
+        let (mut sum, mut n) = (0f64, 0usize);
+        for (step, idx) in batches.iter().enumerate() {
+            if epoch == 1 && step < 50 {
+                opt.set_learning_rate(cfg.learning_rate * (step + 1) as f64 / 50.0);
+            } else {
+                opt.set_learning_rate(cfg.learning_rate);
+            }
+            let b = train.batch(idx, None);
+            let l = loss(net, train, idx, &b, &weights, spend_scale, device)?;
+            sum += f64::from(l.to_scalar::<f32>()?) * idx.len() as f64;
+            n += idx.len();
+            opt.backward_step(&l)?;
+            (progress.step)(step + 1, batches.len());
+        }
+        let val_loss = mean_loss(net, val, &weights, spend_scale, device)?;
+        let e = EpochReport {
+            epoch,
+            train_loss: sum / n.max(1) as f64,
+            val_loss,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        (progress.epoch)(&e);
+        report.epochs.push(e);
+        if val_loss < best.0 {
+            best = (val_loss, net.snapshot()?);
+            report.best_epoch = epoch;
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if since_best >= cfg.patience {
+                break;
+            }
+        }
+    }
+    net.restore(&best.1)?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Model outputs (as the ONNX graph defines them) for every example, in
+/// batches padded to `pad_to` events (None: each batch's longest row).
+pub fn predict(
+    net: &Transformer,
+    set: &ExampleSet,
+    spend_scale: f32,
+    pad_to: Option<usize>,
+) -> candle_core::Result<Outputs> {
+    let mut out = Outputs::default();
+    let idx: Vec<usize> = (0..set.len()).collect();
+    for chunk in idx.chunks(512) {
+        let b = set.batch(chunk, pad_to);
+        let h = net.forward(&b)?;
+        out.segment_probs.extend(
+            softmax_last(&h.segment_logits)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        );
+        out.purchase_probability
+            .extend(sigmoid(&h.purchase_logit)?.to_vec1::<f32>()?);
+        out.churn_probability
+            .extend(sigmoid(&h.churn_logit)?.to_vec1::<f32>()?);
+        out.predicted_spend.extend(
+            ((h.spend * f64::from(spend_scale))?.exp()? - 1.0)?
+                .relu()?
+                .to_vec1::<f32>()?,
+        );
+    }
+    Ok(out)
+}

@@ -1,0 +1,466 @@
+//! The trainer: history → point-in-time examples → Transformer → evaluation
+//! against baselines → ONNX export with a parity check → registry, promoted
+//! only if not worse than the champion on the same validation examples.
+//!
+//! | step | module |
+//! | --- | --- |
+//! | replay history through `state` + `features`, labels from (t, t + H] | [`examples`] |
+//! | the network (candle) | [`net`] |
+//! | AdamW training loop, early stopping | [`fit`] |
+//! | RFM rules and logistic regression | [`baselines`] |
+//! | accuracy, macro-F1, AUC, calibration, spend error | [`metrics`] |
+//! | ONNX graph of the trained network | [`export`] |
+//! | batch scoring of a history file | [`predict`] |
+//!
+//! It reads history but never writes to Kafka; its only output is a model
+//! directory in the registry (and `CURRENT`, when it promotes).
+
+pub mod baselines;
+pub mod examples;
+pub mod export;
+pub mod fit;
+pub mod metrics;
+pub mod net;
+pub mod predict;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::Device;
+
+use crate::config::Config;
+use crate::event::Event;
+use crate::features::{FeatureError, FeatureSpec, Featurizer};
+use crate::model::reference::Outputs;
+use crate::model::{
+    Golden, Manifest, ModelError, ModelFiles, Registry, TrainingWindow, DEFAULT_SEGMENTS,
+    MANIFEST_VERSION,
+};
+use crate::score::ScoreError;
+use examples::{ExampleSet, LabelRules, Sampling};
+
+/// Why a training run failed. A failed run never touches `CURRENT`.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Too little history for a time-based split.
+    #[error("not enough history to train: {0}")]
+    NotEnoughHistory(String),
+    /// Features could not be computed.
+    #[error(transparent)]
+    Features(#[from] FeatureError),
+    /// The tensor library failed (an internal error).
+    #[error("training failed: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// ONNX Runtime could not run the exported model.
+    #[error("checking the export with ONNX Runtime: {0}")]
+    Score(#[from] ScoreError),
+    /// The export disagrees with the trained network.
+    #[error("the ONNX export differs from the trained network by {diff:e} (tolerance {tolerance:e}) on {output}")]
+    Parity {
+        /// Largest difference.
+        diff: f32,
+        /// Allowed.
+        tolerance: f32,
+        /// Which output.
+        output: String,
+    },
+    /// The registry could not be written.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// Small deterministic RNG (SplitMix64) for initialization and shuffling.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f32 {
+        let u1 = self.uniform().max(1e-7);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+    }
+
+    /// Fisher-Yates shuffle.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = (self.next_u64() % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
+/// How to run one training.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Version name; default `t<UTC timestamp>`.
+    pub version: Option<String>,
+    /// Promote even if worse than the champion.
+    pub force: bool,
+    /// Publish but do not promote.
+    pub no_promote: bool,
+}
+
+/// Progress callbacks (the CLI draws bars; tests pass no-ops).
+pub struct Progress<'a> {
+    /// Events replayed so far, of the total.
+    pub replay: &'a mut dyn FnMut(u64, u64),
+    /// Batches done in the current epoch, of the total.
+    pub step: &'a mut dyn FnMut(usize, usize),
+    /// An epoch ended.
+    pub epoch: &'a mut dyn FnMut(&fit::EpochReport),
+}
+
+impl Progress<'_> {
+    /// Calls nothing.
+    pub fn silent<R>(f: impl FnOnce(&mut Progress<'_>) -> R) -> R {
+        let (mut a, mut b, mut c) = (|_, _| {}, |_, _| {}, |_: &fit::EpochReport| {});
+        f(&mut Progress {
+            replay: &mut a,
+            step: &mut b,
+            epoch: &mut c,
+        })
+    }
+}
+
+/// What a training run produced.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    /// The new version.
+    pub version: String,
+    /// Its directory in the registry.
+    pub dir: PathBuf,
+    /// Whether `CURRENT` now names it.
+    pub promoted: bool,
+    /// Why (or why not).
+    pub decision: String,
+    /// Examples for training and validation.
+    pub examples: (usize, usize),
+    /// Replay statistics.
+    pub replay: examples::ReplayReport,
+    /// Training statistics.
+    pub fit: fit::FitReport,
+    /// Validation metrics: transformer, baselines and (if any) champion.
+    pub table: String,
+    /// The manifest written.
+    pub manifest: Manifest,
+    /// Seconds: replay, fit, evaluation + export.
+    pub seconds: (f64, f64, f64),
+    /// Trainable parameters.
+    pub parameters: usize,
+}
+
+/// The state limits and feature spec the trainer uses: those the pipeline
+/// serves with the same config.
+pub fn featurizer(config: &Config) -> Result<Featurizer, FeatureError> {
+    let limits = config.state.limits().state;
+    Featurizer::new(FeatureSpec::for_state(limits), limits)
+}
+
+/// The default version name: `t` and the UTC time, e.g. `t20261128T130512Z`.
+pub fn default_version() -> String {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    format!("t{}", now.replace(['-', ':'], ""))
+}
+
+/// The compute device: CUDA when built with the `cuda` feature and a GPU is
+/// there, else CPU.
+pub fn device() -> Device {
+    Device::cuda_if_available(0).unwrap_or(Device::Cpu)
+}
+
+/// Metric names stored in the manifest for a model called `prefix`.
+fn prefixed(prefix: &str, m: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    m.iter()
+        .map(|(k, v)| {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            (key, *v)
+        })
+        .collect()
+}
+
+/// Runs ONNX Runtime on every example of `set` (padded to N), in chunks.
+fn onnx_outputs(
+    config: &Config,
+    version: &str,
+    onnx: &[u8],
+    spec: &FeatureSpec,
+    segments: usize,
+    set: &ExampleSet,
+) -> Result<Outputs, ScoreError> {
+    let (mut session, _) = crate::score::new_session(&config.score, version, onnx)?;
+    let mut out = Outputs::default();
+    let idx: Vec<usize> = (0..set.len()).collect();
+    for chunk in idx.chunks(256) {
+        let g = set.batch(chunk, Some(spec.max_events)).to_golden();
+        let o = crate::score::run_session(&mut session, &g, spec, segments)?;
+        out.segment_probs.extend(o.segment_probs);
+        out.purchase_probability.extend(o.purchase_probability);
+        out.churn_probability.extend(o.churn_probability);
+        out.predicted_spend.extend(o.predicted_spend);
+    }
+    Ok(out)
+}
+
+/// Largest difference between two models' outputs, and on which output.
+/// Probabilities are compared absolutely; spend (minor units, up to
+/// millions) relative to max(1, |spend|), as the golden check does.
+pub fn max_difference(a: &Outputs, b: &Outputs) -> (f32, &'static str) {
+    let mut worst = (0f32, "none");
+    let mut see = |name: &'static str, x: &[f32], y: &[f32], relative: bool| {
+        if x.len() != y.len() {
+            worst = (f32::INFINITY, name);
+            return;
+        }
+        for (p, q) in x.iter().zip(y) {
+            let mut d = (p - q).abs();
+            if relative {
+                d /= p.abs().max(1.0);
+            }
+            if d.is_nan() || d > worst.0 {
+                worst = (if d.is_nan() { f32::INFINITY } else { d }, name);
+            }
+        }
+    };
+    see("segment_probs", &a.segment_probs, &b.segment_probs, false);
+    see(
+        "purchase_probability",
+        &a.purchase_probability,
+        &b.purchase_probability,
+        false,
+    );
+    see(
+        "churn_probability",
+        &a.churn_probability,
+        &b.churn_probability,
+        false,
+    );
+    see(
+        "predicted_spend",
+        &a.predicted_spend,
+        &b.predicted_spend,
+        true,
+    );
+    worst
+}
+
+/// Trains once on `events` and publishes to the registry of
+/// `config.score.registry` (or `registry`), promoting when not worse than
+/// the champion.
+pub fn train(
+    config: &Config,
+    events: Vec<Event>,
+    registry: &Registry,
+    options: &TrainOptions,
+    progress: &mut Progress<'_>,
+) -> Result<TrainReport, TrainError> {
+    let tc = &config.train;
+    let featurizer = featurizer(config)?;
+    let spec = featurizer.spec().clone();
+    let limits = config.state.limits().state;
+    let rules = LabelRules::from_config(tc);
+    let sampling = Sampling::from_config(tc);
+    let segments = DEFAULT_SEGMENTS.len();
+
+    let t0 = Instant::now();
+    let total = events.len() as u64;
+    let (all, replay) = examples::build(events, &featurizer, limits, rules, sampling, &mut |n| {
+        (progress.replay)(n, total)
+    })?;
+    let (train_set, val_set) =
+        examples::split_by_time(&all, tc.validation_fraction, rules.horizon_ms);
+    drop(all);
+    if train_set.len() < 50 || val_set.len() < 20 {
+        return Err(TrainError::NotEnoughHistory(format!(
+            "{} training and {} validation examples from {} cut times over {:.0} days of history; \
+             history must span several `sample_every` periods beyond `horizon` (and the validation gap of one horizon)",
+            train_set.len(),
+            val_set.len(),
+            replay.cuts,
+            (replay.span_ms.1 - replay.span_ms.0) as f64 / 86_400_000.0
+        )));
+    }
+    let replay_s = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    let device = device();
+    let spend_scale = spec.normalization.spend_log_scale;
+    let net = net::Transformer::new(net::Arch::new(&spec, tc, segments), tc.seed, &device)?;
+    let fitted = fit::fit(
+        &net,
+        &train_set,
+        &val_set,
+        tc,
+        spend_scale,
+        &device,
+        progress,
+    )?;
+    let fit_s = t1.elapsed().as_secs_f64();
+
+    let t2 = Instant::now();
+    let version = options.version.clone().unwrap_or_else(default_version);
+    let ours = fit::predict(&net, &val_set, spend_scale, None)?;
+    let m_ours = metrics::evaluate(&ours, &val_set.labels, segments);
+    let m_rules = metrics::evaluate(
+        &baselines::rules(&spec, &val_set),
+        &val_set.labels,
+        segments,
+    );
+    let logistic = baselines::Logistic::fit(&train_set, spend_scale, 300);
+    let m_logistic = metrics::evaluate(&logistic.predict(&val_set), &val_set.labels, segments);
+
+    // Export, then prove the file computes what was trained.
+    let onnx = export::to_onnx(&net, &spec, &version)?;
+    let theirs = onnx_outputs(config, &version, &onnx, &spec, segments, &val_set)?;
+    let (diff, output) = max_difference(&ours, &theirs);
+    if diff.is_nan() || diff > tc.parity_tolerance {
+        return Err(TrainError::Parity {
+            diff,
+            tolerance: tc.parity_tolerance,
+            output: output.to_string(),
+        });
+    }
+    // Golden I/O: validation examples, with the trained network's outputs.
+    let golden_idx: Vec<usize> = (0..val_set.len().min(8)).collect();
+    let golden_set = val_set.subset(|i| i < golden_idx.len());
+    let golden = Golden {
+        tolerance: tc.parity_tolerance,
+        inputs: golden_set
+            .batch(&golden_idx, Some(spec.max_events))
+            .to_golden(),
+        outputs: fit::predict(&net, &golden_set, spend_scale, Some(spec.max_events))?,
+    };
+
+    // The champion, judged on the same validation examples.
+    let champion = registry.current().ok().flatten();
+    let mut m_champion = None;
+    let mut champion_note = String::new();
+    if let Some(c) = &champion {
+        match registry.dir(c).and_then(|d| ModelFiles::read(&d)) {
+            Ok(files)
+                if files.manifest.feature_spec == spec
+                    && files.manifest.segments.len() == segments =>
+            {
+                match onnx_outputs(config, c, &files.onnx, &spec, segments, &val_set) {
+                    Ok(o) => m_champion = Some(metrics::evaluate(&o, &val_set.labels, segments)),
+                    Err(e) => champion_note = format!("champion {c} could not be scored ({e})"),
+                }
+            }
+            Ok(_) => champion_note = format!("champion {c} uses another feature spec or taxonomy"),
+            Err(e) => champion_note = format!("champion {c} could not be read ({e})"),
+        }
+    }
+    let key = tc.promote_metric.as_str();
+    let new_score = m_ours.get(key).copied().unwrap_or(0.0);
+    let (promote, decision) = match (&champion, &m_champion) {
+        _ if options.no_promote => (false, "not promoted (--no-promote)".to_string()),
+        (None, _) => (true, "no champion yet".to_string()),
+        (Some(c), Some(m)) => {
+            let old = m.get(key).copied().unwrap_or(0.0);
+            if new_score + 1e-9 >= old {
+                (
+                    true,
+                    format!("{key} {new_score:.4} ≥ champion {c}'s {old:.4}"),
+                )
+            } else if options.force {
+                (
+                    true,
+                    format!(
+                        "{key} {new_score:.4} < champion {c}'s {old:.4}, promoted with --force"
+                    ),
+                )
+            } else {
+                (
+                    false,
+                    format!("{key} {new_score:.4} < champion {c}'s {old:.4}; champion kept"),
+                )
+            }
+        }
+        (Some(_), None) => (true, format!("{champion_note}; replaced")),
+    };
+
+    let mut table_models: Vec<(&str, &BTreeMap<String, f64>)> = vec![
+        ("transformer", &m_ours),
+        ("logistic regression", &m_logistic),
+        ("RFM rules", &m_rules),
+    ];
+    let champion_label = champion.as_deref().map(|c| format!("champion {c}"));
+    if let (Some(l), Some(m)) = (&champion_label, &m_champion) {
+        table_models.push((l.as_str(), m));
+    }
+    let table = metrics::table(&table_models);
+
+    let mut stored = prefixed("", &m_ours);
+    stored.extend(prefixed("baseline_logistic", &m_logistic));
+    stored.extend(prefixed("baseline_rules", &m_rules));
+    stored.insert("parity_max_abs_diff".into(), f64::from(diff));
+    stored.insert("train_examples".into(), train_set.len() as f64);
+    stored.insert("best_epoch".into(), fitted.best_epoch as f64);
+    stored.insert("train_seconds".into(), fit_s);
+    stored.insert("parameters".into(), net.parameter_count() as f64);
+    let manifest = Manifest {
+        format_version: MANIFEST_VERSION,
+        version: version.clone(),
+        created_at_ms: crate::ingest::now_ms(),
+        description: format!(
+            "Transformer ({} layers, d={}, {} heads), trained on {} examples; {}",
+            tc.layers,
+            tc.d_model,
+            tc.heads,
+            train_set.len(),
+            decision
+        ),
+        feature_spec: spec,
+        segments: DEFAULT_SEGMENTS.iter().map(|s| s.to_string()).collect(),
+        training_window: Some(TrainingWindow {
+            from_ms: replay.span_ms.0,
+            to_ms: replay.span_ms.1,
+        }),
+        metrics: stored,
+        golden,
+    };
+    let dir = registry.publish(&onnx, &manifest)?;
+    if promote {
+        registry.promote(&version)?;
+    }
+    Ok(TrainReport {
+        version,
+        dir,
+        promoted: promote,
+        decision,
+        examples: (train_set.len(), val_set.len()),
+        replay,
+        fit: fitted,
+        table,
+        manifest,
+        seconds: (replay_s, fit_s, t2.elapsed().as_secs_f64()),
+        parameters: net.parameter_count(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,334 @@
+//! The Transformer, in candle: an encoder over each customer's recent events
+//! joined with the customer (window aggregate) features, and the four heads
+//! of the model contract.
+//!
+//! Per event: kind embedding + hashed-category embedding + a projection of
+//! the numeric values + a projection of a sinusoidal encoding of the event's
+//! age + the mean of its review-text token embeddings + a position
+//! embedding. Then pre-norm encoder layers (multi-head self-attention with
+//! padding masked out, ReLU feed-forward), a final layer norm, masked mean
+//! pooling, concatenation with the customer features, one ReLU layer, and
+//! the heads: segment logits, purchase and churn logits, and log-spend.
+//!
+//! Every op here is a candle primitive with a gradient (layer norm and
+//! softmax are written out; no fused op is used), and every op has a plain
+//! ONNX counterpart in `export.rs`, which must stay in step with this file.
+//! Weights are `[in, out]` matrices, as ONNX `MatMul` wants them.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+
+use super::examples::Batch;
+use super::Rng;
+use crate::features::{FeatureSpec, CUSTOMER_DIM, EVENT_NUMERIC_DIM};
+
+/// Sinusoidal time-encoding frequencies, applied to the normalized log age.
+pub const TIME_FREQS: [f32; 8] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+/// Layer-norm epsilon (also written into the ONNX graph).
+pub const LN_EPS: f32 = 1e-5;
+/// Added to attention scores of padded events.
+pub const MASK_NEG: f32 = -1e9;
+
+/// Shapes of the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Arch {
+    /// Model width.
+    pub d: usize,
+    /// Encoder layers.
+    pub layers: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Feed-forward width.
+    pub ffn: usize,
+    /// Segments (K).
+    pub segments: usize,
+    /// Event kinds (ids 0..kinds).
+    pub kinds: usize,
+    /// Category buckets.
+    pub categories: usize,
+    /// Text token buckets.
+    pub text_buckets: usize,
+    /// Events per customer (N).
+    pub max_events: usize,
+    /// Text tokens per event (T).
+    pub text_tokens: usize,
+}
+
+impl Arch {
+    /// The architecture for a feature spec and trainer settings.
+    pub fn new(spec: &FeatureSpec, cfg: &crate::config::TrainConfig, segments: usize) -> Self {
+        Arch {
+            d: cfg.d_model,
+            layers: cfg.layers,
+            heads: cfg.heads,
+            ffn: cfg.ffn_dim,
+            segments,
+            kinds: spec.kind_vocab,
+            categories: spec.category_buckets as usize,
+            text_buckets: spec.text_buckets as usize,
+            max_events: spec.max_events,
+            text_tokens: spec.text_tokens,
+        }
+    }
+}
+
+/// Raw outputs of the network for a batch.
+pub struct Heads {
+    /// [B, K] segment logits.
+    pub segment_logits: Tensor,
+    /// [B] purchase logit.
+    pub purchase_logit: Tensor,
+    /// [B] churn logit.
+    pub churn_logit: Tensor,
+    /// [B] predicted ln(1 + spend) / spend_log_scale.
+    pub spend: Tensor,
+}
+
+/// The network: its architecture and its named parameters.
+pub struct Transformer {
+    /// Shapes.
+    pub arch: Arch,
+    params: BTreeMap<String, Var>,
+    device: Device,
+}
+
+type CResult<T> = candle_core::Result<T>;
+
+impl Transformer {
+    /// A freshly initialized network (deterministic for a seed).
+    pub fn new(arch: Arch, seed: u64, device: &Device) -> CResult<Self> {
+        let mut rng = Rng::new(seed);
+        let mut t = Transformer {
+            arch: arch.clone(),
+            params: BTreeMap::new(),
+            device: device.clone(),
+        };
+        let (d, f, e) = (arch.d, CUSTOMER_DIM, EVENT_NUMERIC_DIM);
+        let mut normal = |t: &mut Transformer, name: &str, shape: &[usize], std: f32| {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n).map(|_| rng.normal() * std).collect();
+            t.add(name, shape, v)
+        };
+        let lin = |fan_in: usize| (1.0 / fan_in as f32).sqrt();
+        normal(&mut t, "kind_emb", &[arch.kinds, d], 0.1)?;
+        normal(&mut t, "category_emb", &[arch.categories, d], 0.1)?;
+        normal(&mut t, "text_emb", &[arch.text_buckets, d], 0.1)?;
+        normal(&mut t, "pos_emb", &[arch.max_events, d], 0.02)?;
+        normal(&mut t, "numeric_w", &[e, d], lin(e))?;
+        t.add("numeric_b", &[d], vec![0.0; d])?;
+        normal(&mut t, "time_w", &[2 * TIME_FREQS.len(), d], lin(16))?;
+        let depth_scale = 1.0 / ((2 * arch.layers) as f32).sqrt();
+        for l in 0..arch.layers {
+            t.add(&format!("l{l}.ln1_g"), &[d], vec![1.0; d])?;
+            t.add(&format!("l{l}.ln1_b"), &[d], vec![0.0; d])?;
+            for m in ["q", "k", "v"] {
+                normal(&mut t, &format!("l{l}.{m}_w"), &[d, d], lin(d))?;
+                t.add(&format!("l{l}.{m}_b"), &[d], vec![0.0; d])?;
+            }
+            normal(&mut t, &format!("l{l}.o_w"), &[d, d], lin(d) * depth_scale)?;
+            t.add(&format!("l{l}.o_b"), &[d], vec![0.0; d])?;
+            t.add(&format!("l{l}.ln2_g"), &[d], vec![1.0; d])?;
+            t.add(&format!("l{l}.ln2_b"), &[d], vec![0.0; d])?;
+            normal(&mut t, &format!("l{l}.ff1_w"), &[d, arch.ffn], lin(d))?;
+            t.add(&format!("l{l}.ff1_b"), &[arch.ffn], vec![0.0; arch.ffn])?;
+            normal(
+                &mut t,
+                &format!("l{l}.ff2_w"),
+                &[arch.ffn, d],
+                lin(arch.ffn) * depth_scale,
+            )?;
+            t.add(&format!("l{l}.ff2_b"), &[d], vec![0.0; d])?;
+        }
+        t.add("lnf_g", &[d], vec![1.0; d])?;
+        t.add("lnf_b", &[d], vec![0.0; d])?;
+        normal(&mut t, "join_w", &[d + f, d], lin(d + f))?;
+        t.add("join_b", &[d], vec![0.0; d])?;
+        normal(&mut t, "seg_w", &[d, arch.segments], lin(d))?;
+        t.add("seg_b", &[arch.segments], vec![0.0; arch.segments])?;
+        normal(&mut t, "aux_w", &[d, 3], lin(d))?;
+        t.add("aux_b", &[3], vec![0.0; 3])?;
+        Ok(t)
+    }
+
+    fn add(&mut self, name: &str, shape: &[usize], values: Vec<f32>) -> CResult<()> {
+        let v = Var::from_tensor(&Tensor::from_vec(values, shape, &self.device)?)?;
+        self.params.insert(name.to_string(), v);
+        Ok(())
+    }
+
+    /// The parameters, by name (for the optimizer, export and tests).
+    pub fn params(&self) -> &BTreeMap<String, Var> {
+        &self.params
+    }
+
+    /// Number of trainable values.
+    pub fn parameter_count(&self) -> usize {
+        self.params.values().map(|v| v.elem_count()).sum()
+    }
+
+    /// A parameter's values, row-major (for export).
+    pub fn values(&self, name: &str) -> CResult<Vec<f32>> {
+        self.w(name)?.flatten_all()?.to_vec1::<f32>()
+    }
+
+    /// Copies of every parameter (to keep the best epoch).
+    pub fn snapshot(&self) -> CResult<BTreeMap<String, Tensor>> {
+        self.params
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
+            .collect()
+    }
+
+    /// Restores a [`Self::snapshot`].
+    pub fn restore(&self, snap: &BTreeMap<String, Tensor>) -> CResult<()> {
+        for (k, v) in &self.params {
+            if let Some(t) = snap.get(k) {
+                v.set(t)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn w(&self, name: &str) -> CResult<&Tensor> {
+        self.params
+            .get(name)
+            .map(|v| v.as_tensor())
+            .ok_or_else(|| candle_core::Error::Msg(format!("no parameter {name}")))
+    }
+
+    fn linear(&self, x: &Tensor, w: &str, b: &str) -> CResult<Tensor> {
+        x.broadcast_matmul(self.w(w)?)?.broadcast_add(self.w(b)?)
+    }
+
+    fn layer_norm(&self, x: &Tensor, g: &str, b: &str) -> CResult<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centered.broadcast_div(&(var + f64::from(LN_EPS))?.sqrt()?)?;
+        normed.broadcast_mul(self.w(g)?)?.broadcast_add(self.w(b)?)
+    }
+
+    /// The network on a padded batch (`batch.len` events per row, at most N).
+    pub fn forward(&self, batch: &Batch) -> CResult<Heads> {
+        let a = &self.arch;
+        let dev = &self.device;
+        let (rows, len, d, t) = (batch.rows, batch.len, a.d, a.text_tokens);
+        let e = EVENT_NUMERIC_DIM;
+        let flat = rows * len;
+
+        let kinds = Tensor::from_slice(&batch.kinds, flat, dev)?;
+        let cats = Tensor::from_slice(&batch.categories, flat, dev)?;
+        let numeric = Tensor::from_slice(&batch.numeric, (flat, e), dev)?;
+        let tokens = Tensor::from_slice(&batch.text, flat * t, dev)?;
+
+        let x_kind = self.w("kind_emb")?.index_select(&kinds, 0)?;
+        let x_cat = self.w("category_emb")?.index_select(&cats, 0)?;
+        let x_num = self.linear(&numeric, "numeric_w", "numeric_b")?;
+        let freqs = Tensor::from_slice(&TIME_FREQS, (1, TIME_FREQS.len()), dev)?;
+        let angle = numeric.narrow(1, 0, 1)?.broadcast_mul(&freqs)?;
+        let enc = Tensor::cat(&[angle.sin()?, angle.cos()?], 1)?;
+        let x_time = enc.matmul(self.w("time_w")?)?;
+        // Bag of text tokens: row 0 (padding) of the table is held at zero,
+        // so summing over all T slots sums the real tokens only.
+        let mut row_mask = vec![1f32; a.text_buckets];
+        row_mask[0] = 0.0;
+        let row_mask = Tensor::from_vec(row_mask, (a.text_buckets, 1), dev)?;
+        let table = self.w("text_emb")?.broadcast_mul(&row_mask)?;
+        let bag = table
+            .index_select(&tokens, 0)?
+            .reshape((flat, t, d))?
+            .sum(1)?;
+        let counts: Vec<f32> = batch
+            .text
+            .chunks(t.max(1))
+            .map(|c| (c.iter().filter(|&&v| v != 0).count() as f32).max(1.0))
+            .collect();
+        let x_text = bag.broadcast_div(&Tensor::from_vec(counts, (flat, 1), dev)?)?;
+        let x = ((((x_kind + x_cat)? + x_num)? + x_time)? + x_text)?;
+        let pos = self.w("pos_emb")?.narrow(0, 0, len)?;
+        let mut x = x.reshape((rows, len, d))?.broadcast_add(&pos)?;
+
+        let mask = Tensor::from_slice(&batch.mask, (rows, len), dev)?;
+        let bias = mask
+            .affine(1.0, -1.0)?
+            .affine(f64::from(-MASK_NEG), 0.0)?
+            .reshape((rows, 1, 1, len))?;
+        let (h, dh) = (a.heads, d / a.heads);
+        for l in 0..a.layers {
+            let n1 = self.layer_norm(&x, &format!("l{l}.ln1_g"), &format!("l{l}.ln1_b"))?;
+            let split = |m: &str| -> CResult<Tensor> {
+                self.linear(&n1, &format!("l{l}.{m}_w"), &format!("l{l}.{m}_b"))?
+                    .reshape((rows, len, h, dh))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let (q, k, v) = (split("q")?, split("k")?, split("v")?);
+            let scores = q
+                .matmul(&k.transpose(2, 3)?.contiguous()?)?
+                .affine(1.0 / (dh as f64).sqrt(), 0.0)?
+                .broadcast_add(&bias)?;
+            let probs = softmax_last(&scores)?;
+            let ctx = probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((rows, len, d))?;
+            let attn = self.linear(&ctx, &format!("l{l}.o_w"), &format!("l{l}.o_b"))?;
+            x = (x + attn)?;
+            let n2 = self.layer_norm(&x, &format!("l{l}.ln2_g"), &format!("l{l}.ln2_b"))?;
+            let ff = self
+                .linear(&n2, &format!("l{l}.ff1_w"), &format!("l{l}.ff1_b"))?
+                .relu()?;
+            let ff = self.linear(&ff, &format!("l{l}.ff2_w"), &format!("l{l}.ff2_b"))?;
+            x = (x + ff)?;
+        }
+        let hf = self.layer_norm(&x, "lnf_g", "lnf_b")?;
+        let m3 = mask.reshape((rows, len, 1))?;
+        let denom = mask.sum_keepdim(1)?.clamp(1f32, f32::MAX)?;
+        let pooled = hf.broadcast_mul(&m3)?.sum(1)?.broadcast_div(&denom)?;
+        let cust = Tensor::from_slice(&batch.customer_features, (rows, CUSTOMER_DIM), dev)?;
+        let z = self
+            .linear(&Tensor::cat(&[pooled, cust], 1)?, "join_w", "join_b")?
+            .relu()?;
+        let segment_logits = self.linear(&z, "seg_w", "seg_b")?;
+        let aux = self.linear(&z, "aux_w", "aux_b")?;
+        Ok(Heads {
+            segment_logits,
+            purchase_logit: aux.narrow(1, 0, 1)?.squeeze(1)?,
+            churn_logit: aux.narrow(1, 1, 1)?.squeeze(1)?,
+            spend: aux.narrow(1, 2, 1)?.squeeze(1)?,
+        })
+    }
+}
+
+/// Softmax over the last axis from primitives. The max is subtracted as a
+/// constant (detached): softmax is shift-invariant, so gradients are exact.
+pub fn softmax_last(x: &Tensor) -> CResult<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// log-softmax over the last axis from primitives.
+pub fn log_softmax_last(x: &Tensor) -> CResult<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// Binary cross-entropy with logits, per element, from primitives:
+/// `max(z, 0) - z·y + ln(1 + e^-|z|)`.
+pub fn bce_with_logits(z: &Tensor, y: &Tensor) -> CResult<Tensor> {
+    let soft = (z.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    (z.relu()? - (z * y)?)? + soft
+}
+
+/// Logistic function (evaluation only).
+pub fn sigmoid(z: &Tensor) -> CResult<Tensor> {
+    (z.neg()?.exp()? + 1.0)?.recip()
+}
+
+/// The DType all parameters use.
+pub const DTYPE: DType = DType::F32;

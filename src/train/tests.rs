@@ -1,0 +1,141 @@
+//! Unit tests of the training pieces that need no ONNX Runtime.
+
+use candle_core::Device;
+
+use super::examples::{self, ExampleSet, LabelRules, Sampling};
+use super::net::{Arch, Transformer};
+use super::{featurizer, fit};
+use crate::config::{Config, TrainConfig};
+use crate::event::Event;
+use crate::state::tests::{buy, ev, rate, view};
+
+const DAY: i64 = 86_400_000;
+const T0: i64 = 1_780_000_000_000 / DAY * DAY;
+
+/// Customers with views, purchases and reviews every few days.
+pub(crate) fn history(customers: usize, days: i64) -> Vec<Event> {
+    let mut out = Vec::new();
+    for c in 0..customers {
+        let id = format!("c{c}");
+        for d in 0..days {
+            if (d + c as i64) % 3 != 0 {
+                continue;
+            }
+            let t = T0 + d * DAY + (c as i64) * 60_000;
+            let p = match (d + c as i64) % 4 {
+                0 => buy("shoes", 1_000 + 700 * c as i64),
+                1 => rate("bags", 1 + (c % 5) as u8, "great quality but slow delivery"),
+                _ => view("bags", 30_000, 2_000),
+            };
+            out.push(ev(&id, &format!("{c}-{d}"), t, p));
+        }
+    }
+    out
+}
+
+pub(crate) fn small_config() -> Config {
+    Config {
+        train: TrainConfig {
+            d_model: 16,
+            heads: 2,
+            layers: 2,
+            ffn_dim: 24,
+            batch_size: 16,
+            max_epochs: 2,
+            ..TrainConfig::default()
+        },
+        ..Config::default()
+    }
+}
+
+pub(crate) fn small_examples(config: &Config) -> ExampleSet {
+    let f = featurizer(config).unwrap();
+    let (set, _) = examples::build(
+        history(12, 150),
+        &f,
+        config.state.limits().state,
+        LabelRules::from_config(&config.train),
+        Sampling::from_config(&config.train),
+        &mut |_| {},
+    )
+    .unwrap();
+    set
+}
+
+#[test]
+fn every_parameter_receives_a_gradient() {
+    let config = small_config();
+    let set = small_examples(&config);
+    let f = featurizer(&config).unwrap();
+    let net = Transformer::new(Arch::new(f.spec(), &config.train, 5), 3, &Device::Cpu).unwrap();
+    let idx: Vec<usize> = (0..set.len().min(64)).collect();
+    let batch = set.batch(&idx, None);
+    let weights = fit::class_weights(&set);
+    let scale = f.spec().normalization.spend_log_scale;
+    let loss = fit::loss(&net, &set, &idx, &batch, &weights, scale, &Device::Cpu).unwrap();
+    let grads = loss.backward().unwrap();
+    let mut missing = Vec::new();
+    for (name, var) in net.params() {
+        match grads.get(var.as_tensor()) {
+            None => missing.push(format!("{name} (no gradient)")),
+            Some(g) => {
+                let total = g
+                    .abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                if !(total > 0.0 && total.is_finite()) {
+                    missing.push(format!("{name} (gradient sum {total})"));
+                }
+            }
+        }
+    }
+    assert!(net.params().len() >= 30, "{}", net.params().len());
+    assert!(
+        missing.is_empty(),
+        "parameters without a gradient: {missing:?}"
+    );
+}
+
+#[test]
+fn padding_to_n_gives_the_same_outputs_as_padding_to_the_longest_row() {
+    let config = small_config();
+    let set = small_examples(&config);
+    let f = featurizer(&config).unwrap();
+    let net = Transformer::new(Arch::new(f.spec(), &config.train, 5), 5, &Device::Cpu).unwrap();
+    let scale = f.spec().normalization.spend_log_scale;
+    let short = fit::predict(&net, &set, scale, None).unwrap();
+    let full = fit::predict(&net, &set, scale, Some(f.spec().max_events)).unwrap();
+    let (diff, what) = super::max_difference(&short, &full);
+    assert!(diff < 1e-5, "{what}: {diff}");
+}
+
+#[test]
+fn training_lowers_the_loss_and_keeps_the_best_epoch() {
+    let mut config = small_config();
+    config.train.max_epochs = 4;
+    config.train.patience = 4;
+    let set = small_examples(&config);
+    let (train, val) = examples::split_by_time(&set, 0.25, 30 * DAY);
+    let f = featurizer(&config).unwrap();
+    let net = Transformer::new(Arch::new(f.spec(), &config.train, 5), 9, &Device::Cpu).unwrap();
+    let scale = f.spec().normalization.spend_log_scale;
+    let report = super::Progress::silent(|p| {
+        fit::fit(&net, &train, &val, &config.train, scale, &Device::Cpu, p)
+    })
+    .unwrap();
+    assert_eq!(report.epochs.len(), 4);
+    assert!(
+        report.epochs[3].train_loss < report.epochs[0].train_loss,
+        "{:?}",
+        report.epochs
+    );
+    let best = report
+        .epochs
+        .iter()
+        .min_by(|a, b| a.val_loss.total_cmp(&b.val_loss))
+        .unwrap();
+    assert_eq!(report.best_epoch, best.epoch);
+}

@@ -1,0 +1,317 @@
+//! The trainer against the real ONNX Runtime (`make test` provisions it and a
+//! Python venv with the `onnx` package): export parity, the ONNX checker,
+//! golden validation by the serving loader, promotion rules and predict.
+
+use std::path::Path;
+
+use segstream::config::{Config, ScoreConfig, TrainConfig};
+use segstream::event::{Browse, BrowseAction, Event, LineItem, Payload, Purchase, Review};
+use segstream::model::{ModelFiles, Registry};
+use segstream::score::LoadedModel;
+use segstream::train::{self, Progress, TrainError, TrainOptions};
+
+const DAY: i64 = 86_400_000;
+const T0: i64 = 1_780_000_000_000 / DAY * DAY;
+
+fn config() -> Config {
+    let lib = std::env::var("ORT_DYLIB_PATH").unwrap_or_else(|_| {
+        panic!("ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)")
+    });
+    Config {
+        score: ScoreConfig {
+            onnxruntime_library: lib,
+            ..ScoreConfig::default()
+        },
+        train: TrainConfig {
+            d_model: 16,
+            heads: 2,
+            layers: 2,
+            ffn_dim: 32,
+            batch_size: 32,
+            max_epochs: 3,
+            patience: 3,
+            ..TrainConfig::default()
+        },
+        ..Config::default()
+    }
+}
+
+fn event(c: usize, n: usize, t: i64, payload: Payload) -> Event {
+    Event {
+        event_id: format!("e-{c}-{n}"),
+        customer_id: format!("c{c:04}"),
+        event_time_ms: t,
+        payload,
+    }
+}
+
+/// 160 days of three kinds of customers: steady buyers, browsers who never
+/// buy, and buyers who fade out (fewer visits, bad reviews) and stop.
+fn history(customers: usize) -> Vec<Event> {
+    let mut out = Vec::new();
+    for c in 0..customers {
+        let kind = c % 3;
+        let stop_day = if kind == 2 {
+            40 + (c as i64 * 7) % 100
+        } else {
+            160
+        };
+        let mut n = 0;
+        for d in 0..160i64 {
+            let every = match kind {
+                0 => 3,
+                1 => 4,
+                _ => {
+                    if d > stop_day - 14 {
+                        6
+                    } else {
+                        3
+                    }
+                }
+            };
+            if d >= stop_day || (d + c as i64) % every != 0 {
+                continue;
+            }
+            let t = T0 + d * DAY + (c as i64 % 50) * 600_000;
+            n += 1;
+            let category = ["shoes", "bags", "books"][c % 3].to_string();
+            out.push(event(
+                c,
+                n,
+                t,
+                Payload::Browse(Browse {
+                    product_id: format!("p{}", d % 7),
+                    category: category.clone(),
+                    session_id: String::new(),
+                    action: if kind == 1 {
+                        BrowseAction::View
+                    } else {
+                        BrowseAction::CartAdd
+                    },
+                    dwell_ms: 20_000,
+                    price_minor: 2_500,
+                }),
+            ));
+            if kind != 1 && (d / every) % 2 == 0 {
+                n += 1;
+                let total = 3_000 + (c as i64 % 10) * 1_000;
+                out.push(event(
+                    c,
+                    n,
+                    t + 60_000,
+                    Payload::Purchase(Purchase {
+                        order_id: format!("o{c}-{n}"),
+                        items: vec![LineItem {
+                            product_id: "p1".into(),
+                            category: category.clone(),
+                            quantity: 1,
+                            unit_price_minor: total,
+                        }],
+                        total_minor: total,
+                        currency: "EUR".into(),
+                    }),
+                ));
+            }
+            if kind == 2 && d > stop_day - 14 {
+                n += 1;
+                out.push(event(
+                    c,
+                    n,
+                    t + 120_000,
+                    Payload::Review(Review {
+                        product_id: "p1".into(),
+                        category,
+                        rating: 1,
+                        text: "broken on arrival, terrible support".into(),
+                    }),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn run(
+    config: &Config,
+    events: Vec<Event>,
+    registry: &Registry,
+    options: TrainOptions,
+) -> Result<train::TrainReport, TrainError> {
+    Progress::silent(|p| train::train(config, events, registry, &options, p))
+}
+
+fn python() -> String {
+    std::env::var("SEGSTREAM_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("SEGSTREAM_TEST_PYTHON is not set; run `make test` (it installs onnx and onnxruntime into a venv)")
+    })
+}
+
+fn onnx_checker(model: &Path) -> std::process::Output {
+    std::process::Command::new(python())
+        .args([
+            "-c",
+            "import sys, onnx; m = onnx.load(sys.argv[1]); onnx.checker.check_model(m, full_check=True); print('ok', m.ir_version, m.opset_import[0].version)",
+        ])
+        .arg(model)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_export_matches_the_network_passes_the_checker_and_loads_for_serving() {
+    let config = config();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::new(dir.path());
+    let report = run(
+        &config,
+        history(150),
+        &registry,
+        TrainOptions {
+            version: Some("t1".into()),
+            ..Default::default()
+        },
+    )
+    .expect("training succeeds");
+    assert!(report.promoted, "{}", report.decision);
+    let m = &report.manifest;
+    let parity = m.metrics["parity_max_abs_diff"];
+    assert!(parity <= 1e-4, "parity {parity}");
+    for key in [
+        "segment_macro_f1",
+        "purchase_auc",
+        "baseline_rules.segment_macro_f1",
+        "baseline_logistic.purchase_auc",
+    ] {
+        assert!(
+            m.metrics.contains_key(key),
+            "manifest lacks {key}: {:?}",
+            m.metrics.keys()
+        );
+    }
+    assert!(report.table.contains("logistic regression") && report.table.contains("RFM rules"));
+
+    let files = ModelFiles::read(&report.dir).unwrap();
+    let loaded = LoadedModel::load(&config.score, &files, config.state.limits().state, 1)
+        .expect("the serving loader accepts the export (contract + golden check)");
+    assert_eq!(&*loaded.version, "t1");
+
+    let out = onnx_checker(&report.dir.join("model.onnx"));
+    assert!(
+        out.status.success(),
+        "onnx.checker rejected the export: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok 8 17");
+}
+
+#[test]
+fn a_worse_model_is_not_promoted_unless_forced_and_a_failed_run_keeps_the_champion() {
+    let config = config();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::new(dir.path());
+    let events = history(150);
+    let good = run(
+        &config,
+        events.clone(),
+        &registry,
+        TrainOptions {
+            version: Some("good".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(good.promoted);
+    // Barely trained: worse on the promotion metric, published but not promoted.
+    let mut weak = config.clone();
+    weak.train.learning_rate = 1e-7;
+    weak.train.max_epochs = 1;
+    let bad = run(
+        &weak,
+        events.clone(),
+        &registry,
+        TrainOptions {
+            version: Some("weak".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(!bad.promoted, "{}", bad.decision);
+    assert!(bad.decision.contains("champion kept"), "{}", bad.decision);
+    assert!(bad.table.contains("champion good"), "{}", bad.table);
+    assert_eq!(registry.current().unwrap().as_deref(), Some("good"));
+    assert!(registry.versions().unwrap().contains(&"weak".to_string()));
+    // --force promotes it anyway.
+    let forced = run(
+        &weak,
+        events,
+        &registry,
+        TrainOptions {
+            version: Some("forced".into()),
+            force: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(forced.promoted, "{}", forced.decision);
+    assert_eq!(registry.current().unwrap().as_deref(), Some("forced"));
+    // Too little history: an error, and CURRENT is untouched.
+    let err = run(
+        &config,
+        history(150)[..50].to_vec(),
+        &registry,
+        TrainOptions {
+            version: Some("empty".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, TrainError::NotEnoughHistory(_)), "{err}");
+    assert_eq!(registry.current().unwrap().as_deref(), Some("forced"));
+    assert!(!registry.versions().unwrap().contains(&"empty".to_string()));
+}
+
+#[test]
+fn predict_scores_every_customer_as_of_a_time_through_the_serving_path() {
+    let config = config();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::new(dir.path());
+    let events = history(60);
+    let report = run(
+        &config,
+        events.clone(),
+        &registry,
+        TrainOptions {
+            version: Some("p1".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let files = ModelFiles::read(&report.dir).unwrap();
+    let as_of = T0 + 100 * DAY;
+    let p = train::predict::predict(&config, &files, events.clone(), as_of).unwrap();
+    assert_eq!(p.rows.len(), 60);
+    assert_eq!(p.model_version, "p1");
+    let after = events.iter().filter(|e| e.event_time_ms > as_of).count() as u64;
+    assert_eq!(p.events_after, after);
+    assert_eq!(p.events_used + p.events_after, events.len() as u64);
+    for r in &p.rows {
+        let sum: f32 = r.probabilities.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-4, "{r:?}");
+        assert!(p.segments.contains(&r.segment));
+        assert!((0.0..=1.0).contains(&r.purchase_probability));
+        assert!(r.predicted_spend >= 0.0);
+    }
+    let mut csv = Vec::new();
+    train::predict::write_csv(&p, &mut csv).unwrap();
+    let text = String::from_utf8(csv).unwrap();
+    assert_eq!(text.lines().count(), 61);
+    assert!(
+        text.starts_with("customer_id,segment,p_high_value,"),
+        "{text}"
+    );
+    let mut nd = Vec::new();
+    train::predict::write_ndjson(&p, &mut nd).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(String::from_utf8(nd).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(first["model_version"], "p1");
+}
