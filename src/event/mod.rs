@@ -11,6 +11,7 @@
 pub mod corpus;
 mod decode;
 pub mod encode;
+pub mod files;
 mod validate;
 
 pub use decode::{Decoder, Encoding, Framing};
