@@ -40,8 +40,24 @@ ONNX_VERSION := 1.23.2
 PYENV := $(SEGSTREAM_CACHE)/pyenv-ort-$(ORT_VERSION)-onnx-$(ONNX_VERSION)
 export SEGSTREAM_TEST_PYTHON := $(PYENV)/bin/python
 
+# Prometheus and promtool from Debian's `prometheus` package, unpacked with
+# dpkg -x (no service, no root needed once the .deb is here). The tests in
+# tests/observability.rs run promtool on /metrics and on the alert rules, and
+# start a real Prometheus that scrapes a running pipeline.
+PROMETHEUS_DIR := $(SEGSTREAM_CACHE)/prometheus-deb12
+PROMTOOL := $(PROMETHEUS_DIR)/usr/bin/promtool
+export SEGSTREAM_TEST_PROMTOOL := $(PROMTOOL)
+export SEGSTREAM_TEST_PROMETHEUS := $(PROMETHEUS_DIR)/usr/bin/prometheus
+
+# kubernetes-validate (PyPI; bundles the Kubernetes OpenAPI schemas, so it
+# works without a cluster) for the manifests in deploy/k8s/.
+K8S_VALIDATE_VERSION := 1.37.0
+K8SENV := $(SEGSTREAM_CACHE)/pyenv-k8s-validate-$(K8S_VALIDATE_VERSION)
+export SEGSTREAM_TEST_K8S_VALIDATE := $(K8SENV)/bin/kubernetes-validate
+
 .PHONY: help tools pyenv onnxruntime kafka-jars kafka-up kafka-down kafka-status \
-        topics build test bench lint demo clean-kafka
+        topics build test bench lint demo clean-kafka prometheus k8s-validate \
+        observability-tools dashboard-configmap
 
 help: ## List targets
 	@echo "Usage: make <target> [VAR=value ...]"
@@ -87,6 +103,36 @@ $(PYENV)/.ok:
 	  "onnxruntime==$(ORT_VERSION)" "onnx==$(ONNX_VERSION)" numpy
 	touch "$@"
 
+prometheus: $(PROMTOOL) ## Unpack Debian's prometheus package (promtool, server) into the cache
+
+# `apt-get download` needs the package lists; on a fresh machine (CI) they
+# may be missing, so update them once and retry.
+$(PROMTOOL):
+	rm -rf "$(PROMETHEUS_DIR)" "$(PROMETHEUS_DIR).tmp"
+	mkdir -p "$(PROMETHEUS_DIR).tmp"
+	cd "$(PROMETHEUS_DIR).tmp" && { apt-get download prometheus 2>/dev/null \
+	  || { apt-get update -qq && apt-get download prometheus; }; }
+	dpkg -x "$$(ls "$(PROMETHEUS_DIR)".tmp/prometheus_*.deb)" "$(PROMETHEUS_DIR).tmp"
+	rm -f "$(PROMETHEUS_DIR)".tmp/prometheus_*.deb
+	"$(PROMETHEUS_DIR).tmp/usr/bin/promtool" --version
+	mv "$(PROMETHEUS_DIR).tmp" "$(PROMETHEUS_DIR)"
+
+k8s-validate: $(K8SENV)/.ok ## Python venv with kubernetes-validate (manifest test)
+
+$(K8SENV)/.ok:
+	rm -rf "$(K8SENV)"
+	$(PYTHON) -m venv "$(K8SENV)"
+	"$(K8SENV)/bin/pip" install --quiet --disable-pip-version-check \
+	  "kubernetes-validate==$(K8S_VALIDATE_VERSION)"
+	touch "$@"
+
+observability-tools: prometheus k8s-validate ## promtool, Prometheus and kubernetes-validate
+
+# The dashboard ConfigMap embeds deploy/grafana/segstream.json; a test checks
+# that they agree.
+dashboard-configmap: ## Regenerate deploy/k8s/grafana-dashboard.yaml from deploy/grafana/
+	SEGSTREAM_UPDATE_DASHBOARD=1 $(CARGO) test --locked --release --test observability -- dashboard
+
 kafka-jars: ## Download the Kafka broker/tools jars (Maven)
 	$(KAFKA) fetch
 
@@ -123,7 +169,10 @@ build: ## cargo build --release
 
 # with-kafka.sh starts the broker, runs the command, always stops the broker
 # (also on failure or Ctrl-C) and exits with the command's status.
-test: tools pyenv ## Run all tests against a fresh local broker
+# SEGSTREAM_TEST_REQUIRE_TOOLS: tests that need an external tool fail when it
+# is missing instead of skipping (they skip only when run by hand).
+test: tools pyenv observability-tools ## Run all tests against a fresh local broker
+	SEGSTREAM_TEST_REQUIRE_TOOLS=1 \
 	SEGSTREAM_TEST_BOOTSTRAP=$(KAFKA_BOOTSTRAP) deploy/local/with-kafka.sh \
 	  $(CARGO) test --locked --release --all-targets
 
