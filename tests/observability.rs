@@ -571,3 +571,68 @@ fn kubernetes_manifests_validate() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The images cannot be built here (no Docker engine); this pins what can
+/// drift: the ONNX Runtime they ship is the one `make test` tests, the Rust
+/// they build with is new enough, and ORT_DYLIB_PATH names the shipped file.
+#[test]
+fn dockerfiles_ship_the_tested_onnxruntime() {
+    let makefile = std::fs::read_to_string(repo("Makefile")).unwrap();
+    let tested = makefile
+        .lines()
+        .find_map(|l| l.strip_prefix("ORT_VERSION := "))
+        .expect("ORT_VERSION in the Makefile")
+        .trim()
+        .to_string();
+    let cargo = std::fs::read_to_string(repo("Cargo.toml")).unwrap();
+    let minimum: Vec<u32> = cargo
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .unwrap()
+        .trim_matches('"')
+        .split('.')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    for (file, wheel) in [
+        ("deploy/docker/Dockerfile", "onnxruntime=="),
+        ("deploy/docker/Dockerfile.cuda", "onnxruntime-gpu=="),
+    ] {
+        let text = std::fs::read_to_string(repo(file)).unwrap();
+        let arg = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("ARG {name}=")))
+                .unwrap_or_else(|| panic!("{file}: ARG {name}"))
+                .to_string()
+        };
+        assert_eq!(
+            arg("ORT_VERSION"),
+            tested,
+            "{file} ships the tested ONNX Runtime"
+        );
+        let rust: Vec<u32> = arg("RUST_VERSION")
+            .split('.')
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert!(
+            rust >= minimum,
+            "{file}: Rust {rust:?} < rust-version {minimum:?}"
+        );
+        assert!(
+            text.contains(&format!("{wheel}${{ORT_VERSION}}")),
+            "{file}: {wheel}"
+        );
+        assert!(
+            text.contains("ORT_DYLIB_PATH=/opt/onnxruntime/lib/libonnxruntime.so.${ORT_VERSION}"),
+            "{file}: ORT_DYLIB_PATH"
+        );
+        assert!(text.contains("cargo build --locked --release"), "{file}");
+        assert!(
+            text.matches("\nFROM ").count() >= 3,
+            "{file} is multi-stage"
+        );
+        assert!(
+            repo(&format!("{file}.dockerignore")).exists(),
+            "{file}.dockerignore keeps target/ out of the build context"
+        );
+    }
+}
