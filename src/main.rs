@@ -41,6 +41,9 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         customers: usize,
     },
+    /// Generate realistic synthetic behaviour (seeded): to the input topics
+    /// (history and/or live at a rate) or to an NDJSON/Parquet history file.
+    Generate(segstream::generate::cli::GenerateArgs),
     /// Benchmarks, reported as ratios against baselines measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -208,6 +211,11 @@ fn main() -> ExitCode {
                     Command::Dlq {
                         command: DlqCommand::Show(a),
                     } => dlq_show(config, a.idle, a.max).await,
+                    Command::Generate(a) => {
+                        segstream::generate::cli::run(&config, a, shutdown_signal())
+                            .await
+                            .map_err(anyhow::Error::from)
+                    }
                     Command::Bench { command } => bench(config, command).await,
                     Command::Model { command } => model_command(config, command),
                     Command::Segments {

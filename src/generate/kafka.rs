@@ -98,7 +98,10 @@ pub async fn produce(
         topics: &topics,
         format: options.format,
         in_flight: VecDeque::new(),
-        report: ProduceReport::default(),
+        report: ProduceReport {
+            by_topic: topics.values().map(|t| (t.clone(), 0)).collect(),
+            ..ProduceReport::default()
+        },
     };
     let started = Instant::now();
     let mut pacer = Pacer::new(options.rate);

@@ -6,7 +6,8 @@
 //! - [`behaviour`]: customer archetypes, sessions and funnels, lifecycle
 //!   drift, and [`history`], the event-time-ordered stream of a world.
 //! - [`live`]: the same world continued with wall-clock event times.
-//! - [`kafka`]: producing either to the configured input topics.
+//! - [`kafka`]: producing history and live events to the input topics.
+//! - [`cli`]: `segstream generate` (arguments, summary).
 //! - [`samples`]: every event kind in every wire format plus every bad-record
 //!   case, for smoke-testing an installation's wiring and dead-letter topic.
 //!
@@ -14,6 +15,7 @@
 //! touches state.
 
 pub mod behaviour;
+pub mod cli;
 pub mod kafka;
 pub mod live;
 pub mod samples;
