@@ -195,6 +195,11 @@ impl ExampleSet {
         &self.customer_features[i * f..(i + 1) * f]
     }
 
+    /// Customer features of every example, row-major [n, F].
+    pub fn all_customer_features(&self) -> &[f32] {
+        &self.customer_features
+    }
+
     /// The distinct cut times, ascending.
     pub fn cut_times(&self) -> Vec<i64> {
         let mut v = self.cut_ms.clone();

@@ -144,25 +144,32 @@ pub fn to_onnx(
     let denom = g.op("ReduceSum", &[&mask, &ax1], &[Attr::Int("keepdims", 1)]);
     let denom = g.op("Max", &[&denom, &one], &[]);
     let pooled = g.op("Div", &[&sum, &denom], &[]);
+    let (mean, inv_std) = net.standardization();
+    let mean = g.init_f32("cust_mean", &[CUSTOMER_DIM as i64], mean);
+    let inv_std = g.init_f32("cust_inv_std", &[CUSTOMER_DIM as i64], inv_std);
+    let cust = g.op("Sub", &[&cust, &mean], &[]);
+    let cust = g.op("Mul", &[&cust, &inv_std], &[]);
     let joined = g.op("Concat", &[&pooled, &cust], &[Attr::Int("axis", 1)]);
     let join_w = param(&mut g, "join_w", &[d + CUSTOMER_DIM as i64, d])?;
     let join_b = param(&mut g, "join_b", &[d])?;
     let z = lin(&mut g, &joined, &join_w, &join_b);
     let z = g.op("Relu", &[&z], &[]);
+    let wide = g.op("Concat", &[&z, &cust], &[Attr::Int("axis", 1)]);
+    let dw = d + CUSTOMER_DIM as i64;
 
     // Heads.
-    let seg_w = param(&mut g, "seg_w", &[d, a.segments as i64])?;
+    let seg_w = param(&mut g, "seg_w", &[dw, a.segments as i64])?;
     let seg_b = param(&mut g, "seg_b", &[a.segments as i64])?;
-    let logits = lin(&mut g, &z, &seg_w, &seg_b);
+    let logits = lin(&mut g, &wide, &seg_w, &seg_b);
     g.op_into(
         "Softmax",
         &[&logits],
         "segment_probs",
         &[Attr::Int("axis", 1)],
     );
-    let aux_w = param(&mut g, "aux_w", &[d, 3])?;
+    let aux_w = param(&mut g, "aux_w", &[dw, 3])?;
     let aux_b = param(&mut g, "aux_b", &[3])?;
-    let aux = lin(&mut g, &z, &aux_w, &aux_b);
+    let aux = lin(&mut g, &wide, &aux_w, &aux_b);
     let column = |g: &mut GraphBuilder, i: i64| {
         let idx = g.init_i64(&format!("aux_col{i}"), &[], &[i]);
         g.op("Gather", &[&aux, &idx], &[Attr::Int("axis", 1)])

@@ -309,7 +309,8 @@ pub fn train(
     let t1 = Instant::now();
     let device = device();
     let spend_scale = spec.normalization.spend_log_scale;
-    let net = net::Transformer::new(net::Arch::new(&spec, tc, segments), tc.seed, &device)?;
+    let mut net = net::Transformer::new(net::Arch::new(&spec, tc, segments), tc.seed, &device)?;
+    net.standardize(train_set.all_customer_features());
     let fitted = fit::fit(
         &net,
         &train_set,

@@ -7,8 +7,11 @@
 //! age + the mean of its review-text token embeddings + a position
 //! embedding. Then pre-norm encoder layers (multi-head self-attention with
 //! padding masked out, ReLU feed-forward), a final layer norm, masked mean
-//! pooling, concatenation with the customer features, one ReLU layer, and
-//! the heads: segment logits, purchase and churn logits, and log-spend.
+//! pooling, concatenation with the (standardized) customer features, one
+//! ReLU layer, and the heads: segment logits, purchase and churn logits, and
+//! log-spend. The heads also see the standardized customer features
+//! directly (a wide path), so the network can always do what a linear model
+//! on the aggregates does, and the sequence encoder adds what it finds.
 //!
 //! Every op here is a candle primitive with a gradient (layer norm and
 //! softmax are written out; no fused op is used), and every op has a plain
@@ -91,6 +94,10 @@ pub struct Transformer {
     pub arch: Arch,
     params: BTreeMap<String, Var>,
     device: Device,
+    /// Customer-feature standardization (fixed, from the training set):
+    /// `(x - mean) · inv_std`.
+    cust_mean: Vec<f32>,
+    cust_inv_std: Vec<f32>,
 }
 
 type CResult<T> = candle_core::Result<T>;
@@ -103,6 +110,8 @@ impl Transformer {
             arch: arch.clone(),
             params: BTreeMap::new(),
             device: device.clone(),
+            cust_mean: vec![0.0; CUSTOMER_DIM],
+            cust_inv_std: vec![1.0; CUSTOMER_DIM],
         };
         let (d, f, e) = (arch.d, CUSTOMER_DIM, EVENT_NUMERIC_DIM);
         let mut normal = |t: &mut Transformer, name: &str, shape: &[usize], std: f32| {
@@ -144,9 +153,11 @@ impl Transformer {
         t.add("lnf_b", &[d], vec![0.0; d])?;
         normal(&mut t, "join_w", &[d + f, d], lin(d + f))?;
         t.add("join_b", &[d], vec![0.0; d])?;
-        normal(&mut t, "seg_w", &[d, arch.segments], lin(d))?;
+        // Heads see the joint representation and, as a direct (wide) path,
+        // the standardized customer features.
+        normal(&mut t, "seg_w", &[d + f, arch.segments], lin(d + f))?;
         t.add("seg_b", &[arch.segments], vec![0.0; arch.segments])?;
-        normal(&mut t, "aux_w", &[d, 3], lin(d))?;
+        normal(&mut t, "aux_w", &[d + f, 3], lin(d + f))?;
         t.add("aux_b", &[3], vec![0.0; 3])?;
         Ok(t)
     }
@@ -155,6 +166,32 @@ impl Transformer {
         let v = Var::from_tensor(&Tensor::from_vec(values, shape, &self.device)?)?;
         self.params.insert(name.to_string(), v);
         Ok(())
+    }
+
+    /// Fixes the customer-feature standardization to the mean and standard
+    /// deviation of `rows` (row-major [n, F]); constant features keep scale 1.
+    pub fn standardize(&mut self, rows: &[f32]) {
+        let f = CUSTOMER_DIM;
+        let n = (rows.len() / f).max(1) as f64;
+        let mut mean = vec![0f64; f];
+        let mut sq = vec![0f64; f];
+        for r in rows.chunks(f) {
+            for (j, v) in r.iter().enumerate() {
+                mean[j] += f64::from(*v);
+                sq[j] += f64::from(*v) * f64::from(*v);
+            }
+        }
+        for j in 0..f {
+            mean[j] /= n;
+            let std = (sq[j] / n - mean[j] * mean[j]).max(0.0).sqrt();
+            self.cust_mean[j] = mean[j] as f32;
+            self.cust_inv_std[j] = if std > 1e-6 { (1.0 / std) as f32 } else { 1.0 };
+        }
+    }
+
+    /// The standardization: (mean, 1 / std) per customer feature.
+    pub fn standardization(&self) -> (&[f32], &[f32]) {
+        (&self.cust_mean, &self.cust_inv_std)
     }
 
     /// The parameters, by name (for the optimizer, export and tests).
@@ -220,7 +257,6 @@ impl Transformer {
         let kinds = Tensor::from_slice(&batch.kinds, flat, dev)?;
         let cats = Tensor::from_slice(&batch.categories, flat, dev)?;
         let numeric = Tensor::from_slice(&batch.numeric, (flat, e), dev)?;
-        let tokens = Tensor::from_slice(&batch.text, flat * t, dev)?;
 
         let x_kind = self.w("kind_emb")?.index_select(&kinds, 0)?;
         let x_cat = self.w("category_emb")?.index_select(&cats, 0)?;
@@ -229,22 +265,28 @@ impl Transformer {
         let angle = numeric.narrow(1, 0, 1)?.broadcast_mul(&freqs)?;
         let enc = Tensor::cat(&[angle.sin()?, angle.cos()?], 1)?;
         let x_time = enc.matmul(self.w("time_w")?)?;
-        // Bag of text tokens: row 0 (padding) of the table is held at zero,
-        // so summing over all T slots sums the real tokens only.
-        let mut row_mask = vec![1f32; a.text_buckets];
-        row_mask[0] = 0.0;
-        let row_mask = Tensor::from_vec(row_mask, (a.text_buckets, 1), dev)?;
-        let table = self.w("text_emb")?.broadcast_mul(&row_mask)?;
-        let bag = table
-            .index_select(&tokens, 0)?
-            .reshape((flat, t, d))?
-            .sum(1)?;
-        let counts: Vec<f32> = batch
-            .text
-            .chunks(t.max(1))
-            .map(|c| (c.iter().filter(|&&v| v != 0).count() as f32).max(1.0))
-            .collect();
-        let x_text = bag.broadcast_div(&Tensor::from_vec(counts, (flat, 1), dev)?)?;
+        // Bag of text tokens: the mean embedding of each event's non-padding
+        // tokens. Only real tokens are gathered (reviews are a small share of
+        // events); the export computes the same over all T slots with a zero
+        // padding row.
+        let (mut tok_ids, mut tok_rows, mut tok_w) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, slots) in batch.text.chunks(t.max(1)).enumerate() {
+            let real = slots.iter().filter(|&&v| v != 0).count();
+            for &v in slots.iter().filter(|&&v| v != 0) {
+                tok_ids.push(v);
+                tok_rows.push(i as u32);
+                tok_w.push(1.0 / real as f32);
+            }
+        }
+        let mut x_text = Tensor::zeros((flat, d), DTYPE, dev)?;
+        if !tok_ids.is_empty() {
+            let p = tok_ids.len();
+            let gathered = self
+                .w("text_emb")?
+                .index_select(&Tensor::from_vec(tok_ids, p, dev)?, 0)?
+                .broadcast_mul(&Tensor::from_vec(tok_w, (p, 1), dev)?)?;
+            x_text = x_text.index_add(&Tensor::from_vec(tok_rows, p, dev)?, &gathered, 0)?;
+        }
         let x = ((((x_kind + x_cat)? + x_num)? + x_time)? + x_text)?;
         let pos = self.w("pos_emb")?.narrow(0, 0, len)?;
         let mut x = x.reshape((rows, len, d))?.broadcast_add(&pos)?;
@@ -287,12 +329,27 @@ impl Transformer {
         let m3 = mask.reshape((rows, len, 1))?;
         let denom = mask.sum_keepdim(1)?.clamp(1f32, f32::MAX)?;
         let pooled = hf.broadcast_mul(&m3)?.sum(1)?.broadcast_div(&denom)?;
-        let cust = Tensor::from_slice(&batch.customer_features, (rows, CUSTOMER_DIM), dev)?;
+        let cust = Tensor::from_slice(&batch.customer_features, (rows, CUSTOMER_DIM), dev)?
+            .broadcast_sub(&Tensor::from_slice(
+                &self.cust_mean,
+                (1, CUSTOMER_DIM),
+                dev,
+            )?)?
+            .broadcast_mul(&Tensor::from_slice(
+                &self.cust_inv_std,
+                (1, CUSTOMER_DIM),
+                dev,
+            )?)?;
         let z = self
-            .linear(&Tensor::cat(&[pooled, cust], 1)?, "join_w", "join_b")?
+            .linear(
+                &Tensor::cat(&[pooled, cust.clone()], 1)?,
+                "join_w",
+                "join_b",
+            )?
             .relu()?;
-        let segment_logits = self.linear(&z, "seg_w", "seg_b")?;
-        let aux = self.linear(&z, "aux_w", "aux_b")?;
+        let wide = Tensor::cat(&[z, cust], 1)?;
+        let segment_logits = self.linear(&wide, "seg_w", "seg_b")?;
+        let aux = self.linear(&wide, "aux_w", "aux_b")?;
         Ok(Heads {
             segment_logits,
             purchase_logit: aux.narrow(1, 0, 1)?.squeeze(1)?,
