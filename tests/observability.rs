@@ -374,6 +374,14 @@ async fn prometheus_scrapes_a_running_pipeline_whose_metrics_pass_promtool() {
     }
     assert!(lines >= 3, "the run logged:\n{text}");
     assert!(text.contains("Serving /healthz, /readyz and /metrics."));
+    // Refused records: one summary with counts per reason, no record.
+    assert!(
+        text.lines().any(
+            |l| l.contains("Routed refused records to the dead-letter topic.")
+                && l.contains("\"records\":")
+        ),
+        "a dead-letter summary line:\n{text}"
+    );
 }
 
 #[test]

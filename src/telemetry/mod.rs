@@ -13,12 +13,15 @@
 //! `pipeline::http`, which renders [`Metrics::render`].
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
+
+use tracing::warn;
 
 use crate::config::{LogFormat, TelemetryConfig};
 use crate::event::{EventKind, Reason};
@@ -361,6 +364,8 @@ impl Metrics {
             topics: Vec::new(),
             refused,
             refused_counts: [0; Reason::ALL.len()],
+            unlogged: [0; Reason::ALL.len()],
+            logged_at: None,
             truncated: 0,
             duplicates: 0,
             late: 0,
@@ -397,6 +402,9 @@ impl Metrics {
     }
 }
 
+/// Refused records are summarized in the log at most this often.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Per-topic counters with their labelled handles resolved once.
 struct TopicCounts {
     topic: Arc<str>,
@@ -414,6 +422,9 @@ pub struct Tally {
     topics: Vec<TopicCounts>,
     refused: Vec<IntCounter>,
     refused_counts: [u64; Reason::ALL.len()],
+    /// Refusals not yet summarized in the log, and when it last was.
+    unlogged: [u64; Reason::ALL.len()],
+    logged_at: Option<Instant>,
     truncated: u64,
     duplicates: u64,
     late: u64,
@@ -475,6 +486,32 @@ impl Tally {
         self.duplicates += 1;
     }
 
+    /// One log line per [`REFUSAL_LOG_INTERVAL`] at most, with counts per
+    /// reason (never the records or their keys).
+    fn log_refusals(&mut self) {
+        let total: u64 = self.unlogged.iter().sum();
+        if total == 0
+            || self
+                .logged_at
+                .is_some_and(|t| t.elapsed() < REFUSAL_LOG_INTERVAL)
+        {
+            return;
+        }
+        let reasons = Reason::ALL
+            .iter()
+            .zip(self.unlogged.iter_mut())
+            .filter(|(_, n)| **n > 0)
+            .map(|(r, n)| format!("{}={}", r.as_str(), std::mem::take(n)))
+            .collect::<Vec<_>>()
+            .join(",");
+        self.logged_at = Some(Instant::now());
+        warn!(
+            records = total,
+            reasons = %reasons,
+            "Routed refused records to the dead-letter topic."
+        );
+    }
+
     /// Hands the counts to the shared metrics and starts over.
     pub fn flush(&mut self) {
         if self.records == 0 && self.duplicates == 0 {
@@ -488,11 +525,18 @@ impl Tally {
                 }
             }
         }
-        for (h, n) in self.refused.iter().zip(self.refused_counts.iter_mut()) {
+        for ((h, n), u) in self
+            .refused
+            .iter()
+            .zip(self.refused_counts.iter_mut())
+            .zip(self.unlogged.iter_mut())
+        {
             if *n > 0 {
+                *u += *n;
                 h.inc_by(std::mem::take(n));
             }
         }
+        self.log_refusals();
         let m = &self.metrics;
         m.dead_letters_truncated
             .inc_by(std::mem::take(&mut self.truncated));
