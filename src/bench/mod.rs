@@ -3,9 +3,11 @@
 //! raw ONNX Runtime), as a ratio; absolute numbers are printed too. Nothing
 //! here is a pass/fail test: these machines are noisy.
 //!
-//! Today: the state benchmark (memory per customer and changelog restore
-//! rate). The ingest, scoring, end-to-end and training benchmarks join it
-//! with their stages.
+//! The benchmarks: ingest ([`ingest`], vs raw librdkafka), state (memory per
+//! customer, restore vs raw librdkafka), scoring (vs raw `Session::run`), end
+//! to end with transactions (vs raw librdkafka), and training ([`train`], vs
+//! a plain state replay). [`report`] writes them all as `BENCHMARKS.md` and
+//! JSON (`segstream bench all`).
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,17 @@ use crate::event::{Browse, BrowseAction, Event, LineItem, Payload, Purchase, Rev
 use crate::state::changelog::{encode, restore_partition, ChangelogRecord, ChangelogWriter};
 use crate::state::{CustomerState, Decision, PartitionStore};
 use crate::telemetry::Metrics;
+
+mod ingest;
+mod report;
+mod train;
+
+pub use ingest::{ingest, ingest_markdown, IngestBench};
+pub use report::{suite_markdown, Machine, Outcome, Suite};
+pub use train::{history_for, summarize as train_summary, train, train_markdown, TrainBench};
+
+/// What a benchmark returns; its error is reported, not classified.
+pub type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Results of the state benchmark.
 #[derive(Debug, Clone, Serialize)]

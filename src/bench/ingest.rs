@@ -1,0 +1,289 @@
+//! The ingest benchmark: the pipeline's ingest stage (route = decode +
+//! validate, then `PartitionStore::record`) with scoring off, against a bare
+//! librdkafka read of the same topics in the same run.
+//!
+//! Both passes use the same consumer settings (assigned partitions from the
+//! beginning, `read_committed`), so the difference between them is the
+//! per-record work of the pipeline, not the client set-up.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::Serialize;
+
+use super::{raw_read_all, BenchResult};
+use crate::config::Config;
+use crate::event::encode::WireFormat;
+use crate::generate::kafka::{produce, ProduceOptions};
+use crate::generate::GeneratorConfig;
+use crate::ingest::{self, Routed};
+use crate::state::{PartitionStore, RecordOutcome, StoreLimits};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Days of generated history the ingest benchmark reads.
+pub const INGEST_DAYS: u32 = 30;
+
+/// Results of the ingest benchmark (best of the rounds for each path).
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestBench {
+    /// Records in the input topics.
+    pub events: u64,
+    /// Partitions per input topic.
+    pub partitions: i32,
+    /// Mean record size (key + value) in bytes.
+    pub bytes_per_event: f64,
+    /// Rounds per path (raw, then pipeline, alternating); the best counts.
+    pub rounds: usize,
+    /// Raw librdkafka: records/s reading every partition to its end.
+    pub raw_events_per_second: f64,
+    /// Ingest + decode + validate + state update: events/s.
+    pub pipeline_events_per_second: f64,
+    /// pipeline / raw.
+    pub ratio: f64,
+    /// Raw read throughput in MB/s (10^6 bytes).
+    pub raw_megabytes_per_second: f64,
+    /// Events applied to a customer's state (last pipeline round).
+    pub applied: u64,
+    /// Events the state ignored as duplicates (last pipeline round).
+    pub duplicates: u64,
+    /// Events behind the watermark (last pipeline round).
+    pub late: u64,
+    /// Records refused by decode/validation (last pipeline round).
+    pub refused: u64,
+    /// Customers in the stores after the run.
+    pub customers: usize,
+}
+
+/// What one pass of the ingest stage did.
+#[derive(Debug, Default, Clone, Copy)]
+struct PassCounts {
+    records: u64,
+    bytes: u64,
+    applied: u64,
+    duplicates: u64,
+    late: u64,
+    refused: u64,
+    customers: usize,
+}
+
+/// A topic prefix no other run uses.
+pub(super) fn unique_id(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("segstream-bench-{what}-{}-{nanos:09}", std::process::id())
+}
+
+/// Runs the ingest benchmark: generates about `events` events of realistic
+/// behaviour (a month of history) into three fresh input topics with
+/// `partitions` partitions each, then alternates a raw read and an ingest
+/// pass over them `rounds` times. The topics are deleted afterwards.
+pub async fn ingest(
+    config: &Config,
+    events: usize,
+    partitions: i32,
+    rounds: usize,
+) -> BenchResult<IngestBench> {
+    let id = unique_id("ingest");
+    let client = config.kafka.client_config()?;
+    let admin: AdminClient<DefaultClientContext> = client.create()?;
+    let inputs: Vec<String> = ["browse", "purchase", "review"]
+        .iter()
+        .map(|k| format!("{id}.{k}"))
+        .collect();
+    let new: Vec<NewTopic<'_>> = inputs
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    for r in admin.create_topics(&new, &AdminOptions::new()).await? {
+        r.map_err(|(t, e)| format!("creating {t}: {e}"))?;
+    }
+    let result = ingest_on(config, &client, &inputs, events, partitions, rounds).await;
+    let names: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let _ = admin.delete_topics(&names, &AdminOptions::new()).await;
+    result
+}
+
+async fn ingest_on(
+    config: &Config,
+    client: &ClientConfig,
+    inputs: &[String],
+    events: usize,
+    partitions: i32,
+    rounds: usize,
+) -> BenchResult<IngestBench> {
+    let mut cfg = config.clone();
+    cfg.input.topics = inputs.to_vec();
+    // About 0.76 events per customer and day (the generator's mix); a third
+    // more customers than needed so the cap, not the world, ends the run.
+    let per_customer = 0.76 * f64::from(INGEST_DAYS);
+    let customers = ((events as f64 / per_customer) * 1.33).ceil().max(10.0) as usize;
+    let now = ingest::now_ms();
+    let gen = GeneratorConfig {
+        customers,
+        days: INGEST_DAYS,
+        start_ms: now - i64::from(INGEST_DAYS) * DAY_MS - DAY_MS,
+        seed: 7,
+        ..GeneratorConfig::default()
+    };
+    let options = ProduceOptions {
+        format: WireFormat::Protobuf,
+        history: true,
+        live_for: None,
+        rate: None,
+        max_events: Some(events as u64),
+    };
+    let produced = produce(&cfg, &gen, &options, std::future::pending::<()>()).await?;
+    if produced.events == 0 {
+        return Err("the generator produced no events".into());
+    }
+
+    let mut limits = cfg.state.limits();
+    // The topics hold a month of history read in partition, not time,
+    // order: the stores accept all of it, as when replaying history.
+    limits.allowed_lateness_ms = limits
+        .allowed_lateness_ms
+        .max(i64::from(INGEST_DAYS + 2) * DAY_MS);
+    let decoder = Arc::new(cfg.decoder());
+    let max_dead_letter_bytes = cfg.dead_letter.max_value_bytes;
+
+    let (mut raw_best, mut pipe_best) = (0f64, 0f64);
+    let mut last = PassCounts::default();
+    for _ in 0..rounds.max(1) {
+        let (c, t) = (client.clone(), inputs.to_vec());
+        let (n, took) =
+            tokio::task::spawn_blocking(move || raw_read_all(&c, &t, partitions)).await??;
+        raw_best = raw_best.max(n as f64 / took.as_secs_f64().max(1e-9));
+
+        let (c, t, d) = (client.clone(), inputs.to_vec(), decoder.clone());
+        let (counts, took) = tokio::task::spawn_blocking(move || {
+            ingest_pass(&c, &t, partitions, &d, limits, max_dead_letter_bytes)
+        })
+        .await??;
+        let secs = took.as_secs_f64().max(1e-9);
+        pipe_best = pipe_best.max(counts.records as f64 / secs);
+        last = counts;
+    }
+    let bytes_per_event = last.bytes as f64 / last.records.max(1) as f64;
+    Ok(IngestBench {
+        events: last.records,
+        partitions,
+        bytes_per_event,
+        rounds: rounds.max(1),
+        raw_events_per_second: raw_best,
+        pipeline_events_per_second: pipe_best,
+        ratio: pipe_best / raw_best.max(1e-9),
+        raw_megabytes_per_second: raw_best * bytes_per_event / 1e6,
+        applied: last.applied,
+        duplicates: last.duplicates,
+        late: last.late,
+        refused: last.refused,
+        customers: last.customers,
+    })
+}
+
+/// Reads every partition to its end as [`raw_read_all`] does, and puts each
+/// record through the pipeline's ingest stage: [`ingest::route`] with the
+/// configured decoder, then the partition's [`PartitionStore`].
+fn ingest_pass(
+    client: &ClientConfig,
+    topics: &[String],
+    partitions: i32,
+    decoder: &crate::event::Decoder,
+    limits: StoreLimits,
+    max_dead_letter_bytes: usize,
+) -> Result<(PassCounts, Duration), KafkaError> {
+    let mut c = client.clone();
+    c.set("group.id", "segstream-bench-ingest")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed");
+    let consumer: BaseConsumer = c.create()?;
+    let mut tpl = TopicPartitionList::new();
+    for t in topics {
+        for p in 0..partitions {
+            tpl.add_partition_offset(t, p, Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    let mut names: BTreeMap<String, Arc<str>> = BTreeMap::new();
+    let mut stores: HashMap<i32, PartitionStore> = HashMap::new();
+    let mut counts = PassCounts::default();
+    let mut started: Option<Instant> = None;
+    let mut eof = 0usize;
+    let want = topics.len() * partitions as usize;
+    while eof < want {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) => eof += 1,
+            Some(Err(e)) => return Err(e),
+            Some(Ok(msg)) => {
+                started.get_or_insert_with(Instant::now);
+                counts.records += 1;
+                counts.bytes += (msg.key().map_or(0, <[u8]>::len)
+                    + msg.payload().map_or(0, <[u8]>::len)) as u64;
+                let topic = ingest::intern(&mut names, msg.topic());
+                let record = ingest::source_record(&msg);
+                let routed = ingest::route(
+                    decoder,
+                    &record,
+                    &topic,
+                    ingest::now_ms(),
+                    max_dead_letter_bytes,
+                );
+                match routed {
+                    Routed::Event(e) => {
+                        let store = stores
+                            .entry(e.partition)
+                            .or_insert_with(|| PartitionStore::new(limits));
+                        match store.record(&e.event, tokio::time::Instant::now()) {
+                            RecordOutcome::Applied => counts.applied += 1,
+                            RecordOutcome::Duplicate => counts.duplicates += 1,
+                            RecordOutcome::Late { .. } => counts.late += 1,
+                        }
+                    }
+                    Routed::DeadLetter(_) => counts.refused += 1,
+                }
+            }
+        }
+    }
+    let took = started.map(|s| s.elapsed()).unwrap_or_default();
+    counts.customers = stores.values().map(PartitionStore::len).sum();
+    Ok((counts, took))
+}
+
+/// The ingest results as a Markdown table.
+pub fn ingest_markdown(b: &IngestBench) -> String {
+    let mut s = format!(
+        "| ingest ({} events, {} partitions × 3 topics, best of {}) | value |\n| --- | --- |\n",
+        b.events, b.partitions, b.rounds
+    );
+    s.push_str(&format!(
+        "| raw librdkafka read of the input (baseline) | {:.0} events/s ({:.1} MB/s) |\n",
+        b.raw_events_per_second, b.raw_megabytes_per_second
+    ));
+    s.push_str(&format!(
+        "| ingest + decode + validate + state update (scoring off) | {:.0} events/s |\n",
+        b.pipeline_events_per_second
+    ));
+    s.push_str(&format!("| ingest / raw | {:.3} |\n", b.ratio));
+    s.push_str(&format!(
+        "| bytes per event (key + protobuf value) | {:.0} B |\n",
+        b.bytes_per_event
+    ));
+    s.push_str(&format!(
+        "| applied / duplicates / late / refused | {} / {} / {} / {} |\n",
+        b.applied, b.duplicates, b.late, b.refused
+    ));
+    s.push_str(&format!("| customers in state | {} |\n", b.customers));
+    s
+}

@@ -1,0 +1,188 @@
+//! The training benchmark: `segstream::train::train` on generated history,
+//! into a temporary registry (never promoted), against a plain replay of the
+//! same events through `CustomerState::record` in the same run.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::BenchResult;
+use crate::config::Config;
+use crate::event::Event;
+use crate::generate::{history, GeneratorConfig};
+use crate::model::Registry;
+use crate::state::CustomerState;
+use crate::train::{Progress, TrainOptions, TrainReport};
+
+/// Days of generated history the training benchmark uses.
+pub const TRAIN_DAYS: u32 = 180;
+/// The generator's yield: about this many events per customer over 180 days.
+const EVENTS_PER_CUSTOMER: f64 = 275_000.0 / 2_000.0;
+
+/// Results of the training benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainBench {
+    /// Events trained on.
+    pub events: u64,
+    /// Customers in the generated world.
+    pub customers: usize,
+    /// Days of history.
+    pub days: u32,
+    /// Examples (training, validation).
+    pub examples: (usize, usize),
+    /// Trainable parameters.
+    pub parameters: usize,
+    /// Epochs run.
+    pub epochs: usize,
+    /// Baseline: seconds to replay the events through `CustomerState::record`
+    /// only (no features, no labels).
+    pub plain_replay_seconds: f64,
+    /// Replay with features and labels (example building), seconds.
+    pub replay_seconds: f64,
+    /// replay with features / plain replay.
+    pub replay_ratio: f64,
+    /// Mean seconds per epoch.
+    pub seconds_per_epoch: f64,
+    /// Whole fit (all epochs), seconds.
+    pub fit_seconds: f64,
+    /// Evaluation and ONNX export (with its ONNX Runtime parity check), seconds.
+    pub eval_export_seconds: f64,
+    /// Seconds per 1M events for replay + one epoch.
+    pub seconds_per_million_replay_epoch: f64,
+    /// Seconds per 1M events for the whole run (replay, fit, eval + export).
+    pub seconds_per_million_total: f64,
+}
+
+/// The generated history for about `events` events (180 days, customers
+/// scaled to the generator's yield).
+pub fn history_for(events: usize) -> (GeneratorConfig, Vec<Event>) {
+    let customers = ((events as f64 / EVENTS_PER_CUSTOMER).ceil() as usize).max(20);
+    let gen = GeneratorConfig {
+        customers,
+        days: TRAIN_DAYS,
+        seed: 11,
+        ..GeneratorConfig::default()
+    };
+    let mut world = history(&gen);
+    let mut out = Vec::with_capacity(events + events / 8);
+    while let Some(e) = world.next_event() {
+        out.push(e);
+    }
+    (gen, out)
+}
+
+/// Plain replay: sort by event time (as the trainer does), then
+/// `CustomerState::record` per event. Returns seconds and customers.
+fn plain_replay(config: &Config, events: &mut [Event]) -> (f64, usize) {
+    let limits = config.state.limits().state;
+    let started = Instant::now();
+    events.sort_by_key(|e| e.event_time_ms);
+    let mut states: HashMap<&str, CustomerState> = HashMap::new();
+    for e in events.iter() {
+        states
+            .entry(e.customer_id.as_str())
+            .or_default()
+            .record(e, limits);
+    }
+    (started.elapsed().as_secs_f64(), states.len())
+}
+
+/// Runs the training benchmark on about `events` generated events for
+/// `epochs` epochs (early stopping off). Needs ONNX Runtime (the export is
+/// checked with it).
+pub fn train(config: &Config, events: usize, epochs: usize) -> BenchResult<TrainBench> {
+    let (gen, mut history) = history_for(events);
+    let (plain, _) = plain_replay(config, &mut history);
+    let n = history.len() as u64;
+
+    let mut cfg = config.clone();
+    cfg.train.max_epochs = epochs.max(1);
+    cfg.train.patience = cfg.train.patience.max(cfg.train.max_epochs);
+    let dir = std::env::temp_dir().join(super::ingest::unique_id("train"));
+    let registry = Registry::new(dir.join("models"));
+    let options = TrainOptions {
+        version: Some("bench-1".into()),
+        force: false,
+        no_promote: true,
+    };
+    let report = Progress::silent(|p| crate::train::train(&cfg, history, &registry, &options, p));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(summarize(&report?, n, gen.customers, plain))
+}
+
+/// The benchmark figures from a training report and the baseline replay.
+pub fn summarize(
+    report: &TrainReport,
+    events: u64,
+    customers: usize,
+    plain_replay_seconds: f64,
+) -> TrainBench {
+    let (replay, fit, eval) = report.seconds;
+    let epochs = report.fit.epochs.len();
+    let epoch_seconds: f64 = report.fit.epochs.iter().map(|e| e.seconds).sum();
+    let per_epoch = if epochs == 0 {
+        0.0
+    } else {
+        epoch_seconds / epochs as f64
+    };
+    let millions = (events as f64 / 1e6).max(1e-9);
+    TrainBench {
+        events,
+        customers,
+        days: TRAIN_DAYS,
+        examples: report.examples,
+        parameters: report.parameters,
+        epochs,
+        plain_replay_seconds,
+        replay_seconds: replay,
+        replay_ratio: replay / plain_replay_seconds.max(1e-9),
+        seconds_per_epoch: per_epoch,
+        fit_seconds: fit,
+        eval_export_seconds: eval,
+        seconds_per_million_replay_epoch: (replay + per_epoch) / millions,
+        seconds_per_million_total: (replay + fit + eval) / millions,
+    }
+}
+
+/// The training results as a Markdown table.
+pub fn train_markdown(b: &TrainBench) -> String {
+    let mut s = format!(
+        "| training ({} events, {} customers, {} days) | value |\n| --- | --- |\n",
+        b.events, b.customers, b.days
+    );
+    s.push_str(&format!(
+        "| plain replay through `CustomerState::record` (baseline) | {:.2} s |\n",
+        b.plain_replay_seconds
+    ));
+    s.push_str(&format!(
+        "| replay with features and labels (example building) | {:.2} s |\n",
+        b.replay_seconds
+    ));
+    s.push_str(&format!(
+        "| replay with features / plain replay | {:.1} |\n",
+        b.replay_ratio
+    ));
+    s.push_str(&format!(
+        "| examples (training / validation) | {} / {} |\n",
+        b.examples.0, b.examples.1
+    ));
+    s.push_str(&format!("| trainable parameters | {} |\n", b.parameters));
+    s.push_str(&format!(
+        "| seconds per epoch ({} epochs) | {:.2} s |\n",
+        b.epochs, b.seconds_per_epoch
+    ));
+    s.push_str(&format!(
+        "| evaluation + ONNX export | {:.2} s |\n",
+        b.eval_export_seconds
+    ));
+    s.push_str(&format!(
+        "| replay + one epoch, per 1M events | {:.1} s |\n",
+        b.seconds_per_million_replay_epoch
+    ));
+    s.push_str(&format!(
+        "| whole run, per 1M events | {:.1} s |\n",
+        b.seconds_per_million_total
+    ));
+    s
+}
