@@ -176,11 +176,20 @@ test: tools pyenv observability-tools ## Run all tests against a fresh local bro
 	SEGSTREAM_TEST_BOOTSTRAP=$(KAFKA_BOOTSTRAP) deploy/local/with-kafka.sh \
 	  $(CARGO) test --locked --release --all-targets
 
-bench: build kafka-up ## Benchmarks against a local broker (results: target/bench/*.json)
+# The benchmark suite (`segstream bench all`): ingest, state (memory at 100k
+# and 1M customers, restore), scoring, end to end, training. Writes
+# BENCHMARKS.md and target/bench/all.json. QUICK=1: small sizes, written to
+# target/bench/ only (BENCHMARKS.md is left alone). BENCH_CONDITIONS: a
+# sentence on the machine's load, written under its description.
+# BENCH_FLAGS: more flags for `segstream bench all` (see --help).
+BENCH_CONDITIONS ?=
+BENCH_FLAGS ?=
+BENCH_OUT = $(if $(QUICK),--quick --markdown target/bench/BENCHMARKS.quick.md --json target/bench/quick.json,--markdown BENCHMARKS.md --json target/bench/all.json)
+
+bench: build kafka-up onnxruntime ## Benchmark suite vs same-run baselines → BENCHMARKS.md (QUICK=1: small sizes)
 	mkdir -p target/bench
-	target/release/segstream bench state --customers $${CUSTOMERS:-100000} --json target/bench/state.json
-	target/release/segstream bench score --json target/bench/score.json
-	target/release/segstream bench e2e --json target/bench/e2e.json
+	SEGSTREAM__KAFKA__BOOTSTRAP_SERVERS=$(KAFKA_BOOTSTRAP) target/release/segstream bench all \
+	  $(BENCH_OUT) --conditions "$(BENCH_CONDITIONS)" $(BENCH_FLAGS)
 
 lint: ## rustfmt check and clippy (warnings are errors)
 	$(CARGO) fmt --check

@@ -12,13 +12,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use serde::Serialize;
 
-use super::{raw_read_all, BenchResult};
+use super::{raw_read_all, read_to_end_consumer, BenchResult};
 use crate::config::Config;
 use crate::event::encode::WireFormat;
 use crate::generate::kafka::{produce, ProduceOptions};
@@ -202,19 +201,7 @@ fn ingest_pass(
     limits: StoreLimits,
     max_dead_letter_bytes: usize,
 ) -> Result<(PassCounts, Duration), KafkaError> {
-    let mut c = client.clone();
-    c.set("group.id", "segstream-bench-ingest")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed");
-    let consumer: BaseConsumer = c.create()?;
-    let mut tpl = TopicPartitionList::new();
-    for t in topics {
-        for p in 0..partitions {
-            tpl.add_partition_offset(t, p, Offset::Beginning)?;
-        }
-    }
-    consumer.assign(&tpl)?;
+    let consumer = read_to_end_consumer(client, "segstream-bench-ingest", topics, partitions)?;
     let mut names: BTreeMap<String, Arc<str>> = BTreeMap::new();
     let mut stores: HashMap<i32, PartitionStore> = HashMap::new();
     let mut counts = PassCounts::default();

@@ -660,18 +660,39 @@ pub async fn e2e(
     })
 }
 
-/// Reads every partition of `topics` to its end with a bare consumer.
-fn raw_read_all(
+/// The client context of the benchmark readers: partition EOF is how they
+/// know they are done, not an error worth a log line.
+struct ReadToEnd;
+
+impl rdkafka::ClientContext for ReadToEnd {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let eof = matches!(
+            error,
+            KafkaError::PartitionEOF(_)
+                | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        );
+        if !eof {
+            tracing::warn!(error = %error, reason, "Benchmark reader client error.");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReadToEnd {}
+
+/// A consumer that reads the given partitions from the beginning to their
+/// ends, without a group's commits, reporting partition EOF.
+fn read_to_end_consumer(
     client: &ClientConfig,
+    group: &str,
     topics: &[String],
     partitions: i32,
-) -> Result<(u64, Duration), KafkaError> {
+) -> Result<BaseConsumer<ReadToEnd>, KafkaError> {
     let mut c = client.clone();
-    c.set("group.id", "segstream-bench-raw")
+    c.set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed");
-    let consumer: BaseConsumer = c.create()?;
+    let consumer: BaseConsumer<ReadToEnd> = c.create_with_context(ReadToEnd)?;
     let mut tpl = TopicPartitionList::new();
     for t in topics {
         for p in 0..partitions {
@@ -679,6 +700,16 @@ fn raw_read_all(
         }
     }
     consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+/// Reads every partition of `topics` to its end with a bare consumer.
+fn raw_read_all(
+    client: &ClientConfig,
+    topics: &[String],
+    partitions: i32,
+) -> Result<(u64, Duration), KafkaError> {
+    let consumer = read_to_end_consumer(client, "segstream-bench-raw", topics, partitions)?;
     // Timed from the first record: connection set-up is not throughput.
     let mut started: Option<Instant> = None;
     let (mut n, mut eof) = (0u64, 0usize);

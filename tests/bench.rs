@@ -1,0 +1,272 @@
+//! `segstream bench`: the suite report has every section, and the ingest and
+//! training benchmarks run at tiny sizes and account for every event. No
+//! timing is asserted (these machines are shared and noisy).
+
+mod common;
+
+use std::process::Command;
+
+use segstream::bench::{
+    suite_markdown, E2eBench, IngestBench, Machine, Outcome, RestoreBench, ScoreBenchRow,
+    StateBench, Suite, TrainBench,
+};
+
+fn segstream() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_segstream"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SEGSTREAM__") || k == "SEGSTREAM_CONFIG" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn suite() -> Suite {
+    Suite {
+        machine: Machine::describe(),
+        conditions: "A test run.".into(),
+        command: "segstream bench all".into(),
+        ingest: Outcome::Done(IngestBench {
+            events: 3000,
+            partitions: 3,
+            bytes_per_event: 81.0,
+            rounds: 2,
+            raw_events_per_second: 200_000.0,
+            pipeline_events_per_second: 150_000.0,
+            ratio: 0.75,
+            raw_megabytes_per_second: 16.2,
+            applied: 2990,
+            duplicates: 4,
+            late: 0,
+            refused: 6,
+            customers: 120,
+        }),
+        state: vec![
+            Outcome::Done(StateBench {
+                customers: 1000,
+                mean_events: 20.0,
+                memory_bytes_per_customer: 936.0,
+                changelog_bytes_per_customer: 666.0,
+                full_customer_memory_bytes: 2478,
+                full_customer_changelog_bytes: 2170,
+                restore: Some(RestoreBench {
+                    records: 1000,
+                    raw_records_per_second: 79_200.0,
+                    restore_customers_per_second: 79_500.0,
+                    ratio: 1.004,
+                }),
+            }),
+            Outcome::Failed("out of memory\nat 1M".into()),
+        ],
+        score: Outcome::Done(vec![ScoreBenchRow {
+            batch: 64,
+            raw_customers_per_second: 38_900.0,
+            scorer_customers_per_second: 37_600.0,
+            overhead: 0.033,
+        }]),
+        e2e: Outcome::Done(E2eBench {
+            events: 10_000,
+            raw_events_per_second: 180_000.0,
+            pipeline_events_per_second: 9_000.0,
+            ratio: 0.05,
+            latency_rate: 4_500.0,
+            latency_samples: 45_000,
+            p50_ms: 120.0,
+            p99_ms: 480.0,
+        }),
+        train: Outcome::Done(TrainBench {
+            events: 1_000_000,
+            customers: 7273,
+            days: 180,
+            examples: (90_000, 30_000),
+            parameters: 283_456,
+            epochs: 1,
+            plain_replay_seconds: 2.0,
+            replay_seconds: 13.0,
+            replay_ratio: 6.5,
+            seconds_per_epoch: 40.0,
+            fit_seconds: 40.0,
+            eval_export_seconds: 5.0,
+            seconds_per_million_replay_epoch: 53.0,
+            seconds_per_million_total: 58.0,
+        }),
+    }
+}
+
+#[test]
+fn the_suite_report_has_the_machine_and_every_section() {
+    let s = suite();
+    let md = suite_markdown(&s);
+    for heading in [
+        "# segstream benchmarks",
+        "## Machine",
+        "## Ingest",
+        "## State",
+        "## Scoring",
+        "## End to end",
+        "## Training",
+    ] {
+        assert!(md.contains(heading), "missing {heading:?} in\n{md}");
+    }
+    assert!(md.contains(&format!("| CPU | {} |", s.machine.cpu)), "{md}");
+    assert!(md.contains("| cores |"), "{md}");
+    assert!(md.contains("A test run."), "{md}");
+    // Each section is the benchmark's own table with its figures and ratio.
+    assert!(md.contains("| ingest / raw | 0.750 |"), "{md}");
+    assert!(
+        md.contains("| bytes per event (key + protobuf value) | 81 B |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| memory per customer (mean) | 936 B |"),
+        "{md}"
+    );
+    assert!(md.contains("| restore / raw | 1.00 |"), "{md}");
+    assert!(md.contains("| 64 | 38900 | 37600 | 0.967 | 3.3% |"), "{md}");
+    assert!(
+        md.contains("| replay with features / plain replay | 6.5 |"),
+        "{md}"
+    );
+    assert!(md.contains("| whole run, per 1M events | 58.0 s |"), "{md}");
+    assert!(md.contains("| same, p99 | 480 ms |"), "{md}");
+    // A failure is said, on one line.
+    assert!(md.contains("Failed: out of memory at 1M"), "{md}");
+    assert!(!md.contains("Not run (skipped)."), "{md}");
+    assert_eq!(s.failures(), vec!["state"]);
+
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["ingest"]["done"]["events"], 3000);
+    assert_eq!(json["state"][0]["done"]["restore"]["records"], 1000);
+    assert_eq!(json["state"][1]["failed"], "out of memory\nat 1M");
+    assert_eq!(json["score"]["done"][0]["batch"], 64);
+    assert_eq!(json["e2e"]["done"]["p99_ms"], 480.0);
+    assert_eq!(json["train"]["done"]["examples"][0], 90_000);
+    assert!(json["machine"]["cores"].as_u64().unwrap() >= 1);
+}
+
+/// `bench all` with only the ingest benchmark, a few thousand events against
+/// the real broker: both files are written, every section is there, and the
+/// ingest pass accounts for every generated event.
+#[test]
+fn bench_all_writes_markdown_and_json_with_the_ingest_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let (md_path, json_path) = (dir.path().join("B.md"), dir.path().join("b/all.json"));
+    let out = segstream()
+        .env("SEGSTREAM__KAFKA__BOOTSTRAP_SERVERS", common::bootstrap())
+        .args(["bench", "all", "--skip", "state,score,e2e,train"])
+        .args(["--ingest-events", "3000", "--markdown"])
+        .arg(&md_path)
+        .arg("--json")
+        .arg(&json_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = std::fs::read_to_string(&md_path).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), md.trim());
+    for heading in [
+        "## Machine",
+        "## Ingest",
+        "## State",
+        "## Scoring",
+        "## End to end",
+        "## Training",
+    ] {
+        assert!(md.contains(heading), "missing {heading:?} in\n{md}");
+    }
+    assert!(
+        md.contains("| ingest (3000 events, 3 partitions × 3 topics"),
+        "{md}"
+    );
+    assert_eq!(md.matches("Not run (skipped).").count(), 4, "{md}");
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    let ingest = &json["ingest"]["done"];
+    assert_eq!(ingest["events"], 3000, "{json}");
+    let sum: u64 = ["applied", "duplicates", "late", "refused"]
+        .iter()
+        .map(|k| ingest[k].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        sum, 3000,
+        "every record is applied, a duplicate, late or refused"
+    );
+    // Generated events are valid and fit the stores' lateness: all applied.
+    assert_eq!(ingest["refused"], 0);
+    assert_eq!(ingest["late"], 0);
+    assert!(ingest["customers"].as_u64().unwrap() > 10);
+    assert!(ingest["bytes_per_event"].as_f64().unwrap() > 20.0);
+    assert!(ingest["raw_events_per_second"].as_f64().unwrap() > 0.0);
+    assert!(ingest["pipeline_events_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["train"], "skipped");
+}
+
+/// `bench train` with a tiny model on about 20k events: it trains into a
+/// temporary registry and reports one epoch and the per-1M figures.
+#[test]
+fn bench_train_reports_a_tiny_run() {
+    let Ok(lib) = std::env::var("ORT_DYLIB_PATH") else {
+        assert!(
+            std::env::var("SEGSTREAM_TEST_REQUIRE_TOOLS").is_err(),
+            "ORT_DYLIB_PATH is not set"
+        );
+        eprintln!("skipped: ORT_DYLIB_PATH is not set (make test provisions it)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("segstream.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[score]\nonnxruntime_library = {lib:?}\n\
+             [train]\nd_model = 16\nheads = 2\nlayers = 1\nffn_dim = 32\nbatch_size = 64\n"
+        ),
+    )
+    .unwrap();
+    let json_path = dir.path().join("train.json");
+    let out = segstream()
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "bench", "train", "--events", "20000", "--epochs", "2", "--json",
+        ])
+        .arg(&json_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("| seconds per epoch (2 epochs) |"),
+        "{stdout}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    assert_eq!(json["epochs"], 2);
+    assert_eq!(json["days"], 180);
+    let events = json["events"].as_u64().unwrap();
+    assert!((15_000..30_000).contains(&events), "{events}");
+    assert!(json["examples"][0].as_u64().unwrap() > 0);
+    assert!(json["parameters"].as_u64().unwrap() > 0);
+    for k in [
+        "plain_replay_seconds",
+        "replay_seconds",
+        "seconds_per_epoch",
+        "seconds_per_million_total",
+    ] {
+        assert!(json[k].as_f64().unwrap() > 0.0, "{k}: {json}");
+    }
+    let total = json["seconds_per_million_total"].as_f64().unwrap();
+    let one = json["seconds_per_million_replay_epoch"].as_f64().unwrap();
+    assert!(
+        total > one,
+        "two epochs and the export take longer than replay + one epoch"
+    );
+}
