@@ -49,6 +49,27 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+/// `segstream run` with its endpoints on `port`, JSON logs into `log`, and
+/// extra environment overrides.
+fn run_pipeline(config: &Path, port: u16, log: &Path, env: &[(&str, &str)]) -> Reaper {
+    Reaper(
+        Command::new(env!("CARGO_BIN_EXE_segstream"))
+            .args(["run", "-c"])
+            .arg(config)
+            .env(
+                "SEGSTREAM__PIPELINE__HTTP_LISTEN",
+                format!("127.0.0.1:{port}"),
+            )
+            .env("SEGSTREAM__TELEMETRY__LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("start segstream run"),
+    )
+}
+
 /// Kills a child process when dropped (also when the test panics).
 struct Reaper(Child);
 
@@ -181,21 +202,7 @@ async fn prometheus_scrapes_a_running_pipeline_whose_metrics_pass_promtool() {
     // The pipeline, with its endpoints on a free port and JSON logs.
     let port = free_port();
     let log = s.dir.path().join("run.log");
-    let mut pipeline = Reaper(
-        Command::new(env!("CARGO_BIN_EXE_segstream"))
-            .args(["run", "-c"])
-            .arg(&s.config)
-            .env(
-                "SEGSTREAM__PIPELINE__HTTP_LISTEN",
-                format!("127.0.0.1:{port}"),
-            )
-            .env("SEGSTREAM__TELEMETRY__LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start segstream run"),
-    );
+    let mut pipeline = run_pipeline(&s.config, port, &log, &[]);
     wait_consumed(&s, std::slice::from_mut(&mut pipeline.0), &log).await;
 
     // Lag: once librdkafka's statistics (every 5 s) saw the ends, every
@@ -206,12 +213,13 @@ async fn prometheus_scrapes_a_running_pipeline_whose_metrics_pass_promtool() {
         assert_eq!(status, 200);
         if count_of(&body, "segstream_consumer_lag_records") == 3 * PARTITIONS as usize
             && sum_of(&body, "segstream_consumer_lag_records") == 0.0
+            && sum_of(&body, "segstream_state_customers") == CUSTOMERS as f64
         {
             break body;
         }
         assert!(
             Instant::now() < deadline,
-            "lag gauges did not settle at 0 for {} partitions:\n{body}",
+            "lag gauges did not settle at 0 for {} partitions (or state gauges lag):\n{body}",
             3 * PARTITIONS
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -382,6 +390,55 @@ async fn prometheus_scrapes_a_running_pipeline_whose_metrics_pass_promtool() {
         ),
         "a dead-letter summary line:\n{text}"
     );
+}
+
+/// The lag gauge counts from the group's committed offsets: with commits
+/// 50 s apart (near the longest interval allowed), everything consumed before
+/// the first commit is still lag, exactly the records produced; the closing
+/// commit at SIGTERM then makes it all committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_counts_the_records_not_yet_committed() {
+    assert!(
+        std::env::var_os("ORT_DYLIB_PATH").is_some(),
+        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
+    );
+    let s = setup().await;
+    let stream = produce_stream(topics(&s), 0.5).await;
+    let records = stream.produced.values().sum::<u64>() + stream.bad.len() as u64;
+    let port = free_port();
+    let log = s.dir.path().join("run.log");
+    let mut pipeline = run_pipeline(
+        &s.config,
+        port,
+        &log,
+        &[("SEGSTREAM__PIPELINE__COMMIT_INTERVAL", "50s")],
+    );
+    // The run loop's first commit tick fires at start, the next a minute on.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let body = get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        let consumed = sum_of(&body, "segstream_records_consumed_total");
+        let lag = sum_of(&body, "segstream_consumer_lag_records");
+        if consumed == records as f64 && lag == records as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consumed {consumed} and lag {lag}, expected {records} and {records}:\n{body}\n{}",
+            tail(&log)
+        );
+        assert!(pipeline.0.try_wait().unwrap().is_none(), "{}", tail(&log));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(!consumed_all(&s), "nothing was committed yet");
+    sigterm(&pipeline.0);
+    let status = pipeline.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "segstream run exit: {status}:\n{}",
+        tail(&log)
+    );
+    assert!(consumed_all(&s), "the closing commit took every offset");
 }
 
 #[test]

@@ -194,8 +194,8 @@ pub struct Pipeline {
     /// Committed offset (next record to process) of each assigned input
     /// partition, for the lag gauge.
     committed: BTreeMap<(Arc<str>, i32), i64>,
-    /// When the lag and state-size gauges were last updated.
-    gauges_at: Option<Instant>,
+    /// Gauge updates so far (state size is measured every tenth).
+    gauge_ticks: u64,
     health: Arc<Health>,
     cycle: Cycle,
     sweep: Option<RescoreSweep<(i32, String)>>,
@@ -281,8 +281,13 @@ pub async fn run(
     let consumer = p.consumer.clone();
     let mut tick = tokio::time::interval(p.cfg.pipeline.commit_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut gauges = tokio::time::interval(Duration::from_secs(1));
+    gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         tokio::select! {
+            _ = gauges.tick() => {
+                p.update_gauges();
+            }
             _ = &mut shutdown => {
                 info!("Shutdown requested; committing the open cycle.");
                 health.stopping.store(true, Ordering::Relaxed);
@@ -387,7 +392,7 @@ impl Pipeline {
             tally: metrics.tally(),
             metrics,
             committed: BTreeMap::new(),
-            gauges_at: None,
+            gauge_ticks: 0,
             health,
             cycle: Cycle::default(),
             sweep: None,
@@ -836,7 +841,6 @@ impl Pipeline {
             && self.cycle.to_score.is_empty()
             && !has_changelog
         {
-            self.update_gauges();
             return Ok(());
         }
         self.begin()?;
@@ -875,24 +879,23 @@ impl Pipeline {
             }
             Err(CycleError::Fatal(e)) => return self.after_fatal(e).await,
         }
-        self.update_gauges();
         Ok(())
     }
 
-    /// State size and consumer lag, at most once a second (the lag reads
-    /// librdkafka's cached high watermarks; no broker round trip).
+    /// Lag and partitions every call (once a second, from the run loop's
+    /// gauge ticker, independent of the commit cadence); state size, which
+    /// walks every customer, every tenth call. The lag reads librdkafka's
+    /// statistics, no broker round trip.
     fn update_gauges(&mut self) {
-        if self
-            .gauges_at
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-        {
-            return;
+        // Counters too, should commits be further apart than a second.
+        self.tally.flush();
+        if self.gauge_ticks % 10 == 0 {
+            let customers: usize = self.stores.values().map(PartitionStore::len).sum();
+            self.metrics.state_customers.set(customers as i64);
+            let bytes: usize = self.stores.values().map(PartitionStore::memory_bytes).sum();
+            self.metrics.state_bytes.set(bytes as i64);
         }
-        self.gauges_at = Some(Instant::now());
-        let customers: usize = self.stores.values().map(PartitionStore::len).sum();
-        self.metrics.state_customers.set(customers as i64);
-        let bytes: usize = self.stores.values().map(PartitionStore::memory_bytes).sum();
-        self.metrics.state_bytes.set(bytes as i64);
+        self.gauge_ticks += 1;
         self.metrics
             .assigned_partitions
             .set(self.assigned.len() as i64);
