@@ -412,7 +412,17 @@ async fn bench_all(config: &Config, a: BenchAllArgs) -> anyhow::Result<()> {
     let train_events = a
         .train_events
         .unwrap_or(pick(1_000_000.0, 50_000.0) as usize);
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    // The command line as run, less the conditions sentence (printed apart).
+    let mut command = vec!["segstream".to_string()];
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--conditions" {
+            args.next();
+        } else if !arg.starts_with("--conditions=") {
+            command.push(arg);
+        }
+    }
+    let command = command.join(" ");
     let mut suite = Suite {
         machine: bench::Machine::describe(),
         conditions: a.conditions.clone(),
