@@ -527,6 +527,10 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Seed of weight initialization and example shuffling.
     pub seed: u64,
+    /// CPU threads for training; 0: one per core. On a machine shared with
+    /// the pipeline (or with fewer than 4 cores), 1 is often faster: the
+    /// tensor library's threads spin while they wait for each other.
+    pub threads: usize,
     /// Metric a new model must not be worse on to replace the champion:
     /// `segment_macro_f1`, `segment_accuracy`, `purchase_auc` or `churn_auc`.
     pub promote_metric: String,
@@ -553,6 +557,7 @@ impl Default for TrainConfig {
             learning_rate: 2e-3,
             weight_decay: 0.01,
             seed: 7,
+            threads: 0,
             promote_metric: "segment_macro_f1".into(),
             parity_tolerance: 1e-4,
         }
@@ -1056,6 +1061,7 @@ impl Config {
         range(p, "train.ffn_dim", tc.ffn_dim, 4, 8192);
         range(p, "train.batch_size", tc.batch_size, 1, 65_536);
         range(p, "train.max_epochs", tc.max_epochs, 1, 10_000);
+        range(p, "train.threads", tc.threads, 0, 1024);
         if !(tc.learning_rate.is_finite() && tc.learning_rate > 0.0 && tc.learning_rate < 1.0) {
             p.add("train.learning_rate", "must be between 0 and 1 (exclusive)");
         }

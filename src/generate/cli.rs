@@ -95,6 +95,11 @@ pub struct GenerateArgs {
     /// Stop after this many events.
     #[arg(long)]
     pub max_events: Option<u64>,
+    /// Kafka: skip producing the `--days` of history and continue the same
+    /// world live after it (for a history already produced by an earlier
+    /// run with the same `--seed`, `--customers` and `--days`).
+    #[arg(long)]
+    pub live_only: bool,
 }
 
 /// Errors of the command.
@@ -199,7 +204,7 @@ pub async fn run(
             }
             let options = ProduceOptions {
                 format: args.format.format(),
-                history: days > 0,
+                history: days > 0 && !args.live_only,
                 live_for: args.duration,
                 rate: args.rate,
                 max_events: args.max_events,

@@ -124,11 +124,11 @@ pub struct TrainOptions {
 /// Progress callbacks (the CLI draws bars; tests pass no-ops).
 pub struct Progress<'a> {
     /// Events replayed so far, of the total.
-    pub replay: &'a mut dyn FnMut(u64, u64),
+    pub replay: &'a mut (dyn FnMut(u64, u64) + Send),
     /// Batches done in the current epoch, of the total.
-    pub step: &'a mut dyn FnMut(usize, usize),
+    pub step: &'a mut (dyn FnMut(usize, usize) + Send),
     /// An epoch ended.
-    pub epoch: &'a mut dyn FnMut(&fit::EpochReport),
+    pub epoch: &'a mut (dyn FnMut(&fit::EpochReport) + Send),
 }
 
 impl Progress<'_> {
@@ -272,6 +272,27 @@ pub fn max_difference(a: &Outputs, b: &Outputs) -> (f32, &'static str) {
 /// `config.score.registry` (or `registry`), promoting when not worse than
 /// the champion.
 pub fn train(
+    config: &Config,
+    events: Vec<Event>,
+    registry: &Registry,
+    options: &TrainOptions,
+    progress: &mut Progress<'_>,
+) -> Result<TrainReport, TrainError> {
+    // The tensor library runs its parallel loops on the current rayon pool:
+    // a pool of `train.threads` bounds them.
+    let mut pool = rayon::ThreadPoolBuilder::new();
+    if config.train.threads > 0 {
+        pool = pool.num_threads(config.train.threads);
+    }
+    match pool.build() {
+        Ok(pool) => pool.install(|| train_in_pool(config, events, registry, options, progress)),
+        Err(e) => Err(TrainError::Candle(candle_core::Error::Msg(format!(
+            "cannot start training threads: {e}"
+        )))),
+    }
+}
+
+fn train_in_pool(
     config: &Config,
     events: Vec<Event>,
     registry: &Registry,

@@ -234,8 +234,25 @@ impl Transformer {
             .ok_or_else(|| candle_core::Error::Msg(format!("no parameter {name}")))
     }
 
+    /// `x · w + b` over the last axis. Leading axes are flattened first so
+    /// that it is one large matrix product (a broadcast batched product of
+    /// small ones is several times slower on CPU, forward and backward).
     fn linear(&self, x: &Tensor, w: &str, b: &str) -> CResult<Tensor> {
-        x.broadcast_matmul(self.w(w)?)?.broadcast_add(self.w(b)?)
+        let w = self.w(w)?;
+        let dims = x.dims().to_vec();
+        let (rows, inner) = (
+            dims[..dims.len() - 1].iter().product::<usize>(),
+            dims[dims.len() - 1],
+        );
+        let y = x
+            .reshape((rows, inner))?
+            .matmul(w)?
+            .broadcast_add(self.w(b)?)?;
+        let mut out = dims;
+        if let Some(last) = out.last_mut() {
+            *last = w.dim(1)?;
+        }
+        y.reshape(out)
     }
 
     fn layer_norm(&self, x: &Tensor, g: &str, b: &str) -> CResult<Tensor> {
