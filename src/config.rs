@@ -1050,13 +1050,19 @@ impl Config {
             p.add("train.high_value_spend_minor", "must be positive");
         }
         if !(tc.validation_fraction > 0.0 && tc.validation_fraction < 1.0) {
-            p.add("train.validation_fraction", "must be between 0 and 1 (exclusive)");
+            p.add(
+                "train.validation_fraction",
+                "must be between 0 and 1 (exclusive)",
+            );
         }
         range(p, "train.d_model", tc.d_model, 4, 1024);
         range(p, "train.layers", tc.layers, 1, 16);
         range(p, "train.heads", tc.heads, 1, 64);
         if tc.heads > 0 && tc.d_model % tc.heads != 0 {
-            p.add("train.heads", format!("must divide d_model ({})", tc.d_model));
+            p.add(
+                "train.heads",
+                format!("must divide d_model ({})", tc.d_model),
+            );
         }
         range(p, "train.ffn_dim", tc.ffn_dim, 4, 8192);
         range(p, "train.batch_size", tc.batch_size, 1, 65_536);
@@ -1071,10 +1077,17 @@ impl Config {
         if !PROMOTE_METRICS.contains(&tc.promote_metric.as_str()) {
             p.add(
                 "train.promote_metric",
-                format!("{:?} is not one of {}", tc.promote_metric, PROMOTE_METRICS.join(", ")),
+                format!(
+                    "{:?} is not one of {}",
+                    tc.promote_metric,
+                    PROMOTE_METRICS.join(", ")
+                ),
             );
         }
-        if !(tc.parity_tolerance.is_finite() && tc.parity_tolerance > 0.0 && tc.parity_tolerance <= 0.01) {
+        if !(tc.parity_tolerance.is_finite()
+            && tc.parity_tolerance > 0.0
+            && tc.parity_tolerance <= 0.01)
+        {
             p.add("train.parity_tolerance", "must be in (0, 0.01]");
         }
 

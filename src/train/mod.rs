@@ -53,7 +53,7 @@ pub enum TrainError {
     #[error("training failed: {0}")]
     Candle(#[from] candle_core::Error),
     /// ONNX Runtime could not run the exported model.
-    #[error("checking the export with ONNX Runtime: {0}")]
+    #[error("ONNX Runtime (it checks the exported model): {0}")]
     Score(#[from] ScoreError),
     /// The export disagrees with the trained network.
     #[error("the ONNX export differs from the trained network by {diff:e} (tolerance {tolerance:e}) on {output}")]
@@ -299,6 +299,9 @@ fn train_in_pool(
     options: &TrainOptions,
     progress: &mut Progress<'_>,
 ) -> Result<TrainReport, TrainError> {
+    // The export is checked with ONNX Runtime at the end: fail before
+    // training, not after, when it cannot be loaded.
+    crate::score::environment(&config.score)?;
     let tc = &config.train;
     let featurizer = featurizer(config)?;
     let spec = featurizer.spec().clone();

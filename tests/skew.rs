@@ -1,0 +1,201 @@
+//! Training/serving skew, end to end: a Transformer trained by `segstream
+//! train` is served by `segstream run` against the real broker, and every
+//! segment change the pipeline published carries scores equal to those of
+//! an offline replay of the same events up to the change's `as_of_ms`
+//! (`train::predict`: the trainer's replay, one customer at a time, through
+//! `CustomerState` and the featurizer). The Transformer reads every input,
+//! so equal scores mean equal features. (That the trainer's example builder
+//! computes exactly this replay's features is a unit test in
+//! `train::examples`.)
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::pipeline::{consumed_all_of, keep_log, outputs, sigterm, start, tail, Setup};
+use segstream::config::{Config, ScoreConfig, TrainConfig};
+use segstream::event::encode::WireFormat;
+use segstream::event::Event;
+use segstream::generate::behaviour::{history, GeneratorConfig};
+use segstream::generate::kafka::{produce, ProduceOptions};
+use segstream::model::{ModelFiles, Registry};
+use segstream::train::{self, Progress, TrainOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_scores_equal_offline_replay_scores() {
+    let lib = std::env::var("ORT_DYLIB_PATH")
+        .expect("ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)");
+    let id = common::unique("skew");
+    let topic = format!("{id}.events");
+    let partitions = 2;
+    common::create_topics(&[&topic], partitions).await;
+    common::create_topics_with(
+        &[&format!("{id}.changelog")],
+        partitions,
+        &[("cleanup.policy", "compact")],
+    )
+    .await;
+    common::create_topics(&[&format!("{id}.dlq"), &format!("{id}.segments")], 1).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // History: the generator's world, all kinds in one topic so that the
+    // pipeline reads it in event-time order (no late events).
+    let gen = GeneratorConfig {
+        customers: 120,
+        days: 110,
+        seed: 11,
+        ..GeneratorConfig::default()
+    };
+    let events: Vec<Event> = history(&gen).collect();
+    let mut config = Config::default();
+    config.kafka.bootstrap_servers = common::bootstrap();
+    config.kafka.group_id = format!("{id}.group");
+    config.input.topics = vec![topic.clone()];
+    config.score = ScoreConfig {
+        onnxruntime_library: lib,
+        registry: dir.path().join("models"),
+        ..ScoreConfig::default()
+    };
+    config.train = TrainConfig {
+        d_model: 16,
+        heads: 2,
+        ffn_dim: 32,
+        max_epochs: 2,
+        threads: 1,
+        ..TrainConfig::default()
+    };
+
+    // Train and promote a Transformer on that history.
+    let registry = Registry::new(&config.score.registry);
+    std::fs::create_dir_all(registry.root()).unwrap();
+    let report = Progress::silent(|p| {
+        train::train(
+            &config,
+            events.clone(),
+            &registry,
+            &TrainOptions {
+                version: Some("skew-1".into()),
+                ..Default::default()
+            },
+            p,
+        )
+    })
+    .expect("training succeeds");
+    assert!(report.promoted, "{}", report.decision);
+
+    let options = ProduceOptions {
+        format: WireFormat::Protobuf,
+        history: true,
+        live_for: None,
+        rate: None,
+        max_events: None,
+    };
+    let produced = produce(&config, &gen, &options, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(produced.events, events.len() as u64);
+
+    let config_path = dir.path().join("segstream.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            r#"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+group_id = "{id}.group"
+[input]
+topics = ["{topic}"]
+[state]
+changelog_topic = "{id}.changelog"
+[dead_letter]
+topic = "{id}.dlq"
+[output]
+topic = "{id}.segments"
+[decide]
+margin = 0.0
+min_dwell = "1ms"
+[score]
+registry = "{registry}"
+[pipeline]
+transactional_id = "{id}-instance"
+http_listen = ""
+"#,
+            bootstrap = common::bootstrap(),
+            registry = registry.root().display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("run.log");
+    let mut child = start(&config_path, &log);
+    let s = Setup {
+        dir: tempfile::tempdir().unwrap(),
+        config: config_path.clone(),
+        browse: topic.clone(),
+        purchase: topic.clone(),
+        review: topic.clone(),
+        changelog: format!("{id}.changelog"),
+        dlq: format!("{id}.dlq"),
+        output: format!("{id}.segments"),
+        group: format!("{id}.group"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while !consumed_all_of(&s, &s.group, partitions) {
+        assert!(
+            Instant::now() < deadline,
+            "not consumed in time:\n{}",
+            tail(&log)
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run exited:\n{}",
+            tail(&log)
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    sigterm(&child);
+    let _ = child.wait();
+    keep_log(&log);
+
+    // Offline: the same events, replayed up to each change's as_of, scored
+    // with the same model directory.
+    let files = ModelFiles::read(&registry.dir("skew-1").unwrap()).unwrap();
+    let mut by_customer: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
+    for e in &events {
+        by_customer.entry(&e.customer_id).or_default().push(e);
+    }
+    let chains = outputs(&s);
+    let mut compared = 0;
+    let mut worst = 0f32;
+    for (customer, changes) in &chains {
+        for c in changes
+            .iter()
+            .filter(|c| c.model_version == "skew-1")
+            .take(4)
+        {
+            let mine: Vec<Event> = by_customer[customer.as_str()]
+                .iter()
+                .map(|e| (*e).clone())
+                .collect();
+            let offline = train::predict::predict(&config, &files, mine, c.as_of_ms).unwrap();
+            assert_eq!(offline.rows.len(), 1);
+            let row = &offline.rows[0];
+            for (name, p) in offline.segments.iter().zip(&row.probabilities) {
+                let served = c.scores[name];
+                worst = worst.max((served - p).abs());
+            }
+            worst = worst.max((c.purchase_probability - row.purchase_probability).abs());
+            worst = worst.max((c.churn_probability - row.churn_probability).abs());
+            compared += 1;
+        }
+    }
+    assert!(
+        compared >= 100,
+        "only {compared} changes to compare:\n{}",
+        tail(&log)
+    );
+    assert!(
+        worst <= 1e-5,
+        "served and replayed scores differ by {worst} over {compared} changes"
+    );
+}
