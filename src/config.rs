@@ -525,6 +525,12 @@ pub struct TrainConfig {
     pub learning_rate: f64,
     /// AdamW weight decay.
     pub weight_decay: f64,
+    /// Start the heads' direct path from the fitted logistic regression
+    /// (off: from small random weights, e.g. to measure what the warm start adds).
+    pub warm_start: bool,
+    /// Dropout probability in training (event embeddings, residual branches,
+    /// the joint representation); none in the exported model.
+    pub dropout: f32,
     /// Seed of weight initialization and example shuffling.
     pub seed: u64,
     /// CPU threads for training; 0: one per core. On a machine shared with
@@ -556,6 +562,8 @@ impl Default for TrainConfig {
             patience: 2,
             learning_rate: 2e-3,
             weight_decay: 0.01,
+            warm_start: true,
+            dropout: 0.1,
             seed: 7,
             threads: 0,
             promote_metric: "segment_macro_f1".into(),
@@ -1070,6 +1078,9 @@ impl Config {
         range(p, "train.threads", tc.threads, 0, 1024);
         if !(tc.learning_rate.is_finite() && tc.learning_rate > 0.0 && tc.learning_rate < 1.0) {
             p.add("train.learning_rate", "must be between 0 and 1 (exclusive)");
+        }
+        if !(tc.dropout.is_finite() && (0.0..0.9).contains(&tc.dropout)) {
+            p.add("train.dropout", "must be in [0, 0.9)");
         }
         if !(tc.weight_decay.is_finite() && tc.weight_decay >= 0.0) {
             p.add("train.weight_decay", "must be a non-negative number");

@@ -90,7 +90,8 @@ async fn generate_to_kafka_produces_every_event_to_its_kind_topic() {
         .map(|k| format!("{prefix}-events.{k}"))
         .collect();
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    common::create_topics(&names, 3).await;
+    // History records carry old event times as timestamps: keep them.
+    common::create_topics_with(&names, 3, &[("retention.ms", "-1")]).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("segstream.toml");
     std::fs::write(

@@ -221,10 +221,12 @@ fn a_worse_model_is_not_promoted_unless_forced_and_a_failed_run_keeps_the_champi
     )
     .unwrap();
     assert!(good.promoted);
-    // Barely trained: worse on the promotion metric, published but not promoted.
+    // Barely trained from random weights: worse on the promotion metric,
+    // published but not promoted.
     let mut weak = config.clone();
     weak.train.learning_rate = 1e-7;
     weak.train.max_epochs = 1;
+    weak.train.warm_start = false;
     let bad = run(
         &weak,
         events.clone(),

@@ -68,7 +68,9 @@ CONFIG=deploy/segstream.example.toml
 GEN=(generate --customers "$DEMO_CUSTOMERS" --days "$DEMO_DAYS" --seed "$DEMO_SEED")
 
 step "Creating topics ($run_id.*)"
-"$KAFKA_SH" topic "$SEGSTREAM__INPUT__TOPICS" "${PARTITIONS:-3}"
+# The history's records carry their event times as timestamps: without
+# retention.ms=-1 the broker's time-based retention would delete most of it.
+"$KAFKA_SH" topic "$SEGSTREAM__INPUT__TOPICS" "${PARTITIONS:-3}" retention.ms=-1
 "$KAFKA_SH" topic "$SEGSTREAM__STATE__CHANGELOG_TOPIC" "${PARTITIONS:-3}" cleanup.policy=compact
 "$KAFKA_SH" topic "$SEGSTREAM__DEAD_LETTER__TOPIC" 1
 "$KAFKA_SH" topic "$SEGSTREAM__OUTPUT__TOPIC" 1
@@ -112,7 +114,7 @@ metric_sum() { # name [label filter regex]
 summary() {
   local events changes model dist
   events=$(metric_sum segstream_events_accepted_total)
-  changes=$(metric_sum segstream_segment_changes_total 'from="[a-z_]+"')
+  changes=$(( $(metric_sum segstream_segment_changes_total) - $(metric_sum segstream_segment_changes_total 'from="none"') ))
   model=$(curl -fs "http://$METRICS_ADDR/metrics" 2>/dev/null \
     | awk '/^segstream_model_info\{/ && $2 == 1 { match($1, /version="[^"]*"/); print substr($1, RSTART + 9, RLENGTH - 10) }')
   # Current segment sizes: arrivals minus departures, from the change counters.
@@ -120,7 +122,7 @@ summary() {
       /^segstream_segment_changes_total\{/ {
         match($1, /from="[^"]*"/); f = substr($1, RSTART + 6, RLENGTH - 7)
         match($1, /to="[^"]*"/); t = substr($1, RSTART + 4, RLENGTH - 5)
-        n[t] += $2; if (f != "") n[f] -= $2 }
+        n[t] += $2; if (f != "none") n[f] -= $2 }
       END { for (s in n) if (n[s] > 0) printf "%s %d  ", s, n[s] }')
   local now=$SECONDS
   local rate=$(( (events - ${last_events:-0}) / ( (now - ${last_t:-0}) > 0 ? (now - ${last_t:-0}) : 1 ) ))
@@ -134,8 +136,9 @@ start=$SECONDS
 last_events=0; last_t=$SECONDS
 "$BIN" -c "$CONFIG" "${GEN[@]}" --to kafka --live-only --rate "$DEMO_RATE" --duration "${DEMO_SECONDS}s" >"$work/generator.log" 2>&1 &
 pids+=($!)
+# (process substitution, so that $! is the reader itself and stopping it ends the filter)
 "$BIN" -c "$CONFIG" segments show --changes-only --idle 1h --max 100000000 2>/dev/null \
-  | awk '{ if (++n <= 400 || n % 50 == 0) print; fflush() }' &
+  > >(awk '{ if (++n <= 400 || n % 50 == 0) print; fflush() }') &
 pids+=($!)
 
 retrained=0
@@ -147,8 +150,10 @@ while (( SECONDS - start < DEMO_SECONDS )); do
     step "Midway: training a second model on everything so far (the pipeline keeps serving)"
     echo "(--force promotes it whatever its score, so that the hot swap shows; without it, a model"
     echo " that is worse than the champion on the validation examples is published but not promoted)"
-    "$BIN" -c "$CONFIG" train --from topics --version model-2 --force 2>&1 \
-      | grep -E '^(epoch|\|| *$|Decision|ONNX|History|Transformer)' || true
+    if ! "$BIN" -c "$CONFIG" train --from topics --version model-2 --force >"$work/train-2.log" 2>&1; then
+      echo "training the second model failed:"; tail -5 "$work/train-2.log"
+    fi
+    grep -E '^(epoch|\||Decision|ONNX|History|Transformer)' "$work/train-2.log" || true
     for _ in $(seq 1 30); do
       grep -q 'model-2' <(curl -fs "http://$METRICS_ADDR/metrics" 2>/dev/null | grep '^segstream_model_info{' | grep ' 1$') && break
       sleep 1

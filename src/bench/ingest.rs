@@ -101,7 +101,9 @@ pub async fn ingest(
         .collect();
     let new: Vec<NewTopic<'_>> = inputs
         .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        // History records carry old event times as timestamps; time-based
+        // retention must not delete them mid-benchmark.
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)).set("retention.ms", "-1"))
         .collect();
     for r in admin.create_topics(&new, &AdminOptions::new()).await? {
         r.map_err(|(t, e)| format!("creating {t}: {e}"))?;

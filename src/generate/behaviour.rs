@@ -802,8 +802,37 @@ impl SessionWriter<'_> {
 
 /// Writes one session starting at `at` into the customer's pending events;
 /// returns when it ends.
+/// How many days before an archetype change its precursors show.
+const PRECURSOR_DAYS: i64 = 12;
+
 fn session(c: &mut Customer, at: i64, currency: &str, bargains: &[usize], drift: f64) -> i64 {
     c.sessions += 1;
+    // Changes announce themselves: within PRECURSOR_DAYS of the next
+    // archetype change (drawn now, so the session can show it), a customer
+    // about to lapse compares prices elsewhere (searches) and empties the
+    // cart, and one about to start buying more collects expensive items on
+    // the wishlist. These are patterns of actions and their order, which
+    // the window aggregates do not count (they count browsing, cart adds,
+    // purchases, reviews) but an encoder over the event sequence can see.
+    let soon = c.until_ms.saturating_sub(at) < PRECURSOR_DAYS * DAY_MS;
+    if soon && c.forced_next.is_none() && drift > 0.0 {
+        let succ = c.archetype.successors();
+        let weights: Vec<f64> = succ.iter().map(|(_, w)| *w).collect();
+        c.forced_next = Some(succ[c.rng.weighted(&weights)].0);
+    }
+    let lapsing = soon
+        && matches!(
+            c.forced_next,
+            Some(Archetype::Churned | Archetype::FadingCustomer)
+        );
+    let upgrading =
+        soon && matches!(
+            c.forced_next,
+            Some(Archetype::LoyalBigSpender | Archetype::RegularBuyer)
+        ) && !matches!(
+            c.archetype,
+            Archetype::LoyalBigSpender | Archetype::RegularBuyer
+        );
     let p = c.archetype.params();
     let session_id = format!("{}-s{}", c.id, c.sessions);
     if !c.cart.is_empty() && at - c.cart_since_ms > 12 * DAY_MS {
@@ -821,6 +850,39 @@ fn session(c: &mut Customer, at: i64, currency: &str, bargains: &[usize], drift:
         (s * 1000.0) as i64
     };
     let mut category = pick_category(w.c, bargains);
+    if lapsing {
+        for _ in 0..2 {
+            let d = w.c.rng.range(2_000.0, 8_000.0) as i64;
+            w.browse(BrowseAction::Search, None, category, d);
+            w.advance(d);
+        }
+        while let Some(line) = w.c.cart.pop() {
+            w.browse(
+                BrowseAction::CartRemove,
+                Some(&line),
+                line.product.category,
+                0,
+            );
+            w.pause(1_000.0, 4_000.0);
+        }
+    }
+    if upgrading {
+        for _ in 0..2 {
+            let product = pick_product(&mut w.c.rng, category, price_level * 3.0);
+            let line = Line {
+                price: product.price_minor(),
+                product,
+            };
+            let d = dwell(&mut w);
+            w.browse(BrowseAction::View, Some(&line), category, d);
+            w.advance(d);
+            w.browse(BrowseAction::Wishlist, Some(&line), category, 0);
+            w.pause(1_000.0, 5_000.0);
+            if w.c.wishlist.len() < 8 {
+                w.c.wishlist.push(line);
+            }
+        }
+    }
     if w.c.rng.chance(p.search) {
         let d = w.c.rng.range(3_000.0, 20_000.0) as i64;
         w.browse(BrowseAction::Search, None, category, d);

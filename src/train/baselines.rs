@@ -108,6 +108,20 @@ impl Logistic {
         model
     }
 
+    /// The standardization: mean and 1 / std per customer feature.
+    pub fn standardization(&self) -> (Vec<f32>, Vec<f32>) {
+        (
+            self.mean.clone(),
+            self.std.iter().map(|s| 1.0 / s).collect(),
+        )
+    }
+
+    /// Weight of standardized feature `j` (`j == F`: the bias) for output
+    /// `o`: segments `0..K`, then purchase, churn and log-spend logits.
+    pub fn weight(&self, j: usize, o: usize) -> f32 {
+        self.w[j * OUTS + o]
+    }
+
     /// Standardized features of example `i`, with a trailing 1 (bias).
     fn row(&self, set: &ExampleSet, i: usize) -> Vec<f32> {
         let mut x: Vec<f32> = set

@@ -73,6 +73,7 @@ fn epoch_batches(set: &ExampleSet, batch: usize, rng: &mut Rng) -> Vec<Vec<usize
 }
 
 /// The loss of a batch (a scalar tensor).
+#[allow(clippy::too_many_arguments)]
 pub fn loss(
     net: &Transformer,
     set: &ExampleSet,
@@ -81,8 +82,9 @@ pub fn loss(
     weights: &[f32; segment::COUNT],
     spend_scale: f32,
     device: &Device,
+    dropout: Option<(&mut Rng, f32)>,
 ) -> candle_core::Result<Tensor> {
-    let heads = net.forward(batch)?;
+    let heads = net.forward_with(batch, dropout)?;
     let k = net.arch.segments;
     let rows = idx.len();
     let mut onehot = vec![0f32; rows * k];
@@ -129,7 +131,7 @@ fn mean_loss(
     let (mut total, mut n) = (0f64, 0usize);
     for chunk in idx.chunks(512) {
         let b = set.batch(chunk, None);
-        let l = loss(net, set, chunk, &b, weights, spend_scale, device)?;
+        let l = loss(net, set, chunk, &b, weights, spend_scale, device, None)?;
         total += f64::from(l.to_scalar::<f32>()?) * chunk.len() as f64;
         n += chunk.len();
     }
@@ -159,8 +161,13 @@ pub fn fit(
         },
     )?;
     let mut rng = Rng::new(cfg.seed ^ 0x5eed);
+    let mut drop_rng = Rng::new(cfg.seed ^ 0xd20f);
     let mut report = FitReport::default();
-    let mut best = (f64::INFINITY, net.snapshot()?);
+    // Epoch 0 (the starting point, e.g. a warm start) is a candidate too.
+    let mut best = (
+        mean_loss(net, val, &weights, spend_scale, device)?,
+        net.snapshot()?,
+    );
     let mut since_best = 0;
     for epoch in 1..=cfg.max_epochs {
         let t0 = Instant::now();
@@ -174,7 +181,16 @@ pub fn fit(
                 opt.set_learning_rate(cfg.learning_rate);
             }
             let b = train.batch(idx, None);
-            let l = loss(net, train, idx, &b, &weights, spend_scale, device)?;
+            let l = loss(
+                net,
+                train,
+                idx,
+                &b,
+                &weights,
+                spend_scale,
+                device,
+                Some((&mut drop_rng, cfg.dropout)),
+            )?;
             sum += f64::from(l.to_scalar::<f32>()?) * idx.len() as f64;
             n += idx.len();
             opt.backward_step(&l)?;

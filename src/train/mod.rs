@@ -333,8 +333,15 @@ fn train_in_pool(
     let t1 = Instant::now();
     let device = device();
     let spend_scale = spec.normalization.spend_log_scale;
+    // The logistic regression is both a baseline and the warm start of the
+    // Transformer's direct path from the customer features.
+    let logistic = baselines::Logistic::fit(&train_set, spec.normalization.spend_log_scale, 300);
     let mut net = net::Transformer::new(net::Arch::new(&spec, tc, segments), tc.seed, &device)?;
-    net.standardize(train_set.all_customer_features());
+    if tc.warm_start {
+        net.warm_start(&logistic)?;
+    } else {
+        net.standardize(train_set.all_customer_features());
+    }
     let fitted = fit::fit(
         &net,
         &train_set,
@@ -355,7 +362,6 @@ fn train_in_pool(
         &val_set.labels,
         segments,
     );
-    let logistic = baselines::Logistic::fit(&train_set, spend_scale, 300);
     let m_logistic = metrics::evaluate(&logistic.predict(&val_set), &val_set.labels, segments);
 
     // Export, then prove the file computes what was trained.

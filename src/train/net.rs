@@ -155,9 +155,9 @@ impl Transformer {
         t.add("join_b", &[d], vec![0.0; d])?;
         // Heads see the joint representation and, as a direct (wide) path,
         // the standardized customer features.
-        normal(&mut t, "seg_w", &[d + f, arch.segments], lin(d + f))?;
+        normal(&mut t, "seg_w", &[d + f, arch.segments], 0.01)?;
         t.add("seg_b", &[arch.segments], vec![0.0; arch.segments])?;
-        normal(&mut t, "aux_w", &[d + f, 3], lin(d + f))?;
+        normal(&mut t, "aux_w", &[d + f, 3], 0.01)?;
         t.add("aux_b", &[3], vec![0.0; 3])?;
         Ok(t)
     }
@@ -187,6 +187,45 @@ impl Transformer {
             self.cust_mean[j] = mean[j] as f32;
             self.cust_inv_std[j] = if std > 1e-6 { (1.0 / std) as f32 } else { 1.0 };
         }
+    }
+
+    /// Starts the heads' direct path from a fitted logistic regression on the
+    /// same features (its standardization included), so that training
+    /// begins where the linear baseline ends and the sequence encoder only
+    /// has to add what the aggregates miss.
+    pub fn warm_start(&mut self, lr: &super::baselines::Logistic) -> CResult<()> {
+        let (mean, inv_std) = lr.standardization();
+        self.cust_mean = mean;
+        self.cust_inv_std = inv_std;
+        let (d, f, k) = (self.arch.d, CUSTOMER_DIM, self.arch.segments);
+        let mut seg_w = self.values("seg_w")?;
+        let mut seg_b = self.values("seg_b")?;
+        let mut aux_w = self.values("aux_w")?;
+        let mut aux_b = self.values("aux_b")?;
+        for j in 0..f {
+            for o in 0..k {
+                seg_w[(d + j) * k + o] = lr.weight(j, o);
+            }
+            for o in 0..3 {
+                aux_w[(d + j) * 3 + o] = lr.weight(j, k + o);
+            }
+        }
+        for (o, b) in seg_b.iter_mut().enumerate() {
+            *b = lr.weight(f, o);
+        }
+        for (o, b) in aux_b.iter_mut().enumerate() {
+            *b = lr.weight(f, k + o);
+        }
+        for (name, v, shape) in [
+            ("seg_w", seg_w, vec![d + f, k]),
+            ("seg_b", seg_b, vec![k]),
+            ("aux_w", aux_w, vec![d + f, 3]),
+            ("aux_b", aux_b, vec![3]),
+        ] {
+            let t = Tensor::from_vec(v, shape, &self.device)?;
+            self.params[name].set(&t)?;
+        }
+        Ok(())
     }
 
     /// The standardization: (mean, 1 / std) per customer feature.
@@ -265,6 +304,30 @@ impl Transformer {
 
     /// The network on a padded batch (`batch.len` events per row, at most N).
     pub fn forward(&self, batch: &Batch) -> CResult<Heads> {
+        self.forward_with(batch, None)
+    }
+
+    /// Inverted dropout (training only): zeroes each value with
+    /// probability `p`, scales the rest by 1 / (1 - p). Masks come from the
+    /// seeded RNG, so training is reproducible.
+    fn dropout(&self, x: Tensor, drop: &mut Option<(&mut Rng, f32)>) -> CResult<Tensor> {
+        let Some((rng, p)) = drop else {
+            return Ok(x);
+        };
+        if *p <= 0.0 {
+            return Ok(x);
+        }
+        let keep = 1.0 / (1.0 - *p);
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| if rng.uniform() < *p { 0.0 } else { keep })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), &self.device)?;
+        x * mask
+    }
+
+    /// The network; with `drop` = (rng, p), dropout is applied to the event
+    /// embeddings, each residual branch and the joint representation.
+    pub fn forward_with(&self, batch: &Batch, mut drop: Option<(&mut Rng, f32)>) -> CResult<Heads> {
         let a = &self.arch;
         let dev = &self.device;
         let (rows, len, d, t) = (batch.rows, batch.len, a.d, a.text_tokens);
@@ -306,7 +369,7 @@ impl Transformer {
         }
         let x = ((((x_kind + x_cat)? + x_num)? + x_time)? + x_text)?;
         let pos = self.w("pos_emb")?.narrow(0, 0, len)?;
-        let mut x = x.reshape((rows, len, d))?.broadcast_add(&pos)?;
+        let mut x = self.dropout(x.reshape((rows, len, d))?.broadcast_add(&pos)?, &mut drop)?;
 
         let mask = Tensor::from_slice(&batch.mask, (rows, len), dev)?;
         let bias = mask
@@ -334,13 +397,13 @@ impl Transformer {
                 .contiguous()?
                 .reshape((rows, len, d))?;
             let attn = self.linear(&ctx, &format!("l{l}.o_w"), &format!("l{l}.o_b"))?;
-            x = (x + attn)?;
+            x = (x + self.dropout(attn, &mut drop)?)?;
             let n2 = self.layer_norm(&x, &format!("l{l}.ln2_g"), &format!("l{l}.ln2_b"))?;
             let ff = self
                 .linear(&n2, &format!("l{l}.ff1_w"), &format!("l{l}.ff1_b"))?
                 .relu()?;
             let ff = self.linear(&ff, &format!("l{l}.ff2_w"), &format!("l{l}.ff2_b"))?;
-            x = (x + ff)?;
+            x = (x + self.dropout(ff, &mut drop)?)?;
         }
         let hf = self.layer_norm(&x, "lnf_g", "lnf_b")?;
         let m3 = mask.reshape((rows, len, 1))?;
@@ -364,6 +427,7 @@ impl Transformer {
                 "join_b",
             )?
             .relu()?;
+        let z = self.dropout(z, &mut drop)?;
         let wide = Tensor::cat(&[z, cust], 1)?;
         let segment_logits = self.linear(&wide, "seg_w", "seg_b")?;
         let aux = self.linear(&wide, "aux_w", "aux_b")?;

@@ -72,7 +72,18 @@ fn every_parameter_receives_a_gradient() {
     let batch = set.batch(&idx, None);
     let weights = fit::class_weights(&set);
     let scale = f.spec().normalization.spend_log_scale;
-    let loss = fit::loss(&net, &set, &idx, &batch, &weights, scale, &Device::Cpu).unwrap();
+    let mut rng = super::Rng::new(1);
+    let loss = fit::loss(
+        &net,
+        &set,
+        &idx,
+        &batch,
+        &weights,
+        scale,
+        &Device::Cpu,
+        Some((&mut rng, 0.1)),
+    )
+    .unwrap();
     let grads = loss.backward().unwrap();
     let mut missing = Vec::new();
     for (name, var) in net.params() {
@@ -176,7 +187,18 @@ fn profile_one_step() {
         let t_fwd = t.elapsed();
         drop(h);
         let t = std::time::Instant::now();
-        let loss = fit::loss(&net, &set, &idx, &batch, &weights, scale, &Device::Cpu).unwrap();
+        let mut rng = super::Rng::new(1);
+        let loss = fit::loss(
+            &net,
+            &set,
+            &idx,
+            &batch,
+            &weights,
+            scale,
+            &Device::Cpu,
+            Some((&mut rng, 0.1)),
+        )
+        .unwrap();
         let t_loss = t.elapsed();
         let t = std::time::Instant::now();
         let grads = loss.backward().unwrap();
