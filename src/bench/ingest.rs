@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -17,7 +17,7 @@ use rdkafka::message::Message;
 use rdkafka::ClientConfig;
 use serde::Serialize;
 
-use super::{raw_read_all, read_to_end_consumer, BenchResult};
+use super::{raw_read_all, read_to_end, BenchResult};
 use crate::config::Config;
 use crate::event::encode::WireFormat;
 use crate::generate::kafka::{produce, ProduceOptions};
@@ -203,49 +203,41 @@ fn ingest_pass(
     limits: StoreLimits,
     max_dead_letter_bytes: usize,
 ) -> Result<(PassCounts, Duration), KafkaError> {
-    let consumer = read_to_end_consumer(client, "segstream-bench-ingest", topics, partitions)?;
     let mut names: BTreeMap<String, Arc<str>> = BTreeMap::new();
     let mut stores: HashMap<i32, PartitionStore> = HashMap::new();
     let mut counts = PassCounts::default();
-    let mut started: Option<Instant> = None;
-    let mut eof = 0usize;
-    let want = topics.len() * partitions as usize;
-    while eof < want {
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(_))) => eof += 1,
-            Some(Err(e)) => return Err(e),
-            Some(Ok(msg)) => {
-                started.get_or_insert_with(Instant::now);
-                counts.records += 1;
-                counts.bytes += (msg.key().map_or(0, <[u8]>::len)
-                    + msg.payload().map_or(0, <[u8]>::len)) as u64;
-                let topic = ingest::intern(&mut names, msg.topic());
-                let record = ingest::source_record(&msg);
-                let routed = ingest::route(
-                    decoder,
-                    &record,
-                    &topic,
-                    ingest::now_ms(),
-                    max_dead_letter_bytes,
-                );
-                match routed {
-                    Routed::Event(e) => {
-                        let store = stores
-                            .entry(e.partition)
-                            .or_insert_with(|| PartitionStore::new(limits));
-                        match store.record(&e.event, tokio::time::Instant::now()) {
-                            RecordOutcome::Applied => counts.applied += 1,
-                            RecordOutcome::Duplicate => counts.duplicates += 1,
-                            RecordOutcome::Late { .. } => counts.late += 1,
-                        }
+    let took = read_to_end(
+        client,
+        "segstream-bench-ingest",
+        topics,
+        partitions,
+        |msg| {
+            counts.records += 1;
+            counts.bytes +=
+                (msg.key().map_or(0, <[u8]>::len) + msg.payload().map_or(0, <[u8]>::len)) as u64;
+            let topic = ingest::intern(&mut names, msg.topic());
+            let record = ingest::source_record(msg);
+            match ingest::route(
+                decoder,
+                &record,
+                &topic,
+                ingest::now_ms(),
+                max_dead_letter_bytes,
+            ) {
+                Routed::Event(e) => {
+                    let store = stores
+                        .entry(e.partition)
+                        .or_insert_with(|| PartitionStore::new(limits));
+                    match store.record(&e.event, tokio::time::Instant::now()) {
+                        RecordOutcome::Applied => counts.applied += 1,
+                        RecordOutcome::Duplicate => counts.duplicates += 1,
+                        RecordOutcome::Late { .. } => counts.late += 1,
                     }
-                    Routed::DeadLetter(_) => counts.refused += 1,
                 }
+                Routed::DeadLetter(_) => counts.refused += 1,
             }
-        }
-    }
-    let took = started.map(|s| s.elapsed()).unwrap_or_default();
+        },
+    )?;
     counts.customers = stores.values().map(PartitionStore::len).sum();
     Ok((counts, took))
 }

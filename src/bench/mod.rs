@@ -703,29 +703,47 @@ fn read_to_end_consumer(
     Ok(consumer)
 }
 
-/// Reads every partition of `topics` to its end with a bare consumer.
-fn raw_read_all(
+/// Reads every partition of `topics` to its end with a bare consumer,
+/// handing each record to `on_record`; returns the time from the first
+/// record (connection set-up is not throughput). The one read loop of the
+/// raw baselines and the ingest pass, so both are timed alike.
+fn read_to_end(
     client: &ClientConfig,
+    group: &str,
     topics: &[String],
     partitions: i32,
-) -> Result<(u64, Duration), KafkaError> {
-    let consumer = read_to_end_consumer(client, "segstream-bench-raw", topics, partitions)?;
-    // Timed from the first record: connection set-up is not throughput.
+    mut on_record: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<Duration, KafkaError> {
+    let consumer = read_to_end_consumer(client, group, topics, partitions)?;
     let mut started: Option<Instant> = None;
-    let (mut n, mut eof) = (0u64, 0usize);
+    let mut eof = 0usize;
     let want = topics.len() * partitions as usize;
     while eof < want {
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(_))) => eof += 1,
             Some(Err(e)) => return Err(e),
-            Some(Ok(_)) => {
+            Some(Ok(msg)) => {
                 started.get_or_insert_with(Instant::now);
-                n += 1;
+                on_record(&msg);
             }
         }
     }
-    Ok((n, started.map(|s| s.elapsed()).unwrap_or_default()))
+    Ok(started.map(|s| s.elapsed()).unwrap_or_default())
+}
+
+/// Reads every partition of `topics` to its end with a bare consumer,
+/// doing nothing with the records (the baseline).
+fn raw_read_all(
+    client: &ClientConfig,
+    topics: &[String],
+    partitions: i32,
+) -> Result<(u64, Duration), KafkaError> {
+    let mut n = 0u64;
+    let took = read_to_end(client, "segstream-bench-raw", topics, partitions, |_| {
+        n += 1
+    })?;
+    Ok((n, took))
 }
 
 /// The end-to-end results as a Markdown table.
