@@ -150,7 +150,9 @@ while (( SECONDS - start < DEMO_SECONDS )); do
     step "Midway: training a second model on everything so far (the pipeline keeps serving)"
     echo "(--force promotes it whatever its score, so that the hot swap shows; without it, a model"
     echo " that is worse than the champion on the validation examples is published but not promoted)"
-    if ! "$BIN" -c "$CONFIG" train --from topics --version model-2 --force >"$work/train-2.log" 2>&1; then
+    # Another weight-initialization seed, so the two models differ a little.
+    if ! SEGSTREAM__TRAIN__SEED=8 "$BIN" -c "$CONFIG" train --from topics --version model-2 --force \
+        >"$work/train-2.log" 2>&1; then
       echo "training the second model failed:"; tail -5 "$work/train-2.log"
     fi
     grep -E '^(epoch|\||Decision|ONNX|History|Transformer)' "$work/train-2.log" || true
