@@ -1124,17 +1124,34 @@ fn predict_command(config: Config, args: PredictArgs) -> anyhow::Result<()> {
         None => events.iter().map(|e| e.event_time_ms).max().unwrap_or(0),
     };
     let p = predict::predict(&config, &files, events, as_of)?;
-    let mut out: Box<dyn std::io::Write> = match &args.out {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-        )),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    let create = |path: &PathBuf| {
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))
+    };
+    let text_out = |path: Option<&PathBuf>| -> anyhow::Result<Box<dyn std::io::Write>> {
+        Ok(match path {
+            Some(path) => Box::new(std::io::BufWriter::new(create(path)?)),
+            None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+        })
     };
     match args.format {
-        OutputFormat::Csv => predict::write_csv(&p, &mut out)?,
-        OutputFormat::Ndjson => predict::write_ndjson(&p, &mut out)?,
+        OutputFormat::Parquet => {
+            let path = args
+                .out
+                .as_ref()
+                .context("--format parquet needs --out FILE")?;
+            predict::write_parquet(&p, create(path)?)?;
+        }
+        OutputFormat::Csv => {
+            let mut out = text_out(args.out.as_ref())?;
+            predict::write_csv(&p, &mut out)?;
+            out.flush()?;
+        }
+        OutputFormat::Ndjson => {
+            let mut out = text_out(args.out.as_ref())?;
+            predict::write_ndjson(&p, &mut out)?;
+            out.flush()?;
+        }
     }
-    out.flush()?;
     info!(
         customers = p.rows.len(),
         events = p.events_used,

@@ -317,3 +317,85 @@ fn predict_scores_every_customer_as_of_a_time_through_the_serving_path() {
         serde_json::from_str(String::from_utf8(nd).unwrap().lines().next().unwrap()).unwrap();
     assert_eq!(first["model_version"], "p1");
 }
+
+/// The command line end to end: a history file from the generator, the
+/// built-in rule model, and `segstream predict` in all three formats.
+#[test]
+fn predict_from_the_command_line_writes_csv_ndjson_and_parquet() {
+    let _ = config(); // ORT_DYLIB_PATH must be set
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_segstream");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "segstream {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let history = dir.path().join("history.ndjson");
+    let registry = dir.path().join("models");
+    run(&[
+        "generate",
+        "--to",
+        "file",
+        "--out",
+        history.to_str().unwrap(),
+        "--customers",
+        "40",
+        "--days",
+        "30",
+    ]);
+    run(&[
+        "model",
+        "builtin",
+        "--kind",
+        "rules",
+        "--registry",
+        registry.to_str().unwrap(),
+    ]);
+    let model = registry.join("rules-1");
+    let common = [
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--history",
+        history.to_str().unwrap(),
+    ];
+    let csv = run(&common).stdout;
+    let csv = String::from_utf8(csv).unwrap();
+    let customers = csv.lines().count() - 1;
+    assert!((30..=40).contains(&customers), "{customers} rows:\n{csv}");
+    assert!(
+        csv.lines().skip(1).all(|l| l.ends_with(",rules-1")),
+        "{csv}"
+    );
+
+    let nd = run(&[&common[..], &["--format", "ndjson"]].concat()).stdout;
+    assert_eq!(String::from_utf8(nd).unwrap().lines().count(), customers);
+
+    let pq = dir.path().join("scores.parquet");
+    run(&[
+        &common[..],
+        &["--format", "parquet", "--out", pq.to_str().unwrap()],
+    ]
+    .concat());
+    let file = std::fs::File::open(&pq).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut rows = 0;
+    for batch in reader {
+        let batch = batch.unwrap();
+        assert_eq!(batch.num_columns(), 2 + 5 + 3 + 1);
+        assert_eq!(batch.schema().field(2).name(), "p_high_value");
+        rows += batch.num_rows();
+    }
+    assert_eq!(rows, customers);
+}

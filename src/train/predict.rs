@@ -116,6 +116,8 @@ pub enum OutputFormat {
     Csv,
     /// One JSON object per line.
     Ndjson,
+    /// Parquet (zstd), the CSV's columns with types (needs `--out`).
+    Parquet,
 }
 
 fn csv_field(s: &str) -> String {
@@ -173,5 +175,62 @@ pub fn write_ndjson(p: &Predictions, w: &mut dyn Write) -> std::io::Result<()> {
         });
         writeln!(w, "{line}")?;
     }
+    Ok(())
+}
+
+/// Writes `p` as Parquet: the CSV's columns, probabilities as float32.
+pub fn write_parquet(p: &Predictions, file: std::fs::File) -> Result<(), PredictError> {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, Float32Array, RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+    use parquet::arrow::ArrowWriter;
+    use parquet::basic::{Compression, ZstdLevel};
+    use parquet::file::properties::WriterProperties;
+
+    let parquet_error =
+        |e: parquet::errors::ParquetError| PredictError::Io(std::io::Error::other(e.to_string()));
+    let text = |f: &dyn Fn(&Prediction) -> String| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(p.rows.iter().map(f)))
+    };
+    let float = |f: &dyn Fn(&Prediction) -> f32| -> ArrayRef {
+        Arc::new(Float32Array::from_iter_values(p.rows.iter().map(f)))
+    };
+    let mut fields = vec![
+        Field::new("customer_id", DataType::Utf8, false),
+        Field::new("segment", DataType::Utf8, false),
+    ];
+    let mut columns = vec![
+        text(&|r| r.customer_id.clone()),
+        text(&|r| r.segment.clone()),
+    ];
+    for (k, name) in p.segments.iter().enumerate() {
+        fields.push(Field::new(format!("p_{name}"), DataType::Float32, false));
+        columns.push(float(&|r| {
+            r.probabilities.get(k).copied().unwrap_or(f32::NAN)
+        }));
+    }
+    for (name, get) in [
+        (
+            "purchase_probability",
+            &(|r: &Prediction| r.purchase_probability) as &dyn Fn(&Prediction) -> f32,
+        ),
+        ("churn_probability", &|r: &Prediction| r.churn_probability),
+        ("predicted_spend", &|r: &Prediction| r.predicted_spend),
+    ] {
+        fields.push(Field::new(name, DataType::Float32, false));
+        columns.push(float(get));
+    }
+    fields.push(Field::new("model_version", DataType::Utf8, false));
+    columns.push(text(&|_| p.model_version.clone()));
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), columns)
+        .map_err(|e| PredictError::Io(std::io::Error::other(e.to_string())))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    let mut writer = ArrowWriter::try_new(file, schema, Some(props)).map_err(parquet_error)?;
+    writer.write(&batch).map_err(parquet_error)?;
+    writer.close().map_err(parquet_error)?;
     Ok(())
 }
