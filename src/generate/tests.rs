@@ -303,3 +303,57 @@ fn pacer_holds_a_rate_and_unpaced_never_waits() {
     assert!(waits[2] > waits[0]);
     assert!(waits[2].as_secs_f64() <= 0.3 + 1e-9);
 }
+
+/// The precursor of a lapse (two searches seconds apart, the cart emptied)
+/// shows in the days before customers go quiet far more often than before
+/// ordinary activity: a signal only the event sequence carries.
+#[test]
+fn lapses_are_announced_by_a_pattern_of_actions() {
+    let c = cfg(2000, 150, 5);
+    let mut by_customer: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+    for e in history(&c) {
+        by_customer
+            .entry(e.customer_id.clone())
+            .or_default()
+            .push(e);
+    }
+    let is_search =
+        |e: &Event| matches!(&e.payload, Payload::Browse(b) if b.action == BrowseAction::Search);
+    let (mut lapse, mut lapse_hits, mut active, mut active_hits) = (0u32, 0u32, 0u32, 0u32);
+    for events in by_customer.values() {
+        // Times of "two searches within 10 s" patterns.
+        let pattern: Vec<i64> = events
+            .windows(2)
+            .filter(|w| is_search(&w[0]) && is_search(&w[1]))
+            .filter(|w| w[1].event_time_ms - w[0].event_time_ms <= 10_000)
+            .map(|w| w[1].event_time_ms)
+            .collect();
+        let seen_before = |t: i64| pattern.iter().any(|&p| p <= t && p > t - 12 * DAY_MS);
+        for w in events.windows(2) {
+            let (t, next) = (w[0].event_time_ms, w[1].event_time_ms);
+            if t < c.start_ms + 20 * DAY_MS {
+                continue;
+            }
+            if next - t >= 30 * DAY_MS {
+                lapse += 1;
+                lapse_hits += u32::from(seen_before(t));
+            } else if next - t <= DAY_MS && w[1].event_id.ends_with('0') {
+                // A sample of ordinary moments.
+                active += 1;
+                active_hits += u32::from(seen_before(t));
+            }
+        }
+    }
+    assert!(
+        lapse >= 100 && active >= 1000,
+        "{lapse} lapses, {active} ordinary"
+    );
+    let (p_lapse, p_active) = (
+        f64::from(lapse_hits) / f64::from(lapse),
+        f64::from(active_hits) / f64::from(active),
+    );
+    assert!(
+        p_lapse > 2.0 * p_active && p_lapse > 0.2,
+        "precursor before {p_lapse:.3} of lapses and {p_active:.3} of ordinary moments"
+    );
+}
