@@ -8,7 +8,8 @@
 //!  events.purchase├─► ingest ─► state ─► features ─► score ─► decide ─► emit ─► customer-segments
 //!  events.review ─┘   decode    per-customer  Arrow     ONNX    hysteresis      segstream-state-changelog
 //!                     validate  windows       batch     Runtime                 segstream-dlq
-//!                     DLQ       timers
+//!                     DLQ       timers                 ▲ hot swap
+//!                                   model registry ─────┘◄── train (replays history through state + features)
 //! ```
 //!
 //! # Layout
@@ -27,7 +28,8 @@
 //! | [`score`] | ONNX Runtime sessions (CUDA or CPU), validation, inference threads, micro-batching, hot swap |
 //! | [`decide`] | segment decisions with hysteresis, `SegmentChange` |
 //! | [`pipeline`] | the run loop: one Kafka transaction per commit cycle, rebalances, restore, health endpoints |
-//! | [`generate`] | synthetic data for Kafka (today: the reference sample corpus) |
+//! | [`train`] | the trainer: point-in-time examples, the Transformer (candle), baselines, evaluation, ONNX export, promotion, batch scoring |
+//! | [`generate`] | synthetic data: the realistic behaviour generator (Kafka or files) and the reference sample corpus |
 //! | [`bench`] | the benchmark suite: ratios against raw librdkafka / ONNX Runtime baselines |
 //! | [`telemetry`] | Prometheus metrics and logging |
 //!
@@ -36,8 +38,10 @@
 //! customer's [`state::CustomerState`] in its partition's
 //! [`state::PartitionStore`] (late ones become dead letters too) and records
 //! every change for the changelog; `features` turns states as of a time into
-//! the model's input batch. The scoring, decision and pipeline stages of the
-//! design (`../shared/DESIGN.md`) build on these and land as their own modules.
+//! the model's input batch; `score` runs the live model on it; `decide`
+//! turns scores into `SegmentChange`s; `pipeline` commits outputs, changelog,
+//! dead letters and offsets in one transaction. `train` replays history
+//! through the same `state` and `features` to build the models `score` serves.
 
 pub mod bench;
 pub mod config;
