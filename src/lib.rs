@@ -30,7 +30,7 @@
 //! | [`pipeline`] | the run loop: one Kafka transaction per commit cycle, rebalances, restore, health endpoints |
 //! | [`train`] | the trainer: point-in-time examples, the Transformer (candle), baselines, evaluation, ONNX export, promotion, batch scoring |
 //! | [`generate`] | synthetic data: the realistic behaviour generator (Kafka or files) and the reference sample corpus |
-//! | [`bench`] | the benchmark suite: ratios against raw librdkafka / ONNX Runtime baselines |
+//! | [`bench`](mod@bench) | the benchmark suite: ratios against raw librdkafka / ONNX Runtime baselines |
 //! | [`telemetry`] | Prometheus metrics and logging |
 //!
 //! Where an event goes next: `ingest` turns Kafka records into

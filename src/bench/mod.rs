@@ -6,7 +6,7 @@
 //! The benchmarks: ingest ([`ingest`], vs raw librdkafka), state (memory per
 //! customer, restore vs raw librdkafka), scoring (vs raw `Session::run`), end
 //! to end with transactions (vs raw librdkafka), and training ([`train`], vs
-//! a plain state replay). [`report`] writes them all as `BENCHMARKS.md` and
+//! a plain state replay). `report` writes them all as `BENCHMARKS.md` and
 //! JSON (`segstream bench all`).
 
 use std::time::{Duration, Instant};

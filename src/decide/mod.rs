@@ -1,5 +1,5 @@
 //! Segment decisions: from a model's segment probabilities to a
-//! [`SegmentChange`](crate::event::proto::SegmentChange), with hysteresis so
+//! [`SegmentChange`], with hysteresis so
 //! customers do not flap between segments.
 //!
 //! Pure and synchronous: the run loop calls it for every scored customer; the

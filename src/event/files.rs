@@ -11,7 +11,7 @@
 //!
 //! ## Formats
 //! - **NDJSON**: one JSON event per line, exactly `schemas/event.schema.json`
-//!   (what [`encode::to_json`] writes). Blank lines are skipped.
+//!   (what [`super::encode::to_json`] writes). Blank lines are skipped.
 //! - **Parquet**: one row per event, this flat schema (nullable unless said):
 //!
 //!   | column | type | for |

@@ -448,7 +448,7 @@ pub struct GeneratorSummary {
 }
 
 /// The world's generator: an iterator of events in non-decreasing event
-/// time. See [`history`] and [`Generator::live`].
+/// time. See [`history`] and [`super::live::Live`].
 #[derive(Debug)]
 pub struct Generator {
     currency: String,

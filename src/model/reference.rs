@@ -69,11 +69,11 @@ pub struct Inputs<'a> {
 pub struct Outputs {
     /// [B, K]
     pub segment_probs: Vec<f32>,
-    /// [B]
+    /// `[B]`
     pub purchase_probability: Vec<f32>,
-    /// [B]
+    /// `[B]`
     pub churn_probability: Vec<f32>,
-    /// [B]
+    /// `[B]`
     pub predicted_spend: Vec<f32>,
 }
 

@@ -80,11 +80,11 @@ impl Arch {
 pub struct Heads {
     /// [B, K] segment logits.
     pub segment_logits: Tensor,
-    /// [B] purchase logit.
+    /// `[B]` purchase logit.
     pub purchase_logit: Tensor,
-    /// [B] churn logit.
+    /// `[B]` churn logit.
     pub churn_logit: Tensor,
-    /// [B] predicted ln(1 + spend) / spend_log_scale.
+    /// `[B]` predicted ln(1 + spend) / spend_log_scale.
     pub spend: Tensor,
 }
 

@@ -128,7 +128,7 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// Writes `p` as CSV: customer_id, segment, p_<segment>…, the three metrics,
+/// Writes `p` as CSV: customer_id, segment, `p_<segment>`…, the three metrics,
 /// model_version.
 pub fn write_csv(p: &Predictions, w: &mut dyn Write) -> std::io::Result<()> {
     let mut header = vec!["customer_id".to_string(), "segment".to_string()];
