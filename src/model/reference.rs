@@ -77,6 +77,39 @@ pub struct Outputs {
     pub predicted_spend: Vec<f32>,
 }
 
+impl Outputs {
+    /// The four outputs by name, in contract order.
+    pub fn named(&self) -> [(&'static str, &[f32]); 4] {
+        [
+            ("segment_probs", &self.segment_probs),
+            ("purchase_probability", &self.purchase_probability),
+            ("churn_probability", &self.churn_probability),
+            ("predicted_spend", &self.predicted_spend),
+        ]
+    }
+
+    /// Appends the rows of `more` (batches scored in chunks).
+    pub fn append(&mut self, more: Outputs) {
+        self.segment_probs.extend(more.segment_probs);
+        self.purchase_probability.extend(more.purchase_probability);
+        self.churn_probability.extend(more.churn_probability);
+        self.predicted_spend.extend(more.predicted_spend);
+    }
+}
+
+/// The logistic function.
+pub fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// Softmax of `logits` (max-shifted).
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+    let total: f32 = exp.iter().sum();
+    exp.into_iter().map(|v| v / total).collect()
+}
+
 impl ReferenceModel {
     /// Seeded weights for `spec` with `segments` segments.
     pub fn new(spec: &FeatureSpec, segments: usize, seed: u64) -> Self {
@@ -237,15 +270,11 @@ impl ReferenceModel {
             let logits: Vec<f32> = (0..k)
                 .map(|c| (0..h).map(|j| z[j] * self.w_seg[j * k + c]).sum::<f32>() + self.b_seg[c])
                 .collect();
-            let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
-            let total: f32 = exp.iter().sum();
-            out.segment_probs.extend(exp.iter().map(|v| v / total));
+            out.segment_probs.extend(softmax(&logits));
             let head = |w: &[f32]| (0..h).map(|j| z[j] * w[j]).sum::<f32>();
             out.purchase_probability
-                .push(1.0 / (1.0 + (-head(&self.w_heads[0])).exp()));
-            out.churn_probability
-                .push(1.0 / (1.0 + (-head(&self.w_heads[1])).exp()));
+                .push(sigmoid(head(&self.w_heads[0])));
+            out.churn_probability.push(sigmoid(head(&self.w_heads[1])));
             out.predicted_spend
                 .push(head(&self.w_heads[2]).exp().ln_1p());
         }

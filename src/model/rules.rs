@@ -18,7 +18,7 @@
 //! where "days since last event" crosses 0.1 after about 1.3 days of silence.
 
 use super::onnx::{Attr, GraphBuilder};
-use super::reference::{Inputs, Outputs};
+use super::reference::{sigmoid, softmax, Inputs, Outputs};
 use crate::features::{FeatureSpec, CUSTOMER_DIM};
 use crate::state::WINDOW_DAYS;
 
@@ -124,14 +124,11 @@ pub fn forward(spec: &FeatureSpec, x: Inputs<'_>) -> Outputs {
         let logits: Vec<f32> = (0..5)
             .map(|k| (0..f).map(|i| c[i] * w[i * 5 + k]).sum::<f32>() + b[k])
             .collect();
-        let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
-        let total: f32 = exp.iter().sum();
-        out.segment_probs.extend(exp.iter().map(|v| v / total));
-        let sig = |v: f32| 1.0 / (1.0 + (-v).exp());
+        out.segment_probs.extend(softmax(&logits));
         out.purchase_probability
-            .push(sig(c[idx(2, 2)] * 12.0 - 0.6));
-        out.churn_probability.push(sig(c[base + 1] * 12.0 - 1.2));
+            .push(sigmoid(c[idx(2, 2)] * 12.0 - 0.6));
+        out.churn_probability
+            .push(sigmoid(c[base + 1] * 12.0 - 1.2));
         out.predicted_spend
             .push((c[idx(2, 4)] * spec.normalization.spend_log_scale).exp() - 1.0);
     }

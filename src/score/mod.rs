@@ -357,26 +357,40 @@ fn extract(
     })
 }
 
+/// How far `got` is from `expected` for one value of `output`: absolute for
+/// probabilities; spend is in minor units (up to millions), where float32
+/// rounding alone exceeds any useful absolute tolerance, so it is compared
+/// relative to max(1, |expected|).
+pub fn difference(output: &str, expected: f32, got: f32) -> f32 {
+    let d = (expected - got).abs();
+    if output == "predicted_spend" {
+        d / expected.abs().max(1.0)
+    } else {
+        d
+    }
+}
+
+/// The largest [`difference`] between two models' outputs and the output it
+/// is on; infinite when a value is not finite or the shapes differ.
+pub fn max_difference(expected: &Outputs, got: &Outputs) -> (f32, &'static str) {
+    let mut worst = (0f32, "none");
+    for ((name, a), (_, b)) in expected.named().into_iter().zip(got.named()) {
+        if a.len() != b.len() {
+            return (f32::INFINITY, name);
+        }
+        for (x, y) in a.iter().zip(b) {
+            let d = difference(name, *x, *y);
+            if d.is_nan() || d > worst.0 {
+                worst = (if d.is_nan() { f32::INFINITY } else { d }, name);
+            }
+        }
+    }
+    worst
+}
+
 fn compare(expected: &Outputs, got: &Outputs, tolerance: f32) -> Result<f32, String> {
     let mut worst = 0f32;
-    for (name, a, b) in [
-        ("segment_probs", &expected.segment_probs, &got.segment_probs),
-        (
-            "purchase_probability",
-            &expected.purchase_probability,
-            &got.purchase_probability,
-        ),
-        (
-            "churn_probability",
-            &expected.churn_probability,
-            &got.churn_probability,
-        ),
-        (
-            "predicted_spend",
-            &expected.predicted_spend,
-            &got.predicted_spend,
-        ),
-    ] {
+    for ((name, a), (_, b)) in expected.named().into_iter().zip(got.named()) {
         if let Some(i) = b.iter().position(|v| !v.is_finite()) {
             return Err(format!("{name}[{i}] is {} for the golden inputs", b[i]));
         }
@@ -387,16 +401,8 @@ fn compare(expected: &Outputs, got: &Outputs, tolerance: f32) -> Result<f32, Str
                 a.len()
             ));
         }
-        // Spend is in minor units (up to millions), where float32 rounding
-        // alone exceeds any useful absolute tolerance: it is compared
-        // relative to max(1, |expected|).
-        let relative = name == "predicted_spend";
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            let d = if relative {
-                (x - y).abs() / x.abs().max(1.0)
-            } else {
-                (x - y).abs()
-            };
+            let d = difference(name, *x, *y);
             worst = worst.max(d);
             if d > tolerance {
                 return Err(format!(

@@ -6,7 +6,7 @@
 use super::examples::{segment, ExampleSet};
 use super::fit::class_weights;
 use crate::features::{FeatureSpec, CUSTOMER_DIM};
-use crate::model::reference::{Inputs, Outputs};
+use crate::model::reference::{sigmoid, softmax, Inputs, Outputs};
 
 /// The rule model's outputs for every example.
 pub fn rules(spec: &FeatureSpec, set: &ExampleSet) -> Outputs {
@@ -44,24 +44,10 @@ impl Logistic {
     pub fn fit(set: &ExampleSet, spend_scale: f32, iterations: usize) -> Self {
         let n = set.len().max(1);
         let f = CUSTOMER_DIM;
-        let mut mean = vec![0f32; f];
-        let mut sq = vec![0f32; f];
-        for i in 0..set.len() {
-            for (j, v) in set.customer_features_of(i).iter().enumerate() {
-                mean[j] += v;
-                sq[j] += v * v;
-            }
-        }
-        for j in 0..f {
-            mean[j] /= n as f32;
-            sq[j] = (sq[j] / n as f32 - mean[j] * mean[j]).max(0.0).sqrt();
-            if sq[j] < 1e-6 {
-                sq[j] = 1.0;
-            }
-        }
+        let (mean, std) = set.feature_moments();
         let mut model = Logistic {
             mean,
-            std: sq,
+            std,
             w: vec![0f32; (f + 1) * OUTS],
             spend_scale,
         };
@@ -157,15 +143,4 @@ impl Logistic {
         }
         out
     }
-}
-
-fn sigmoid(z: f32) -> f32 {
-    1.0 / (1.0 + (-z).exp())
-}
-
-fn softmax(z: &[f32]) -> Vec<f32> {
-    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f32> = z.iter().map(|v| (v - max).exp()).collect();
-    let s: f32 = e.iter().sum();
-    e.into_iter().map(|v| v / s).collect()
 }

@@ -114,7 +114,7 @@ pub struct Outcome {
 /// Examples in a compact ragged layout: each keeps only its real events
 /// (most recent first, as the featurizer orders them); batches are padded
 /// when materialized.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ExampleSet {
     /// N of the feature spec (the padded length served).
     pub max_events: usize,
@@ -174,6 +174,24 @@ impl Batch {
 }
 
 impl ExampleSet {
+    /// No examples yet, for features with N events of T text tokens.
+    pub fn new(max_events: usize, text_tokens: usize) -> Self {
+        ExampleSet {
+            max_events,
+            text_tokens,
+            customers: Vec::new(),
+            customer: Vec::new(),
+            cut_ms: Vec::new(),
+            labels: Vec::new(),
+            offsets: vec![0],
+            kinds: Vec::new(),
+            categories: Vec::new(),
+            numeric: Vec::new(),
+            text: Vec::new(),
+            customer_features: Vec::new(),
+        }
+    }
+
     /// Number of examples.
     pub fn len(&self) -> usize {
         self.labels.len()
@@ -195,9 +213,31 @@ impl ExampleSet {
         &self.customer_features[i * f..(i + 1) * f]
     }
 
-    /// Customer features of every example, row-major [n, F].
-    pub fn all_customer_features(&self) -> &[f32] {
-        &self.customer_features
+    /// Mean and standard deviation of each customer feature over all
+    /// examples; a constant feature gets 1, so that standardizing by it is
+    /// a no-op.
+    pub fn feature_moments(&self) -> (Vec<f32>, Vec<f32>) {
+        let f = crate::features::CUSTOMER_DIM;
+        let n = self.len().max(1) as f64;
+        let (mut mean, mut sq) = (vec![0f64; f], vec![0f64; f]);
+        for row in self.customer_features.chunks(f) {
+            for (j, v) in row.iter().enumerate() {
+                mean[j] += f64::from(*v);
+                sq[j] += f64::from(*v) * f64::from(*v);
+            }
+        }
+        let std = (0..f)
+            .map(|j| {
+                let m = mean[j] / n;
+                let s = (sq[j] / n - m * m).max(0.0).sqrt();
+                if s > 1e-6 {
+                    s as f32
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        (mean.iter().map(|m| (m / n) as f32).collect(), std)
     }
 
     /// The distinct cut times, ascending.
@@ -285,9 +325,6 @@ impl ExampleSet {
         let mask = get_f("event_mask").ok_or_else(missing)?;
         let cust = get_f("customer_features").ok_or_else(missing)?;
         for (r, (&c, l)) in who.iter().zip(labels).enumerate() {
-            if self.offsets.is_empty() {
-                self.offsets.push(0);
-            }
             let real = mask[r * n..(r + 1) * n]
                 .iter()
                 .take_while(|&&m| m > 0.0)
@@ -317,11 +354,8 @@ impl ExampleSet {
     pub fn subset(&self, keep: impl Fn(usize) -> bool) -> ExampleSet {
         let idx: Vec<usize> = (0..self.len()).filter(|&i| keep(i)).collect();
         let mut out = ExampleSet {
-            max_events: self.max_events,
-            text_tokens: self.text_tokens,
             customers: self.customers.clone(),
-            offsets: vec![0],
-            ..Default::default()
+            ..ExampleSet::new(self.max_events, self.text_tokens)
         };
         let (e, t) = (crate::features::EVENT_NUMERIC_DIM, self.text_tokens);
         for i in idx {
@@ -409,12 +443,7 @@ pub fn build(
 ) -> Result<(ExampleSet, ReplayReport), FeatureError> {
     events.sort_by_key(|e| e.event_time_ms);
     let spec = featurizer.spec();
-    let mut set = ExampleSet {
-        max_events: spec.max_events,
-        text_tokens: spec.text_tokens,
-        offsets: vec![0],
-        ..Default::default()
-    };
+    let mut set = ExampleSet::new(spec.max_events, spec.text_tokens);
     let mut report = ReplayReport::default();
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
         return Ok((set, report));
@@ -620,12 +649,7 @@ mod tests {
             s.record(e, limits);
         }
         let batch = f.featurize(&[&s], t).unwrap();
-        let mut set = ExampleSet {
-            max_events: f.spec().max_events,
-            text_tokens: f.spec().text_tokens,
-            offsets: vec![0],
-            ..Default::default()
-        };
+        let mut set = ExampleSet::new(f.spec().max_events, f.spec().text_tokens);
         let l = Labels {
             segment: 0,
             purchased: false,

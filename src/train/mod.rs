@@ -217,55 +217,9 @@ fn onnx_outputs(
     let idx: Vec<usize> = (0..set.len()).collect();
     for chunk in idx.chunks(256) {
         let g = set.batch(chunk, Some(spec.max_events)).to_golden();
-        let o = crate::score::run_session(&mut session, &g, spec, segments)?;
-        out.segment_probs.extend(o.segment_probs);
-        out.purchase_probability.extend(o.purchase_probability);
-        out.churn_probability.extend(o.churn_probability);
-        out.predicted_spend.extend(o.predicted_spend);
+        out.append(crate::score::run_session(&mut session, &g, spec, segments)?);
     }
     Ok(out)
-}
-
-/// Largest difference between two models' outputs, and on which output.
-/// Probabilities are compared absolutely; spend (minor units, up to
-/// millions) relative to max(1, |spend|), as the golden check does.
-pub fn max_difference(a: &Outputs, b: &Outputs) -> (f32, &'static str) {
-    let mut worst = (0f32, "none");
-    let mut see = |name: &'static str, x: &[f32], y: &[f32], relative: bool| {
-        if x.len() != y.len() {
-            worst = (f32::INFINITY, name);
-            return;
-        }
-        for (p, q) in x.iter().zip(y) {
-            let mut d = (p - q).abs();
-            if relative {
-                d /= p.abs().max(1.0);
-            }
-            if d.is_nan() || d > worst.0 {
-                worst = (if d.is_nan() { f32::INFINITY } else { d }, name);
-            }
-        }
-    };
-    see("segment_probs", &a.segment_probs, &b.segment_probs, false);
-    see(
-        "purchase_probability",
-        &a.purchase_probability,
-        &b.purchase_probability,
-        false,
-    );
-    see(
-        "churn_probability",
-        &a.churn_probability,
-        &b.churn_probability,
-        false,
-    );
-    see(
-        "predicted_spend",
-        &a.predicted_spend,
-        &b.predicted_spend,
-        true,
-    );
-    worst
 }
 
 /// Trains once on `events` and publishes to the registry of
@@ -340,7 +294,8 @@ fn train_in_pool(
     if tc.warm_start {
         net.warm_start(&logistic)?;
     } else {
-        net.standardize(train_set.all_customer_features());
+        let (mean, std) = train_set.feature_moments();
+        net.set_standardization(mean, std.iter().map(|s| 1.0 / s).collect());
     }
     let fitted = fit::fit(
         &net,
@@ -367,7 +322,7 @@ fn train_in_pool(
     // Export, then prove the file computes what was trained.
     let onnx = export::to_onnx(&net, &spec, &version)?;
     let theirs = onnx_outputs(config, &version, &onnx, &spec, segments, &val_set)?;
-    let (diff, output) = max_difference(&ours, &theirs);
+    let (diff, output) = crate::score::max_difference(&ours, &theirs);
     if diff.is_nan() || diff > tc.parity_tolerance {
         return Err(TrainError::Parity {
             diff,

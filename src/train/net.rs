@@ -168,25 +168,10 @@ impl Transformer {
         Ok(())
     }
 
-    /// Fixes the customer-feature standardization to the mean and standard
-    /// deviation of `rows` (row-major [n, F]); constant features keep scale 1.
-    pub fn standardize(&mut self, rows: &[f32]) {
-        let f = CUSTOMER_DIM;
-        let n = (rows.len() / f).max(1) as f64;
-        let mut mean = vec![0f64; f];
-        let mut sq = vec![0f64; f];
-        for r in rows.chunks(f) {
-            for (j, v) in r.iter().enumerate() {
-                mean[j] += f64::from(*v);
-                sq[j] += f64::from(*v) * f64::from(*v);
-            }
-        }
-        for j in 0..f {
-            mean[j] /= n;
-            let std = (sq[j] / n - mean[j] * mean[j]).max(0.0).sqrt();
-            self.cust_mean[j] = mean[j] as f32;
-            self.cust_inv_std[j] = if std > 1e-6 { (1.0 / std) as f32 } else { 1.0 };
-        }
+    /// Fixes the customer-feature standardization: `(x - mean) · inv_std`.
+    pub fn set_standardization(&mut self, mean: Vec<f32>, inv_std: Vec<f32>) {
+        self.cust_mean = mean;
+        self.cust_inv_std = inv_std;
     }
 
     /// Starts the heads' direct path from a fitted logistic regression on the
@@ -195,8 +180,7 @@ impl Transformer {
     /// has to add what the aggregates miss.
     pub fn warm_start(&mut self, lr: &super::baselines::Logistic) -> CResult<()> {
         let (mean, inv_std) = lr.standardization();
-        self.cust_mean = mean;
-        self.cust_inv_std = inv_std;
+        self.set_standardization(mean, inv_std);
         let (d, f, k) = (self.arch.d, CUSTOMER_DIM, self.arch.segments);
         let mut seg_w = self.values("seg_w")?;
         let mut seg_b = self.values("seg_b")?;

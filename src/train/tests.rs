@@ -119,7 +119,7 @@ fn padding_to_n_gives_the_same_outputs_as_padding_to_the_longest_row() {
     let scale = f.spec().normalization.spend_log_scale;
     let short = fit::predict(&net, &set, scale, None).unwrap();
     let full = fit::predict(&net, &set, scale, Some(f.spec().max_events)).unwrap();
-    let (diff, what) = super::max_difference(&short, &full);
+    let (diff, what) = crate::score::max_difference(&short, &full);
     assert!(diff < 1e-5, "{what}: {diff}");
 }
 
@@ -149,63 +149,4 @@ fn training_lowers_the_loss_and_keeps_the_best_epoch() {
         .min_by(|a, b| a.val_loss.total_cmp(&b.val_loss))
         .unwrap();
     assert_eq!(report.best_epoch, best.epoch);
-}
-
-/// Where a training step's time goes (run by hand: `--ignored --nocapture`).
-#[test]
-#[ignore]
-fn profile_one_step() {
-    use candle_nn::Optimizer;
-    let mut config = Config::default();
-    config.train.batch_size = 128;
-    let f = featurizer(&config).unwrap();
-    let (set, _) = examples::build(
-        crate::generate::behaviour::history(&crate::generate::behaviour::GeneratorConfig {
-            customers: 400,
-            days: 120,
-            ..Default::default()
-        })
-        .collect(),
-        &f,
-        config.state.limits().state,
-        LabelRules::from_config(&config.train),
-        Sampling::from_config(&config.train),
-        &mut |_| {},
-    )
-    .unwrap();
-    let net = Transformer::new(Arch::new(f.spec(), &config.train, 5), 3, &Device::Cpu).unwrap();
-    let weights = fit::class_weights(&set);
-    let scale = f.spec().normalization.spend_log_scale;
-    let vars: Vec<_> = net.params().values().cloned().collect();
-    let mut opt = candle_nn::AdamW::new(vars, candle_nn::ParamsAdamW::default()).unwrap();
-    let idx: Vec<usize> = (0..128.min(set.len())).collect();
-    let batch = set.batch(&idx, None);
-    println!("batch len {} rows {}", batch.len, batch.rows);
-    for _ in 0..3 {
-        let t = std::time::Instant::now();
-        let h = net.forward(&batch).unwrap();
-        let t_fwd = t.elapsed();
-        drop(h);
-        let t = std::time::Instant::now();
-        let mut rng = super::Rng::new(1);
-        let loss = fit::loss(
-            &net,
-            &set,
-            &idx,
-            &batch,
-            &weights,
-            scale,
-            &Device::Cpu,
-            Some((&mut rng, 0.1)),
-        )
-        .unwrap();
-        let t_loss = t.elapsed();
-        let t = std::time::Instant::now();
-        let grads = loss.backward().unwrap();
-        let t_bwd = t.elapsed();
-        let t = std::time::Instant::now();
-        opt.step(&grads).unwrap();
-        let t_opt = t.elapsed();
-        println!("forward {t_fwd:?} forward+loss {t_loss:?} backward {t_bwd:?} adamw {t_opt:?}");
-    }
 }
