@@ -194,10 +194,15 @@ pub fn read_all(topic: &str) -> Vec<Row> {
             .unwrap();
     }
     consumer.assign(&tpl).unwrap();
-    let mut eof = 0;
+    // Partitions read to their end. With read_committed, end of partition is
+    // reported at the last stable offset: a transaction still open (one of a
+    // SIGKILLed instance, until the broker times it out) hides every record
+    // after it. A partition counts as read only when its position has
+    // reached the high watermark, i.e. nothing is hidden.
+    let mut done = std::collections::HashSet::new();
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while eof < partitions && Instant::now() < deadline {
+    while done.len() < partitions && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => {
                 let headers = m
@@ -222,12 +227,25 @@ pub fn read_all(topic: &str) -> Vec<Row> {
                     headers,
                 ))
             }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => eof += 1,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .unwrap();
+                let position = consumer
+                    .position()
+                    .unwrap()
+                    .find_partition(topic, p)
+                    .and_then(|e| e.offset().to_raw())
+                    .unwrap_or(0);
+                if high == 0 || position >= high {
+                    done.insert(p);
+                }
+            }
             Some(Err(e)) => panic!("reading {topic}: {e}"),
             None => {}
         }
     }
-    assert_eq!(eof, partitions, "read {topic} to its end");
+    assert_eq!(done.len(), partitions, "read {topic} to its end");
     out
 }
 
