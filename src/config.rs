@@ -230,6 +230,17 @@ pub struct InputConfig {
     /// Longest wait to fill a batch once its first record arrived.
     #[serde(with = "humantime_serde")]
     pub batch_max_wait: Duration,
+    /// Event-time alignment: a partition's input topics are merged by event
+    /// time (smallest first), so a catch-up after lag does not turn valid
+    /// events late. A topic with nothing buffered but records still to read
+    /// is waited for at most this long (cf. Kafka Streams
+    /// `max.task.idle.ms`); a topic read to its end is never waited for.
+    /// `0s` turns alignment off.
+    #[serde(with = "humantime_serde")]
+    pub max_idle: Duration,
+    /// Records buffered per input topic partition for the alignment before
+    /// that partition's fetching pauses (resumed at half).
+    pub max_buffered: usize,
 }
 
 /// Input topics used when none are configured.
@@ -247,6 +258,8 @@ impl Default for InputConfig {
             auto_offset_reset: OffsetReset::Earliest,
             batch_size: 1000,
             batch_max_wait: Duration::from_millis(50),
+            max_idle: Duration::from_secs(5),
+            max_buffered: 20_000,
         }
     }
 }
@@ -666,6 +679,17 @@ pub struct PipelineConfig {
     pub transaction_timeout: Duration,
     /// Address of `/healthz`, `/readyz` and `/metrics`; empty disables them.
     pub http_listen: String,
+    /// Longest any blocking Kafka client call (transactions, offsets,
+    /// metadata) may take. librdkafka is given two thirds of it as its own
+    /// timeout; a call still blocked at the deadline (librdkafka#5456) makes
+    /// the instance unhealthy and exit with status 3, so it is restarted.
+    #[serde(with = "humantime_serde")]
+    pub call_deadline: Duration,
+    /// With partitions assigned and records waiting, no committed cycle for
+    /// this long makes `/healthz` answer 503 (`segstream_stalled` 1) until a
+    /// cycle commits again. A few transaction timeouts.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -675,6 +699,8 @@ impl Default for PipelineConfig {
             transactional_id: String::new(),
             transaction_timeout: Duration::from_secs(10),
             http_listen: "127.0.0.1:9464".into(),
+            call_deadline: Duration::from_secs(45),
+            stall_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -928,6 +954,10 @@ impl Config {
             }
         }
         range(p, "input.batch_size", i.batch_size, 1, 100_000);
+        range(p, "input.max_buffered", i.max_buffered, 100, 10_000_000);
+        if i.max_idle > Duration::from_secs(600) {
+            p.add("input.max_idle", "must be at most 10m");
+        }
         if i.batch_max_wait > Duration::from_secs(10) {
             p.add("input.batch_max_wait", "must be at most 10s");
         }
@@ -1036,6 +1066,17 @@ impl Config {
             || pc.transaction_timeout > Duration::from_secs(900)
         {
             p.add("pipeline.transaction_timeout", "must be between 1s and 15m");
+        }
+        if pc.call_deadline < Duration::from_secs(3) || pc.call_deadline > Duration::from_secs(600)
+        {
+            p.add("pipeline.call_deadline", "must be between 3s and 10m");
+        }
+        if pc.stall_timeout < pc.transaction_timeout || pc.stall_timeout > Duration::from_secs(3600)
+        {
+            p.add(
+                "pipeline.stall_timeout",
+                "must be at least pipeline.transaction_timeout and at most 1h",
+            );
         }
         if !pc.http_listen.is_empty() && pc.http_listen.parse::<std::net::SocketAddr>().is_err() {
             p.add(

@@ -46,6 +46,16 @@ async fn the_pipeline_recovers_from_a_broker_restart() {
     keep_log(&log);
     wait_consumed(&s, &mut children, &log).await;
     phase("consumed");
+    // The end of the outage is announced once the clients reconnect
+    // (librdkafka's reconnect back-off grows to 10 s while the broker is away).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("Kafka brokers are reachable again.")
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let child = &mut children[0];
     sigterm(child);
     let status = child.wait().unwrap();
@@ -57,4 +67,27 @@ async fn the_pipeline_recovers_from_a_broker_restart() {
     keep_log(&log);
     verify(&s, &stream);
     phase("verified");
+    // Quiet outage: one WARN when it starts, one INFO when it ends, and no
+    // connection failure logged as an ERROR.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let noisy: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" ERROR ") && l.contains("Connection refused"))
+        .collect();
+    assert!(
+        noisy.is_empty(),
+        "{} connection failures logged as errors, e.g. {:?}",
+        noisy.len(),
+        noisy.first()
+    );
+    assert!(
+        text.contains("Kafka brokers are unreachable"),
+        "the outage is announced:\n{}",
+        tail(&log)
+    );
+    assert!(
+        text.contains("Kafka brokers are reachable again."),
+        "the end of the outage is announced:\n{}",
+        tail(&log)
+    );
 }

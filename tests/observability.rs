@@ -396,6 +396,47 @@ async fn prometheus_scrapes_a_running_pipeline_whose_metrics_pass_promtool() {
 /// 50 s apart (near the longest interval allowed), everything consumed before
 /// the first commit is still lag, exactly the records produced; the closing
 /// commit at SIGTERM then makes it all committed.
+/// Readiness (issue 13): `/readyz` answers 200 only once the group gave the
+/// instance its assignment and every assigned partition is restored, not as
+/// soon as a model is loaded. `/healthz` is 200 and `segstream_stalled` 0 on
+/// a healthy instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_means_assigned_and_restored() {
+    assert!(
+        std::env::var_os("ORT_DYLIB_PATH").is_some(),
+        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
+    );
+    let s = setup().await;
+    let port = free_port();
+    let log = s.dir.path().join("run.log");
+    let _pipeline = run_pipeline(&s.config, port, &log, &[]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some((status, _)) = get(port, "/readyz") {
+            if status == 200 {
+                break;
+            }
+            assert_eq!(status, 503);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never ready:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The line is written before the flag is set: ready implies it is there.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("Partitions assigned and restored."),
+        "ready before the assignment was restored:\n{text}"
+    );
+    assert_eq!(get(port, "/healthz").map(|r| r.0), Some(200));
+    let (_, metrics) = get(port, "/metrics").unwrap();
+    assert_eq!(sum_of(&metrics, "segstream_ready"), 1.0);
+    assert_eq!(sum_of(&metrics, "segstream_stalled"), 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_counts_the_records_not_yet_committed() {
     assert!(
@@ -471,7 +512,7 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 6);
+    assert_eq!(alerts.len(), 7);
     let untested: Vec<&&str> = alerts
         .iter()
         .filter(|a| !tests.contains(&format!("alertname: {a}")))

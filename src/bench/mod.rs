@@ -688,6 +688,8 @@ fn read_to_end_consumer(
     partitions: i32,
 ) -> Result<BaseConsumer<ReadToEnd>, KafkaError> {
     let mut c = client.clone();
+    // The pipeline's own consumer settings, for the baseline too.
+    crate::ingest::consumer_defaults(&mut c);
     c.set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")

@@ -12,22 +12,51 @@ use tracing::{info, warn};
 use crate::telemetry::Metrics;
 
 /// What the probes report.
+///
+/// # Readiness
+///
+/// Ready (`/readyz` 200, `segstream_ready` 1) means: a model is loaded, the
+/// consumer group gave this instance its assignment (possibly empty, when
+/// the group has more members than partitions) and every assigned partition's
+/// state is restored from the changelog. Not ready while waiting for the
+/// first assignment, between a revocation and the next assignment (a
+/// rebalance), while any partition restores or state is rebuilt after an
+/// aborted transaction, while stopping, or after a fatal stall.
+///
+/// # Liveness
+///
+/// Healthy (`/healthz` 200) unless the watchdog found a stall: a client call
+/// past `pipeline.call_deadline` (the instance then exits) or no committed
+/// cycle for `pipeline.stall_timeout` while records wait.
 #[derive(Debug, Default)]
 pub struct Health {
     /// A model is loaded.
     pub model_loaded: AtomicBool,
+    /// The current assignment is received and every partition of it restored.
+    pub assigned: AtomicBool,
     /// Partitions being restored right now.
     pub restoring: AtomicUsize,
     /// The instance is stopping.
     pub stopping: AtomicBool,
+    /// No committed cycle for `pipeline.stall_timeout` while records wait.
+    pub stalled: AtomicBool,
+    /// A client call overran its deadline; the process is exiting.
+    pub fatal: AtomicBool,
 }
 
 impl Health {
-    /// Ready: a model is loaded, no restore is running, not stopping.
+    /// See [the type's docs](Health).
     pub fn ready(&self) -> bool {
         self.model_loaded.load(Ordering::Relaxed)
+            && self.assigned.load(Ordering::Relaxed)
             && self.restoring.load(Ordering::Relaxed) == 0
             && !self.stopping.load(Ordering::Relaxed)
+            && self.healthy()
+    }
+
+    /// See [the type's docs](Health).
+    pub fn healthy(&self) -> bool {
+        !self.stalled.load(Ordering::Relaxed) && !self.fatal.load(Ordering::Relaxed)
     }
 }
 
@@ -71,12 +100,18 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, metrics: Metrics)
                 })
                 .unwrap_or("");
             let (status, content_type, body) = match path {
-                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                "/healthz" if health.healthy() => ("200 OK", "text/plain", "ok\n".to_string()),
+                "/healthz" => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "unhealthy: stalled (no committed cycle while records wait, or a Kafka call past its deadline)\n"
+                        .to_string(),
+                ),
                 "/readyz" if health.ready() => ("200 OK", "text/plain", "ready\n".to_string()),
                 "/readyz" => (
                     "503 Service Unavailable",
                     "text/plain",
-                    "not ready: waiting for a model or a partition restore\n".to_string(),
+                    "not ready: waiting for a model, a partition assignment or a partition restore\n".to_string(),
                 ),
                 "/metrics" => {
                     metrics.ready.set(i64::from(health.ready()));

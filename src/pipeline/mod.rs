@@ -25,6 +25,7 @@
 //! the committed state), and consumption resumes from the committed offsets.
 
 mod http;
+mod watchdog;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,15 +42,18 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 pub use http::Health;
+pub use watchdog::{Watchdog, EXIT_STALLED};
 
 use crate::config::{Config, OffsetReset, OutputFormat};
 use crate::decide::{self, Hysteresis, SegmentChangeJson};
 use crate::event::proto::Trigger;
 use crate::event::{Decoder, Reason, Rejection};
+use crate::ingest::align::{Aligner, Backlog};
 use crate::ingest::{self, DeadLetter, Routed};
 use crate::score::{LoadedModel, ModelWatcher, PollOutcome, RescoreSweep, Scorer};
 use crate::state::changelog::{self, drain_dirty};
 use crate::state::{CustomerState, PartitionStore, RecordOutcome};
+use crate::telemetry::kafka_log::{self, QuietContext};
 use crate::telemetry::{Metrics, Tally};
 
 /// Errors that end the run loop.
@@ -80,6 +84,9 @@ pub enum PipelineError {
     /// Other I/O (the HTTP listener).
     #[error("{0}")]
     Io(String),
+    /// A helper thread or blocking task could not start or panicked.
+    #[error("{0}")]
+    Task(String),
 }
 
 fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> PipelineError {
@@ -92,7 +99,8 @@ fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> PipelineError {
 pub struct PipelineContext {
     events: Mutex<Vec<RebalanceNotice>>,
     pending: AtomicBool,
-    ends: Mutex<BTreeMap<(String, i32), i64>>,
+    /// Topic → partition → end offset.
+    ends: Mutex<BTreeMap<String, BTreeMap<i32, i64>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -102,9 +110,21 @@ enum RebalanceNotice {
 }
 
 impl ClientContext for PipelineContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        kafka_log::log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        kafka_log::client_error("consumer", &error, reason);
+    }
+
     /// Every `statistics.interval.ms`: keeps the end of each fetched
-    /// partition (the last stable offset, as `read_committed` sees it).
+    /// partition (the last stable offset, as `read_committed` sees it), and
+    /// ends a broker outage in the log once every broker is up.
     fn stats(&self, statistics: rdkafka::Statistics) {
+        if kafka_log::all_brokers_up(&statistics) {
+            kafka_log::brokers_up();
+        }
         let Ok(mut ends) = self.ends.lock() else {
             return;
         };
@@ -116,7 +136,9 @@ impl ClientContext for PipelineContext {
                     p.hi_offset
                 };
                 if p.partition >= 0 && end >= 0 {
-                    ends.insert((name.clone(), p.partition), end);
+                    ends.entry(name.clone())
+                        .or_default()
+                        .insert(p.partition, end);
                 }
             }
         }
@@ -180,7 +202,7 @@ struct Cycle {
 pub struct Pipeline {
     cfg: Config,
     consumer: Arc<StreamConsumer<PipelineContext>>,
-    producer: FutureProducer,
+    producer: FutureProducer<QuietContext>,
     decoder: Decoder,
     rules: Hysteresis,
     stores: BTreeMap<i32, PartitionStore>,
@@ -204,6 +226,62 @@ pub struct Pipeline {
     producer_config: rdkafka::ClientConfig,
     /// When the producer was last re-created (bounds fencing loops).
     fenced_at: Vec<Instant>,
+    /// Every blocking client call goes through it (see `watchdog`).
+    watchdog: Watchdog,
+    /// Consumed records waiting for the event-time merge of their partition.
+    aligner: Aligner<Held>,
+    /// Next offset to consume of each input topic partition (what the
+    /// aligner has seen), to tell a topic read to its end.
+    fetched: BTreeMap<(Arc<str>, i32), i64>,
+    /// Input partitions paused because the aligner holds too many of them.
+    paused: BTreeSet<(Arc<str>, i32)>,
+    /// Scratch for released records (reused, no allocation per record).
+    released: Vec<(Arc<str>, Held)>,
+}
+
+/// A consumed record in the aligner.
+struct Held {
+    routed: Routed,
+    /// The original record of an event, for a `late` dead letter.
+    source: Option<OwnedSource>,
+    offset: i64,
+    timestamp_ms: i64,
+}
+
+/// An owned copy of a consumed record.
+struct OwnedSource {
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: Vec<(String, Vec<u8>)>,
+    timestamp_ms: Option<i64>,
+}
+
+impl OwnedSource {
+    fn of(record: &ingest::SourceRecord<'_>) -> Self {
+        OwnedSource {
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.map(<[u8]>::to_vec),
+            headers: record.headers.clone(),
+            timestamp_ms: record.timestamp_ms,
+        }
+    }
+
+    fn record<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: i32,
+        offset: i64,
+    ) -> ingest::SourceRecord<'a> {
+        ingest::SourceRecord {
+            topic,
+            partition,
+            offset,
+            timestamp_ms: self.timestamp_ms,
+            key: self.key.as_deref(),
+            value: self.value.as_deref(),
+            headers: self.headers.clone(),
+        }
+    }
 }
 
 /// Runs an instance until `shutdown` resolves: waits for a model, joins the
@@ -263,10 +341,19 @@ pub async fn run(
             .map_err(|e| PipelineError::Io(format!("starting the model watcher: {e}")))?
     };
 
-    let mut p = Pipeline::build(cfg, scorer.clone(), metrics, health.clone())?;
-    p.check_topics()?;
-    p.producer
-        .init_transactions(Duration::from_secs(30))
+    let watchdog = Watchdog::start(&cfg.pipeline, health.clone(), metrics.clone())?;
+    let mut p = Pipeline::build(
+        cfg,
+        scorer.clone(),
+        metrics,
+        health.clone(),
+        watchdog.clone(),
+    )?;
+    p.check_topics().await?;
+    let producer = p.producer.clone();
+    watchdog
+        .call("init_transactions", move |t| producer.init_transactions(t))
+        .await?
         .map_err(kafka("initializing transactions"))?;
     let topics: Vec<&str> = p.cfg.input.topics.iter().map(String::as_str).collect();
     p.consumer
@@ -313,11 +400,29 @@ pub async fn run(
     if let Err(e) = &result {
         error!(error = %e, "The run loop stopped on an error.");
         if p.cycle.open {
-            let _ = p.producer.abort_transaction(Duration::from_secs(10));
+            let producer = p.producer.clone();
+            match watchdog
+                .call("abort_transaction", move |t| producer.abort_transaction(t))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    warn!(error = %e, "Aborting the open transaction on the way out failed; the broker times it out.")
+                }
+                Err(e) => warn!(error = %e, "Aborting the open transaction on the way out failed."),
+            }
         }
     }
-    drop(p);
+    // Closing the clients talks to the broker (leaving the group, flushing):
+    // under the deadline too.
     drop(consumer);
+    if let Err(e) = watchdog
+        .call("closing the Kafka clients", move |_| drop(p))
+        .await
+    {
+        warn!(error = %e, "Closing the Kafka clients failed.");
+    }
+    watchdog.stop();
     if let Ok(scorer) = Arc::try_unwrap(scorer) {
         scorer.shutdown();
     }
@@ -330,19 +435,15 @@ impl Pipeline {
         scorer: Arc<Scorer>,
         metrics: Metrics,
         health: Arc<Health>,
+        watchdog: Watchdog,
     ) -> Result<Self, PipelineError> {
         let mut c = cfg.kafka.consumer_config()?;
-        // Statistics feed the lag gauge; a configured interval wins.
-        let stats_interval = c
-            .get("statistics.interval.ms")
-            .unwrap_or("5000")
-            .to_string();
+        ingest::consumer_defaults(&mut c);
         c.set("group.id", &cfg.kafka.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("isolation.level", "read_committed")
             .set("partition.assignment.strategy", "range")
-            .set("statistics.interval.ms", stats_interval)
             .set(
                 "auto.offset.reset",
                 match cfg.input.auto_offset_reset {
@@ -366,18 +467,28 @@ impl Pipeline {
         };
         let mut pc = cfg.kafka.producer_config()?;
         let max = (cfg.dead_letter.max_value_bytes + 256 * 1024).max(1_000_000);
+        ingest::producer_defaults(&mut pc);
         pc.set("transactional.id", &transactional_id)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5")
             .set("message.max.bytes", max.to_string())
             .set(
                 "transaction.timeout.ms",
                 cfg.pipeline.transaction_timeout.as_millis().to_string(),
             );
-        let producer: FutureProducer = pc.create().map_err(kafka("creating the producer"))?;
+        let producer: FutureProducer<QuietContext> = pc
+            .create_with_context(QuietContext)
+            .map_err(kafka("creating the producer"))?;
         let producer_config = pc;
         info!(transactional_id = %transactional_id, "Transactional producer ready.");
+        let mut topic_names = BTreeMap::new();
+        let cfg_topics: Vec<Arc<str>> = cfg
+            .input
+            .topics
+            .iter()
+            .map(|t| ingest::intern(&mut topic_names, t))
+            .collect();
+        let cfg_max_idle = cfg.input.max_idle;
         Ok(Pipeline {
             consumer: Arc::new(consumer),
             decoder: cfg.decoder(),
@@ -387,7 +498,7 @@ impl Pipeline {
             producer,
             stores: BTreeMap::new(),
             assigned: BTreeSet::new(),
-            topic_names: BTreeMap::new(),
+            topic_names,
             scorer,
             tally: metrics.tally(),
             metrics,
@@ -398,15 +509,22 @@ impl Pipeline {
             sweep: None,
             producer_config,
             fenced_at: Vec::new(),
+            watchdog,
+            aligner: Aligner::new(cfg_topics, cfg_max_idle),
+            fetched: BTreeMap::new(),
+            paused: BTreeSet::new(),
+            released: Vec::new(),
         })
     }
 
     /// Input topics, changelog and dead-letter topics exist, and the input
     /// topics and the changelog have the same number of partitions.
-    fn check_topics(&self) -> Result<(), PipelineError> {
+    async fn check_topics(&self) -> Result<(), PipelineError> {
+        let consumer = self.consumer.clone();
         let md = self
-            .consumer
-            .fetch_metadata(None, Duration::from_secs(10))
+            .watchdog
+            .call("fetch_metadata", move |t| consumer.fetch_metadata(None, t))
+            .await?
             .map_err(kafka("fetching cluster metadata"))?;
         let count = |name: &str| {
             md.topics()
@@ -452,10 +570,12 @@ impl Pipeline {
         }
     }
 
-    fn begin(&mut self) -> Result<(), PipelineError> {
+    async fn begin(&mut self) -> Result<(), PipelineError> {
         if !self.cycle.open {
-            self.producer
-                .begin_transaction()
+            let producer = self.producer.clone();
+            self.watchdog
+                .call("begin_transaction", move |_| producer.begin_transaction())
+                .await?
                 .map_err(kafka("beginning a transaction"))?;
             self.cycle.open = true;
         }
@@ -478,6 +598,8 @@ impl Pipeline {
         for n in notices {
             match n {
                 RebalanceNotice::Revoked(list) => {
+                    // Rebalancing: not ready until the next assignment is restored.
+                    self.health.assigned.store(false, Ordering::Relaxed);
                     // The generation changed: the open transaction can no
                     // longer commit its offsets. Abort; the new owner redoes it.
                     if let Err(e) = self.abort_cycle("partitions were revoked").await {
@@ -491,6 +613,11 @@ impl Pipeline {
                     }
                     let keep: BTreeSet<i32> = self.assigned.iter().map(|(_, p)| *p).collect();
                     self.stores.retain(|p, _| keep.contains(p));
+                    for (_, p) in &list {
+                        self.aligner.forget(*p);
+                    }
+                    self.fetched.retain(|(_, p), _| keep.contains(p));
+                    self.paused.retain(|(_, p)| keep.contains(p));
                     // Uncommitted changes of kept partitions are gone too: rebuild.
                     self.recover().await?;
                     info!(partitions = ?list, "Partitions revoked.");
@@ -500,30 +627,38 @@ impl Pipeline {
                         let t = ingest::intern(&mut self.topic_names, t);
                         self.assigned.insert((t, *p));
                     }
-                    self.load_committed(&list);
+                    self.load_committed(&list).await?;
                     let new: BTreeSet<i32> = list
                         .iter()
                         .map(|(_, p)| *p)
                         .filter(|p| !self.stores.contains_key(p))
                         .collect();
-                    for p in new {
-                        self.restore(p).await?;
-                    }
-                    info!(partitions = ?list, "Partitions assigned and restored.");
+                    let restore_started = Instant::now();
+                    self.restore(new.into_iter().collect()).await?;
+                    self.health.assigned.store(true, Ordering::Relaxed);
+                    info!(
+                        partitions = ?list,
+                        restore_seconds = restore_started.elapsed().as_secs_f64(),
+                        "Partitions assigned and restored."
+                    );
                 }
             }
         }
         Ok(())
     }
 
-    /// Restores a partition's state, retrying while the broker is unreachable.
-    async fn restore(&mut self, partition: i32) -> Result<(), PipelineError> {
+    /// Restores partitions' state, all in parallel, retrying while the
+    /// broker is unreachable.
+    async fn restore(&mut self, partitions: Vec<i32>) -> Result<(), PipelineError> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
         let mut backoff = Duration::from_millis(200);
         let started = Instant::now();
         loop {
-            match self.restore_once(partition).await {
+            match self.restore_once(partitions.clone()).await {
                 Err(PipelineError::Restore(e)) if started.elapsed() < Duration::from_secs(600) => {
-                    warn!(partition, error = %e, "Restore failed; retrying.");
+                    warn!(partitions = ?partitions, error = %e, "Restore failed; retrying.");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -532,22 +667,29 @@ impl Pipeline {
         }
     }
 
-    async fn restore_once(&mut self, partition: i32) -> Result<(), PipelineError> {
+    async fn restore_once(&mut self, partitions: Vec<i32>) -> Result<(), PipelineError> {
         self.health.restoring.fetch_add(1, Ordering::Relaxed);
         let client = self.cfg.kafka.consumer_config()?;
         let topic = self.cfg.state.changelog_topic.clone();
         let limits = self.cfg.state.limits();
         let metrics = self.metrics.clone();
         let timeout = self.cfg.state.restore_timeout;
-        let result = tokio::task::spawn_blocking(move || {
-            let mut store = PartitionStore::new(limits);
-            changelog::restore_partition(&client, &topic, partition, &mut store, &metrics, timeout)
-                .map(|_| store)
-        })
-        .await;
+        // The restore has its own budget (state.restore_timeout); the
+        // watchdog ends the instance only if it overruns that as well.
+        let result = self
+            .watchdog
+            .call_within("restore", timeout + Duration::from_secs(30), move || {
+                let mut stores: BTreeMap<i32, PartitionStore> = partitions
+                    .iter()
+                    .map(|p| (*p, PartitionStore::new(limits)))
+                    .collect();
+                changelog::restore_partitions(&client, &topic, &mut stores, &metrics, timeout)
+                    .map(|_| stores)
+            })
+            .await;
         self.health.restoring.fetch_sub(1, Ordering::Relaxed);
-        let store = result.map_err(|e| PipelineError::Io(format!("restore task: {e}")))??;
-        self.stores.insert(partition, store);
+        let stores = result??;
+        self.stores.extend(stores);
         Ok(())
     }
 
@@ -556,9 +698,19 @@ impl Pipeline {
     async fn reset_kept(&mut self) -> Result<(), PipelineError> {
         let partitions: Vec<i32> = self.stores.keys().copied().collect();
         self.stores.clear();
-        for p in &partitions {
-            self.restore(*p).await?;
+        // Buffered records are consumed again from the committed offsets.
+        self.aligner.clear();
+        self.fetched.clear();
+        if !self.paused.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (t, p) in std::mem::take(&mut self.paused) {
+                tpl.add_partition(&t, p);
+            }
+            if let Err(e) = self.consumer.resume(&tpl) {
+                warn!(error = %e, "Resuming paused input partitions failed.");
+            }
         }
+        self.restore(partitions).await?;
         if self.assigned.is_empty() {
             return Ok(());
         }
@@ -566,9 +718,13 @@ impl Pipeline {
         for (t, p) in &self.assigned {
             let _ = tpl.add_partition(t, *p);
         }
+        let consumer = self.consumer.clone();
         let committed = self
-            .consumer
-            .committed_offsets(tpl, Duration::from_secs(10))
+            .watchdog
+            .call("committed_offsets", move |t| {
+                consumer.committed_offsets(tpl, t)
+            })
+            .await?
             .map_err(kafka("reading committed offsets"))?;
         let mut seek = TopicPartitionList::new();
         for e in committed.elements() {
@@ -581,8 +737,12 @@ impl Pipeline {
             };
             let _ = seek.add_partition_offset(e.topic(), e.partition(), offset);
         }
-        self.consumer
-            .seek_partitions(seek, Duration::from_secs(10))
+        let consumer = self.consumer.clone();
+        self.watchdog
+            .call("seek_partitions", move |t| {
+                consumer.seek_partitions(seek, t)
+            })
+            .await?
             .map_err(kafka("rewinding to the committed offsets"))?;
         Ok(())
     }
@@ -595,9 +755,11 @@ impl Pipeline {
             let started = Instant::now();
             loop {
                 let producer = self.producer.clone();
-                match tokio::task::block_in_place(|| {
-                    producer.abort_transaction(Duration::from_secs(10))
-                }) {
+                match self
+                    .watchdog
+                    .call("abort_transaction", move |t| producer.abort_transaction(t))
+                    .await?
+                {
                     Ok(()) => break,
                     Err(e) => {
                         let fatal = matches!(&e, KafkaError::Transaction(t) if t.is_fatal());
@@ -658,15 +820,19 @@ impl Pipeline {
             .with_label_values(&["aborted"])
             .inc();
         self.cycle = Cycle::default();
-        let producer: FutureProducer = self
+        let producer: FutureProducer<QuietContext> = self
             .producer_config
-            .create()
+            .create_with_context(QuietContext)
             .map_err(kafka("re-creating the producer"))?;
         let mut backoff = Duration::from_millis(500);
         let started = Instant::now();
         loop {
             let p = producer.clone();
-            match tokio::task::block_in_place(|| p.init_transactions(Duration::from_secs(30))) {
+            match self
+                .watchdog
+                .call("init_transactions", move |t| p.init_transactions(t))
+                .await?
+            {
                 Ok(()) => break,
                 Err(e) if started.elapsed() < Duration::from_secs(300) => {
                     warn!(error = %e, "Initializing transactions failed; retrying.");
@@ -709,7 +875,7 @@ impl Pipeline {
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
-                warn!(error = %e, "Consumer error.");
+                kafka_log::client_error("consumer", &e, "");
                 return Ok(());
             }
         };
@@ -723,7 +889,7 @@ impl Pipeline {
             return Ok(());
         }
         if !self.stores.contains_key(&partition) {
-            self.restore(partition).await?;
+            self.restore(vec![partition]).await?;
         }
         let record = ingest::source_record(&msg);
         let routed = ingest::route(
@@ -733,10 +899,126 @@ impl Pipeline {
             ingest::now_ms(),
             self.max_dead_letter_bytes,
         );
+        let (time_ms, source) = match &routed {
+            Routed::Event(e) => (Some(e.event.event_time_ms), Some(OwnedSource::of(&record))),
+            Routed::DeadLetter(_) => (None, None),
+        };
+        self.tally.consumed(&topic);
+        self.fetched.insert((topic.clone(), partition), offset + 1);
+        self.aligner.push(
+            &topic,
+            partition,
+            time_ms,
+            Held {
+                routed,
+                source,
+                offset,
+                timestamp_ms: msg.timestamp().to_millis().unwrap_or(-1),
+            },
+        );
+        if self.aligner.buffered(&topic, partition) > self.cfg.input.max_buffered
+            && self.paused.insert((topic.clone(), partition))
+        {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, partition);
+            if let Err(e) = self.consumer.pause(&tpl) {
+                warn!(topic = %topic, partition, error = %e, "Pausing an input partition failed.");
+            }
+        }
+        self.release(partition)
+    }
+
+    /// Applies the records of `partition` that the event-time merge lets go.
+    fn release(&mut self, partition: i32) -> Result<(), PipelineError> {
+        let mut out = std::mem::take(&mut self.released);
+        {
+            let ends = self.consumer.context().ends.lock().ok();
+            let (fetched, committed) = (&self.fetched, &self.committed);
+            let consumer = &self.consumer;
+            // librdkafka's position, read only when needed: it moves past
+            // transaction markers, which a read_committed consumer never
+            // receives but which count in the partition's end offset.
+            let positions = std::cell::OnceCell::new();
+            let backlog = |topic: &Arc<str>| {
+                let key = (topic.clone(), partition);
+                let Some(end) = ends
+                    .as_ref()
+                    .and_then(|e| e.get(&**topic))
+                    .and_then(|e| e.get(&partition))
+                    .copied()
+                else {
+                    return Backlog::Pending;
+                };
+                let seen = fetched.get(&key).or_else(|| committed.get(&key));
+                if seen.is_some_and(|pos| *pos >= end) {
+                    return Backlog::CaughtUp;
+                }
+                let position = positions
+                    .get_or_init(|| consumer.position().ok())
+                    .as_ref()
+                    .and_then(|tpl: &TopicPartitionList| tpl.find_partition(topic, partition))
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    });
+                if position.is_some_and(|pos| pos >= end) {
+                    Backlog::CaughtUp
+                } else {
+                    Backlog::Pending
+                }
+            };
+            self.aligner
+                .release(partition, Instant::now(), backlog, &mut out);
+        }
+        let mut result = Ok(());
+        for (topic, held) in out.drain(..) {
+            if result.is_ok() {
+                result = self.apply(topic, partition, held);
+            }
+        }
+        self.released = out;
+        if !self.paused.is_empty() {
+            let half = self.cfg.input.max_buffered / 2;
+            let resume: Vec<(Arc<str>, i32)> = self
+                .paused
+                .iter()
+                .filter(|(t, p)| *p == partition && self.aligner.buffered(t, *p) <= half)
+                .cloned()
+                .collect();
+            for key in resume {
+                self.paused.remove(&key);
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&key.0, key.1);
+                if let Err(e) = self.consumer.resume(&tpl) {
+                    warn!(topic = %key.0, partition, error = %e, "Resuming an input partition failed.");
+                }
+            }
+        }
+        result
+    }
+
+    /// Releases what the merge lets go in every partition (the idle wait
+    /// of an empty topic ends with time, not only with a new record).
+    fn release_all(&mut self) -> Result<(), PipelineError> {
+        for p in self.aligner.partitions() {
+            self.release(p)?;
+        }
+        Ok(())
+    }
+
+    /// Applies one released record to state (or the dead letters) and puts
+    /// its offset into the open cycle.
+    fn apply(&mut self, topic: Arc<str>, partition: i32, held: Held) -> Result<(), PipelineError> {
+        let Held {
+            routed,
+            source,
+            offset,
+            timestamp_ms,
+        } = held;
         let late_letter = match routed {
             Routed::Event(e) => {
                 let Some(store) = self.stores.get_mut(&partition) else {
-                    return Err(PipelineError::Io(format!(
+                    return Err(PipelineError::Task(format!(
                         "no state for partition {partition} after restore"
                     )));
                 };
@@ -754,18 +1036,27 @@ impl Pipeline {
                         self.tally.duplicate();
                         None
                     }
-                    RecordOutcome::Late { watermark_ms } => Some(DeadLetter::new(
-                        &record,
-                        Rejection::new(
-                            Reason::Late,
-                            format!(
-                                "event_time_ms {} is before the partition watermark {watermark_ms} \
-                                 (state.allowed_lateness)",
-                                e.event.event_time_ms
+                    RecordOutcome::Late { watermark_ms } => {
+                        let empty = OwnedSource {
+                            key: None,
+                            value: None,
+                            headers: Vec::new(),
+                            timestamp_ms: None,
+                        };
+                        let source = source.unwrap_or(empty);
+                        Some(DeadLetter::new(
+                            &source.record(&topic, partition, offset),
+                            Rejection::new(
+                                Reason::Late,
+                                format!(
+                                    "event_time_ms {} is before the partition watermark {watermark_ms} \
+                                     (state.allowed_lateness)",
+                                    e.event.event_time_ms
+                                ),
                             ),
-                        ),
-                        self.max_dead_letter_bytes,
-                    )),
+                            self.max_dead_letter_bytes,
+                        ))
+                    }
                 }
             }
             Routed::DeadLetter(d) => Some(d),
@@ -774,10 +1065,7 @@ impl Pipeline {
             self.tally.refused(d.reason, d.truncated);
             self.cycle.dead_letters.push(d);
         }
-        self.tally.consumed(&topic);
-        self.cycle
-            .timestamps
-            .push(msg.timestamp().to_millis().unwrap_or(-1));
+        self.cycle.timestamps.push(timestamp_ms);
         self.cycle.offsets.insert((topic, partition), offset + 1);
         self.cycle.records += 1;
         Ok(())
@@ -803,6 +1091,7 @@ impl Pipeline {
     async fn end_cycle(&mut self) -> Result<(), PipelineError> {
         self.tally.flush();
         self.take_rebalances().await?;
+        self.release_all()?;
         let now = tokio::time::Instant::now();
         // Timers and retention.
         for (p, store) in self.stores.iter_mut() {
@@ -841,9 +1130,11 @@ impl Pipeline {
             && self.cycle.to_score.is_empty()
             && !has_changelog
         {
+            // Nothing waits in this instance: the loop is alive.
+            self.watchdog.progressed();
             return Ok(());
         }
-        self.begin()?;
+        self.begin().await?;
         let started = Instant::now();
         match self.produce_cycle().await {
             Ok(()) => {}
@@ -870,6 +1161,9 @@ impl Pipeline {
                 let offsets = std::mem::take(&mut self.cycle.offsets);
                 self.committed.extend(offsets);
                 self.cycle = Cycle::default();
+                self.watchdog.progressed();
+                // A commit proves the brokers reachable: ends an outage in the log.
+                kafka_log::brokers_up();
             }
             Err(CycleError::Abortable(why)) => {
                 if let Err(e) = self.abort_cycle(&why).await {
@@ -899,26 +1193,28 @@ impl Pipeline {
         self.metrics
             .assigned_partitions
             .set(self.assigned.len() as i64);
+        let mut backlog = (self.cycle.records + self.aligner.len() as u64) as i64;
         if let Ok(ends) = self.consumer.context().ends.lock() {
             for ((topic, partition), next) in &self.committed {
-                if let Some(end) = ends.get(&(topic.to_string(), *partition)) {
+                if let Some(end) = ends.get(&**topic).and_then(|e| e.get(partition)) {
                     self.metrics.set_lag(topic, *partition, end - next);
+                    backlog += (end - next).max(0);
                 }
             }
         }
+        self.watchdog.observe(self.assigned.len(), backlog);
     }
 
     /// Reads the group's committed offsets of newly assigned partitions (the
     /// lag gauge's starting point; afterwards each commit moves it).
-    fn load_committed(&mut self, list: &[(String, i32)]) {
+    async fn load_committed(&mut self, list: &[(String, i32)]) -> Result<(), PipelineError> {
         let mut tpl = TopicPartitionList::new();
         for (t, p) in list {
             tpl.add_partition(t, *p);
         }
         let consumer = self.consumer.clone();
         let reset = self.cfg.input.auto_offset_reset;
-        let found = tokio::task::block_in_place(|| {
-            let timeout = Duration::from_secs(10);
+        let found = self.watchdog.call("committed_offsets", move |timeout| {
             let committed = consumer.committed_offsets(tpl, timeout)?;
             let mut found = Vec::new();
             for e in committed.elements() {
@@ -938,7 +1234,7 @@ impl Pipeline {
             }
             Ok::<_, KafkaError>(found)
         });
-        match found {
+        match found.await? {
             Ok(found) => {
                 for (t, p, next) in found {
                     let t = ingest::intern(&mut self.topic_names, &t);
@@ -951,6 +1247,7 @@ impl Pipeline {
                  their lag shows after the first commit."
             ),
         }
+        Ok(())
     }
 
     async fn produce_cycle(&mut self) -> Result<(), CycleError> {
@@ -1118,17 +1415,25 @@ impl Pipeline {
                 .group_metadata()
                 .ok_or_else(|| CycleError::Abortable("no consumer group metadata yet".into()))?;
             let producer = self.producer.clone();
-            tokio::task::block_in_place(|| {
-                producer.send_offsets_to_transaction(&tpl, &cgm, Duration::from_secs(30))
-            })
-            .map_err(|e| classify("sending offsets to the transaction", e))?;
+            self.watchdog
+                .call("send_offsets_to_transaction", move |t| {
+                    producer.send_offsets_to_transaction(&tpl, &cgm, t)
+                })
+                .await
+                .map_err(CycleError::Fatal)?
+                .map_err(|e| classify("sending offsets to the transaction", e))?;
         }
         let mut backoff = Duration::from_millis(100);
         for attempt in 0..6 {
             let producer = self.producer.clone();
-            match tokio::task::block_in_place(|| {
-                producer.commit_transaction(Duration::from_secs(30))
-            }) {
+            match self
+                .watchdog
+                .call("commit_transaction", move |t| {
+                    producer.commit_transaction(t)
+                })
+                .await
+                .map_err(CycleError::Fatal)?
+            {
                 Ok(()) => {
                     self.cycle.open = false;
                     return Ok(());

@@ -9,6 +9,7 @@
 //! and offsets belongs to the pipeline; this module produces the records and
 //! restores them.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
@@ -335,6 +336,29 @@ pub fn restore_partition(
     metrics: &Metrics,
     timeout: Duration,
 ) -> Result<RestoreStats, ChangelogError> {
+    let mut stores = BTreeMap::new();
+    stores.insert(
+        partition,
+        std::mem::replace(store, PartitionStore::new(store.limits())),
+    );
+    let mut stats = restore_partitions(client, topic, &mut stores, metrics, timeout)?;
+    if let Some(restored) = stores.remove(&partition) {
+        *store = restored;
+    }
+    Ok(stats.remove(&partition).unwrap_or_default())
+}
+
+/// Restores several partitions at once into their `stores` (keyed by
+/// partition), with one consumer reading every changelog partition in
+/// parallel; an empty changelog partition costs one offsets lookup and no
+/// read. Blocking: run it on a blocking thread.
+pub fn restore_partitions(
+    client: &ClientConfig,
+    topic: &str,
+    stores: &mut BTreeMap<i32, PartitionStore>,
+    metrics: &Metrics,
+    timeout: Duration,
+) -> Result<BTreeMap<i32, RestoreStats>, ChangelogError> {
     let started = Instant::now();
     let mut client = client.clone();
     client
@@ -349,48 +373,70 @@ pub fn restore_partition(
     let consumer: BaseConsumer<RestoreContext> = client
         .create_with_context(RestoreContext)
         .map_err(kafka("creating the restore consumer"))?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Beginning)
-        .map_err(kafka("building the restore assignment"))?;
-    consumer
-        .assign(&tpl)
-        .map_err(kafka("assigning the changelog partition"))?;
     let in_progress = metrics.restore_in_progress.clone();
-    in_progress.inc();
-    let _guard = scopeguard(move || in_progress.dec());
+    in_progress.add(stores.len() as i64);
+    let count = stores.len() as i64;
+    let _guard = scopeguard(move || in_progress.sub(count));
     let records_counter = metrics.restore_records.with_label_values(&[topic]);
-    let mut stats = RestoreStats::default();
+    let mut stats: BTreeMap<i32, RestoreStats> = BTreeMap::new();
+    // Empty partitions (low == high watermark) need no read at all.
+    let mut tpl = TopicPartitionList::new();
+    let mut reading = BTreeSet::new();
+    for &partition in stores.keys() {
+        stats.insert(partition, RestoreStats::default());
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, timeout)
+            .map_err(kafka("reading the changelog's offsets"))?;
+        if high > low {
+            tpl.add_partition_offset(topic, partition, Offset::Beginning)
+                .map_err(kafka("building the restore assignment"))?;
+            reading.insert(partition);
+        }
+    }
+    if !reading.is_empty() {
+        consumer
+            .assign(&tpl)
+            .map_err(kafka("assigning the changelog partitions"))?;
+    }
     let mut unreported = 0u64;
-    loop {
+    while !reading.is_empty() {
         if started.elapsed() > timeout {
             return Err(ChangelogError::Timeout {
                 topic: topic.to_string(),
-                partition,
+                partition: reading.first().copied().unwrap_or(-1),
                 timeout,
             });
         }
         match consumer.poll(Duration::from_millis(100)) {
             None => continue,
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                reading.remove(&p);
+            }
             Some(Err(e)) => return Err(kafka("reading the changelog")(e)),
             Some(Ok(msg)) => {
-                stats.records += 1;
+                let partition = msg.partition();
+                let (Some(store), Some(st)) =
+                    (stores.get_mut(&partition), stats.get_mut(&partition))
+                else {
+                    continue;
+                };
+                st.records += 1;
                 unreported += 1;
                 let key = msg.key().map(String::from_utf8_lossy).unwrap_or_default();
                 match msg.payload() {
                     None => {
-                        stats.tombstones += 1;
+                        st.tombstones += 1;
                         store.forget(&key);
                     }
                     Some(bytes) => {
-                        stats.bytes += bytes.len() as u64;
+                        st.bytes += bytes.len() as u64;
                         match decode(bytes) {
                             Ok(mut state) => {
                                 state.shrink();
                                 store.restore(key.into_owned(), state);
                             }
                             Err(e) => {
-                                stats.corrupt += 1;
+                                st.corrupt += 1;
                                 error!(
                                     topic, partition, offset = msg.offset(), error = %e,
                                     "Skipped a changelog record that could not be decoded; \
@@ -408,19 +454,21 @@ pub fn restore_partition(
         }
     }
     records_counter.inc_by(unreported);
-    stats.customers = store.len();
-    stats.duration = started.elapsed();
-    metrics
-        .restore_duration
-        .observe(stats.duration.as_secs_f64());
+    let duration = started.elapsed();
+    for (partition, st) in stats.iter_mut() {
+        st.customers = stores.get(partition).map_or(0, PartitionStore::len);
+        st.duration = duration;
+        metrics.restore_duration.observe(duration.as_secs_f64());
+    }
+    let total = |f: fn(&RestoreStats) -> u64| stats.values().map(f).sum::<u64>();
     info!(
         topic,
-        partition,
-        records = stats.records,
-        customers = stats.customers,
-        tombstones = stats.tombstones,
-        corrupt = stats.corrupt,
-        seconds = stats.duration.as_secs_f64(),
+        partitions = ?stores.keys().collect::<Vec<_>>(),
+        records = total(|s| s.records),
+        customers = total(|s| s.customers as u64),
+        tombstones = total(|s| s.tombstones),
+        corrupt = total(|s| s.corrupt),
+        seconds = duration.as_secs_f64(),
         "Restored partition state from the changelog."
     );
     Ok(stats)
@@ -437,8 +485,12 @@ impl rdkafka::ClientContext for RestoreContext {
                 KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
             );
         if !eof {
-            error!(error = %error, reason, "Changelog restore consumer error.");
+            crate::telemetry::kafka_log::client_error("changelog restore", &error, reason);
         }
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::telemetry::kafka_log::log(level, fac, log_message);
     }
 }
 

@@ -74,6 +74,11 @@ pub struct PartitionStore {
 }
 
 impl PartitionStore {
+    /// The limits it was made with.
+    pub fn limits(&self) -> StoreLimits {
+        self.limits
+    }
+
     /// An empty store.
     pub fn new(limits: StoreLimits) -> Self {
         PartitionStore {
@@ -122,6 +127,10 @@ impl PartitionStore {
         let before = (state.last_event_ms, state.decision.next_review_ms);
         if state.record(event, self.limits.state) == Applied::Duplicate {
             self.duplicates += 1;
+            // The customer's `duplicates` counter changed: it must reach the
+            // changelog in the cycle that commits this record's offset, or
+            // the increment is lost at the next restore.
+            self.dirty.insert(id.to_string());
             return RecordOutcome::Duplicate;
         }
         let after_last = state.last_event_ms;

@@ -346,6 +346,25 @@ fn events_behind_the_watermark_are_late() {
     assert!(store.take_dirty().is_empty());
 }
 
+/// Regression (issue 13): a duplicate changed the customer's `duplicates`
+/// counter without marking the customer dirty, so the increment never
+/// reached the changelog unless a later event of that customer did.
+#[test]
+fn a_duplicate_alone_marks_the_customer_for_the_changelog() {
+    let now = Instant::now();
+    let mut store = PartitionStore::new(store_limits());
+    store.record(&ev("a", "1", T0, view("x", 1, 0)), now);
+    assert_eq!(store.take_dirty().len(), 1);
+    assert_eq!(
+        store.record(&ev("a", "1", T0, view("x", 1, 0)), now),
+        RecordOutcome::Duplicate
+    );
+    let dirty = store.take_dirty();
+    assert_eq!(dirty.len(), 1);
+    assert_eq!(dirty[0].0, "a");
+    assert_eq!(dirty[0].1.map(|s| s.duplicates), Some(1));
+}
+
 #[tokio::test(start_paused = true)]
 async fn idle_partitions_advance_by_wall_clock_and_fire_inactivity_timers() {
     let limits = store_limits();

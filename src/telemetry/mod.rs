@@ -12,6 +12,8 @@
 //! This module owns no I/O: the HTTP endpoints are served by
 //! `pipeline::http`, which renders [`Metrics::render`].
 
+pub mod kafka_log;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -100,6 +102,8 @@ pub struct Metrics {
     pub segment_changes: IntCounterVec,
     /// 1 while `/readyz` answers 200.
     pub ready: IntGauge,
+    /// 1 while the watchdog finds the instance stalled (`/healthz` 503).
+    pub stalled: IntGauge,
 }
 
 fn counter(name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
@@ -260,7 +264,11 @@ impl Metrics {
             )?,
             ready: gauge(
                 "segstream_ready",
-                "1 while the instance is ready (a model is loaded and no restore is running).",
+                "1 while the instance is ready (a model is loaded, its partition assignment received and every assigned partition restored).",
+            )?,
+            stalled: gauge(
+                "segstream_stalled",
+                "1 while the instance is stalled: no committed cycle for pipeline.stall_timeout while records wait, or a Kafka client call past pipeline.call_deadline.",
             )?,
         };
         let mut collectors: Vec<Box<dyn Collector>> = vec![
@@ -292,6 +300,7 @@ impl Metrics {
             Box::new(m.state_bytes.clone()),
             Box::new(m.segment_changes.clone()),
             Box::new(m.ready.clone()),
+            Box::new(m.stalled.clone()),
         ];
         // process_cpu_seconds_total, process_resident_memory_bytes,
         // process_open_fds, process_threads, process_start_time_seconds, ...
@@ -370,6 +379,7 @@ impl Metrics {
             duplicates: 0,
             late: 0,
             records: 0,
+            touched: false,
         }
     }
 
@@ -429,6 +439,9 @@ pub struct Tally {
     duplicates: u64,
     late: u64,
     records: u64,
+    /// Anything counted since the last flush (records are applied after
+    /// the event-time merge, so accepted counts can come without new records).
+    touched: bool,
 }
 
 impl Tally {
@@ -459,17 +472,20 @@ impl Tally {
     /// A record was read from `topic`.
     pub fn consumed(&mut self, topic: &Arc<str>) {
         self.records += 1;
+        self.touched = true;
         self.topic(topic).records += 1;
     }
 
     /// An event of `kind` from `topic` was applied to state.
     pub fn accepted(&mut self, topic: &Arc<str>, kind: EventKind) {
         let i = EventKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.touched = true;
         self.topic(topic).kinds[i] += 1;
     }
 
     /// A record was routed to the dead-letter topic.
     pub fn refused(&mut self, reason: Reason, truncated: bool) {
+        self.touched = true;
         if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
             self.refused_counts[i] += 1;
         }
@@ -483,6 +499,7 @@ impl Tally {
 
     /// An event was a duplicate.
     pub fn duplicate(&mut self) {
+        self.touched = true;
         self.duplicates += 1;
     }
 
@@ -514,9 +531,12 @@ impl Tally {
 
     /// Hands the counts to the shared metrics and starts over.
     pub fn flush(&mut self) {
-        if self.records == 0 && self.duplicates == 0 {
+        if !self.touched {
+            // Refusals counted earlier may still wait for their log line.
+            self.log_refusals();
             return;
         }
+        self.touched = false;
         for t in &mut self.topics {
             t.records_handle.inc_by(std::mem::take(&mut t.records));
             for (h, n) in t.kind_handles.iter().zip(t.kinds.iter_mut()) {
@@ -611,6 +631,11 @@ mod tests {
         // A second flush without new records changes nothing.
         tally.flush();
         assert_eq!(m.accepted("events.browse", EventKind::Browse), 3);
+        // Regression: events applied after the event-time merge, in a cycle
+        // that consumed no new record, are counted too.
+        tally.accepted(&topic, EventKind::Browse);
+        tally.flush();
+        assert_eq!(m.accepted("events.browse", EventKind::Browse), 4);
     }
 
     #[test]

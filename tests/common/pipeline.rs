@@ -136,6 +136,15 @@ fn spawn_run(
     log: &std::path::Path,
     transactional_id: Option<String>,
 ) -> Child {
+    spawn_run_env(config, log, transactional_id, &[])
+}
+
+fn spawn_run_env(
+    config: &std::path::Path,
+    log: &std::path::Path,
+    transactional_id: Option<String>,
+    env: &[(&str, &str)],
+) -> Child {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -150,6 +159,9 @@ fn spawn_run(
         .stderr(file);
     if let Some(id) = transactional_id {
         cmd.env("SEGSTREAM__PIPELINE__TRANSACTIONAL_ID", id);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     cmd.spawn().expect("start segstream run")
 }
@@ -280,6 +292,8 @@ pub fn consumed_all_of(s: &Setup, group: &str, partitions: i32) -> bool {
 /// What the stream held: events per customer and the bad records' coordinates.
 pub struct Stream {
     pub produced: HashMap<String, u64>,
+    /// Every valid record's value, per customer (for the field-by-field check).
+    pub values: HashMap<String, Vec<Vec<u8>>>,
     pub bad: Vec<(i32, i64, segstream::event::Reason)>,
 }
 
@@ -301,6 +315,7 @@ pub async fn produce_stream(t: Topics, seconds: f64) -> Stream {
         .unwrap();
     let now = now_ms();
     let mut produced: HashMap<String, u64> = HashMap::new();
+    let mut values: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
     let slices = 20;
     let per_slice = CUSTOMERS.div_ceil(slices);
     for slice in 0..slices {
@@ -319,6 +334,10 @@ pub async fn produce_stream(t: Topics, seconds: f64) -> Stream {
                         _ => (review(&customer, &id, at), &t.review),
                     };
                     let value = encode(&event, WireFormat::ALL[i % WireFormat::ALL.len()]);
+                    values
+                        .entry(customer.clone())
+                        .or_default()
+                        .push(value.clone());
                     let (key, topic, producer) =
                         (customer.clone(), topic.clone(), producer.clone());
                     pending.spawn(async move {
@@ -353,7 +372,11 @@ pub async fn produce_stream(t: Topics, seconds: f64) -> Stream {
             .unwrap();
         bad.push((d.partition, d.offset, b.expected));
     }
-    Stream { produced, bad }
+    Stream {
+        produced,
+        values,
+        bad,
+    }
 }
 
 pub fn topics(s: &Setup) -> Topics {
@@ -389,6 +412,9 @@ pub async fn wait_consumed(s: &Setup, children: &mut [Child], log: &std::path::P
 /// segment chains, each bad record dead-lettered exactly once.
 pub fn verify(s: &Setup, stream: &Stream) {
     let total_events: u64 = stream.produced.values().sum();
+    let defaults = segstream::config::Config::default();
+    let decoder = defaults.decoder();
+    let limits = defaults.state.limits().state;
     let mut latest: HashMap<String, Option<Vec<u8>>> = HashMap::new();
     for (_, _, key, value, _) in read_all(&s.changelog) {
         latest.insert(String::from_utf8(key.unwrap()).unwrap(), value);
@@ -400,6 +426,22 @@ pub fn verify(s: &Setup, stream: &Stream) {
             .and_then(|v| v.as_ref())
             .unwrap_or_else(|| panic!("{customer} missing from the changelog"));
         let state = changelog::decode(bytes).unwrap();
+        // Field by field: the committed state equals the state of the
+        // produced events replayed offline (decision memory aside: it
+        // depends on when scoring ran).
+        let mut expected = segstream::state::CustomerState::default();
+        for value in &stream.values[customer] {
+            let (event, _) = decoder
+                .decode(Some(customer.as_bytes()), Some(value), now_ms())
+                .expect("a valid produced event");
+            expected.record(&event, limits);
+        }
+        let mut facts = state.clone();
+        facts.decision = Default::default();
+        assert_eq!(
+            facts, expected,
+            "{customer}: committed state equals the replayed input"
+        );
         let events: u64 = state
             .days()
             .iter()
@@ -489,13 +531,23 @@ pub fn verify(s: &Setup, stream: &Stream) {
 
 /// Like [`start`], with its own transactional id (one per instance).
 pub fn start_as(config: &std::path::Path, log: &std::path::Path, instance: &str) -> Child {
+    start_as_with(config, log, instance, &[])
+}
+
+/// Like [`start_as`], with more environment variables (e.g. a fault hook).
+pub fn start_as_with(
+    config: &std::path::Path,
+    log: &std::path::Path,
+    instance: &str,
+    env: &[(&str, &str)],
+) -> Child {
     let text = std::fs::read_to_string(config).unwrap();
     let group = text
         .lines()
         .find_map(|l| l.strip_prefix("group_id = \""))
         .map(|g| g.trim_end_matches('"').to_string())
         .unwrap();
-    spawn_run(config, log, Some(format!("{group}-{instance}")))
+    spawn_run_env(config, log, Some(format!("{group}-{instance}")), env)
 }
 
 pub fn sigterm(child: &Child) {
