@@ -54,6 +54,7 @@ fn suite() -> Suite {
                     raw_records_per_second: 79_200.0,
                     restore_customers_per_second: 79_500.0,
                     ratio: 1.004,
+                    setup_seconds: 0.009,
                 }),
             }),
             Outcome::Failed("out of memory\nat 1M".into()),
