@@ -289,7 +289,7 @@ feeds = {
     "event_numeric": np.array(g["event_numeric"], dtype=np.float32).reshape(b, n, 6),
     "event_text": np.array(g["event_text"], dtype=np.int64).reshape(b, n, t),
     "event_mask": np.array(g["event_mask"], dtype=np.float32).reshape(b, n),
-    "customer_features": np.array(g["customer_features"], dtype=np.float32).reshape(b, 31),
+    "customer_features": np.array(g["customer_features"], dtype=np.float32).reshape(b, spec["customer_dim"]),
 }
 sess = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
 names = ["segment_probs", "purchase_probability", "churn_probability", "predicted_spend"]

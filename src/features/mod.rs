@@ -34,13 +34,15 @@ use crate::state::{kind, CustomerState, StateLimits, WINDOW_DAYS};
 
 /// Version of the feature definitions in this module. Bump it whenever a
 /// feature's meaning changes; models trained on another version are refused.
-pub const FEATURE_VERSION: u32 = 1;
+pub const FEATURE_VERSION: u32 = 2;
 /// Numeric values per event (E).
 pub const EVENT_NUMERIC_DIM: usize = 6;
 /// Aggregates per window.
 const PER_WINDOW: usize = 7;
+/// Lifetime purchase features (after the windows, recency and tenure).
+pub const LIFETIME_DIM: usize = 8;
 /// Customer features (F).
-pub const CUSTOMER_DIM: usize = WINDOW_DAYS.len() * PER_WINDOW + 3;
+pub const CUSTOMER_DIM: usize = WINDOW_DAYS.len() * PER_WINDOW + 3 + LIFETIME_DIM;
 
 /// Names of the model inputs, in order.
 pub const INPUT_NAMES: [&str; 6] = [
@@ -349,6 +351,55 @@ impl Featurizer {
         out[base] = agg.days_since_purchase.map_or(-1.0, days);
         out[base + 1] = days(agg.days_since_event);
         out[base + 2] = days(agg.tenure_days);
+        fill_lifetime(state, as_of_ms, norm, &mut out[base + 3..]);
+    }
+}
+
+/// Lifetime purchase features (version 2): what BTYD models use (x, t_x,
+/// T, spend), plus the regularity of the gaps between purchases, which
+/// Poisson-based models miss. -1 marks "not defined" (never purchased, or
+/// too few purchases for a gap), apart from every real value (>= 0).
+fn fill_lifetime(state: &CustomerState, as_of_ms: i64, norm: &Normalization, out: &mut [f32]) {
+    let lt = &state.lifetime;
+    let days = |d: f64| (d.max(0.0) as f32).ln_1p() / norm.days_log_scale;
+    let to_days = |ms: i64| ms.max(0) as f64 / 86_400_000.0;
+    if lt.purchases == 0 {
+        out[..LIFETIME_DIM].fill(-1.0);
+        out[0] = 0.0;
+        out[1] = 0.0;
+        return;
+    }
+    let x = f64::from(lt.purchases);
+    // T: days since the first purchase; t_x: first to last purchase.
+    let age = to_days(as_of_ms - lt.first_purchase_ms);
+    let span = to_days(state.last_purchase_ms - lt.first_purchase_ms);
+    out[0] = (x as f32).ln_1p() / norm.count_log_scale;
+    out[1] = (lt.spend_minor as f32).ln_1p() / norm.spend_log_scale;
+    out[2] = ((lt.spend_minor as f64 / x) as f32).ln_1p() / norm.amount_log_scale;
+    out[3] = days(age);
+    out[4] = days(span);
+    // Purchases per 30 days of purchase history (at least a day).
+    out[5] = ((x * 30.0 / age.max(1.0)) as f32).ln_1p() / norm.count_log_scale;
+    out[6] = lt.mean_gap_days(state.last_purchase_ms).map_or(-1.0, days);
+    // Regularity: coefficient of variation of the gaps between the
+    // purchases in the recent window (two gaps at least), capped at 3:
+    // 0 is clockwork, about 1 is Poisson-like, above is bursty.
+    out[7] = -1.0;
+    let as_of_s = as_of_ms.div_euclid(1000);
+    let times: Vec<f64> = state
+        .recent()
+        .iter()
+        .filter(|e| e.kind == kind::PURCHASE && i64::from(e.time_s) <= as_of_s)
+        .map(|e| f64::from(e.time_s))
+        .collect();
+    if times.len() >= 3 {
+        let gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        let n = gaps.len() as f64;
+        let mean = gaps.iter().sum::<f64>() / n;
+        if mean > 0.0 {
+            let var = gaps.iter().map(|g| (g - mean) * (g - mean)).sum::<f64>() / n;
+            out[7] = (var.sqrt() / mean).min(3.0) as f32 / 3.0;
+        }
     }
 }
 

@@ -164,3 +164,52 @@ fn spec_round_trips_through_json_and_mismatches_are_refused() {
     ]);
     assert_eq!(f.featurize(&[&s], T0 + 10).unwrap().column(0).len(), 1);
 }
+
+#[test]
+fn lifetime_features_reach_past_the_windows_and_the_recent_events() {
+    const DAY: i64 = 86_400_000;
+    let limits = StateLimits {
+        max_events: 8,
+        text_tokens: 3,
+    };
+    let f = Featurizer::new(FeatureSpec::for_state(limits), limits).unwrap();
+    // Purchases every 10 days for 200 days (21 of them), 100.00 each; the
+    // first ones are long out of the 90-day windows and the recent events.
+    let mut s = CustomerState::default();
+    for i in 0..21 {
+        s.record(
+            &ev("a", &format!("p{i}"), T0 + i * 10 * DAY, buy("x", 10_000)),
+            limits,
+        );
+    }
+    let as_of = T0 + 230 * DAY;
+    let batch = f.featurize(&[&s], as_of).unwrap();
+    let t = tensors(&batch).unwrap();
+    let TensorData::F32(c) = column(&t, "customer_features").data else {
+        panic!()
+    };
+    let n = &f.spec().normalization;
+    let lt = &c[CUSTOMER_DIM - LIFETIME_DIM..];
+    let close = |a: f32, b: f32| (a - b).abs() < 1e-5;
+    assert!(close(lt[0], 21f32.ln_1p() / n.count_log_scale), "{lt:?}");
+    assert!(close(lt[1], 210_000f32.ln_1p() / n.spend_log_scale));
+    assert!(close(lt[2], 10_000f32.ln_1p() / n.amount_log_scale));
+    assert!(close(lt[3], 230f32.ln_1p() / n.days_log_scale), "T");
+    assert!(close(lt[4], 200f32.ln_1p() / n.days_log_scale), "t_x");
+    assert!(close(lt[6], 10f32.ln_1p() / n.days_log_scale), "mean gap");
+    assert!(
+        close(lt[7], 0.0),
+        "clockwork purchases have no gap variation"
+    );
+    // Never purchased: counts 0, the rest "not defined".
+    let browser = state(&[ev("b", "1", T0, view("x", 1, 0))]);
+    let batch = f.featurize(&[&browser], as_of).unwrap();
+    let t = tensors(&batch).unwrap();
+    let TensorData::F32(c) = column(&t, "customer_features").data else {
+        panic!()
+    };
+    assert_eq!(
+        &c[CUSTOMER_DIM - LIFETIME_DIM..],
+        [0.0, 0.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0]
+    );
+}

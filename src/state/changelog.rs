@@ -25,7 +25,7 @@ use crate::event::proto;
 use crate::telemetry::Metrics;
 
 /// The layout version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Why a changelog value could not be read back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +92,9 @@ pub fn encode(state: &CustomerState) -> Vec<u8> {
             since_ms: dec.since_ms,
         }),
         duplicates: state.duplicates,
+        lifetime_purchases: state.lifetime.purchases,
+        lifetime_spend_minor: state.lifetime.spend_minor,
+        first_purchase_ms: state.lifetime.first_purchase_ms,
     }
     .encode_to_vec()
 }
@@ -100,7 +103,7 @@ pub fn encode(state: &CustomerState) -> Vec<u8> {
 pub fn decode(bytes: &[u8]) -> Result<CustomerState, CodecError> {
     let r = proto::CustomerStateRecord::decode(bytes)
         .map_err(|e| CodecError::Protobuf(e.to_string()))?;
-    if r.format_version != FORMAT_VERSION {
+    if r.format_version != FORMAT_VERSION && r.format_version != 1 {
         return Err(CodecError::Version(r.format_version));
     }
     let recent = r.recent.unwrap_or_default();
@@ -180,6 +183,15 @@ pub fn decode(bytes: &[u8]) -> Result<CustomerState, CodecError> {
         });
     }
     let d = r.decision.unwrap_or_default();
+    let lifetime = if r.format_version == 1 {
+        lifetime_of_v1(&days, &events, r.last_purchase_ms)
+    } else {
+        super::Lifetime {
+            purchases: r.lifetime_purchases,
+            spend_minor: r.lifetime_spend_minor,
+            first_purchase_ms: r.first_purchase_ms,
+        }
+    };
     Ok(CustomerState {
         first_seen_ms: r.first_seen_ms,
         last_event_ms: r.last_event_ms,
@@ -201,7 +213,42 @@ pub fn decode(bytes: &[u8]) -> Result<CustomerState, CodecError> {
             since_ms: d.since_ms,
         },
         duplicates: r.duplicates,
+        lifetime,
     })
+}
+
+/// Lifetime statistics of a record written before they existed (format 1):
+/// what the kept days and recent events still show (a best effort; exact
+/// for purchases from then on).
+fn lifetime_of_v1(
+    days: &[DayBucket],
+    recent: &[RecentEvent],
+    last_purchase_ms: i64,
+) -> super::Lifetime {
+    let purchases: u32 = days.iter().map(|d| u32::from(d.purchases)).sum();
+    let spend_minor: u64 = days.iter().map(|d| u64::from(d.spend_minor)).sum();
+    let first_recent = recent
+        .iter()
+        .filter(|e| e.kind == crate::state::kind::PURCHASE)
+        .map(|e| i64::from(e.time_s) * 1000)
+        .min();
+    let first_day = days
+        .iter()
+        .filter(|d| d.purchases > 0)
+        .map(|d| i64::from(d.day) * crate::state::DAY_MS)
+        .min();
+    // The exact time when the earliest purchase day still has its event
+    // in the recent window; else the start of that day.
+    let first_purchase_ms = match (first_day, first_recent) {
+        (Some(d), Some(r)) if r < d + crate::state::DAY_MS => r,
+        (Some(d), _) => d,
+        (None, r) => r.unwrap_or(0),
+    };
+    super::Lifetime {
+        purchases: purchases.max(u32::from(last_purchase_ms > 0)),
+        spend_minor,
+        first_purchase_ms,
+    }
 }
 
 /// One changelog record: a customer's encoded state, or a tombstone.

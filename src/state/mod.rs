@@ -23,7 +23,7 @@ use text::{category_hash, fnv1a64, tokenize};
 /// for the longest one.
 pub const WINDOW_DAYS: [u32; 4] = [1, 7, 30, 90];
 
-const DAY_MS: i64 = 86_400_000;
+pub(crate) const DAY_MS: i64 = 86_400_000;
 const KEPT_DAYS: u32 = WINDOW_DAYS[WINDOW_DAYS.len() - 1];
 
 /// Kind ids of recent events (model input `event_kind`; 0 is padding).
@@ -152,6 +152,34 @@ pub struct CustomerState {
     pub decision: Decision,
     /// Events ignored as duplicates.
     pub duplicates: u64,
+    /// Every purchase ever applied, beyond the recent window and the kept
+    /// days: the sufficient statistics of BTYD models.
+    pub lifetime: Lifetime,
+}
+
+/// Lifetime purchase statistics: count x, spend, first and last purchase
+/// (t_x is last − first, T is as-of − first): the sufficient statistics of
+/// BTYD models, over every purchase ever applied, beyond the recent window
+/// and the kept days. Order-independent (counts, sums, min and max).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lifetime {
+    /// Purchases (the first one included).
+    pub purchases: u32,
+    /// Spend over all purchases, minor units (saturating).
+    pub spend_minor: u64,
+    /// First purchase time (ms; 0: never).
+    pub first_purchase_ms: i64,
+}
+
+impl Lifetime {
+    /// Mean gap between consecutive purchases in days (None below two).
+    pub fn mean_gap_days(&self, last_purchase_ms: i64) -> Option<f64> {
+        (self.purchases >= 2).then(|| {
+            (last_purchase_ms - self.first_purchase_ms).max(0) as f64
+                / DAY_MS as f64
+                / f64::from(self.purchases - 1)
+        })
+    }
 }
 
 /// Window aggregates as of a point in time.
@@ -261,6 +289,7 @@ impl CustomerState {
                     .items
                     .iter()
                     .fold(0, |bits, i| bits | category_bit(category_hash(&i.category)));
+                self.add_lifetime_purchase(t, recent.amount_minor);
                 self.last_purchase_ms = self.last_purchase_ms.max(t);
             }
             Payload::Review(r) => {
@@ -282,6 +311,18 @@ impl CustomerState {
         self.insert_recent(recent, &tokens, limits.max_events);
         self.add_to_day(bucket);
         Applied::Changed
+    }
+
+    /// Adds a purchase at `t` to the lifetime statistics.
+    fn add_lifetime_purchase(&mut self, t: i64, amount_minor: u32) {
+        let lt = &mut self.lifetime;
+        lt.first_purchase_ms = if lt.purchases == 0 {
+            t
+        } else {
+            lt.first_purchase_ms.min(t)
+        };
+        lt.purchases = lt.purchases.saturating_add(1);
+        lt.spend_minor = lt.spend_minor.saturating_add(u64::from(amount_minor));
     }
 
     fn insert_recent(&mut self, event: RecentEvent, tokens: &[u16], max_events: usize) {

@@ -1,7 +1,7 @@
 use proptest::prelude::*;
 use tokio::time::Instant;
 
-use super::changelog::{decode, encode, CodecError};
+use super::changelog::{decode, encode, CodecError, FORMAT_VERSION};
 use super::*;
 use crate::event::{Browse, LineItem, Purchase, Review};
 
@@ -186,9 +186,12 @@ fn codec_refuses_unknown_versions_and_inconsistent_columns() {
         StateLimits::default(),
     );
     let mut record = crate::event::proto::CustomerStateRecord::decode(&encode(&s)[..]).unwrap();
-    record.format_version = 2;
-    assert_eq!(decode(&record.encode_to_vec()), Err(CodecError::Version(2)));
-    record.format_version = 1;
+    record.format_version = FORMAT_VERSION + 1;
+    assert_eq!(
+        decode(&record.encode_to_vec()),
+        Err(CodecError::Version(FORMAT_VERSION + 1))
+    );
+    record.format_version = FORMAT_VERSION;
     record.recent.as_mut().unwrap().kind.push(3);
     assert!(matches!(
         decode(&record.encode_to_vec()),
@@ -446,4 +449,48 @@ fn restore_rebuilds_timers_and_watermark() {
     assert_eq!(restored.get("a"), original.get("a"));
     restored.record(&ev("b", "2", T0 + 2 * 3_600_000, view("x", 1, 0)), now);
     assert_eq!(restored.take_due(), ["a"]);
+}
+
+#[test]
+fn lifetime_purchases_count_every_purchase_in_any_order() {
+    let limits = StateLimits {
+        max_events: 2,
+        text_tokens: 3,
+    };
+    let day = 86_400_000;
+    let evs: Vec<Event> = (0..5)
+        .map(|i| ev("a", &format!("p{i}"), T0 + i * 200 * day, buy("x", 100 + i)))
+        .chain([ev("a", "v", T0 + 3 * day, view("x", 1, 0))])
+        .collect();
+    let s = state_of(&evs, limits);
+    assert_eq!(s.lifetime.purchases, 5);
+    assert_eq!(s.lifetime.spend_minor, 510);
+    assert_eq!(s.lifetime.first_purchase_ms, T0);
+    assert_eq!(s.lifetime.mean_gap_days(s.last_purchase_ms), Some(200.0));
+    let mut reversed = evs.clone();
+    reversed.reverse();
+    assert_eq!(state_of(&reversed, limits).lifetime, s.lifetime);
+}
+
+/// Records of format 1 (before the lifetime statistics) are still read; the
+/// statistics are rebuilt from what the days and recent events show.
+#[test]
+fn format_1_records_are_read_with_lifetime_rebuilt() {
+    use prost::Message as _;
+    let s = state_of(
+        &[
+            ev("a", "1", T0, buy("x", 300)),
+            ev("a", "2", T0 + 86_400_000, buy("x", 200)),
+        ],
+        StateLimits::default(),
+    );
+    let mut record = crate::event::proto::CustomerStateRecord::decode(&encode(&s)[..]).unwrap();
+    record.format_version = 1;
+    record.lifetime_purchases = 0;
+    record.lifetime_spend_minor = 0;
+    record.first_purchase_ms = 0;
+    let old = decode(&record.encode_to_vec()).unwrap();
+    assert_eq!(old.lifetime.purchases, 2);
+    assert_eq!(old.lifetime.spend_minor, 500);
+    assert_eq!(old.lifetime.first_purchase_ms, T0);
 }
