@@ -16,6 +16,7 @@
 //! directory in the registry (and `CURRENT`, when it promotes).
 
 pub mod baselines;
+pub mod btyd;
 pub mod examples;
 pub mod export;
 pub mod fit;
@@ -318,6 +319,19 @@ fn train_in_pool(
         segments,
     );
     let m_logistic = metrics::evaluate(&logistic.predict(&val_set), &val_set.labels, segments);
+    // BG/NBD: purchase propensity only (it knows no segments).
+    let horizon_days = rules.horizon_ms as f64 / 86_400_000.0;
+    let bgnbd = btyd::Baseline::fit(&spec, &train_set, horizon_days);
+    if let Some(m) = bgnbd.model {
+        tracing::info!(r = m.r, alpha = m.alpha, a = m.a, b = m.b, "Fitted the BG/NBD baseline.");
+    }
+    let mut m_bgnbd = metrics::evaluate(
+        &bgnbd.predict(&spec, &val_set, segments),
+        &val_set.labels,
+        segments,
+    );
+    m_bgnbd.remove("segment_accuracy");
+    m_bgnbd.remove("segment_macro_f1");
 
     // Export, then prove the file computes what was trained.
     let onnx = export::to_onnx(&net, &spec, &version)?;
@@ -392,6 +406,7 @@ fn train_in_pool(
     let mut table_models: Vec<(&str, &BTreeMap<String, f64>)> = vec![
         ("transformer", &m_ours),
         ("logistic regression", &m_logistic),
+        ("BG/NBD", &m_bgnbd),
         ("RFM rules", &m_rules),
     ];
     let champion_label = champion.as_deref().map(|c| format!("champion {c}"));
@@ -403,6 +418,7 @@ fn train_in_pool(
     let mut stored = prefixed("", &m_ours);
     stored.extend(prefixed("baseline_logistic", &m_logistic));
     stored.extend(prefixed("baseline_rules", &m_rules));
+    stored.extend(prefixed("baseline_bgnbd", &m_bgnbd));
     stored.insert("parity_max_abs_diff".into(), f64::from(diff));
     stored.insert("train_examples".into(), train_set.len() as f64);
     stored.insert("best_epoch".into(), fitted.best_epoch as f64);
