@@ -798,6 +798,10 @@ struct HistoryArgs {
     /// Synthetic history: seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Use only the history up to this time (RFC 3339, or a date such as
+    /// 2011-09-01): back-testing a model as it would have been trained then.
+    #[arg(long, value_parser = parse_until)]
+    until: Option<i64>,
 }
 
 #[derive(clap::Args)]
@@ -961,14 +965,59 @@ fn load_history(
                         *by_reason.entry(*k).or_insert(0u64) += v;
                     }
                 }
+                if events.is_empty() {
+                    let mut reasons: Vec<(u64, &str)> =
+                        by_reason.iter().map(|(r, n)| (*n, *r)).collect();
+                    reasons.sort_by_key(|r| std::cmp::Reverse(r.0));
+                    let top: Vec<String> = reasons
+                        .iter()
+                        .take(3)
+                        .map(|(n, r)| format!("{r} ×{n}"))
+                        .collect();
+                    anyhow::bail!(
+                        "all {rejected} history rows were refused ({}); the warnings above show \
+                         examples. Check the CSV mapping (delimiter, column names, time_format, \
+                         default_kind) or the file format",
+                        top.join(", ")
+                    );
+                }
                 tracing::warn!(rejected, by_reason = ?by_reason, "Some history rows were not valid events and were skipped.");
             }
             events
         }
     };
     bar.finish_and_clear();
+    let events = match args.until {
+        Some(until) => {
+            let before = events.len();
+            let kept: Vec<_> = events
+                .into_iter()
+                .filter(|e| e.event_time_ms <= until)
+                .collect();
+            info!(
+                until_ms = until,
+                kept = kept.len(),
+                dropped = before - kept.len(),
+                "Kept the history up to --until."
+            );
+            kept
+        }
+        None => events,
+    };
     info!(events = events.len(), "Read the history.");
     Ok(events)
+}
+
+/// `--until`: RFC 3339, or a date (midnight UTC at its end: the whole day).
+fn parse_until(s: &str) -> Result<i64, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_millis());
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_milli_opt(23, 59, 59, 999))
+        .map(|t| t.and_utc().timestamp_millis())
+        .ok_or_else(|| format!("{s:?} is not an RFC 3339 time or a YYYY-MM-DD date"))
 }
 
 fn train_once(config: &Config, args: &TrainArgs) -> anyhow::Result<segstream::train::TrainReport> {

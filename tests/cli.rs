@@ -89,3 +89,40 @@ fn print_redacts_secrets() {
     assert!(text.contains("<redacted>"), "{text}");
     assert!(!text.contains("s3cr3t-value"), "{text}");
 }
+
+/// Issue 14: when every history row is refused, `train` says so with the
+/// top reasons instead of "not enough history".
+#[test]
+fn train_names_the_reasons_when_every_history_row_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = dir.path().join("orders.txt");
+    std::fs::write(
+        &history,
+        "00001 1997-01-01 1 11.77\n00002 1997-01-12 1 12.00\n",
+    )
+    .unwrap();
+    let mapping = dir.path().join("mapping.toml");
+    std::fs::write(
+        &mapping,
+        "delimiter = \"whitespace\"\nheader = false\ncustomer = \"1\"\ntime = \"2\"\n\
+         time_format = \"%Y%m%d\"\namount = \"4\"\ndefault_kind = \"purchase\"\n",
+    )
+    .unwrap();
+    let out = segstream()
+        .arg("train")
+        .arg("--history")
+        .arg(&history)
+        .arg("--csv-mapping")
+        .arg(&mapping)
+        .arg("--registry")
+        .arg(dir.path().join("models"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("all 2 history rows were refused (invalid_field ×2)"),
+        "{stderr}"
+    );
+}

@@ -125,7 +125,7 @@ impl FileFormat {
         match ext.as_str() {
             "ndjson" | "jsonl" | "json" => Some(FileFormat::Ndjson),
             "parquet" | "pq" => Some(FileFormat::Parquet),
-            "csv" => Some(FileFormat::Csv),
+            "csv" | "tsv" | "txt" => Some(FileFormat::Csv),
             _ => None,
         }
     }
@@ -855,16 +855,29 @@ fn flush_parquet(
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CsvMapping {
-    /// Field separator (one ASCII character).
-    pub delimiter: char,
+    /// Field separator: one ASCII character (`","`, `";"`, `"|"`), `"tab"`,
+    /// or `"whitespace"` (any run of spaces and tabs, as in fixed-width or
+    /// space-separated text files; no quoting).
+    pub delimiter: String,
+    /// Whether the first line names the columns. Without a header, columns
+    /// are named by their position: `"1"`, `"2"`, ...
+    pub header: bool,
     /// Column of the customer id (required).
     pub customer: String,
     /// Column of the event time (required).
     pub time: String,
-    /// How the time column is written.
+    /// How the time column is written: `epoch_ms`, `epoch_s`, `rfc3339`, or
+    /// a strftime pattern such as `"%Y%m%d"` or `"%d/%m/%Y %H:%M"` (UTC
+    /// unless the pattern has `%z`; a date alone is midnight UTC).
     pub time_format: TimeFormat,
-    /// Column of the event kind (required).
+    /// Column of the event kind (required unless `default_kind` is set).
     pub kind: String,
+    /// The kind of every row whose kind column is absent or empty, e.g.
+    /// `"purchase"` for an orders table.
+    pub default_kind: Option<String>,
+    /// The product id of rows without one (absent product column or empty
+    /// cell), e.g. `"unknown"`.
+    pub default_product: Option<String>,
     /// Column of the browse action, when actions are not in `kind` (absent: `view`).
     pub action: Option<String>,
     /// Column of the event id (absent: `<file name>:<line>`).
@@ -896,15 +909,44 @@ pub struct CsvMapping {
 }
 
 /// How a CSV time column is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum TimeFormat {
-    /// Milliseconds since the Unix epoch.
+    /// Milliseconds since the Unix epoch (`epoch_ms`).
     EpochMs,
-    /// Seconds since the Unix epoch (fractions allowed).
+    /// Seconds since the Unix epoch, fractions allowed (`epoch_s`).
     EpochS,
     /// RFC 3339, e.g. `2025-03-01T12:00:00Z` or `2025-03-01T13:00:00+01:00`.
     Rfc3339,
+    /// A strftime pattern (chrono's), e.g. `%Y%m%d` or `%d/%m/%Y %H:%M`.
+    Strftime(String),
+}
+
+impl TryFrom<String> for TimeFormat {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        match s.as_str() {
+            "epoch_ms" => Ok(TimeFormat::EpochMs),
+            "epoch_s" => Ok(TimeFormat::EpochS),
+            "rfc3339" => Ok(TimeFormat::Rfc3339),
+            p if p.contains('%') => Ok(TimeFormat::Strftime(s)),
+            other => Err(format!(
+                "time_format {other:?}: use epoch_ms, epoch_s, rfc3339 or a strftime pattern such as \"%Y%m%d\""
+            )),
+        }
+    }
+}
+
+impl From<TimeFormat> for String {
+    fn from(f: TimeFormat) -> String {
+        match f {
+            TimeFormat::EpochMs => "epoch_ms".into(),
+            TimeFormat::EpochS => "epoch_s".into(),
+            TimeFormat::Rfc3339 => "rfc3339".into(),
+            TimeFormat::Strftime(p) => p,
+        }
+    }
 }
 
 /// How CSV amounts are written.
@@ -920,11 +962,14 @@ pub enum AmountFormat {
 impl Default for CsvMapping {
     fn default() -> Self {
         CsvMapping {
-            delimiter: ',',
+            delimiter: ",".into(),
+            header: true,
             customer: "customer_id".into(),
             time: "event_time".into(),
             time_format: TimeFormat::Rfc3339,
             kind: "kind".into(),
+            default_kind: None,
+            default_product: None,
             action: Some("action".into()),
             event_id: Some("event_id".into()),
             amount: Some("amount".into()),
@@ -948,7 +993,7 @@ impl Default for CsvMapping {
 struct CsvColumns {
     customer: usize,
     time: usize,
-    kind: usize,
+    kind: Option<usize>,
     action: Option<usize>,
     event_id: Option<usize>,
     amount: Option<usize>,
@@ -966,11 +1011,62 @@ struct CsvColumns {
 struct CsvSource {
     path: PathBuf,
     name: String,
-    reader: csv::Reader<CountingReader>,
+    reader: csv::Reader<Box<dyn Read + Send>>,
+    /// Bytes read from the file so far.
+    bytes: Arc<std::sync::atomic::AtomicU64>,
     columns: CsvColumns,
     mapping: CsvMapping,
     limits: Limits,
     record: csv::StringRecord,
+    /// The first row of a file without a header (read to count columns).
+    pending: Option<csv::StringRecord>,
+}
+
+/// Turns whitespace-separated text into tab-separated lines: each line is
+/// trimmed and every run of spaces and tabs becomes one tab.
+struct WhitespaceColumns<R> {
+    inner: BufReader<R>,
+    line: String,
+    out: Vec<u8>,
+    at: usize,
+}
+
+impl<R: Read> WhitespaceColumns<R> {
+    fn new(inner: R) -> Self {
+        WhitespaceColumns {
+            inner: BufReader::new(inner),
+            line: String::new(),
+            out: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for WhitespaceColumns<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::BufRead as _;
+        while self.at == self.out.len() {
+            self.line.clear();
+            if self.inner.read_line(&mut self.line)? == 0 {
+                return Ok(0);
+            }
+            self.out.clear();
+            self.at = 0;
+            let mut first = true;
+            for field in self.line.split_whitespace() {
+                if !first {
+                    self.out.push(b'\t');
+                }
+                first = false;
+                self.out.extend_from_slice(field.as_bytes());
+            }
+            self.out.push(b'\n');
+        }
+        let n = buf.len().min(self.out.len() - self.at);
+        buf[..n].copy_from_slice(&self.out[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 /// Counts bytes as the CSV parser pulls them.
@@ -999,21 +1095,50 @@ impl CsvSource {
             path: path.to_path_buf(),
             message,
         };
-        if !mapping.delimiter.is_ascii() {
-            return Err(bad(format!(
-                "delimiter {:?} is not one ASCII character",
-                mapping.delimiter
-            )));
-        }
+        let (delimiter, whitespace) = match mapping.delimiter.as_str() {
+            "whitespace" | "space" => (b'\t', true),
+            "tab" | "\t" => (b'\t', false),
+            d if d.len() == 1 && d.is_ascii() => (d.as_bytes()[0], false),
+            d => {
+                return Err(bad(format!(
+                    "delimiter {d:?}: use one ASCII character, \"tab\" or \"whitespace\""
+                )))
+            }
+        };
+        let bytes: Arc<std::sync::atomic::AtomicU64> = Arc::default();
         let counting = CountingReader {
             inner: BufReader::with_capacity(1 << 20, file),
-            bytes: Arc::default(),
+            bytes: bytes.clone(),
+        };
+        let input: Box<dyn Read + Send> = if whitespace {
+            Box::new(WhitespaceColumns::new(counting))
+        } else {
+            Box::new(counting)
         };
         let mut reader = csv::ReaderBuilder::new()
-            .delimiter(mapping.delimiter as u8)
+            .delimiter(delimiter)
+            .quoting(!whitespace)
+            .has_headers(mapping.header)
             .flexible(true)
-            .from_reader(counting);
-        let header = reader.headers().map_err(|e| bad(e.to_string()))?.clone();
+            .from_reader(input);
+        let mut pending = None;
+        let header = if mapping.header {
+            reader.headers().map_err(|e| bad(e.to_string()))?.clone()
+        } else {
+            // Columns named by position; the first record tells how many
+            // and is processed first.
+            let mut first = csv::StringRecord::new();
+            let width = if reader
+                .read_record(&mut first)
+                .map_err(|e| bad(e.to_string()))?
+            {
+                first.len()
+            } else {
+                0
+            };
+            pending = Some(first).filter(|_| width > 0);
+            csv::StringRecord::from((1..=width).map(|i| i.to_string()).collect::<Vec<_>>())
+        };
         let find = |name: &str| {
             header
                 .iter()
@@ -1028,7 +1153,11 @@ impl CsvSource {
         };
         let customer = required(&mapping.customer);
         let time = required(&mapping.time);
-        let kind = required(&mapping.kind);
+        let kind = if mapping.default_kind.is_some() {
+            find(&mapping.kind)
+        } else {
+            Some(required(&mapping.kind))
+        };
         if !missing.is_empty() {
             return Err(bad(format!(
                 "the header lacks the mapped column(s) {missing:?}; it has {:?}",
@@ -1060,18 +1189,24 @@ impl CsvSource {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             reader,
+            bytes,
             columns,
             mapping: mapping.clone(),
             limits,
             record: csv::StringRecord::new(),
+            pending,
         })
     }
 
     fn next(&mut self, bytes: &mut u64) -> Option<Result<Record, FileError>> {
-        let result = self.reader.read_record(&mut self.record);
+        let result = match self.pending.take() {
+            Some(first) => {
+                self.record = first;
+                Ok(true)
+            }
+            None => self.reader.read_record(&mut self.record),
+        };
         *bytes = self
-            .reader
-            .get_ref()
             .bytes
             .load(std::sync::atomic::Ordering::Relaxed)
             .max(self.reader.position().byte());
@@ -1112,8 +1247,12 @@ impl CsvSource {
         };
         let customer_id = get(Some(c.customer)).to_string();
         let time_text = get(Some(c.time));
-        let event_time_ms = parse_time(time_text, m.time_format)
-            .ok_or_else(|| invalid(&format!("time ({:?})", m.time_format), time_text))?;
+        let event_time_ms = parse_time(time_text, &m.time_format).ok_or_else(|| {
+            invalid(
+                &format!("time ({})", String::from(m.time_format.clone())),
+                time_text,
+            )
+        })?;
         let event_id = match get(c.event_id) {
             "" => format!("{}:{line}", self.name),
             id => id.to_string(),
@@ -1125,8 +1264,14 @@ impl CsvSource {
             parse_amount(amount_text, m.amount_format)
                 .ok_or_else(|| invalid("amount", amount_text))?
         };
-        let kind = get(Some(c.kind)).to_ascii_lowercase();
-        let product_id = get(c.product).to_string();
+        let kind = match (get(c.kind), &m.default_kind) {
+            ("", Some(k)) => k.to_ascii_lowercase(),
+            (k, _) => k.to_ascii_lowercase(),
+        };
+        let product_id = match (get(c.product), &m.default_product) {
+            ("", Some(p)) => p.clone(),
+            (p, _) => p.to_string(),
+        };
         let category = get(c.category).to_string();
         let payload = match kind.as_str() {
             "purchase" | "order" => {
@@ -1216,7 +1361,7 @@ impl CsvSource {
 }
 
 /// Parses an event time; `None` when it is not in `format`.
-pub fn parse_time(text: &str, format: TimeFormat) -> Option<i64> {
+pub fn parse_time(text: &str, format: &TimeFormat) -> Option<i64> {
     match format {
         TimeFormat::EpochMs => text.parse::<i64>().ok(),
         TimeFormat::EpochS => {
@@ -1226,6 +1371,19 @@ pub fn parse_time(text: &str, format: TimeFormat) -> Option<i64> {
         TimeFormat::Rfc3339 => chrono::DateTime::parse_from_rfc3339(text)
             .ok()
             .map(|t| t.timestamp_millis()),
+        TimeFormat::Strftime(pattern) => chrono::DateTime::parse_from_str(text, pattern)
+            .map(|t| t.timestamp_millis())
+            .or_else(|_| {
+                chrono::NaiveDateTime::parse_from_str(text, pattern)
+                    .map(|t| t.and_utc().timestamp_millis())
+            })
+            .or_else(|_| {
+                chrono::NaiveDate::parse_from_str(text, pattern).map(|d| {
+                    d.and_hms_opt(0, 0, 0)
+                        .map_or(0, |t| t.and_utc().timestamp_millis())
+                })
+            })
+            .ok(),
     }
 }
 
@@ -1481,6 +1639,54 @@ mod tests {
         assert_eq!(report.rejected["invalid_json"], 1);
     }
 
+    /// Issue 14: a whitespace-separated purchases file (customer, date,
+    /// quantity, amount; no header, no kind, no product) read from the
+    /// documented keys alone.
+    #[test]
+    fn whitespace_purchases_without_kind_or_product_from_a_toml_mapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orders.txt");
+        std::fs::write(
+            &path,
+            "00001 19970101  1  11.77\n\
+             00002   19970112 1 12.00\n\
+             \t00002 19970112  5   77.00\n\
+             00003 1997-01-02 2 20.76\n",
+        )
+        .unwrap();
+        let mapping: CsvMapping = toml::from_str(
+            r#"
+            delimiter = "whitespace"
+            header = false
+            customer = "1"
+            time = "2"
+            time_format = "%Y%m%d"
+            quantity = "3"
+            amount = "4"
+            amount_format = "major"
+            default_kind = "purchase"
+            default_product = "unknown"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(FileFormat::from_path(&path), Some(FileFormat::Csv));
+        let (good, bad, _) = read_all(&path, Some(&mapping));
+        assert_eq!(good.len(), 3, "{bad:?}");
+        assert_eq!(bad.len(), 1, "the date in another format is refused");
+        assert_eq!(good[0].customer_id, "00001");
+        // 1997-01-01T00:00:00Z
+        assert_eq!(good[0].event_time_ms, 852_076_800_000);
+        match &good[2].payload {
+            Payload::Purchase(p) => {
+                assert_eq!(p.total_minor, 7700);
+                assert_eq!(p.items[0].quantity, 5);
+                assert_eq!(p.items[0].product_id, "unknown");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(toml::from_str::<CsvMapping>("time_format = \"yyyymmdd\"").is_err());
+    }
+
     #[test]
     fn csv_with_a_column_mapping_and_bad_rows() {
         let dir = tempfile::tempdir().unwrap();
@@ -1500,11 +1706,14 @@ mod tests {
         )
         .unwrap();
         let mapping = CsvMapping {
-            delimiter: ';',
+            delimiter: ";".into(),
+            header: true,
             customer: "user".into(),
             time: "ts".into(),
             time_format: TimeFormat::EpochS,
             kind: "type".into(),
+            default_kind: None,
+            default_product: None,
             action: None,
             event_id: None,
             amount: Some("price_cents".into()),
@@ -1564,18 +1773,18 @@ mod tests {
     #[test]
     fn times_and_amounts_parse_in_every_format() {
         assert_eq!(
-            parse_time("2025-01-01T01:00:00+01:00", TimeFormat::Rfc3339),
+            parse_time("2025-01-01T01:00:00+01:00", &TimeFormat::Rfc3339),
             Some(1_735_689_600_000)
         );
         assert_eq!(
-            parse_time("2025-01-01T00:00:00Z", TimeFormat::Rfc3339),
+            parse_time("2025-01-01T00:00:00Z", &TimeFormat::Rfc3339),
             Some(1_735_689_600_000)
         );
         assert_eq!(
-            parse_time("1735689600000", TimeFormat::EpochMs),
+            parse_time("1735689600000", &TimeFormat::EpochMs),
             Some(1_735_689_600_000)
         );
-        assert_eq!(parse_time("x", TimeFormat::EpochS), None);
+        assert_eq!(parse_time("x", &TimeFormat::EpochS), None);
         assert_eq!(parse_amount("19.99", AmountFormat::Major), Some(1999));
         assert_eq!(parse_amount("1999", AmountFormat::Minor), Some(1999));
         assert_eq!(parse_amount("19.99", AmountFormat::Minor), None);

@@ -323,7 +323,13 @@ fn train_in_pool(
     let horizon_days = rules.horizon_ms as f64 / 86_400_000.0;
     let bgnbd = btyd::Baseline::fit(&spec, &train_set, horizon_days);
     if let Some(m) = bgnbd.model {
-        tracing::info!(r = m.r, alpha = m.alpha, a = m.a, b = m.b, "Fitted the BG/NBD baseline.");
+        tracing::info!(
+            r = m.r,
+            alpha = m.alpha,
+            a = m.a,
+            b = m.b,
+            "Fitted the BG/NBD baseline."
+        );
     }
     let mut m_bgnbd = metrics::evaluate(
         &bgnbd.predict(&spec, &val_set, segments),
