@@ -290,6 +290,25 @@ impl ExampleSet {
         b
     }
 
+    /// The same examples with every event removed (customer features and
+    /// labels kept): the ablation that measures what the sequence adds.
+    pub fn without_events(&self) -> ExampleSet {
+        ExampleSet {
+            max_events: self.max_events,
+            text_tokens: self.text_tokens,
+            customers: self.customers.clone(),
+            customer: self.customer.clone(),
+            cut_ms: self.cut_ms.clone(),
+            labels: self.labels.clone(),
+            offsets: vec![0; self.labels.len() + 1],
+            kinds: Vec::new(),
+            categories: Vec::new(),
+            numeric: Vec::new(),
+            text: Vec::new(),
+            customer_features: self.customer_features.clone(),
+        }
+    }
+
     /// Appends the rows of a feature batch (one per customer index in `who`).
     fn push_features(
         &mut self,
