@@ -174,15 +174,27 @@ pub fn to_onnx(
         let idx = g.init_i64(&format!("aux_col{i}"), &[], &[i]);
         g.op("Gather", &[&aux, &idx], &[Attr::Int("axis", 1)])
     };
+    // Calibration fitted after training (identity until then).
+    let c = net.calibration;
     let purchase = column(&mut g, 0);
+    let pa = g.init_f32("purchase_platt_a", &[], &[c.purchase.0]);
+    let pb = g.init_f32("purchase_platt_b", &[], &[c.purchase.1]);
+    let purchase = g.op("Mul", &[&purchase, &pa], &[]);
+    let purchase = g.op("Add", &[&purchase, &pb], &[]);
     g.op_into("Sigmoid", &[&purchase], "purchase_probability", &[]);
     let churn = column(&mut g, 1);
+    let ca = g.init_f32("churn_platt_a", &[], &[c.churn.0]);
+    let cb = g.init_f32("churn_platt_b", &[], &[c.churn.1]);
+    let churn = g.op("Mul", &[&churn, &ca], &[]);
+    let churn = g.op("Add", &[&churn, &cb], &[]);
     g.op_into("Sigmoid", &[&churn], "churn_probability", &[]);
     let spend = column(&mut g, 2);
     let spend_scale = g.init_f32("spend_scale", &[], &[spec.normalization.spend_log_scale]);
     let spend = g.op("Mul", &[&spend, &spend_scale], &[]);
     let spend = g.op("Exp", &[&spend], &[]);
     let spend = g.op("Sub", &[&spend, &one], &[]);
+    let factor = g.init_f32("spend_factor", &[], &[c.smear]);
+    let spend = g.op("Mul", &[&spend, &factor], &[]);
     g.op_into("Relu", &[&spend], "predicted_spend", &[]);
     g.contract_outputs(a.segments);
     let layers = a.layers.to_string();

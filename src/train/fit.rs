@@ -239,14 +239,20 @@ pub fn predict(
                 .flatten_all()?
                 .to_vec1::<f32>()?,
         );
+        let c = net.calibration;
+        let platt = |logit: &Tensor, (a, b): (f32, f32)| {
+            sigmoid(&logit.affine(f64::from(a), f64::from(b))?)?.to_vec1::<f32>()
+        };
         out.purchase_probability
-            .extend(sigmoid(&h.purchase_logit)?.to_vec1::<f32>()?);
+            .extend(platt(&h.purchase_logit, c.purchase)?);
         out.churn_probability
-            .extend(sigmoid(&h.churn_logit)?.to_vec1::<f32>()?);
+            .extend(platt(&h.churn_logit, c.churn)?);
         out.predicted_spend.extend(
-            ((h.spend * f64::from(spend_scale))?.exp()? - 1.0)?
-                .relu()?
-                .to_vec1::<f32>()?,
+            ((h.spend * f64::from(spend_scale))?
+                .exp()?
+                .affine(f64::from(c.smear), -f64::from(c.smear))?)
+            .relu()?
+            .to_vec1::<f32>()?,
         );
     }
     Ok(out)

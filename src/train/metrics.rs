@@ -9,7 +9,7 @@ use super::examples::{segment, Labels};
 use crate::model::reference::Outputs;
 
 /// Metric names, in report order, and whether higher is better.
-pub const METRICS: [(&str, bool); 9] = [
+pub const METRICS: [(&str, bool); 10] = [
     ("segment_accuracy", true),
     ("segment_macro_f1", true),
     ("purchase_auc", true),
@@ -18,6 +18,7 @@ pub const METRICS: [(&str, bool); 9] = [
     ("churn_calibration_error", false),
     ("spend_mae", false),
     ("spend_log_rmse", false),
+    ("spend_sum_ratio", true),
     ("examples", true),
 ];
 
@@ -52,12 +53,19 @@ pub fn evaluate(out: &Outputs, labels: &[Labels], segments: usize) -> BTreeMap<S
         "churn_calibration_error".into(),
         calibration_error(&out.churn_probability, &churned),
     );
-    let (mut abs, mut sq) = (0f64, 0f64);
+    let (mut abs, mut sq, mut total_p, mut total_y) = (0f64, 0f64, 0f64, 0f64);
     for (p, l) in out.predicted_spend.iter().zip(labels) {
         let y = l.spend_minor.max(0) as f64;
         let p = f64::from(p.max(0.0));
         abs += (p - y).abs() / 100.0;
         sq += (p.ln_1p() - y.ln_1p()).powi(2);
+        total_p += p;
+        total_y += y;
+    }
+    // Predicted over actual spend, summed over the examples: 1 when the
+    // spend head is an unbiased expected value.
+    if total_y > 0.0 {
+        m.insert("spend_sum_ratio".into(), total_p / total_y);
     }
     m.insert("spend_mae".into(), abs / n.max(1) as f64);
     m.insert("spend_log_rmse".into(), (sq / n.max(1) as f64).sqrt());
@@ -163,6 +171,8 @@ pub fn table(models: &[(&str, &BTreeMap<String, f64>)]) -> String {
     for (metric, higher) in METRICS {
         let arrow = if metric == "examples" {
             ""
+        } else if metric == "spend_sum_ratio" {
+            " (→1)"
         } else if higher {
             " (↑)"
         } else {

@@ -98,6 +98,92 @@ pub struct Transformer {
     /// `(x - mean) · inv_std`.
     cust_mean: Vec<f32>,
     cust_inv_std: Vec<f32>,
+    /// Post-training calibration of the outputs (identity until fitted).
+    pub calibration: Calibration,
+}
+
+/// Calibration fitted on held-out examples after training, applied in
+/// `fit::predict` and in the exported graph alike: Platt scaling of the
+/// purchase and churn logits (`sigmoid(a · logit + b)`), and a ratio
+/// factor that turns the log-spend regression (which behaves like a
+/// geometric mean, far below the mean for zero-heavy spend) into an
+/// expected value whose sum over customers matches: `spend = k · ŷ`.
+/// (Duan's smearing, mean((1 + y) / (1 + ŷ)), explodes on zero-heavy spend.)
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Calibration {
+    /// Platt (a, b) of the purchase logit.
+    pub purchase: (f32, f32),
+    /// Platt (a, b) of the churn logit.
+    pub churn: (f32, f32),
+    /// Spend factor k = Σ y / Σ ŷ on the held-out examples.
+    pub smear: f32,
+}
+
+impl Default for Calibration {
+    fn default() -> Self {
+        Calibration {
+            purchase: (1.0, 0.0),
+            churn: (1.0, 0.0),
+            smear: 1.0,
+        }
+    }
+}
+
+impl Calibration {
+    /// Platt scaling fitted by Newton's method on (logit, outcome) pairs,
+    /// with the usual smoothed targets (Platt 1999); identity when the
+    /// fit does not settle on a positive slope.
+    pub fn platt(logits: &[f32], outcomes: &[bool]) -> (f32, f32) {
+        let pos = outcomes.iter().filter(|o| **o).count() as f64;
+        let neg = outcomes.len() as f64 - pos;
+        if pos == 0.0 || neg == 0.0 {
+            return (1.0, 0.0);
+        }
+        let (hi, lo) = ((pos + 1.0) / (pos + 2.0), 1.0 / (neg + 2.0));
+        let (mut a, mut b) = (1.0f64, 0.0f64);
+        for _ in 0..50 {
+            let (mut g0, mut g1, mut h00, mut h01, mut h11) = (0.0, 0.0, 0.0, 0.0, 0.0);
+            for (z, o) in logits.iter().zip(outcomes) {
+                let z = f64::from(*z);
+                let t = if *o { hi } else { lo };
+                let p = 1.0 / (1.0 + (-(a * z + b)).exp());
+                let w = (p * (1.0 - p)).max(1e-12);
+                g0 += (p - t) * z;
+                g1 += p - t;
+                h00 += w * z * z;
+                h01 += w * z;
+                h11 += w;
+            }
+            let det = h00 * h11 - h01 * h01;
+            if det.abs() < 1e-12 {
+                break;
+            }
+            let da = (h11 * g0 - h01 * g1) / det;
+            let db = (h00 * g1 - h01 * g0) / det;
+            a -= da;
+            b -= db;
+            if da.abs() < 1e-9 && db.abs() < 1e-9 {
+                break;
+            }
+        }
+        if a.is_finite() && b.is_finite() && a > 0.0 {
+            (a as f32, b as f32)
+        } else {
+            (1.0, 0.0)
+        }
+    }
+
+    /// The spend factor: actual over predicted spend, summed.
+    pub fn smearing(predicted: &[f32], actual: &[i64]) -> f32 {
+        let p: f64 = predicted.iter().map(|p| f64::from(p.max(0.0))).sum();
+        let y: f64 = actual.iter().map(|y| (*y).max(0) as f64).sum();
+        let k = y / p;
+        if k.is_finite() && k > 0.0 {
+            k as f32
+        } else {
+            1.0
+        }
+    }
 }
 
 type CResult<T> = candle_core::Result<T>;
@@ -112,6 +198,7 @@ impl Transformer {
             device: device.clone(),
             cust_mean: vec![0.0; CUSTOMER_DIM],
             cust_inv_std: vec![1.0; CUSTOMER_DIM],
+            calibration: Calibration::default(),
         };
         let (d, f, e) = (arch.d, CUSTOMER_DIM, EVENT_NUMERIC_DIM);
         let mut normal = |t: &mut Transformer, name: &str, shape: &[usize], std: f32| {

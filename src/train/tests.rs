@@ -150,3 +150,31 @@ fn training_lowers_the_loss_and_keeps_the_best_epoch() {
         .unwrap();
     assert_eq!(report.best_epoch, best.epoch);
 }
+
+/// Platt scaling recovers a known distortion of the logits: outcomes drawn
+/// with p = sigmoid(2·z − 1) from logits z are calibrated to a ≈ 2, b ≈ −1.
+#[test]
+fn platt_scaling_recovers_a_known_distortion() {
+    let mut rng = super::Rng::new(3);
+    let (mut z, mut y) = (Vec::new(), Vec::new());
+    for _ in 0..20_000 {
+        let logit = rng.normal() * 1.5;
+        let p = 1.0 / (1.0 + (-(2.0 * logit - 1.0)).exp());
+        z.push(logit);
+        y.push(rng.uniform() < p);
+    }
+    let (a, b) = super::net::Calibration::platt(&z, &y);
+    assert!((a - 2.0).abs() < 0.15 && (b + 1.0).abs() < 0.1, "{a} {b}");
+    // One class only: identity.
+    assert_eq!(
+        super::net::Calibration::platt(&z, &vec![true; z.len()]),
+        (1.0, 0.0)
+    );
+}
+
+#[test]
+fn the_spend_factor_makes_the_sums_match() {
+    let k = super::net::Calibration::smearing(&[10.0, 30.0, 0.0], &[0, 100, 60]);
+    assert!((k - 4.0).abs() < 1e-6);
+    assert_eq!(super::net::Calibration::smearing(&[0.0], &[0]), 1.0);
+}
