@@ -84,21 +84,7 @@ impl Decoder {
             ));
         }
         let (framing, body) = split_framing(value)?;
-        let raw = if looks_like_json(body) {
-            if self.encoding == Encoding::Protobuf {
-                return Err(Rejection::new(
-                    Reason::InvalidProtobuf,
-                    "value looks like JSON but input.encoding is \"protobuf\"",
-                ));
-            }
-            decode_json(body)?
-        } else {
-            if self.encoding == Encoding::Json {
-                return Err(Rejection::new(
-                    Reason::InvalidJson,
-                    "value is not JSON and input.encoding is \"json\"",
-                ));
-            }
+        let decode_proto = |body: &[u8]| {
             let body = match framing {
                 Framing::Plain => body,
                 Framing::Confluent { .. } => strip_message_indexes(body)?,
@@ -108,7 +94,30 @@ impl Decoder {
                     Reason::InvalidProtobuf,
                     format!("not a valid segstream.v1.Event: {e}"),
                 )
-            })?
+            })
+        };
+        let raw = match (self.encoding, shape(body)) {
+            (Encoding::Protobuf, Shape::Json) => {
+                return Err(Rejection::new(
+                    Reason::InvalidProtobuf,
+                    "value looks like JSON but input.encoding is \"protobuf\"",
+                ))
+            }
+            (Encoding::Json, Shape::Protobuf) => {
+                return Err(Rejection::new(
+                    Reason::InvalidJson,
+                    "value is not JSON and input.encoding is \"json\"",
+                ))
+            }
+            (Encoding::Protobuf, _) | (Encoding::Auto, Shape::Protobuf) => decode_proto(body)?,
+            (Encoding::Json, _) | (Encoding::Auto, Shape::Json) => decode_json(body)?,
+            // A protobuf Event whose first field is event_id starts with
+            // 0x0A ('\n'); if its length byte is 0x7B ('{'), it reads like
+            // JSON after a newline. A valid protobuf decoding wins.
+            (Encoding::Auto, Shape::Ambiguous) => match decode_proto(body) {
+                Ok(raw) => raw,
+                Err(_) => decode_json(body)?,
+            },
         };
         let event = validate(raw, key, now_ms, &self.limits)?;
         Ok((event, framing))
@@ -137,10 +146,34 @@ fn split_framing(value: &[u8]) -> Result<(Framing, &[u8]), Rejection> {
     }
 }
 
-fn looks_like_json(body: &[u8]) -> bool {
-    body.iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .is_some_and(|&b| b == b'{')
+/// What a value's first bytes say about its encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// JSON: `{`, `[`, `n`(ull) or a UTF-8 byte-order mark. None of these
+    /// can start a valid protobuf Event: as tag bytes they name a group
+    /// (0x7B, 0x5B; `Event` has none) or an invalid wire type (0x6E: 6,
+    /// 0xEF: 7). (`"` and digits could: 0x22 and 0x32 are the tags of the
+    /// browse and review payloads.)
+    Json,
+    /// Anything else.
+    Protobuf,
+    /// ASCII whitespace and then JSON: also the start of a protobuf Event
+    /// whose first field is `event_id` (tag 0x0A) of length 0x7B, 0x5B, ...
+    Ambiguous,
+}
+
+fn shape(body: &[u8]) -> Shape {
+    let json_start = |b: u8| matches!(b, b'{' | b'[' | b'n' | 0xEF);
+    match body.first() {
+        Some(&b) if json_start(b) => Shape::Json,
+        Some(b) if b.is_ascii_whitespace() => {
+            match body.iter().find(|b| !b.is_ascii_whitespace()) {
+                Some(&b) if json_start(b) => Shape::Ambiguous,
+                _ => Shape::Protobuf,
+            }
+        }
+        _ => Shape::Protobuf,
+    }
 }
 
 /// Reads a protobuf varint, returning the value and the bytes consumed.

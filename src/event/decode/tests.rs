@@ -238,3 +238,54 @@ proptest! {
         prop_assert_eq!(r.text, text);
     }
 }
+
+/// Regression (issue 16): a protobuf Event starts with 0x0A ('\n', the tag
+/// of `event_id`); an `event_id` of exactly 123 bytes makes the next byte
+/// 0x7B ('{'), and a GUID in braces starts with '{'. Both were taken for
+/// JSON and dead-lettered as `invalid_json`.
+#[test]
+fn protobuf_events_that_read_like_json_after_a_newline_decode_as_protobuf() {
+    let long_id = "x".repeat(123);
+    for id in [
+        long_id.as_str(),
+        "{3F2504E0-4F89-11D3-9A0C-0305E82C3301}",
+        "[1]",
+        "null",
+    ] {
+        let raw = browse("c-1", id, NOW - 1000);
+        for format in [WireFormat::Protobuf, WireFormat::ConfluentProtobuf] {
+            let bytes = encode(&raw, format);
+            let (e, _) = decode("c-1", &bytes).unwrap_or_else(|r| panic!("{id:?} {format:?}: {r}"));
+            assert_eq!(e.event_id, id);
+        }
+    }
+    // JSON after a newline is still JSON.
+    let json = encode(&browse("c-1", "e-1", NOW - 1000), WireFormat::Json);
+    let mut padded = b"\n  ".to_vec();
+    padded.extend_from_slice(&json);
+    assert_eq!(decode("c-1", &padded).unwrap().0.event_id, "e-1");
+}
+
+proptest! {
+    /// Whatever its ids, a valid protobuf Event is never taken for JSON.
+    #[test]
+    fn valid_protobuf_is_never_taken_for_json(
+        id in proptest::collection::vec(any::<char>(), 1..300),
+        customer in "[a-z0-9{}\\[\\] \n]{1,40}",
+        kind in 0usize..3,
+    ) {
+        let id: String = id.into_iter().collect();
+        let make = [browse, purchase, review][kind];
+        let raw = make(&customer, &id, NOW - 1000);
+        let bytes = encode(&raw, WireFormat::Protobuf);
+        match decode(&customer, &bytes) {
+            Ok((e, Framing::Plain)) => prop_assert_eq!(e.event_id, id),
+            Ok(other) => prop_assert!(false, "{:?}", other),
+            // Validation may refuse an id or customer; never as JSON.
+            Err(r) => prop_assert!(
+                !matches!(r.reason, Reason::InvalidJson | Reason::JsonWrongType),
+                "{:?}: {}", r.reason, r.message
+            ),
+        }
+    }
+}
