@@ -264,3 +264,42 @@ async fn a_history_produced_topic_by_topic_yields_no_late_events() {
         );
     }
 }
+
+/// Regression (issue 16): a changelog topic that deletes instead of
+/// compacting would lose state older than its retention at the next
+/// restore; the instance refuses to start and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changelog_that_is_not_compacted_is_refused_at_start() {
+    assert!(
+        std::env::var_os("ORT_DYLIB_PATH").is_some(),
+        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
+    );
+    let s = setup().await;
+    let deleting = format!("{}-delete", s.changelog);
+    common::create_topics(&[&deleting], PARTITIONS).await;
+    let log = s.dir.path().join("run.log");
+    let mut child = start_as_with(
+        &s.config,
+        &log,
+        "a",
+        &[("SEGSTREAM__STATE__CHANGELOG_TOPIC", deleting.as_str())],
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "still running:\n{}",
+            tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("must be compacted (cleanup.policy=compact), it has cleanup.policy=delete"),
+        "{text}"
+    );
+}

@@ -554,6 +554,24 @@ impl Pipeline {
         if !self.cfg.output.topic.contains("{segment}") && count(&self.cfg.output.topic).is_none() {
             problems.push(format!("{} does not exist", self.cfg.output.topic));
         }
+        // A changelog that deletes instead of compacting loses state older
+        // than its retention at the next restore.
+        if counts.contains_key(&self.cfg.state.changelog_topic) {
+            match self.changelog_cleanup_policy().await {
+                Ok(policy) if policy.split(',').any(|p| p.trim() == "compact") => {}
+                Ok(policy) => problems.push(format!(
+                    "{} must be compacted (cleanup.policy=compact), it has cleanup.policy={policy}: \
+                     state older than its retention would be lost at the next restore",
+                    self.cfg.state.changelog_topic
+                )),
+                Err(e) => warn!(
+                    topic = %self.cfg.state.changelog_topic,
+                    error = %e,
+                    "Could not read the changelog topic's cleanup.policy (DescribeConfigs); \
+                     make sure it is compact."
+                ),
+            }
+        }
         let distinct: BTreeSet<usize> = counts.values().copied().collect();
         if distinct.len() > 1 {
             problems.push(format!(
@@ -568,6 +586,36 @@ impl Pipeline {
                 problems.join("; ")
             )))
         }
+    }
+
+    /// The changelog topic's `cleanup.policy` (DescribeConfigs).
+    async fn changelog_cleanup_policy(&self) -> Result<String, String> {
+        use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+        let admin: AdminClient<QuietContext> = self
+            .cfg
+            .kafka
+            .client_config()
+            .map_err(|e| e.to_string())?
+            .create_with_context(QuietContext)
+            .map_err(|e| e.to_string())?;
+        let topic = ResourceSpecifier::Topic(&self.cfg.state.changelog_topic);
+        let opts = AdminOptions::new().request_timeout(Some(self.watchdog.timeout()));
+        let described = tokio::time::timeout(
+            self.watchdog.timeout(),
+            admin.describe_configs([&topic], &opts),
+        )
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+        let resource = described
+            .into_iter()
+            .next()
+            .ok_or("no answer")?
+            .map_err(|e| e.to_string())?;
+        Ok(resource
+            .get("cleanup.policy")
+            .and_then(|e| e.value.clone())
+            .unwrap_or_else(|| "delete".into()))
     }
 
     async fn begin(&mut self) -> Result<(), PipelineError> {
