@@ -13,6 +13,8 @@ use crate::event::{Reason, Rejection, Stage};
 
 /// Header names written on every dead-letter record (part of the contract).
 pub mod header {
+    /// The prefix of every segstream dead-letter header.
+    pub const PREFIX: &str = "segstream.dlq.";
     /// Stage that refused the record (`decode`, `validate`, ...).
     pub const STAGE: &str = "segstream.dlq.stage";
     /// Low-cardinality reason code (see `event::Reason`).
@@ -58,8 +60,10 @@ pub struct DeadLetter {
     pub original_size: usize,
     /// Whether `value` was cut.
     pub truncated: bool,
-    /// Original headers.
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// Original headers (a null value stays null), without the
+    /// `segstream.dlq.*` headers of an earlier dead-lettering: a re-driven
+    /// record carries only this refusal's.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl DeadLetter {
@@ -79,7 +83,12 @@ impl DeadLetter {
             value: value[..value.len().min(max_value_bytes)].to_vec(),
             original_size: value.len(),
             truncated,
-            headers: record.headers.clone(),
+            headers: record
+                .headers
+                .iter()
+                .filter(|(k, _)| !k.starts_with(header::PREFIX))
+                .cloned()
+                .collect(),
         }
     }
 
@@ -89,7 +98,7 @@ impl DeadLetter {
         for (k, v) in &self.headers {
             h = h.insert(Header {
                 key: k,
-                value: Some(v),
+                value: v.as_deref(),
             });
         }
         let partition = self.source_partition.to_string();
@@ -190,5 +199,55 @@ impl DeadLetterSink {
         self.producer
             .flush(timeout)
             .map_err(IngestError::kafka("flushing the dead-letter producer"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::message::Headers as _;
+
+    use super::*;
+
+    /// Regression (issue 16): a null header value became an empty one, and a
+    /// re-driven dead letter kept its old `segstream.dlq.*` headers before
+    /// the new ones, so a reader taking the first value saw a stale reason.
+    #[test]
+    fn null_headers_stay_null_and_old_dead_letter_headers_are_dropped() {
+        let record = SourceRecord {
+            topic: "events.browse",
+            partition: 2,
+            offset: 7,
+            timestamp_ms: Some(1),
+            key: Some(b"c-1"),
+            value: Some(b"{"),
+            headers: vec![
+                ("trace".into(), None),
+                (header::REASON.into(), Some(b"late".to_vec())),
+                (header::OFFSET.into(), Some(b"99".to_vec())),
+                ("x".into(), Some(b"1".to_vec())),
+            ],
+        };
+        let d = DeadLetter::new(&record, Rejection::new(Reason::InvalidJson, "bad"), 1024);
+        assert_eq!(
+            d.headers,
+            vec![
+                ("trace".to_string(), None),
+                ("x".to_string(), Some(b"1".to_vec()))
+            ]
+        );
+        let h = d.kafka_headers();
+        let all: Vec<(String, Option<Vec<u8>>)> = h
+            .iter()
+            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+            .collect();
+        assert_eq!(all[0], ("trace".to_string(), None));
+        let first = |k: &str| {
+            all.iter()
+                .find(|(n, _)| n == k)
+                .and_then(|(_, v)| v.clone())
+        };
+        assert_eq!(first(header::REASON).as_deref(), Some(&b"invalid_json"[..]));
+        assert_eq!(first(header::OFFSET).as_deref(), Some(&b"7"[..]));
+        assert_eq!(all.iter().filter(|(n, _)| n == header::REASON).count(), 1);
     }
 }

@@ -71,7 +71,7 @@ pub struct SourceRecord<'a> {
     /// Record value.
     pub value: Option<&'a [u8]>,
     /// Record headers (kept on dead letters).
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 /// A valid event and where it came from.
@@ -432,7 +432,7 @@ pub fn source_record<'a>(msg: &'a BorrowedMessage<'a>) -> SourceRecord<'a> {
         .headers()
         .map(|h| {
             h.iter()
-                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
                 .collect()
         })
         .unwrap_or_default();

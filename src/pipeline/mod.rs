@@ -252,7 +252,7 @@ struct Held {
 struct OwnedSource {
     key: Option<Vec<u8>>,
     value: Option<Vec<u8>>,
-    headers: Vec<(String, Vec<u8>)>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
     timestamp_ms: Option<i64>,
 }
 
