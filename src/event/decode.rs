@@ -89,12 +89,22 @@ impl Decoder {
                 Framing::Plain => body,
                 Framing::Confluent { .. } => strip_message_indexes(body)?,
             };
-            proto::Event::decode(body).map_err(|e| {
+            let event = proto::Event::decode(body).map_err(|e| {
                 Rejection::new(
                     Reason::InvalidProtobuf,
                     format!("not a valid segstream.v1.Event: {e}"),
                 )
-            })
+            })?;
+            // A oneof decodes "last one wins": refuse two payloads as the
+            // JSON decoding does, instead of silently dropping one.
+            let payloads = payload_fields(body);
+            if payloads > 1 {
+                return Err(Rejection::new(
+                    Reason::MultiplePayloads,
+                    format!("{payloads} payloads (browse/purchase/review); exactly one is allowed"),
+                ));
+            }
+            Ok(event)
         };
         let raw = match (self.encoding, shape(body)) {
             (Encoding::Protobuf, Shape::Json) => {
@@ -151,9 +161,9 @@ fn split_framing(value: &[u8]) -> Result<(Framing, &[u8]), Rejection> {
 enum Shape {
     /// JSON: `{`, `[`, `n`(ull) or a UTF-8 byte-order mark. None of these
     /// can start a valid protobuf Event: as tag bytes they name a group
-    /// (0x7B, 0x5B; `Event` has none) or an invalid wire type (0x6E: 6,
-    /// 0xEF: 7). (`"` and digits could: 0x22 and 0x32 are the tags of the
-    /// browse and review payloads.)
+    /// (0x7B: field 15; 0x5B: field 11, the purchase, which is a message)
+    /// or an invalid wire type (0x6E: 6, 0xEF: 7). (`"` and digits could:
+    /// as tags of unknown fields 4, 6 and 7 a decoder skips them.)
     Json,
     /// Anything else.
     Protobuf,
@@ -174,6 +184,31 @@ fn shape(body: &[u8]) -> Shape {
         }
         _ => Shape::Protobuf,
     }
+}
+
+/// How many top-level payload fields (browse 10, purchase 11, review 12) a
+/// protobuf Event's bytes hold (the bytes decoded as an Event already).
+fn payload_fields(mut bytes: &[u8]) -> usize {
+    let mut count = 0;
+    while let Some((tag, n)) = read_varint(bytes) {
+        bytes = &bytes[n..];
+        let (field, wire) = (tag >> 3, tag & 7);
+        if (10..=12).contains(&field) {
+            count += 1;
+        }
+        let skip = match wire {
+            0 => read_varint(bytes).map(|(_, n)| n),
+            1 => Some(8),
+            2 => read_varint(bytes).and_then(|(len, n)| n.checked_add(usize::try_from(len).ok()?)),
+            5 => Some(4),
+            _ => None,
+        };
+        match skip {
+            Some(n) if n <= bytes.len() => bytes = &bytes[n..],
+            _ => break,
+        }
+    }
+    count
 }
 
 /// Reads a protobuf varint, returning the value and the bytes consumed.

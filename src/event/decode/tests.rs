@@ -289,3 +289,24 @@ proptest! {
         }
     }
 }
+
+/// Regression (issue 16): two payloads on the protobuf wire were accepted
+/// (the oneof keeps the last); they are refused as `multiple_payloads`, as
+/// in JSON.
+#[test]
+fn two_protobuf_payloads_are_refused() {
+    use prost::Message as _;
+    let a = browse("c-1", "e-1", NOW - 1000);
+    let b = purchase("c-1", "e-1", NOW - 1000);
+    let mut bytes = a.encode_to_vec();
+    // Append the purchase payload's field (tag 11) from the second event.
+    let mut only_payload = b.clone();
+    only_payload.event_id.clear();
+    only_payload.customer_id.clear();
+    only_payload.event_time_ms = 0;
+    bytes.extend_from_slice(&only_payload.encode_to_vec());
+    let err = decode("c-1", &bytes).unwrap_err();
+    assert_eq!(err.reason, Reason::MultiplePayloads, "{}", err.message);
+    // One payload is fine.
+    assert!(decode("c-1", &a.encode_to_vec()).is_ok());
+}
