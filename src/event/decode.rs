@@ -266,6 +266,25 @@ fn strip_message_indexes(body: &[u8]) -> Result<&[u8], Rejection> {
 }
 
 fn decode_json(body: &[u8]) -> Result<proto::Event, Rejection> {
+    // A UTF-8 byte-order mark (some Windows tools write one) is not JSON
+    // but says nothing wrong about the event: skip it.
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        first => {
+            let what = match first {
+                Some(b'[') => "an array",
+                Some(b'n') => "null",
+                Some(b'"') => "a string",
+                None => "empty",
+                _ => "not an object",
+            };
+            return Err(Rejection::new(
+                Reason::InvalidJson,
+                format!("a JSON event must be an object, this value is {what}"),
+            ));
+        }
+    }
     let json: JsonEvent = serde_json::from_slice(body).map_err(|e| {
         let reason = if e.classify() == serde_json::error::Category::Data {
             Reason::JsonWrongType

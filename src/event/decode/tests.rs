@@ -310,3 +310,22 @@ fn two_protobuf_payloads_are_refused() {
     // One payload is fine.
     assert!(decode("c-1", &a.encode_to_vec()).is_ok());
 }
+
+/// Regression (issue 16): JSON producers got protobuf-flavoured errors for
+/// a byte-order mark, a top-level array or `null`.
+#[test]
+fn json_shapes_get_json_answers() {
+    let json = encode(&browse("c-1", "e-1", NOW - 1000), WireFormat::Json);
+    let mut bom = b"\xEF\xBB\xBF".to_vec();
+    bom.extend_from_slice(&json);
+    assert_eq!(decode("c-1", &bom).unwrap().0.event_id, "e-1");
+    for (value, what) in [
+        (&b"[1, 2]"[..], "an array"),
+        (b"null", "null"),
+        (b" \n[]", "an array"),
+    ] {
+        let err = decode("c-1", value).unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidJson, "{value:?}");
+        assert!(err.message.contains(what), "{}", err.message);
+    }
+}
