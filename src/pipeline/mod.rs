@@ -309,7 +309,11 @@ pub async fn run(
         if let PollOutcome::Loaded(m) = outcome {
             break *m;
         }
-        info!(registry = %cfg.score.registry.display(), "Waiting for a valid model in the registry.");
+        // WARN: the instance is not ready until a model arrives.
+        warn!(
+            registry = %cfg.score.registry.display(),
+            "Waiting for a valid model in the registry; not ready until one is published and promoted."
+        );
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
             _ = tokio::time::sleep(cfg.score.poll_interval) => {}

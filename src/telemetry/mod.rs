@@ -404,13 +404,23 @@ impl Metrics {
     pub fn observe_end_to_end(&self, timestamps_ms: &[i64], committed_at_ms: i64) {
         let local = self.end_to_end_seconds.local();
         for &ts in timestamps_ms {
-            if ts >= 0 {
-                local.observe((committed_at_ms - ts).max(0) as f64 / 1000.0);
+            // A record stamped more than END_TO_END_MAX ago was not produced
+            // just now (a backfill producer stamping event time, a replay):
+            // it says nothing about the pipeline's latency and would swamp
+            // the histogram's sum (one record stamped near the epoch made
+            // the mean 57 days).
+            let age = committed_at_ms - ts;
+            if ts >= 0 && age <= END_TO_END_MAX_MS {
+                local.observe(age.max(0) as f64 / 1000.0);
             }
         }
         local.flush();
     }
 }
+
+/// Records older than this (by their Kafka timestamp) when committed are
+/// left out of the end-to-end latency histogram (its top bucket is 2 min).
+pub const END_TO_END_MAX_MS: i64 = 3_600_000;
 
 /// Refused records are summarized in the log at most this often.
 pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -577,7 +587,9 @@ pub fn init_logging(cfg: &TelemetryConfig) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only on a terminal, never in a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     // A second init (tests) is harmless; ignore the "already set" error.
     let _ = match cfg.log_format {
         LogFormat::Text => builder.try_init(),
@@ -628,6 +640,15 @@ mod tests {
             value(&text, "segstream_ingest_batch_records_count"),
             Some(1.0)
         );
+        // Regression (issue 16): a record stamped near the epoch (a backfill
+        // producer) is not a latency sample.
+        m.observe_end_to_end(&[1, 9_999_000, -1], 10_000_000);
+        let text = m.render();
+        assert_eq!(
+            value(&text, "segstream_end_to_end_seconds_count"),
+            Some(1.0)
+        );
+        assert_eq!(value(&text, "segstream_end_to_end_seconds_sum"), Some(1.0));
         // A second flush without new records changes nothing.
         tally.flush();
         assert_eq!(m.accepted("events.browse", EventKind::Browse), 3);
