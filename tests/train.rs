@@ -296,6 +296,21 @@ fn predict_scores_every_customer_as_of_a_time_through_the_serving_path() {
     let after = events.iter().filter(|e| e.event_time_ms > as_of).count() as u64;
     assert_eq!(p.events_after, after);
     assert_eq!(p.events_used + p.events_after, events.len() as u64);
+    // Customers silent for longer than train.lookback before the cut time
+    // are counted (and warned about): the model never saw such customers.
+    let lookback = config.train.lookback.as_millis() as i64;
+    let mut last: std::collections::HashMap<&str, i64> = Default::default();
+    for e in events.iter().filter(|e| e.event_time_ms <= as_of) {
+        let t = last.entry(e.customer_id.as_str()).or_insert(i64::MIN);
+        *t = (*t).max(e.event_time_ms);
+    }
+    let outside = last.values().filter(|t| as_of - **t > lookback).count();
+    assert_eq!(p.outside_lookback, outside);
+    let far = train::predict::predict(&config, &files, events.clone(), as_of + 400 * DAY).unwrap();
+    assert_eq!(
+        far.outside_lookback, 60,
+        "a year later, everyone is outside"
+    );
     for r in &p.rows {
         let sum: f32 = r.probabilities.iter().sum();
         assert!((sum - 1.0).abs() < 1e-4, "{r:?}");

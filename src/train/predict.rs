@@ -60,6 +60,9 @@ pub struct Predictions {
     pub events_used: u64,
     /// Events after the cut time (ignored).
     pub events_after: u64,
+    /// Customers inactive for longer than `train.lookback` before the cut
+    /// time (outside the population the model was trained on).
+    pub outside_lookback: usize,
 }
 
 /// Replays `events` up to `as_of_ms` and scores every customer seen.
@@ -87,6 +90,25 @@ pub fn predict(
             .entry(e.customer_id.clone())
             .or_default()
             .record(&e, limits);
+    }
+    // The trainer takes examples only of customers active within
+    // train.lookback before each cut time; customers silent for longer are
+    // outside what the model has seen. Say so instead of scoring silently.
+    let lookback_ms = i64::try_from(config.train.lookback.as_millis()).unwrap_or(i64::MAX);
+    let outside = states
+        .values()
+        .filter(|s| as_of_ms.saturating_sub(s.last_event_ms) > lookback_ms)
+        .count();
+    out.outside_lookback = outside;
+    if outside > 0 {
+        tracing::warn!(
+            customers = outside,
+            of = states.len(),
+            lookback_days = config.train.lookback.as_secs() / 86_400,
+            "Some customers were inactive for longer than train.lookback before --as-of; the model \
+             was trained only on customers active within it, so their scores are extrapolations \
+             (raise train.lookback and retrain to cover them)."
+        );
     }
     let ids: Vec<&String> = states.keys().collect();
     for chunk in ids.chunks(config.score.max_batch.max(1)) {
