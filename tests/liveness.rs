@@ -37,18 +37,7 @@ async fn a_hung_transactional_call_ends_the_instance_and_its_partitions_move() {
     let mut b = start_as(&s.config, &log_b, "b");
 
     // `a` ends by itself, with the stall status and one clear line.
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = a.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "a did not end after its call hung:\n{}",
-            tail(&log_a)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let status = wait_exit(&mut a, &log_a, Duration::from_secs(120)).await;
     assert_eq!(
         status.code(),
         Some(3),
@@ -284,18 +273,7 @@ async fn a_changelog_that_is_not_compacted_is_refused_at_start() {
         "a",
         &[("SEGSTREAM__STATE__CHANGELOG_TOPIC", deleting.as_str())],
     );
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "still running:\n{}",
-            tail(&log)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let status = wait_exit(&mut child, &log, Duration::from_secs(60)).await;
     assert!(!status.success());
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(

@@ -550,6 +550,26 @@ pub fn start_as_with(
     spawn_run_env(config, log, Some(format!("{group}-{instance}")), env)
 }
 
+/// Waits until `child` exits by itself, failing after `within`.
+pub async fn wait_exit(
+    child: &mut Child,
+    log: &std::path::Path,
+    within: Duration,
+) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            started.elapsed() < within,
+            "still running after {within:?}:\n{}",
+            tail(log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 pub fn sigterm(child: &Child) {
     let _ = Command::new("kill")
         .arg("-TERM")
