@@ -1190,7 +1190,7 @@ impl Pipeline {
         let started = Instant::now();
         match self.produce_cycle().await {
             Ok(()) => {}
-            Err(CycleError::Abortable(why)) => {
+            Err(CycleError::Abortable(why) | CycleError::Retriable(why)) => {
                 if let Err(e) = self.abort_cycle(&why).await {
                     return self.after_fatal(e).await;
                 }
@@ -1217,7 +1217,7 @@ impl Pipeline {
                 // A commit proves the brokers reachable: ends an outage in the log.
                 kafka_log::brokers_up();
             }
-            Err(CycleError::Abortable(why)) => {
+            Err(CycleError::Abortable(why) | CycleError::Retriable(why)) => {
                 if let Err(e) = self.abort_cycle(&why).await {
                     return self.after_fatal(e).await;
                 }
@@ -1491,7 +1491,7 @@ impl Pipeline {
                     return Ok(());
                 }
                 Err(e) => match classify("committing the transaction", e) {
-                    CycleError::Abortable(why) if attempt < 5 && why.contains("retriable") => {
+                    CycleError::Retriable(why) if attempt < 5 => {
                         warn!(reason = %why, "Commit failed; retrying.");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -1505,6 +1505,9 @@ impl Pipeline {
 }
 
 enum CycleError {
+    /// The same call may succeed if repeated (librdkafka says so); where
+    /// it is not repeated, it is handled as `Abortable`.
+    Retriable(String),
     /// Abort the transaction and redo the work from the committed state.
     Abortable(String),
     /// End the instance.
@@ -1517,7 +1520,7 @@ fn classify(what: &'static str, e: KafkaError) -> CycleError {
             return CycleError::Fatal(PipelineError::Kafka { what, source: e });
         }
         if t.is_retriable() {
-            return CycleError::Abortable(format!("{what}: retriable: {e}"));
+            return CycleError::Retriable(format!("{what}: {e}"));
         }
     }
     CycleError::Abortable(format!("{what}: {e}"))
