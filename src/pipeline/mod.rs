@@ -1002,8 +1002,11 @@ impl Pipeline {
                     return Backlog::Pending;
                 };
                 let seen = fetched.get(&key).or_else(|| committed.get(&key));
-                if seen.is_some_and(|pos| *pos >= end) {
-                    return Backlog::CaughtUp;
+                match seen {
+                    Some(pos) if *pos >= end => return Backlog::CaughtUp,
+                    // Far from the end: records wait, whatever the markers.
+                    Some(pos) if end - *pos > 64 => return Backlog::Pending,
+                    _ => {}
                 }
                 let position = positions
                     .get_or_init(|| consumer.position().ok())
