@@ -362,7 +362,7 @@ impl Featurizer {
 fn fill_lifetime(state: &CustomerState, as_of_ms: i64, norm: &Normalization, out: &mut [f32]) {
     let lt = &state.lifetime;
     let days = |d: f64| (d.max(0.0) as f32).ln_1p() / norm.days_log_scale;
-    let to_days = |ms: i64| ms.max(0) as f64 / 86_400_000.0;
+    let to_days = |ms: i64| ms.max(0) as f64 / crate::state::DAY_MS as f64;
     if lt.purchases == 0 {
         out[..LIFETIME_DIM].fill(-1.0);
         out[0] = 0.0;

@@ -385,43 +385,50 @@ pub fn intern(names: &mut BTreeMap<String, Arc<str>>, topic: &str) -> Arc<str> {
 /// `[kafka.consumer_properties]` win). The pipeline and the benchmarks use
 /// the same ones, so the benchmarks measure what runs.
 pub fn consumer_defaults(c: &mut ClientConfig) {
-    for (key, value) in [
-        // librdkafka's statistics every second: the lag gauge and the
-        // event-time merge's "read to its end" come from them.
-        ("statistics.interval.ms", "1000"),
-        // When the local queue is over queued.min.messages /
-        // queued.max.messages.kbytes, librdkafka waits this long before it
-        // fetches again: 1000 ms by default, a one-second stall of the whole
-        // pipeline each time the application drains more slowly than the
-        // fetcher fills (ingest measured at 0.24x raw with the default).
-        ("fetch.queue.backoff.ms", "10"),
-        // Prefetch up to 64 MiB per partition set instead of a message
-        // count: a steady supply for decoding without unbounded memory.
-        ("queued.max.messages.kbytes", "65536"),
-        // A fetch request returns as soon as 1 byte is there (live latency)
-        // but waits at most 100 ms when there is nothing (idle topics).
-        ("fetch.wait.max.ms", "100"),
-    ] {
-        if c.get(key).is_none() {
-            c.set(key, value);
-        }
-    }
+    set_unset(
+        c,
+        &[
+            // librdkafka's statistics every second: the lag gauge and the
+            // event-time merge's "read to its end" come from them.
+            ("statistics.interval.ms", "1000"),
+            // When the local queue is over queued.min.messages /
+            // queued.max.messages.kbytes, librdkafka waits this long before it
+            // fetches again: 1000 ms by default, a one-second stall of the whole
+            // pipeline each time the application drains more slowly than the
+            // fetcher fills (ingest measured at 0.24x raw with the default).
+            ("fetch.queue.backoff.ms", "10"),
+            // Prefetch up to 64 MiB per partition set instead of a message
+            // count: a steady supply for decoding without unbounded memory.
+            ("queued.max.messages.kbytes", "65536"),
+            // A fetch request returns as soon as 1 byte is there (live latency)
+            // but waits at most 100 ms when there is nothing (idle topics).
+            ("fetch.wait.max.ms", "100"),
+        ],
+    );
 }
 
 /// Producer settings for the transactional producer, each set only where
 /// the configuration leaves it unset.
 pub fn producer_defaults(c: &mut ClientConfig) {
-    for (key, value) in [
-        // A commit cycle's records go out in few large batches; the commit
-        // flushes anyway, so a short linger costs no latency at the end.
-        ("linger.ms", "5"),
-        ("batch.num.messages", "10000"),
-        // Room for a whole cycle's outputs, changelog and dead letters
-        // without QueueFull back-off in the middle of a cycle.
-        ("queue.buffering.max.messages", "1000000"),
-    ] {
+    set_unset(
+        c,
+        &[
+            // A commit cycle's records go out in few large batches; the commit
+            // flushes anyway, so a short linger costs no latency at the end.
+            ("linger.ms", "5"),
+            ("batch.num.messages", "10000"),
+            // Room for a whole cycle's outputs, changelog and dead letters
+            // without QueueFull back-off in the middle of a cycle.
+            ("queue.buffering.max.messages", "1000000"),
+        ],
+    );
+}
+
+/// Sets each property the configuration leaves unset.
+fn set_unset(c: &mut ClientConfig, defaults: &[(&str, &str)]) {
+    for (key, value) in defaults {
         if c.get(key).is_none() {
-            c.set(key, value);
+            c.set(*key, *value);
         }
     }
 }

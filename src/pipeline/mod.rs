@@ -241,11 +241,16 @@ pub struct Pipeline {
 
 /// A consumed record in the aligner.
 struct Held {
-    routed: Routed,
-    /// The original record of an event, for a `late` dead letter.
-    source: Option<OwnedSource>,
+    item: HeldItem,
     offset: i64,
     timestamp_ms: i64,
+}
+
+enum HeldItem {
+    /// A valid event, with its original record for a `late` dead letter.
+    Event(Box<ingest::SourcedEvent>, OwnedSource),
+    /// A record refused at decoding.
+    Refused(DeadLetter),
 }
 
 /// An owned copy of a consumed record.
@@ -951,9 +956,12 @@ impl Pipeline {
             ingest::now_ms(),
             self.max_dead_letter_bytes,
         );
-        let (time_ms, source) = match &routed {
-            Routed::Event(e) => (Some(e.event.event_time_ms), Some(OwnedSource::of(&record))),
-            Routed::DeadLetter(_) => (None, None),
+        let (time_ms, item) = match routed {
+            Routed::Event(e) => (
+                Some(e.event.event_time_ms),
+                HeldItem::Event(Box::new(e), OwnedSource::of(&record)),
+            ),
+            Routed::DeadLetter(d) => (None, HeldItem::Refused(d)),
         };
         self.tally.consumed(&topic);
         self.fetched.insert((topic.clone(), partition), offset + 1);
@@ -962,8 +970,7 @@ impl Pipeline {
             partition,
             time_ms,
             Held {
-                routed,
-                source,
+                item,
                 offset,
                 timestamp_ms: msg.timestamp().to_millis().unwrap_or(-1),
             },
@@ -1065,13 +1072,12 @@ impl Pipeline {
     /// its offset into the open cycle.
     fn apply(&mut self, topic: Arc<str>, partition: i32, held: Held) -> Result<(), PipelineError> {
         let Held {
-            routed,
-            source,
+            item,
             offset,
             timestamp_ms,
         } = held;
-        let late_letter = match routed {
-            Routed::Event(e) => {
+        let late_letter = match item {
+            HeldItem::Event(e, source) => {
                 let Some(store) = self.stores.get_mut(&partition) else {
                     return Err(PipelineError::Task(format!(
                         "no state for partition {partition} after restore"
@@ -1092,13 +1098,6 @@ impl Pipeline {
                         None
                     }
                     RecordOutcome::Late { watermark_ms } => {
-                        let empty = OwnedSource {
-                            key: None,
-                            value: None,
-                            headers: Vec::new(),
-                            timestamp_ms: None,
-                        };
-                        let source = source.unwrap_or(empty);
                         Some(DeadLetter::new(
                             &source.record(&topic, partition, offset),
                             Rejection::new(
@@ -1114,7 +1113,7 @@ impl Pipeline {
                     }
                 }
             }
-            Routed::DeadLetter(d) => Some(d),
+            HeldItem::Refused(d) => Some(d),
         };
         if let Some(d) = late_letter {
             self.tally.refused(d.reason, d.truncated);

@@ -28,8 +28,9 @@ pub enum Verdict {
     Log,
     /// The first connection failure: one WARN, an outage begins.
     OutageStarted,
-    /// A connection failure during an outage, time for a reminder.
-    Reminder,
+    /// A connection failure during an outage, time for a reminder; with
+    /// the lines suppressed since the last one.
+    Reminder(u64),
     /// A connection failure during an outage: counted, not logged.
     Suppressed,
 }
@@ -63,18 +64,13 @@ impl Outage {
                     .is_none_or(|t| now.duration_since(t) >= REMINDER_EVERY);
                 if due {
                     self.last_reminder = Some(now);
-                    Verdict::Reminder
+                    Verdict::Reminder(std::mem::take(&mut self.suppressed))
                 } else {
                     self.suppressed += 1;
                     Verdict::Suppressed
                 }
             }
         }
-    }
-
-    /// Lines suppressed since the last reminder (and resets the count).
-    pub fn take_suppressed(&mut self) -> u64 {
-        std::mem::take(&mut self.suppressed)
     }
 
     /// The brokers are reachable: ends an outage, returning its length and
@@ -127,11 +123,7 @@ fn connection_line(code: Option<RDKafkaErrorCode>, text: &str) -> bool {
             );
             true
         }
-        Verdict::Reminder => {
-            let suppressed = outage()
-                .lock()
-                .map(|mut o| o.take_suppressed())
-                .unwrap_or(0);
+        Verdict::Reminder(suppressed) => {
             warn!(
                 suppressed,
                 detail = text,
@@ -231,8 +223,7 @@ mod tests {
             );
         }
         assert_eq!(o.line(false, t0), Verdict::Log, "real errors stay errors");
-        assert_eq!(o.line(true, t0 + REMINDER_EVERY), Verdict::Reminder);
-        assert_eq!(o.take_suppressed(), 99);
+        assert_eq!(o.line(true, t0 + REMINDER_EVERY), Verdict::Reminder(99));
         assert_eq!(
             o.line(true, t0 + REMINDER_EVERY + Duration::from_secs(1)),
             Verdict::Suppressed

@@ -378,7 +378,7 @@ fn train_in_pool(
     );
     let m_logistic = metrics::evaluate(&logistic.predict(&val_set), &val_set.labels, segments);
     // BG/NBD: purchase propensity only (it knows no segments).
-    let horizon_days = rules.horizon_ms as f64 / 86_400_000.0;
+    let horizon_days = rules.horizon_ms as f64 / crate::state::DAY_MS as f64;
     let bgnbd = btyd::Baseline::fit(&spec, &train_set, horizon_days);
     if let Some(m) = bgnbd.model {
         tracing::info!(
