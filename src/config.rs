@@ -693,6 +693,24 @@ pub struct PipelineConfig {
     /// cycle commits again. A few transaction timeouts.
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
+    /// Stream threads in this instance; 0: one per available core. Each
+    /// thread is its own consumer-group member with its own transactional
+    /// producer (`<transactional_id>-<n>` when there is more than one), so
+    /// partitions, state and transactions stay thread-local; the scorer's
+    /// inference threads are shared.
+    pub threads: usize,
+}
+
+impl PipelineConfig {
+    /// The number of stream threads to run: `threads`, or the available
+    /// cores when it is 0.
+    pub fn stream_threads(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        }
+    }
 }
 
 impl Default for PipelineConfig {
@@ -704,6 +722,7 @@ impl Default for PipelineConfig {
             http_listen: "127.0.0.1:9464".into(),
             call_deadline: Duration::from_secs(45),
             stall_timeout: Duration::from_secs(60),
+            threads: 0,
         }
     }
 }
@@ -1074,6 +1093,7 @@ impl Config {
         {
             p.add("pipeline.call_deadline", "must be between 3s and 10m");
         }
+        range(p, "pipeline.threads", pc.threads, 0, 256);
         if pc.stall_timeout < pc.transaction_timeout || pc.stall_timeout > Duration::from_secs(3600)
         {
             p.add(

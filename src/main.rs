@@ -125,8 +125,9 @@ enum BenchCommand {
         /// Events to generate into fresh input topics.
         #[arg(long, default_value_t = 300_000)]
         events: usize,
-        /// Partitions per input topic.
-        #[arg(long, default_value_t = 3)]
+        /// Partitions per input topic (a multiple of `pipeline.threads`
+        /// shares them evenly in the threaded pass).
+        #[arg(long, default_value_t = 6)]
         partitions: i32,
         /// Rounds of (raw read, ingest pass); the best of each counts.
         #[arg(long, default_value_t = 2)]
@@ -445,7 +446,7 @@ async fn bench_all(config: &Config, a: BenchAllArgs) -> anyhow::Result<()> {
     };
     if run("ingest") {
         info!(events = ingest_events, "Running the ingest benchmark.");
-        suite.ingest = Outcome::from_result(bench::ingest(config, ingest_events, 3, 2).await);
+        suite.ingest = Outcome::from_result(bench::ingest(config, ingest_events, 6, 2).await);
     }
     if run("state") {
         for (i, &customers) in state_customers.iter().enumerate() {

@@ -34,6 +34,10 @@ fn suite() -> Suite {
             raw_events_per_second: 200_000.0,
             pipeline_events_per_second: 150_000.0,
             ratio: 0.75,
+            threads: 2,
+            threaded_events_per_second: 270_000.0,
+            threaded_ratio: 1.35,
+            scaling: 1.8,
             raw_megabytes_per_second: 16.2,
             applied: 2990,
             duplicates: 4,
@@ -115,6 +119,10 @@ fn the_suite_report_has_the_machine_and_every_section() {
     // Each section is the benchmark's own table with its figures and ratio.
     assert!(md.contains("| ingest / raw | 0.750 |"), "{md}");
     assert!(
+        md.contains("| 2 threads / one thread (scaling) | 1.80x |"),
+        "{md}"
+    );
+    assert!(
         md.contains("| bytes per event (key + protobuf value) | 81 B |"),
         "{md}"
     );
@@ -179,7 +187,7 @@ fn bench_all_writes_markdown_and_json_with_the_ingest_figures() {
         assert!(md.contains(heading), "missing {heading:?} in\n{md}");
     }
     assert!(
-        md.contains("| ingest (3000 events, 3 partitions × 3 topics"),
+        md.contains("| ingest (3000 events, 6 partitions × 3 topics"),
         "{md}"
     );
     assert_eq!(md.matches("Not run (skipped).").count(), 4, "{md}");
@@ -203,6 +211,10 @@ fn bench_all_writes_markdown_and_json_with_the_ingest_figures() {
     assert!(ingest["bytes_per_event"].as_f64().unwrap() > 20.0);
     assert!(ingest["raw_events_per_second"].as_f64().unwrap() > 0.0);
     assert!(ingest["pipeline_events_per_second"].as_f64().unwrap() > 0.0);
+    // The threaded pass ran too (with its share of partitions per thread).
+    assert!(ingest["threads"].as_u64().unwrap() >= 1);
+    assert!(ingest["threaded_events_per_second"].as_f64().unwrap() > 0.0);
+    assert!(md.contains("threads / one thread (scaling)"), "{md}");
     assert_eq!(json["train"], "skipped");
 }
 

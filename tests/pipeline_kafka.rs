@@ -37,6 +37,11 @@ async fn crashes_lose_nothing_and_duplicate_nothing() {
     let stream = producing.await.unwrap();
     let mut children = vec![start(&s.config, &log)];
     wait_consumed(&s, &mut children, &log).await;
+    // Two stream threads, each with its own transactional producer.
+    let text = std::fs::read_to_string(&log).unwrap();
+    for id in ["-instance-0", "-instance-1"] {
+        assert!(text.contains(id), "no producer {id}:\n{}", tail(&log));
+    }
     // Graceful stop (SIGTERM) commits the open cycle.
     let child = &mut children[0];
     sigterm(child);

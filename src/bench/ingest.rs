@@ -17,7 +17,7 @@ use rdkafka::message::Message;
 use rdkafka::ClientConfig;
 use serde::Serialize;
 
-use super::{raw_read_all, read_to_end, BenchResult};
+use super::{raw_read_all, read_span, BenchResult, Span};
 use crate::config::Config;
 use crate::event::encode::WireFormat;
 use crate::generate::kafka::{produce, ProduceOptions};
@@ -47,6 +47,15 @@ pub struct IngestBench {
     pub pipeline_events_per_second: f64,
     /// pipeline / raw.
     pub ratio: f64,
+    /// Stream threads of the threaded pass (`pipeline.threads`).
+    pub threads: usize,
+    /// The same ingest stage on `threads` threads, each reading its share of
+    /// the partitions with its own consumer and stores, as stream threads do.
+    pub threaded_events_per_second: f64,
+    /// threaded / raw.
+    pub threaded_ratio: f64,
+    /// threaded / one thread.
+    pub scaling: f64,
     /// Raw read throughput in MB/s (10^6 bytes).
     pub raw_megabytes_per_second: f64,
     /// Events applied to a customer's state (last pipeline round).
@@ -157,7 +166,8 @@ async fn ingest_on(
     let decoder = Arc::new(cfg.decoder());
     let max_dead_letter_bytes = cfg.dead_letter.max_value_bytes;
 
-    let (mut raw_best, mut pipe_best) = (0f64, 0f64);
+    let threads = cfg.pipeline.stream_threads();
+    let (mut raw_best, mut pipe_best, mut threaded_best) = (0f64, 0f64, 0f64);
     let mut last = PassCounts::default();
     for _ in 0..rounds.max(1) {
         let (c, t) = (client.clone(), inputs.to_vec());
@@ -165,14 +175,24 @@ async fn ingest_on(
             tokio::task::spawn_blocking(move || raw_read_all(&c, &t, partitions)).await??;
         raw_best = raw_best.max(n as f64 / took.as_secs_f64().max(1e-9));
 
-        let (c, t, d) = (client.clone(), inputs.to_vec(), decoder.clone());
-        let (counts, took) = tokio::task::spawn_blocking(move || {
-            ingest_pass(&c, &t, partitions, &d, limits, max_dead_letter_bytes)
-        })
-        .await??;
-        let secs = took.as_secs_f64().max(1e-9);
-        pipe_best = pipe_best.max(counts.records as f64 / secs);
-        last = counts;
+        for n in [1, threads] {
+            if n == 1 && threads == 1 && pipe_best > 0.0 {
+                continue;
+            }
+            let (c, t, d) = (client.clone(), inputs.to_vec(), decoder.clone());
+            let (counts, took) = tokio::task::spawn_blocking(move || {
+                ingest_pass(&c, &t, partitions, n, &d, limits, max_dead_letter_bytes)
+            })
+            .await??;
+            let rate = counts.records as f64 / took.as_secs_f64().max(1e-9);
+            if n == 1 {
+                pipe_best = pipe_best.max(rate);
+            }
+            if n == threads {
+                threaded_best = threaded_best.max(rate);
+            }
+            last = counts;
+        }
     }
     let bytes_per_event = last.bytes as f64 / last.records.max(1) as f64;
     Ok(IngestBench {
@@ -183,6 +203,10 @@ async fn ingest_on(
         raw_events_per_second: raw_best,
         pipeline_events_per_second: pipe_best,
         ratio: pipe_best / raw_best.max(1e-9),
+        threads,
+        threaded_events_per_second: threaded_best,
+        threaded_ratio: threaded_best / raw_best.max(1e-9),
+        scaling: threaded_best / pipe_best.max(1e-9),
         raw_megabytes_per_second: raw_best * bytes_per_event / 1e6,
         applied: last.applied,
         duplicates: last.duplicates,
@@ -194,19 +218,82 @@ async fn ingest_on(
 
 /// Reads every partition to its end as [`raw_read_all`] does, and puts each
 /// record through the pipeline's ingest stage: [`ingest::route`] with the
-/// configured decoder, then the partition's [`PartitionStore`].
+/// configured decoder, then the partition's [`PartitionStore`]. With
+/// `threads` > 1 the partitions are dealt out to that many threads, each
+/// with its own consumer and stores (as the stream threads of `segstream
+/// run` own theirs); the time runs from the first record any thread saw to
+/// the last thread's end.
 fn ingest_pass(
     client: &ClientConfig,
     topics: &[String],
     partitions: i32,
+    threads: usize,
     decoder: &crate::event::Decoder,
     limits: StoreLimits,
     max_dead_letter_bytes: usize,
 ) -> Result<(PassCounts, Duration), KafkaError> {
+    let threads = threads.clamp(1, partitions.max(1) as usize);
+    let shares: Vec<Vec<i32>> = (0..threads)
+        .map(|t| {
+            (0..partitions)
+                .filter(|p| *p as usize % threads == t)
+                .collect()
+        })
+        .collect();
+    let results: Vec<Result<(PassCounts, Span), KafkaError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .iter()
+            .map(|share| {
+                scope.spawn(move || {
+                    ingest_share(
+                        client,
+                        topics,
+                        share,
+                        decoder,
+                        limits,
+                        max_dead_letter_bytes,
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(KafkaError::Subscription("an ingest thread panicked".into()))
+                })
+            })
+            .collect()
+    });
+    let mut total = PassCounts::default();
+    let mut spans = Vec::with_capacity(threads);
+    for r in results {
+        let (c, span) = r?;
+        total.records += c.records;
+        total.bytes += c.bytes;
+        total.applied += c.applied;
+        total.duplicates += c.duplicates;
+        total.late += c.late;
+        total.refused += c.refused;
+        total.customers += c.customers;
+        spans.push(span);
+    }
+    Ok((total, Span::union(&spans)))
+}
+
+/// One thread's share of an [`ingest_pass`].
+fn ingest_share(
+    client: &ClientConfig,
+    topics: &[String],
+    partitions: &[i32],
+    decoder: &crate::event::Decoder,
+    limits: StoreLimits,
+    max_dead_letter_bytes: usize,
+) -> Result<(PassCounts, Span), KafkaError> {
     let mut names: BTreeMap<String, Arc<str>> = BTreeMap::new();
     let mut stores: HashMap<i32, PartitionStore> = HashMap::new();
     let mut counts = PassCounts::default();
-    let took = read_to_end(
+    let span = read_span(
         client,
         "segstream-bench-ingest",
         topics,
@@ -239,7 +326,7 @@ fn ingest_pass(
         },
     )?;
     counts.customers = stores.values().map(PartitionStore::len).sum();
-    Ok((counts, took))
+    Ok((counts, span))
 }
 
 /// The ingest results as a Markdown table.
@@ -257,6 +344,14 @@ pub fn ingest_markdown(b: &IngestBench) -> String {
         b.pipeline_events_per_second
     ));
     s.push_str(&format!("| ingest / raw | {:.3} |\n", b.ratio));
+    s.push_str(&format!(
+        "| same on {} threads (pipeline.threads), each with its share of the partitions | {:.0} events/s |\n",
+        b.threads, b.threaded_events_per_second
+    ));
+    s.push_str(&format!(
+        "| {} threads / raw | {:.3} |\n| {} threads / one thread (scaling) | {:.2}x |\n",
+        b.threads, b.threaded_ratio, b.threads, b.scaling
+    ));
     s.push_str(&format!(
         "| bytes per event (key + protobuf value) | {:.0} B |\n",
         b.bytes_per_event

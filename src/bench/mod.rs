@@ -694,7 +694,7 @@ fn read_to_end_consumer(
     client: &ClientConfig,
     group: &str,
     topics: &[String],
-    partitions: i32,
+    partitions: &[i32],
 ) -> Result<BaseConsumer<ReadToEnd>, KafkaError> {
     let mut c = client.clone();
     // The pipeline's own consumer settings, for the baseline too.
@@ -706,8 +706,8 @@ fn read_to_end_consumer(
     let consumer: BaseConsumer<ReadToEnd> = c.create_with_context(ReadToEnd)?;
     let mut tpl = TopicPartitionList::new();
     for t in topics {
-        for p in 0..partitions {
-            tpl.add_partition_offset(t, p, Offset::Beginning)?;
+        for p in partitions {
+            tpl.add_partition_offset(t, *p, Offset::Beginning)?;
         }
     }
     consumer.assign(&tpl)?;
@@ -723,12 +723,49 @@ fn read_to_end(
     group: &str,
     topics: &[String],
     partitions: i32,
-    mut on_record: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+    on_record: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
 ) -> Result<Duration, KafkaError> {
+    let all: Vec<i32> = (0..partitions).collect();
+    let span = read_span(client, group, topics, &all, on_record)?;
+    Ok(span.took())
+}
+
+/// When a read saw its first record and when it reached the end.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    first: Option<Instant>,
+    end: Instant,
+}
+
+impl Span {
+    fn took(&self) -> Duration {
+        self.first.map(|f| self.end - f).unwrap_or_default()
+    }
+
+    /// From the earliest first record to the latest end of several reads
+    /// that ran at the same time.
+    fn union(spans: &[Span]) -> Duration {
+        let first = spans.iter().filter_map(|s| s.first).min();
+        let end = spans.iter().map(|s| s.end).max();
+        match (first, end) {
+            (Some(f), Some(e)) => e - f,
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// [`read_to_end`] of the listed partitions of `topics`.
+fn read_span(
+    client: &ClientConfig,
+    group: &str,
+    topics: &[String],
+    partitions: &[i32],
+    mut on_record: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<Span, KafkaError> {
     let consumer = read_to_end_consumer(client, group, topics, partitions)?;
     let mut started: Option<Instant> = None;
     let mut eof = 0usize;
-    let want = topics.len() * partitions as usize;
+    let want = topics.len() * partitions.len();
     while eof < want {
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
@@ -740,7 +777,10 @@ fn read_to_end(
             }
         }
     }
-    Ok(started.map(|s| s.elapsed()).unwrap_or_default())
+    Ok(Span {
+        first: started,
+        end: Instant::now(),
+    })
 }
 
 /// Reads every partition of `topics` to its end with a bare consumer,

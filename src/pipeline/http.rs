@@ -16,9 +16,9 @@ use crate::telemetry::Metrics;
 /// # Readiness
 ///
 /// Ready (`/readyz` 200, `segstream_ready` 1) means: a model is loaded, the
-/// consumer group gave this instance its assignment (possibly empty, when
-/// the group has more members than partitions) and every assigned partition's
-/// state is restored from the changelog. Not ready while waiting for the
+/// consumer group gave every stream thread of this instance its assignment
+/// (possibly empty, when the group has more members than partitions) and
+/// every assigned partition's state is restored from the changelog. Not ready while waiting for the
 /// first assignment, between a revocation and the next assignment (a
 /// rebalance), while any partition restores or state is rebuilt after an
 /// aborted transaction, while stopping, or after a fatal stall.
@@ -32,8 +32,11 @@ use crate::telemetry::Metrics;
 pub struct Health {
     /// A model is loaded.
     pub model_loaded: AtomicBool,
-    /// The current assignment is received and every partition of it restored.
-    pub assigned: AtomicBool,
+    /// Stream threads whose current assignment is received and every
+    /// partition of it restored.
+    pub assigned: AtomicUsize,
+    /// Stream threads in the instance.
+    pub threads: AtomicUsize,
     /// Partitions being restored right now.
     pub restoring: AtomicUsize,
     /// The instance is stopping.
@@ -48,7 +51,8 @@ impl Health {
     /// See [the type's docs](Health).
     pub fn ready(&self) -> bool {
         self.model_loaded.load(Ordering::Relaxed)
-            && self.assigned.load(Ordering::Relaxed)
+            && self.threads.load(Ordering::Relaxed) > 0
+            && self.assigned.load(Ordering::Relaxed) >= self.threads.load(Ordering::Relaxed)
             && self.restoring.load(Ordering::Relaxed) == 0
             && !self.stopping.load(Ordering::Relaxed)
             && self.healthy()

@@ -38,7 +38,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 pub use http::Health;
@@ -50,7 +50,7 @@ use crate::event::proto::Trigger;
 use crate::event::{Decoder, Reason, Rejection};
 use crate::ingest::align::{Aligner, Backlog};
 use crate::ingest::{self, DeadLetter, Routed};
-use crate::score::{LoadedModel, ModelWatcher, PollOutcome, RescoreSweep, Scorer};
+use crate::score::{ModelWatcher, PollOutcome, RescoreSweep, Scorer};
 use crate::state::changelog::{self, drain_dirty};
 use crate::state::{CustomerState, PartitionStore, RecordOutcome};
 use crate::telemetry::kafka_log::{self, QuietContext};
@@ -237,6 +237,10 @@ pub struct Pipeline {
     paused: BTreeSet<(Arc<str>, i32)>,
     /// Scratch for released records (reused, no allocation per record).
     released: Vec<(Arc<str>, Held)>,
+    /// Which stream thread this is.
+    thread: StreamThread,
+    /// Whether this thread counts in [`Health::assigned`].
+    has_assignment: bool,
 }
 
 /// A consumed record in the aligner.
@@ -327,11 +331,14 @@ pub async fn run(
     info!(version = %model.version, provider = model.provider.as_str(), "Serving model.");
     let scorer = Arc::new(Scorer::start(&cfg.score, model, metrics.clone()));
     health.model_loaded.store(true, Ordering::Relaxed);
-    let (model_tx, mut model_rx) = mpsc::channel::<LoadedModel>(1);
+    // The watcher swaps a new model into the shared scorer once, then tells
+    // every stream thread its version so each rescores its own customers.
+    let (model_tx, model_rx) = watch::channel::<Arc<str>>(Arc::from(""));
     let stop_watch = Arc::new(AtomicBool::new(false));
     let watch_thread = {
         let stop = stop_watch.clone();
         let interval = cfg.score.poll_interval;
+        let scorer = scorer.clone();
         std::thread::Builder::new()
             .name("segstream-model-watch".into())
             .spawn(move || {
@@ -341,24 +348,129 @@ pub async fn run(
                         std::thread::sleep(Duration::from_millis(50));
                     }
                     if let PollOutcome::Loaded(m) = watcher.poll() {
-                        if model_tx.blocking_send(*m).is_err() {
+                        let version: Arc<str> = m.version.clone();
+                        scorer.swap(*m);
+                        if model_tx.send(version).is_err() {
                             return;
                         }
                     }
                 }
             })
-            .map_err(|e| PipelineError::Io(format!("starting the model watcher: {e}")))?
+            .map_err(|e| PipelineError::Task(format!("starting the model watcher: {e}")))?
     };
 
     let watchdog = Watchdog::start(&cfg.pipeline, health.clone(), metrics.clone())?;
-    let mut p = Pipeline::build(
-        cfg,
-        scorer.clone(),
-        metrics,
-        health.clone(),
-        watchdog.clone(),
-    )?;
-    p.check_topics().await?;
+    let threads = cfg.pipeline.stream_threads();
+    health.threads.store(threads, Ordering::Relaxed);
+    let gauges = Arc::new(ThreadGauges::new(threads));
+    let mut pipelines = Vec::with_capacity(threads);
+    for thread in 0..threads {
+        pipelines.push(Pipeline::build(
+            cfg.clone(),
+            StreamThread {
+                index: thread,
+                of: threads,
+                gauges: gauges.clone(),
+            },
+            scorer.clone(),
+            metrics.clone(),
+            health.clone(),
+            watchdog.lane(thread),
+        )?);
+    }
+    if let Some(first) = pipelines.first() {
+        first.check_topics().await?;
+    }
+    info!(
+        topics = ?cfg.input.topics,
+        group = %cfg.kafka.group_id,
+        output = %cfg.output.topic,
+        threads,
+        "Running."
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in pipelines {
+        tasks.spawn(stream_thread(p, stop_rx.clone(), model_rx.clone()));
+    }
+    // Until shutdown or the first stream thread that ends (on an error: the
+    // instance stops, as a single-threaded one would, and is restarted).
+    let mut result = Ok(());
+    tokio::select! {
+        _ = &mut shutdown => {
+            info!("Shutdown requested; committing the open cycles.");
+        }
+        Some(ended) = tasks.join_next() => {
+            result = joined(ended);
+        }
+    }
+    health.stopping.store(true, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    while let Some(ended) = tasks.join_next().await {
+        let r = joined(ended);
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    stop_watch.store(true, Ordering::Relaxed);
+    let _ = watch_thread.join();
+    watchdog.stop();
+    if let Ok(scorer) = Arc::try_unwrap(scorer) {
+        scorer.shutdown();
+    }
+    result
+}
+
+fn joined(
+    ended: Result<Result<(), PipelineError>, tokio::task::JoinError>,
+) -> Result<(), PipelineError> {
+    ended.map_err(|e| PipelineError::Task(format!("a stream thread: {e}")))?
+}
+
+/// Which stream thread a [`Pipeline`] is, and the gauges the threads share.
+struct StreamThread {
+    index: usize,
+    of: usize,
+    gauges: Arc<ThreadGauges>,
+}
+
+/// Per-thread values of the instance-wide gauges (assigned partitions,
+/// customers and bytes in state); each gauge shows the sum.
+struct ThreadGauges {
+    slots: Vec<[std::sync::atomic::AtomicI64; 3]>,
+}
+
+impl ThreadGauges {
+    const ASSIGNED: usize = 0;
+    const CUSTOMERS: usize = 1;
+    const BYTES: usize = 2;
+
+    fn new(threads: usize) -> ThreadGauges {
+        ThreadGauges {
+            slots: (0..threads).map(|_| Default::default()).collect(),
+        }
+    }
+
+    /// Sets this thread's value of gauge `which`; returns the sum over threads.
+    fn set(&self, thread: usize, which: usize, value: i64) -> i64 {
+        if let Some(slot) = self.slots.get(thread) {
+            slot[which].store(value, Ordering::Relaxed);
+        }
+        self.slots
+            .iter()
+            .map(|s| s[which].load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// One stream thread: its own consumer-group member and transactional
+/// producer, running cycles until `stop` or an error.
+async fn stream_thread(
+    mut p: Pipeline,
+    mut stop: watch::Receiver<bool>,
+    mut models: watch::Receiver<Arc<str>>,
+) -> Result<(), PipelineError> {
+    let watchdog = p.watchdog.clone();
     let producer = p.producer.clone();
     watchdog
         .call("init_transactions", move |t| producer.init_transactions(t))
@@ -368,12 +480,6 @@ pub async fn run(
     p.consumer
         .subscribe(&topics)
         .map_err(kafka("subscribing to the input topics"))?;
-    info!(
-        topics = ?p.cfg.input.topics,
-        group = %p.cfg.kafka.group_id,
-        output = %p.cfg.output.topic,
-        "Running."
-    );
     let consumer = p.consumer.clone();
     let mut tick = tokio::time::interval(p.cfg.pipeline.commit_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -384,13 +490,12 @@ pub async fn run(
             _ = gauges.tick() => {
                 p.update_gauges();
             }
-            _ = &mut shutdown => {
-                info!("Shutdown requested; committing the open cycle.");
-                health.stopping.store(true, Ordering::Relaxed);
+            _ = stop.changed() => {
                 break p.end_cycle().await;
             }
-            Some(model) = model_rx.recv() => {
-                p.on_new_model(model);
+            Ok(()) = models.changed() => {
+                let version = models.borrow_and_update().clone();
+                p.on_new_model(&version);
             }
             _ = tick.tick() => {
                 if let Err(e) = p.end_cycle().await {
@@ -404,10 +509,8 @@ pub async fn run(
             }
         }
     };
-    stop_watch.store(true, Ordering::Relaxed);
-    let _ = watch_thread.join();
     if let Err(e) = &result {
-        error!(error = %e, "The run loop stopped on an error.");
+        error!(thread = p.thread.index, error = %e, "A stream thread stopped on an error.");
         if p.cycle.open {
             let producer = p.producer.clone();
             match watchdog
@@ -422,6 +525,7 @@ pub async fn run(
             }
         }
     }
+    p.set_assigned(false);
     // Closing the clients talks to the broker (leaving the group, flushing):
     // under the deadline too.
     drop(consumer);
@@ -431,16 +535,13 @@ pub async fn run(
     {
         warn!(error = %e, "Closing the Kafka clients failed.");
     }
-    watchdog.stop();
-    if let Ok(scorer) = Arc::try_unwrap(scorer) {
-        scorer.shutdown();
-    }
     result
 }
 
 impl Pipeline {
     fn build(
         cfg: Config,
+        thread: StreamThread,
         scorer: Arc<Scorer>,
         metrics: Metrics,
         health: Arc<Health>,
@@ -474,6 +575,14 @@ impl Pipeline {
         } else {
             cfg.pipeline.transactional_id.clone()
         };
+        // One producer per stream thread; each id stays stable across
+        // restarts with the same thread count, so a restart fences its
+        // predecessor's thread at once.
+        let transactional_id = if thread.of > 1 {
+            format!("{transactional_id}-{}", thread.index)
+        } else {
+            transactional_id
+        };
         let mut pc = cfg.kafka.producer_config()?;
         let max = (cfg.dead_letter.max_value_bytes + 256 * 1024).max(1_000_000);
         ingest::producer_defaults(&mut pc);
@@ -489,7 +598,7 @@ impl Pipeline {
             .create_with_context(QuietContext)
             .map_err(kafka("creating the producer"))?;
         let producer_config = pc;
-        info!(transactional_id = %transactional_id, "Transactional producer ready.");
+        info!(thread = thread.index, transactional_id = %transactional_id, "Transactional producer ready.");
         let mut topic_names = BTreeMap::new();
         let cfg_topics: Vec<Arc<str>> = cfg
             .input
@@ -523,7 +632,22 @@ impl Pipeline {
             fetched: BTreeMap::new(),
             paused: BTreeSet::new(),
             released: Vec::new(),
+            thread,
+            has_assignment: false,
         })
+    }
+
+    /// Records whether this thread holds its current assignment, restored
+    /// (the instance is ready when every thread does).
+    fn set_assigned(&mut self, assigned: bool) {
+        if assigned != self.has_assignment {
+            self.has_assignment = assigned;
+            if assigned {
+                self.health.assigned.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.health.assigned.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Input topics, changelog and dead-letter topics exist, and the input
@@ -656,7 +780,7 @@ impl Pipeline {
             match n {
                 RebalanceNotice::Revoked(list) => {
                     // Rebalancing: not ready until the next assignment is restored.
-                    self.health.assigned.store(false, Ordering::Relaxed);
+                    self.set_assigned(false);
                     // The generation changed: the open transaction can no
                     // longer commit its offsets. Abort; the new owner redoes it.
                     if let Err(e) = self.abort_cycle("partitions were revoked").await {
@@ -692,7 +816,7 @@ impl Pipeline {
                         .collect();
                     let restore_started = Instant::now();
                     self.restore(new.into_iter().collect()).await?;
-                    self.health.assigned.store(true, Ordering::Relaxed);
+                    self.set_assigned(true);
                     info!(
                         partitions = ?list,
                         restore_seconds = restore_started.elapsed().as_secs_f64(),
@@ -1125,9 +1249,9 @@ impl Pipeline {
         Ok(())
     }
 
-    fn on_new_model(&mut self, model: LoadedModel) {
-        let version = model.version.clone();
-        self.scorer.swap(model);
+    /// The shared scorer now serves model `version`: rescore this thread's
+    /// customers, paced.
+    fn on_new_model(&mut self, version: &str) {
         let keys: Vec<(i32, String)> = self
             .stores
             .iter()
@@ -1237,16 +1361,18 @@ impl Pipeline {
     fn update_gauges(&mut self) {
         // Counters too, should commits be further apart than a second.
         self.tally.flush();
+        let (thread, shared) = (self.thread.index, &self.thread.gauges);
         if self.gauge_ticks % 10 == 0 {
             let customers: usize = self.stores.values().map(PartitionStore::len).sum();
-            self.metrics.state_customers.set(customers as i64);
+            let all = shared.set(thread, ThreadGauges::CUSTOMERS, customers as i64);
+            self.metrics.state_customers.set(all);
             let bytes: usize = self.stores.values().map(PartitionStore::memory_bytes).sum();
-            self.metrics.state_bytes.set(bytes as i64);
+            let all = shared.set(thread, ThreadGauges::BYTES, bytes as i64);
+            self.metrics.state_bytes.set(all);
         }
         self.gauge_ticks += 1;
-        self.metrics
-            .assigned_partitions
-            .set(self.assigned.len() as i64);
+        let all = shared.set(thread, ThreadGauges::ASSIGNED, self.assigned.len() as i64);
+        self.metrics.assigned_partitions.set(all);
         let mut backlog = (self.cycle.records + self.aligner.len() as u64) as i64;
         if let Ok(ends) = self.consumer.context().ends.lock() {
             for ((topic, partition), next) in &self.committed {

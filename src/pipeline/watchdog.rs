@@ -49,16 +49,18 @@ pub const EXIT_STALLED: i32 = 3;
 /// How often the watchdog thread looks.
 const CHECK_EVERY: Duration = Duration::from_millis(200);
 
-/// Watches blocking client calls and commit progress. Cheap to clone.
+/// Watches blocking client calls and commit progress. Cheap to clone; each
+/// stream thread reports its progress on its own lane ([`Watchdog::lane`]).
 #[derive(Clone)]
 pub struct Watchdog {
     inner: Arc<Inner>,
+    lane: usize,
 }
 
 struct Inner {
     calls: Mutex<BTreeMap<u64, Call>>,
     next_call: AtomicU64,
-    progress: Mutex<Progress>,
+    progress: Mutex<Vec<Progress>>,
     health: Arc<Health>,
     metrics: Metrics,
     call_deadline: Duration,
@@ -78,6 +80,17 @@ struct Progress {
     assigned: usize,
     backlog: i64,
     stalled: bool,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            last_commit: Instant::now(),
+            assigned: 0,
+            backlog: 0,
+            stalled: false,
+        }
+    }
 }
 
 /// The fault-injection hook: the `nth` call named `what` never returns.
@@ -135,12 +148,7 @@ impl Watchdog {
         let inner = Arc::new(Inner {
             calls: Mutex::new(BTreeMap::new()),
             next_call: AtomicU64::new(0),
-            progress: Mutex::new(Progress {
-                last_commit: Instant::now(),
-                assigned: 0,
-                backlog: 0,
-                stalled: false,
-            }),
+            progress: Mutex::new(vec![Progress::new()]),
             health,
             metrics,
             call_deadline: cfg.call_deadline,
@@ -160,7 +168,20 @@ impl Watchdog {
                 inner.check(Instant::now());
             })
             .map_err(|e| PipelineError::Task(format!("starting the watchdog: {e}")))?;
-        Ok(Watchdog { inner })
+        Ok(Watchdog { inner, lane: 0 })
+    }
+
+    /// The same watchdog, reporting progress for stream thread `lane`.
+    pub fn lane(&self, lane: usize) -> Watchdog {
+        if let Ok(mut p) = self.inner.progress.lock() {
+            while p.len() <= lane {
+                p.push(Progress::new());
+            }
+        }
+        Watchdog {
+            inner: self.inner.clone(),
+            lane,
+        }
     }
 
     /// The timeout handed to librdkafka: two thirds of the deadline, so that
@@ -225,17 +246,23 @@ impl Watchdog {
 
     /// A cycle committed, or the run loop found nothing waiting: progress.
     pub fn progressed(&self) {
-        if let Ok(mut p) = self.inner.progress.lock() {
-            p.last_commit = Instant::now();
-        }
+        self.on_lane(|p| p.last_commit = Instant::now());
     }
 
     /// The run loop's view, once a second: assigned partitions and backlog
     /// (input lag plus consumed-but-uncommitted records).
     pub fn observe(&self, assigned: usize, backlog: i64) {
-        if let Ok(mut p) = self.inner.progress.lock() {
+        self.on_lane(|p| {
             p.assigned = assigned;
             p.backlog = backlog;
+        });
+    }
+
+    fn on_lane(&self, f: impl FnOnce(&mut Progress)) {
+        if let Ok(mut lanes) = self.inner.progress.lock() {
+            if let Some(p) = lanes.get_mut(self.lane) {
+                f(p);
+            }
         }
     }
 
@@ -257,25 +284,36 @@ impl Inner {
             self.fatal(what, elapsed, deadline);
         }
         let restoring = self.health.restoring.load(Ordering::Relaxed) > 0;
-        let Ok(mut p) = self.progress.lock() else {
+        let Ok(mut lanes) = self.progress.lock() else {
             return;
         };
-        let since = now.duration_since(p.last_commit);
-        let stalled = p.assigned > 0 && p.backlog > 0 && !restoring && since > self.stall_timeout;
-        if stalled != p.stalled {
-            p.stalled = stalled;
-            self.health.stalled.store(stalled, Ordering::Relaxed);
-            self.metrics.stalled.set(i64::from(stalled));
-            if stalled {
-                error!(
-                    seconds = since.as_secs(),
-                    backlog = p.backlog,
-                    partitions = p.assigned,
-                    "No cycle committed for pipeline.stall_timeout while records wait; \
-                     the instance reports unhealthy until a cycle commits."
-                );
-            } else {
-                info!("A cycle committed again; the instance is healthy.");
+        for (thread, p) in lanes.iter_mut().enumerate() {
+            let since = now.duration_since(p.last_commit);
+            let stalled =
+                p.assigned > 0 && p.backlog > 0 && !restoring && since > self.stall_timeout;
+            if stalled != p.stalled {
+                p.stalled = stalled;
+                if stalled {
+                    error!(
+                        thread,
+                        seconds = since.as_secs(),
+                        backlog = p.backlog,
+                        partitions = p.assigned,
+                        "No cycle committed for pipeline.stall_timeout while records wait; \
+                         the instance reports unhealthy until a cycle commits."
+                    );
+                } else {
+                    info!(thread, "A cycle committed again.");
+                }
+            }
+        }
+        // Unhealthy while any stream thread is stalled.
+        let any = lanes.iter().any(|p| p.stalled);
+        if any != self.health.stalled.load(Ordering::Relaxed) {
+            self.health.stalled.store(any, Ordering::Relaxed);
+            self.metrics.stalled.set(i64::from(any));
+            if !any {
+                info!("Every stream thread commits again; the instance is healthy.");
             }
         }
     }
@@ -335,6 +373,30 @@ mod tests {
         w.inner.check(Instant::now());
         assert!(health.healthy());
         assert_eq!(w.inner.metrics.stalled.get(), 0);
+    }
+
+    #[test]
+    fn one_stalled_stream_thread_is_enough_and_others_cannot_hide_it() {
+        let (w, health) = watchdog(45_000, 1_000);
+        let (a, b) = (w.lane(0), w.lane(1));
+        a.observe(2, 10);
+        b.observe(2, 10);
+        a.progressed();
+        let t = Instant::now() + Duration::from_secs(2);
+        // Only lane 0 makes progress from here on.
+        w.inner.check(t);
+        assert!(!health.healthy(), "both lanes are past stall_timeout");
+        if let Ok(mut p) = w.inner.progress.lock() {
+            p[0].last_commit = t;
+        }
+        w.inner.check(t);
+        assert!(!health.healthy(), "lane 1 still stalls");
+        b.progressed();
+        if let Ok(mut p) = w.inner.progress.lock() {
+            p[1].last_commit = t;
+        }
+        w.inner.check(t);
+        assert!(health.healthy());
     }
 
     #[test]

@@ -107,6 +107,9 @@ poll_interval = "1s"
 [pipeline]
 transactional_id = "{group}-instance"
 http_listen = ""
+# More than one stream thread per instance: the exactly-once proofs hold
+# with threads as group members of their own.
+threads = 2
 {extra}
 "#,
             bootstrap = super::bootstrap(),
