@@ -449,6 +449,10 @@ pub struct E2eBench {
     pub p99_ms: f64,
 }
 
+/// Partitions per topic of the end-to-end benchmark: a multiple of 2 and 3,
+/// so stream threads share them evenly.
+const E2E_PARTITIONS: i32 = 6;
+
 /// Runs the pipeline in-process against fresh topics with the built-in rule
 /// model: first the sustained rate over `events` pre-produced events (against
 /// a raw librdkafka read of the same topics), then the latency from an
@@ -474,14 +478,15 @@ pub async fn e2e(
     let inputs = [t("browse"), t("purchase"), t("review")];
     let mut new_topics: Vec<NewTopic<'_>> = inputs
         .iter()
-        .map(|n| NewTopic::new(n, 3, TopicReplication::Fixed(1)))
+        .map(|n| NewTopic::new(n, E2E_PARTITIONS, TopicReplication::Fixed(1)))
         .collect();
     let (changelog, dlq, output) = (t("changelog"), t("dlq"), t("segments"));
     new_topics.push(
-        NewTopic::new(&changelog, 3, TopicReplication::Fixed(1)).set("cleanup.policy", "compact"),
+        NewTopic::new(&changelog, E2E_PARTITIONS, TopicReplication::Fixed(1))
+            .set("cleanup.policy", "compact"),
     );
     new_topics.push(NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)));
-    new_topics.push(NewTopic::new(&output, 3, TopicReplication::Fixed(1)));
+    new_topics.push(NewTopic::new(&output, E2E_PARTITIONS, TopicReplication::Fixed(1)));
     for r in admin
         .create_topics(&new_topics, &AdminOptions::new())
         .await?
@@ -547,7 +552,7 @@ pub async fn e2e(
 
     // Baseline: raw librdkafka over the same topics.
     let (c1, topics1) = (client.clone(), inputs.to_vec());
-    let raw = tokio::task::spawn_blocking(move || raw_read_all(&c1, &topics1, 3)).await??;
+    let raw = tokio::task::spawn_blocking(move || raw_read_all(&c1, &topics1, E2E_PARTITIONS)).await??;
     let raw_rate = raw.0 as f64 / raw.1.as_secs_f64().max(1e-9);
 
     // The pipeline, in-process.
@@ -560,7 +565,7 @@ pub async fn e2e(
         let consumer: BaseConsumer = c.clone().set("group.id", &id).create()?;
         let mut tpl = TopicPartitionList::new();
         for t in &inputs {
-            for p in 0..3 {
+            for p in 0..E2E_PARTITIONS {
                 tpl.add_partition(t, p);
             }
         }
