@@ -105,7 +105,6 @@ async fn a_hung_transactional_call_ends_the_instance_and_its_partitions_move() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_history_produced_topic_by_topic_yields_no_late_events() {
     use rand::Rng as _;
-    use rdkafka::producer::{FutureProducer, FutureRecord};
     use segstream::event::corpus::{browse, purchase, review};
     use segstream::event::encode::{encode, WireFormat};
     use segstream::ingest::now_ms;
@@ -141,33 +140,6 @@ async fn a_history_produced_topic_by_topic_yields_no_late_events() {
         encode(&e, WireFormat::Protobuf)
     };
 
-    async fn produce(records: Vec<(String, String, Vec<u8>)>) {
-        let producer: FutureProducer = client()
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "20")
-            .create()
-            .unwrap();
-        for chunk in records.chunks(2000) {
-            let mut pending = Vec::new();
-            for (topic, key, value) in chunk {
-                let record = FutureRecord::to(topic).key(key).payload(value);
-                pending.push(
-                    producer
-                        .send_result(record)
-                        .map_err(|(e, _)| e)
-                        .expect("enqueue"),
-                );
-            }
-            for delivery in pending {
-                delivery
-                    .await
-                    .expect("delivered")
-                    .map_err(|(e, _)| e)
-                    .expect("produce");
-            }
-        }
-    }
-
     // Topic by topic, each in event-time order.
     let split = setup().await;
     let mut records = Vec::new();
@@ -176,14 +148,14 @@ async fn a_history_produced_topic_by_topic_yields_no_late_events() {
             records.push((topic.clone(), e.1.clone(), value(e)));
         }
     }
-    produce(records).await;
+    produce_records(records).await;
     // The reference: the same events in one topic, in event-time order.
     let single = setup().await;
     let records = events
         .iter()
         .map(|e| (single.browse.clone(), e.1.clone(), value(e)))
         .collect();
-    produce(records).await;
+    produce_records(records).await;
 
     let mut states = Vec::new();
     for s in [&split, &single] {

@@ -32,7 +32,7 @@ async fn served_scores_equal_offline_replay_scores() {
     // The history's records carry old event times as timestamps: keep them.
     common::create_topics_with(&[&topic], partitions, &[("retention.ms", "-1")]).await;
     common::create_topics_with(
-        &[&format!("{id}.changelog")],
+        &[&format!("{id}.changelog"), &format!("{id}.current")],
         partitions,
         &[("cleanup.policy", "compact")],
     )
@@ -113,6 +113,7 @@ changelog_topic = "{id}.changelog"
 topic = "{id}.dlq"
 [output]
 topic = "{id}.segments"
+current_topic = "{id}.current"
 [decide]
 margin = 0.0
 min_dwell = "1ms"
@@ -138,6 +139,7 @@ http_listen = ""
         changelog: format!("{id}.changelog"),
         dlq: format!("{id}.dlq"),
         output: format!("{id}.segments"),
+        current: format!("{id}.current"),
         group: format!("{id}.group"),
     };
     let deadline = Instant::now() + Duration::from_secs(240);

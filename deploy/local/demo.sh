@@ -54,6 +54,7 @@ export SEGSTREAM__INPUT__TOPICS="$run_id.events"
 export SEGSTREAM__DEAD_LETTER__TOPIC="$run_id.segstream-dlq"
 export SEGSTREAM__STATE__CHANGELOG_TOPIC="$run_id.segstream-state-changelog"
 export SEGSTREAM__OUTPUT__TOPIC="$run_id.customer-segments"
+export SEGSTREAM__OUTPUT__CURRENT_TOPIC="$run_id.customer-segments.current"
 export SEGSTREAM__SCORE__REGISTRY="$work/models"
 export SEGSTREAM__SCORE__POLL_INTERVAL="1s"
 export SEGSTREAM__PIPELINE__TRANSACTIONAL_ID="segstream-$run_id"
@@ -73,6 +74,7 @@ step "Creating topics ($run_id.*)"
 "$KAFKA_SH" topic "$SEGSTREAM__STATE__CHANGELOG_TOPIC" "${PARTITIONS:-3}" cleanup.policy=compact
 "$KAFKA_SH" topic "$SEGSTREAM__DEAD_LETTER__TOPIC" 1
 "$KAFKA_SH" topic "$SEGSTREAM__OUTPUT__TOPIC" 1
+"$KAFKA_SH" topic "$SEGSTREAM__OUTPUT__CURRENT_TOPIC" "${PARTITIONS:-3}" cleanup.policy=compact
 
 step "Generating $DEMO_DAYS days of history for $DEMO_CUSTOMERS customers into $SEGSTREAM__INPUT__TOPICS"
 "$BIN" -c "$CONFIG" "${GEN[@]}" --to kafka

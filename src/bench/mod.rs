@@ -481,12 +481,19 @@ pub async fn e2e(
         .map(|n| NewTopic::new(n, E2E_PARTITIONS, TopicReplication::Fixed(1)))
         .collect();
     let (changelog, dlq, output) = (t("changelog"), t("dlq"), t("segments"));
-    new_topics.push(
-        NewTopic::new(&changelog, E2E_PARTITIONS, TopicReplication::Fixed(1))
-            .set("cleanup.policy", "compact"),
-    );
+    let current = t("current");
+    for compacted in [&changelog, &current] {
+        new_topics.push(
+            NewTopic::new(compacted, E2E_PARTITIONS, TopicReplication::Fixed(1))
+                .set("cleanup.policy", "compact"),
+        );
+    }
     new_topics.push(NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)));
-    new_topics.push(NewTopic::new(&output, E2E_PARTITIONS, TopicReplication::Fixed(1)));
+    new_topics.push(NewTopic::new(
+        &output,
+        E2E_PARTITIONS,
+        TopicReplication::Fixed(1),
+    ));
     for r in admin
         .create_topics(&new_topics, &AdminOptions::new())
         .await?
@@ -505,6 +512,7 @@ pub async fn e2e(
     cfg.state.changelog_topic = changelog.clone();
     cfg.dead_letter.topic = dlq.clone();
     cfg.output.topic = output.clone();
+    cfg.output.current_topic = current.clone();
     cfg.kafka.group_id = id.clone();
     cfg.pipeline.transactional_id = format!("{id}-tx");
     cfg.pipeline.http_listen = String::new();
@@ -552,7 +560,8 @@ pub async fn e2e(
 
     // Baseline: raw librdkafka over the same topics.
     let (c1, topics1) = (client.clone(), inputs.to_vec());
-    let raw = tokio::task::spawn_blocking(move || raw_read_all(&c1, &topics1, E2E_PARTITIONS)).await??;
+    let raw =
+        tokio::task::spawn_blocking(move || raw_read_all(&c1, &topics1, E2E_PARTITIONS)).await??;
     let raw_rate = raw.0 as f64 / raw.1.as_secs_f64().max(1e-9);
 
     // The pipeline, in-process.
@@ -648,7 +657,7 @@ pub async fn e2e(
     let _ = admin
         .delete_topics(
             &[
-                &inputs[0], &inputs[1], &inputs[2], &changelog, &dlq, &output,
+                &inputs[0], &inputs[1], &inputs[2], &changelog, &dlq, &output, &current,
             ],
             &AdminOptions::new(),
         )

@@ -125,6 +125,8 @@ pub fn apply(
         as_of_ms,
         decided_at_ms,
         trigger: trigger as i32,
+        membership: crate::event::proto::Membership::Entered as i32,
+        live: false,
     })
 }
 
@@ -143,6 +145,8 @@ pub struct SegmentChangeJson<'a> {
     as_of_ms: i64,
     decided_at_ms: i64,
     trigger: &'static str,
+    membership: &'static str,
+    live: bool,
 }
 
 /// Name of a trigger in the JSON form and in headers.
@@ -151,6 +155,16 @@ pub fn trigger_name(t: i32) -> &'static str {
         Ok(Trigger::Event) => "EVENT",
         Ok(Trigger::Inactivity) => "INACTIVITY",
         Ok(Trigger::ModelUpdate) => "MODEL_UPDATE",
+        Ok(Trigger::Evicted) => "EVICTED",
+        _ => "UNSPECIFIED",
+    }
+}
+
+/// Name of a membership in the JSON form and in headers.
+pub fn membership_name(m: i32) -> &'static str {
+    match crate::event::proto::Membership::try_from(m) {
+        Ok(crate::event::proto::Membership::Entered) => "ENTERED",
+        Ok(crate::event::proto::Membership::Exited) => "EXITED",
         _ => "UNSPECIFIED",
     }
 }
@@ -170,6 +184,8 @@ impl<'a> SegmentChangeJson<'a> {
             as_of_ms: c.as_of_ms,
             decided_at_ms: c.decided_at_ms,
             trigger: trigger_name(c.trigger),
+            membership: membership_name(c.membership),
+            live: c.live,
         }
     }
 }

@@ -25,6 +25,7 @@
 //! the committed state), and consumption resumes from the committed offsets.
 
 mod http;
+pub mod output;
 mod watchdog;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,7 +33,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -44,8 +44,8 @@ use tracing::{error, info, warn};
 pub use http::Health;
 pub use watchdog::{Watchdog, EXIT_STALLED};
 
-use crate::config::{Config, OffsetReset, OutputFormat};
-use crate::decide::{self, Hysteresis, SegmentChangeJson};
+use crate::config::{Config, OffsetReset};
+use crate::decide::{self, Hysteresis};
 use crate::event::proto::Trigger;
 use crate::event::{Decoder, Reason, Rejection};
 use crate::ingest::align::{Aligner, Backlog};
@@ -81,6 +81,9 @@ pub enum PipelineError {
     /// Scoring failed in a way retrying cannot fix.
     #[error(transparent)]
     Score(#[from] crate::score::ScoreError),
+    /// An output record could not be encoded.
+    #[error("{0}")]
+    Encode(String),
     /// Other I/O (the HTTP listener).
     #[error("{0}")]
     Io(String),
@@ -688,27 +691,49 @@ impl Pipeline {
             problems.push(format!("{} does not exist", self.cfg.output.topic));
         }
         // A changelog that deletes instead of compacting loses state older
-        // than its retention at the next restore.
-        if counts.contains_key(&self.cfg.state.changelog_topic) {
-            match self.changelog_cleanup_policy().await {
+        // than its retention at the next restore; a current-membership topic
+        // that does, customers who have not moved for that long.
+        let current = &self.cfg.output.current_topic;
+        let mut compacted = vec![(
+            &self.cfg.state.changelog_topic,
+            "state older than its retention would be lost at the next restore",
+        )];
+        if !current.is_empty() {
+            match count(current) {
+                Some(n) => {
+                    counts.insert(current.clone(), n);
+                    compacted.push((
+                        current,
+                        "customers whose segment has not changed for its retention would vanish from it",
+                    ));
+                }
+                None => problems.push(format!(
+                    "{current} (output.current_topic) does not exist; create it compacted \
+                     with the input's partition count, or set output.current_topic = \"\""
+                )),
+            }
+        }
+        for (topic, why) in compacted {
+            if !counts.contains_key(topic) {
+                continue;
+            }
+            match self.cleanup_policy(topic).await {
                 Ok(policy) if policy.split(',').any(|p| p.trim() == "compact") => {}
                 Ok(policy) => problems.push(format!(
-                    "{} must be compacted (cleanup.policy=compact), it has cleanup.policy={policy}: \
-                     state older than its retention would be lost at the next restore",
-                    self.cfg.state.changelog_topic
+                    "{topic} must be compacted (cleanup.policy=compact), it has cleanup.policy={policy}: {why}"
                 )),
                 Err(e) => warn!(
-                    topic = %self.cfg.state.changelog_topic,
+                    topic = %topic,
                     error = %e,
-                    "Could not read the changelog topic's cleanup.policy (DescribeConfigs); \
-                     make sure it is compact."
+                    "Could not read the topic's cleanup.policy (DescribeConfigs); make sure it is compact."
                 ),
             }
         }
         let distinct: BTreeSet<usize> = counts.values().copied().collect();
         if distinct.len() > 1 {
             problems.push(format!(
-                "input topics and the changelog must have the same partition count (co-partitioning): {counts:?}"
+                "input topics, the changelog and the current-membership topic must have the same \
+                 partition count (co-partitioning): {counts:?}"
             ));
         }
         if problems.is_empty() {
@@ -721,8 +746,8 @@ impl Pipeline {
         }
     }
 
-    /// The changelog topic's `cleanup.policy` (DescribeConfigs).
-    async fn changelog_cleanup_policy(&self) -> Result<String, String> {
+    /// A topic's `cleanup.policy` (DescribeConfigs).
+    async fn cleanup_policy(&self, topic: &str) -> Result<String, String> {
         use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
         let admin: AdminClient<QuietContext> = self
             .cfg
@@ -731,7 +756,7 @@ impl Pipeline {
             .map_err(|e| e.to_string())?
             .create_with_context(QuietContext)
             .map_err(|e| e.to_string())?;
-        let topic = ResourceSpecifier::Topic(&self.cfg.state.changelog_topic);
+        let topic = ResourceSpecifier::Topic(topic);
         let opts = AdminOptions::new().request_timeout(Some(self.watchdog.timeout()));
         let described = tokio::time::timeout(
             self.watchdog.timeout(),
@@ -1354,6 +1379,26 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Input lag of partition `p` (the largest over the input topics), from
+    /// librdkafka's latest statistics: 0 until they arrive.
+    fn partition_lag(&self, p: i32) -> i64 {
+        let Ok(ends) = self.consumer.context().ends.lock() else {
+            return 0;
+        };
+        // The cycle's position where it consumed, else the committed one.
+        let mut next: BTreeMap<&str, i64> = BTreeMap::new();
+        for ((topic, partition), offset) in self.committed.iter().chain(&self.cycle.offsets) {
+            if *partition == p {
+                next.insert(topic, *offset);
+            }
+        }
+        next.iter()
+            .filter_map(|(topic, n)| ends.get(*topic).and_then(|e| e.get(&p)).map(|end| end - n))
+            .max()
+            .unwrap_or(0)
+            .max(0)
+    }
+
     /// Lag and partitions every call (once a second, from the run loop's
     /// gauge ticker, independent of the commit cadence); state size, which
     /// walks every customer, every tenth call. The lag reads librdkafka's
@@ -1484,7 +1529,7 @@ impl Pipeline {
                             decided_at,
                             why.trigger(),
                         ) {
-                            changes.push(change);
+                            changes.push((*p, change));
                         }
                     }
                     store.schedule_review(id, as_of.saturating_add(review_after));
@@ -1492,32 +1537,17 @@ impl Pipeline {
             }
         }
         // Outputs, changelog, dead letters: all inside the transaction.
-        for c in &changes {
-            let value = match self.cfg.output.format {
-                OutputFormat::Protobuf => c.encode_to_vec(),
-                OutputFormat::Json => {
-                    serde_json::to_vec(&SegmentChangeJson::new(c)).unwrap_or_default()
-                }
-            };
-            let topic = self.cfg.output.topic_for(&c.segment);
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "segstream.segment",
-                    value: Some(c.segment.as_str()),
-                })
-                .insert(Header {
-                    key: "segstream.trigger",
-                    value: Some(decide::trigger_name(c.trigger)),
-                })
-                .insert(Header {
-                    key: "segstream.model_version",
-                    value: Some(c.model_version.as_str()),
-                });
-            let record = FutureRecord::<str, [u8]>::to(&topic)
-                .key(&c.customer_id)
-                .payload(&value)
-                .headers(headers);
-            self.send(record).await?;
+        let encoding = |e: String| CycleError::Fatal(PipelineError::Encode(e));
+        let mut records = Vec::with_capacity(changes.len() * 2);
+        for (p, c) in &changes {
+            let live = output::is_live(
+                &self.cfg.output,
+                c.trigger,
+                c.as_of_ms,
+                c.decided_at_ms,
+                self.partition_lag(*p),
+            );
+            records.extend(output::for_change(&self.cfg.output, *p, c, live).map_err(encoding)?);
             self.metrics
                 .segment_changes
                 .with_label_values(&[
@@ -1530,6 +1560,55 @@ impl Pipeline {
                     decide::trigger_name(c.trigger),
                 ])
                 .inc();
+        }
+        let decided_at = ingest::now_ms();
+        let partitions: Vec<i32> = self.stores.keys().copied().collect();
+        for p in partitions {
+            let lag = self.partition_lag(p);
+            let Some(store) = self.stores.get_mut(&p) else {
+                continue;
+            };
+            let as_of = store.clock_ms();
+            let live = output::is_live(
+                &self.cfg.output,
+                Trigger::Evicted as i32,
+                as_of,
+                decided_at,
+                lag,
+            );
+            for (id, segment) in store.take_exits() {
+                records.extend(
+                    output::for_eviction(
+                        &self.cfg.output,
+                        p,
+                        &id,
+                        &segment,
+                        as_of,
+                        decided_at,
+                        live,
+                    )
+                    .map_err(encoding)?,
+                );
+            }
+        }
+        for r in &records {
+            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+            for (key, value) in &r.headers {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value.as_str()),
+                });
+            }
+            let mut record = FutureRecord::<str, [u8]>::to(&r.topic)
+                .key(&r.key)
+                .headers(headers);
+            if let Some(v) = &r.value {
+                record = record.payload(v);
+            }
+            if let Some(p) = r.partition {
+                record = record.partition(p);
+            }
+            self.send(record).await?;
         }
         let changelog_topic = self.cfg.state.changelog_topic.clone();
         let partitions: Vec<i32> = self.stores.keys().copied().collect();

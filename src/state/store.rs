@@ -70,6 +70,9 @@ pub struct PartitionStore {
     /// (latest event time, customer), for retention.
     expiry: BTreeSet<(i64, String)>,
     dirty: BTreeSet<String>,
+    /// Evicted customers that had a segment: (customer, segment), until
+    /// [`PartitionStore::take_exits`].
+    exits: Vec<(String, String)>,
     duplicates: u64,
 }
 
@@ -90,6 +93,7 @@ impl PartitionStore {
             timers: BTreeSet::new(),
             expiry: BTreeSet::new(),
             dirty: BTreeSet::new(),
+            exits: Vec::new(),
             duplicates: 0,
         }
     }
@@ -226,11 +230,20 @@ impl PartitionStore {
                 if s.decision.next_review_ms > 0 {
                     self.timers.remove(&(s.decision.next_review_ms, id.clone()));
                 }
+                if !s.decision.segment.is_empty() {
+                    self.exits.push((id.clone(), s.decision.segment));
+                }
             }
             self.dirty.insert(id);
             evicted += 1;
         }
         evicted
+    }
+
+    /// Customers evicted since the last call who had a segment, with it:
+    /// they leave it (an EXITED record, a tombstone in the current topic).
+    pub fn take_exits(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.exits)
     }
 
     /// Whether customers changed since the last [`PartitionStore::take_dirty`].

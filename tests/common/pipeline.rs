@@ -37,6 +37,8 @@ pub struct Setup {
     pub changelog: String,
     pub dlq: String,
     pub output: String,
+    /// The current-membership topic (compacted, co-partitioned).
+    pub current: String,
     pub group: String,
 }
 
@@ -58,11 +60,12 @@ pub async fn setup_with(partitions: i32, model: &str, extra: &str) -> Setup {
         changelog: t("changelog"),
         dlq: t("dlq"),
         output: t("segments"),
+        current: t("current"),
         group: t("group"),
     };
     super::create_topics(&[&s.browse, &s.purchase, &s.review], partitions).await;
     super::create_topics_with(
-        &[&s.changelog],
+        &[&s.changelog, &s.current],
         partitions,
         &[("cleanup.policy", "compact")],
     )
@@ -98,6 +101,7 @@ changelog_topic = "{c}"
 topic = "{d}"
 [output]
 topic = "{o}"
+current_topic = "{cur}"
 [decide]
 margin = 0.0
 min_dwell = "1ms"
@@ -120,6 +124,7 @@ threads = 2
             c = s.changelog,
             d = s.dlq,
             o = s.output,
+            cur = s.current,
             reg = registry.root().display(),
             extra = extra,
         ),
@@ -189,6 +194,35 @@ pub type Row = (
     Option<Vec<u8>>,
     Vec<(String, String)>,
 );
+
+/// Produces (topic, key, value) records, idempotently, waiting for each
+/// delivery.
+pub async fn produce_records(records: Vec<(String, String, Vec<u8>)>) {
+    let producer: FutureProducer = client()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    for chunk in records.chunks(2000) {
+        let mut pending = Vec::new();
+        for (topic, key, value) in chunk {
+            let record = FutureRecord::to(topic).key(key).payload(value);
+            pending.push(
+                producer
+                    .send_result(record)
+                    .map_err(|(e, _)| e)
+                    .expect("enqueue"),
+            );
+        }
+        for delivery in pending {
+            delivery
+                .await
+                .expect("delivered")
+                .map_err(|(e, _)| e)
+                .expect("produce");
+        }
+    }
+}
 
 /// Reads every committed record of `topic` (all partitions) to its end.
 pub fn read_all(topic: &str) -> Vec<Row> {
@@ -413,6 +447,60 @@ pub async fn wait_consumed(s: &Setup, children: &mut [Child], log: &std::path::P
 /// Reads output, changelog and dead-letter topics with read_committed and
 /// checks every customer: exact event counts, no duplicates, consistent
 /// segment chains, each bad record dead-lettered exactly once.
+/// A fresh read of the current-membership topic from the beginning gives
+/// each customer exactly the segment that their change stream ends in (and
+/// nothing for a customer whose stream ends in an eviction): the bootstrap
+/// a new subscriber does.
+pub fn verify_current(s: &Setup, chains: &BTreeMap<String, Vec<SegmentChange>>) {
+    let mut current: BTreeMap<String, SegmentChange> = BTreeMap::new();
+    let partitions_of = |topic: &str| -> BTreeMap<String, i32> {
+        read_all(topic)
+            .into_iter()
+            .map(|(p, _, k, _, _)| (String::from_utf8(k.unwrap()).unwrap(), p))
+            .collect()
+    };
+    for (_, _, key, value, _) in read_all(&s.current) {
+        let key = String::from_utf8(key.unwrap()).unwrap();
+        match value {
+            Some(v) => {
+                let c = SegmentChange::decode(&v[..]).unwrap();
+                assert_eq!(c.customer_id, key);
+                current.insert(key, c);
+            }
+            None => {
+                current.remove(&key);
+            }
+        }
+    }
+    let expected: BTreeMap<&String, &SegmentChange> = chains
+        .iter()
+        .filter_map(|(k, chain)| {
+            chain
+                .last()
+                .filter(|c| !c.segment.is_empty())
+                .map(|c| (k, c))
+        })
+        .collect();
+    assert_eq!(
+        current.len(),
+        expected.len(),
+        "the current topic has every classified customer once"
+    );
+    for (customer, last) in expected {
+        let c = &current[customer];
+        assert_eq!(
+            (c.segment.as_str(), c.decided_at_ms),
+            (last.segment.as_str(), last.decided_at_ms),
+            "{customer}: the current topic holds the last change"
+        );
+    }
+    // Co-partitioned: a customer's current row is in their changelog partition.
+    let changelog = partitions_of(&s.changelog);
+    for (customer, p) in partitions_of(&s.current) {
+        assert_eq!(changelog.get(&customer), Some(&p), "{customer}: partition");
+    }
+}
+
 pub fn verify(s: &Setup, stream: &Stream) {
     let total_events: u64 = stream.produced.values().sum();
     let defaults = segstream::config::Config::default();
@@ -497,7 +585,11 @@ pub fn verify(s: &Setup, stream: &Stream) {
             "{customer}: state agrees with the last output"
         );
         assert_eq!(chain[0].trigger, proto::Trigger::Event as i32);
+        for c in chain {
+            assert_eq!(c.membership, proto::Membership::Entered as i32);
+        }
     }
+    verify_current(s, &chains);
 
     let mut seen: HashMap<(i32, i64), u32> = HashMap::new();
     for (_, _, _, _, headers) in read_all(&s.dlq) {
