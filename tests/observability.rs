@@ -460,7 +460,9 @@ async fn lag_counts_the_records_not_yet_committed() {
         let body = get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
         let consumed = sum_of(&body, "segstream_records_consumed_total");
         let lag = sum_of(&body, "segstream_consumer_lag_records");
-        if consumed == records as f64 && lag == records as f64 {
+        // Consumed counts a record again when a rebalance between the
+        // instance's stream threads moved its uncommitted partition.
+        if consumed >= records as f64 && lag == records as f64 {
             break;
         }
         assert!(
