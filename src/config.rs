@@ -241,6 +241,23 @@ pub struct InputConfig {
     /// Records buffered per input topic partition for the alignment before
     /// that partition's fetching pauses (resumed at half).
     pub max_buffered: usize,
+    /// How the producers of the input map a customer id to a partition:
+    /// `crc32` (librdkafka's default `consistent_random`: the Python, Go,
+    /// .NET and Node clients, and segstream's own tools) or `murmur2` (the
+    /// Java client's and Kafka Streams' default). The lookup endpoint uses it
+    /// to find a customer's partition.
+    pub partitioner: Partitioner,
+}
+
+/// A producer partitioner for keyed records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Partitioner {
+    /// CRC-32 of the key (librdkafka `consistent`/`consistent_random`).
+    #[default]
+    Crc32,
+    /// murmur2 of the key (Java client, librdkafka `murmur2_random`).
+    Murmur2,
 }
 
 /// Input topics used when none are configured.
@@ -259,6 +276,7 @@ impl Default for InputConfig {
             batch_size: 1000,
             batch_max_wait: Duration::from_millis(50),
             max_idle: Duration::from_secs(5),
+            partitioner: Partitioner::Crc32,
             max_buffered: 20_000,
         }
     }
@@ -730,6 +748,12 @@ pub struct PipelineConfig {
     /// partitions, state and transactions stay thread-local; the scorer's
     /// inference threads are shared.
     pub threads: usize,
+    /// The URL other instances and clients reach this instance's HTTP
+    /// endpoints at (e.g. `http://segstream-0.segstream:9464`): a lookup of a
+    /// customer owned by this instance, asked of another one, is redirected
+    /// here. Carried in the stream threads' consumer `client.id`. Empty: not
+    /// advertised (such lookups answer 503 with the owning partition).
+    pub advertised_url: String,
 }
 
 impl PipelineConfig {
@@ -754,6 +778,7 @@ impl Default for PipelineConfig {
             call_deadline: Duration::from_secs(45),
             stall_timeout: Duration::from_secs(60),
             threads: 0,
+            advertised_url: String::new(),
         }
     }
 }
@@ -1145,6 +1170,19 @@ impl Config {
             p.add("pipeline.call_deadline", "must be between 3s and 10m");
         }
         range(p, "pipeline.threads", pc.threads, 0, 256);
+        let url = &pc.advertised_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            p.add(
+                "pipeline.advertised_url",
+                "must start with http:// or https://",
+            );
+        }
+        if pc.advertised_url.contains('|') || pc.advertised_url.chars().any(char::is_whitespace) {
+            p.add(
+                "pipeline.advertised_url",
+                "must not contain '|' or whitespace",
+            );
+        }
         if pc.stall_timeout < pc.transaction_timeout || pc.stall_timeout > Duration::from_secs(3600)
         {
             p.add(

@@ -161,6 +161,10 @@ pub async fn state(
         decided_at_ms: start_ms,
         next_review_ms: start_ms + span_ms,
         since_ms: start_ms,
+        purchase_probability: 0.3,
+        churn_probability: 0.2,
+        predicted_spend: 4200.0,
+        as_of_ms: start_ms,
     };
     for c in 0..customers {
         let customer = format!("customer-{c:08}");

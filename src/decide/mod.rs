@@ -105,6 +105,10 @@ pub fn apply(
     decision.scores = scored.probs.to_vec();
     decision.model_version = scored.model_version.to_string();
     decision.decided_at_ms = decided_at_ms;
+    decision.purchase_probability = scored.purchase;
+    decision.churn_probability = scored.churn;
+    decision.predicted_spend = scored.spend;
+    decision.as_of_ms = as_of_ms;
     let to = to?;
     let previous = std::mem::replace(&mut decision.segment, scored.segments[to].clone());
     decision.since_ms = as_of_ms;

@@ -24,6 +24,7 @@
 //! local state is dropped and rebuilt from the changelog (which holds exactly
 //! the committed state), and consumption resumes from the committed offsets.
 
+pub mod directory;
 mod http;
 pub mod output;
 mod watchdog;
@@ -38,10 +39,14 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
+use directory::{Directory, LookupRequest};
 pub use http::Health;
+
+/// Lookups waiting per stream thread before the endpoint answers 503.
+const LOOKUP_QUEUE: usize = 64;
 pub use watchdog::{Watchdog, EXIT_STALLED};
 
 use crate::config::{Config, OffsetReset};
@@ -244,6 +249,8 @@ pub struct Pipeline {
     thread: StreamThread,
     /// Whether this thread counts in [`Health::assigned`].
     has_assignment: bool,
+    /// Partition ownership, for lookups.
+    directory: Arc<Directory>,
 }
 
 /// A consumed record in the aligner.
@@ -305,11 +312,19 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), PipelineError> {
     let health = Arc::new(Health::default());
+    let directory = Directory::new(&cfg);
     if !cfg.pipeline.http_listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&cfg.pipeline.http_listen)
             .await
             .map_err(|e| PipelineError::Io(format!("binding {}: {e}", cfg.pipeline.http_listen)))?;
-        tokio::spawn(http::serve(listener, health.clone(), metrics.clone()));
+        tokio::spawn(http::serve(
+            listener,
+            http::Api {
+                health: health.clone(),
+                metrics: metrics.clone(),
+                directory: directory.clone(),
+            },
+        ));
     }
     let mut shutdown = std::pin::pin!(shutdown);
 
@@ -367,7 +382,11 @@ pub async fn run(
     health.threads.store(threads, Ordering::Relaxed);
     let gauges = Arc::new(ThreadGauges::new(threads));
     let mut pipelines = Vec::with_capacity(threads);
+    let mut lookup_queues = Vec::with_capacity(threads);
     for thread in 0..threads {
+        let (tx, rx) = mpsc::channel(LOOKUP_QUEUE);
+        directory.add_thread(thread, tx);
+        lookup_queues.push(rx);
         pipelines.push(Pipeline::build(
             cfg.clone(),
             StreamThread {
@@ -379,10 +398,14 @@ pub async fn run(
             metrics.clone(),
             health.clone(),
             watchdog.lane(thread),
+            directory.clone(),
         )?);
     }
     if let Some(first) = pipelines.first() {
-        first.check_topics().await?;
+        directory.set_partitions(first.check_topics().await?);
+    }
+    if let Err(e) = directory.start_peers(&cfg) {
+        warn!(error = %e, "Lookups cannot name other instances.");
     }
     info!(
         topics = ?cfg.input.topics,
@@ -393,8 +416,8 @@ pub async fn run(
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    for p in pipelines {
-        tasks.spawn(stream_thread(p, stop_rx.clone(), model_rx.clone()));
+    for (p, lookups) in pipelines.into_iter().zip(lookup_queues) {
+        tasks.spawn(stream_thread(p, stop_rx.clone(), model_rx.clone(), lookups));
     }
     // Until shutdown or the first stream thread that ends (on an error: the
     // instance stops, as a single-threaded one would, and is restarted).
@@ -417,6 +440,7 @@ pub async fn run(
     }
     stop_watch.store(true, Ordering::Relaxed);
     let _ = watch_thread.join();
+    directory.stop();
     watchdog.stop();
     if let Ok(scorer) = Arc::try_unwrap(scorer) {
         scorer.shutdown();
@@ -472,6 +496,7 @@ async fn stream_thread(
     mut p: Pipeline,
     mut stop: watch::Receiver<bool>,
     mut models: watch::Receiver<Arc<str>>,
+    mut lookups: mpsc::Receiver<LookupRequest>,
 ) -> Result<(), PipelineError> {
     let watchdog = p.watchdog.clone();
     let producer = p.producer.clone();
@@ -495,6 +520,9 @@ async fn stream_thread(
             }
             _ = stop.changed() => {
                 break p.end_cycle().await;
+            }
+            Some(q) = lookups.recv() => {
+                p.answer_lookup(q);
             }
             Ok(()) = models.changed() => {
                 let version = models.borrow_and_update().clone();
@@ -549,9 +577,17 @@ impl Pipeline {
         metrics: Metrics,
         health: Arc<Health>,
         watchdog: Watchdog,
+        directory: Arc<Directory>,
     ) -> Result<Self, PipelineError> {
         let mut c = cfg.kafka.consumer_config()?;
         ingest::consumer_defaults(&mut c);
+        if !cfg.pipeline.advertised_url.is_empty() {
+            // How the other instances find this one (see `directory`).
+            c.set(
+                "client.id",
+                directory::client_id(&cfg.pipeline.advertised_url, thread.index),
+            );
+        }
         c.set("group.id", &cfg.kafka.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -637,7 +673,66 @@ impl Pipeline {
             released: Vec::new(),
             thread,
             has_assignment: false,
+            directory,
         })
+    }
+
+    /// Answers a lookup from this thread's state (`None`: no such customer).
+    fn answer_lookup(&self, q: LookupRequest) {
+        let Some(store) = self.stores.get(&q.partition) else {
+            // Not (or no longer) ours: dropping the reply makes it a 503.
+            return;
+        };
+        let answer = store.get(&q.customer_id).map(|state| {
+            let d = &state.decision;
+            let model = self.scorer.current();
+            let scores = if model.version.as_ref() == d.model_version
+                && model.segments.len() == d.scores.len()
+            {
+                serde_json::Value::Object(
+                    model
+                        .segments
+                        .iter()
+                        .zip(&d.scores)
+                        .map(|(s, v)| (s.clone(), serde_json::json!(v)))
+                        .collect(),
+                )
+            } else {
+                serde_json::json!(d.scores)
+            };
+            let mut offsets = serde_json::Map::new();
+            for ((topic, p), committed) in &self.committed {
+                if *p != q.partition {
+                    continue;
+                }
+                let consumed = self
+                    .cycle
+                    .offsets
+                    .get(&(topic.clone(), *p))
+                    .copied()
+                    .unwrap_or(*committed);
+                offsets.insert(
+                    topic.to_string(),
+                    serde_json::json!({"committed": committed, "consumed": consumed}),
+                );
+            }
+            serde_json::json!({
+                "customer_id": q.customer_id,
+                "partition": q.partition,
+                "segment": (!d.segment.is_empty()).then_some(&d.segment),
+                "scores": scores,
+                "purchase_probability": d.purchase_probability,
+                "churn_probability": d.churn_probability,
+                "predicted_spend": d.predicted_spend,
+                "model_version": d.model_version,
+                "as_of_ms": d.as_of_ms,
+                "decided_at_ms": d.decided_at_ms,
+                "segment_since_ms": d.since_ms,
+                "last_event_ms": state.last_event_ms,
+                "offsets": offsets,
+            })
+        });
+        let _ = q.reply.send(answer);
     }
 
     /// Records whether this thread holds its current assignment, restored
@@ -655,7 +750,8 @@ impl Pipeline {
 
     /// Input topics, changelog and dead-letter topics exist, and the input
     /// topics and the changelog have the same number of partitions.
-    async fn check_topics(&self) -> Result<(), PipelineError> {
+    /// Returns the input topics' partition count.
+    async fn check_topics(&self) -> Result<i32, PipelineError> {
         let consumer = self.consumer.clone();
         let md = self
             .watchdog
@@ -737,7 +833,8 @@ impl Pipeline {
             ));
         }
         if problems.is_empty() {
-            Ok(())
+            let n = counts.values().next().copied().unwrap_or(0);
+            Ok(i32::try_from(n).unwrap_or(i32::MAX))
         } else {
             Err(PipelineError::Topics(format!(
                 "{} (for the local broker: `make topics`)",
@@ -818,6 +915,13 @@ impl Pipeline {
                         self.assigned.remove(&(t, *p));
                     }
                     let keep: BTreeSet<i32> = self.assigned.iter().map(|(_, p)| *p).collect();
+                    let gone: Vec<i32> = self
+                        .stores
+                        .keys()
+                        .filter(|p| !keep.contains(p))
+                        .copied()
+                        .collect();
+                    self.directory.revoked(self.thread.index, &gone);
                     self.stores.retain(|p, _| keep.contains(p));
                     for (_, p) in &list {
                         self.aligner.forget(*p);
@@ -859,10 +963,19 @@ impl Pipeline {
         if partitions.is_empty() {
             return Ok(());
         }
+        self.directory.restoring(self.thread.index, &partitions);
+        let restored = self.restore_retrying(&partitions).await;
+        if restored.is_ok() {
+            self.directory.restored(self.thread.index, &partitions);
+        }
+        restored
+    }
+
+    async fn restore_retrying(&mut self, partitions: &[i32]) -> Result<(), PipelineError> {
         let mut backoff = Duration::from_millis(200);
         let started = Instant::now();
         loop {
-            match self.restore_once(partitions.clone()).await {
+            match self.restore_once(partitions.to_vec()).await {
                 Err(PipelineError::Restore(e)) if started.elapsed() < Duration::from_secs(600) => {
                     warn!(partitions = ?partitions, error = %e, "Restore failed; retrying.");
                     tokio::time::sleep(backoff).await;

@@ -93,24 +93,37 @@ impl Progress {
     }
 }
 
-/// The fault-injection hook: the `nth` call named `what` never returns.
+/// The fault-injection hook: the `nth` call named `what` never returns
+/// (`what@nth`), or returns only after a delay (`what@nth+8s`).
 struct Hang {
     what: String,
     nth: u64,
     seen: AtomicU64,
+    delay: Option<Duration>,
 }
 
 impl Hang {
     fn from_env() -> Option<Hang> {
-        let spec = std::env::var("SEGSTREAM_FAULT_HANG").ok()?;
+        let spec = std::env::var("SEGSTREAM_FAULT_HANG")
+            .ok()
+            .filter(|s| !s.is_empty())?;
+        Hang::parse(&spec)
+    }
+
+    fn parse(spec: &str) -> Option<Hang> {
+        let (spec, delay) = match spec.split_once('+') {
+            Some((s, d)) => (s, Some(humantime::parse_duration(d.trim()).ok()?)),
+            None => (spec, None),
+        };
         let (what, nth) = match spec.split_once('@') {
             Some((w, n)) => (w.to_string(), n.trim().parse().ok()?),
-            None => (spec, 1),
+            None => (spec.to_string(), 1),
         };
         Some(Hang {
             what,
             nth,
             seen: AtomicU64::new(0),
+            delay,
         })
     }
 
@@ -143,7 +156,7 @@ impl Watchdog {
     ) -> Result<Watchdog, PipelineError> {
         let hang = Hang::from_env();
         if let Some(h) = &hang {
-            tracing::warn!(call = %h.what, nth = h.nth, "Fault injection: this call will hang (SEGSTREAM_FAULT_HANG).");
+            tracing::warn!(call = %h.what, nth = h.nth, delay = ?h.delay, "Fault injection: this call will hang, or be delayed (SEGSTREAM_FAULT_HANG).");
         }
         let inner = Arc::new(Inner {
             calls: Mutex::new(BTreeMap::new()),
@@ -231,12 +244,19 @@ impl Watchdog {
             inner: &self.inner,
             id,
         };
-        let hang = self.inner.hang.as_ref().is_some_and(|h| h.hit(what));
+        let hang = self
+            .inner
+            .hang
+            .as_ref()
+            .filter(|h| h.hit(what))
+            .map(|h| h.delay);
         tokio::task::spawn_blocking(move || {
-            if hang {
-                loop {
+            match hang {
+                Some(Some(delay)) => std::thread::sleep(delay),
+                Some(None) => loop {
                     std::thread::sleep(Duration::from_secs(3600));
-                }
+                },
+                None => {}
             }
             f()
         })
@@ -417,11 +437,14 @@ mod tests {
 
     #[test]
     fn the_nth_named_call_hangs() {
-        let h = Hang {
-            what: "commit_transaction".into(),
-            nth: 2,
-            seen: AtomicU64::new(0),
-        };
+        let h = Hang::parse("commit_transaction@2").unwrap();
+        assert_eq!(h.delay, None);
+        let d = Hang::parse("restore@1+8s").unwrap();
+        assert_eq!(
+            (d.what.as_str(), d.nth, d.delay),
+            ("restore", 1, Some(Duration::from_secs(8)))
+        );
+        assert!(Hang::parse("restore@x").is_none());
         assert!(!h.hit("commit_transaction"));
         assert!(!h.hit("abort_transaction"));
         assert!(h.hit("commit_transaction"));

@@ -129,6 +129,14 @@ pub struct Decision {
     pub next_review_ms: i64,
     /// Event time at which the current segment was entered (ms).
     pub since_ms: i64,
+    /// The last scoring's purchase probability.
+    pub purchase_probability: f32,
+    /// The last scoring's churn probability.
+    pub churn_probability: f32,
+    /// The last scoring's predicted spend (minor units).
+    pub predicted_spend: f32,
+    /// Event time the last scoring was as of (ms).
+    pub as_of_ms: i64,
 }
 
 /// Everything segstream knows about one customer.

@@ -299,6 +299,10 @@ proptest! {
             decided_at_ms: T0,
             next_review_ms: review_ms,
             since_ms: T0 - 5,
+            purchase_probability: 0.25,
+            churn_probability: 0.5,
+            predicted_spend: 1234.5,
+            as_of_ms: T0 - 1,
         };
         let bytes = encode(&s);
         prop_assert_eq!(decode(&bytes).unwrap(), s);

@@ -206,6 +206,9 @@ impl rdkafka::ClientContext for QuietContext {
     }
 }
 
+/// For plain readers (e.g. describing the consumer group) that join no group.
+impl rdkafka::consumer::ConsumerContext for QuietContext {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

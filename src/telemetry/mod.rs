@@ -104,6 +104,8 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// 1 while the watchdog finds the instance stalled (`/healthz` 503).
     pub stalled: IntGauge,
+    /// Customer lookups answered, by outcome (never by customer).
+    pub lookups: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
@@ -266,6 +268,11 @@ impl Metrics {
                 "segstream_ready",
                 "1 while the instance is ready (a model is loaded, its partition assignment received and every assigned partition restored).",
             )?,
+            lookups: counter_vec(
+                "segstream_lookups_total",
+                "Customer lookups (GET /v1/customers/{id}) answered, by outcome: found, not_found, redirected, restoring, owner_unknown, busy, starting, bad_request.",
+                &["outcome"],
+            )?,
             stalled: gauge(
                 "segstream_stalled",
                 "1 while the instance is stalled: no committed cycle for pipeline.stall_timeout while records wait, or a Kafka client call past pipeline.call_deadline.",
@@ -301,6 +308,7 @@ impl Metrics {
             Box::new(m.segment_changes.clone()),
             Box::new(m.ready.clone()),
             Box::new(m.stalled.clone()),
+            Box::new(m.lookups.clone()),
         ];
         // process_cpu_seconds_total, process_resident_memory_bytes,
         // process_open_fds, process_threads, process_start_time_seconds, ...

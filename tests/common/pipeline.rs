@@ -195,6 +195,34 @@ pub type Row = (
     Vec<(String, String)>,
 );
 
+/// A TCP port free right now on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A GET over HTTP/1.0 (no chunked answers): status code, head and body.
+pub fn get_full(port: u16, path: &str) -> Option<(u16, String, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, head.to_string(), body.to_string()))
+}
+
+/// [`get_full`] without the head.
+pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    get_full(port, path).map(|(status, _, body)| (status, body))
+}
+
 /// Produces (topic, key, value) records, idempotently, waiting for each
 /// delivery.
 pub async fn produce_records(records: Vec<(String, String, Vec<u8>)>) {

@@ -1,0 +1,392 @@
+//! Who owns a customer: the partitioner that maps a customer id to its input
+//! partition, which partitions this instance's stream threads own (and
+//! whether their state is restored), and which instance owns the others.
+//!
+//! Instances learn each other's assignment from the consumer group itself:
+//! each stream thread's `client.id` carries the instance's
+//! `pipeline.advertised_url`, and a describe of the group (the group
+//! coordinator's own record of members and their assignments) maps every
+//! partition to a member. No extra topic or gossip to keep consistent, and
+//! the answer is exactly as fresh as the group's generation (refreshed every
+//! few seconds).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+use crate::config::{Config, Partitioner};
+
+/// How often the other instances' assignments are re-read.
+pub const PEERS_EVERY: Duration = Duration::from_secs(5);
+
+/// The `client.id` prefix that marks a segstream stream thread.
+const CLIENT_ID_PREFIX: &str = "segstream|";
+
+/// The consumer `client.id` of stream thread `thread` of an instance that
+/// advertises `url`.
+pub fn client_id(url: &str, thread: usize) -> String {
+    format!("{CLIENT_ID_PREFIX}{url}|{thread}")
+}
+
+/// The advertised URL in a member's `client.id`, if it is a stream thread's.
+fn url_of_client_id(client_id: &str) -> Option<&str> {
+    let rest = client_id.strip_prefix(CLIENT_ID_PREFIX)?;
+    let (url, _thread) = rest.rsplit_once('|')?;
+    (!url.is_empty()).then_some(url)
+}
+
+/// The input partition of `key` under `partitioner`, as the producers'
+/// client computes it for a keyed record.
+pub fn partition_for(partitioner: Partitioner, key: &[u8], partitions: i32) -> i32 {
+    if partitions <= 0 {
+        return 0;
+    }
+    match partitioner {
+        // librdkafka's consistent(_random): CRC-32 (IEEE) of the key.
+        Partitioner::Crc32 => (crc32(key) % partitions as u32) as i32,
+        // The Java client's default: murmur2 of the key, made positive.
+        Partitioner::Murmur2 => ((murmur2(key) & 0x7fff_ffff) % partitions as u32) as i32,
+    }
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+        }
+    }
+    !crc
+}
+
+/// Kafka's murmur2 (seed 0x9747b28c), as `org.apache.kafka.common.utils.Utils.murmur2`.
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let len = data.len();
+    let mut h: u32 = 0x9747_b28c ^ len as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+/// A lookup for a stream thread to answer from its own state.
+pub struct LookupRequest {
+    /// The customer id.
+    pub customer_id: String,
+    /// Its partition.
+    pub partition: i32,
+    /// Where the JSON answer goes (`None`: no state for the customer).
+    pub reply: oneshot::Sender<Option<serde_json::Value>>,
+}
+
+/// A locally owned partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owned {
+    /// The stream thread that owns it.
+    pub thread: usize,
+    /// Its state is being restored (lookups answer 503).
+    pub restoring: bool,
+}
+
+/// Where a customer's state lives, for the lookup endpoint.
+pub enum Whereabouts {
+    /// A stream thread of this instance owns the partition.
+    Local(Owned),
+    /// Another instance (its advertised URL, when known).
+    Remote(Option<String>),
+}
+
+/// The instance's view of partition ownership. Shared by the stream threads
+/// (who record their assignments), the peer refresher and the HTTP server.
+pub struct Directory {
+    partitioner: Partitioner,
+    partitions: AtomicI32,
+    owned: RwLock<BTreeMap<i32, Owned>>,
+    peers: RwLock<BTreeMap<i32, String>>,
+    threads: RwLock<Vec<mpsc::Sender<LookupRequest>>>,
+    advertised_url: String,
+    stop: AtomicBool,
+}
+
+impl Directory {
+    /// An empty directory for `cfg`'s partitioner and advertised URL.
+    pub fn new(cfg: &Config) -> Arc<Directory> {
+        Arc::new(Directory {
+            partitioner: cfg.input.partitioner,
+            partitions: AtomicI32::new(0),
+            owned: RwLock::new(BTreeMap::new()),
+            peers: RwLock::new(BTreeMap::new()),
+            threads: RwLock::new(Vec::new()),
+            advertised_url: cfg.pipeline.advertised_url.clone(),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    /// The input topics' partition count (from the start-up check).
+    pub fn set_partitions(&self, n: i32) {
+        self.partitions.store(n, Ordering::Relaxed);
+    }
+
+    /// The partition of `customer_id`, once the partition count is known.
+    pub fn partition_of(&self, customer_id: &str) -> Option<i32> {
+        let n = self.partitions.load(Ordering::Relaxed);
+        (n > 0).then(|| partition_for(self.partitioner, customer_id.as_bytes(), n))
+    }
+
+    /// This instance's advertised URL ("" when none).
+    pub fn advertised_url(&self) -> &str {
+        &self.advertised_url
+    }
+
+    /// Registers stream thread `thread`'s lookup queue.
+    pub fn add_thread(&self, thread: usize, tx: mpsc::Sender<LookupRequest>) {
+        if let Ok(mut t) = self.threads.write() {
+            while t.len() <= thread {
+                t.push(tx.clone());
+            }
+            t[thread] = tx;
+        }
+    }
+
+    /// The lookup queue of stream thread `thread`.
+    pub fn thread(&self, thread: usize) -> Option<mpsc::Sender<LookupRequest>> {
+        self.threads.read().ok()?.get(thread).cloned()
+    }
+
+    /// `thread` starts restoring `partitions` (it owns them from now on).
+    pub fn restoring(&self, thread: usize, partitions: &[i32]) {
+        self.mark(thread, partitions, true);
+    }
+
+    /// `thread`'s `partitions` are restored and answer lookups.
+    pub fn restored(&self, thread: usize, partitions: &[i32]) {
+        self.mark(thread, partitions, false);
+    }
+
+    fn mark(&self, thread: usize, partitions: &[i32], restoring: bool) {
+        if let Ok(mut o) = self.owned.write() {
+            for p in partitions {
+                o.insert(*p, Owned { thread, restoring });
+            }
+        }
+    }
+
+    /// `thread` no longer owns `partitions`.
+    pub fn revoked(&self, thread: usize, partitions: &[i32]) {
+        if let Ok(mut o) = self.owned.write() {
+            for p in partitions {
+                if o.get(p).is_some_and(|x| x.thread == thread) {
+                    o.remove(p);
+                }
+            }
+        }
+    }
+
+    /// Who owns `partition`.
+    pub fn whereabouts(&self, partition: i32) -> Whereabouts {
+        if let Some(o) = self
+            .owned
+            .read()
+            .ok()
+            .and_then(|o| o.get(&partition).copied())
+        {
+            return Whereabouts::Local(o);
+        }
+        Whereabouts::Remote(
+            self.peers
+                .read()
+                .ok()
+                .and_then(|p| p.get(&partition).cloned()),
+        )
+    }
+
+    /// Re-reads the group's members and assignments every
+    /// [`PEERS_EVERY`] on a thread of its own, until [`Directory::stop`].
+    pub fn start_peers(self: &Arc<Self>, cfg: &Config) -> Result<(), String> {
+        let client = cfg.kafka.client_config().map_err(|e| e.to_string())?;
+        let consumer: BaseConsumer<crate::telemetry::kafka_log::QuietContext> = client
+            .create_with_context(crate::telemetry::kafka_log::QuietContext)
+            .map_err(|e| format!("creating the group reader: {e}"))?;
+        let group = cfg.kafka.group_id.clone();
+        let topic = cfg.input.topics.first().cloned().unwrap_or_default();
+        let dir = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("segstream-peers".into())
+            .spawn(move || loop {
+                let Some(d) = dir.upgrade() else { return };
+                if d.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                match consumer.fetch_group_list(Some(&group), Duration::from_secs(5)) {
+                    Ok(list) => {
+                        let mut map = BTreeMap::new();
+                        for g in list.groups() {
+                            for m in g.members() {
+                                let Some(url) = url_of_client_id(m.client_id()) else {
+                                    continue;
+                                };
+                                for p in m
+                                    .assignment()
+                                    .map(|a| assigned_partitions(a, &topic))
+                                    .unwrap_or_default()
+                                {
+                                    map.insert(p, url.to_string());
+                                }
+                            }
+                        }
+                        if let Ok(mut peers) = d.peers.write() {
+                            *peers = map;
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "Describing the consumer group failed."),
+                }
+                drop(d);
+                let mut slept = Duration::ZERO;
+                while slept < PEERS_EVERY {
+                    std::thread::sleep(Duration::from_millis(200));
+                    slept += Duration::from_millis(200);
+                    if dir.upgrade().is_none_or(|d| d.stop.load(Ordering::Relaxed)) {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| format!("starting the group reader: {e}"))?;
+        Ok(())
+    }
+
+    /// Stops the peer refresher.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The partitions of `topic` in a member's assignment (the classic consumer
+/// protocol's `ConsumerProtocolAssignment`: version, then topics with their
+/// partitions, then user data). Malformed bytes give what was read so far.
+fn assigned_partitions(bytes: &[u8], topic: &str) -> Vec<i32> {
+    let mut r = Reader { bytes, at: 0 };
+    let mut out = Vec::new();
+    let _version = r.i16();
+    let Some(topics) = r.i32() else { return out };
+    for _ in 0..topics.max(0) {
+        let Some(name) = r.string() else { return out };
+        let Some(n) = r.i32() else { return out };
+        for _ in 0..n.max(0) {
+            let Some(p) = r.i32() else { return out };
+            if name == topic.as_bytes() {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.bytes.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+    fn i16(&mut self) -> Option<i16> {
+        self.take(2).map(|b| i16::from_be_bytes([b[0], b[1]]))
+    }
+    fn i32(&mut self) -> Option<i32> {
+        self.take(4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let n = usize::try_from(self.i16()?).ok()?;
+        self.take(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32_is_the_ieee_checksum() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        // Values from the Java client's own partitioner tests
+        // (Utils.murmur2 on these strings' UTF-8 bytes).
+        assert_eq!(murmur2(b"21") as i32, -973_932_308);
+        assert_eq!(murmur2(b"foobar") as i32, -790_332_482);
+        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985_981_536);
+        assert_eq!(
+            murmur2(b"a-little-bit-longer-string") as i32,
+            -1_486_304_829
+        );
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
+            -58_897_971
+        );
+        assert_eq!(murmur2(b"abc") as i32, 479_470_107);
+    }
+
+    #[test]
+    fn a_member_assignment_is_read() {
+        let mut b = Vec::new();
+        b.extend(0i16.to_be_bytes());
+        b.extend(2i32.to_be_bytes());
+        for (t, ps) in [("other", vec![9i32]), ("events", vec![1, 4])] {
+            b.extend((t.len() as i16).to_be_bytes());
+            b.extend(t.as_bytes());
+            b.extend((ps.len() as i32).to_be_bytes());
+            for p in ps {
+                b.extend(p.to_be_bytes());
+            }
+        }
+        b.extend((-1i32).to_be_bytes());
+        assert_eq!(assigned_partitions(&b, "events"), vec![1, 4]);
+        // Cut inside the last partition: what was read so far.
+        assert_eq!(assigned_partitions(&b[..b.len() - 6], "events"), vec![1]);
+        assert!(assigned_partitions(&[], "events").is_empty());
+    }
+
+    #[test]
+    fn client_ids_carry_the_advertised_url() {
+        let id = client_id("http://pod-1.segstream:9464", 3);
+        assert_eq!(url_of_client_id(&id), Some("http://pod-1.segstream:9464"));
+        assert_eq!(url_of_client_id("rdkafka"), None);
+        assert_eq!(url_of_client_id(&client_id("", 0)), None);
+    }
+}
