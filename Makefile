@@ -55,7 +55,13 @@ K8S_VALIDATE_VERSION := 1.37.0
 K8SENV := $(SEGSTREAM_CACHE)/pyenv-k8s-validate-$(K8S_VALIDATE_VERSION)
 export SEGSTREAM_TEST_K8S_VALIDATE := $(K8SENV)/bin/kubernetes-validate
 
-.PHONY: help tools pyenv onnxruntime kafka-jars kafka-up kafka-down kafka-status \
+# confluent-kafka (PyPI; the wheel bundles librdkafka) for the consumer
+# example in deploy/examples/, which a test runs against a live pipeline.
+CONFLUENT_KAFKA_VERSION := 2.16.1
+CLIENTENV := $(SEGSTREAM_CACHE)/pyenv-confluent-kafka-$(CONFLUENT_KAFKA_VERSION)
+export SEGSTREAM_TEST_CLIENT_PYTHON := $(CLIENTENV)/bin/python
+
+.PHONY: help tools pyenv client-pyenv onnxruntime kafka-jars kafka-up kafka-down kafka-status \
         topics build test bench lint demo clean-kafka prometheus k8s-validate \
         observability-tools dashboard-configmap
 
@@ -101,6 +107,15 @@ $(PYENV)/.ok:
 	$(PYTHON) -m venv "$(PYENV)"
 	"$(PYENV)/bin/pip" install --quiet --disable-pip-version-check \
 	  "onnxruntime==$(ORT_VERSION)" "onnx==$(ONNX_VERSION)" numpy
+	touch "$@"
+
+client-pyenv: $(CLIENTENV)/.ok ## Python venv with confluent-kafka (consumer example test)
+
+$(CLIENTENV)/.ok:
+	rm -rf "$(CLIENTENV)"
+	$(PYTHON) -m venv "$(CLIENTENV)"
+	"$(CLIENTENV)/bin/pip" install --quiet --disable-pip-version-check \
+	  "confluent-kafka==$(CONFLUENT_KAFKA_VERSION)"
 	touch "$@"
 
 prometheus: $(PROMTOOL) ## Unpack Debian's prometheus package (promtool, server) into the cache
@@ -172,7 +187,7 @@ build: ## cargo build --release
 # (also on failure or Ctrl-C) and exits with the command's status.
 # SEGSTREAM_TEST_REQUIRE_TOOLS: tests that need an external tool fail when it
 # is missing instead of skipping (they skip only when run by hand).
-test: tools pyenv observability-tools ## Run all tests against a fresh local broker
+test: tools pyenv client-pyenv observability-tools ## Run all tests against a fresh local broker
 	SEGSTREAM_TEST_REQUIRE_TOOLS=1 \
 	SEGSTREAM_TEST_BOOTSTRAP=$(KAFKA_BOOTSTRAP) deploy/local/with-kafka.sh \
 	  $(CARGO) test --locked --release --all-targets

@@ -253,6 +253,17 @@ enum SegmentsCommand {
     /// Print segment changes (customer, from → to, trigger, probabilities)
     /// from the beginning of the output topic until it has been idle for `--idle`.
     Show(ShowArgs),
+    /// Write every customer's current classification, read from the
+    /// current-membership topic (`output.current_topic`) to its end, to a
+    /// Parquet (`.parquet`) or NDJSON (`.ndjson`, `.jsonl`, `.json`) file.
+    Snapshot {
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Give up if the topic is not read to its end within this.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -318,6 +329,25 @@ fn main() -> ExitCode {
                     Command::Segments {
                         command: SegmentsCommand::Show(a),
                     } => segments_show(config, a.idle, a.max, a.changes_only).await,
+                    Command::Segments {
+                        command: SegmentsCommand::Snapshot { out, timeout },
+                    } => {
+                        let counts = tokio::task::spawn_blocking(move || {
+                            segstream::pipeline::snapshot::snapshot(&config, &out, timeout)
+                                .map(|c| (c, out))
+                        })
+                        .await?
+                        .map_err(anyhow::Error::msg)?;
+                        let (c, out) = counts;
+                        println!(
+                            "{} customers written to {} ({} records read, {} undecodable)",
+                            c.customers,
+                            out.display(),
+                            c.records,
+                            c.undecodable
+                        );
+                        Ok(())
+                    }
                     Command::Config { .. } => Ok(()),
                 }
             });

@@ -19,30 +19,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::pipeline::*;
+use common::tool;
 use segstream::telemetry::Metrics;
-
-/// The path of an external tool from `var`, or `None` (with a note) when the
-/// variable is unset outside `make test`.
-fn tool(var: &str, what: &str) -> Option<PathBuf> {
-    match std::env::var_os(var) {
-        Some(p) => {
-            let p = PathBuf::from(p);
-            assert!(
-                p.exists(),
-                "{var}={} does not exist; run `make observability-tools` to install {what}",
-                p.display()
-            );
-            Some(p)
-        }
-        None if std::env::var_os("SEGSTREAM_TEST_REQUIRE_TOOLS").is_some() => {
-            panic!("{var} is not set; `make test` exports it (it installs {what})")
-        }
-        None => {
-            eprintln!("note: {var} is not set; skipping (run `make test`, or export it: {what})");
-            None
-        }
-    }
-}
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -359,7 +337,7 @@ async fn prometheus_scrapes_a_running_pipeline_whose_metrics_pass_promtool() {
         lines += 1;
     }
     assert!(lines >= 3, "the run logged:\n{text}");
-    assert!(text.contains("Serving /healthz, /readyz and /metrics."));
+    assert!(text.contains("Serving /healthz, /readyz, /metrics and /v1/customers/{id}."));
     // Refused records: one summary with counts per reason, no record.
     assert!(
         text.lines().any(

@@ -240,3 +240,116 @@ async fn lookups_answer_owned_redirect_not_owned_and_wait_for_restores() {
         .contains("nobody-at-all"));
     verify(&s, &stream);
 }
+
+/// Runs the consumer example (`deploy/examples/segment_members.py`, Python
+/// confluent-kafka) and returns the member set it printed.
+fn members_by_example(
+    python: &std::path::Path,
+    topic: &str,
+    from: &str,
+    segment: &str,
+) -> Vec<String> {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/segment_members.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .args(["--bootstrap", &common::bootstrap(), "--topic", topic])
+        .args(["--from", from, "--segment", segment])
+        .output()
+        .expect("run the consumer example");
+    assert!(
+        out.status.success(),
+        "segment_members.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// With one topic per segment, customers move between segments while a
+/// SIGKILL interrupts the pipeline; afterwards the consumer example, reading
+/// only one segment's topic, gets exactly that segment's members (ENTERED
+/// adds, EXITED removes), and so does a bootstrap from the current topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_segment_topic_alone_gives_the_exact_member_set() {
+    assert!(
+        std::env::var_os("ORT_DYLIB_PATH").is_some(),
+        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
+    );
+    let Some(python) = common::tool(
+        "SEGSTREAM_TEST_CLIENT_PYTHON",
+        "confluent-kafka (make client-pyenv)",
+    ) else {
+        return;
+    };
+    let s = setup().await;
+    let template = format!("{}.{{segment}}", s.output);
+    let segments: Vec<String> = segstream::model::DEFAULT_SEGMENTS
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+    let topics_of: Vec<String> = segments
+        .iter()
+        .map(|seg| template.replace("{segment}", seg))
+        .collect();
+    let names: Vec<&str> = topics_of.iter().map(String::as_str).collect();
+    common::create_topics(&names, 1).await;
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let text = text.replace(
+        &format!("topic = \"{}\"\n", s.output),
+        &format!("topic = \"{template}\"\n"),
+    );
+    std::fs::write(&s.config, text).unwrap();
+
+    let producing = tokio::spawn(produce_stream(topics(&s), 8.0));
+    let log = s.dir.path().join("run.log");
+    let mut child = start(&s.config, &log);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _stream = producing.await.unwrap();
+    let mut children = vec![start(&s.config, &log)];
+    wait_consumed(&s, &mut children, &log).await;
+    sigterm(&children[0]);
+    assert!(
+        children[0].wait().unwrap().success(),
+        "clean stop:\n{}",
+        tail(&log)
+    );
+
+    // The truth: each customer's committed decision.
+    let mut truth: BTreeMap<String, String> = BTreeMap::new();
+    for (_, _, key, value, _) in read_all(&s.changelog) {
+        let state = segstream::state::changelog::decode(&value.unwrap()).unwrap();
+        truth.insert(
+            String::from_utf8(key.unwrap()).unwrap(),
+            state.decision.segment,
+        );
+    }
+    // Some customers did move, so exits were exercised.
+    let exits = topics_of
+        .iter()
+        .flat_map(|t| read_all(t))
+        .filter(|(_, _, _, _, h)| {
+            h.iter()
+                .any(|(k, v)| k == "segstream.membership" && v == "EXITED")
+        })
+        .count();
+    assert!(exits > 0, "no customer moved:\n{}", tail(&log));
+    for (seg, topic) in segments.iter().zip(&topics_of) {
+        let want: Vec<String> = truth
+            .iter()
+            .filter(|(_, s)| *s == seg)
+            .map(|(k, _)| k.clone())
+            .collect();
+        assert_eq!(
+            members_by_example(&python, topic, "changes", seg),
+            want,
+            "segment {seg} from its topic"
+        );
+        assert_eq!(
+            members_by_example(&python, &s.current, "current", seg),
+            want,
+            "segment {seg} from the current topic"
+        );
+    }
+}

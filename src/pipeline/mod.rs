@@ -27,6 +27,7 @@
 pub mod directory;
 mod http;
 pub mod output;
+pub mod snapshot;
 mod watchdog;
 
 use std::collections::{BTreeMap, BTreeSet};

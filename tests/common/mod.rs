@@ -62,3 +62,26 @@ pub async fn create_topics_with(names: &[&str], partitions: i32, configs: &[(&st
         }
     }
 }
+
+/// The path of an external tool from `var`, or `None` (with a note) when the
+/// variable is unset outside `make test`.
+pub fn tool(var: &str, what: &str) -> Option<std::path::PathBuf> {
+    match std::env::var_os(var) {
+        Some(p) => {
+            let p = std::path::PathBuf::from(p);
+            assert!(
+                p.exists(),
+                "{var}={} does not exist; run `make test` (or its tool targets) to install {what}",
+                p.display()
+            );
+            Some(p)
+        }
+        None if std::env::var_os("SEGSTREAM_TEST_REQUIRE_TOOLS").is_some() => {
+            panic!("{var} is not set; `make test` exports it (it installs {what})")
+        }
+        None => {
+            eprintln!("note: {var} is not set; skipping (run `make test`, or export it: {what})");
+            None
+        }
+    }
+}
