@@ -32,6 +32,7 @@
 //! | [`generate`] | synthetic data: the realistic behaviour generator (Kafka or files) and the reference sample corpus |
 //! | [`bench`](mod@bench) | the benchmark suite: ratios against raw librdkafka / ONNX Runtime baselines |
 //! | [`telemetry`] | Prometheus metrics and logging |
+//! | [`privacy`] | pseudonymous customer ids (keyed HMAC), erasure requests and the erased-customer list |
 //!
 //! Where an event goes next: `ingest` turns Kafka records into
 //! [`event::Event`]s (or dead letters); `state` applies them to the
@@ -52,6 +53,7 @@ pub mod generate;
 pub mod ingest;
 pub mod model;
 pub mod pipeline;
+pub mod privacy;
 pub mod score;
 pub mod state;
 pub mod telemetry;

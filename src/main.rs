@@ -72,6 +72,14 @@ enum Command {
     /// Score every customer of a history file as of a time with a model
     /// directory (backfills, audits, offline evaluation).
     Predict(PredictArgs),
+    /// Erase customers: write an erasure request per id to
+    /// `privacy.erasure_topic`; the running pipeline removes their state,
+    /// tombstones the changelog and the current topic, and audits it.
+    Forget {
+        /// A customer id as the producers key it (repeat for several).
+        #[arg(long = "customer", required = true)]
+        customers: Vec<String>,
+    },
     /// Model tools: look at, check, or create model directories.
     Model {
         #[command(subcommand)]
@@ -313,6 +321,16 @@ fn main() -> ExitCode {
             let result = runtime.block_on(async {
                 match command {
                     Command::Run => run(config).await,
+                    Command::Forget { customers } => {
+                        let n = segstream::privacy::request_erasure(&config, &customers)
+                            .await
+                            .map_err(anyhow::Error::msg)?;
+                        println!(
+                            "{n} erasure request(s) written to {}; the pipeline applies them in its next cycle.",
+                            config.privacy.erasure_topic
+                        );
+                        Ok(())
+                    }
                     Command::Samples { customers } => samples(config, customers).await,
                     Command::Dlq {
                         command: DlqCommand::Show(a),
@@ -1035,6 +1053,15 @@ fn load_history(
         }
         None => events,
     };
+    let mut events = events;
+    if !config.privacy.erasure_topic.is_empty() {
+        let dropped =
+            segstream::privacy::drop_erased(config, &mut events).map_err(anyhow::Error::msg)?;
+        info!(
+            dropped,
+            "Dropped the events of erased customers (privacy.erasure_topic)."
+        );
+    }
     info!(events = events.len(), "Read the history.");
     Ok(events)
 }

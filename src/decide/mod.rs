@@ -160,6 +160,7 @@ pub fn trigger_name(t: i32) -> &'static str {
         Ok(Trigger::Inactivity) => "INACTIVITY",
         Ok(Trigger::ModelUpdate) => "MODEL_UPDATE",
         Ok(Trigger::Evicted) => "EVICTED",
+        Ok(Trigger::Erased) => "ERASED",
         _ => "UNSPECIFIED",
     }
 }

@@ -135,11 +135,15 @@ pub struct Directory {
     threads: RwLock<Vec<mpsc::Sender<LookupRequest>>>,
     advertised_url: String,
     stop: AtomicBool,
+    pseudonymizer: Option<Arc<crate::privacy::Pseudonymizer>>,
 }
 
 impl Directory {
     /// An empty directory for `cfg`'s partitioner and advertised URL.
-    pub fn new(cfg: &Config) -> Arc<Directory> {
+    pub fn new(
+        cfg: &Config,
+        pseudonymizer: Option<Arc<crate::privacy::Pseudonymizer>>,
+    ) -> Arc<Directory> {
         Arc::new(Directory {
             partitioner: cfg.input.partitioner,
             partitions: AtomicI32::new(0),
@@ -148,6 +152,7 @@ impl Directory {
             threads: RwLock::new(Vec::new()),
             advertised_url: cfg.pipeline.advertised_url.clone(),
             stop: AtomicBool::new(false),
+            pseudonymizer,
         })
     }
 
@@ -160,6 +165,12 @@ impl Directory {
     pub fn partition_of(&self, customer_id: &str) -> Option<i32> {
         let n = self.partitions.load(Ordering::Relaxed);
         (n > 0).then(|| partition_for(self.partitioner, customer_id.as_bytes(), n))
+    }
+
+    /// The id a customer's state is stored under (their pseudonym when
+    /// `privacy.pseudonymize` is on).
+    pub fn stored_id(&self, customer_id: &str) -> String {
+        crate::privacy::stored_id(self.pseudonymizer.as_deref(), customer_id)
     }
 
     /// This instance's advertised URL ("" when none).

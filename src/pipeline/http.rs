@@ -253,7 +253,7 @@ async fn lookup(State(api): State<Api>, Path(id): Path<String>) -> Response {
             };
             let (tx, rx) = oneshot::channel();
             let request = LookupRequest {
-                customer_id: id.clone(),
+                customer_id: api.directory.stored_id(&id),
                 partition,
                 reply: tx,
             };

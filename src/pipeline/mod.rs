@@ -56,6 +56,7 @@ use crate::event::proto::Trigger;
 use crate::event::{Decoder, Reason, Rejection};
 use crate::ingest::align::{Aligner, Backlog};
 use crate::ingest::{self, DeadLetter, Routed};
+use crate::privacy::Pseudonymizer;
 use crate::score::{ModelWatcher, PollOutcome, RescoreSweep, Scorer};
 use crate::state::changelog::{self, drain_dirty};
 use crate::state::{CustomerState, PartitionStore, RecordOutcome};
@@ -87,6 +88,9 @@ pub enum PipelineError {
     /// Scoring failed in a way retrying cannot fix.
     #[error(transparent)]
     Score(#[from] crate::score::ScoreError),
+    /// The privacy settings cannot be used (e.g. no pseudonymization key).
+    #[error("privacy: {0}")]
+    Privacy(String),
     /// An output record could not be encoded.
     #[error("{0}")]
     Encode(String),
@@ -205,6 +209,10 @@ struct Cycle {
     records: u64,
     /// Kafka timestamps (ms) of the cycle's records, for end-to-end latency.
     timestamps: Vec<i64>,
+    /// Erasure requests consumed: (partition, stored id, offset).
+    erasures: Vec<(i32, String, i64)>,
+    /// Erasure audit entries to write: (audit key, JSON value).
+    audits: Vec<(String, Vec<u8>)>,
 }
 
 /// The running pipeline of one instance.
@@ -252,6 +260,8 @@ pub struct Pipeline {
     has_assignment: bool,
     /// Partition ownership, for lookups.
     directory: Arc<Directory>,
+    /// Replaces customer ids at ingest (`privacy.pseudonymize`).
+    pseudonymizer: Option<Arc<Pseudonymizer>>,
 }
 
 /// A consumed record in the aligner.
@@ -313,7 +323,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), PipelineError> {
     let health = Arc::new(Health::default());
-    let directory = Directory::new(&cfg);
+    let pseudonymizer = crate::privacy::Pseudonymizer::from_config(&cfg.privacy)
+        .map_err(PipelineError::Privacy)?
+        .map(Arc::new);
+    let directory = Directory::new(&cfg, pseudonymizer.clone());
     if !cfg.pipeline.http_listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&cfg.pipeline.http_listen)
             .await
@@ -394,12 +407,13 @@ pub async fn run(
                 index: thread,
                 of: threads,
                 gauges: gauges.clone(),
+                directory: directory.clone(),
+                pseudonymizer: pseudonymizer.clone(),
             },
             scorer.clone(),
             metrics.clone(),
             health.clone(),
             watchdog.lane(thread),
-            directory.clone(),
         )?);
     }
     if let Some(first) = pipelines.first() {
@@ -455,11 +469,14 @@ fn joined(
     ended.map_err(|e| PipelineError::Task(format!("a stream thread: {e}")))?
 }
 
-/// Which stream thread a [`Pipeline`] is, and the gauges the threads share.
+/// Which stream thread a [`Pipeline`] is, and what the threads share
+/// besides the scorer and metrics.
 struct StreamThread {
     index: usize,
     of: usize,
     gauges: Arc<ThreadGauges>,
+    directory: Arc<Directory>,
+    pseudonymizer: Option<Arc<Pseudonymizer>>,
 }
 
 /// Per-thread values of the instance-wide gauges (assigned partitions,
@@ -505,7 +522,12 @@ async fn stream_thread(
         .call("init_transactions", move |t| producer.init_transactions(t))
         .await?
         .map_err(kafka("initializing transactions"))?;
-    let topics: Vec<&str> = p.cfg.input.topics.iter().map(String::as_str).collect();
+    let mut topics: Vec<&str> = p.cfg.input.topics.iter().map(String::as_str).collect();
+    if !p.cfg.privacy.erasure_topic.is_empty() {
+        // Co-partitioned: the range assignor gives each thread the erasure
+        // partitions of its own customers.
+        topics.push(&p.cfg.privacy.erasure_topic);
+    }
     p.consumer
         .subscribe(&topics)
         .map_err(kafka("subscribing to the input topics"))?;
@@ -578,7 +600,6 @@ impl Pipeline {
         metrics: Metrics,
         health: Arc<Health>,
         watchdog: Watchdog,
-        directory: Arc<Directory>,
     ) -> Result<Self, PipelineError> {
         let mut c = cfg.kafka.consumer_config()?;
         ingest::consumer_defaults(&mut c);
@@ -672,10 +693,45 @@ impl Pipeline {
             fetched: BTreeMap::new(),
             paused: BTreeSet::new(),
             released: Vec::new(),
+            directory: thread.directory.clone(),
+            pseudonymizer: thread.pseudonymizer.clone(),
             thread,
             has_assignment: false,
-            directory,
         })
+    }
+
+    /// Erases the customers of the cycle's erasure requests (their buffered
+    /// events were applied first) and queues one audit entry per request.
+    fn apply_erasures(&mut self) {
+        let erasures = std::mem::take(&mut self.cycle.erasures);
+        let now = ingest::now_ms();
+        for (partition, id, offset) in erasures {
+            let had_state = self
+                .stores
+                .get_mut(&partition)
+                .is_some_and(|s| s.erase(&id));
+            let key = crate::privacy::audit_key(self.pseudonymizer.as_deref(), &id);
+            info!(
+                customer = %key,
+                partition,
+                offset,
+                had_state,
+                "Erased a customer (privacy.erasure_topic)."
+            );
+            self.metrics.erasures.inc();
+            if !self.cfg.privacy.audit_topic.is_empty() {
+                let value = serde_json::json!({
+                    "customer": key,
+                    "partition": partition,
+                    "request_offset": offset,
+                    "had_state": had_state,
+                    "erased_at_ms": now,
+                });
+                self.cycle
+                    .audits
+                    .push((key, value.to_string().into_bytes()));
+            }
+        }
     }
 
     /// Answers a lookup from this thread's state (`None`: no such customer).
@@ -784,6 +840,24 @@ impl Pipeline {
         if count(&self.cfg.dead_letter.topic).is_none() {
             problems.push(format!("{} does not exist", self.cfg.dead_letter.topic));
         }
+        let privacy = &self.cfg.privacy;
+        if !privacy.erasure_topic.is_empty() {
+            match count(&privacy.erasure_topic) {
+                Some(n) => {
+                    counts.insert(privacy.erasure_topic.clone(), n);
+                }
+                None => problems.push(format!(
+                    "{} (privacy.erasure_topic) does not exist",
+                    privacy.erasure_topic
+                )),
+            }
+        }
+        if !privacy.audit_topic.is_empty() && count(&privacy.audit_topic).is_none() {
+            problems.push(format!(
+                "{} (privacy.audit_topic) does not exist",
+                privacy.audit_topic
+            ));
+        }
         if !self.cfg.output.topic.contains("{segment}") && count(&self.cfg.output.topic).is_none() {
             problems.push(format!("{} does not exist", self.cfg.output.topic));
         }
@@ -829,12 +903,19 @@ impl Pipeline {
         let distinct: BTreeSet<usize> = counts.values().copied().collect();
         if distinct.len() > 1 {
             problems.push(format!(
-                "input topics, the changelog and the current-membership topic must have the same \
-                 partition count (co-partitioning): {counts:?}"
+                "input topics, the changelog, the current-membership and the erasure topic must \
+                 have the same partition count (co-partitioning): {counts:?}"
             ));
         }
         if problems.is_empty() {
-            let n = counts.values().next().copied().unwrap_or(0);
+            let n = self
+                .cfg
+                .input
+                .topics
+                .first()
+                .and_then(|t| counts.get(t))
+                .copied()
+                .unwrap_or(0);
             Ok(i32::try_from(n).unwrap_or(i32::MAX))
         } else {
             Err(PipelineError::Topics(format!(
@@ -1211,6 +1292,16 @@ impl Pipeline {
         if !self.stores.contains_key(&partition) {
             self.restore(vec![partition]).await?;
         }
+        if *topic == *self.cfg.privacy.erasure_topic {
+            // Applied at the end of the cycle, after every buffered event.
+            if let Some(key) = msg.key() {
+                let id = String::from_utf8_lossy(key).into_owned();
+                self.cycle.erasures.push((partition, id, offset));
+            }
+            self.tally.consumed(&topic);
+            self.cycle.offsets.insert((topic, partition), offset + 1);
+            return Ok(());
+        }
         let record = ingest::source_record(&msg);
         let routed = ingest::route(
             &self.decoder,
@@ -1220,10 +1311,15 @@ impl Pipeline {
             self.max_dead_letter_bytes,
         );
         let (time_ms, item) = match routed {
-            Routed::Event(e) => (
-                Some(e.event.event_time_ms),
-                HeldItem::Event(Box::new(e), OwnedSource::of(&record)),
-            ),
+            Routed::Event(mut e) => {
+                if let Some(p) = &self.pseudonymizer {
+                    e.event.customer_id = p.apply(&e.event.customer_id);
+                }
+                (
+                    Some(e.event.event_time_ms),
+                    HeldItem::Event(Box::new(e), OwnedSource::of(&record)),
+                )
+            }
             Routed::DeadLetter(d) => (None, HeldItem::Refused(d)),
         };
         self.tally.consumed(&topic);
@@ -1409,6 +1505,7 @@ impl Pipeline {
         self.tally.flush();
         self.take_rebalances().await?;
         self.release_all()?;
+        self.apply_erasures();
         let now = tokio::time::Instant::now();
         // Timers and retention.
         for (p, store) in self.stores.iter_mut() {
@@ -1443,6 +1540,7 @@ impl Pipeline {
         }
         let has_changelog = self.stores.values().any(|s| s.has_dirty());
         if self.cycle.offsets.is_empty()
+            && self.cycle.audits.is_empty()
             && self.cycle.dead_letters.is_empty()
             && self.cycle.to_score.is_empty()
             && !has_changelog
@@ -1690,20 +1788,21 @@ impl Pipeline {
                 decided_at,
                 lag,
             );
-            for (id, segment) in store.take_exits() {
+            for exit in store.take_exits() {
                 records.extend(
-                    output::for_eviction(
-                        &self.cfg.output,
-                        p,
-                        &id,
-                        &segment,
-                        as_of,
-                        decided_at,
-                        live,
-                    )
-                    .map_err(encoding)?,
+                    output::for_exit(&self.cfg.output, p, &exit, as_of, decided_at, live)
+                        .map_err(encoding)?,
                 );
             }
+        }
+        for (key, value) in std::mem::take(&mut self.cycle.audits) {
+            records.push(output::OutRecord {
+                topic: self.cfg.privacy.audit_topic.clone(),
+                partition: None,
+                key,
+                value: Some(value),
+                headers: Vec::new(),
+            });
         }
         for r in &records {
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());

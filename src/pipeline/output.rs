@@ -10,6 +10,7 @@ use prost::Message as _;
 use crate::config::{ExitRecords, OutputConfig, OutputFormat};
 use crate::decide::{self, SegmentChangeJson};
 use crate::event::proto::{Membership, SegmentChange, Trigger};
+use crate::state::Exit;
 
 /// One record to send inside the cycle's transaction.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,25 +112,29 @@ pub fn for_change(
     Ok(records)
 }
 
-/// The records of an evicted customer who was in `segment`: an EXITED
-/// change (trigger EVICTED, no new segment) or a tombstone on that
-/// segment's topic, and a tombstone in the current topic.
-pub fn for_eviction(
+/// The records of an evicted or erased customer who was in a segment: an
+/// EXITED change (trigger EVICTED or ERASED, no new segment) or a tombstone
+/// on that segment's topic, and a tombstone in the current topic.
+pub fn for_exit(
     out: &OutputConfig,
     partition: i32,
-    customer_id: &str,
-    segment: &str,
+    exit: &Exit,
     as_of_ms: i64,
     decided_at_ms: i64,
     live: bool,
 ) -> Result<Vec<OutRecord>, String> {
+    let (customer_id, segment) = (exit.customer_id.as_str(), exit.segment.as_str());
     let exited = SegmentChange {
         customer_id: customer_id.to_string(),
         segment: String::new(),
         previous_segment: segment.to_string(),
         as_of_ms,
         decided_at_ms,
-        trigger: Trigger::Evicted as i32,
+        trigger: if exit.erased {
+            Trigger::Erased
+        } else {
+            Trigger::Evicted
+        } as i32,
         membership: Membership::Exited as i32,
         live,
         ..SegmentChange::default()
@@ -179,6 +184,14 @@ mod tests {
             model_version: "m1".into(),
             trigger: Trigger::Event as i32,
             ..SegmentChange::default()
+        }
+    }
+
+    fn exit(id: &str, segment: &str) -> Exit {
+        Exit {
+            customer_id: id.into(),
+            segment: segment.into(),
+            erased: false,
         }
     }
 
@@ -235,7 +248,7 @@ mod tests {
     #[test]
     fn an_eviction_exits_the_segment_and_tombstones_current() {
         let out = per_segment_out(ExitRecords::Record);
-        let r = for_eviction(&out, 1, "c1", "a", 5, 6, true).unwrap();
+        let r = for_exit(&out, 1, &exit("c1", "a"), 5, 6, true).unwrap();
         assert_eq!(r[0].topic, "seg.a");
         let exit = SegmentChange::decode(r[0].value.as_deref().unwrap()).unwrap();
         assert_eq!(exit.trigger, Trigger::Evicted as i32);
@@ -263,7 +276,7 @@ mod tests {
                 let id = format!("c{}", (x >> 33) % 40);
                 let records = if (x >> 20) % 9 == 0 {
                     match truth.remove(&id) {
-                        Some(seg) => for_eviction(&out, 0, &id, &seg, step, step, true).unwrap(),
+                        Some(seg) => for_exit(&out, 0, &exit(&id, &seg), step, step, true).unwrap(),
                         None => continue,
                     }
                 } else {

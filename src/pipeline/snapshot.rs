@@ -128,6 +128,7 @@ pub fn decode(bytes: &[u8], format: OutputFormat) -> Option<SegmentChange> {
                 Some("INACTIVITY") => Trigger::Inactivity,
                 Some("MODEL_UPDATE") => Trigger::ModelUpdate,
                 Some("EVICTED") => Trigger::Evicted,
+                Some("ERASED") => Trigger::Erased,
                 _ => Trigger::Unspecified,
             };
             let membership = match v["membership"].as_str() {

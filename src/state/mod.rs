@@ -14,7 +14,7 @@ pub mod text;
 
 use std::mem::size_of;
 
-pub use store::{PartitionStore, RecordOutcome, StoreLimits};
+pub use store::{Exit, PartitionStore, RecordOutcome, StoreLimits};
 
 use crate::event::{BrowseAction, Event, Payload};
 use text::{category_hash, fnv1a64, tokenize};

@@ -54,6 +54,18 @@ pub enum RecordOutcome {
     },
 }
 
+/// A customer who left their segment without a decision: evicted (TTL) or
+/// erased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    /// The customer.
+    pub customer_id: String,
+    /// The segment they were in.
+    pub segment: String,
+    /// Erased (`true`) or evicted.
+    pub erased: bool,
+}
+
 /// The customers of one partition.
 #[derive(Debug)]
 pub struct PartitionStore {
@@ -70,9 +82,9 @@ pub struct PartitionStore {
     /// (latest event time, customer), for retention.
     expiry: BTreeSet<(i64, String)>,
     dirty: BTreeSet<String>,
-    /// Evicted customers that had a segment: (customer, segment), until
+    /// Evicted or erased customers that had a segment, until
     /// [`PartitionStore::take_exits`].
-    exits: Vec<(String, String)>,
+    exits: Vec<Exit>,
     duplicates: u64,
 }
 
@@ -231,7 +243,11 @@ impl PartitionStore {
                     self.timers.remove(&(s.decision.next_review_ms, id.clone()));
                 }
                 if !s.decision.segment.is_empty() {
-                    self.exits.push((id.clone(), s.decision.segment));
+                    self.exits.push(Exit {
+                        customer_id: id.clone(),
+                        segment: s.decision.segment,
+                        erased: false,
+                    });
                 }
             }
             self.dirty.insert(id);
@@ -240,10 +256,30 @@ impl PartitionStore {
         evicted
     }
 
-    /// Customers evicted since the last call who had a segment, with it:
+    /// Customers evicted or erased since the last call who had a segment:
     /// they leave it (an EXITED record, a tombstone in the current topic).
-    pub fn take_exits(&mut self) -> Vec<(String, String)> {
+    pub fn take_exits(&mut self) -> Vec<Exit> {
         std::mem::take(&mut self.exits)
+    }
+
+    /// Erases a customer: their state goes (a changelog tombstone at the
+    /// next drain) and, when they had a segment, they leave it. Returns
+    /// whether there was state.
+    pub fn erase(&mut self, id: &str) -> bool {
+        let Some(state) = self.customers.get(id) else {
+            return false;
+        };
+        let segment = state.decision.segment.clone();
+        self.remove_indexed(id);
+        self.dirty.insert(id.to_string());
+        if !segment.is_empty() {
+            self.exits.push(Exit {
+                customer_id: id.to_string(),
+                segment,
+                erased: true,
+            });
+        }
+        true
     }
 
     /// Whether customers changed since the last [`PartitionStore::take_dirty`].

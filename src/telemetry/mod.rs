@@ -94,6 +94,9 @@ pub struct Metrics {
     pub duplicate_events: IntCounter,
     /// Customers evicted after the TTL.
     pub evicted_customers: IntCounter,
+    /// Erasure requests applied (customers whose state was removed, or who
+    /// had none).
+    pub erasures: IntCounter,
     /// Customers held in state by this instance.
     pub state_customers: IntGauge,
     /// Bytes of customer state held by this instance (estimate).
@@ -247,6 +250,10 @@ impl Metrics {
                 "segstream_duplicate_events_total",
                 "Events ignored because their event_id was seen among the customer's recent events.",
             )?,
+            erasures: counter(
+                "segstream_erasures_total",
+                "Erasure requests applied (privacy.erasure_topic), whether or not the customer had state.",
+            )?,
             evicted_customers: counter(
                 "segstream_evicted_customers_total",
                 "Customers evicted after state.ttl without events.",
@@ -303,6 +310,7 @@ impl Metrics {
             Box::new(m.commit_seconds.clone()),
             Box::new(m.duplicate_events.clone()),
             Box::new(m.evicted_customers.clone()),
+            Box::new(m.erasures.clone()),
             Box::new(m.state_customers.clone()),
             Box::new(m.state_bytes.clone()),
             Box::new(m.segment_changes.clone()),
