@@ -55,6 +55,8 @@ pub struct Config {
     pub train: TrainConfig,
     /// Pseudonymous customer ids and erasure.
     pub privacy: PrivacyConfig,
+    /// Risk rules (flags on `output.risk_topic`).
+    pub risk: crate::decide::risk::RiskConfig,
 }
 
 /// Pseudonymous ids and erasure (see `segstream::privacy`).
@@ -706,6 +708,9 @@ pub struct OutputConfig {
     pub live_age: Duration,
     /// ... and its partition's input lag is at most this many records.
     pub live_lag: i64,
+    /// Risk flags (`segstream.v1.RiskFlag`, raised and cleared, keyed by
+    /// customer; rules in `[risk]`). Empty: the rules do not run.
+    pub risk_topic: String,
 }
 
 impl Default for OutputConfig {
@@ -717,6 +722,7 @@ impl Default for OutputConfig {
             exits: ExitRecords::Record,
             live_age: Duration::from_secs(300),
             live_lag: 10_000,
+            risk_topic: String::new(),
         }
     }
 }
@@ -1054,6 +1060,9 @@ impl Config {
     /// Semantic checks of a well-typed configuration.
     fn check(&self, p: &mut Problems) {
         self.kafka.check(p);
+        for (key, why) in self.risk.problems() {
+            p.add(key, why);
+        }
         let pr = &self.privacy;
         if pr.pseudonymize {
             if let Err(e) = crate::privacy::Pseudonymizer::from_config(pr) {

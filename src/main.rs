@@ -144,6 +144,20 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Precision and recall of each risk rule on generated data with ground
+    /// truth (the realistic world plus bots, brushing rings, order rushes and
+    /// review bursts). Offline.
+    Risk {
+        /// Ordinary customers in the world.
+        #[arg(long, default_value_t = 2000)]
+        customers: usize,
+        /// Days of history.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Training time per 1M events (generated history, temporary registry)
     /// versus a plain state replay of the same events. Needs ONNX Runtime.
     Train {
@@ -396,6 +410,17 @@ async fn bench(config: Config, command: BenchCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(lift)?;
             (bench::ingest_markdown(&r), serde_json::to_value(&r)?, json)
+        }
+        BenchCommand::Risk {
+            customers,
+            days,
+            json,
+        } => {
+            let c = config.clone();
+            let r = tokio::task::spawn_blocking(move || bench::risk(&c, customers, days))
+                .await?
+                .map_err(lift)?;
+            (bench::risk_markdown(&r), serde_json::to_value(&r)?, json)
         }
         BenchCommand::Train {
             events,

@@ -140,6 +140,7 @@ http_listen = ""
         dlq: format!("{id}.dlq"),
         output: format!("{id}.segments"),
         current: format!("{id}.current"),
+        risk: String::new(),
         group: format!("{id}.group"),
     };
     let deadline = Instant::now() + Duration::from_secs(240);

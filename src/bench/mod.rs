@@ -26,10 +26,12 @@ use crate::telemetry::Metrics;
 
 mod ingest;
 mod report;
+mod risk;
 mod train;
 
 pub use ingest::{ingest, ingest_markdown, IngestBench};
 pub use report::{suite_markdown, Machine, Outcome, Suite};
+pub use risk::{risk, risk_markdown, RiskBench, RuleScore};
 pub use train::{history_for, summarize as train_summary, train, train_markdown, TrainBench};
 
 /// What a benchmark returns; its error is reported, not classified.
@@ -165,6 +167,7 @@ pub async fn state(
         churn_probability: 0.2,
         predicted_spend: 4200.0,
         as_of_ms: start_ms,
+        risk_flags: 0,
     };
     for c in 0..customers {
         let customer = format!("customer-{c:08}");

@@ -5,6 +5,8 @@
 //! Pure and synchronous: the run loop calls it for every scored customer; the
 //! trainer's offline evaluation can call it too.
 
+pub mod risk;
+
 use serde::Serialize;
 
 use crate::event::proto::{SegmentChange, Trigger};

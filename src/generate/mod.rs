@@ -14,6 +14,7 @@
 //! Everything here is deterministic given a seed; nothing here reads Kafka or
 //! touches state.
 
+pub mod abuse;
 pub mod behaviour;
 pub mod cli;
 pub mod kafka;

@@ -51,7 +51,7 @@ const LOOKUP_QUEUE: usize = 64;
 pub use watchdog::{Watchdog, EXIT_STALLED};
 
 use crate::config::{Config, OffsetReset};
-use crate::decide::{self, Hysteresis};
+use crate::decide::{self, risk, Hysteresis};
 use crate::event::proto::Trigger;
 use crate::event::{Decoder, Reason, Rejection};
 use crate::ingest::align::{Aligner, Backlog};
@@ -213,6 +213,9 @@ struct Cycle {
     erasures: Vec<(i32, String, i64)>,
     /// Erasure audit entries to write: (audit key, JSON value).
     audits: Vec<(String, Vec<u8>)>,
+    /// Risk flags raised as events were applied: (partition, customer,
+    /// change, as-of event time, wall clock).
+    risk_changes: Vec<(i32, String, risk::Transition, i64, i64)>,
 }
 
 /// The running pipeline of one instance.
@@ -786,6 +789,7 @@ impl Pipeline {
                 "decided_at_ms": d.decided_at_ms,
                 "segment_since_ms": d.since_ms,
                 "last_event_ms": state.last_event_ms,
+                "risk_flags": risk::Rule::of_flags(d.risk_flags).map(risk::Rule::as_str).collect::<Vec<_>>(),
                 "offsets": offsets,
             })
         });
@@ -839,6 +843,10 @@ impl Pipeline {
         }
         if count(&self.cfg.dead_letter.topic).is_none() {
             problems.push(format!("{} does not exist", self.cfg.dead_letter.topic));
+        }
+        let risk_topic = &self.cfg.output.risk_topic;
+        if !risk_topic.is_empty() && count(risk_topic).is_none() {
+            problems.push(format!("{risk_topic} (output.risk_topic) does not exist"));
         }
         let privacy = &self.cfg.privacy;
         if !privacy.erasure_topic.is_empty() {
@@ -1444,6 +1452,33 @@ impl Pipeline {
                 };
                 match store.record(&e.event, tokio::time::Instant::now()) {
                     RecordOutcome::Applied => {
+                        if !self.cfg.output.risk_topic.is_empty() {
+                            let id = &e.event.customer_id;
+                            let at = e.event.event_time_ms;
+                            let findings = store
+                                .get(id)
+                                .map(|s| risk::evaluate(&self.cfg.risk, s.recent(), at));
+                            if let (Some(findings), Some(d)) = (findings, store.decision_mut(id)) {
+                                let (flags, raised) = risk::apply_only(
+                                    &self.cfg.risk,
+                                    d.risk_flags,
+                                    findings,
+                                    true,
+                                    false,
+                                );
+                                d.risk_flags = flags;
+                                let now = ingest::now_ms();
+                                for t in raised {
+                                    self.cycle.risk_changes.push((
+                                        partition,
+                                        id.clone(),
+                                        t,
+                                        at,
+                                        now,
+                                    ));
+                                }
+                            }
+                        }
                         self.cycle
                             .to_score
                             .entry(partition)
@@ -1692,6 +1727,8 @@ impl Pipeline {
         let to_score = std::mem::take(&mut self.cycle.to_score);
         let review_after = self.cfg.state.limits().review_after_ms;
         let mut changes = Vec::new();
+        let mut risk_changes = std::mem::take(&mut self.cycle.risk_changes);
+        let risk_on = !self.cfg.output.risk_topic.is_empty();
         for (p, customers) in &to_score {
             let Some(store) = self.stores.get(p) else {
                 continue;
@@ -1744,6 +1781,25 @@ impl Pipeline {
                             changes.push((*p, change));
                         }
                     }
+                    if risk_on {
+                        let findings = store
+                            .get(id)
+                            .map(|s| risk::evaluate(&self.cfg.risk, s.recent(), as_of));
+                        if let (Some(findings), Some(decision)) = (findings, store.decision_mut(id))
+                        {
+                            let (flags, moved) = risk::apply_only(
+                                &self.cfg.risk,
+                                decision.risk_flags,
+                                findings,
+                                false,
+                                true,
+                            );
+                            decision.risk_flags = flags;
+                            for t in moved {
+                                risk_changes.push((*p, id.clone(), t, as_of, decided_at));
+                            }
+                        }
+                    }
                     store.schedule_review(id, as_of.saturating_add(review_after));
                 }
             }
@@ -1770,6 +1826,26 @@ impl Pipeline {
                     },
                     &c.segment,
                     decide::trigger_name(c.trigger),
+                ])
+                .inc();
+        }
+        for (p, id, t, as_of, decided) in &risk_changes {
+            let live = output::is_live(
+                &self.cfg.output,
+                Trigger::Event as i32,
+                *as_of,
+                *decided,
+                self.partition_lag(*p),
+            );
+            records.push(
+                output::for_risk(&self.cfg.output, id, t, *as_of, *decided, live)
+                    .map_err(encoding)?,
+            );
+            self.metrics
+                .risk_flags
+                .with_label_values(&[
+                    t.finding.rule.as_str(),
+                    if t.raised { "raised" } else { "cleared" },
                 ])
                 .inc();
         }

@@ -9,7 +9,7 @@ use prost::Message as _;
 
 use crate::config::{ExitRecords, OutputConfig, OutputFormat};
 use crate::decide::{self, SegmentChangeJson};
-use crate::event::proto::{Membership, SegmentChange, Trigger};
+use crate::event::proto::{Membership, RiskFlag, SegmentChange, Trigger};
 use crate::state::Exit;
 
 /// One record to send inside the cycle's transaction.
@@ -167,6 +167,70 @@ fn exit_record(out: &OutputConfig, left: &str, c: &SegmentChange) -> Result<OutR
         key: c.customer_id.clone(),
         value,
         headers: headers(&exited),
+    })
+}
+
+/// The record of a risk flag raised or cleared.
+pub fn for_risk(
+    out: &OutputConfig,
+    customer_id: &str,
+    t: &crate::decide::risk::Transition,
+    as_of_ms: i64,
+    decided_at_ms: i64,
+    live: bool,
+) -> Result<OutRecord, String> {
+    use crate::decide::risk;
+    let flag = RiskFlag {
+        customer_id: customer_id.to_string(),
+        rule: t.finding.rule.as_str().to_string(),
+        raised: t.raised,
+        severity: if t.raised {
+            risk::severity(t.finding.score)
+        } else {
+            "LOW"
+        }
+        .to_string(),
+        score: t.finding.score,
+        evidence: t
+            .finding
+            .evidence
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), *v))
+            .collect(),
+        rules_version: risk::RULES_VERSION.to_string(),
+        as_of_ms,
+        decided_at_ms,
+        live,
+    };
+    let value = match out.format {
+        OutputFormat::Protobuf => flag.encode_to_vec(),
+        OutputFormat::Json => serde_json::to_vec(&serde_json::json!({
+            "customer_id": flag.customer_id,
+            "rule": flag.rule,
+            "raised": flag.raised,
+            "severity": flag.severity,
+            "score": flag.score,
+            "evidence": flag.evidence,
+            "rules_version": flag.rules_version,
+            "as_of_ms": flag.as_of_ms,
+            "decided_at_ms": flag.decided_at_ms,
+            "live": flag.live,
+        }))
+        .map_err(|e| format!("encoding a RiskFlag as JSON: {e}"))?,
+    };
+    Ok(OutRecord {
+        topic: out.risk_topic.clone(),
+        partition: None,
+        key: customer_id.to_string(),
+        value: Some(value),
+        headers: vec![
+            ("segstream.risk.rule", flag.rule),
+            (
+                "segstream.risk.state",
+                if flag.raised { "RAISED" } else { "CLEARED" }.to_string(),
+            ),
+            ("segstream.live", live.to_string()),
+        ],
     })
 }
 

@@ -54,6 +54,7 @@ pub fn encode(state: &CustomerState) -> Vec<u8> {
         recent.kind.push(e.kind);
         recent.rating.push(e.rating);
         recent.category_hash.push(e.category);
+        recent.product_hash.push(e.product);
         recent.amount_minor.push(u64::from(e.amount_minor));
         recent.dwell_s.push(u32::from(e.dwell_s));
     }
@@ -94,6 +95,7 @@ pub fn encode(state: &CustomerState) -> Vec<u8> {
             churn_probability: dec.churn_probability,
             predicted_spend: dec.predicted_spend,
             as_of_ms: dec.as_of_ms,
+            risk_flags: u32::from(dec.risk_flags),
         }),
         duplicates: state.duplicates,
         lifetime_purchases: state.lifetime.purchases,
@@ -128,6 +130,11 @@ pub fn decode(bytes: &[u8]) -> Result<CustomerState, CodecError> {
             "recent-event columns differ in length",
         ));
     }
+    if !recent.product_hash.is_empty() && recent.product_hash.len() != n {
+        return Err(CodecError::Inconsistent(
+            "recent-event columns differ in length",
+        ));
+    }
     let token_total: u64 = recent.token_count.iter().map(|c| u64::from(*c)).sum();
     if token_total != recent.tokens.len() as u64 || recent.token_count.iter().any(|c| *c > 255) {
         return Err(CodecError::Inconsistent(
@@ -146,6 +153,8 @@ pub fn decode(bytes: &[u8]) -> Result<CustomerState, CodecError> {
                 .map_err(|_| out_of_range.clone())?,
             time_s: t,
             category: recent.category_hash[i],
+            // Absent in records written before products were kept.
+            product: recent.product_hash.get(i).copied().unwrap_or(0),
             dwell_s: u16::try_from(recent.dwell_s[i]).unwrap_or(u16::MAX),
             kind: recent.kind[i],
             rating: recent.rating[i],
@@ -219,6 +228,7 @@ pub fn decode(bytes: &[u8]) -> Result<CustomerState, CodecError> {
             churn_probability: d.churn_probability,
             predicted_spend: d.predicted_spend,
             as_of_ms: d.as_of_ms,
+            risk_flags: u8::try_from(d.risk_flags).map_err(|_| out_of_range.clone())?,
         },
         duplicates: r.duplicates,
         lifetime,

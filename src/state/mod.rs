@@ -78,6 +78,10 @@ pub struct RecentEvent {
     pub amount_minor: u32,
     /// Category hash (0: none).
     pub category: u32,
+    /// Product hash (0: none; records from before it was kept): the browsed
+    /// or reviewed product, or a purchase's highest-value line. For the
+    /// risk rules (repeat orders, unverified reviews).
+    pub product: u32,
     /// Dwell time, seconds (saturating).
     pub dwell_s: u16,
     /// Kind id (see [`kind`]).
@@ -137,6 +141,8 @@ pub struct Decision {
     pub predicted_spend: f32,
     /// Event time the last scoring was as of (ms).
     pub as_of_ms: i64,
+    /// Raised risk flags, one bit per rule (`decide::risk::Rule`).
+    pub risk_flags: u8,
 }
 
 /// Everything segstream knows about one customer.
@@ -256,6 +262,7 @@ impl CustomerState {
             amount_minor: 0,
             time_s: sat_u32(t.div_euclid(1000)),
             category: 0,
+            product: 0,
             dwell_s: 0,
             kind: kind::PAD,
             rating: 0,
@@ -275,6 +282,7 @@ impl CustomerState {
                     BrowseAction::Search => kind::SEARCH,
                 };
                 recent.category = category_hash(&b.category);
+                recent.product = category_hash(&b.product_id);
                 recent.amount_minor = sat_u32(b.price_minor);
                 recent.dwell_s = u16::try_from(b.dwell_ms.max(0) / 1000).unwrap_or(u16::MAX);
                 bucket.browse = 1;
@@ -285,12 +293,12 @@ impl CustomerState {
                 recent.kind = kind::PURCHASE;
                 recent.amount_minor = sat_u32(p.total_minor);
                 // The category of the line with the highest value stands for the order.
-                recent.category = p
+                let top = p
                     .items
                     .iter()
-                    .max_by_key(|i| i.quantity.saturating_mul(i.unit_price_minor))
-                    .map(|i| category_hash(&i.category))
-                    .unwrap_or(0);
+                    .max_by_key(|i| i.quantity.saturating_mul(i.unit_price_minor));
+                recent.category = top.map(|i| category_hash(&i.category)).unwrap_or(0);
+                recent.product = top.map(|i| category_hash(&i.product_id)).unwrap_or(0);
                 bucket.purchases = 1;
                 bucket.spend_minor = recent.amount_minor;
                 bucket.category_bits = p
@@ -304,6 +312,7 @@ impl CustomerState {
                 recent.kind = kind::REVIEW;
                 recent.rating = r.rating;
                 recent.category = category_hash(&r.category);
+                recent.product = category_hash(&r.product_id);
                 tokens = tokenize(&r.text, limits.text_tokens);
                 bucket.reviews = 1;
                 bucket.rating_sum = u32::from(r.rating);

@@ -303,6 +303,7 @@ proptest! {
             churn_probability: 0.5,
             predicted_spend: 1234.5,
             as_of_ms: T0 - 1,
+            risk_flags: 0b101,
         };
         let bytes = encode(&s);
         prop_assert_eq!(decode(&bytes).unwrap(), s);

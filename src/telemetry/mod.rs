@@ -109,6 +109,8 @@ pub struct Metrics {
     pub stalled: IntGauge,
     /// Customer lookups answered, by outcome (never by customer).
     pub lookups: IntCounterVec,
+    /// Risk flags raised and cleared, by rule.
+    pub risk_flags: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
@@ -280,6 +282,11 @@ impl Metrics {
                 "Customer lookups (GET /v1/customers/{id}) answered, by outcome: found, not_found, redirected, restoring, owner_unknown, busy, starting, bad_request.",
                 &["outcome"],
             )?,
+            risk_flags: counter_vec(
+                "segstream_risk_flags_total",
+                "Risk flags published, by rule and state (raised, cleared).",
+                &["rule", "state"],
+            )?,
             stalled: gauge(
                 "segstream_stalled",
                 "1 while the instance is stalled: no committed cycle for pipeline.stall_timeout while records wait, or a Kafka client call past pipeline.call_deadline.",
@@ -317,6 +324,7 @@ impl Metrics {
             Box::new(m.ready.clone()),
             Box::new(m.stalled.clone()),
             Box::new(m.lookups.clone()),
+            Box::new(m.risk_flags.clone()),
         ];
         // process_cpu_seconds_total, process_resident_memory_bytes,
         // process_open_fds, process_threads, process_start_time_seconds, ...

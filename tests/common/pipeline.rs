@@ -39,6 +39,8 @@ pub struct Setup {
     pub output: String,
     /// The current-membership topic (compacted, co-partitioned).
     pub current: String,
+    /// Risk flags.
+    pub risk: String,
     pub group: String,
 }
 
@@ -61,6 +63,7 @@ pub async fn setup_with(partitions: i32, model: &str, extra: &str) -> Setup {
         dlq: t("dlq"),
         output: t("segments"),
         current: t("current"),
+        risk: t("risk"),
         group: t("group"),
     };
     super::create_topics(&[&s.browse, &s.purchase, &s.review], partitions).await;
@@ -70,7 +73,7 @@ pub async fn setup_with(partitions: i32, model: &str, extra: &str) -> Setup {
         &[("cleanup.policy", "compact")],
     )
     .await;
-    super::create_topics(&[&s.dlq, &s.output], 1).await;
+    super::create_topics(&[&s.dlq, &s.output, &s.risk], 1).await;
     let registry = Registry::new(s.dir.path().join("models"));
     let limits = StateLimits::default();
     let featurizer = Featurizer::new(FeatureSpec::for_state(limits), limits).unwrap();
@@ -102,6 +105,7 @@ topic = "{d}"
 [output]
 topic = "{o}"
 current_topic = "{cur}"
+risk_topic = "{risk}"
 [decide]
 margin = 0.0
 min_dwell = "1ms"
@@ -125,6 +129,7 @@ threads = 2
             d = s.dlq,
             o = s.output,
             cur = s.current,
+            risk = s.risk,
             reg = registry.root().display(),
             extra = extra,
         ),
@@ -475,6 +480,39 @@ pub async fn wait_consumed(s: &Setup, children: &mut [Child], log: &std::path::P
 /// Reads output, changelog and dead-letter topics with read_committed and
 /// checks every customer: exact event counts, no duplicates, consistent
 /// segment chains, each bad record dead-lettered exactly once.
+/// Risk flags: per customer and rule they alternate raised, cleared,
+/// raised... (never the same twice in a row: exactly once), and the last one
+/// agrees with the flags in the committed state.
+pub fn verify_risk(s: &Setup, latest: &HashMap<String, Option<Vec<u8>>>) {
+    let mut last: BTreeMap<(String, String), bool> = BTreeMap::new();
+    for (_, _, key, value, _) in read_all(&s.risk) {
+        let f = proto::RiskFlag::decode(&value.unwrap()[..]).unwrap();
+        assert_eq!(key.as_deref(), Some(f.customer_id.as_bytes()));
+        let before = last.insert((f.customer_id.clone(), f.rule.clone()), f.raised);
+        assert_ne!(
+            before.unwrap_or(false),
+            f.raised,
+            "{} {}: a repeated or unpaired {}",
+            f.customer_id,
+            f.rule,
+            if f.raised { "raise" } else { "clear" }
+        );
+    }
+    for ((customer, rule), raised) in &last {
+        let state = changelog::decode(latest[customer].as_ref().unwrap()).unwrap();
+        let bit = segstream::decide::risk::Rule::ALL
+            .iter()
+            .find(|r| r.as_str() == rule)
+            .unwrap()
+            .bit();
+        assert_eq!(
+            state.decision.risk_flags & bit != 0,
+            *raised,
+            "{customer} {rule}"
+        );
+    }
+}
+
 /// A fresh read of the current-membership topic from the beginning gives
 /// each customer exactly the segment that their change stream ends in (and
 /// nothing for a customer whose stream ends in an eviction): the bootstrap
@@ -618,6 +656,7 @@ pub fn verify(s: &Setup, stream: &Stream) {
         }
     }
     verify_current(s, &chains);
+    verify_risk(s, &latest);
 
     let mut seen: HashMap<(i32, i64), u32> = HashMap::new();
     for (_, _, _, _, headers) in read_all(&s.dlq) {

@@ -1,0 +1,572 @@
+//! Risk flags beside segments: fraud and manipulation patterns computed from
+//! the customer's state (the bounded recent-event sequence), raised and
+//! cleared with hysteresis.
+//!
+//! Each rule turns the recent events as of a time into a score: its measure
+//! divided by its threshold (`[risk]` in the config). A flag is raised when
+//! the score reaches 1 and cleared when it falls below `risk.clear_ratio`
+//! (0.5), so a customer hovering at the threshold does not flap. The raised
+//! flags are one bit each in the customer's decision memory, so they are in
+//! the changelog and restored with the state, and a raise or clear is
+//! published once, in the cycle's transaction.
+//!
+//! The rules see only the recent events the state keeps (`state.max_events`
+//! per customer): patterns longer than that window are not seen.
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{kind, RecentEvent};
+
+/// Version of the rule set, in every `RiskFlag`.
+pub const RULES_VERSION: &str = "risk-rules-1";
+
+/// A risk rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// Browsing faster or more regularly than people do.
+    BotBrowsing,
+    /// Many reviews in a short time, or extreme ratings across unrelated
+    /// products.
+    ReviewBurst,
+    /// Most reviews are of products the customer did not buy.
+    UnverifiedReviews,
+    /// Many small orders in a short time.
+    OrderVelocity,
+    /// Fake orders: a cheap product ordered again and again, or purchases
+    /// followed within minutes by a 5-star review of the same product.
+    Brushing,
+}
+
+impl Rule {
+    /// Every rule, in bit order.
+    pub const ALL: [Rule; 5] = [
+        Rule::BotBrowsing,
+        Rule::ReviewBurst,
+        Rule::UnverifiedReviews,
+        Rule::OrderVelocity,
+        Rule::Brushing,
+    ];
+
+    /// Its name (the `rule` field and reason code).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::BotBrowsing => "bot_browsing",
+            Rule::ReviewBurst => "review_burst",
+            Rule::UnverifiedReviews => "unverified_reviews",
+            Rule::OrderVelocity => "order_velocity",
+            Rule::Brushing => "brushing",
+        }
+    }
+
+    /// Its bit in `Decision::risk_flags`.
+    pub fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+
+    /// The rules whose bits are set in `flags`.
+    pub fn of_flags(flags: u8) -> impl Iterator<Item = Rule> {
+        Rule::ALL.into_iter().filter(move |r| flags & r.bit() != 0)
+    }
+}
+
+/// Thresholds of the rules (`[risk]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RiskConfig {
+    /// The rules that run (names as in `RiskFlag.rule`).
+    pub rules: Vec<Rule>,
+    /// A raised flag clears when its score falls below this (0..1).
+    pub clear_ratio: f64,
+    /// bot_browsing: browse events within one minute.
+    pub bot_events_per_minute: u32,
+    /// bot_browsing: browse events per minute sustained over five minutes.
+    pub bot_sustained_per_minute: u32,
+    /// bot_browsing: at least this many consecutive browse gaps within ten
+    /// minutes ...
+    pub bot_min_gaps: u32,
+    /// ... with a coefficient of variation at most this (people are
+    /// irregular) ...
+    pub bot_max_gap_cv: f64,
+    /// ... and a mean gap at most this many seconds.
+    pub bot_max_mean_gap_s: f64,
+    /// review_burst and order_velocity: the window, seconds.
+    pub window_s: u32,
+    /// review_burst: reviews within the window.
+    pub review_burst: u32,
+    /// review_burst: this many reviews within the window, all rated 1 or 5,
+    /// across at least three categories, count as a burst too.
+    pub extreme_reviews: u32,
+    /// unverified_reviews: at least this many recent reviews ...
+    pub unverified_min_reviews: u32,
+    /// ... of which at least this share is of products not bought.
+    pub unverified_share: f64,
+    /// order_velocity and brushing: an order this small (minor units) is
+    /// "small".
+    pub small_order_minor: u32,
+    /// order_velocity: small orders within the window.
+    pub order_velocity: u32,
+    /// brushing: small orders of the same product among the recent events.
+    pub brushing_repeats: u32,
+    /// brushing: purchase then 5-star review of the same product within
+    /// `brushing_review_within_s`, this many times.
+    pub brushing_pairs: u32,
+    /// brushing: how soon after the purchase the review comes, seconds.
+    pub brushing_review_within_s: u32,
+}
+
+impl Default for RiskConfig {
+    fn default() -> Self {
+        RiskConfig {
+            rules: Rule::ALL.to_vec(),
+            clear_ratio: 0.5,
+            bot_events_per_minute: 30,
+            bot_sustained_per_minute: 12,
+            bot_min_gaps: 12,
+            bot_max_gap_cv: 0.15,
+            bot_max_mean_gap_s: 10.0,
+            window_s: 3600,
+            review_burst: 6,
+            extreme_reviews: 5,
+            unverified_min_reviews: 4,
+            unverified_share: 0.8,
+            small_order_minor: 1500,
+            order_velocity: 5,
+            brushing_repeats: 3,
+            brushing_pairs: 2,
+            brushing_review_within_s: 900,
+        }
+    }
+}
+
+impl RiskConfig {
+    /// Problems with the thresholds, as (key, message).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        if !(self.clear_ratio > 0.0 && self.clear_ratio < 1.0) {
+            p.push((
+                "risk.clear_ratio",
+                "must be between 0 and 1 (exclusive)".into(),
+            ));
+        }
+        if !(self.bot_max_gap_cv > 0.0 && self.bot_max_gap_cv.is_finite()) {
+            p.push(("risk.bot_max_gap_cv", "must be > 0".into()));
+        }
+        if !(self.unverified_share > 0.0 && self.unverified_share <= 1.0) {
+            p.push(("risk.unverified_share", "must be in (0, 1]".into()));
+        }
+        for (k, v) in [
+            ("risk.bot_events_per_minute", self.bot_events_per_minute),
+            (
+                "risk.bot_sustained_per_minute",
+                self.bot_sustained_per_minute,
+            ),
+            ("risk.bot_min_gaps", self.bot_min_gaps),
+            ("risk.window_s", self.window_s),
+            ("risk.review_burst", self.review_burst),
+            ("risk.extreme_reviews", self.extreme_reviews),
+            ("risk.unverified_min_reviews", self.unverified_min_reviews),
+            ("risk.order_velocity", self.order_velocity),
+            ("risk.brushing_repeats", self.brushing_repeats),
+            ("risk.brushing_pairs", self.brushing_pairs),
+        ] {
+            if v == 0 {
+                p.push((k, "must be at least 1".into()));
+            }
+        }
+        p
+    }
+}
+
+/// What one rule found as of a time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    /// The rule.
+    pub rule: Rule,
+    /// Measure / threshold: 1 or more raises, below `clear_ratio` clears.
+    pub score: f64,
+    /// The figures behind the score.
+    pub evidence: Vec<(&'static str, f64)>,
+}
+
+/// Severity of a raised flag from its score.
+pub fn severity(score: f64) -> &'static str {
+    if score >= 2.0 {
+        "HIGH"
+    } else if score >= 1.0 {
+        "MEDIUM"
+    } else {
+        "LOW"
+    }
+}
+
+fn is_browse(e: &RecentEvent) -> bool {
+    matches!(
+        e.kind,
+        kind::VIEW | kind::CART_ADD | kind::CART_REMOVE | kind::WISHLIST | kind::SEARCH
+    )
+}
+
+/// Every enabled rule's finding on `recent` (oldest first) as of `as_of_ms`.
+pub fn evaluate(cfg: &RiskConfig, recent: &[RecentEvent], as_of_ms: i64) -> Vec<Finding> {
+    let now = u32::try_from(as_of_ms.div_euclid(1000).max(0)).unwrap_or(u32::MAX);
+    let within = |e: &RecentEvent, s: u32| e.time_s <= now && now - e.time_s < s;
+    let mut out = Vec::with_capacity(cfg.rules.len());
+    for rule in Rule::ALL {
+        if !cfg.rules.contains(&rule) {
+            continue;
+        }
+        let finding = match rule {
+            Rule::BotBrowsing => {
+                let per_minute = recent
+                    .iter()
+                    .filter(|e| is_browse(e) && within(e, 60))
+                    .count();
+                let five = recent
+                    .iter()
+                    .filter(|e| is_browse(e) && within(e, 300))
+                    .count();
+                let sustained = five as f64 / (5.0 * f64::from(cfg.bot_sustained_per_minute));
+                let times: Vec<u32> = recent
+                    .iter()
+                    .filter(|e| is_browse(e) && within(e, 600))
+                    .map(|e| e.time_s)
+                    .collect();
+                let gaps: Vec<f64> = times.windows(2).map(|w| f64::from(w[1] - w[0])).collect();
+                let (mean, cv) = if gaps.is_empty() {
+                    (0.0, f64::INFINITY)
+                } else {
+                    let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+                    let var =
+                        gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64;
+                    (
+                        mean,
+                        if mean > 0.0 {
+                            var.sqrt() / mean
+                        } else {
+                            f64::INFINITY
+                        },
+                    )
+                };
+                let regular =
+                    if gaps.len() as u32 >= cfg.bot_min_gaps && mean <= cfg.bot_max_mean_gap_s {
+                        cfg.bot_max_gap_cv / cv.max(1e-3)
+                    } else {
+                        0.0
+                    };
+                let rate = per_minute as f64 / f64::from(cfg.bot_events_per_minute);
+                Finding {
+                    rule,
+                    score: rate.max(regular).max(sustained),
+                    evidence: vec![
+                        ("browse_events_last_minute", per_minute as f64),
+                        ("browse_events_last_5_minutes", five as f64),
+                        ("browse_gaps_last_10_minutes", gaps.len() as f64),
+                        ("mean_gap_seconds", mean),
+                        ("gap_cv", if cv.is_finite() { cv } else { -1.0 }),
+                    ],
+                }
+            }
+            Rule::ReviewBurst => {
+                let reviews: Vec<&RecentEvent> = recent
+                    .iter()
+                    .filter(|e| e.kind == kind::REVIEW && within(e, cfg.window_s))
+                    .collect();
+                let extreme = reviews.iter().all(|e| e.rating == 1 || e.rating == 5);
+                let mut categories: Vec<u32> = reviews.iter().map(|e| e.category).collect();
+                categories.sort_unstable();
+                categories.dedup();
+                let extreme_score = if extreme && categories.len() >= 3 {
+                    reviews.len() as f64 / f64::from(cfg.extreme_reviews)
+                } else {
+                    0.0
+                };
+                Finding {
+                    rule,
+                    score: (reviews.len() as f64 / f64::from(cfg.review_burst)).max(extreme_score),
+                    evidence: vec![
+                        ("reviews_in_window", reviews.len() as f64),
+                        ("window_seconds", f64::from(cfg.window_s)),
+                        ("categories", categories.len() as f64),
+                        (
+                            "all_extreme_ratings",
+                            f64::from(u8::from(extreme && !reviews.is_empty())),
+                        ),
+                    ],
+                }
+            }
+            Rule::UnverifiedReviews => {
+                let bought: Vec<u32> = recent
+                    .iter()
+                    .filter(|e| e.kind == kind::PURCHASE && e.product != 0)
+                    .map(|e| e.product)
+                    .collect();
+                let reviews: Vec<&RecentEvent> = recent
+                    .iter()
+                    .filter(|e| e.kind == kind::REVIEW && e.product != 0)
+                    .collect();
+                let unverified = reviews
+                    .iter()
+                    .filter(|e| !bought.contains(&e.product))
+                    .count();
+                let share = if reviews.is_empty() {
+                    0.0
+                } else {
+                    unverified as f64 / reviews.len() as f64
+                };
+                let score = if reviews.len() as u32 >= cfg.unverified_min_reviews {
+                    share / cfg.unverified_share
+                } else {
+                    0.0
+                };
+                Finding {
+                    rule,
+                    score,
+                    evidence: vec![
+                        ("recent_reviews", reviews.len() as f64),
+                        ("unverified_reviews", unverified as f64),
+                        ("unverified_share", share),
+                    ],
+                }
+            }
+            Rule::OrderVelocity => {
+                let small = recent
+                    .iter()
+                    .filter(|e| {
+                        e.kind == kind::PURCHASE
+                            && e.amount_minor <= cfg.small_order_minor
+                            && within(e, cfg.window_s)
+                    })
+                    .count();
+                Finding {
+                    rule,
+                    score: small as f64 / f64::from(cfg.order_velocity),
+                    evidence: vec![
+                        ("small_orders_in_window", small as f64),
+                        ("window_seconds", f64::from(cfg.window_s)),
+                        ("small_order_minor", f64::from(cfg.small_order_minor)),
+                    ],
+                }
+            }
+            Rule::Brushing => {
+                let small: Vec<&RecentEvent> = recent
+                    .iter()
+                    .filter(|e| {
+                        e.kind == kind::PURCHASE
+                            && e.product != 0
+                            && e.amount_minor <= cfg.small_order_minor
+                    })
+                    .collect();
+                let repeats = small
+                    .iter()
+                    .map(|a| small.iter().filter(|b| b.product == a.product).count())
+                    .max()
+                    .unwrap_or(0);
+                let pairs = small
+                    .iter()
+                    .filter(|p| {
+                        recent.iter().any(|r| {
+                            r.kind == kind::REVIEW
+                                && r.rating == 5
+                                && r.product == p.product
+                                && r.time_s >= p.time_s
+                                && r.time_s - p.time_s <= cfg.brushing_review_within_s
+                        })
+                    })
+                    .count();
+                Finding {
+                    rule,
+                    score: (repeats as f64 / f64::from(cfg.brushing_repeats))
+                        .max(pairs as f64 / f64::from(cfg.brushing_pairs)),
+                    evidence: vec![
+                        ("small_orders_of_one_product", repeats as f64),
+                        ("purchase_then_5_star_review", pairs as f64),
+                    ],
+                }
+            }
+        };
+        out.push(finding);
+    }
+    out
+}
+
+/// A flag that changes: raised (`true`) or cleared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// What the rule found.
+    pub finding: Finding,
+    /// Raised or cleared.
+    pub raised: bool,
+}
+
+/// Applies findings to the raised `flags` with hysteresis; returns the new
+/// flags and the changes. A flag of a rule that is no longer enabled clears.
+pub fn apply(cfg: &RiskConfig, flags: u8, findings: Vec<Finding>) -> (u8, Vec<Transition>) {
+    apply_only(cfg, flags, findings, true, true)
+}
+
+/// [`apply`], raising only, or clearing only. The pipeline raises as of
+/// each event as it is applied (so a burst is seen as of its own time, also
+/// when a catch-up reads days of events in one cycle) and clears as of the
+/// partition's event time when the customer is scored (so a pattern that
+/// stopped clears as time passes).
+pub fn apply_only(
+    cfg: &RiskConfig,
+    flags: u8,
+    findings: Vec<Finding>,
+    raise: bool,
+    clear: bool,
+) -> (u8, Vec<Transition>) {
+    let mut next = flags;
+    let mut changes = Vec::new();
+    for f in findings {
+        let set = flags & f.rule.bit() != 0;
+        if raise && !set && f.score >= 1.0 {
+            next |= f.rule.bit();
+            changes.push(Transition {
+                finding: f,
+                raised: true,
+            });
+        } else if clear && set && f.score < cfg.clear_ratio {
+            next &= !f.rule.bit();
+            changes.push(Transition {
+                finding: f,
+                raised: false,
+            });
+        }
+    }
+    for rule in Rule::of_flags(flags) {
+        if clear && !cfg.rules.contains(&rule) {
+            next &= !rule.bit();
+            changes.push(Transition {
+                finding: Finding {
+                    rule,
+                    score: 0.0,
+                    evidence: vec![("rule_disabled", 1.0)],
+                },
+                raised: false,
+            });
+        }
+    }
+    (next, changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: u8, t: u32, product: u32, amount: u32, rating: u8, category: u32) -> RecentEvent {
+        RecentEvent {
+            id_hash: u64::from(t) * 31 + u64::from(product),
+            time_s: t,
+            amount_minor: amount,
+            category,
+            product,
+            dwell_s: 1,
+            kind,
+            rating,
+        }
+    }
+
+    fn score(rule: Rule, recent: &[RecentEvent], now_s: u32) -> f64 {
+        evaluate(&RiskConfig::default(), recent, i64::from(now_s) * 1000)
+            .into_iter()
+            .find(|f| f.rule == rule)
+            .unwrap()
+            .score
+    }
+
+    #[test]
+    fn a_bot_browses_fast_and_regularly_a_person_does_not() {
+        let bot: Vec<_> = (0..40)
+            .map(|i| ev(kind::VIEW, 1000 + i * 2, 7, 100, 0, 1))
+            .collect();
+        assert!(score(Rule::BotBrowsing, &bot, 1080) >= 1.0);
+        let gaps = [5, 40, 12, 90, 7, 33, 61, 4, 18, 120, 9, 25, 44];
+        let mut t = 1000;
+        let person: Vec<_> = gaps
+            .iter()
+            .map(|g| {
+                t += g;
+                ev(kind::VIEW, t, 7, 100, 0, 1)
+            })
+            .collect();
+        assert!(score(Rule::BotBrowsing, &person, t) < 0.5);
+    }
+
+    #[test]
+    fn review_bursts_and_unverified_reviews() {
+        let burst: Vec<_> = (0..7)
+            .map(|i| {
+                ev(
+                    kind::REVIEW,
+                    5000 + i * 60,
+                    100 + i,
+                    0,
+                    if i % 2 == 0 { 5 } else { 1 },
+                    i,
+                )
+            })
+            .collect();
+        assert!(score(Rule::ReviewBurst, &burst, 5500) >= 1.0);
+        assert!(score(Rule::UnverifiedReviews, &burst, 5500) >= 1.0);
+        // Hours later the burst is out of the window: it clears.
+        assert!(score(Rule::ReviewBurst, &burst, 5500 + 7200) < 0.5);
+        // Reviews of bought products are verified.
+        let mut honest = Vec::new();
+        for i in 0..5 {
+            honest.push(ev(kind::PURCHASE, 1000 + i * 86_400, 200 + i, 5000, 0, 1));
+            honest.push(ev(kind::REVIEW, 2000 + i * 86_400, 200 + i, 0, 4, 1));
+        }
+        assert!(score(Rule::UnverifiedReviews, &honest, 500_000) < 0.5);
+        assert!(score(Rule::ReviewBurst, &honest, 500_000) < 0.5);
+    }
+
+    #[test]
+    fn brushing_and_order_velocity() {
+        let mut ring = Vec::new();
+        for i in 0..3 {
+            ring.push(ev(kind::PURCHASE, 10_000 + i * 20_000, 9, 199, 0, 2));
+            ring.push(ev(kind::REVIEW, 10_000 + i * 20_000 + 120, 9, 0, 5, 2));
+        }
+        assert!(score(Rule::Brushing, &ring, 60_000) >= 1.0);
+        let rush: Vec<_> = (0..6)
+            .map(|i| ev(kind::PURCHASE, 1000 + i * 300, 50 + i, 499, 0, 3))
+            .collect();
+        assert!(score(Rule::OrderVelocity, &rush, 3000) >= 1.0);
+        let shopper: Vec<_> = (0..4)
+            .map(|i| ev(kind::PURCHASE, 1000 + i * 86_400 * 7, 60 + i, 8000, 0, 3))
+            .collect();
+        assert!(score(Rule::Brushing, &shopper, 3_000_000) < 0.5);
+        assert!(score(Rule::OrderVelocity, &shopper, 3_000_000) < 0.5);
+    }
+
+    #[test]
+    fn flags_raise_once_and_clear_with_hysteresis() {
+        let cfg = RiskConfig::default();
+        let f = |score| {
+            vec![Finding {
+                rule: Rule::Brushing,
+                score,
+                evidence: vec![],
+            }]
+        };
+        let (flags, t) = apply(&cfg, 0, f(1.2));
+        assert_eq!(
+            (flags, t.len(), t[0].raised),
+            (Rule::Brushing.bit(), 1, true)
+        );
+        // Still raised, or between the thresholds: no change.
+        assert!(apply(&cfg, flags, f(1.5)).1.is_empty());
+        assert!(apply(&cfg, flags, f(0.7)).1.is_empty());
+        let (flags, t) = apply(&cfg, flags, f(0.3));
+        assert_eq!((flags, t[0].raised), (0, false));
+        // A disabled rule's flag clears.
+        let only_bots = RiskConfig {
+            rules: vec![Rule::BotBrowsing],
+            ..RiskConfig::default()
+        };
+        let (flags, t) = apply(&only_bots, Rule::Brushing.bit(), vec![]);
+        assert_eq!((flags, t.len()), (0, 1));
+    }
+}
