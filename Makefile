@@ -170,6 +170,7 @@ topics: kafka-up ## Create the default topics (PARTITIONS=3)
 	$(KAFKA) topic events.review $(PARTITIONS)
 	$(KAFKA) topic customer-segments $(PARTITIONS)
 	$(KAFKA) topic customer-segments.current $(PARTITIONS) cleanup.policy=compact
+	$(KAFKA) topic customer-risk $(PARTITIONS)
 	$(KAFKA) topic segstream-dlq $(PARTITIONS)
 	$(KAFKA) topic segstream-state-changelog $(PARTITIONS) cleanup.policy=compact
 

@@ -275,6 +275,10 @@ enum SegmentsCommand {
     /// Print segment changes (customer, from → to, trigger, probabilities)
     /// from the beginning of the output topic until it has been idle for `--idle`.
     Show(ShowArgs),
+    /// Print risk flags raised and cleared (customer, rule, severity,
+    /// evidence) from the beginning of `output.risk_topic` until it has been
+    /// idle for `--idle`.
+    Risk(ShowArgs),
     /// Write every customer's current classification, read from the
     /// current-membership topic (`output.current_topic`) to its end, to a
     /// Parquet (`.parquet`) or NDJSON (`.ndjson`, `.jsonl`, `.json`) file.
@@ -361,6 +365,9 @@ fn main() -> ExitCode {
                     Command::Segments {
                         command: SegmentsCommand::Show(a),
                     } => segments_show(config, a.idle, a.max, a.changes_only).await,
+                    Command::Segments {
+                        command: SegmentsCommand::Risk(a),
+                    } => risk_show(config, a.idle, a.max).await,
                     Command::Segments {
                         command: SegmentsCommand::Snapshot { out, timeout },
                     } => {
@@ -660,6 +667,49 @@ async fn samples(config: Config, customers: usize) -> anyhow::Result<()> {
 }
 
 /// A throwaway read_committed consumer of `topic` from its beginning.
+async fn risk_show(config: Config, idle: Duration, max: usize) -> anyhow::Result<()> {
+    use prost::Message as _;
+    use rdkafka::message::Message;
+    use segstream::event::proto::RiskFlag;
+    let topic = &config.output.risk_topic;
+    anyhow::ensure!(!topic.is_empty(), "output.risk_topic is empty: the risk rules do not run");
+    let consumer = reader(&config, topic)?;
+    let mut shown = 0;
+    while shown < max {
+        let msg = match tokio::time::timeout(idle, consumer.recv()).await {
+            Err(_) => break,
+            Ok(m) => m.context("reading the risk topic")?,
+        };
+        let bytes = msg.payload().unwrap_or_default();
+        let line = match config.output.format {
+            segstream::config::OutputFormat::Protobuf => RiskFlag::decode(bytes)
+                .map(|f| {
+                    let mut evidence: Vec<String> = f
+                        .evidence
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v:.2}"))
+                        .collect();
+                    evidence.sort();
+                    format!(
+                        "{:<22} {:<8} {:<19} {:<6} score {:.2} [{}]",
+                        f.customer_id,
+                        if f.raised { "RAISED" } else { "cleared" },
+                        f.rule,
+                        f.severity,
+                        f.score,
+                        evidence.join(", ")
+                    )
+                })
+                .unwrap_or_else(|e| format!("(undecodable record: {e})")),
+            segstream::config::OutputFormat::Json => String::from_utf8_lossy(bytes).into_owned(),
+        };
+        println!("{line}");
+        shown += 1;
+    }
+    println!("({shown} risk flags shown from {topic})");
+    Ok(())
+}
+
 fn reader(config: &Config, topic: &str) -> anyhow::Result<rdkafka::consumer::StreamConsumer> {
     let mut client = config.kafka.consumer_config()?;
     client

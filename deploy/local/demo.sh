@@ -55,6 +55,7 @@ export SEGSTREAM__DEAD_LETTER__TOPIC="$run_id.segstream-dlq"
 export SEGSTREAM__STATE__CHANGELOG_TOPIC="$run_id.segstream-state-changelog"
 export SEGSTREAM__OUTPUT__TOPIC="$run_id.customer-segments"
 export SEGSTREAM__OUTPUT__CURRENT_TOPIC="$run_id.customer-segments.current"
+export SEGSTREAM__OUTPUT__RISK_TOPIC="$run_id.customer-risk"
 export SEGSTREAM__SCORE__REGISTRY="$work/models"
 export SEGSTREAM__SCORE__POLL_INTERVAL="1s"
 export SEGSTREAM__PIPELINE__TRANSACTIONAL_ID="segstream-$run_id"
@@ -75,6 +76,7 @@ step "Creating topics ($run_id.*)"
 "$KAFKA_SH" topic "$SEGSTREAM__DEAD_LETTER__TOPIC" 1
 "$KAFKA_SH" topic "$SEGSTREAM__OUTPUT__TOPIC" 1
 "$KAFKA_SH" topic "$SEGSTREAM__OUTPUT__CURRENT_TOPIC" "${PARTITIONS:-3}" cleanup.policy=compact
+"$KAFKA_SH" topic "$SEGSTREAM__OUTPUT__RISK_TOPIC" 1
 
 step "Generating $DEMO_DAYS days of history for $DEMO_CUSTOMERS customers into $SEGSTREAM__INPUT__TOPICS"
 "$BIN" -c "$CONFIG" "${GEN[@]}" --to kafka
@@ -177,6 +179,10 @@ step "What happened"
 echo "Segment changes by trigger (the first classification of each customer included):"
 "$BIN" -c "$CONFIG" segments show --idle 3s --max 100000000 2>/dev/null \
   | awk '$3 == "->" { t[$5]++ } END { for (k in t) printf "  %-14s %d\n", k, t[k] }'
+echo "Risk flags by rule and state (the generator's ordinary customers; \`segstream bench risk\` measures the rules on abuse patterns):"
+"$BIN" -c "$CONFIG" segments risk --idle 3s --max 100000000 2>/dev/null \
+  | awk '$2 == "RAISED" || $2 == "cleared" { t[$3 " " $2]++ } END { n = 0; for (k in t) { printf "  %-32s %d\n", k, t[k]; n++ } if (n == 0) print "  none" }'
+echo "Current membership: $("$BIN" -c "$CONFIG" segments snapshot --out "$work/segments.ndjson" 2>/dev/null) ($work/segments.ndjson)"
 echo "Dead-letter records: $dead_letters"
 echo "Models in the registry: $(ls "$SEGSTREAM__SCORE__REGISTRY" | grep -v CURRENT | tr '\n' ' ')(CURRENT: $(cat "$SEGSTREAM__SCORE__REGISTRY/CURRENT"))"
 echo "Pipeline log: $work/pipeline.log"
