@@ -180,6 +180,10 @@ enum BenchCommand {
         /// Seconds of the latency run.
         #[arg(long, default_value_t = 10.0)]
         latency_seconds: f64,
+        /// The model scored: `rules` (built in) or `transformer` (the
+        /// default Transformer, trained inside the benchmark first).
+        #[arg(long, default_value = "rules", value_parser = ["rules", "transformer"])]
+        model: String,
         /// Also write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -463,9 +467,15 @@ async fn bench(config: Config, command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::E2e {
             events,
             latency_seconds,
+            model,
             json,
         } => {
-            let r = bench::e2e(&config, events, latency_seconds)
+            let model = if model == "transformer" {
+                bench::E2eModel::Transformer
+            } else {
+                bench::E2eModel::Rules
+            };
+            let r = bench::e2e(&config, events, latency_seconds, model)
                 .await
                 .map_err(lift)?;
             (bench::e2e_markdown(&r), serde_json::to_value(&r)?, json)
@@ -522,6 +532,7 @@ async fn bench_all(config: &Config, a: BenchAllArgs) -> anyhow::Result<()> {
         state: Vec::new(),
         score: Outcome::Skipped,
         e2e: Outcome::Skipped,
+        e2e_transformer: Outcome::Skipped,
         train: Outcome::Skipped,
     };
     if run("ingest") {
@@ -542,8 +553,17 @@ async fn bench_all(config: &Config, a: BenchAllArgs) -> anyhow::Result<()> {
     }
     if run("e2e") {
         info!(events = e2e_events, "Running the end-to-end benchmark.");
-        let r = bench::e2e(config, e2e_events, latency_seconds).await;
+        let r = bench::e2e(config, e2e_events, latency_seconds, bench::E2eModel::Rules).await;
         suite.e2e = Outcome::from_result(r);
+        info!("Running the end-to-end benchmark with a trained Transformer.");
+        let r = bench::e2e(
+            config,
+            e2e_events,
+            latency_seconds,
+            bench::E2eModel::Transformer,
+        )
+        .await;
+        suite.e2e_transformer = Outcome::from_result(r);
     }
     if run("train") {
         info!(events = train_events, "Running the training benchmark.");

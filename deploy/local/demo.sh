@@ -179,7 +179,9 @@ step "What happened"
 echo "Segment changes by trigger (the first classification of each customer included):"
 "$BIN" -c "$CONFIG" segments show --idle 3s --max 100000000 2>/dev/null \
   | awk '$3 == "->" { t[$5]++ } END { for (k in t) printf "  %-14s %d\n", k, t[k] }'
-echo "Risk flags by rule and state (the generator's ordinary customers; \`segstream bench risk\` measures the rules on abuse patterns):"
+echo "Risk flags by rule and state. The live stream is time-compressed (the world's days pass in"
+echo "minutes, stamped with the wall clock), so its customers browse faster than people and"
+echo "bot_browsing fires; \`segstream bench risk\` measures the rules on real-time patterns:"
 "$BIN" -c "$CONFIG" segments risk --idle 3s --max 100000000 2>/dev/null \
   | awk '$2 == "RAISED" || $2 == "cleared" { t[$3 " " $2]++ } END { n = 0; for (k in t) { printf "  %-32s %d\n", k, t[k]; n++ } if (n == 0) print "  none" }'
 echo "Current membership: $("$BIN" -c "$CONFIG" segments snapshot --out "$work/segments.ndjson" 2>/dev/null) ($work/segments.ndjson)"

@@ -438,6 +438,9 @@ pub fn score_markdown(rows: &[ScoreBenchRow]) -> String {
 /// End-to-end results: sustained throughput and event → SegmentChange latency.
 #[derive(Debug, Clone, Serialize)]
 pub struct E2eBench {
+    /// The model scored: `rules` (the built-in rule model) or `transformer`
+    /// (a default-size Transformer trained inside the benchmark).
+    pub model: String,
     /// Events in the throughput run.
     pub events: usize,
     /// Raw librdkafka: events/s reading the same input topics, no processing.
@@ -460,15 +463,25 @@ pub struct E2eBench {
 /// so stream threads share them evenly.
 const E2E_PARTITIONS: i32 = 6;
 
-/// Runs the pipeline in-process against fresh topics with the built-in rule
-/// model: first the sustained rate over `events` pre-produced events (against
+/// Runs the pipeline in-process against fresh topics with `model`: first the sustained rate over `events` pre-produced events (against
 /// a raw librdkafka read of the same topics), then the latency from an
 /// event's produce time to its SegmentChange becoming visible to a
 /// read_committed consumer, at half that rate for `latency_seconds`.
+/// The model an end-to-end run scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum E2eModel {
+    /// The built-in rule model (cheap to score).
+    Rules,
+    /// The default Transformer, trained inside the benchmark on generated
+    /// history (one epoch): what users run.
+    Transformer,
+}
+
 pub async fn e2e(
     config: &Config,
     events: usize,
     latency_seconds: f64,
+    model: E2eModel,
 ) -> Result<E2eBench, Box<dyn std::error::Error + Send + Sync>> {
     use crate::event::corpus::{browse, purchase, review};
     use crate::event::encode::{encode, WireFormat};
@@ -511,9 +524,38 @@ pub async fn e2e(
     let registry = Registry::new(dir.join("models"));
     let limits = config.state.limits().state;
     let featurizer = Featurizer::new(FeatureSpec::for_state(limits), limits)?;
-    let (onnx, manifest) = rules::build(&featurizer, "rules-bench");
-    registry.publish(&onnx, &manifest)?;
-    registry.promote("rules-bench")?;
+    match model {
+        E2eModel::Rules => {
+            let (onnx, manifest) = rules::build(&featurizer, "rules-bench");
+            registry.publish(&onnx, &manifest)?;
+            registry.promote("rules-bench")?;
+        }
+        E2eModel::Transformer => {
+            let (_, history) = train::history_for(30_000);
+            let mut tc = config.clone();
+            tc.train.max_epochs = 1;
+            let registry = registry.clone();
+            let report = tokio::task::spawn_blocking(move || {
+                crate::train::Progress::silent(|p| {
+                    crate::train::train(
+                        &tc,
+                        history,
+                        &registry,
+                        &crate::train::TrainOptions {
+                            version: Some("transformer-bench".into()),
+                            force: true,
+                            no_promote: false,
+                        },
+                        p,
+                    )
+                })
+            })
+            .await??;
+            if !report.promoted {
+                return Err(format!("the bench Transformer was not promoted: {}", report.decision).into());
+            }
+        }
+    }
     let mut cfg = config.clone();
     cfg.input.topics = inputs.to_vec();
     cfg.state.changelog_topic = changelog.clone();
@@ -679,6 +721,10 @@ pub async fn e2e(
         }
     };
     Ok(E2eBench {
+        model: match model {
+            E2eModel::Rules => "rules".into(),
+            E2eModel::Transformer => "transformer".into(),
+        },
         events,
         raw_events_per_second: raw_rate,
         pipeline_events_per_second: pipeline_rate,
@@ -821,13 +867,14 @@ fn raw_read_all(
 /// The end-to-end results as a Markdown table.
 pub fn e2e_markdown(b: &E2eBench) -> String {
     format!(
-        "| end to end ({} events) | value |\n| --- | --- |\n\
+        "| end to end, {} model ({} events) | value |\n| --- | --- |\n\
          | raw librdkafka read of the input (baseline) | {:.0} events/s |\n\
          | pipeline, transactions on | {:.0} events/s |\n\
          | pipeline / raw | {:.3} |\n\
          | latency run | {:.0} events/s, {} segment changes |\n\
          | event → SegmentChange visible (read_committed), p50 | {:.0} ms |\n\
          | same, p99 | {:.0} ms |\n",
+        b.model,
         b.events,
         b.raw_events_per_second,
         b.pipeline_events_per_second,

@@ -112,8 +112,10 @@ pub struct Suite {
     pub state: Vec<Outcome<StateBench>>,
     /// Scoring vs raw `Session::run`.
     pub score: Outcome<Vec<ScoreBenchRow>>,
-    /// End to end with transactions.
+    /// End to end with transactions, the rules model.
     pub e2e: Outcome<E2eBench>,
+    /// The same with a trained Transformer.
+    pub e2e_transformer: Outcome<E2eBench>,
     /// Training time.
     pub train: Outcome<TrainBench>,
 }
@@ -131,7 +133,7 @@ impl Suite {
         if self.score.is_failed() {
             out.push("score");
         }
-        if self.e2e.is_failed() {
+        if self.e2e.is_failed() || self.e2e_transformer.is_failed() {
             out.push("e2e");
         }
         if self.train.is_failed() {
@@ -218,6 +220,13 @@ pub fn suite_markdown(s: &Suite) -> String {
          raw read of the same input; then event → SegmentChange latency at half the \
          sustained rate.",
         &s.e2e,
+        e2e_markdown,
+    );
+    section(
+        &mut out,
+        "End to end with the Transformer",
+        "The same run scoring the default Transformer that users run, trained inside          the benchmark (30k generated events, one epoch) and promoted into the run's          registry.",
+        &s.e2e_transformer,
         e2e_markdown,
     );
     section(
