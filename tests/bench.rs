@@ -80,7 +80,17 @@ fn suite() -> Suite {
             p50_ms: 120.0,
             p99_ms: 480.0,
         }),
-        e2e_transformer: Outcome::Skipped,
+        e2e_transformer: Outcome::Done(E2eBench {
+            model: "transformer".into(),
+            events: 10_000,
+            raw_events_per_second: 180_000.0,
+            pipeline_events_per_second: 5_000.0,
+            ratio: 0.028,
+            latency_rate: 2_500.0,
+            latency_samples: 25_000,
+            p50_ms: 900.0,
+            p99_ms: 1_500.0,
+        }),
         train: Outcome::Done(TrainBench {
             events: 1_000_000,
             customers: 7273,
@@ -140,6 +150,8 @@ fn the_suite_report_has_the_machine_and_every_section() {
     );
     assert!(md.contains("| whole run, per 1M events | 58.0 s |"), "{md}");
     assert!(md.contains("| same, p99 | 480 ms |"), "{md}");
+    assert!(md.contains("## End to end with the Transformer"), "{md}");
+    assert!(md.contains("| end to end, transformer model (10000 events)"), "{md}");
     // A failure is said, on one line.
     assert!(md.contains("Failed: out of memory at 1M"), "{md}");
     assert!(!md.contains("Not run (skipped)."), "{md}");
