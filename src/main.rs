@@ -508,7 +508,7 @@ async fn bench_all(config: &Config, a: BenchAllArgs) -> anyhow::Result<()> {
         a.state_customers.clone()
     };
     let score_seconds = a.score_seconds.unwrap_or(pick(2.0, 0.3));
-    let e2e_events = a.e2e_events.unwrap_or(pick(100_000.0, 10_000.0) as usize);
+    let e2e_events = a.e2e_events.unwrap_or(pick(300_000.0, 10_000.0) as usize);
     let latency_seconds = a.latency_seconds.unwrap_or(pick(10.0, 3.0));
     let train_events = a
         .train_events

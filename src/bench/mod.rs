@@ -635,18 +635,53 @@ pub async fn e2e(
             .sum())
     };
     let total = events as i64;
+    // The rate counts from the moment every stream thread holds its
+    // partitions (the group is stable with one member per thread): the
+    // rebalance as the threads join one by one is start-up, not throughput.
+    let threads = cfg.pipeline.stream_threads();
+    let group_stable = |c: &ClientConfig| -> bool {
+        let Ok(reader) = c.clone().create::<BaseConsumer>() else {
+            return false;
+        };
+        reader
+            .fetch_group_list(Some(&id), Duration::from_secs(5))
+            .ok()
+            .and_then(|l| {
+                l.groups().first().map(|g| {
+                    g.state() == "Stable"
+                        && g.members().len() >= threads
+                        && g.members().iter().all(|m| m.assignment().is_some_and(|a| a.len() > 8))
+                })
+            })
+            .unwrap_or(false)
+    };
     let mut first: Option<(Instant, i64)> = None;
     let deadline = Instant::now() + Duration::from_secs(900);
     let last = loop {
         let done = offsets(&client)?;
-        if first.is_none() && done > 0 {
+        if first.is_none() && group_stable(&client) {
+            if done >= total {
+                return Err(format!(
+                    "the pipeline consumed all {events} events before its group settled; \
+                     run with more events"
+                )
+                .into());
+            }
             first = Some((Instant::now(), done));
         }
         if done >= total {
             break Instant::now();
         }
-        if Instant::now() > deadline || pipeline.is_finished() {
-            return Err("the pipeline did not consume the benchmark input".into());
+        if pipeline.is_finished() {
+            let why = match pipeline.await {
+                Ok(Ok(())) => "it stopped".to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            return Err(format!("the pipeline did not consume the benchmark input: {why}").into());
+        }
+        if Instant::now() > deadline {
+            return Err("the pipeline did not consume the benchmark input in time".into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
