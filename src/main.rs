@@ -692,7 +692,10 @@ async fn risk_show(config: Config, idle: Duration, max: usize) -> anyhow::Result
     use rdkafka::message::Message;
     use segstream::event::proto::RiskFlag;
     let topic = &config.output.risk_topic;
-    anyhow::ensure!(!topic.is_empty(), "output.risk_topic is empty: the risk rules do not run");
+    anyhow::ensure!(
+        !topic.is_empty(),
+        "output.risk_topic is empty: the risk rules do not run"
+    );
     let consumer = reader(&config, topic)?;
     let mut shown = 0;
     while shown < max {

@@ -151,7 +151,10 @@ fn the_suite_report_has_the_machine_and_every_section() {
     assert!(md.contains("| whole run, per 1M events | 58.0 s |"), "{md}");
     assert!(md.contains("| same, p99 | 480 ms |"), "{md}");
     assert!(md.contains("## End to end with the Transformer"), "{md}");
-    assert!(md.contains("| end to end, transformer model (10000 events)"), "{md}");
+    assert!(
+        md.contains("| end to end, transformer model (10000 events)"),
+        "{md}"
+    );
     // A failure is said, on one line.
     assert!(md.contains("Failed: out of memory at 1M"), "{md}");
     assert!(!md.contains("Not run (skipped)."), "{md}");

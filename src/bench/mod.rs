@@ -552,7 +552,11 @@ pub async fn e2e(
             })
             .await??;
             if !report.promoted {
-                return Err(format!("the bench Transformer was not promoted: {}", report.decision).into());
+                return Err(format!(
+                    "the bench Transformer was not promoted: {}",
+                    report.decision
+                )
+                .into());
             }
         }
     }
@@ -650,7 +654,9 @@ pub async fn e2e(
                 l.groups().first().map(|g| {
                     g.state() == "Stable"
                         && g.members().len() >= threads
-                        && g.members().iter().all(|m| m.assignment().is_some_and(|a| a.len() > 8))
+                        && g.members()
+                            .iter()
+                            .all(|m| m.assignment().is_some_and(|a| a.len() > 8))
                 })
             })
             .unwrap_or(false)
