@@ -188,7 +188,7 @@ async fn lookups_answer_owned_redirect_not_owned_and_wait_for_restores() {
     };
     let (mut owned, mut redirected) = (0, 0);
     for c in &customers {
-        let (status, head, body) = get_full(pa, &format!("/v1/customers/{c}")).unwrap();
+        let (status, head, body) = get_settled(pa, &format!("/v1/customers/{c}")).unwrap();
         match status {
             200 => {
                 check(c, &body);
@@ -199,7 +199,7 @@ async fn lookups_answer_owned_redirect_not_owned_and_wait_for_restores() {
                 assert!(head.to_ascii_lowercase().contains(&location), "{head}");
                 let v: serde_json::Value = serde_json::from_str(&body).unwrap();
                 assert_eq!(v["partition"], latest[c].0);
-                let (status, body) = get(pb, &format!("/v1/customers/{c}")).unwrap();
+                let (status, _, body) = get_settled(pb, &format!("/v1/customers/{c}")).unwrap();
                 assert_eq!(status, 200, "{c} at its owner: {body}");
                 check(c, &body);
                 redirected += 1;
@@ -213,8 +213,12 @@ async fn lookups_answer_owned_redirect_not_owned_and_wait_for_restores() {
     );
     // An unknown customer: 404 at whichever instance owns its partition.
     let unknown = "nobody-at-all";
-    let at_a = get(pa, &format!("/v1/customers/{unknown}")).unwrap();
-    let at_b = get(pb, &format!("/v1/customers/{unknown}")).unwrap();
+    let at_a = get_settled(pa, &format!("/v1/customers/{unknown}"))
+        .map(|(s, _, b)| (s, b))
+        .unwrap();
+    let at_b = get_settled(pb, &format!("/v1/customers/{unknown}"))
+        .map(|(s, _, b)| (s, b))
+        .unwrap();
     assert!(
         [at_a.0, at_b.0].contains(&404) && [at_a.0, at_b.0].contains(&307),
         "{at_a:?} {at_b:?}"

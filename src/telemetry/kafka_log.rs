@@ -204,6 +204,10 @@ impl rdkafka::ClientContext for QuietContext {
     fn error(&self, error: KafkaError, reason: &str) {
         client_error("producer", &error, reason);
     }
+
+    /// Statistics are for the run loop's own consumers (lag, event-time
+    /// merge); other clients ignore them instead of logging each one.
+    fn stats(&self, _statistics: rdkafka::Statistics) {}
 }
 
 /// For plain readers (e.g. describing the consumer group) that join no group.

@@ -223,6 +223,21 @@ pub fn get_full(port: u16, path: &str) -> Option<(u16, String, String)> {
     Some((status, head.to_string(), body.to_string()))
 }
 
+/// [`get_full`], asked again while the answer is 503 (a lookup during a
+/// rebalance or restore says "retry"), for at most 30 s.
+pub fn get_settled(port: u16, path: &str) -> Option<(u16, String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = get_full(port, path);
+        match &answer {
+            Some((503, _, _)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            _ => return answer,
+        }
+    }
+}
+
 /// [`get_full`] without the head.
 pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
     get_full(port, path).map(|(status, _, body)| (status, body))
