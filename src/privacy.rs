@@ -172,7 +172,11 @@ pub fn erased_ids(cfg: &Config) -> Result<HashSet<String>, String> {
     Ok(out)
 }
 
-fn partitions_of(consumer: &BaseConsumer<QuietContext>, topic: &str) -> Result<i32, String> {
+/// The partition count of `topic` (an error when it does not exist).
+pub(crate) fn partitions_of(
+    consumer: &BaseConsumer<QuietContext>,
+    topic: &str,
+) -> Result<i32, String> {
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(|e| format!("reading {topic}'s metadata: {e}"))?;

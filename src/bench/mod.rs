@@ -643,11 +643,9 @@ pub async fn e2e(
     // partitions (the group is stable with one member per thread): the
     // rebalance as the threads join one by one is start-up, not throughput.
     let threads = cfg.pipeline.stream_threads();
-    let group_stable = |c: &ClientConfig| -> bool {
-        let Ok(reader) = c.clone().create::<BaseConsumer>() else {
-            return false;
-        };
-        reader
+    let group_reader: BaseConsumer = client.clone().create()?;
+    let group_stable = |_: &ClientConfig| -> bool {
+        group_reader
             .fetch_group_list(Some(&id), Duration::from_secs(5))
             .ok()
             .and_then(|l| {

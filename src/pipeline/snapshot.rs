@@ -58,15 +58,7 @@ pub fn read_current(
     let consumer: BaseConsumer<QuietContext> = c
         .create_with_context(QuietContext)
         .map_err(|e| format!("creating the reader: {e}"))?;
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| format!("reading {topic}'s metadata: {e}"))?;
-    let partitions = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().len())
-        .ok_or_else(|| format!("{topic} does not exist"))?;
+    let partitions = crate::privacy::partitions_of(&consumer, topic)? as usize;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as i32 {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
