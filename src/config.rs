@@ -663,6 +663,9 @@ pub struct DecideConfig {
     /// A segment holds at least this long (event time) before it may change.
     #[serde(with = "humantime_serde")]
     pub min_dwell: Duration,
+    /// Customer features named in each change's reasons, largest first
+    /// (the rest are summed as `other_features`); 0 names none.
+    pub reasons: usize,
 }
 
 impl Default for DecideConfig {
@@ -670,6 +673,7 @@ impl Default for DecideConfig {
         DecideConfig {
             margin: 0.1,
             min_dwell: Duration::from_secs(86_400),
+            reasons: 5,
         }
     }
 }
@@ -680,6 +684,7 @@ impl DecideConfig {
         crate::decide::Hysteresis {
             margin: self.margin,
             min_dwell_ms: i64::try_from(self.min_dwell.as_millis()).unwrap_or(i64::MAX),
+            reasons: self.reasons,
         }
     }
 }
@@ -1205,6 +1210,15 @@ impl Config {
         let dc = &self.decide;
         if !(dc.margin.is_finite() && (0.0..=1.0).contains(&dc.margin)) {
             p.add("decide.margin", "must be between 0 and 1");
+        }
+        if dc.reasons > crate::features::CUSTOMER_DIM {
+            p.add(
+                "decide.reasons",
+                format!(
+                    "must be at most {} (the customer features)",
+                    crate::features::CUSTOMER_DIM
+                ),
+            );
         }
         let out = &self.output;
         if let Err(why) = check_topic_name(&out.topic_for("segment")) {

@@ -786,8 +786,19 @@ async fn segments_show(
                         .take(3)
                         .map(|(s, p)| format!("{s} {p:.2}"))
                         .collect();
+                    let why: Vec<String> = c
+                        .reasons
+                        .iter()
+                        .take(2)
+                        .map(|r| format!("{} {:+.2}", r.feature, r.contribution))
+                        .collect();
+                    let why = if why.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" why {}", why.join(", "))
+                    };
                     format!(
-                        "{:<22} {:>13} -> {:<13} {:<12} [{}] buy {:.2} churn {:.2} model {}",
+                        "{:<22} {:>13} -> {:<13} {:<12} [{}] buy {:.2} churn {:.2} model {}{why}",
                         c.customer_id,
                         if c.previous_segment.is_empty() {
                             "(new)"

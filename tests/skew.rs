@@ -171,6 +171,7 @@ http_listen = ""
     let chains = outputs(&s);
     let mut compared = 0;
     let mut worst = 0f32;
+    let mut explain_worst = 0f32;
     for (customer, changes) in &chains {
         for c in changes
             .iter()
@@ -190,6 +191,24 @@ http_listen = ""
             }
             worst = worst.max((c.purchase_probability - row.purchase_probability).abs());
             worst = worst.max((c.churn_probability - row.churn_probability).abs());
+            // Explanations: the reasons with their baseline reproduce the
+            // segment's centered log-probability from the published scores,
+            // and the offline replay gives the same reasons.
+            assert_eq!(c.reasons.len(), 5 + 2, "{c:?}");
+            let mean_ln = c.scores.values().map(|p| p.ln()).sum::<f32>() / c.scores.len() as f32;
+            let centered = c.scores[&c.segment].ln() - mean_ln;
+            let explained =
+                c.reasons_baseline + c.reasons.iter().map(|r| r.contribution).sum::<f32>();
+            explain_worst = explain_worst.max((explained - centered).abs() / centered.abs().max(1.0));
+            if row.segment == c.segment {
+                let names = |rs: &[segstream::event::proto::Reason]| {
+                    rs.iter().map(|r| r.feature.clone()).collect::<Vec<_>>()
+                };
+                assert_eq!(names(&c.reasons), names(&row.reasons));
+                for (a, b) in c.reasons.iter().zip(&row.reasons) {
+                    explain_worst = explain_worst.max((a.contribution - b.contribution).abs());
+                }
+            }
             compared += 1;
         }
     }
@@ -201,5 +220,9 @@ http_listen = ""
     assert!(
         worst <= 1e-5,
         "served and replayed scores differ by {worst} over {compared} changes"
+    );
+    assert!(
+        explain_worst <= 1e-3,
+        "reasons miss the centered log-probability (or the replay's reasons) by {explain_worst}"
     );
 }

@@ -317,6 +317,17 @@ fn predict_scores_every_customer_as_of_a_time_through_the_serving_path() {
         assert!(p.segments.contains(&r.segment));
         assert!((0.0..=1.0).contains(&r.purchase_probability));
         assert!(r.predicted_spend >= 0.0);
+        // Every trained model explains its scores: 5 named features (the
+        // default decide.reasons), the sequence, the other features.
+        assert_eq!(r.reasons.len(), 7, "{r:?}");
+        let k = p.segments.iter().position(|s| *s == r.segment).unwrap();
+        let mean_ln = r.probabilities.iter().map(|p| p.ln()).sum::<f32>() / 5.0;
+        let centered = r.probabilities[k].ln() - mean_ln;
+        let explained = r.reasons_baseline + r.reasons.iter().map(|x| x.contribution).sum::<f32>();
+        assert!(
+            (explained - centered).abs() <= 1e-3 * centered.abs().max(1.0),
+            "{explained} vs {centered}: {r:?}"
+        );
     }
     let mut csv = Vec::new();
     train::predict::write_csv(&p, &mut csv).unwrap();
@@ -331,6 +342,7 @@ fn predict_scores_every_customer_as_of_a_time_through_the_serving_path() {
     let first: serde_json::Value =
         serde_json::from_str(String::from_utf8(nd).unwrap().lines().next().unwrap()).unwrap();
     assert_eq!(first["model_version"], "p1");
+    assert_eq!(first["reasons"].as_array().map(Vec::len), Some(7), "{first}");
 }
 
 /// The command line end to end: a history file from the generator, the
@@ -387,7 +399,8 @@ fn predict_from_the_command_line_writes_csv_ndjson_and_parquet() {
     let customers = csv.lines().count() - 1;
     assert!((30..=40).contains(&customers), "{customers} rows:\n{csv}");
     assert!(
-        csv.lines().skip(1).all(|l| l.ends_with(",rules-1")),
+        // The built-in rules model gives no explanation: empty reasons.
+        csv.lines().skip(1).all(|l| l.ends_with(",rules-1,")),
         "{csv}"
     );
 
@@ -408,7 +421,7 @@ fn predict_from_the_command_line_writes_csv_ndjson_and_parquet() {
     let mut rows = 0;
     for batch in reader {
         let batch = batch.unwrap();
-        assert_eq!(batch.num_columns(), 2 + 5 + 3 + 1);
+        assert_eq!(batch.num_columns(), 2 + 5 + 3 + 1 + 1);
         assert_eq!(batch.schema().field(2).name(), "p_high_value");
         rows += batch.num_rows();
     }

@@ -9,7 +9,7 @@ pub mod risk;
 
 use serde::Serialize;
 
-use crate::event::proto::{SegmentChange, Trigger};
+use crate::event::proto::{Reason, SegmentChange, Trigger};
 use crate::state::Decision;
 
 /// Hysteresis rules (from `[decide]` in the config).
@@ -19,6 +19,9 @@ pub struct Hysteresis {
     pub margin: f32,
     /// A segment holds at least this long (event time, ms) before it may change.
     pub min_dwell_ms: i64,
+    /// Customer features named in a change's reasons (the rest are summed
+    /// as `other_features`).
+    pub reasons: usize,
 }
 
 impl Default for Hysteresis {
@@ -26,6 +29,7 @@ impl Default for Hysteresis {
         Hysteresis {
             margin: 0.1,
             min_dwell_ms: 86_400_000,
+            reasons: 5,
         }
     }
 }
@@ -90,6 +94,49 @@ pub struct Scored<'a> {
     pub spend: f32,
     /// Model version.
     pub model_version: &'a str,
+    /// The explanation output's rows for this customer ([K, F + 2], see
+    /// [`crate::model::SEGMENT_CONTRIBUTIONS`]); empty when the model gives
+    /// none.
+    pub contributions: &'a [f32],
+}
+
+/// Name of the reason that sums the customer features not listed.
+pub const OTHER_FEATURES: &str = "other_features";
+
+/// The reasons for `segment` from a customer's explanation rows
+/// ([K, F + 2]): the `top` customer features of largest magnitude and the
+/// sequence pathway, largest magnitude first, then the sum of the other
+/// features; and the baseline. Baseline plus every contribution is the
+/// segment's centered log-probability. Empty for rows of another shape.
+pub fn explain(contributions: &[f32], segment: usize, top: usize) -> (Vec<Reason>, f32) {
+    let names = crate::features::customer_feature_names();
+    let width = names.len() + 2;
+    let Some(row) = contributions.get(segment * width..(segment + 1) * width) else {
+        return (Vec::new(), 0.0);
+    };
+    let f = names.len();
+    let mut order: Vec<usize> = (0..f).collect();
+    order.sort_by(|&a, &b| row[b].abs().total_cmp(&row[a].abs()));
+    let top = top.min(f);
+    let mut reasons: Vec<Reason> = order[..top]
+        .iter()
+        .map(|&j| Reason {
+            feature: names[j].clone(),
+            contribution: row[j],
+        })
+        .chain(std::iter::once(Reason {
+            feature: crate::model::CONTRIBUTION_SEQUENCE.to_string(),
+            contribution: row[f],
+        }))
+        .collect();
+    reasons.sort_by(|a, b| b.contribution.abs().total_cmp(&a.contribution.abs()));
+    if top < f {
+        reasons.push(Reason {
+            feature: OTHER_FEATURES.to_string(),
+            contribution: order[top..].iter().map(|&j| row[j]).sum(),
+        });
+    }
+    (reasons, row[f + 1])
 }
 
 /// Applies a scoring to the customer's decision memory and returns the
@@ -114,6 +161,7 @@ pub fn apply(
     let to = to?;
     let previous = std::mem::replace(&mut decision.segment, scored.segments[to].clone());
     decision.since_ms = as_of_ms;
+    let (reasons, reasons_baseline) = explain(scored.contributions, to, rules.reasons);
     Some(SegmentChange {
         customer_id: customer_id.to_string(),
         segment: decision.segment.clone(),
@@ -133,6 +181,8 @@ pub fn apply(
         trigger: trigger as i32,
         membership: crate::event::proto::Membership::Entered as i32,
         live: false,
+        reasons,
+        reasons_baseline,
     })
 }
 
@@ -153,6 +203,17 @@ pub struct SegmentChangeJson<'a> {
     trigger: &'static str,
     membership: &'static str,
     live: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    reasons: Vec<ReasonJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasons_baseline: Option<f32>,
+}
+
+/// One reason in the JSON form.
+#[derive(Debug, Serialize)]
+pub struct ReasonJson<'a> {
+    feature: &'a str,
+    contribution: f32,
 }
 
 /// Name of a trigger in the JSON form and in headers.
@@ -193,6 +254,15 @@ impl<'a> SegmentChangeJson<'a> {
             trigger: trigger_name(c.trigger),
             membership: membership_name(c.membership),
             live: c.live,
+            reasons: c
+                .reasons
+                .iter()
+                .map(|r| ReasonJson {
+                    feature: &r.feature,
+                    contribution: r.contribution,
+                })
+                .collect(),
+            reasons_baseline: (!c.reasons.is_empty()).then_some(c.reasons_baseline),
         }
     }
 }
@@ -213,7 +283,38 @@ mod tests {
             churn: 0.1,
             spend: 12.0,
             model_version: "m1",
+            contributions: &[],
         }
+    }
+
+    #[test]
+    fn reasons_list_the_largest_contributions_and_keep_the_total() {
+        let f = crate::features::CUSTOMER_DIM;
+        let w = f + 2;
+        // Two segments; segment 1's row: feature j contributes (j - 20) / 10,
+        // sequence 0.25, baseline -0.5.
+        let mut rows = vec![0.0; 2 * w];
+        for j in 0..f {
+            rows[w + j] = (j as f32 - 20.0) / 10.0;
+        }
+        rows[w + f] = 0.25;
+        rows[w + f + 1] = -0.5;
+        let (reasons, baseline) = explain(&rows, 1, 2);
+        let names = crate::features::customer_feature_names();
+        let fields: Vec<&str> = reasons.iter().map(|r| r.feature.as_str()).collect();
+        // -2.0 (feature 0) and -1.9 (feature 1) are largest (the last
+        // feature gives +1.8); then the sequence; then the rest.
+        assert_eq!(
+            fields,
+            [names[0].as_str(), names[1].as_str(), "sequence", OTHER_FEATURES]
+        );
+        assert_eq!(baseline, -0.5);
+        let total: f32 = rows[w..].iter().sum();
+        let listed: f32 = reasons.iter().map(|r| r.contribution).sum::<f32>() + baseline;
+        assert!((total - listed).abs() < 1e-4, "{total} vs {listed}");
+        // No explanation output, or a row of another shape: no reasons.
+        assert!(explain(&[], 0, 5).0.is_empty());
+        assert!(explain(&rows[..w + 3], 1, 5).0.is_empty());
     }
 
     #[test]
@@ -221,6 +322,7 @@ mod tests {
         let rules = Hysteresis {
             margin: 0.1,
             min_dwell_ms: 1_000,
+            reasons: 5,
         };
         let s = segs();
         let mut d = Decision::default();

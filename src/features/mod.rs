@@ -44,6 +44,43 @@ pub const LIFETIME_DIM: usize = 8;
 /// Customer features (F).
 pub const CUSTOMER_DIM: usize = WINDOW_DAYS.len() * PER_WINDOW + 3 + LIFETIME_DIM;
 
+/// Names of the customer features (F), in `customer_features` order, as
+/// explanations name them: per window `<measure>_<days>d`, then recency,
+/// tenure and the lifetime purchase features.
+pub fn customer_feature_names() -> &'static [String] {
+    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        const WINDOW: [&str; PER_WINDOW] = [
+            "browse",
+            "cart_adds",
+            "purchases",
+            "reviews",
+            "spend",
+            "distinct_categories",
+            "mean_rating",
+        ];
+        const REST: [&str; 3 + LIFETIME_DIM] = [
+            "days_since_purchase",
+            "days_since_event",
+            "tenure_days",
+            "lifetime_purchases",
+            "lifetime_spend",
+            "mean_order_value",
+            "days_since_first_purchase",
+            "purchase_span_days",
+            "purchases_per_30d",
+            "mean_purchase_gap_days",
+            "purchase_gap_irregularity",
+        ];
+        let mut names = Vec::with_capacity(CUSTOMER_DIM);
+        for days in WINDOW_DAYS {
+            names.extend(WINDOW.iter().map(|m| format!("{m}_{days}d")));
+        }
+        names.extend(REST.iter().map(|s| s.to_string()));
+        names
+    })
+}
+
 /// Names of the model inputs, in order.
 pub const INPUT_NAMES: [&str; 6] = [
     "event_kind",

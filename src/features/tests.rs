@@ -213,3 +213,13 @@ fn lifetime_features_reach_past_the_windows_and_the_recent_events() {
         [0.0, 0.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0]
     );
 }
+
+#[test]
+fn every_customer_feature_has_one_distinct_name() {
+    let names = super::customer_feature_names();
+    assert_eq!(names.len(), super::CUSTOMER_DIM);
+    let distinct: std::collections::BTreeSet<&String> = names.iter().collect();
+    assert_eq!(distinct.len(), names.len());
+    assert_eq!(names[2], "purchases_1d");
+    assert_eq!(names[super::CUSTOMER_DIM - 1], "purchase_gap_irregularity");
+}

@@ -314,6 +314,33 @@ pub fn contract_outputs(segments: usize) -> Vec<TensorSig> {
     ]
 }
 
+/// Name of the optional explanation output: `[batch, K, F + 2]` float32.
+/// For each segment k, its logit centered over the segments (ln p_k minus
+/// the mean of ln p over the segments) split exactly into parts: F
+/// customer-feature contributions of the direct (linear) path, then the
+/// sequence pathway's share (the encoder and its joint layer), then the
+/// baseline (the centered bias). The parts of a row sum to the centered logit.
+pub const SEGMENT_CONTRIBUTIONS: &str = "segment_contributions";
+
+/// Names of the parts of a [`SEGMENT_CONTRIBUTIONS`] row after the customer
+/// features.
+pub const CONTRIBUTION_SEQUENCE: &str = "sequence";
+/// See [`CONTRIBUTION_SEQUENCE`].
+pub const CONTRIBUTION_BASELINE: &str = "baseline";
+
+/// Outputs a model may give; checked when present.
+pub fn optional_outputs(segments: usize) -> Vec<TensorSig> {
+    vec![TensorSig {
+        name: SEGMENT_CONTRIBUTIONS,
+        elem: Elem::F32,
+        dims: vec![
+            None,
+            Some(segments as i64),
+            Some(crate::features::CUSTOMER_DIM as i64 + 2),
+        ],
+    }]
+}
+
 /// A directory registry of model versions.
 #[derive(Debug, Clone)]
 pub struct Registry {

@@ -75,17 +75,26 @@ pub struct Outputs {
     pub churn_probability: Vec<f32>,
     /// `[B]`
     pub predicted_spend: Vec<f32>,
+    /// [B, K, F + 2], the optional explanation output
+    /// ([`super::SEGMENT_CONTRIBUTIONS`]); empty when the model has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segment_contributions: Vec<f32>,
 }
 
 impl Outputs {
-    /// The four outputs by name, in contract order.
-    pub fn named(&self) -> [(&'static str, &[f32]); 4] {
-        [
+    /// The outputs by name, in contract order; the explanation output last,
+    /// when there is one.
+    pub fn named(&self) -> Vec<(&'static str, &[f32])> {
+        let mut v: Vec<(&'static str, &[f32])> = vec![
             ("segment_probs", &self.segment_probs),
             ("purchase_probability", &self.purchase_probability),
             ("churn_probability", &self.churn_probability),
             ("predicted_spend", &self.predicted_spend),
-        ]
+        ];
+        if !self.segment_contributions.is_empty() {
+            v.push((super::SEGMENT_CONTRIBUTIONS, &self.segment_contributions));
+        }
+        v
     }
 
     /// Appends the rows of `more` (batches scored in chunks).
@@ -94,6 +103,8 @@ impl Outputs {
         self.purchase_probability.extend(more.purchase_probability);
         self.churn_probability.extend(more.churn_probability);
         self.predicted_spend.extend(more.predicted_spend);
+        self.segment_contributions
+            .extend(more.segment_contributions);
     }
 }
 

@@ -1767,6 +1767,7 @@ impl Pipeline {
                         churn: scores.outputs.churn_probability[row],
                         spend: scores.outputs.predicted_spend[row],
                         model_version: &scores.model_version,
+                        contributions: scores.contributions(row),
                     };
                     if let Some(decision) = store.decision_mut(id) {
                         if let Some(change) = decide::apply(

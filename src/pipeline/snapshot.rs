@@ -23,7 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{Config, OutputFormat};
 use crate::decide::SegmentChangeJson;
-use crate::event::proto::{Membership, SegmentChange, Trigger};
+use crate::event::proto::{Membership, Reason, SegmentChange, Trigger};
 use crate::telemetry::kafka_log::QuietContext;
 
 /// What a snapshot found.
@@ -149,6 +149,19 @@ pub fn decode(bytes: &[u8], format: OutputFormat) -> Option<SegmentChange> {
                 trigger: trigger as i32,
                 membership: membership as i32,
                 live: v["live"].as_bool().unwrap_or_default(),
+                reasons: v["reasons"]
+                    .as_array()
+                    .map(|rs| {
+                        rs.iter()
+                            .map(|r| Reason {
+                                feature: r["feature"].as_str().unwrap_or_default().to_string(),
+                                contribution: r["contribution"].as_f64().unwrap_or_default()
+                                    as f32,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                reasons_baseline: f("reasons_baseline"),
             })
         }
     }

@@ -32,7 +32,7 @@ use crate::features::{tensors, FeatureSpec, Featurizer, TensorData};
 use crate::model::onnx::Elem;
 use crate::model::reference::Outputs;
 use crate::model::{
-    contract_inputs, contract_outputs, GoldenInputs, Manifest, ModelFiles, TensorSig,
+    contract_inputs, contract_outputs, optional_outputs, GoldenInputs, Manifest, ModelFiles, TensorSig,
 };
 use crate::state::StateLimits;
 use crate::telemetry::Metrics;
@@ -209,12 +209,19 @@ fn elem_of(ty: TensorElementType) -> Option<Elem> {
 fn check_sigs(
     kind: &str,
     expected: &[TensorSig],
+    optional: &[TensorSig],
     actual: &[ort::value::Outlet],
     problems: &mut Vec<String>,
 ) {
-    for sig in expected {
+    for (sig, required) in expected
+        .iter()
+        .map(|s| (s, true))
+        .chain(optional.iter().map(|s| (s, false)))
+    {
         let Some(o) = actual.iter().find(|o| o.name() == sig.name) else {
-            problems.push(format!("missing {kind} {}", sig.name));
+            if required {
+                problems.push(format!("missing {kind} {}", sig.name));
+            }
             continue;
         };
         let ValueType::Tensor { ty, shape, .. } = o.dtype() else {
@@ -252,7 +259,7 @@ fn check_sigs(
         }
     }
     for o in actual {
-        if !expected.iter().any(|s| s.name == o.name()) {
+        if !expected.iter().chain(optional).any(|s| s.name == o.name()) {
             problems.push(format!(
                 "unexpected {kind} {} (not in the contract)",
                 o.name()
@@ -354,16 +361,24 @@ fn extract(
         purchase_probability: get("purchase_probability", rows)?,
         churn_probability: get("churn_probability", rows)?,
         predicted_spend: get("predicted_spend", rows)?,
+        segment_contributions: match out.get(crate::model::SEGMENT_CONTRIBUTIONS) {
+            Some(_) => get(
+                crate::model::SEGMENT_CONTRIBUTIONS,
+                rows * segments * (crate::features::CUSTOMER_DIM + 2),
+            )?,
+            None => Vec::new(),
+        },
     })
 }
 
 /// How far `got` is from `expected` for one value of `output`: absolute for
 /// probabilities; spend is in minor units (up to millions), where float32
 /// rounding alone exceeds any useful absolute tolerance, so it is compared
-/// relative to max(1, |expected|).
+/// relative to max(1, |expected|), and so are explanation contributions.
 pub fn difference(output: &str, expected: f32, got: f32) -> f32 {
     let d = (expected - got).abs();
-    if output == "predicted_spend" {
+    // Contributions are logit parts, unbounded like spend.
+    if output == "predicted_spend" || output == crate::model::SEGMENT_CONTRIBUTIONS {
         d / expected.abs().max(1.0)
     } else {
         d
@@ -374,7 +389,9 @@ pub fn difference(output: &str, expected: f32, got: f32) -> f32 {
 /// is on; infinite when a value is not finite or the shapes differ.
 pub fn max_difference(expected: &Outputs, got: &Outputs) -> (f32, &'static str) {
     let mut worst = (0f32, "none");
-    for ((name, a), (_, b)) in expected.named().into_iter().zip(got.named()) {
+    let theirs = got.named();
+    for (name, a) in expected.named() {
+        let b = theirs.iter().find(|(n, _)| *n == name).map_or(&[][..], |(_, b)| *b);
         if a.len() != b.len() {
             return (f32::INFINITY, name);
         }
@@ -390,7 +407,11 @@ pub fn max_difference(expected: &Outputs, got: &Outputs) -> (f32, &'static str) 
 
 fn compare(expected: &Outputs, got: &Outputs, tolerance: f32) -> Result<f32, String> {
     let mut worst = 0f32;
-    for ((name, a), (_, b)) in expected.named().into_iter().zip(got.named()) {
+    let theirs = got.named();
+    // Every output of the golden record is compared (an explanation output
+    // in the record must be given); an output the record lacks is not.
+    for (name, a) in expected.named() {
+        let b = theirs.iter().find(|(n, _)| *n == name).map_or(&[][..], |(_, b)| *b);
         if let Some(i) = b.iter().position(|v| !v.is_finite()) {
             return Err(format!("{name}[{i}] is {} for the golden inputs", b[i]));
         }
@@ -471,12 +492,14 @@ impl LoadedModel {
                 check_sigs(
                     "input",
                     &contract_inputs(&m.feature_spec),
+                    &[],
                     session.inputs(),
                     &mut problems,
                 );
                 check_sigs(
                     "output",
                     &contract_outputs(m.segments.len()),
+                    &optional_outputs(m.segments.len()),
                     session.outputs(),
                     &mut problems,
                 );
@@ -599,6 +622,15 @@ impl Scores {
     pub fn segment_probs(&self, i: usize) -> &[f32] {
         let k = self.segments.len();
         &self.outputs.segment_probs[i * k..(i + 1) * k]
+    }
+
+    /// Row `i`'s explanation ([K, F + 2]); empty when the model gives none.
+    pub fn contributions(&self, i: usize) -> &[f32] {
+        let w = self.segments.len() * (crate::features::CUSTOMER_DIM + 2);
+        self.outputs
+            .segment_contributions
+            .get(i * w..(i + 1) * w)
+            .unwrap_or(&[])
     }
 }
 
@@ -742,6 +774,7 @@ mod tests {
             purchase_probability: vec![0.1],
             churn_probability: vec![0.2],
             predicted_spend: vec![3.0],
+            segment_contributions: Vec::new(),
         };
         assert!(compare(&a, &a, 0.0).is_ok());
         let mut b = a.clone();

@@ -207,6 +207,7 @@ impl Baseline {
             purchase_probability: Vec::with_capacity(n),
             churn_probability: Vec::with_capacity(n),
             predicted_spend: Vec::with_capacity(n),
+            segment_contributions: Vec::new(),
         };
         let norm = &spec.normalization;
         for i in 0..n {

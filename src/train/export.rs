@@ -8,11 +8,23 @@ use super::net::{Transformer, LN_EPS, MASK_NEG, TIME_FREQS};
 use crate::features::{FeatureSpec, CUSTOMER_DIM, EVENT_NUMERIC_DIM};
 use crate::model::onnx::{Attr, GraphBuilder};
 
-/// The ONNX model of `net` for `spec`.
+/// The ONNX model of `net` for `spec`, with the explanation output.
 pub fn to_onnx(
     net: &Transformer,
     spec: &FeatureSpec,
     version: &str,
+) -> candle_core::Result<Vec<u8>> {
+    to_onnx_with(net, spec, version, true)
+}
+
+/// The ONNX model of `net` for `spec`; with `explain`, it also gives
+/// [`crate::model::SEGMENT_CONTRIBUTIONS`] (the benchmark measures its cost
+/// by exporting both).
+pub fn to_onnx_with(
+    net: &Transformer,
+    spec: &FeatureSpec,
+    version: &str,
+    explain: bool,
 ) -> candle_core::Result<Vec<u8>> {
     let a = &net.arch;
     let (d, h) = (a.d as i64, a.heads as i64);
@@ -197,6 +209,36 @@ pub fn to_onnx(
     let spend = g.op("Mul", &[&spend, &factor], &[]);
     g.op_into("Relu", &[&spend], "predicted_spend", &[]);
     g.contract_outputs(a.segments);
+    if explain {
+        // Explanations: the centered segment head applied part by part
+        // (see `Transformer::contributions`), [B, K, F + 2].
+        let (k, f) = (a.segments as i64, CUSTOMER_DIM as i64);
+        let (joint_w, feat_w, bias) = net.centered_segment_head()?;
+        let feat_w = g.init_f32("explain_feature_w", &[k, f], &feat_w);
+        let joint_w = g.init_f32("explain_joint_w", &[d, k], &joint_w);
+        let bias = g.init_f32("explain_bias", &[1, k, 1], &bias);
+        let cust3 = g.op("Unsqueeze", &[&cust, &ax1], &[]);
+        let features = g.op("Mul", &[&cust3, &feat_w], &[]);
+        let sequence = g.op("MatMul", &[&z, &joint_w], &[]);
+        let sequence = g.op("Unsqueeze", &[&sequence, &ax2], &[]);
+        let shape = g.op("Shape", &[&sequence], &[]);
+        let baseline = g.op("Expand", &[&bias, &shape], &[]);
+        g.op_into(
+            "Concat",
+            &[&features, &sequence, &baseline],
+            crate::model::SEGMENT_CONTRIBUTIONS,
+            &[Attr::Int("axis", 2)],
+        );
+        g.output(
+            crate::model::SEGMENT_CONTRIBUTIONS,
+            crate::model::onnx::Elem::F32,
+            &[
+                crate::model::onnx::Dim::Dynamic("batch"),
+                crate::model::onnx::Dim::Fixed(k),
+                crate::model::onnx::Dim::Fixed(f + 2),
+            ],
+        );
+    }
     let layers = a.layers.to_string();
     let width = a.d.to_string();
     Ok(g.finish(

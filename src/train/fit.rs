@@ -229,11 +229,27 @@ pub fn predict(
     spend_scale: f32,
     pad_to: Option<usize>,
 ) -> candle_core::Result<Outputs> {
+    predict_with(net, set, spend_scale, pad_to, false)
+}
+
+/// [`predict`], with the explanation output too when `explain` is set (as
+/// the exported model gives it; for the parity check and golden outputs).
+pub fn predict_with(
+    net: &Transformer,
+    set: &ExampleSet,
+    spend_scale: f32,
+    pad_to: Option<usize>,
+    explain: bool,
+) -> candle_core::Result<Outputs> {
     let mut out = Outputs::default();
     let idx: Vec<usize> = (0..set.len()).collect();
     for chunk in idx.chunks(512) {
         let b = set.batch(chunk, pad_to);
         let h = net.forward(&b)?;
+        if explain {
+            out.segment_contributions
+                .extend(net.contributions(&h)?.flatten_all()?.to_vec1::<f32>()?);
+        }
         out.segment_probs.extend(
             softmax_last(&h.segment_logits)?
                 .flatten_all()?

@@ -404,7 +404,7 @@ fn train_in_pool(
     let step = val_set.len().div_ceil(PARITY_SAMPLE).max(1);
     let sample = val_set.subset(|i| i % step == 0);
     let theirs = onnx_outputs(config, &version, &onnx, &spec, segments, &sample)?;
-    let ours_sample = fit::predict(&net, &sample, spend_scale, None)?;
+    let ours_sample = fit::predict_with(&net, &sample, spend_scale, None, true)?;
     let (diff, output) = crate::score::max_difference(&ours_sample, &theirs);
     if diff.is_nan() || diff > tc.parity_tolerance {
         return Err(TrainError::Parity {
@@ -421,7 +421,7 @@ fn train_in_pool(
         inputs: golden_set
             .batch(&golden_idx, Some(spec.max_events))
             .to_golden(),
-        outputs: fit::predict(&net, &golden_set, spend_scale, Some(spec.max_events))?,
+        outputs: fit::predict_with(&net, &golden_set, spend_scale, Some(spec.max_events), true)?,
     };
 
     // The champion, judged on the same validation examples.

@@ -86,6 +86,10 @@ pub struct Heads {
     pub churn_logit: Tensor,
     /// `[B]` predicted ln(1 + spend) / spend_log_scale.
     pub spend: Tensor,
+    /// [B, d] the joint representation the heads see (sequence pathway).
+    pub joint: Tensor,
+    /// [B, F] the standardized customer features (direct path).
+    pub customer: Tensor,
 }
 
 /// The network: its architecture and its named parameters.
@@ -499,7 +503,7 @@ impl Transformer {
             )?
             .relu()?;
         let z = self.dropout(z, &mut drop)?;
-        let wide = Tensor::cat(&[z, cust], 1)?;
+        let wide = Tensor::cat(&[z.clone(), cust.clone()], 1)?;
         let segment_logits = self.linear(&wide, "seg_w", "seg_b")?;
         let aux = self.linear(&wide, "aux_w", "aux_b")?;
         Ok(Heads {
@@ -507,7 +511,57 @@ impl Transformer {
             purchase_logit: aux.narrow(1, 0, 1)?.squeeze(1)?,
             churn_logit: aux.narrow(1, 1, 1)?.squeeze(1)?,
             spend: aux.narrow(1, 2, 1)?.squeeze(1)?,
+            joint: z,
+            customer: cust,
         })
+    }
+
+    /// The segment head's weights centered over the segments, as the
+    /// explanation uses them: ([d, K] joint part, [K, F] customer-feature
+    /// part, transposed, [K] bias). Centering removes what raises every
+    /// segment alike, which softmax ignores.
+    pub fn centered_segment_head(&self) -> CResult<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let (d, f, k) = (self.arch.d, CUSTOMER_DIM, self.arch.segments);
+        let w = self.values("seg_w")?;
+        let b = self.values("seg_b")?;
+        let center = |row: &[f32]| -> Vec<f32> {
+            let mean = row.iter().sum::<f32>() / row.len() as f32;
+            row.iter().map(|v| v - mean).collect()
+        };
+        let mut joint = Vec::with_capacity(d * k);
+        for r in 0..d {
+            joint.extend(center(&w[r * k..(r + 1) * k]));
+        }
+        let mut feat_t = vec![0.0; k * f];
+        for j in 0..f {
+            let row = center(&w[(d + j) * k..(d + j + 1) * k]);
+            for (o, v) in row.into_iter().enumerate() {
+                feat_t[o * f + j] = v;
+            }
+        }
+        Ok((joint, feat_t, center(&b)))
+    }
+
+    /// The explanation of `heads` ([`crate::model::SEGMENT_CONTRIBUTIONS`]):
+    /// [B, K, F + 2], per segment the F direct-path feature contributions,
+    /// the sequence pathway's share and the baseline, all centered over the
+    /// segments, so that a row sums to the centered segment logit.
+    pub fn contributions(&self, heads: &Heads) -> CResult<Tensor> {
+        let (d, f, k) = (self.arch.d, CUSTOMER_DIM, self.arch.segments);
+        let dev = &self.device;
+        let rows = heads.customer.dim(0)?;
+        let (joint, feat_t, bias) = self.centered_segment_head()?;
+        let feat_t = Tensor::from_vec(feat_t, (1, k, f), dev)?;
+        let features = heads
+            .customer
+            .reshape((rows, 1, f))?
+            .broadcast_mul(&feat_t)?;
+        let sequence = heads
+            .joint
+            .matmul(&Tensor::from_vec(joint, (d, k), dev)?)?
+            .reshape((rows, k, 1))?;
+        let baseline = Tensor::from_vec(bias, (1, k, 1), dev)?.broadcast_as((rows, k, 1))?;
+        Tensor::cat(&[features, sequence, baseline.contiguous()?], 2)
     }
 }
 

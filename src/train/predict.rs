@@ -45,6 +45,11 @@ pub struct Prediction {
     pub churn_probability: f32,
     /// Expected spend within the horizon, minor units.
     pub predicted_spend: f32,
+    /// Why the model chose `segment` (see `SegmentChange.reasons`); empty
+    /// when the model gives no explanation output.
+    pub reasons: Vec<crate::event::proto::Reason>,
+    /// The explanation's baseline (`SegmentChange.reasons_baseline`).
+    pub reasons_baseline: f32,
 }
 
 /// Predictions and what produced them.
@@ -118,6 +123,8 @@ pub fn predict(
         for (i, id) in chunk.iter().enumerate() {
             let probs = scores.segment_probs(i).to_vec();
             let best = crate::decide::argmax(&probs).unwrap_or(0);
+            let (reasons, reasons_baseline) =
+                crate::decide::explain(scores.contributions(i), best, config.decide.reasons);
             out.rows.push(Prediction {
                 customer_id: (*id).clone(),
                 segment: out.segments.get(best).cloned().unwrap_or_default(),
@@ -125,6 +132,8 @@ pub fn predict(
                 purchase_probability: scores.outputs.purchase_probability[i],
                 churn_probability: scores.outputs.churn_probability[i],
                 predicted_spend: scores.outputs.predicted_spend[i],
+                reasons,
+                reasons_baseline,
             });
         }
     }
@@ -140,6 +149,15 @@ pub enum OutputFormat {
     Ndjson,
     /// Parquet (zstd), the CSV's columns with types (needs `--out`).
     Parquet,
+}
+
+/// The reasons of a row as one text field: `feature:+0.123;feature:-0.045`.
+pub fn reasons_text(r: &Prediction) -> String {
+    r.reasons
+        .iter()
+        .map(|x| format!("{}:{:+.4}", x.feature, x.contribution))
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 fn csv_field(s: &str) -> String {
@@ -161,6 +179,7 @@ pub fn write_csv(p: &Predictions, w: &mut dyn Write) -> std::io::Result<()> {
             "churn_probability",
             "predicted_spend",
             "model_version",
+            "reasons",
         ]
         .map(String::from),
     );
@@ -172,6 +191,7 @@ pub fn write_csv(p: &Predictions, w: &mut dyn Write) -> std::io::Result<()> {
         f.push(format!("{:.6}", r.churn_probability));
         f.push(format!("{:.2}", r.predicted_spend));
         f.push(csv_field(&p.model_version));
+        f.push(csv_field(&reasons_text(r)));
         writeln!(w, "{}", f.join(","))?;
     }
     Ok(())
@@ -194,6 +214,11 @@ pub fn write_ndjson(p: &Predictions, w: &mut dyn Write) -> std::io::Result<()> {
             "churn_probability": r.churn_probability,
             "predicted_spend": r.predicted_spend,
             "model_version": p.model_version,
+            "reasons": r.reasons.iter().map(|x| serde_json::json!({
+                "feature": x.feature,
+                "contribution": x.contribution,
+            })).collect::<Vec<_>>(),
+            "reasons_baseline": r.reasons_baseline,
         });
         writeln!(w, "{line}")?;
     }
@@ -245,6 +270,8 @@ pub fn write_parquet(p: &Predictions, file: std::fs::File) -> Result<(), Predict
     }
     fields.push(Field::new("model_version", DataType::Utf8, false));
     columns.push(text(&|_| p.model_version.clone()));
+    fields.push(Field::new("reasons", DataType::Utf8, false));
+    columns.push(text(&reasons_text));
     let schema = Arc::new(Schema::new(fields));
     let batch = RecordBatch::try_new(schema.clone(), columns)
         .map_err(|e| PredictError::Io(std::io::Error::other(e.to_string())))?;

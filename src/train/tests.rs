@@ -178,3 +178,44 @@ fn the_spend_factor_makes_the_sums_match() {
     assert!((k - 4.0).abs() < 1e-6);
     assert_eq!(super::net::Calibration::smearing(&[0.0], &[0]), 1.0);
 }
+
+#[test]
+fn explanations_sum_to_the_centered_segment_log_probabilities() {
+    let config = small_config();
+    let set = small_examples(&config);
+    let f = featurizer(&config).unwrap();
+    let mut net = Transformer::new(Arch::new(f.spec(), &config.train, 5), 7, &Device::Cpu).unwrap();
+    // Weights far from zero, so that every part of the explanation counts.
+    let (mean, _) = set.feature_moments();
+    net.set_standardization(mean, vec![3.0; crate::features::CUSTOMER_DIM]);
+    let scale = f.spec().normalization.spend_log_scale;
+    let out = fit::predict_with(&net, &set, scale, None, true).unwrap();
+    let (k, w) = (5, crate::features::CUSTOMER_DIM + 2);
+    assert_eq!(out.segment_contributions.len(), set.len() * k * w);
+    let mut largest_feature = 0f32;
+    for i in 0..set.len() {
+        let probs = &out.segment_probs[i * k..(i + 1) * k];
+        let mean_ln = probs.iter().map(|p| p.ln()).sum::<f32>() / k as f32;
+        for s in 0..k {
+            let row = &out.segment_contributions[(i * k + s) * w..(i * k + s + 1) * w];
+            let total: f32 = row.iter().sum();
+            let centered = probs[s].ln() - mean_ln;
+            assert!(
+                (total - centered).abs() < 1e-3 * centered.abs().max(1.0),
+                "example {i} segment {s}: parts sum to {total}, centered log-probability {centered}"
+            );
+            largest_feature = largest_feature.max(row[..w - 2].iter().fold(0f32, |a, v| a.max(v.abs())));
+            // The reasons reproduce the same total: listed, sequence, other.
+            let (reasons, baseline) = crate::decide::explain(
+                &out.segment_contributions[i * k * w..(i + 1) * k * w],
+                s,
+                3,
+            );
+            assert_eq!(reasons.len(), 5, "3 features, sequence, other_features");
+            assert_eq!(reasons[4].feature, crate::decide::OTHER_FEATURES);
+            let listed: f32 = reasons.iter().map(|r| r.contribution).sum::<f32>() + baseline;
+            assert!((listed - total).abs() < 1e-4 * total.abs().max(1.0));
+        }
+    }
+    assert!(largest_feature > 1e-3, "feature contributions are all zero");
+}
