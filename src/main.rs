@@ -196,6 +196,11 @@ enum BenchCommand {
         /// Seconds of measurement per batch size and path.
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
+        /// The model scored: `rules` (the built-in reference model) or
+        /// `transformer` (the default Transformer, trained inside the
+        /// benchmark; also measured without its explanation output).
+        #[arg(long, default_value = "rules", value_parser = ["rules", "transformer"])]
+        model: String,
         /// Also write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -457,9 +462,15 @@ async fn bench(config: Config, command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Score {
             batches,
             seconds,
+            model,
             json,
         } => {
-            let r = bench::score(&config, &batches, seconds)
+            let model = if model == "transformer" {
+                bench::E2eModel::Transformer
+            } else {
+                bench::E2eModel::Rules
+            };
+            let r = bench::score(&config, &batches, seconds, model)
                 .await
                 .map_err(lift)?;
             (bench::score_markdown(&r), serde_json::to_value(&r)?, json)
@@ -548,7 +559,13 @@ async fn bench_all(config: &Config, a: BenchAllArgs) -> anyhow::Result<()> {
     }
     if run("score") {
         info!("Running the scoring benchmark.");
-        let r = bench::score(config, &a.score_batches, score_seconds).await;
+        let r = bench::score(
+            config,
+            &a.score_batches,
+            score_seconds,
+            bench::E2eModel::Transformer,
+        )
+        .await;
         suite.score = Outcome::from_result(r);
     }
     if run("e2e") {

@@ -199,7 +199,8 @@ http_listen = ""
             let centered = c.scores[&c.segment].ln() - mean_ln;
             let explained =
                 c.reasons_baseline + c.reasons.iter().map(|r| r.contribution).sum::<f32>();
-            explain_worst = explain_worst.max((explained - centered).abs() / centered.abs().max(1.0));
+            explain_worst =
+                explain_worst.max((explained - centered).abs() / centered.abs().max(1.0));
             if row.segment == c.segment {
                 let names = |rs: &[segstream::event::proto::Reason]| {
                     rs.iter().map(|r| r.feature.clone()).collect::<Vec<_>>()

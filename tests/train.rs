@@ -342,7 +342,11 @@ fn predict_scores_every_customer_as_of_a_time_through_the_serving_path() {
     let first: serde_json::Value =
         serde_json::from_str(String::from_utf8(nd).unwrap().lines().next().unwrap()).unwrap();
     assert_eq!(first["model_version"], "p1");
-    assert_eq!(first["reasons"].as_array().map(Vec::len), Some(7), "{first}");
+    assert_eq!(
+        first["reasons"].as_array().map(Vec::len),
+        Some(7),
+        "{first}"
+    );
 }
 
 /// The command line end to end: a history file from the generator, the

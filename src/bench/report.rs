@@ -207,9 +207,11 @@ pub fn suite_markdown(s: &Suite) -> String {
     section(
         &mut out,
         "Scoring",
-        "The reference model on CPU, one inference thread: raw ONNX Runtime \
-         `Session::run` against the scorer (queue, inference thread, output copy), same \
-         model and inputs.",
+        "The default Transformer (trained inside the benchmark) on CPU, one inference \
+         thread: raw ONNX Runtime `Session::run` against the scorer (queue, inference \
+         thread, output copy), same model and inputs; then the scorer on the same model \
+         file without its explanation output, against the scorer with it and every \
+         row's reasons built (`segstream bench score --model transformer`).",
         &s.score,
         |rows| score_markdown(rows),
     );

@@ -306,7 +306,12 @@ mod tests {
         // feature gives +1.8); then the sequence; then the rest.
         assert_eq!(
             fields,
-            [names[0].as_str(), names[1].as_str(), "sequence", OTHER_FEATURES]
+            [
+                names[0].as_str(),
+                names[1].as_str(),
+                "sequence",
+                OTHER_FEATURES
+            ]
         );
         assert_eq!(baseline, -0.5);
         let total: f32 = rows[w..].iter().sum();

@@ -15,6 +15,17 @@ pub const IR_VERSION: i64 = 8;
 /// Default-domain opset written.
 pub const OPSET: i64 = 17;
 
+/// The same model file without the graph output `name` (ONNX Runtime then
+/// skips the nodes only that output needed). For measuring what an
+/// optional output costs.
+pub fn without_output(onnx: &[u8], name: &str) -> Result<Vec<u8>, prost::DecodeError> {
+    let mut model = pb::ModelProto::decode(onnx)?;
+    if let Some(g) = model.graph.as_mut() {
+        g.output.retain(|o| o.name != name);
+    }
+    Ok(model.encode_to_vec())
+}
+
 /// Element types used by segstream models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Elem {

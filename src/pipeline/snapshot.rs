@@ -155,8 +155,7 @@ pub fn decode(bytes: &[u8], format: OutputFormat) -> Option<SegmentChange> {
                         rs.iter()
                             .map(|r| Reason {
                                 feature: r["feature"].as_str().unwrap_or_default().to_string(),
-                                contribution: r["contribution"].as_f64().unwrap_or_default()
-                                    as f32,
+                                contribution: r["contribution"].as_f64().unwrap_or_default() as f32,
                             })
                             .collect()
                     })

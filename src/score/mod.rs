@@ -32,7 +32,8 @@ use crate::features::{tensors, FeatureSpec, Featurizer, TensorData};
 use crate::model::onnx::Elem;
 use crate::model::reference::Outputs;
 use crate::model::{
-    contract_inputs, contract_outputs, optional_outputs, GoldenInputs, Manifest, ModelFiles, TensorSig,
+    contract_inputs, contract_outputs, optional_outputs, GoldenInputs, Manifest, ModelFiles,
+    TensorSig,
 };
 use crate::state::StateLimits;
 use crate::telemetry::Metrics;
@@ -391,7 +392,10 @@ pub fn max_difference(expected: &Outputs, got: &Outputs) -> (f32, &'static str) 
     let mut worst = (0f32, "none");
     let theirs = got.named();
     for (name, a) in expected.named() {
-        let b = theirs.iter().find(|(n, _)| *n == name).map_or(&[][..], |(_, b)| *b);
+        let b = theirs
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(&[][..], |(_, b)| *b);
         if a.len() != b.len() {
             return (f32::INFINITY, name);
         }
@@ -411,7 +415,10 @@ fn compare(expected: &Outputs, got: &Outputs, tolerance: f32) -> Result<f32, Str
     // Every output of the golden record is compared (an explanation output
     // in the record must be given); an output the record lacks is not.
     for (name, a) in expected.named() {
-        let b = theirs.iter().find(|(n, _)| *n == name).map_or(&[][..], |(_, b)| *b);
+        let b = theirs
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(&[][..], |(_, b)| *b);
         if let Some(i) = b.iter().position(|v| !v.is_finite()) {
             return Err(format!("{name}[{i}] is {} for the golden inputs", b[i]));
         }

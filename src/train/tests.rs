@@ -204,7 +204,8 @@ fn explanations_sum_to_the_centered_segment_log_probabilities() {
                 (total - centered).abs() < 1e-3 * centered.abs().max(1.0),
                 "example {i} segment {s}: parts sum to {total}, centered log-probability {centered}"
             );
-            largest_feature = largest_feature.max(row[..w - 2].iter().fold(0f32, |a, v| a.max(v.abs())));
+            largest_feature =
+                largest_feature.max(row[..w - 2].iter().fold(0f32, |a, v| a.max(v.abs())));
             // The reasons reproduce the same total: listed, sequence, other.
             let (reasons, baseline) = crate::decide::explain(
                 &out.segment_contributions[i * k * w..(i + 1) * k * w],
