@@ -196,10 +196,10 @@ fn explanations_sum_to_the_centered_segment_log_probabilities() {
     for i in 0..set.len() {
         let probs = &out.segment_probs[i * k..(i + 1) * k];
         let mean_ln = probs.iter().map(|p| p.ln()).sum::<f32>() / k as f32;
-        for s in 0..k {
+        for (s, p) in probs.iter().enumerate() {
             let row = &out.segment_contributions[(i * k + s) * w..(i * k + s + 1) * w];
             let total: f32 = row.iter().sum();
-            let centered = probs[s].ln() - mean_ln;
+            let centered = p.ln() - mean_ln;
             assert!(
                 (total - centered).abs() < 1e-3 * centered.abs().max(1.0),
                 "example {i} segment {s}: parts sum to {total}, centered log-probability {centered}"
