@@ -68,6 +68,8 @@ fn suite() -> Suite {
             raw_customers_per_second: 38_900.0,
             scorer_customers_per_second: 37_600.0,
             overhead: 0.033,
+            without_reasons_customers_per_second: Some(38_000.0),
+            reasons_overhead: Some(0.011),
         }]),
         e2e: Outcome::Done(E2eBench {
             model: "rules".into(),
@@ -150,6 +152,7 @@ fn the_suite_report_has_the_machine_and_every_section() {
     );
     assert!(md.contains("| whole run, per 1M events | 58.0 s |"), "{md}");
     assert!(md.contains("| same, p99 | 480 ms |"), "{md}");
+    assert!(md.contains("| 64 | 38000 | 37600 | 1.1% |"), "{md}");
     assert!(md.contains("## End to end with the Transformer"), "{md}");
     assert!(
         md.contains("| end to end, transformer model (10000 events)"),
