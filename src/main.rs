@@ -973,6 +973,10 @@ struct HistoryArgs {
     /// Synthetic history: seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Synthetic history: purchases only (the same world seen as an orders
+    /// table).
+    #[arg(long)]
+    purchases_only: bool,
     /// Use only the history up to this time (RFC 3339, or a date such as
     /// 2011-09-01): back-testing a model as it would have been trained then.
     #[arg(long, value_parser = parse_until)]
@@ -1066,6 +1070,7 @@ fn load_history(
                 customers: args.customers,
                 days: args.days,
                 seed: args.seed,
+                purchases_only: args.purchases_only,
                 ..GeneratorConfig::default()
             };
             g.validate()

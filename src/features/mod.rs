@@ -34,9 +34,11 @@ use crate::state::{kind, CustomerState, StateLimits, WINDOW_DAYS};
 
 /// Version of the feature definitions in this module. Bump it whenever a
 /// feature's meaning changes; models trained on another version are refused.
-pub const FEATURE_VERSION: u32 = 2;
-/// Numeric values per event (E).
-pub const EVENT_NUMERIC_DIM: usize = 6;
+pub const FEATURE_VERSION: u32 = 3;
+/// Numeric values per event (E): log age, log amount, rating, log dwell,
+/// hour of day (sin, cos), and (version 3) the log gaps to the previous
+/// event and to the previous event of the same kind (-1: none).
+pub const EVENT_NUMERIC_DIM: usize = 8;
 /// Aggregates per window.
 const PER_WINDOW: usize = 7;
 /// Lifetime purchase features (after the windows, recency and tenure).
@@ -341,14 +343,28 @@ impl Featurizer {
         let norm = &s.normalization;
         let as_of_s = as_of_ms.div_euclid(1000);
         let tokens: Vec<&[u16]> = state.recent_tokens().collect();
-        let visible = state
+        let visible: Vec<(&crate::state::RecentEvent, &[u16])> = state
             .recent()
             .iter()
             .zip(tokens)
-            .rev()
             .filter(|(ev, _)| i64::from(ev.time_s) <= as_of_s)
-            .take(s.max_events);
-        for (i, (ev, toks)) in visible.enumerate() {
+            .collect();
+        // Gaps (seconds) to the previous event and to the previous event of
+        // the same kind, oldest first: the sequence's time structure
+        // (regularity, bursts), which ages alone give only as differences.
+        let mut gaps = Vec::with_capacity(visible.len());
+        let mut last_any: Option<u32> = None;
+        let mut last_of_kind = [None::<u32>; kind::COUNT as usize + 1];
+        for (ev, _) in &visible {
+            let slot = usize::from(ev.kind).min(last_of_kind.len() - 1);
+            let gap = |prev: Option<u32>| prev.map(|p| ev.time_s.saturating_sub(p) as f32);
+            gaps.push((gap(last_any), gap(last_of_kind[slot])));
+            last_any = Some(ev.time_s);
+            last_of_kind[slot] = Some(ev.time_s);
+        }
+        let newest_first = visible.iter().zip(&gaps).rev().take(s.max_events);
+        let log_gap = |g: Option<f32>| g.map_or(-1.0, |g| g.ln_1p() / norm.age_log_scale);
+        for (i, ((ev, toks), &(gap_any, gap_kind))) in newest_first.enumerate() {
             kinds[i] = i64::from(ev.kind);
             cats[i] = bucket(ev.category, s.category_buckets);
             mask[i] = 1.0;
@@ -362,6 +378,8 @@ impl Featurizer {
             row[3] = f32::from(ev.dwell_s).ln_1p() / norm.dwell_log_scale;
             row[4] = angle.sin();
             row[5] = angle.cos();
+            row[6] = log_gap(gap_any);
+            row[7] = log_gap(gap_kind);
             for (j, tok) in toks.iter().take(s.text_tokens).enumerate() {
                 text[i * s.text_tokens + j] = bucket(u32::from(*tok), s.text_buckets);
             }

@@ -49,6 +49,9 @@ pub struct GeneratorConfig {
     pub arriving_share: f64,
     /// Multiplier on how often customers change archetype (0: never).
     pub drift: f64,
+    /// Emit only the purchases (the same world, seen as an orders table):
+    /// the sparse, purchase-only history most shops can export.
+    pub purchases_only: bool,
 }
 
 /// 2025-01-01T00:00:00Z.
@@ -66,6 +69,7 @@ impl Default for GeneratorConfig {
             currency: "EUR".into(),
             arriving_share: 0.35,
             drift: 1.0,
+            purchases_only: false,
         }
     }
 }
@@ -460,6 +464,7 @@ pub struct Generator {
     active: Vec<bool>,
     summary: GeneratorSummary,
     last_ms: i64,
+    purchases_only: bool,
 }
 
 impl Generator {
@@ -498,6 +503,7 @@ impl Generator {
             heap,
             summary,
             last_ms: cfg.start_ms,
+            purchases_only: cfg.purchases_only,
         }
     }
 
@@ -511,7 +517,9 @@ impl Generator {
                 return None;
             }
             let index = i as usize;
-            let emitted = self.step(index);
+            let emitted = self
+                .step(index)
+                .filter(|e| !self.purchases_only || matches!(e.payload, Payload::Purchase(_)));
             let next = self.customers[index].next_ms();
             self.heap.push(Reverse((next, i)));
             if let Some(event) = emitted {

@@ -77,6 +77,9 @@ pub struct GenerateArgs {
     /// Seed: the same seed and settings give the same events.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Emit only purchases (the same world seen as an orders table).
+    #[arg(long)]
+    pub purchases_only: bool,
     /// Days of history with their original event times (files: default 90;
     /// Kafka: none, i.e. live only).
     #[arg(long)]
@@ -148,6 +151,7 @@ pub async fn run(
         customers: args.customers,
         start_ms,
         days,
+        purchases_only: args.purchases_only,
         ..GeneratorConfig::default()
     };
     gen.validate()
