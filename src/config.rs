@@ -581,6 +581,18 @@ pub struct TrainConfig {
     pub high_value_spend_minor: i64,
     /// Share of the cut times, the latest ones, held out for validation.
     pub validation_fraction: f64,
+    /// Training examples kept at most (in expectation; sampled beyond, each
+    /// weighted by 1 / its keep rate); 0: all. Training cost follows
+    /// examples (customers × cut times), not events.
+    pub max_examples: usize,
+    /// Validation examples kept at most (a uniform sample); 0: all.
+    pub max_validation_examples: usize,
+    /// Customers silent for longer than this before a cut time are sampled
+    /// at `silent_rate` times the others' rate when examples are sampled.
+    #[serde(with = "humantime_serde")]
+    pub silent_after: Duration,
+    /// See `silent_after`; in (0, 1].
+    pub silent_rate: f64,
     /// Model width (d).
     pub d_model: usize,
     /// Encoder layers.
@@ -627,6 +639,10 @@ impl Default for TrainConfig {
             lookback: Duration::from_secs(90 * 86_400),
             high_value_spend_minor: 20_000,
             validation_fraction: 0.2,
+            max_examples: 150_000,
+            max_validation_examples: 40_000,
+            silent_after: Duration::from_secs(30 * 86_400),
+            silent_rate: 0.3,
             d_model: 64,
             layers: 2,
             heads: 4,
@@ -1304,6 +1320,18 @@ impl Config {
             p.add(
                 "train.validation_fraction",
                 "must be between 0 and 1 (exclusive)",
+            );
+        }
+        if !(tc.silent_rate > 0.0 && tc.silent_rate <= 1.0) {
+            p.add("train.silent_rate", "must be in (0, 1]");
+        }
+        if tc.max_examples != 0 && tc.max_examples < 1_000 {
+            p.add("train.max_examples", "must be 0 (all) or at least 1000");
+        }
+        if tc.max_validation_examples != 0 && tc.max_validation_examples < 500 {
+            p.add(
+                "train.max_validation_examples",
+                "must be 0 (all) or at least 500",
             );
         }
         range(p, "train.d_model", tc.d_model, 4, 1024);

@@ -1291,7 +1291,7 @@ fn train_report_markdown(r: &segstream::train::TrainReport) -> String {
     format!(
         "## Model {version}\n\n\
          History: {events} events, {customers} customers, {days:.0} days; {cuts} cut times; \
-         {train} training and {val} validation examples (validation: the latest cut times).\n\n\
+         {train} training and {val} validation examples (validation: the latest cut times){sampled}.\n\n\
          Transformer: {params} parameters; best epoch {best} of {ran}; \
          replay {rs:.1} s, training {fs:.1} s, evaluation and export {es:.1} s.\n\n\
          Validation metrics:\n\n{table}\n\
@@ -1303,6 +1303,14 @@ fn train_report_markdown(r: &segstream::train::TrainReport) -> String {
         cuts = r.replay.cuts,
         train = r.examples.0,
         val = r.examples.1,
+        sampled = if r.replay.sampled < r.replay.candidates {
+            format!(
+                ", sampled from {} candidates (train.max_examples, train.max_validation_examples)",
+                r.replay.candidates
+            )
+        } else {
+            String::new()
+        },
         params = r.parameters,
         best = r.fit.best_epoch,
         ran = r.fit.epochs.len(),

@@ -42,7 +42,6 @@ const OUTS: usize = segment::COUNT + 3;
 impl Logistic {
     /// Fits by full-batch Adam with a little L2, `iterations` steps.
     pub fn fit(set: &ExampleSet, spend_scale: f32, iterations: usize) -> Self {
-        let n = set.len().max(1);
         let f = CUSTOMER_DIM;
         let (mean, std) = set.feature_moments();
         let mut model = Logistic {
@@ -55,7 +54,14 @@ impl Logistic {
         let x: Vec<Vec<f32>> = (0..set.len()).map(|i| model.row(set, i)).collect();
         let (mut m1, mut m2) = (vec![0f32; model.w.len()], vec![0f32; model.w.len()]);
         let (b1, b2, lr, l2) = (0.9f32, 0.999f32, 0.05f32, 1e-4f32);
-        let w_total: f32 = set.labels.iter().map(|l| cw[usize::from(l.segment)]).sum();
+        // Sampling weights (1 / keep rate) times class weights.
+        let w_total: f32 = set
+            .labels
+            .iter()
+            .zip(&set.weight)
+            .map(|(l, sw)| cw[usize::from(l.segment)] * sw)
+            .sum();
+        let sw_total: f32 = set.weight.iter().sum::<f32>().max(1e-6);
         for step in 1..=iterations {
             let mut grad = vec![0f32; model.w.len()];
             for (i, xi) in x.iter().enumerate() {
@@ -64,12 +70,13 @@ impl Logistic {
                 let mut dz = [0f32; OUTS];
                 // Softmax cross-entropy, class-weighted.
                 let probs = softmax(&z[..segment::COUNT]);
-                let cwi = cw[usize::from(l.segment)] / w_total.max(1e-6);
+                let swi = set.weight[i];
+                let cwi = cw[usize::from(l.segment)] * swi / w_total.max(1e-6);
                 for k in 0..segment::COUNT {
                     let y = f32::from(u8::from(usize::from(l.segment) == k));
                     dz[k] = (probs[k] - y) * cwi;
                 }
-                let nf = n as f32;
+                let nf = sw_total / swi;
                 dz[segment::COUNT] =
                     (sigmoid(z[segment::COUNT]) - f32::from(u8::from(l.purchased))) / nf;
                 dz[segment::COUNT + 1] =

@@ -128,6 +128,9 @@ pub struct ExampleSet {
     pub cut_ms: Vec<i64>,
     /// Per example: the labels.
     pub labels: Vec<Labels>,
+    /// Per example: its weight, 1 / its probability of being sampled (see
+    /// [`Sampling`]); 1 when every example is kept.
+    pub weight: Vec<f32>,
     /// Per example: the start of its events in the event arrays.
     offsets: Vec<usize>,
     kinds: Vec<u8>,
@@ -183,6 +186,7 @@ impl ExampleSet {
             customer: Vec::new(),
             cut_ms: Vec::new(),
             labels: Vec::new(),
+            weight: Vec::new(),
             offsets: vec![0],
             kinds: Vec::new(),
             categories: Vec::new(),
@@ -300,6 +304,7 @@ impl ExampleSet {
             customer: self.customer.clone(),
             cut_ms: self.cut_ms.clone(),
             labels: self.labels.clone(),
+            weight: self.weight.clone(),
             offsets: vec![0; self.labels.len() + 1],
             kinds: Vec::new(),
             categories: Vec::new(),
@@ -316,6 +321,7 @@ impl ExampleSet {
         who: &[u32],
         t: i64,
         labels: &[Labels],
+        weights: &[f32],
     ) -> Result<(), FeatureError> {
         let (n, e, tt, f) = (
             self.max_events,
@@ -365,6 +371,7 @@ impl ExampleSet {
             self.customer.push(c);
             self.cut_ms.push(t);
             self.labels.push(*l);
+            self.weight.push(weights[r]);
         }
         Ok(())
     }
@@ -389,18 +396,47 @@ impl ExampleSet {
             out.customer.push(self.customer[i]);
             out.cut_ms.push(self.cut_ms[i]);
             out.labels.push(self.labels[i]);
+            out.weight.push(self.weight[i]);
         }
         out
     }
 }
 
 /// Cut-time schedule and example selection (from `[train]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Training cost follows examples (customers × cut times), not events, so
+/// examples are sampled when there are more than `max_examples`:
+/// - training examples of customers silent for longer than `silent_after`
+///   are kept at `silent_rate` times the rate of the others (their future
+///   is the least uncertain), and every kept example weighs 1 / its
+///   probability of being kept, so the weighted training objective is the
+///   full one's unbiased estimate;
+/// - validation examples are sampled uniformly (at most `max_validation`),
+///   so unweighted metrics stay unbiased;
+/// - cut times in the purge gap between training and validation (see
+///   [`split_by_time`]) are not built at all.
+///
+/// The choice is a hash of (seed, customer, cut time): reproducible, and
+/// independent of the order events arrive in.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sampling {
     /// Distance between cut times (ms).
     pub every_ms: i64,
     /// A customer is an example only if active within this long before t.
     pub lookback_ms: i64,
+    /// Share of cut times, the latest, that validate.
+    pub validation_fraction: f64,
+    /// Training examples kept at most (in expectation); 0: all.
+    pub max_examples: usize,
+    /// Validation examples kept at most (in expectation); 0: all.
+    pub max_validation: usize,
+    /// Customers silent for longer than this before t are "silent".
+    pub silent_after_ms: i64,
+    /// Sampling rate of silent customers' training examples relative to
+    /// the others' (in (0, 1]).
+    pub silent_rate: f64,
+    /// Seed of the choice.
+    pub seed: u64,
 }
 
 impl Sampling {
@@ -409,8 +445,71 @@ impl Sampling {
         Sampling {
             every_ms: ms(cfg.sample_every),
             lookback_ms: ms(cfg.lookback),
+            validation_fraction: cfg.validation_fraction,
+            max_examples: cfg.max_examples,
+            max_validation: cfg.max_validation_examples,
+            silent_after_ms: ms(cfg.silent_after),
+            silent_rate: cfg.silent_rate,
+            seed: cfg.seed,
         }
     }
+
+    /// Keeps everything (tests and small histories).
+    pub fn all(every_ms: i64, lookback_ms: i64, validation_fraction: f64) -> Self {
+        Sampling {
+            every_ms,
+            lookback_ms,
+            validation_fraction,
+            max_examples: 0,
+            max_validation: 0,
+            silent_after_ms: lookback_ms,
+            silent_rate: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+/// The first validation cut time of `cuts` (sorted) when the latest
+/// `fraction` of them validate; `None` with fewer than two cuts or a
+/// fraction of 0 (no split: every cut time is built for training).
+pub fn validation_start(cuts: &[i64], fraction: f64) -> Option<i64> {
+    if cuts.len() < 2 || fraction <= 0.0 {
+        return None;
+    }
+    let n_val = ((cuts.len() as f64 * fraction).ceil() as usize).clamp(1, cuts.len() - 1);
+    Some(cuts[cuts.len() - n_val])
+}
+
+/// A uniform number in [0, 1) from (seed, customer, cut time).
+fn sample_draw(seed: u64, customer: u32, t: i64) -> f64 {
+    let mut z = seed ^ (u64::from(customer) << 32) ^ (t as u64).rotate_left(17);
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Keep probabilities: (training, recently active), (training, silent),
+/// validation, from the number of candidate examples of each kind.
+fn keep_rates(s: &Sampling, train_recent: u64, train_silent: u64, val: u64) -> (f64, f64, f64) {
+    let cap = |budget: usize, n: f64| {
+        if budget == 0 || n <= budget as f64 {
+            1.0
+        } else {
+            budget as f64 / n
+        }
+    };
+    let rate = s.silent_rate.clamp(1e-3, 1.0);
+    let all = (train_recent + train_silent) as f64;
+    let (recent, silent) = if s.max_examples == 0 || all <= s.max_examples as f64 {
+        (1.0, 1.0)
+    } else {
+        let base =
+            (s.max_examples as f64 / (train_recent as f64 + rate * train_silent as f64)).min(1.0);
+        (base, (base * rate).min(1.0))
+    };
+    (recent, silent, cap(s.max_validation, val as f64))
 }
 
 fn ms(d: std::time::Duration) -> i64 {
@@ -445,6 +544,14 @@ pub struct ReplayReport {
     pub customers: usize,
     /// Cut times.
     pub cuts: usize,
+    /// Candidate examples (customers active within the lookback at a
+    /// training or validation cut time) and those kept by sampling.
+    pub candidates: u64,
+    /// See `candidates`.
+    pub sampled: u64,
+    /// The first validation cut time (the latest `validation_fraction` of
+    /// the cut times validate); `None` with fewer than two cut times.
+    pub validation_from_ms: Option<i64>,
     /// First and last event time.
     pub span_ms: (i64, i64),
 }
@@ -475,6 +582,16 @@ pub fn build(
         rules.horizon_ms,
     );
     report.cuts = cuts.len();
+    let first_val = validation_start(&cuts, sampling.validation_fraction);
+    report.validation_from_ms = first_val;
+    // Which cut times are built: training cuts end their horizon before the
+    // first validation cut (the purge gap's cuts are skipped).
+    let role = |t: i64| match first_val {
+        Some(v) if t >= v => Some(true),
+        Some(v) if t + rules.horizon_ms < v => Some(false),
+        Some(_) => None,
+        None => Some(false),
+    };
 
     // Customer index and outcome timelines (labels look ahead through these).
     let mut index: HashMap<&str, u32> = HashMap::new();
@@ -499,28 +616,96 @@ pub fn build(
     }
     report.customers = set.customers.len();
 
-    let mut states: Vec<CustomerState> = vec![CustomerState::default(); set.customers.len()];
-    let mut last_seen: Vec<i64> = vec![i64::MIN; set.customers.len()];
+    // A first pass counts the candidates (from event times alone) to set
+    // the keep rates.
+    let n_customers = set.customers.len();
+    let mut last_seen: Vec<i64> = vec![i64::MIN; n_customers];
+    let is_active =
+        |seen: i64, t: i64| seen != i64::MIN && seen <= t && seen > t - sampling.lookback_ms;
+    let is_silent = |seen: i64, t: i64| seen <= t - sampling.silent_after_ms;
+    let (mut train_recent, mut train_silent, mut val_count) = (0u64, 0u64, 0u64);
+    {
+        let mut count = |t: i64, last_seen: &[i64]| {
+            let Some(validating) = role(t) else {
+                return;
+            };
+            for &seen in last_seen.iter().filter(|&&seen| is_active(seen, t)) {
+                match (validating, is_silent(seen, t)) {
+                    (true, _) => val_count += 1,
+                    (false, false) => train_recent += 1,
+                    (false, true) => train_silent += 1,
+                }
+            }
+        };
+        let mut next_cut = cuts.iter().copied().peekable();
+        for (i, e) in events.iter().enumerate() {
+            while let Some(&t) = next_cut.peek() {
+                if e.event_time_ms <= t {
+                    break;
+                }
+                count(t, &last_seen);
+                next_cut.next();
+            }
+            let c = who[i] as usize;
+            last_seen[c] = last_seen[c].max(e.event_time_ms);
+        }
+        for t in next_cut {
+            count(t, &last_seen);
+        }
+    }
+    report.candidates = train_recent + train_silent + val_count;
+    let (keep_recent, keep_silent, keep_val) =
+        keep_rates(&sampling, train_recent, train_silent, val_count);
+    if keep_recent < 1.0 || keep_silent < 1.0 || keep_val < 1.0 {
+        tracing::info!(
+            candidates = report.candidates,
+            keep_recent,
+            keep_silent,
+            keep_validation = keep_val,
+            "Sampling examples (train.max_examples, train.max_validation_examples); \
+             training examples are weighted by 1 / their keep rate."
+        );
+    }
+
+    let mut states: Vec<CustomerState> = vec![CustomerState::default(); n_customers];
+    last_seen.fill(i64::MIN);
     let mut next_cut = cuts.iter().copied().peekable();
-    let take = |t: i64,
-                states: &[CustomerState],
-                last_seen: &[i64],
-                set: &mut ExampleSet|
+    let mut sampled = 0u64;
+    let mut take = |t: i64,
+                    states: &[CustomerState],
+                    last_seen: &[i64],
+                    set: &mut ExampleSet|
      -> Result<(), FeatureError> {
-        let active: Vec<u32> = (0..states.len() as u32)
-            .filter(|&c| {
-                let seen = last_seen[c as usize];
-                seen != i64::MIN && seen <= t && seen > t - sampling.lookback_ms
-            })
-            .collect();
-        for chunk in active.chunks(1024) {
-            let refs: Vec<&CustomerState> = chunk.iter().map(|&c| &states[c as usize]).collect();
-            let labels: Vec<Labels> = chunk
+        let Some(validating) = role(t) else {
+            return Ok(());
+        };
+        let mut chosen: Vec<(u32, f32)> = Vec::new();
+        for c in 0..states.len() as u32 {
+            let seen = last_seen[c as usize];
+            if !is_active(seen, t) {
+                continue;
+            }
+            let p = match (validating, is_silent(seen, t)) {
+                (true, _) => keep_val,
+                (false, false) => keep_recent,
+                (false, true) => keep_silent,
+            };
+            if p >= 1.0 || sample_draw(sampling.seed, c, t) < p {
+                // Validation is sampled uniformly: its metrics need no weights.
+                chosen.push((c, if validating { 1.0 } else { (1.0 / p) as f32 }));
+            }
+        }
+        sampled += chosen.len() as u64;
+        for chunk in chosen.chunks(1024) {
+            let who: Vec<u32> = chunk.iter().map(|&(c, _)| c).collect();
+            let weights: Vec<f32> = chunk.iter().map(|&(_, w)| w).collect();
+            let refs: Vec<&CustomerState> = who.iter().map(|&c| &states[c as usize]).collect();
+            let labels: Vec<Labels> = who
                 .iter()
                 .map(|&c| rules.label(&timelines[c as usize], t))
                 .collect();
             let batch = featurizer.featurize(&refs, t)?;
-            set.push_features(&batch, chunk, t, &labels)?;
+            set.push_features(&batch, &who, t, &labels, &weights)?;
         }
         Ok(())
     };
@@ -545,20 +730,23 @@ pub fn build(
     for t in next_cut {
         take(t, &states, &last_seen, &mut set)?;
     }
+    report.sampled = sampled;
     progress(report.events);
     Ok((set, report))
 }
 
-/// Splits by time: the latest `fraction` of the cut times validate; training
-/// keeps only cut times whose horizon ends before the first validation cut,
-/// so no training label overlaps the validation period.
-pub fn split_by_time(set: &ExampleSet, fraction: f64, horizon_ms: i64) -> (ExampleSet, ExampleSet) {
-    let cuts = set.cut_times();
-    if cuts.len() < 2 {
+/// Splits by time at `validation_from` (the replay's
+/// [`ReplayReport::validation_from_ms`]): cut times from it on validate;
+/// training keeps only cut times whose horizon ends before it, so no
+/// training label overlaps the validation period.
+pub fn split_by_time(
+    set: &ExampleSet,
+    validation_from: Option<i64>,
+    horizon_ms: i64,
+) -> (ExampleSet, ExampleSet) {
+    let Some(first_val) = validation_from else {
         return (set.subset(|_| false), set.subset(|_| false));
-    }
-    let n_val = ((cuts.len() as f64 * fraction).ceil() as usize).clamp(1, cuts.len() - 1);
-    let first_val = cuts[cuts.len() - n_val];
+    };
     let train = set.subset(|i| set.cut_ms[i] + horizon_ms < first_val);
     let val = set.subset(|i| set.cut_ms[i] >= first_val);
     (train, val)
@@ -675,7 +863,7 @@ mod tests {
             churned: false,
             spend_minor: 0,
         };
-        set.push_features(&batch, &[0], t, &[l]).unwrap();
+        set.push_features(&batch, &[0], t, &[l], &[1.0]).unwrap();
         set.batch(&[0], Some(f.spec().max_events))
     }
 
@@ -688,10 +876,7 @@ mod tests {
             &f,
             limits,
             rules(),
-            Sampling {
-                every_ms: 7 * DAY,
-                lookback_ms: 90 * DAY,
-            },
+            Sampling::all(7 * DAY, 90 * DAY, 0.0),
             &mut |_| {},
         )
         .unwrap();
@@ -710,10 +895,7 @@ mod tests {
     #[test]
     fn labels_never_see_the_past() {
         let (f, limits) = featurizer();
-        let sampling = Sampling {
-            every_ms: 7 * DAY,
-            lookback_ms: 90 * DAY,
-        };
+        let sampling = Sampling::all(7 * DAY, 90 * DAY, 0.0);
         let events = history(4, 120);
         let (base, _) = build(events.clone(), &f, limits, rules(), sampling, &mut |_| {}).unwrap();
         // Add a big purchase at exactly one cut time t*: for the examples at
@@ -745,28 +927,136 @@ mod tests {
         assert!(earlier_labels_differ > 0, "and to earlier cuts' labels");
     }
 
+    /// Customers who are active every 3 days until a day of their own, then
+    /// silent: a mix of recent and silent candidates at every cut time.
+    fn fading_history(customers: usize, days: i64) -> Vec<Event> {
+        let mut out = Vec::new();
+        for c in 0..customers {
+            let stop = 20 + (c as i64 * 37) % days;
+            for d in (c as i64 % 3..stop.min(days)).step_by(3) {
+                let t = T0 + d * DAY + (c as i64) * 60_000;
+                out.push(ev(
+                    &format!("c{c}"),
+                    &format!("{c}-{d}"),
+                    t,
+                    buy("shoes", 1_500),
+                ));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn sampling_keeps_the_budget_and_its_weights_keep_the_totals() {
+        let (f, limits) = featurizer();
+        let events = fading_history(300, 240);
+        let all = Sampling::all(7 * DAY, 90 * DAY, 0.2);
+        let (full, full_report) =
+            build(events.clone(), &f, limits, rules(), all, &mut |_| {}).unwrap();
+        let (full_train, full_val) = split_by_time(&full, full_report.validation_from_ms, 30 * DAY);
+        assert!(full.weight.iter().all(|&w| w == 1.0));
+        let sampling = Sampling {
+            max_examples: full_train.len() / 4,
+            max_validation: full_val.len() / 2,
+            silent_after_ms: 30 * DAY,
+            silent_rate: 0.25,
+            seed: 5,
+            ..all
+        };
+        let (set, report) =
+            build(events.clone(), &f, limits, rules(), sampling, &mut |_| {}).unwrap();
+        assert_eq!(report.candidates, full.len() as u64);
+        assert_eq!(report.sampled, set.len() as u64);
+        assert_eq!(report.validation_from_ms, full_report.validation_from_ms);
+        let (train, val) = split_by_time(&set, report.validation_from_ms, 30 * DAY);
+        // The budgets hold (in expectation; a few percent of slack).
+        let near = |got: usize, want: usize| (got as f64 - want as f64).abs() <= 0.12 * want as f64;
+        assert!(
+            near(train.len(), sampling.max_examples),
+            "{} vs {}",
+            train.len(),
+            sampling.max_examples
+        );
+        assert!(
+            near(val.len(), sampling.max_validation),
+            "{} vs {}",
+            val.len(),
+            sampling.max_validation
+        );
+        // Validation is uniform and unweighted; training weights are 1 / keep
+        // rate, silent customers' four times the others', and they restore
+        // the full set's size and its purchase rate.
+        assert!(val.weight.iter().all(|&w| w == 1.0));
+        let mut distinct: Vec<f32> = train.weight.clone();
+        distinct.sort_by(f32::total_cmp);
+        distinct.dedup();
+        assert_eq!(distinct.len(), 2, "{distinct:?}");
+        assert!(
+            (distinct[1] / distinct[0] - 4.0).abs() < 1e-3,
+            "{distinct:?}"
+        );
+        let total: f64 = train.weight.iter().map(|&w| f64::from(w)).sum();
+        assert!(
+            near(total as usize, full_train.len()),
+            "{total} vs {}",
+            full_train.len()
+        );
+        let rate = |s: &ExampleSet, weighted: bool| {
+            let w = |i: usize| {
+                if weighted {
+                    f64::from(s.weight[i])
+                } else {
+                    1.0
+                }
+            };
+            let bought: f64 = (0..s.len()).filter(|&i| s.labels[i].purchased).map(w).sum();
+            bought / (0..s.len()).map(w).sum::<f64>()
+        };
+        let (truth, weighted, naive) = (
+            rate(&full_train, false),
+            rate(&train, true),
+            rate(&train, false),
+        );
+        assert!(
+            (weighted - truth).abs() < 0.03,
+            "weighted {weighted} vs full {truth}"
+        );
+        assert!(
+            naive > truth + 0.03,
+            "the sample over-represents recent buyers: {naive} vs {truth}"
+        );
+        // Reproducible, whatever order the events come in.
+        let mut shuffled = events;
+        shuffled.reverse();
+        let (again, _) = build(shuffled, &f, limits, rules(), sampling, &mut |_| {}).unwrap();
+        assert_eq!(again.cut_ms, set.cut_ms);
+        assert_eq!(again.customer, set.customer);
+        assert_eq!(again.weight, set.weight);
+    }
+
     #[test]
     fn the_split_is_by_time_with_a_horizon_gap() {
         let (f, limits) = featurizer();
-        let (set, _) = build(
+        let (set, report) = build(
             history(5, 200),
             &f,
             limits,
             rules(),
-            Sampling {
-                every_ms: 7 * DAY,
-                lookback_ms: 90 * DAY,
-            },
+            Sampling::all(7 * DAY, 90 * DAY, 0.2),
             &mut |_| {},
         )
         .unwrap();
-        let (train, val) = split_by_time(&set, 0.2, 30 * DAY);
+        let (set_report_cuts, from) = (report.cuts, report.validation_from_ms);
+        let (train, val) = split_by_time(&set, from, 30 * DAY);
         assert!(!train.is_empty() && !val.is_empty());
         let last_train = train.cut_ms.iter().max().unwrap();
         let first_val = val.cut_ms.iter().min().unwrap();
         assert!(last_train + 30 * DAY < *first_val);
+        assert_eq!(Some(*first_val), from);
+        // The gap's cut times are never built.
+        assert_eq!(train.len() + val.len(), set.len());
         assert!(
-            train.len() + val.len() < set.len(),
+            set.cut_times().len() < set_report_cuts,
             "the gap drops some cuts"
         );
     }

@@ -16,17 +16,18 @@ use crate::model::reference::Outputs;
 /// Weight of the log-spend regression term in the loss.
 const SPEND_LOSS_WEIGHT: f64 = 4.0;
 
-/// Per-segment loss weights: inverse class frequency, square-rooted (full
-/// inverse weighting over-predicts rare segments), normalized to mean 1.
+/// Per-segment loss weights: inverse class frequency (counted with the
+/// examples' sampling weights), square-rooted (full inverse weighting
+/// over-predicts rare segments), normalized to mean 1.
 pub fn class_weights(set: &ExampleSet) -> [f32; segment::COUNT] {
-    let mut counts = [0usize; segment::COUNT];
-    for l in &set.labels {
-        counts[usize::from(l.segment)] += 1;
+    let mut counts = [0f64; segment::COUNT];
+    for (l, w) in set.labels.iter().zip(&set.weight) {
+        counts[usize::from(l.segment)] += f64::from(*w);
     }
-    let n = set.len().max(1) as f32;
+    let n = counts.iter().sum::<f64>().max(1e-9) as f32;
     let mut w = [0f32; segment::COUNT];
     for k in 0..segment::COUNT {
-        let freq = (counts[k].max(1) as f32) / n;
+        let freq = (counts[k].max(1.0) as f32) / n;
         w[k] = (1.0 / (segment::COUNT as f32 * freq)).sqrt();
     }
     let mean = w.iter().sum::<f32>() / segment::COUNT as f32;
@@ -89,6 +90,7 @@ pub fn loss(
     let rows = idx.len();
     let mut onehot = vec![0f32; rows * k];
     let mut row_w = vec![0f32; rows];
+    let mut sample_w = Vec::with_capacity(rows);
     let (mut bought, mut churned, mut spend) = (
         Vec::with_capacity(rows),
         Vec::with_capacity(rows),
@@ -98,7 +100,9 @@ pub fn loss(
         let l = set.labels[i];
         let s = usize::from(l.segment);
         onehot[r * k + s] = 1.0;
-        row_w[r] = weights[s];
+        // Sampling weight (1 / keep rate) times the class weight.
+        row_w[r] = weights[s] * set.weight[i];
+        sample_w.push(set.weight[i]);
         bought.push(f32::from(u8::from(l.purchased)));
         churned.push(f32::from(u8::from(l.churned)));
         spend.push((l.spend_minor.max(0) as f32).ln_1p() / spend_scale);
@@ -113,9 +117,12 @@ pub fn loss(
     let bought = Tensor::from_vec(bought, rows, device)?;
     let churned = Tensor::from_vec(churned, rows, device)?;
     let spend = Tensor::from_vec(spend, rows, device)?;
-    let p = bce_with_logits(&heads.purchase_logit, &bought)?.mean_all()?;
-    let c = bce_with_logits(&heads.churn_logit, &churned)?.mean_all()?;
-    let s = (heads.spend - spend)?.sqr()?.mean_all()?;
+    let sw_total: f32 = sample_w.iter().sum();
+    let sample_w = Tensor::from_vec(sample_w, rows, device)?;
+    let weighted_mean = |x: Tensor| (x * &sample_w)?.sum_all()? / f64::from(sw_total.max(1e-6));
+    let p = weighted_mean(bce_with_logits(&heads.purchase_logit, &bought)?)?;
+    let c = weighted_mean(bce_with_logits(&heads.churn_logit, &churned)?)?;
+    let s = weighted_mean((heads.spend - spend)?.sqr()?)?;
     ((seg + p)? + c)? + (s * SPEND_LOSS_WEIGHT)?
 }
 

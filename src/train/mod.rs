@@ -280,7 +280,7 @@ fn train_in_pool(
         (progress.replay)(n, total)
     })?;
     let (train_set, val_set) =
-        examples::split_by_time(&all, tc.validation_fraction, rules.horizon_ms);
+        examples::split_by_time(&all, replay.validation_from_ms, rules.horizon_ms);
     drop(all);
     if train_set.len() < 50 || val_set.len() < 20 {
         return Err(TrainError::NotEnoughHistory(format!(

@@ -49,8 +49,12 @@ pub(crate) fn small_config() -> Config {
 }
 
 pub(crate) fn small_examples(config: &Config) -> ExampleSet {
+    small_examples_with_report(config).0
+}
+
+pub(crate) fn small_examples_with_report(config: &Config) -> (ExampleSet, examples::ReplayReport) {
     let f = featurizer(config).unwrap();
-    let (set, _) = examples::build(
+    examples::build(
         history(12, 150),
         &f,
         config.state.limits().state,
@@ -58,8 +62,7 @@ pub(crate) fn small_examples(config: &Config) -> ExampleSet {
         Sampling::from_config(&config.train),
         &mut |_| {},
     )
-    .unwrap();
-    set
+    .unwrap()
 }
 
 #[test]
@@ -128,8 +131,9 @@ fn training_lowers_the_loss_and_keeps_the_best_epoch() {
     let mut config = small_config();
     config.train.max_epochs = 4;
     config.train.patience = 4;
-    let set = small_examples(&config);
-    let (train, val) = examples::split_by_time(&set, 0.25, 30 * DAY);
+    config.train.validation_fraction = 0.25;
+    let (set, report) = small_examples_with_report(&config);
+    let (train, val) = examples::split_by_time(&set, report.validation_from_ms, 30 * DAY);
     let f = featurizer(&config).unwrap();
     let net = Transformer::new(Arch::new(f.spec(), &config.train, 5), 9, &Device::Cpu).unwrap();
     let scale = f.spec().normalization.spend_log_scale;
