@@ -639,7 +639,7 @@ impl Default for TrainConfig {
             lookback: Duration::from_secs(90 * 86_400),
             high_value_spend_minor: 20_000,
             validation_fraction: 0.2,
-            max_examples: 150_000,
+            max_examples: 50_000,
             max_validation_examples: 40_000,
             silent_after: Duration::from_secs(30 * 86_400),
             silent_rate: 0.3,

@@ -167,6 +167,11 @@ enum BenchCommand {
         /// Epochs (early stopping off).
         #[arg(long, default_value_t = 1)]
         epochs: usize,
+        /// Instead: the sparse case, a generated purchases-only history of
+        /// 25k customers over 15 months, trained with the `[train]` settings
+        /// as configured (early stopping and example sampling included).
+        #[arg(long)]
+        sparse: bool,
         /// Also write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -441,12 +446,19 @@ async fn bench(config: Config, command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Train {
             events,
             epochs,
+            sparse,
             json,
         } => {
             let c = config.clone();
-            let r = tokio::task::spawn_blocking(move || bench::train(&c, events, epochs))
-                .await?
-                .map_err(lift)?;
+            let r = tokio::task::spawn_blocking(move || {
+                if sparse {
+                    bench::train_sparse(&c)
+                } else {
+                    bench::train(&c, events, epochs)
+                }
+            })
+            .await?
+            .map_err(lift)?;
             (bench::train_markdown(&r), serde_json::to_value(&r)?, json)
         }
         BenchCommand::State {
@@ -545,6 +557,7 @@ async fn bench_all(config: &Config, a: BenchAllArgs) -> anyhow::Result<()> {
         e2e: Outcome::Skipped,
         e2e_transformer: Outcome::Skipped,
         train: Outcome::Skipped,
+        train_sparse: Outcome::Skipped,
     };
     if run("ingest") {
         info!(events = ingest_events, "Running the ingest benchmark.");
@@ -587,6 +600,10 @@ async fn bench_all(config: &Config, a: BenchAllArgs) -> anyhow::Result<()> {
         let (c, epochs) = (config.clone(), a.epochs);
         let r = tokio::task::spawn_blocking(move || bench::train(&c, train_events, epochs)).await?;
         suite.train = Outcome::from_result(r);
+        info!("Running the sparse training benchmark.");
+        let c = config.clone();
+        let r = tokio::task::spawn_blocking(move || bench::train_sparse(&c)).await?;
+        suite.train_sparse = Outcome::from_result(r);
     }
     let markdown = bench::suite_markdown(&suite);
     println!("{markdown}");

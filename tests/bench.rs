@@ -94,6 +94,7 @@ fn suite() -> Suite {
             p99_ms: 1_500.0,
         }),
         train: Outcome::Done(TrainBench {
+            history: "generated".into(),
             events: 1_000_000,
             customers: 7273,
             days: 180,
@@ -108,7 +109,14 @@ fn suite() -> Suite {
             eval_export_seconds: 5.0,
             seconds_per_million_replay_epoch: 53.0,
             seconds_per_million_total: 58.0,
+            total_seconds: 58.0,
+            candidate_examples: 150_000,
+            purchase_auc: vec![
+                ("Transformer".into(), 0.861),
+                ("logistic regression".into(), 0.846),
+            ],
         }),
+        train_sparse: Outcome::Skipped,
     }
 }
 
@@ -151,6 +159,11 @@ fn the_suite_report_has_the_machine_and_every_section() {
         "{md}"
     );
     assert!(md.contains("| whole run, per 1M events | 58.0 s |"), "{md}");
+    assert!(
+        md.contains("| validation purchase AUC, Transformer | 0.8610 |"),
+        "{md}"
+    );
+    assert!(md.contains("## Training on a sparse history"), "{md}");
     assert!(md.contains("| same, p99 | 480 ms |"), "{md}");
     assert!(md.contains("| 64 | 38000 | 37600 | 1.1% |"), "{md}");
     assert!(md.contains("## End to end with the Transformer"), "{md}");

@@ -32,7 +32,9 @@ mod train;
 pub use ingest::{ingest, ingest_markdown, IngestBench};
 pub use report::{suite_markdown, Machine, Outcome, Suite};
 pub use risk::{risk, risk_markdown, RiskBench, RuleScore};
-pub use train::{history_for, summarize as train_summary, train, train_markdown, TrainBench};
+pub use train::{
+    history_for, summarize as train_summary, train, train_markdown, train_sparse, TrainBench,
+};
 
 /// What a benchmark returns; its error is reported, not classified.
 pub type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;

@@ -20,9 +20,15 @@ pub const TRAIN_DAYS: u32 = 180;
 /// The generator's yield: about this many events per customer over 180 days.
 const EVENTS_PER_CUSTOMER: f64 = 275_000.0 / 2_000.0;
 
+/// The sparse case: customers, days, purchases only.
+pub const SPARSE: (usize, u32) = (25_000, 456);
+
 /// Results of the training benchmark.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainBench {
+    /// What history: `generated` (every kind of event) or `generated,
+    /// purchases only`.
+    pub history: String,
     /// Events trained on.
     pub events: u64,
     /// Customers in the generated world.
@@ -52,6 +58,12 @@ pub struct TrainBench {
     pub seconds_per_million_replay_epoch: f64,
     /// Seconds per 1M events for the whole run (replay, fit, eval + export).
     pub seconds_per_million_total: f64,
+    /// The whole run (replay, fit, evaluation + export), seconds.
+    pub total_seconds: f64,
+    /// Candidate examples before sampling (`train.max_examples`).
+    pub candidate_examples: u64,
+    /// Validation purchase AUC by model (Transformer, ablation, baselines).
+    pub purchase_auc: Vec<(String, f64)>,
 }
 
 /// The generated history for about `events` events (180 days, customers
@@ -108,14 +120,41 @@ pub fn train(config: &Config, events: usize, epochs: usize) -> BenchResult<Train
     };
     let report = Progress::silent(|p| crate::train::train(&cfg, history, &registry, &options, p));
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(summarize(&report?, n, gen.customers, plain))
+    Ok(summarize(&report?, n, &gen, plain))
+}
+
+/// The sparse case: a generated purchases-only history of
+/// [`SPARSE`] customers and days (an orders table), trained as users run
+/// `segstream train`: the `[train]` settings as configured, early stopping
+/// and example sampling included. Goal: the whole run within 3 minutes.
+pub fn train_sparse(config: &Config) -> BenchResult<TrainBench> {
+    let gen = GeneratorConfig {
+        customers: SPARSE.0,
+        days: SPARSE.1,
+        seed: 11,
+        purchases_only: true,
+        ..GeneratorConfig::default()
+    };
+    let mut history: Vec<Event> = crate::generate::history(&gen).collect();
+    let (plain, _) = plain_replay(config, &mut history);
+    let n = history.len() as u64;
+    let dir = std::env::temp_dir().join(super::ingest::unique_id("train-sparse"));
+    let registry = Registry::new(dir.join("models"));
+    let options = TrainOptions {
+        version: Some("bench-sparse".into()),
+        force: false,
+        no_promote: true,
+    };
+    let report = Progress::silent(|p| crate::train::train(config, history, &registry, &options, p));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(summarize(&report?, n, &gen, plain))
 }
 
 /// The benchmark figures from a training report and the baseline replay.
 pub fn summarize(
     report: &TrainReport,
     events: u64,
-    customers: usize,
+    gen: &GeneratorConfig,
     plain_replay_seconds: f64,
 ) -> TrainBench {
     let (replay, fit, eval) = report.seconds;
@@ -127,10 +166,29 @@ pub fn summarize(
         epoch_seconds / epochs as f64
     };
     let millions = (events as f64 / 1e6).max(1e-9);
+    let auc = |key: &str| report.manifest.metrics.get(key).copied();
+    let purchase_auc = [
+        ("Transformer", "purchase_auc"),
+        (
+            "same, sequence masked",
+            "ablation_sequence_masked.purchase_auc",
+        ),
+        ("logistic regression", "baseline_logistic.purchase_auc"),
+        ("BG/NBD", "baseline_bgnbd.purchase_auc"),
+        ("RFM rules", "baseline_rules.purchase_auc"),
+    ]
+    .into_iter()
+    .filter_map(|(name, key)| auc(key).map(|v| (name.to_string(), v)))
+    .collect();
     TrainBench {
+        history: if gen.purchases_only {
+            "generated, purchases only".into()
+        } else {
+            "generated".into()
+        },
         events,
-        customers,
-        days: TRAIN_DAYS,
+        customers: gen.customers,
+        days: gen.days,
         examples: report.examples,
         parameters: report.parameters,
         epochs,
@@ -142,14 +200,17 @@ pub fn summarize(
         eval_export_seconds: eval,
         seconds_per_million_replay_epoch: (replay + per_epoch) / millions,
         seconds_per_million_total: (replay + fit + eval) / millions,
+        total_seconds: replay + fit + eval,
+        candidate_examples: report.replay.candidates,
+        purchase_auc,
     }
 }
 
 /// The training results as a Markdown table.
 pub fn train_markdown(b: &TrainBench) -> String {
     let mut s = format!(
-        "| training ({} events, {} customers, {} days) | value |\n| --- | --- |\n",
-        b.events, b.customers, b.days
+        "| training ({} history: {} events, {} customers, {} days) | value |\n| --- | --- |\n",
+        b.history, b.events, b.customers, b.days
     );
     s.push_str(&format!(
         "| plain replay through `CustomerState::record` (baseline) | {:.2} s |\n",
@@ -164,8 +225,8 @@ pub fn train_markdown(b: &TrainBench) -> String {
         b.replay_ratio
     ));
     s.push_str(&format!(
-        "| examples (training / validation) | {} / {} |\n",
-        b.examples.0, b.examples.1
+        "| examples (training / validation), of {} candidates | {} / {} |\n",
+        b.candidate_examples, b.examples.0, b.examples.1
     ));
     s.push_str(&format!("| trainable parameters | {} |\n", b.parameters));
     s.push_str(&format!(
@@ -184,5 +245,11 @@ pub fn train_markdown(b: &TrainBench) -> String {
         "| whole run, per 1M events | {:.1} s |\n",
         b.seconds_per_million_total
     ));
+    s.push_str(&format!("| whole run | {:.1} s |\n", b.total_seconds));
+    for (model, auc) in &b.purchase_auc {
+        s.push_str(&format!(
+            "| validation purchase AUC, {model} | {auc:.4} |\n"
+        ));
+    }
     s
 }

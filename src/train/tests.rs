@@ -224,3 +224,19 @@ fn explanations_sum_to_the_centered_segment_log_probabilities() {
     }
     assert!(largest_feature > 1e-3, "feature contributions are all zero");
 }
+
+#[test]
+fn the_learning_rate_warms_up_then_decays_to_a_floor() {
+    let lr = |step| fit::learning_rate(1.0, step, 1_050);
+    assert!((lr(0) - 0.02).abs() < 1e-9);
+    assert!((lr(49) - 1.0).abs() < 1e-9);
+    assert!((lr(50) - 1.0).abs() < 1e-9);
+    assert!((lr(550) - 0.525).abs() < 1e-6, "half way: {}", lr(550));
+    assert!((lr(1_050) - 0.05).abs() < 1e-9);
+    assert!((lr(5_000) - 0.05).abs() < 1e-9, "beyond the end: the floor");
+    let steps: Vec<f64> = (50..1_050).map(lr).collect();
+    assert!(
+        steps.windows(2).all(|w| w[1] <= w[0]),
+        "monotone after warm-up"
+    );
+}
