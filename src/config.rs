@@ -287,6 +287,11 @@ pub struct InputConfig {
     /// Java client's and Kafka Streams' default). The lookup endpoint uses it
     /// to find a customer's partition.
     pub partitioner: Partitioner,
+    /// Refuse (dead-letter as `wrong_partition`) an event whose record is
+    /// not in the partition its `customer_id` hashes to under
+    /// `partitioner`: a producer with another partitioner, or without a
+    /// key, would otherwise split the customer's state silently.
+    pub check_partition: bool,
 }
 
 /// A producer partitioner for keyed records.
@@ -298,6 +303,16 @@ pub enum Partitioner {
     Crc32,
     /// murmur2 of the key (Java client, librdkafka `murmur2_random`).
     Murmur2,
+}
+
+impl Partitioner {
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Partitioner::Crc32 => "crc32",
+            Partitioner::Murmur2 => "murmur2",
+        }
+    }
 }
 
 /// Input topics used when none are configured.
@@ -317,6 +332,7 @@ impl Default for InputConfig {
             batch_max_wait: Duration::from_millis(50),
             max_idle: Duration::from_secs(5),
             partitioner: Partitioner::Crc32,
+            check_partition: true,
             max_buffered: 20_000,
         }
     }

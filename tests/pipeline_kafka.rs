@@ -192,3 +192,103 @@ async fn silent_customers_become_at_risk_by_inactivity() {
     sigterm(&child);
     assert!(child.wait().unwrap().success());
 }
+
+/// The input contract's partitioning (issue 16): with either partitioner
+/// configured, an event in the partition its customer id hashes to is
+/// applied, and the same customer's event in another partition is
+/// dead-lettered as `wrong_partition` instead of silently starting a
+/// second state for the customer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_in_another_partition_are_dead_lettered_under_either_partitioner() {
+    use segstream::config::Partitioner;
+    use segstream::pipeline::directory::partition_for;
+    for partitioner in [Partitioner::Crc32, Partitioner::Murmur2] {
+        let partitions = 3;
+        let s = setup_with(partitions, "rules", "").await;
+        let producer: FutureProducer = client().create().unwrap();
+        let t0 = now_ms() - 3_600_000;
+        let customers: Vec<String> = (0..24).map(|i| format!("pt-{i}")).collect();
+        let mut wrong = std::collections::BTreeMap::new();
+        for (i, c) in customers.iter().enumerate() {
+            let right = partition_for(partitioner, c.as_bytes(), partitions);
+            let other = (right + 1) % partitions;
+            wrong.insert(c.clone(), other);
+            for (topic, event, p) in [
+                (
+                    &s.browse,
+                    browse(c, &format!("{c}-b"), t0 + i as i64),
+                    right,
+                ),
+                (
+                    &s.purchase,
+                    purchase(c, &format!("{c}-p"), t0 + i as i64 + 1),
+                    other,
+                ),
+            ] {
+                let value = encode(&event, WireFormat::Protobuf);
+                producer
+                    .send(
+                        FutureRecord::to(topic).key(c).payload(&value).partition(p),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+                    .unwrap();
+            }
+        }
+        let log = s.dir.path().join("run.log");
+        let name = partitioner.as_str();
+        let mut children = vec![start_as_with(
+            &s.config,
+            &log,
+            "a",
+            &[("SEGSTREAM__INPUT__PARTITIONER", name)],
+        )];
+        wait_consumed(&s, &mut children, &log).await;
+        sigterm(&children[0]);
+        let status = children[0].wait().unwrap();
+        assert!(
+            status.success(),
+            "{name}: clean stop: {status}\n{}",
+            tail(&log)
+        );
+
+        let dead = read_all(&s.dlq);
+        assert_eq!(
+            dead.len(),
+            customers.len(),
+            "{name}: one dead letter per customer"
+        );
+        for (_, _, key, _, headers) in &dead {
+            let header = |k: &str| {
+                headers
+                    .iter()
+                    .find(|(h, _)| h == k)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            let customer = String::from_utf8(key.clone().unwrap()).unwrap();
+            assert_eq!(header("segstream.dlq.reason"), "wrong_partition", "{name}");
+            assert_eq!(header("segstream.dlq.source.topic"), s.purchase, "{name}");
+            assert_eq!(
+                header("segstream.dlq.source.partition"),
+                wrong[&customer].to_string(),
+                "{name}: {customer}"
+            );
+            assert!(header("segstream.dlq.message").contains(name), "{name}");
+        }
+        // Every customer's state holds its one accepted event, in its partition.
+        let states = read_all(&s.changelog);
+        let mut seen = std::collections::BTreeSet::new();
+        for (p, _, key, value, _) in &states {
+            let customer = String::from_utf8(key.clone().unwrap()).unwrap();
+            assert!(value.is_some(), "{name}: {customer}");
+            assert_eq!(
+                *p,
+                partition_for(partitioner, customer.as_bytes(), partitions)
+            );
+            seen.insert(customer);
+        }
+        assert_eq!(seen.len(), customers.len(), "{name}");
+    }
+}

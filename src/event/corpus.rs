@@ -129,6 +129,10 @@ pub fn bad_records(customer: &str, now_ms: i64, huge_bytes: usize) -> Vec<BadRec
     if let Some(proto::event::Payload::Browse(b)) = &mut bad_action.payload {
         b.action = 42;
     }
+    let mut unknown_currency = purchase(c, "zzz", now_ms);
+    if let Some(proto::event::Payload::Purchase(p)) = &mut unknown_currency.payload {
+        p.currency = "ZZZ".into();
+    }
     let mut both_payloads = to_json(&ok("both"));
     both_payloads["review"] = to_json(&review(c, "x", now_ms))["review"].clone();
     let pb = |e: &proto::Event| encode(e, WireFormat::Protobuf);
@@ -233,6 +237,12 @@ pub fn bad_records(customer: &str, now_ms: i64, huge_bytes: usize) -> Vec<BadRec
             c,
             pb(&long_category),
             Reason::StringTooLong,
+        ),
+        bad(
+            "currency that is not ISO 4217",
+            c,
+            encode(&unknown_currency, WireFormat::Protobuf),
+            Reason::InvalidField,
         ),
         bad(
             "unknown browse action",

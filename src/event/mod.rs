@@ -231,11 +231,15 @@ pub enum Reason {
     InvalidField,
     /// Older than its partition's watermark (beyond `state.allowed_lateness`).
     Late,
+    /// The record is not in the partition its `customer_id` hashes to under
+    /// `input.partitioner` (a producer with another partitioner, or no key):
+    /// accepting it would split the customer's state.
+    WrongPartition,
 }
 
 impl Reason {
     /// Every code, for documentation and for pre-registering metric series.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::EmptyValue,
         Reason::TooLarge,
         Reason::BadFraming,
@@ -254,6 +258,7 @@ impl Reason {
         Reason::StringTooLong,
         Reason::InvalidField,
         Reason::Late,
+        Reason::WrongPartition,
     ];
 
     /// The stable snake_case code.
@@ -277,6 +282,7 @@ impl Reason {
             Reason::StringTooLong => "string_too_long",
             Reason::InvalidField => "invalid_field",
             Reason::Late => "late",
+            Reason::WrongPartition => "wrong_partition",
         }
     }
 

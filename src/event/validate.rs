@@ -201,10 +201,14 @@ fn purchase(c: &Checker<'_>, p: proto::Purchase) -> Result<Purchase, Rejection> 
         ));
     }
     c.non_negative("purchase.total_minor", p.total_minor)?;
-    if p.currency.len() != 3 || !p.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+    if ISO_4217.binary_search(&p.currency.as_str()).is_err() {
         return Err(Rejection::new(
             Reason::InvalidField,
-            "purchase.currency must be an ISO 4217 code of three upper-case letters",
+            if p.currency.len() == 3 && p.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+                "purchase.currency is not an ISO 4217 currency code"
+            } else {
+                "purchase.currency must be an ISO 4217 code of three upper-case letters"
+            },
         ));
     }
     let mut items = Vec::with_capacity(p.items.len());
@@ -267,4 +271,45 @@ fn review(c: &Checker<'_>, r: proto::Review) -> Result<Review, Rejection> {
         rating,
         text: r.text,
     })
+}
+
+/// ISO 4217 alphabetic codes accepted as `purchase.currency`, sorted: the
+/// active currencies and funds codes, precious metals and special drawing
+/// rights, and a few recently withdrawn currencies that still appear in
+/// order histories (ANG, BGN, CUC, HRK, SLL, ZWL). Not `XTS` (testing) or
+/// `XXX` (no currency).
+pub const ISO_4217: [&str; 181] = [
+    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
+    "BGN", "BHD", "BIF", "BMD", "BND", "BOB", "BOV", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD",
+    "CAD", "CDF", "CHE", "CHF", "CHW", "CLF", "CLP", "CNY", "COP", "COU", "CRC", "CUC", "CUP",
+    "CVE", "CZK", "DJF", "DKK", "DOP", "DZD", "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP",
+    "GEL", "GHS", "GIP", "GMD", "GNF", "GTQ", "GYD", "HKD", "HNL", "HRK", "HTG", "HUF", "IDR",
+    "ILS", "INR", "IQD", "IRR", "ISK", "JMD", "JOD", "JPY", "KES", "KGS", "KHR", "KMF", "KPW",
+    "KRW", "KWD", "KYD", "KZT", "LAK", "LBP", "LKR", "LRD", "LSL", "LYD", "MAD", "MDL", "MGA",
+    "MKD", "MMK", "MNT", "MOP", "MRU", "MUR", "MVR", "MWK", "MXN", "MXV", "MYR", "MZN", "NAD",
+    "NGN", "NIO", "NOK", "NPR", "NZD", "OMR", "PAB", "PEN", "PGK", "PHP", "PKR", "PLN", "PYG",
+    "QAR", "RON", "RSD", "RUB", "RWF", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD", "SHP", "SLE",
+    "SLL", "SOS", "SRD", "SSP", "STN", "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TND", "TOP",
+    "TRY", "TTD", "TWD", "TZS", "UAH", "UGX", "USD", "USN", "UYI", "UYU", "UYW", "UZS", "VED",
+    "VES", "VND", "VUV", "WST", "XAF", "XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XCD", "XCG",
+    "XDR", "XOF", "XPD", "XPF", "XPT", "XSU", "XUA", "YER", "ZAR", "ZMW", "ZWG", "ZWL",
+];
+
+#[cfg(test)]
+mod iso_tests {
+    use super::ISO_4217;
+
+    #[test]
+    fn the_currency_table_is_sorted_and_holds_three_letter_codes() {
+        assert!(ISO_4217.windows(2).all(|w| w[0] < w[1]));
+        assert!(ISO_4217
+            .iter()
+            .all(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase())));
+        for known in ["EUR", "USD", "JPY", "GBP", "CHF", "BRL"] {
+            assert!(ISO_4217.binary_search(&known).is_ok(), "{known}");
+        }
+        for unknown in ["ZZZ", "XXX", "XTS", "EURO", "eur"] {
+            assert!(ISO_4217.binary_search(&unknown).is_err(), "{unknown}");
+        }
+    }
 }

@@ -1318,6 +1318,28 @@ impl Pipeline {
             ingest::now_ms(),
             self.max_dead_letter_bytes,
         );
+        let routed = match routed {
+            Routed::Event(e) if self.cfg.input.check_partition => {
+                match self.directory.partition_of(&e.event.customer_id) {
+                    Some(p) if p != partition => Routed::DeadLetter(DeadLetter::new(
+                        &record,
+                        Rejection::new(
+                            Reason::WrongPartition,
+                            format!(
+                                "customer_id hashes to partition {p} of the input topics under \
+                                 input.partitioner = {}, but the record is in partition \
+                                 {partition}: producers must key records by customer_id with \
+                                 that partitioner",
+                                self.cfg.input.partitioner.as_str()
+                            ),
+                        ),
+                        self.max_dead_letter_bytes,
+                    )),
+                    _ => Routed::Event(e),
+                }
+            }
+            other => other,
+        };
         let (time_ms, item) = match routed {
             Routed::Event(mut e) => {
                 if let Some(p) = &self.pseudonymizer {
