@@ -286,12 +286,17 @@ fn decode_json(body: &[u8]) -> Result<proto::Event, Rejection> {
         }
     }
     let json: JsonEvent = serde_json::from_slice(body).map_err(|e| {
-        let reason = if e.classify() == serde_json::error::Category::Data {
+        let message = scrub_serde_message(&e);
+        // A repeated key makes the object ambiguous (RFC 8259 leaves which
+        // one counts undefined): a JSON syntax problem, not a wrong type.
+        let reason = if message.starts_with("duplicate field") {
+            Reason::InvalidJson
+        } else if e.classify() == serde_json::error::Category::Data {
             Reason::JsonWrongType
         } else {
             Reason::InvalidJson
         };
-        Rejection::new(reason, format!("JSON event: {}", scrub_serde_message(&e)))
+        Rejection::new(reason, format!("JSON event: {message}"))
     })?;
     json.into_proto()
 }
@@ -333,7 +338,18 @@ impl<'de> Deserialize<'de> for JsonInt {
         })? {
             Repr::Int(v) => Ok(JsonInt(v)),
             Repr::Str(s) => s.trim().parse().map(JsonInt).map_err(|_| {
-                serde::de::Error::custom("expected an integer (a JSON number or a decimal string)")
+                let t = s.trim();
+                if ["NaN", "Infinity", "-Infinity"].contains(&t) {
+                    // The protobuf JSON mapping's spelling of float
+                    // specials: say that this field is an integer.
+                    serde::de::Error::custom(format!(
+                        "{t} is not an integer: times are whole milliseconds and amounts whole minor units"
+                    ))
+                } else {
+                    serde::de::Error::custom(
+                        "expected an integer (a JSON number or a decimal string)",
+                    )
+                }
             }),
         }
     }

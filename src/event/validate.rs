@@ -56,7 +56,20 @@ impl Checker<'_> {
     }
 
     fn id(&self, field: &str, value: &str) -> Result<(), Rejection> {
-        self.len(field, value, self.limits.max_id_bytes)
+        self.len(field, value, self.limits.max_id_bytes)?;
+        // Ids become Kafka keys, header values, log fields and file names
+        // downstream: no control characters (NUL, newline, ...) and no
+        // bidirectional overrides, which make one id display as another.
+        if let Some(c) = value.chars().find(|&c| forbidden_in_id(c)) {
+            return Err(Rejection::new(
+                Reason::InvalidField,
+                format!(
+                    "{field} contains U+{:04X}, a control or bidirectional-formatting character",
+                    u32::from(c)
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn name(&self, field: &str, value: &str) -> Result<(), Rejection> {
@@ -273,6 +286,13 @@ fn review(c: &Checker<'_>, r: proto::Review) -> Result<Review, Rejection> {
     })
 }
 
+/// Characters an id may not contain: C0 and C1 controls, DEL, and the
+/// bidirectional embedding, override and isolate marks.
+fn forbidden_in_id(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+}
+
 /// ISO 4217 alphabetic codes accepted as `purchase.currency`, sorted: the
 /// active currencies and funds codes, precious metals and special drawing
 /// rights, and a few recently withdrawn currencies that still appear in
@@ -310,6 +330,18 @@ mod iso_tests {
         }
         for unknown in ["ZZZ", "XXX", "XTS", "EURO", "eur"] {
             assert!(ISO_4217.binary_search(&unknown).is_err(), "{unknown}");
+        }
+    }
+
+    #[test]
+    fn ids_refuse_controls_and_bidi_marks_only() {
+        for bad in [
+            '\0', '\n', '\r', '\u{7f}', '\u{85}', '\u{202E}', '\u{2066}', '\u{200F}',
+        ] {
+            assert!(super::forbidden_in_id(bad), "{:?}", bad);
+        }
+        for good in ['a', '-', ' ', 'é', '中', '\u{1F600}'] {
+            assert!(!super::forbidden_in_id(good), "{:?}", good);
         }
     }
 }

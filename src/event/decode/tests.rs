@@ -329,3 +329,48 @@ fn json_shapes_get_json_answers() {
         assert!(err.message.contains(what), "{}", err.message);
     }
 }
+
+#[test]
+fn json_producers_get_json_errors_and_ids_refuse_controls() {
+    let body = |customer: &str, time: &str| {
+        format!(
+            r#"{{"event_id": "e-1", "customer_id": {customer}, "event_time_ms": {time},
+               "browse": {{"product_id": "p", "category": "c", "action": "VIEW"}}}}"#
+        )
+    };
+    // A repeated key: ambiguous JSON, not a wrong type.
+    let dup = r#"{"event_id": "e-1", "event_id": "e-2", "customer_id": "c-1", "event_time_ms": 1}"#;
+    let r = decode("c-1", dup.as_bytes()).unwrap_err();
+    assert_eq!(r.reason, Reason::InvalidJson, "{r}");
+    assert!(r.message.contains("duplicate field"), "{r}");
+    // Float specials in an integer field are named as such.
+    for special in ["NaN", "Infinity", "-Infinity"] {
+        let r = decode("c-1", body("\"c-1\"", &format!("\"{special}\"")).as_bytes()).unwrap_err();
+        assert_eq!(r.reason, Reason::JsonWrongType, "{r}");
+        assert!(
+            r.message.contains(&format!("{special} is not an integer")),
+            "{r}"
+        );
+    }
+    // Control and bidirectional-formatting characters in an id.
+    for id in ["c\\u0000x", "c\\nx", "c\\u202ex"] {
+        let r = decode(
+            "ignored",
+            body(&format!("\"{id}\""), &NOW.to_string()).as_bytes(),
+        );
+        let r = r.unwrap_err();
+        assert!(
+            matches!(r.reason, Reason::InvalidField | Reason::KeyMismatch),
+            "{id}: {r}"
+        );
+    }
+    let r = decoder()
+        .decode(
+            None,
+            Some(body("\"c\\u202ex\"", &NOW.to_string()).as_bytes()),
+            NOW,
+        )
+        .unwrap_err();
+    assert_eq!(r.reason, Reason::InvalidField, "{r}");
+    assert!(r.message.contains("U+202E"), "{r}");
+}
