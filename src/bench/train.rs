@@ -104,13 +104,22 @@ fn plain_replay(config: &Config, events: &mut [Event]) -> (f64, usize) {
 /// `epochs` epochs (early stopping off). Needs ONNX Runtime (the export is
 /// checked with it).
 pub fn train(config: &Config, events: usize, epochs: usize) -> BenchResult<TrainBench> {
-    let (gen, mut history) = history_for(events);
-    let (plain, _) = plain_replay(config, &mut history);
-    let n = history.len() as u64;
-
+    let (gen, history) = history_for(events);
     let mut cfg = config.clone();
     cfg.train.max_epochs = epochs.max(1);
     cfg.train.patience = cfg.train.patience.max(cfg.train.max_epochs);
+    timed_training(&cfg, &gen, history)
+}
+
+/// Replays `history` plainly (the baseline), then trains on it into a
+/// temporary registry (not promoted), and summarizes both.
+fn timed_training(
+    config: &Config,
+    gen: &GeneratorConfig,
+    mut history: Vec<Event>,
+) -> BenchResult<TrainBench> {
+    let (plain, _) = plain_replay(config, &mut history);
+    let n = history.len() as u64;
     let dir = std::env::temp_dir().join(super::ingest::unique_id("train"));
     let registry = Registry::new(dir.join("models"));
     let options = TrainOptions {
@@ -118,9 +127,9 @@ pub fn train(config: &Config, events: usize, epochs: usize) -> BenchResult<Train
         force: false,
         no_promote: true,
     };
-    let report = Progress::silent(|p| crate::train::train(&cfg, history, &registry, &options, p));
+    let report = Progress::silent(|p| crate::train::train(config, history, &registry, &options, p));
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(summarize(&report?, n, &gen, plain))
+    Ok(summarize(&report?, n, gen, plain))
 }
 
 /// The sparse case: a generated purchases-only history of
@@ -135,19 +144,7 @@ pub fn train_sparse(config: &Config) -> BenchResult<TrainBench> {
         purchases_only: true,
         ..GeneratorConfig::default()
     };
-    let mut history: Vec<Event> = crate::generate::history(&gen).collect();
-    let (plain, _) = plain_replay(config, &mut history);
-    let n = history.len() as u64;
-    let dir = std::env::temp_dir().join(super::ingest::unique_id("train-sparse"));
-    let registry = Registry::new(dir.join("models"));
-    let options = TrainOptions {
-        version: Some("bench-sparse".into()),
-        force: false,
-        no_promote: true,
-    };
-    let report = Progress::silent(|p| crate::train::train(config, history, &registry, &options, p));
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(summarize(&report?, n, &gen, plain))
+    timed_training(config, &gen, crate::generate::history(&gen).collect())
 }
 
 /// The benchmark figures from a training report and the baseline replay.

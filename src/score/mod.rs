@@ -386,16 +386,32 @@ pub fn difference(output: &str, expected: f32, got: f32) -> f32 {
     }
 }
 
+/// Each output of `expected` with the same output of `got` (empty when
+/// `got` lacks it): an explanation output the expected side has must be
+/// given; one only `got` has is not compared.
+fn paired<'a>(
+    expected: &'a Outputs,
+    got: &'a Outputs,
+) -> Vec<(&'static str, &'a [f32], &'a [f32])> {
+    let theirs = got.named();
+    expected
+        .named()
+        .into_iter()
+        .map(|(name, a)| {
+            let b = theirs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(&[][..], |(_, b)| *b);
+            (name, a, b)
+        })
+        .collect()
+}
+
 /// The largest [`difference`] between two models' outputs and the output it
 /// is on; infinite when a value is not finite or the shapes differ.
 pub fn max_difference(expected: &Outputs, got: &Outputs) -> (f32, &'static str) {
     let mut worst = (0f32, "none");
-    let theirs = got.named();
-    for (name, a) in expected.named() {
-        let b = theirs
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map_or(&[][..], |(_, b)| *b);
+    for (name, a, b) in paired(expected, got) {
         if a.len() != b.len() {
             return (f32::INFINITY, name);
         }
@@ -411,14 +427,7 @@ pub fn max_difference(expected: &Outputs, got: &Outputs) -> (f32, &'static str) 
 
 fn compare(expected: &Outputs, got: &Outputs, tolerance: f32) -> Result<f32, String> {
     let mut worst = 0f32;
-    let theirs = got.named();
-    // Every output of the golden record is compared (an explanation output
-    // in the record must be given); an output the record lacks is not.
-    for (name, a) in expected.named() {
-        let b = theirs
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map_or(&[][..], |(_, b)| *b);
+    for (name, a, b) in paired(expected, got) {
         if let Some(i) = b.iter().position(|v| !v.is_finite()) {
             return Err(format!("{name}[{i}] is {} for the golden inputs", b[i]));
         }
