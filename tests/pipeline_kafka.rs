@@ -260,13 +260,7 @@ async fn records_in_another_partition_are_dead_lettered_under_either_partitioner
             "{name}: one dead letter per customer"
         );
         for (_, _, key, _, headers) in &dead {
-            let header = |k: &str| {
-                headers
-                    .iter()
-                    .find(|(h, _)| h == k)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default()
-            };
+            let header = |k: &str| header_value(headers, k).unwrap_or_default();
             let customer = String::from_utf8(key.clone().unwrap()).unwrap();
             assert_eq!(header("segstream.dlq.reason"), "wrong_partition", "{name}");
             assert_eq!(header("segstream.dlq.source.topic"), s.purchase, "{name}");

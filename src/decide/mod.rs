@@ -110,7 +110,7 @@ pub const OTHER_FEATURES: &str = "other_features";
 /// segment's centered log-probability. Empty for rows of another shape.
 pub fn explain(contributions: &[f32], segment: usize, top: usize) -> (Vec<Reason>, f32) {
     let names = crate::features::customer_feature_names();
-    let width = names.len() + 2;
+    let width = crate::model::CONTRIBUTION_WIDTH;
     let Some(row) = contributions.get(segment * width..(segment + 1) * width) else {
         return (Vec::new(), 0.0);
     };

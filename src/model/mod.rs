@@ -328,16 +328,16 @@ pub const CONTRIBUTION_SEQUENCE: &str = "sequence";
 /// See [`CONTRIBUTION_SEQUENCE`].
 pub const CONTRIBUTION_BASELINE: &str = "baseline";
 
+/// Values per segment in a [`SEGMENT_CONTRIBUTIONS`] row: the customer
+/// features, then the sequence share and the baseline.
+pub const CONTRIBUTION_WIDTH: usize = crate::features::CUSTOMER_DIM + 2;
+
 /// Outputs a model may give; checked when present.
 pub fn optional_outputs(segments: usize) -> Vec<TensorSig> {
     vec![TensorSig {
         name: SEGMENT_CONTRIBUTIONS,
         elem: Elem::F32,
-        dims: vec![
-            None,
-            Some(segments as i64),
-            Some(crate::features::CUSTOMER_DIM as i64 + 2),
-        ],
+        dims: vec![None, Some(segments as i64), Some(CONTRIBUTION_WIDTH as i64)],
     }]
 }
 

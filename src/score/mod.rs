@@ -365,7 +365,7 @@ fn extract(
         segment_contributions: match out.get(crate::model::SEGMENT_CONTRIBUTIONS) {
             Some(_) => get(
                 crate::model::SEGMENT_CONTRIBUTIONS,
-                rows * segments * (crate::features::CUSTOMER_DIM + 2),
+                rows * segments * crate::model::CONTRIBUTION_WIDTH,
             )?,
             None => Vec::new(),
         },
@@ -642,7 +642,7 @@ impl Scores {
 
     /// Row `i`'s explanation ([K, F + 2]); empty when the model gives none.
     pub fn contributions(&self, i: usize) -> &[f32] {
-        let w = self.segments.len() * (crate::features::CUSTOMER_DIM + 2);
+        let w = self.segments.len() * crate::model::CONTRIBUTION_WIDTH;
         self.outputs
             .segment_contributions
             .get(i * w..(i + 1) * w)

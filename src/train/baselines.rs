@@ -72,17 +72,18 @@ impl Logistic {
                 let probs = softmax(&z[..segment::COUNT]);
                 let swi = set.weight[i];
                 let cwi = cw[usize::from(l.segment)] * swi / w_total.max(1e-6);
+                // This example's share of the (sampling-weighted) mean.
+                let share = swi / sw_total;
                 for k in 0..segment::COUNT {
                     let y = f32::from(u8::from(usize::from(l.segment) == k));
                     dz[k] = (probs[k] - y) * cwi;
                 }
-                let nf = sw_total / swi;
                 dz[segment::COUNT] =
-                    (sigmoid(z[segment::COUNT]) - f32::from(u8::from(l.purchased))) / nf;
+                    (sigmoid(z[segment::COUNT]) - f32::from(u8::from(l.purchased))) * share;
                 dz[segment::COUNT + 1] =
-                    (sigmoid(z[segment::COUNT + 1]) - f32::from(u8::from(l.churned))) / nf;
+                    (sigmoid(z[segment::COUNT + 1]) - f32::from(u8::from(l.churned))) * share;
                 let y_spend = (l.spend_minor.max(0) as f32).ln_1p() / spend_scale;
-                dz[segment::COUNT + 2] = 2.0 * (z[segment::COUNT + 2] - y_spend) / nf;
+                dz[segment::COUNT + 2] = 2.0 * (z[segment::COUNT + 2] - y_spend) * share;
                 for (j, xv) in xi.iter().enumerate() {
                     for (o, d) in dz.iter().enumerate() {
                         grad[j * OUTS + o] += xv * d;

@@ -5,6 +5,7 @@
 //! | step | module |
 //! | --- | --- |
 //! | replay history through `state` + `features`, labels from (t, t + H] | [`examples`] |
+//! | cut times, the validation split point, example sampling and weights | [`sampling`] |
 //! | the network (candle) | [`net`] |
 //! | AdamW training loop, early stopping | [`fit`] |
 //! | RFM rules and logistic regression | [`baselines`] |
@@ -23,6 +24,7 @@ pub mod fit;
 pub mod metrics;
 pub mod net;
 pub mod predict;
+pub mod sampling;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -194,7 +194,7 @@ fn explanations_sum_to_the_centered_segment_log_probabilities() {
     net.set_standardization(mean, vec![3.0; crate::features::CUSTOMER_DIM]);
     let scale = f.spec().normalization.spend_log_scale;
     let out = fit::predict_with(&net, &set, scale, None, true).unwrap();
-    let (k, w) = (5, crate::features::CUSTOMER_DIM + 2);
+    let (k, w) = (5, crate::model::CONTRIBUTION_WIDTH);
     assert_eq!(out.segment_contributions.len(), set.len() * k * w);
     let mut largest_feature = 0f32;
     for i in 0..set.len() {

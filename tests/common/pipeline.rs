@@ -200,6 +200,14 @@ pub type Row = (
     Vec<(String, String)>,
 );
 
+/// The value of header `key` in a row's headers.
+pub fn header_value(headers: &[(String, String)], key: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+}
+
 /// A TCP port free right now on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -675,13 +683,7 @@ pub fn verify(s: &Setup, stream: &Stream) {
 
     let mut seen: HashMap<(i32, i64), u32> = HashMap::new();
     for (_, _, _, _, headers) in read_all(&s.dlq) {
-        let get = |k: &str| {
-            headers
-                .iter()
-                .find(|(x, _)| x == k)
-                .map(|(_, v)| v.clone())
-                .unwrap()
-        };
+        let get = |k: &str| header_value(&headers, k).unwrap();
         assert_eq!(get(header::TOPIC), s.browse);
         let coords = (
             get(header::PARTITION).parse().unwrap(),
