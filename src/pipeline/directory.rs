@@ -345,6 +345,67 @@ impl<'a> Reader<'a> {
     }
 }
 
+impl super::Pipeline {
+    /// Answers a lookup from this thread's state (`None`: no such customer).
+    pub(super) fn answer_lookup(&self, q: LookupRequest) {
+        let Some(store) = self.stores.get(&q.partition) else {
+            // Not (or no longer) ours: dropping the reply makes it a 503.
+            return;
+        };
+        let answer = store.get(&q.customer_id).map(|state| {
+            let d = &state.decision;
+            let model = self.scorer.current();
+            let scores = if model.version.as_ref() == d.model_version
+                && model.segments.len() == d.scores.len()
+            {
+                serde_json::Value::Object(
+                    model
+                        .segments
+                        .iter()
+                        .zip(&d.scores)
+                        .map(|(s, v)| (s.clone(), serde_json::json!(v)))
+                        .collect(),
+                )
+            } else {
+                serde_json::json!(d.scores)
+            };
+            let mut offsets = serde_json::Map::new();
+            for ((topic, p), committed) in &self.committed {
+                if *p != q.partition {
+                    continue;
+                }
+                let consumed = self
+                    .cycle
+                    .offsets
+                    .get(&(topic.clone(), *p))
+                    .copied()
+                    .unwrap_or(*committed);
+                offsets.insert(
+                    topic.to_string(),
+                    serde_json::json!({"committed": committed, "consumed": consumed}),
+                );
+            }
+            serde_json::json!({
+                "customer_id": q.customer_id,
+                "partition": q.partition,
+                "segment": (!d.segment.is_empty()).then_some(&d.segment),
+                "scores": scores,
+                "purchase_probability": d.purchase_probability,
+                "churn_probability": d.churn_probability,
+                "predicted_spend": d.predicted_spend,
+                "model_version": d.model_version,
+                "as_of_ms": d.as_of_ms,
+                "decided_at_ms": d.decided_at_ms,
+                "segment_since_ms": d.since_ms,
+                "last_event_ms": state.last_event_ms,
+                "risk_flags": crate::decide::risk::Rule::of_flags(d.risk_flags).map(crate::decide::risk::Rule::as_str).collect::<Vec<_>>(),
+                "offsets": offsets,
+            })
+        });
+        let _ = q.reply.send(answer);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,211 @@
+//! Building the Kafka clients of a stream thread: its consumer (a group
+//! member reading `read_committed` with the `range` assignor, offsets
+//! committed only through the transaction) and its transactional producer;
+//! and the consumer's context, which hands rebalances to the run loop and
+//! keeps the input partitions' end offsets for the lag gauge.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
+use tracing::warn;
+
+use super::{directory, kafka, PipelineError};
+use crate::config::{Config, OffsetReset};
+use crate::ingest;
+use crate::telemetry::kafka_log::{self, QuietContext};
+
+/// The consumer of stream thread `thread`.
+pub(super) fn consumer(
+    cfg: &Config,
+    thread: usize,
+) -> Result<StreamConsumer<PipelineContext>, PipelineError> {
+    let mut c = cfg.kafka.consumer_config()?;
+    ingest::consumer_defaults(&mut c);
+    if !cfg.pipeline.advertised_url.is_empty() {
+        // How the other instances find this one (see `directory`).
+        c.set(
+            "client.id",
+            directory::client_id(&cfg.pipeline.advertised_url, thread),
+        );
+    }
+    c.set("group.id", &cfg.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        // Co-partitioning: the same partition numbers of every input topic.
+        .set("partition.assignment.strategy", "range")
+        .set(
+            "auto.offset.reset",
+            match cfg.input.auto_offset_reset {
+                OffsetReset::Earliest => "earliest",
+                OffsetReset::Latest => "latest",
+            },
+        );
+    c.create_with_context(PipelineContext::default())
+        .map_err(kafka("creating the consumer"))
+}
+
+/// The transactional id of stream thread `thread` of `threads`:
+/// `pipeline.transactional_id`, else `<group>-<host>`; with more than one
+/// thread, `-<thread>` appended. Each id stays stable across restarts with
+/// the same thread count, so a restart fences its predecessor's thread at
+/// once.
+pub(super) fn transactional_id(cfg: &Config, host: &str, thread: usize, threads: usize) -> String {
+    let base = if cfg.pipeline.transactional_id.is_empty() {
+        format!("{}-{host}", cfg.kafka.group_id)
+    } else {
+        cfg.pipeline.transactional_id.clone()
+    };
+    if threads > 1 {
+        format!("{base}-{thread}")
+    } else {
+        base
+    }
+}
+
+/// This host's name (`HOSTNAME`, else `/etc/hostname`, else `localhost`).
+pub(super) fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The transactional producer's configuration (kept to re-create it after
+/// it was fenced).
+pub(super) fn producer_config(
+    cfg: &Config,
+    transactional_id: &str,
+) -> Result<ClientConfig, PipelineError> {
+    let mut pc = cfg.kafka.producer_config()?;
+    // Room for the largest dead letter (its value plus headers).
+    let max = (cfg.dead_letter.max_value_bytes + 256 * 1024).max(1_000_000);
+    ingest::producer_defaults(&mut pc);
+    pc.set("transactional.id", transactional_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.max.bytes", max.to_string())
+        .set(
+            "transaction.timeout.ms",
+            cfg.pipeline.transaction_timeout.as_millis().to_string(),
+        );
+    Ok(pc)
+}
+
+/// A producer from [`producer_config`].
+pub(super) fn producer(pc: &ClientConfig) -> Result<FutureProducer<QuietContext>, PipelineError> {
+    pc.create_with_context(QuietContext)
+        .map_err(kafka("creating the producer"))
+}
+
+/// Rebalance notices, taken by the loop after each poll, and the input
+/// partitions' end offsets from librdkafka's statistics (for the lag gauge).
+#[derive(Default)]
+pub struct PipelineContext {
+    pub(super) events: Mutex<Vec<RebalanceNotice>>,
+    pub(super) pending: AtomicBool,
+    /// Topic → partition → end offset.
+    pub(super) ends: Mutex<BTreeMap<String, BTreeMap<i32, i64>>>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) enum RebalanceNotice {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+impl ClientContext for PipelineContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        kafka_log::log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        kafka_log::client_error("consumer", &error, reason);
+    }
+
+    /// Every `statistics.interval.ms`: keeps the end of each fetched
+    /// partition (the last stable offset, as `read_committed` sees it), and
+    /// ends a broker outage in the log once every broker is up.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if kafka_log::all_brokers_up(&statistics) {
+            kafka_log::brokers_up();
+        }
+        let Ok(mut ends) = self.ends.lock() else {
+            return;
+        };
+        for (name, topic) in &statistics.topics {
+            for p in topic.partitions.values() {
+                let end = if p.ls_offset >= 0 {
+                    p.ls_offset
+                } else {
+                    p.hi_offset
+                };
+                if p.partition >= 0 && end >= 0 {
+                    ends.entry(name.clone())
+                        .or_default()
+                        .insert(p.partition, end);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for PipelineContext {
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let list = |tpl: &TopicPartitionList| {
+            tpl.elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect::<Vec<_>>()
+        };
+        let notice = match rebalance {
+            Rebalance::Assign(tpl) => RebalanceNotice::Assigned(list(tpl)),
+            Rebalance::Revoke(tpl) => RebalanceNotice::Revoked(list(tpl)),
+            Rebalance::Error(e) => {
+                warn!(error = %e, "Rebalance error.");
+                return;
+            }
+        };
+        if let Ok(mut events) = self.events.lock() {
+            events.push(notice);
+            self.pending.store(true, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transactional_ids_are_per_thread_and_stable() {
+        let mut cfg = Config::default();
+        cfg.kafka.group_id = "seg".into();
+        assert_eq!(transactional_id(&cfg, "h1", 0, 1), "seg-h1");
+        assert_eq!(transactional_id(&cfg, "h1", 1, 2), "seg-h1-1");
+        cfg.pipeline.transactional_id = "fixed".into();
+        assert_eq!(transactional_id(&cfg, "h1", 0, 1), "fixed");
+        assert_eq!(transactional_id(&cfg, "h1", 0, 2), "fixed-0");
+    }
+
+    #[test]
+    fn the_producer_is_transactional_and_idempotent() {
+        let mut cfg = Config::default();
+        cfg.dead_letter.max_value_bytes = 4 << 20;
+        let pc = producer_config(&cfg, "seg-h1-0").map_err(|e| e.to_string());
+        let pc = pc.as_ref().map_err(String::as_str);
+        let get = |k: &str| pc.ok().and_then(|c| c.get(k)).map(str::to_string);
+        assert_eq!(get("transactional.id").as_deref(), Some("seg-h1-0"));
+        assert_eq!(get("enable.idempotence").as_deref(), Some("true"));
+        assert_eq!(get("acks").as_deref(), Some("all"));
+        let max = (4usize << 20) + 256 * 1024;
+        assert_eq!(get("message.max.bytes"), Some(max.to_string()));
+    }
+}

@@ -1,0 +1,377 @@
+//! From a consumed record to state: decode and route it, check its
+//! partition, pseudonymize, hold it for the event-time merge of its
+//! partition (pausing a partition that runs ahead), then apply what the
+//! merge releases to the partition's store, or to the dead letters.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use super::cycle::{RiskChange, Why};
+use super::{Pipeline, PipelineError};
+use crate::decide::risk;
+use crate::event::{Reason, Rejection};
+use crate::ingest::align::Backlog;
+use crate::ingest::{self, DeadLetter, Routed};
+use crate::state::RecordOutcome;
+use crate::telemetry::kafka_log;
+
+/// A consumed record in the aligner.
+pub(super) struct Held {
+    item: HeldItem,
+    offset: i64,
+    timestamp_ms: i64,
+}
+
+pub(super) enum HeldItem {
+    /// A valid event, with its original record for a `late` dead letter.
+    Event(Box<ingest::SourcedEvent>, OwnedSource),
+    /// A record refused at decoding.
+    Refused(DeadLetter),
+}
+
+/// An owned copy of a consumed record.
+pub(super) struct OwnedSource {
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+    timestamp_ms: Option<i64>,
+}
+
+impl OwnedSource {
+    fn of(record: &ingest::SourceRecord<'_>) -> Self {
+        OwnedSource {
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.map(<[u8]>::to_vec),
+            headers: record.headers.clone(),
+            timestamp_ms: record.timestamp_ms,
+        }
+    }
+
+    fn record<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: i32,
+        offset: i64,
+    ) -> ingest::SourceRecord<'a> {
+        ingest::SourceRecord {
+            topic,
+            partition,
+            offset,
+            timestamp_ms: self.timestamp_ms,
+            key: self.key.as_deref(),
+            value: self.value.as_deref(),
+            headers: self.headers.clone(),
+        }
+    }
+}
+
+impl Pipeline {
+    /// Erases the customers of the cycle's erasure requests (their buffered
+    /// events were applied first) and queues one audit entry per request.
+    pub(super) fn apply_erasures(&mut self) {
+        let erasures = std::mem::take(&mut self.cycle.erasures);
+        let now = ingest::now_ms();
+        for (partition, id, offset) in erasures {
+            let had_state = self
+                .stores
+                .get_mut(&partition)
+                .is_some_and(|s| s.erase(&id));
+            let key = crate::privacy::audit_key(self.pseudonymizer.as_deref(), &id);
+            info!(
+                customer = %key,
+                partition,
+                offset,
+                had_state,
+                "Erased a customer (privacy.erasure_topic)."
+            );
+            self.metrics.erasures.inc();
+            if !self.cfg.privacy.audit_topic.is_empty() {
+                let value = serde_json::json!({
+                    "customer": key,
+                    "partition": partition,
+                    "request_offset": offset,
+                    "had_state": had_state,
+                    "erased_at_ms": now,
+                });
+                self.cycle
+                    .audits
+                    .push((key, value.to_string().into_bytes()));
+            }
+        }
+    }
+
+    pub(super) async fn on_message(
+        &mut self,
+        msg: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
+    ) -> Result<(), PipelineError> {
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                kafka_log::client_error("consumer", &e, "");
+                return Ok(());
+            }
+        };
+        // A rebalance noticed during this poll applies before the record: its
+        // partition's state must be restored first, and a record of a
+        // partition just revoked must not be processed.
+        self.take_rebalances().await?;
+        let topic = ingest::intern(&mut self.topic_names, msg.topic());
+        let (partition, offset) = (msg.partition(), msg.offset());
+        if !self.assigned.contains(&(topic.clone(), partition)) {
+            return Ok(());
+        }
+        if !self.stores.contains_key(&partition) {
+            self.restore(vec![partition]).await?;
+        }
+        if *topic == *self.cfg.privacy.erasure_topic {
+            // Applied at the end of the cycle, after every buffered event.
+            if let Some(key) = msg.key() {
+                let id = String::from_utf8_lossy(key).into_owned();
+                self.cycle.erasures.push((partition, id, offset));
+            }
+            self.tally.consumed(&topic);
+            self.cycle.offsets.insert((topic, partition), offset + 1);
+            return Ok(());
+        }
+        let record = ingest::source_record(&msg);
+        let routed = ingest::route(
+            &self.decoder,
+            &record,
+            &topic,
+            ingest::now_ms(),
+            self.max_dead_letter_bytes,
+        );
+        let routed = match routed {
+            Routed::Event(e) if self.cfg.input.check_partition => {
+                match self.directory.partition_of(&e.event.customer_id) {
+                    Some(p) if p != partition => Routed::DeadLetter(DeadLetter::new(
+                        &record,
+                        Rejection::new(
+                            Reason::WrongPartition,
+                            format!(
+                                "customer_id hashes to partition {p} of the input topics under \
+                                 input.partitioner = {}, but the record is in partition \
+                                 {partition}: producers must key records by customer_id with \
+                                 that partitioner",
+                                self.cfg.input.partitioner.as_str()
+                            ),
+                        ),
+                        self.max_dead_letter_bytes,
+                    )),
+                    _ => Routed::Event(e),
+                }
+            }
+            other => other,
+        };
+        let (time_ms, item) = match routed {
+            Routed::Event(mut e) => {
+                if let Some(p) = &self.pseudonymizer {
+                    e.event.customer_id = p.apply(&e.event.customer_id);
+                }
+                (
+                    Some(e.event.event_time_ms),
+                    HeldItem::Event(Box::new(e), OwnedSource::of(&record)),
+                )
+            }
+            Routed::DeadLetter(d) => (None, HeldItem::Refused(d)),
+        };
+        self.tally.consumed(&topic);
+        self.fetched.insert((topic.clone(), partition), offset + 1);
+        self.aligner.push(
+            &topic,
+            partition,
+            time_ms,
+            Held {
+                item,
+                offset,
+                timestamp_ms: msg.timestamp().to_millis().unwrap_or(-1),
+            },
+        );
+        if self.aligner.buffered(&topic, partition) > self.cfg.input.max_buffered
+            && self.paused.insert((topic.clone(), partition))
+        {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, partition);
+            if let Err(e) = self.consumer.pause(&tpl) {
+                warn!(topic = %topic, partition, error = %e, "Pausing an input partition failed.");
+            }
+        }
+        self.release(partition)
+    }
+
+    /// Applies the records of `partition` that the event-time merge lets go.
+    pub(super) fn release(&mut self, partition: i32) -> Result<(), PipelineError> {
+        let mut out = std::mem::take(&mut self.released);
+        {
+            let ends = self.consumer.context().ends.lock().ok();
+            let (fetched, committed) = (&self.fetched, &self.committed);
+            let consumer = &self.consumer;
+            // librdkafka's position, read only when needed: it moves past
+            // transaction markers, which a read_committed consumer never
+            // receives but which count in the partition's end offset.
+            let positions = std::cell::OnceCell::new();
+            let backlog = |topic: &Arc<str>| {
+                let key = (topic.clone(), partition);
+                let Some(end) = ends
+                    .as_ref()
+                    .and_then(|e| e.get(&**topic))
+                    .and_then(|e| e.get(&partition))
+                    .copied()
+                else {
+                    return Backlog::Pending;
+                };
+                let seen = fetched.get(&key).or_else(|| committed.get(&key));
+                match seen {
+                    Some(pos) if *pos >= end => return Backlog::CaughtUp,
+                    // Far from the end: records wait, whatever the markers.
+                    Some(pos) if end - *pos > 64 => return Backlog::Pending,
+                    _ => {}
+                }
+                let position = positions
+                    .get_or_init(|| consumer.position().ok())
+                    .as_ref()
+                    .and_then(|tpl: &TopicPartitionList| tpl.find_partition(topic, partition))
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    });
+                if position.is_some_and(|pos| pos >= end) {
+                    Backlog::CaughtUp
+                } else {
+                    Backlog::Pending
+                }
+            };
+            self.aligner
+                .release(partition, Instant::now(), backlog, &mut out);
+        }
+        let mut result = Ok(());
+        for (topic, held) in out.drain(..) {
+            if result.is_ok() {
+                result = self.apply(topic, partition, held);
+            }
+        }
+        self.released = out;
+        if !self.paused.is_empty() {
+            let half = self.cfg.input.max_buffered / 2;
+            let resume: Vec<(Arc<str>, i32)> = self
+                .paused
+                .iter()
+                .filter(|(t, p)| *p == partition && self.aligner.buffered(t, *p) <= half)
+                .cloned()
+                .collect();
+            for key in resume {
+                self.paused.remove(&key);
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&key.0, key.1);
+                if let Err(e) = self.consumer.resume(&tpl) {
+                    warn!(topic = %key.0, partition, error = %e, "Resuming an input partition failed.");
+                }
+            }
+        }
+        result
+    }
+
+    /// Releases what the merge lets go in every partition (the idle wait
+    /// of an empty topic ends with time, not only with a new record).
+    pub(super) fn release_all(&mut self) -> Result<(), PipelineError> {
+        for p in self.aligner.partitions() {
+            self.release(p)?;
+        }
+        Ok(())
+    }
+
+    /// Applies one released record to state (or the dead letters) and puts
+    /// its offset into the open cycle.
+    pub(super) fn apply(
+        &mut self,
+        topic: Arc<str>,
+        partition: i32,
+        held: Held,
+    ) -> Result<(), PipelineError> {
+        let Held {
+            item,
+            offset,
+            timestamp_ms,
+        } = held;
+        let late_letter = match item {
+            HeldItem::Event(e, source) => {
+                let Some(store) = self.stores.get_mut(&partition) else {
+                    return Err(PipelineError::Task(format!(
+                        "no state for partition {partition} after restore"
+                    )));
+                };
+                match store.record(&e.event, tokio::time::Instant::now()) {
+                    RecordOutcome::Applied => {
+                        if !self.cfg.output.risk_topic.is_empty() {
+                            let id = &e.event.customer_id;
+                            let at = e.event.event_time_ms;
+                            let findings = store
+                                .get(id)
+                                .map(|s| risk::evaluate(&self.cfg.risk, s.recent(), at));
+                            if let (Some(findings), Some(d)) = (findings, store.decision_mut(id)) {
+                                let (flags, raised) = risk::apply_only(
+                                    &self.cfg.risk,
+                                    d.risk_flags,
+                                    findings,
+                                    true,
+                                    false,
+                                );
+                                d.risk_flags = flags;
+                                let now = ingest::now_ms();
+                                for t in raised {
+                                    self.cycle.risk_changes.push(RiskChange {
+                                        partition,
+                                        customer_id: id.clone(),
+                                        transition: t,
+                                        as_of_ms: at,
+                                        decided_at_ms: now,
+                                    });
+                                }
+                            }
+                        }
+                        self.cycle
+                            .to_score
+                            .entry(partition)
+                            .or_default()
+                            .insert(e.event.customer_id.clone(), Why::Event);
+                        self.tally.accepted(&topic, e.event.kind());
+                        None
+                    }
+                    RecordOutcome::Duplicate => {
+                        self.tally.duplicate();
+                        None
+                    }
+                    RecordOutcome::Late { watermark_ms } => {
+                        Some(DeadLetter::new(
+                            &source.record(&topic, partition, offset),
+                            Rejection::new(
+                                Reason::Late,
+                                format!(
+                                    "event_time_ms {} is before the partition watermark {watermark_ms} \
+                                     (state.allowed_lateness)",
+                                    e.event.event_time_ms
+                                ),
+                            ),
+                            self.max_dead_letter_bytes,
+                        ))
+                    }
+                }
+            }
+            HeldItem::Refused(d) => Some(d),
+        };
+        if let Some(d) = late_letter {
+            self.tally.refused(d.reason, d.truncated);
+            self.cycle.dead_letters.push(d);
+        }
+        self.cycle.timestamps.push(timestamp_ms);
+        self.cycle.offsets.insert((topic, partition), offset + 1);
+        self.cycle.records += 1;
+        Ok(())
+    }
+}

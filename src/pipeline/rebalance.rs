@@ -1,0 +1,289 @@
+//! Partition ownership: rebalance notices taken by the loop, restoring a
+//! newly assigned partition's state from the changelog before any of its
+//! input, dropping revoked partitions, and rebuilding state from the
+//! committed changelog after a failed transaction.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use super::clients::RebalanceNotice;
+use super::retry::Retry;
+use super::{kafka, Pipeline, PipelineError};
+use crate::config::OffsetReset;
+use crate::ingest;
+use crate::state::changelog;
+use crate::state::PartitionStore;
+
+impl Pipeline {
+    /// Records whether this thread holds its current assignment, restored
+    /// (the instance is ready when every thread does).
+    pub(super) fn set_assigned(&mut self, assigned: bool) {
+        if assigned != self.has_assignment {
+            self.has_assignment = assigned;
+            if assigned {
+                self.health.assigned.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.health.assigned.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub(super) async fn take_rebalances(&mut self) -> Result<(), PipelineError> {
+        if !self
+            .consumer
+            .context()
+            .pending
+            .swap(false, Ordering::AcqRel)
+        {
+            return Ok(());
+        }
+        let notices: Vec<RebalanceNotice> = match self.consumer.context().events.lock() {
+            Ok(mut e) => std::mem::take(&mut *e),
+            Err(_) => Vec::new(),
+        };
+        for n in notices {
+            match n {
+                RebalanceNotice::Revoked(list) => {
+                    // Rebalancing: not ready until the next assignment is restored.
+                    self.set_assigned(false);
+                    // The generation changed: the open transaction can no
+                    // longer commit its offsets. Abort; the new owner redoes it.
+                    if let Err(e) = self.abort_cycle("partitions were revoked").await {
+                        self.after_fatal(e).await?;
+                    }
+                    for (t, p) in &list {
+                        let t = ingest::intern(&mut self.topic_names, t);
+                        self.metrics.forget_lag(&t, *p);
+                        self.committed.remove(&(t.clone(), *p));
+                        self.assigned.remove(&(t, *p));
+                    }
+                    let keep: BTreeSet<i32> = self.assigned.iter().map(|(_, p)| *p).collect();
+                    let gone: Vec<i32> = self
+                        .stores
+                        .keys()
+                        .filter(|p| !keep.contains(p))
+                        .copied()
+                        .collect();
+                    self.directory.revoked(self.thread.index, &gone);
+                    self.stores.retain(|p, _| keep.contains(p));
+                    for (_, p) in &list {
+                        self.aligner.forget(*p);
+                    }
+                    self.fetched.retain(|(_, p), _| keep.contains(p));
+                    self.paused.retain(|(_, p)| keep.contains(p));
+                    // Uncommitted changes of kept partitions are gone too: rebuild.
+                    self.recover().await?;
+                    info!(partitions = ?list, "Partitions revoked.");
+                }
+                RebalanceNotice::Assigned(list) => {
+                    for (t, p) in &list {
+                        let t = ingest::intern(&mut self.topic_names, t);
+                        self.assigned.insert((t, *p));
+                    }
+                    self.load_committed(&list).await?;
+                    let new: BTreeSet<i32> = list
+                        .iter()
+                        .map(|(_, p)| *p)
+                        .filter(|p| !self.stores.contains_key(p))
+                        .collect();
+                    let restore_started = Instant::now();
+                    self.restore(new.into_iter().collect()).await?;
+                    self.set_assigned(true);
+                    info!(
+                        partitions = ?list,
+                        restore_seconds = restore_started.elapsed().as_secs_f64(),
+                        "Partitions assigned and restored."
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores partitions' state, all in parallel, retrying while the
+    /// broker is unreachable.
+    pub(super) async fn restore(&mut self, partitions: Vec<i32>) -> Result<(), PipelineError> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        self.directory.restoring(self.thread.index, &partitions);
+        let restored = self.restore_retrying(&partitions).await;
+        if restored.is_ok() {
+            self.directory.restored(self.thread.index, &partitions);
+        }
+        restored
+    }
+
+    pub(super) async fn restore_retrying(
+        &mut self,
+        partitions: &[i32],
+    ) -> Result<(), PipelineError> {
+        let mut attempts = Retry::REBUILD.start();
+        loop {
+            match self.restore_once(partitions.to_vec()).await {
+                Err(PipelineError::Restore(e)) => {
+                    warn!(partitions = ?partitions, error = %e, "Restore failed; retrying.");
+                    if !attempts.wait().await {
+                        return Err(PipelineError::Restore(e));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub(super) async fn restore_once(&mut self, partitions: Vec<i32>) -> Result<(), PipelineError> {
+        self.health.restoring.fetch_add(1, Ordering::Relaxed);
+        let client = self.cfg.kafka.consumer_config()?;
+        let topic = self.cfg.state.changelog_topic.clone();
+        let limits = self.cfg.state.limits();
+        let metrics = self.metrics.clone();
+        let timeout = self.cfg.state.restore_timeout;
+        // The restore has its own budget (state.restore_timeout); the
+        // watchdog ends the instance only if it overruns that as well.
+        let result = self
+            .watchdog
+            .call_within("restore", timeout + Duration::from_secs(30), move || {
+                let mut stores: BTreeMap<i32, PartitionStore> = partitions
+                    .iter()
+                    .map(|p| (*p, PartitionStore::new(limits)))
+                    .collect();
+                changelog::restore_partitions(&client, &topic, &mut stores, &metrics, timeout)
+                    .map(|_| stores)
+            })
+            .await;
+        self.health.restoring.fetch_sub(1, Ordering::Relaxed);
+        let stores = result??;
+        self.stores.extend(stores);
+        Ok(())
+    }
+
+    /// Drops local state of the partitions still owned, restores it from the
+    /// changelog and rewinds their input to the committed offsets.
+    pub(super) async fn reset_kept(&mut self) -> Result<(), PipelineError> {
+        let partitions: Vec<i32> = self.stores.keys().copied().collect();
+        self.stores.clear();
+        // Buffered records are consumed again from the committed offsets.
+        self.aligner.clear();
+        self.fetched.clear();
+        if !self.paused.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (t, p) in std::mem::take(&mut self.paused) {
+                tpl.add_partition(&t, p);
+            }
+            if let Err(e) = self.consumer.resume(&tpl) {
+                warn!(error = %e, "Resuming paused input partitions failed.");
+            }
+        }
+        self.restore(partitions).await?;
+        if self.assigned.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in &self.assigned {
+            let _ = tpl.add_partition(t, *p);
+        }
+        let consumer = self.consumer.clone();
+        let committed = self
+            .watchdog
+            .call("committed_offsets", move |t| {
+                consumer.committed_offsets(tpl, t)
+            })
+            .await?
+            .map_err(kafka("reading committed offsets"))?;
+        let mut seek = TopicPartitionList::new();
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => match self.cfg.input.auto_offset_reset {
+                    OffsetReset::Earliest => Offset::Beginning,
+                    OffsetReset::Latest => Offset::End,
+                },
+            };
+            let _ = seek.add_partition_offset(e.topic(), e.partition(), offset);
+        }
+        let consumer = self.consumer.clone();
+        self.watchdog
+            .call("seek_partitions", move |t| {
+                consumer.seek_partitions(seek, t)
+            })
+            .await?
+            .map_err(kafka("rewinding to the committed offsets"))?;
+        Ok(())
+    }
+
+    /// [`Pipeline::reset_kept`], retried with backoff while the broker is
+    /// unreachable (the instance is not ready meanwhile).
+    pub(super) async fn recover(&mut self) -> Result<(), PipelineError> {
+        let mut attempts = Retry::REBUILD.start();
+        loop {
+            match self.reset_kept().await {
+                Ok(()) => return Ok(()),
+                Err(e @ (PipelineError::Kafka { .. } | PipelineError::Restore(_))) => {
+                    warn!(error = %e, "Rebuilding state failed; retrying.");
+                    self.health.restoring.fetch_add(1, Ordering::Relaxed);
+                    let more = attempts.wait().await;
+                    self.health.restoring.fetch_sub(1, Ordering::Relaxed);
+                    if !more {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads the group's committed offsets of newly assigned partitions (the
+    /// lag gauge's starting point; afterwards each commit moves it).
+    pub(super) async fn load_committed(
+        &mut self,
+        list: &[(String, i32)],
+    ) -> Result<(), PipelineError> {
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in list {
+            tpl.add_partition(t, *p);
+        }
+        let consumer = self.consumer.clone();
+        let reset = self.cfg.input.auto_offset_reset;
+        let found = self.watchdog.call("committed_offsets", move |timeout| {
+            let committed = consumer.committed_offsets(tpl, timeout)?;
+            let mut found = Vec::new();
+            for e in committed.elements() {
+                let next = match e.offset() {
+                    Offset::Offset(o) => o,
+                    // Nothing committed yet: the group starts at an end.
+                    _ => {
+                        let (low, high) =
+                            consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
+                        match reset {
+                            OffsetReset::Earliest => low,
+                            OffsetReset::Latest => high,
+                        }
+                    }
+                };
+                found.push((e.topic().to_string(), e.partition(), next));
+            }
+            Ok::<_, KafkaError>(found)
+        });
+        match found.await? {
+            Ok(found) => {
+                for (t, p, next) in found {
+                    let t = ingest::intern(&mut self.topic_names, &t);
+                    self.committed.insert((t, p), next);
+                }
+            }
+            Err(e) => warn!(
+                error = %e,
+                "Could not read the committed offsets of the assigned partitions; \
+                 their lag shows after the first commit."
+            ),
+        }
+        Ok(())
+    }
+}
