@@ -12,7 +12,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -20,254 +19,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tracing::{error, info};
 
-use super::{CustomerState, DayBucket, Decision, PartitionStore, RecentEvent};
-use crate::event::proto;
+pub use super::codec::{decode, encode, CodecError, FORMAT_VERSION};
+use super::{BulkRestore, PartitionStore};
 use crate::telemetry::Metrics;
-
-/// The layout version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
-
-/// Why a changelog value could not be read back.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CodecError {
-    /// Not a protobuf `CustomerStateRecord`.
-    #[error("undecodable state record: {0}")]
-    Protobuf(String),
-    /// Written by a layout this build does not know.
-    #[error("state record has format_version {0}, this build reads {FORMAT_VERSION}")]
-    Version(u32),
-    /// Columns of different lengths or other inconsistencies.
-    #[error("inconsistent state record: {0}")]
-    Inconsistent(&'static str),
-}
-
-/// Encodes a state as a changelog value.
-pub fn encode(state: &CustomerState) -> Vec<u8> {
-    let mut recent = proto::RecentEvents::default();
-    let mut prev = 0u32;
-    for e in &state.recent {
-        // The list is sorted, so deltas are never negative; the first one is
-        // the absolute time.
-        recent.time_s_delta.push(u64::from(e.time_s - prev));
-        prev = e.time_s;
-        recent.id_hash.push(e.id_hash);
-        recent.kind.push(e.kind);
-        recent.rating.push(e.rating);
-        recent.category_hash.push(e.category);
-        recent.product_hash.push(e.product);
-        recent.amount_minor.push(u64::from(e.amount_minor));
-        recent.dwell_s.push(u32::from(e.dwell_s));
-    }
-    recent.token_count = state.token_counts.iter().map(|c| u32::from(*c)).collect();
-    recent.tokens = state.tokens.iter().map(|t| u32::from(*t)).collect();
-    let mut days = proto::DayBuckets::default();
-    let mut prev_day = 0i64;
-    for d in &state.days {
-        // Sorted and after 1970 (validated on input): deltas are never negative.
-        let delta = i64::from(d.day) - prev_day;
-        days.day_delta
-            .push(u32::try_from(delta.max(0)).unwrap_or(u32::MAX));
-        prev_day = i64::from(d.day);
-        days.browse.push(u32::from(d.browse));
-        days.cart_adds.push(u32::from(d.cart_adds));
-        days.purchases.push(u32::from(d.purchases));
-        days.reviews.push(u32::from(d.reviews));
-        days.spend_minor.push(u64::from(d.spend_minor));
-        days.rating_sum.push(d.rating_sum);
-        days.category_bits.push(d.category_bits);
-    }
-    let dec = &state.decision;
-    proto::CustomerStateRecord {
-        format_version: FORMAT_VERSION,
-        first_seen_ms: state.first_seen_ms,
-        last_event_ms: state.last_event_ms,
-        last_purchase_ms: state.last_purchase_ms,
-        recent: Some(recent),
-        days: Some(days),
-        decision: Some(proto::Decision {
-            segment: dec.segment.clone(),
-            scores: dec.scores.clone(),
-            model_version: dec.model_version.clone(),
-            decided_at_ms: dec.decided_at_ms,
-            next_review_ms: dec.next_review_ms,
-            since_ms: dec.since_ms,
-            purchase_probability: dec.purchase_probability,
-            churn_probability: dec.churn_probability,
-            predicted_spend: dec.predicted_spend,
-            as_of_ms: dec.as_of_ms,
-            risk_flags: u32::from(dec.risk_flags),
-        }),
-        duplicates: state.duplicates,
-        lifetime_purchases: state.lifetime.purchases,
-        lifetime_spend_minor: state.lifetime.spend_minor,
-        first_purchase_ms: state.lifetime.first_purchase_ms,
-    }
-    .encode_to_vec()
-}
-
-/// Decodes a changelog value.
-pub fn decode(bytes: &[u8]) -> Result<CustomerState, CodecError> {
-    let r = proto::CustomerStateRecord::decode(bytes)
-        .map_err(|e| CodecError::Protobuf(e.to_string()))?;
-    if r.format_version != FORMAT_VERSION && r.format_version != 1 {
-        return Err(CodecError::Version(r.format_version));
-    }
-    let recent = r.recent.unwrap_or_default();
-    let n = recent.time_s_delta.len();
-    if [
-        recent.id_hash.len(),
-        recent.kind.len(),
-        recent.rating.len(),
-        recent.category_hash.len(),
-        recent.amount_minor.len(),
-        recent.dwell_s.len(),
-        recent.token_count.len(),
-    ]
-    .iter()
-    .any(|len| *len != n)
-    {
-        return Err(CodecError::Inconsistent(
-            "recent-event columns differ in length",
-        ));
-    }
-    if !recent.product_hash.is_empty() && recent.product_hash.len() != n {
-        return Err(CodecError::Inconsistent(
-            "recent-event columns differ in length",
-        ));
-    }
-    let token_total: u64 = recent.token_count.iter().map(|c| u64::from(*c)).sum();
-    if token_total != recent.tokens.len() as u64 || recent.token_count.iter().any(|c| *c > 255) {
-        return Err(CodecError::Inconsistent(
-            "token counts do not match the tokens",
-        ));
-    }
-    let mut events = Vec::with_capacity(n);
-    let mut t = 0u32;
-    let out_of_range = CodecError::Inconsistent("value out of range");
-    for i in 0..n {
-        let delta = u32::try_from(recent.time_s_delta[i]).map_err(|_| out_of_range.clone())?;
-        t = t.checked_add(delta).ok_or(out_of_range.clone())?;
-        events.push(RecentEvent {
-            id_hash: recent.id_hash[i],
-            amount_minor: u32::try_from(recent.amount_minor[i])
-                .map_err(|_| out_of_range.clone())?,
-            time_s: t,
-            category: recent.category_hash[i],
-            // Absent in records written before products were kept.
-            product: recent.product_hash.get(i).copied().unwrap_or(0),
-            dwell_s: u16::try_from(recent.dwell_s[i]).unwrap_or(u16::MAX),
-            kind: recent.kind[i],
-            rating: recent.rating[i],
-        });
-    }
-    let days_in = r.days.unwrap_or_default();
-    let m = days_in.day_delta.len();
-    if [
-        days_in.browse.len(),
-        days_in.cart_adds.len(),
-        days_in.purchases.len(),
-        days_in.reviews.len(),
-        days_in.spend_minor.len(),
-        days_in.rating_sum.len(),
-        days_in.category_bits.len(),
-    ]
-    .iter()
-    .any(|len| *len != m)
-    {
-        return Err(CodecError::Inconsistent(
-            "day-bucket columns differ in length",
-        ));
-    }
-    let mut days = Vec::with_capacity(m);
-    let mut day = 0i32;
-    let u16_of = |v: u32| u16::try_from(v).map_err(|_| out_of_range.clone());
-    for i in 0..m {
-        let delta = i32::try_from(days_in.day_delta[i]).map_err(|_| out_of_range.clone())?;
-        day = day.checked_add(delta).ok_or(out_of_range.clone())?;
-        days.push(DayBucket {
-            day,
-            spend_minor: u32::try_from(days_in.spend_minor[i]).map_err(|_| out_of_range.clone())?,
-            category_bits: days_in.category_bits[i],
-            browse: u16_of(days_in.browse[i])?,
-            cart_adds: u16_of(days_in.cart_adds[i])?,
-            purchases: u16_of(days_in.purchases[i])?,
-            reviews: u16_of(days_in.reviews[i])?,
-            rating_sum: days_in.rating_sum[i],
-        });
-    }
-    let d = r.decision.unwrap_or_default();
-    let lifetime = if r.format_version == 1 {
-        lifetime_of_v1(&days, &events, r.last_purchase_ms)
-    } else {
-        super::Lifetime {
-            purchases: r.lifetime_purchases,
-            spend_minor: r.lifetime_spend_minor,
-            first_purchase_ms: r.first_purchase_ms,
-        }
-    };
-    Ok(CustomerState {
-        first_seen_ms: r.first_seen_ms,
-        last_event_ms: r.last_event_ms,
-        last_purchase_ms: r.last_purchase_ms,
-        recent: events,
-        token_counts: recent.token_count.iter().map(|c| *c as u8).collect(),
-        tokens: recent
-            .tokens
-            .iter()
-            .map(|t| u16::try_from(*t).map_err(|_| out_of_range.clone()))
-            .collect::<Result<_, _>>()?,
-        days,
-        decision: Decision {
-            segment: d.segment,
-            scores: d.scores,
-            model_version: d.model_version,
-            decided_at_ms: d.decided_at_ms,
-            next_review_ms: d.next_review_ms,
-            since_ms: d.since_ms,
-            purchase_probability: d.purchase_probability,
-            churn_probability: d.churn_probability,
-            predicted_spend: d.predicted_spend,
-            as_of_ms: d.as_of_ms,
-            risk_flags: u8::try_from(d.risk_flags).map_err(|_| out_of_range.clone())?,
-        },
-        duplicates: r.duplicates,
-        lifetime,
-    })
-}
-
-/// Lifetime statistics of a record written before they existed (format 1):
-/// what the kept days and recent events still show (a best effort; exact
-/// for purchases from then on).
-fn lifetime_of_v1(
-    days: &[DayBucket],
-    recent: &[RecentEvent],
-    last_purchase_ms: i64,
-) -> super::Lifetime {
-    let purchases: u32 = days.iter().map(|d| u32::from(d.purchases)).sum();
-    let spend_minor: u64 = days.iter().map(|d| u64::from(d.spend_minor)).sum();
-    let first_recent = recent
-        .iter()
-        .filter(|e| e.kind == crate::state::kind::PURCHASE)
-        .map(|e| i64::from(e.time_s) * 1000)
-        .min();
-    let first_day = days
-        .iter()
-        .filter(|d| d.purchases > 0)
-        .map(|d| i64::from(d.day) * crate::state::DAY_MS)
-        .min();
-    // The exact time when the earliest purchase day still has its event
-    // in the recent window; else the start of that day.
-    let first_purchase_ms = match (first_day, first_recent) {
-        (Some(d), Some(r)) if r < d + crate::state::DAY_MS => r,
-        (Some(d), _) => d,
-        (None, r) => r.unwrap_or(0),
-    };
-    super::Lifetime {
-        purchases: purchases.max(u32::from(last_purchase_ms > 0)),
-        spend_minor,
-        first_purchase_ms,
-    }
-}
 
 /// One changelog record: a customer's encoded state, or a tombstone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,6 +69,9 @@ pub enum ChangelogError {
     /// The restore's decoder thread ended early (it panicked).
     #[error("the changelog decoder thread ended early")]
     Decoder,
+    /// The restore's decoder thread could not start.
+    #[error("starting the changelog decoder thread: {0}")]
+    Thread(String),
 }
 
 fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> ChangelogError {
@@ -432,6 +189,9 @@ pub fn restore_partitions(
 ) -> Result<BTreeMap<i32, RestoreStats>, ChangelogError> {
     let started = Instant::now();
     let mut client = client.clone();
+    // The pipeline's fetch-queue settings: with librdkafka's default the
+    // fetcher stops for a second whenever the decoder falls behind.
+    crate::ingest::consumer_defaults(&mut client);
     client
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
@@ -453,6 +213,7 @@ pub fn restore_partitions(
     // Empty partitions (low == high watermark) need no read at all.
     let mut tpl = TopicPartitionList::new();
     let mut reading = BTreeSet::new();
+    let mut expected = BTreeMap::new();
     for &partition in stores.keys() {
         stats.insert(partition, RestoreStats::default());
         let (low, high) = consumer
@@ -462,6 +223,10 @@ pub fn restore_partitions(
             tpl.add_partition_offset(topic, partition, Offset::Beginning)
                 .map_err(kafka("building the restore assignment"))?;
             reading.insert(partition);
+            // Room for every record (an upper bound on the customers),
+            // within reason.
+            let records = usize::try_from(high - low).unwrap_or(0);
+            expected.insert(partition, records.min(MAX_RESERVED_CUSTOMERS));
         }
     }
     if !reading.is_empty() {
@@ -474,8 +239,13 @@ pub fn restore_partitions(
     // off the read's critical path.
     let mut first_record: Option<Instant> = None;
     let outcome = std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<RawRecord>>(16);
-        let decoder = scope.spawn(|| install(rx, topic, stores, &mut stats, &records_counter));
+        let (tx, rx) = std::sync::mpsc::sync_channel::<RawBatch>(16);
+        let decoder = std::thread::Builder::new()
+            .name("segstream-restore".into())
+            .spawn_scoped(scope, || {
+                install(rx, topic, stores, &expected, &mut stats, &records_counter)
+            })
+            .map_err(|e| ChangelogError::Thread(e.to_string()))?;
         let read = read_batches(
             &consumer,
             topic,
@@ -512,8 +282,52 @@ pub fn restore_partitions(
     Ok(stats)
 }
 
-/// A changelog record as read: partition, key, value (None: tombstone).
-type RawRecord = (i32, Vec<u8>, Option<Vec<u8>>, i64);
+/// Customers a restore makes room for up front, per partition.
+const MAX_RESERVED_CUSTOMERS: usize = 4_000_000;
+
+/// Records per hand-off from the reader to the decoder thread.
+const BATCH: usize = 1024;
+
+/// Changelog records as read, in one buffer per batch (one allocation per
+/// batch instead of two per record).
+struct RawBatch {
+    bytes: Vec<u8>,
+    records: Vec<RawRecord>,
+}
+
+/// One record of a [`RawBatch`]: where its key and value lie in `bytes`.
+struct RawRecord {
+    partition: i32,
+    offset: i64,
+    key: std::ops::Range<usize>,
+    /// `None`: a tombstone.
+    value: Option<std::ops::Range<usize>>,
+}
+
+impl RawBatch {
+    fn new() -> RawBatch {
+        RawBatch {
+            bytes: Vec::with_capacity(BATCH * 1024),
+            records: Vec::with_capacity(BATCH),
+        }
+    }
+
+    fn push(&mut self, partition: i32, offset: i64, key: &[u8], value: Option<&[u8]>) {
+        let mut append = |b: &[u8]| {
+            let start = self.bytes.len();
+            self.bytes.extend_from_slice(b);
+            start..self.bytes.len()
+        };
+        let key = append(key);
+        let value = value.map(append);
+        self.records.push(RawRecord {
+            partition,
+            offset,
+            key,
+            value,
+        });
+    }
+}
 
 /// Polls until every partition in `reading` reached its end, sending
 /// records in batches.
@@ -523,11 +337,10 @@ fn read_batches(
     reading: &mut BTreeSet<i32>,
     started: Instant,
     timeout: Duration,
-    tx: &std::sync::mpsc::SyncSender<Vec<RawRecord>>,
+    tx: &std::sync::mpsc::SyncSender<RawBatch>,
     first_record: &mut Option<Instant>,
 ) -> Result<(), ChangelogError> {
-    const BATCH: usize = 1024;
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut batch = RawBatch::new();
     while !reading.is_empty() {
         if started.elapsed() > timeout {
             return Err(ChangelogError::Timeout {
@@ -544,14 +357,14 @@ fn read_batches(
             Some(Err(e)) => return Err(kafka("reading the changelog")(e)),
             Some(Ok(msg)) => {
                 first_record.get_or_insert_with(Instant::now);
-                batch.push((
+                batch.push(
                     msg.partition(),
-                    msg.key().unwrap_or_default().to_vec(),
-                    msg.payload().map(<[u8]>::to_vec),
                     msg.offset(),
-                ));
-                if batch.len() >= BATCH {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    msg.key().unwrap_or_default(),
+                    msg.payload(),
+                );
+                if batch.records.len() >= BATCH {
+                    let full = std::mem::replace(&mut batch, RawBatch::new());
                     if tx.send(full).is_err() {
                         return Err(ChangelogError::Decoder);
                     }
@@ -559,50 +372,55 @@ fn read_batches(
             }
         }
     }
-    if !batch.is_empty() && tx.send(batch).is_err() {
+    if !batch.records.is_empty() && tx.send(batch).is_err() {
         return Err(ChangelogError::Decoder);
     }
     Ok(())
 }
 
-/// Decodes batches into the partitions' stores (the decoder thread).
+/// Decodes batches into the partitions' stores (the decoder thread); the
+/// stores' indexes are built once at the end.
 fn install(
-    rx: std::sync::mpsc::Receiver<Vec<RawRecord>>,
+    rx: std::sync::mpsc::Receiver<RawBatch>,
     topic: &str,
     stores: &mut BTreeMap<i32, PartitionStore>,
+    expected: &BTreeMap<i32, usize>,
     stats: &mut BTreeMap<i32, RestoreStats>,
     records_counter: &prometheus::IntCounter,
 ) {
+    let mut targets: BTreeMap<i32, (BulkRestore<'_>, &mut RestoreStats)> = stores
+        .iter_mut()
+        .zip(stats.iter_mut())
+        .filter(|((p, _), (q, _))| p == q)
+        .map(|((p, store), (_, st))| {
+            let room = expected.get(p).copied().unwrap_or(0);
+            (*p, (store.bulk_restore(room), st))
+        })
+        .collect();
     for batch in rx {
-        records_counter.inc_by(batch.len() as u64);
-        for (partition, key, value, offset) in batch {
-            let (Some(store), Some(st)) = (stores.get_mut(&partition), stats.get_mut(&partition))
-            else {
+        records_counter.inc_by(batch.records.len() as u64);
+        for r in &batch.records {
+            let Some((store, st)) = targets.get_mut(&r.partition) else {
                 continue;
             };
             st.records += 1;
-            let key = String::from_utf8_lossy(&key);
-            match value {
-                None => {
-                    st.tombstones += 1;
-                    store.forget(&key);
-                }
-                Some(bytes) => {
-                    st.bytes += bytes.len() as u64;
-                    match decode(&bytes) {
-                        Ok(mut state) => {
-                            state.shrink();
-                            store.restore(key.into_owned(), state);
-                        }
-                        Err(e) => {
-                            st.corrupt += 1;
-                            error!(
-                                topic, partition, offset, error = %e,
-                                "Skipped a changelog record that could not be decoded; \
-                                 that customer's state restarts empty."
-                            );
-                        }
-                    }
+            let key = String::from_utf8_lossy(&batch.bytes[r.key.clone()]);
+            let Some(value) = r.value.clone() else {
+                st.tombstones += 1;
+                store.forget(&key);
+                continue;
+            };
+            let bytes = &batch.bytes[value];
+            st.bytes += bytes.len() as u64;
+            match decode(bytes) {
+                Ok(state) => store.put(key.into_owned(), state),
+                Err(e) => {
+                    st.corrupt += 1;
+                    error!(
+                        topic, partition = r.partition, offset = r.offset, error = %e,
+                        "Skipped a changelog record that could not be decoded; \
+                         that customer's state restarts empty."
+                    );
                 }
             }
         }

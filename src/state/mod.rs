@@ -9,12 +9,13 @@
 //! token ids on the spot.
 
 pub mod changelog;
+mod codec;
 mod store;
 pub mod text;
 
 use std::mem::size_of;
 
-pub use store::{Exit, PartitionStore, RecordOutcome, StoreLimits};
+pub use store::{BulkRestore, Exit, PartitionStore, RecordOutcome, StoreLimits};
 
 use crate::event::{BrowseAction, Event, Payload};
 use text::{category_hash, fnv1a64, tokenize};

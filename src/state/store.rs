@@ -317,6 +317,36 @@ impl PartitionStore {
         self.remove_indexed(id);
     }
 
+    /// Starts installing many restored states (a whole partition read from
+    /// the changelog): each record only touches the customer map, and the
+    /// time indexes are rebuilt once, sorted, when the returned guard is
+    /// dropped. `expected`: about how many records will come (room is made
+    /// for them up front).
+    pub fn bulk_restore(&mut self, expected: usize) -> BulkRestore<'_> {
+        self.customers.reserve(expected);
+        BulkRestore {
+            clock_ms: self.clock_ms,
+            store: self,
+        }
+    }
+
+    /// Rebuilds the review-timer and retention indexes from the customers.
+    fn reindex_all(&mut self) {
+        let mut expiry = Vec::with_capacity(self.customers.len());
+        let mut timers = Vec::with_capacity(self.customers.len());
+        for (id, s) in &self.customers {
+            expiry.push((s.last_event_ms, id.clone()));
+            if s.decision.next_review_ms > 0 {
+                timers.push((s.decision.next_review_ms, id.clone()));
+            }
+        }
+        // Sorted input makes the sets' bulk build linear.
+        expiry.sort_unstable();
+        timers.sort_unstable();
+        self.expiry = expiry.into_iter().collect();
+        self.timers = timers.into_iter().collect();
+    }
+
     fn remove_indexed(&mut self, id: &str) {
         if let Some(old) = self.customers.remove(id) {
             self.expiry.remove(&(old.last_event_ms, id.to_string()));
@@ -358,5 +388,33 @@ impl PartitionStore {
             .iter()
             .map(|(k, s)| k.capacity() + s.memory_bytes())
             .sum()
+    }
+}
+
+/// Restored states going into a [`PartitionStore`] in bulk (see
+/// [`PartitionStore::bulk_restore`]); the indexes are rebuilt on drop.
+pub struct BulkRestore<'a> {
+    store: &'a mut PartitionStore,
+    clock_ms: i64,
+}
+
+impl BulkRestore<'_> {
+    /// Installs a restored state, replacing an earlier record of the same
+    /// customer (not marked dirty: it is already in the changelog).
+    pub fn put(&mut self, id: String, state: CustomerState) {
+        self.clock_ms = self.clock_ms.max(state.last_event_ms);
+        self.store.customers.insert(id, state);
+    }
+
+    /// Applies a changelog tombstone.
+    pub fn forget(&mut self, id: &str) {
+        self.store.customers.remove(id);
+    }
+}
+
+impl Drop for BulkRestore<'_> {
+    fn drop(&mut self) {
+        self.store.clock_ms = self.clock_ms;
+        self.store.reindex_all();
     }
 }

@@ -457,6 +457,63 @@ fn restore_rebuilds_timers_and_watermark() {
 }
 
 #[test]
+fn a_bulk_restore_equals_restoring_one_by_one() {
+    let now = Instant::now();
+    let mut original = PartitionStore::new(store_limits());
+    let hour = 3_600_000;
+    for (i, c) in ["a", "b", "c", "d"].iter().enumerate() {
+        original.record(
+            &ev(c, &format!("e{i}"), T0 + i as i64 * hour, view("x", 1, 0)),
+            now,
+        );
+    }
+    for c in ["a", "b", "c", "d"] {
+        original.schedule_review(c, T0 + 10 * hour);
+    }
+    let mut records = changelog::drain_dirty(&mut original);
+    // A later record of "b" replaces the first; "c" is then tombstoned.
+    original.record(&ev("b", "e9", T0 + 5 * hour, buy("x", 300)), now);
+    records.extend(changelog::drain_dirty(&mut original));
+    records.push(changelog::ChangelogRecord {
+        key: "c".into(),
+        value: None,
+    });
+    let mut one_by_one = PartitionStore::new(store_limits());
+    let mut bulk = PartitionStore::new(store_limits());
+    {
+        let mut b = bulk.bulk_restore(records.len());
+        for r in &records {
+            match &r.value {
+                Some(v) => {
+                    one_by_one.restore(r.key.clone(), decode(v).unwrap());
+                    b.put(r.key.clone(), decode(v).unwrap());
+                }
+                None => {
+                    one_by_one.forget(&r.key);
+                    b.forget(&r.key);
+                }
+            }
+        }
+    }
+    assert_eq!(bulk.len(), 3);
+    assert_eq!(bulk.watermark_ms(), one_by_one.watermark_ms());
+    for c in ["a", "b", "c", "d"] {
+        assert_eq!(bulk.get(c), one_by_one.get(c), "{c}");
+    }
+    // The timer and retention indexes agree too.
+    for store in [&mut bulk, &mut one_by_one] {
+        store.record(&ev("z", "z", T0 + 11 * hour, view("x", 1, 0)), now);
+    }
+    assert_eq!(bulk.take_due(), one_by_one.take_due());
+    let late = T0 + 101 * 86_400_000;
+    for store in [&mut bulk, &mut one_by_one] {
+        store.record(&ev("y", "y", late, view("x", 1, 0)), now);
+    }
+    assert_eq!(bulk.evict_expired(), one_by_one.evict_expired());
+    assert_eq!(bulk.len(), one_by_one.len());
+}
+
+#[test]
 fn lifetime_purchases_count_every_purchase_in_any_order() {
     let limits = StateLimits {
         max_events: 2,

@@ -1,0 +1,874 @@
+//! The changelog value: the versioned binary encoding of a customer's state
+//! (`proto/segstream/v1/state.proto`).
+//!
+//! Encoding goes through prost. Decoding runs for every customer of a
+//! partition on restore, so it reads the protobuf wire format directly: the
+//! packed columns go into reusable per-thread scratch buffers and from
+//! there straight into the state's own vectors, with no intermediate
+//! message and no allocation per column. It follows protobuf's rules
+//! (packed or unpacked repeated fields, unknown fields skipped, a repeated
+//! sub-message merged, the last scalar wins), and property tests check it
+//! against prost's decoding of the same bytes.
+
+use std::cell::RefCell;
+
+use prost::Message as _;
+
+use super::{CustomerState, DayBucket, Decision, Lifetime, RecentEvent};
+use crate::event::proto;
+
+/// The layout version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// Why a changelog value could not be read back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// Not a protobuf `CustomerStateRecord`.
+    #[error("undecodable state record: {0}")]
+    Protobuf(String),
+    /// Written by a layout this build does not know.
+    #[error("state record has format_version {0}, this build reads {FORMAT_VERSION}")]
+    Version(u32),
+    /// Columns of different lengths or other inconsistencies.
+    #[error("inconsistent state record: {0}")]
+    Inconsistent(&'static str),
+}
+
+/// Encodes a state as a changelog value.
+pub fn encode(state: &CustomerState) -> Vec<u8> {
+    let mut recent = proto::RecentEvents::default();
+    let mut prev = 0u32;
+    for e in &state.recent {
+        // The list is sorted, so deltas are never negative; the first one is
+        // the absolute time.
+        recent.time_s_delta.push(u64::from(e.time_s - prev));
+        prev = e.time_s;
+        recent.id_hash.push(e.id_hash);
+        recent.kind.push(e.kind);
+        recent.rating.push(e.rating);
+        recent.category_hash.push(e.category);
+        recent.product_hash.push(e.product);
+        recent.amount_minor.push(u64::from(e.amount_minor));
+        recent.dwell_s.push(u32::from(e.dwell_s));
+    }
+    recent.token_count = state.token_counts.iter().map(|c| u32::from(*c)).collect();
+    recent.tokens = state.tokens.iter().map(|t| u32::from(*t)).collect();
+    let mut days = proto::DayBuckets::default();
+    let mut prev_day = 0i64;
+    for d in &state.days {
+        // Sorted and after 1970 (validated on input): deltas are never negative.
+        let delta = i64::from(d.day) - prev_day;
+        days.day_delta
+            .push(u32::try_from(delta.max(0)).unwrap_or(u32::MAX));
+        prev_day = i64::from(d.day);
+        days.browse.push(u32::from(d.browse));
+        days.cart_adds.push(u32::from(d.cart_adds));
+        days.purchases.push(u32::from(d.purchases));
+        days.reviews.push(u32::from(d.reviews));
+        days.spend_minor.push(u64::from(d.spend_minor));
+        days.rating_sum.push(d.rating_sum);
+        days.category_bits.push(d.category_bits);
+    }
+    let dec = &state.decision;
+    proto::CustomerStateRecord {
+        format_version: FORMAT_VERSION,
+        first_seen_ms: state.first_seen_ms,
+        last_event_ms: state.last_event_ms,
+        last_purchase_ms: state.last_purchase_ms,
+        recent: Some(recent),
+        days: Some(days),
+        decision: Some(proto::Decision {
+            segment: dec.segment.clone(),
+            scores: dec.scores.clone(),
+            model_version: dec.model_version.clone(),
+            decided_at_ms: dec.decided_at_ms,
+            next_review_ms: dec.next_review_ms,
+            since_ms: dec.since_ms,
+            purchase_probability: dec.purchase_probability,
+            churn_probability: dec.churn_probability,
+            predicted_spend: dec.predicted_spend,
+            as_of_ms: dec.as_of_ms,
+            risk_flags: u32::from(dec.risk_flags),
+        }),
+        duplicates: state.duplicates,
+        lifetime_purchases: state.lifetime.purchases,
+        lifetime_spend_minor: state.lifetime.spend_minor,
+        first_purchase_ms: state.lifetime.first_purchase_ms,
+    }
+    .encode_to_vec()
+}
+
+/// Decodes a changelog value.
+pub fn decode(bytes: &[u8]) -> Result<CustomerState, CodecError> {
+    thread_local! {
+        static SCRATCH: RefCell<Columns> = RefCell::new(Columns::default());
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut cols) => decode_with(bytes, &mut cols),
+        // Not reentrant in practice; a fresh buffer keeps it correct anyway.
+        Err(_) => decode_with(bytes, &mut Columns::default()),
+    })
+}
+
+fn decode_with(bytes: &[u8], cols: &mut Columns) -> Result<CustomerState, CodecError> {
+    cols.clear();
+    let mut s = Scalars::default();
+    parse_record(bytes, &mut s, cols)?;
+    assemble(&s, cols)
+}
+
+/// The scalar fields of a record (strings borrowed from the input).
+#[derive(Debug, Default, PartialEq)]
+struct Scalars<'a> {
+    format_version: u32,
+    first_seen_ms: i64,
+    last_event_ms: i64,
+    last_purchase_ms: i64,
+    duplicates: u64,
+    lifetime_purchases: u32,
+    lifetime_spend_minor: u64,
+    first_purchase_ms: i64,
+    segment: &'a str,
+    model_version: &'a str,
+    decided_at_ms: i64,
+    next_review_ms: i64,
+    since_ms: i64,
+    purchase_probability: f32,
+    churn_probability: f32,
+    predicted_spend: f32,
+    as_of_ms: i64,
+    risk_flags: u32,
+}
+
+/// The repeated fields of a record, as on the wire (reused between records).
+#[derive(Debug, Default, PartialEq)]
+struct Columns {
+    time_s_delta: Vec<u64>,
+    id_hash: Vec<u64>,
+    kind: Vec<u8>,
+    rating: Vec<u8>,
+    category_hash: Vec<u32>,
+    amount_minor: Vec<u64>,
+    dwell_s: Vec<u32>,
+    token_count: Vec<u32>,
+    tokens: Vec<u32>,
+    product_hash: Vec<u32>,
+    day_delta: Vec<u32>,
+    browse: Vec<u32>,
+    cart_adds: Vec<u32>,
+    purchases: Vec<u32>,
+    reviews: Vec<u32>,
+    spend_minor: Vec<u64>,
+    rating_sum: Vec<u32>,
+    category_bits: Vec<u64>,
+    scores: Vec<f32>,
+}
+
+impl Columns {
+    fn clear(&mut self) {
+        for v in [
+            &mut self.time_s_delta,
+            &mut self.id_hash,
+            &mut self.amount_minor,
+            &mut self.spend_minor,
+            &mut self.category_bits,
+        ] {
+            v.clear();
+        }
+        for v in [
+            &mut self.category_hash,
+            &mut self.dwell_s,
+            &mut self.token_count,
+            &mut self.tokens,
+            &mut self.product_hash,
+            &mut self.day_delta,
+            &mut self.browse,
+            &mut self.cart_adds,
+            &mut self.purchases,
+            &mut self.reviews,
+            &mut self.rating_sum,
+        ] {
+            v.clear();
+        }
+        self.kind.clear();
+        self.rating.clear();
+        self.scores.clear();
+    }
+}
+
+/// Protobuf wire types.
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LEN: u8 = 2;
+const START_GROUP: u8 = 3;
+const END_GROUP: u8 = 4;
+const FIXED32: u8 = 5;
+
+/// Nesting allowed in skipped groups (prost's recursion limit).
+const MAX_DEPTH: u32 = 100;
+
+fn wire_error(what: &str) -> CodecError {
+    CodecError::Protobuf(what.to_string())
+}
+
+/// A cursor over protobuf wire bytes.
+struct Wire<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Wire<'a> {
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    fn varint(&mut self) -> Result<u64, CodecError> {
+        let (value, len) = varint_at(self.buf)?;
+        self.buf = &self.buf[len..];
+        Ok(value)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        if self.buf.len() < n {
+            return Err(wire_error("buffer underflow"));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn fixed64(&mut self) -> Result<u64, CodecError> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes(
+            b.try_into().map_err(|_| wire_error("fixed64"))?,
+        ))
+    }
+
+    fn fixed32(&mut self) -> Result<u32, CodecError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes(
+            b.try_into().map_err(|_| wire_error("fixed32"))?,
+        ))
+    }
+
+    fn len_delimited(&mut self) -> Result<&'a [u8], CodecError> {
+        let n = self.varint()?;
+        let n = usize::try_from(n).map_err(|_| wire_error("length overflow"))?;
+        self.take(n)
+    }
+
+    /// The next field's number and wire type.
+    fn key(&mut self) -> Result<(u32, u8), CodecError> {
+        let key = self.varint()?;
+        let key = u32::try_from(key).map_err(|_| wire_error("invalid key value"))?;
+        let wire = (key & 7) as u8;
+        if wire > FIXED32 {
+            return Err(wire_error("invalid wire type value"));
+        }
+        let field = key >> 3;
+        if field == 0 {
+            return Err(wire_error("invalid tag value: 0"));
+        }
+        Ok((field, wire))
+    }
+
+    /// Skips an unknown field's value.
+    /// `depth`: nesting so far (messages and groups), as prost counts it.
+    fn skip(&mut self, field: u32, wire: u8, depth: u32) -> Result<(), CodecError> {
+        if depth >= MAX_DEPTH {
+            return Err(wire_error("recursion limit reached"));
+        }
+        match wire {
+            VARINT => self.varint().map(drop),
+            FIXED64 => self.take(8).map(drop),
+            LEN => self.len_delimited().map(drop),
+            FIXED32 => self.take(4).map(drop),
+            START_GROUP => loop {
+                let (inner, inner_wire) = self.key()?;
+                if inner_wire == END_GROUP {
+                    return if inner == field {
+                        Ok(())
+                    } else {
+                        Err(wire_error("unexpected end group tag"))
+                    };
+                }
+                self.skip(inner, inner_wire, depth + 1)?;
+            },
+            _ => Err(wire_error("unexpected end group tag")),
+        }
+    }
+}
+
+/// The varint at the start of `buf` and its length in bytes.
+#[inline]
+fn varint_at(buf: &[u8]) -> Result<(u64, usize), CodecError> {
+    if let Some(&b) = buf.first() {
+        if b < 0x80 {
+            return Ok((u64::from(b), 1));
+        }
+    }
+    let mut value = 0u64;
+    for (i, &b) in buf.iter().take(10).enumerate() {
+        if i == 9 && b > 1 {
+            return Err(wire_error("invalid varint"));
+        }
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b < 0x80 {
+            return Ok((value, i + 1));
+        }
+    }
+    Err(wire_error(if buf.len() < 10 {
+        "truncated varint"
+    } else {
+        "invalid varint"
+    }))
+}
+
+fn expect(wire: u8, want: u8) -> Result<(), CodecError> {
+    if wire == want {
+        Ok(())
+    } else {
+        Err(wire_error("invalid wire type"))
+    }
+}
+
+/// Appends a repeated varint field, packed or not (`as_t` truncates as
+/// protobuf does for 32-bit fields).
+fn varints<T>(
+    w: &mut Wire<'_>,
+    wire: u8,
+    out: &mut Vec<T>,
+    as_t: fn(u64) -> T,
+) -> Result<(), CodecError> {
+    match wire {
+        LEN => {
+            let mut rest = w.len_delimited()?;
+            // Every varint ends in exactly one byte below 0x80.
+            out.reserve(rest.iter().filter(|b| **b < 0x80).count());
+            while !rest.is_empty() {
+                let (value, len) = varint_at(rest)?;
+                out.push(as_t(value));
+                rest = &rest[len..];
+            }
+            Ok(())
+        }
+        VARINT => {
+            out.push(as_t(w.varint()?));
+            Ok(())
+        }
+        _ => Err(wire_error("invalid wire type")),
+    }
+}
+
+/// Appends a repeated fixed64 field, packed or not.
+fn fixed64s(w: &mut Wire<'_>, wire: u8, out: &mut Vec<u64>) -> Result<(), CodecError> {
+    match wire {
+        LEN => {
+            let mut packed = Wire {
+                buf: w.len_delimited()?,
+            };
+            out.reserve(packed.buf.len() / 8);
+            while !packed.is_empty() {
+                out.push(packed.fixed64()?);
+            }
+            Ok(())
+        }
+        FIXED64 => {
+            out.push(w.fixed64()?);
+            Ok(())
+        }
+        _ => Err(wire_error("invalid wire type")),
+    }
+}
+
+/// Appends a repeated float field, packed or not.
+fn floats(w: &mut Wire<'_>, wire: u8, out: &mut Vec<f32>) -> Result<(), CodecError> {
+    match wire {
+        LEN => {
+            let mut packed = Wire {
+                buf: w.len_delimited()?,
+            };
+            out.reserve(packed.buf.len() / 4);
+            while !packed.is_empty() {
+                out.push(f32::from_bits(packed.fixed32()?));
+            }
+            Ok(())
+        }
+        FIXED32 => {
+            out.push(f32::from_bits(w.fixed32()?));
+            Ok(())
+        }
+        _ => Err(wire_error("invalid wire type")),
+    }
+}
+
+fn u32_of(v: u64) -> u32 {
+    v as u32
+}
+
+fn u64_of(v: u64) -> u64 {
+    v
+}
+
+fn int64(w: &mut Wire<'_>, wire: u8) -> Result<i64, CodecError> {
+    expect(wire, VARINT)?;
+    Ok(w.varint()? as i64)
+}
+
+fn uint(w: &mut Wire<'_>, wire: u8) -> Result<u64, CodecError> {
+    expect(wire, VARINT)?;
+    w.varint()
+}
+
+fn float(w: &mut Wire<'_>, wire: u8) -> Result<f32, CodecError> {
+    expect(wire, FIXED32)?;
+    Ok(f32::from_bits(w.fixed32()?))
+}
+
+fn string<'a>(w: &mut Wire<'a>, wire: u8) -> Result<&'a str, CodecError> {
+    expect(wire, LEN)?;
+    std::str::from_utf8(w.len_delimited()?)
+        .map_err(|_| wire_error("invalid string value: data is not UTF-8 encoded"))
+}
+
+/// A nested message's bytes.
+fn message<'a>(w: &mut Wire<'a>, wire: u8) -> Result<Wire<'a>, CodecError> {
+    expect(wire, LEN)?;
+    Ok(Wire {
+        buf: w.len_delimited()?,
+    })
+}
+
+/// Parses a `CustomerStateRecord`.
+fn parse_record<'a>(
+    bytes: &'a [u8],
+    s: &mut Scalars<'a>,
+    c: &mut Columns,
+) -> Result<(), CodecError> {
+    let mut w = Wire { buf: bytes };
+    while !w.is_empty() {
+        let (field, wire) = w.key()?;
+        match field {
+            1 => s.format_version = uint(&mut w, wire)? as u32,
+            2 => s.first_seen_ms = int64(&mut w, wire)?,
+            3 => s.last_event_ms = int64(&mut w, wire)?,
+            4 => s.last_purchase_ms = int64(&mut w, wire)?,
+            5 => parse_recent(message(&mut w, wire)?, c)?,
+            6 => parse_days(message(&mut w, wire)?, c)?,
+            7 => parse_decision(message(&mut w, wire)?, s, c)?,
+            8 => s.duplicates = uint(&mut w, wire)?,
+            9 => s.lifetime_purchases = uint(&mut w, wire)? as u32,
+            10 => s.lifetime_spend_minor = uint(&mut w, wire)?,
+            11 => s.first_purchase_ms = int64(&mut w, wire)?,
+            _ => w.skip(field, wire, 0)?,
+        }
+    }
+    Ok(())
+}
+
+fn parse_recent(mut w: Wire<'_>, c: &mut Columns) -> Result<(), CodecError> {
+    while !w.is_empty() {
+        let (field, wire) = w.key()?;
+        match field {
+            1 => varints(&mut w, wire, &mut c.time_s_delta, u64_of)?,
+            2 => fixed64s(&mut w, wire, &mut c.id_hash)?,
+            3 | 4 => {
+                // `bytes`: the last occurrence wins.
+                expect(wire, LEN)?;
+                let value = w.len_delimited()?;
+                let to = if field == 3 {
+                    &mut c.kind
+                } else {
+                    &mut c.rating
+                };
+                to.clear();
+                to.extend_from_slice(value);
+            }
+            5 => varints(&mut w, wire, &mut c.category_hash, u32_of)?,
+            6 => varints(&mut w, wire, &mut c.amount_minor, u64_of)?,
+            7 => varints(&mut w, wire, &mut c.dwell_s, u32_of)?,
+            8 => varints(&mut w, wire, &mut c.token_count, u32_of)?,
+            9 => varints(&mut w, wire, &mut c.tokens, u32_of)?,
+            10 => varints(&mut w, wire, &mut c.product_hash, u32_of)?,
+            _ => w.skip(field, wire, 1)?,
+        }
+    }
+    Ok(())
+}
+
+fn parse_days(mut w: Wire<'_>, c: &mut Columns) -> Result<(), CodecError> {
+    while !w.is_empty() {
+        let (field, wire) = w.key()?;
+        match field {
+            1 => varints(&mut w, wire, &mut c.day_delta, u32_of)?,
+            2 => varints(&mut w, wire, &mut c.browse, u32_of)?,
+            3 => varints(&mut w, wire, &mut c.cart_adds, u32_of)?,
+            4 => varints(&mut w, wire, &mut c.purchases, u32_of)?,
+            5 => varints(&mut w, wire, &mut c.reviews, u32_of)?,
+            6 => varints(&mut w, wire, &mut c.spend_minor, u64_of)?,
+            7 => varints(&mut w, wire, &mut c.rating_sum, u32_of)?,
+            8 => fixed64s(&mut w, wire, &mut c.category_bits)?,
+            _ => w.skip(field, wire, 1)?,
+        }
+    }
+    Ok(())
+}
+
+fn parse_decision<'a>(
+    mut w: Wire<'a>,
+    s: &mut Scalars<'a>,
+    c: &mut Columns,
+) -> Result<(), CodecError> {
+    while !w.is_empty() {
+        let (field, wire) = w.key()?;
+        match field {
+            1 => s.segment = string(&mut w, wire)?,
+            2 => floats(&mut w, wire, &mut c.scores)?,
+            3 => s.model_version = string(&mut w, wire)?,
+            4 => s.decided_at_ms = int64(&mut w, wire)?,
+            5 => s.next_review_ms = int64(&mut w, wire)?,
+            6 => s.since_ms = int64(&mut w, wire)?,
+            7 => s.purchase_probability = float(&mut w, wire)?,
+            8 => s.churn_probability = float(&mut w, wire)?,
+            9 => s.predicted_spend = float(&mut w, wire)?,
+            10 => s.as_of_ms = int64(&mut w, wire)?,
+            11 => s.risk_flags = uint(&mut w, wire)? as u32,
+            _ => w.skip(field, wire, 1)?,
+        }
+    }
+    Ok(())
+}
+
+/// Builds the state from a parsed record, checking that the columns fit
+/// together and the values fit their fields.
+fn assemble(s: &Scalars<'_>, c: &Columns) -> Result<CustomerState, CodecError> {
+    if s.format_version != FORMAT_VERSION && s.format_version != 1 {
+        return Err(CodecError::Version(s.format_version));
+    }
+    let n = c.time_s_delta.len();
+    let recent_lengths = [
+        c.id_hash.len(),
+        c.kind.len(),
+        c.rating.len(),
+        c.category_hash.len(),
+        c.amount_minor.len(),
+        c.dwell_s.len(),
+        c.token_count.len(),
+    ];
+    // Product hashes are absent in records written before products were kept.
+    if recent_lengths.iter().any(|len| *len != n)
+        || (!c.product_hash.is_empty() && c.product_hash.len() != n)
+    {
+        return Err(CodecError::Inconsistent(
+            "recent-event columns differ in length",
+        ));
+    }
+    let token_total: u64 = c.token_count.iter().map(|t| u64::from(*t)).sum();
+    if token_total != c.tokens.len() as u64 || c.token_count.iter().any(|t| *t > 255) {
+        return Err(CodecError::Inconsistent(
+            "token counts do not match the tokens",
+        ));
+    }
+    let out_of_range = || CodecError::Inconsistent("value out of range");
+    let mut recent = Vec::with_capacity(n);
+    let mut t = 0u32;
+    for i in 0..n {
+        let delta = u32::try_from(c.time_s_delta[i]).map_err(|_| out_of_range())?;
+        t = t.checked_add(delta).ok_or_else(out_of_range)?;
+        recent.push(RecentEvent {
+            id_hash: c.id_hash[i],
+            amount_minor: u32::try_from(c.amount_minor[i]).map_err(|_| out_of_range())?,
+            time_s: t,
+            category: c.category_hash[i],
+            product: c.product_hash.get(i).copied().unwrap_or(0),
+            dwell_s: u16::try_from(c.dwell_s[i]).unwrap_or(u16::MAX),
+            kind: c.kind[i],
+            rating: c.rating[i],
+        });
+    }
+    let m = c.day_delta.len();
+    let day_lengths = [
+        c.browse.len(),
+        c.cart_adds.len(),
+        c.purchases.len(),
+        c.reviews.len(),
+        c.spend_minor.len(),
+        c.rating_sum.len(),
+        c.category_bits.len(),
+    ];
+    if day_lengths.iter().any(|len| *len != m) {
+        return Err(CodecError::Inconsistent(
+            "day-bucket columns differ in length",
+        ));
+    }
+    let u16_of = |v: u32| u16::try_from(v).map_err(|_| out_of_range());
+    let mut days = Vec::with_capacity(m);
+    let mut day = 0i32;
+    for i in 0..m {
+        let delta = i32::try_from(c.day_delta[i]).map_err(|_| out_of_range())?;
+        day = day.checked_add(delta).ok_or_else(out_of_range)?;
+        days.push(DayBucket {
+            day,
+            spend_minor: u32::try_from(c.spend_minor[i]).map_err(|_| out_of_range())?,
+            category_bits: c.category_bits[i],
+            browse: u16_of(c.browse[i])?,
+            cart_adds: u16_of(c.cart_adds[i])?,
+            purchases: u16_of(c.purchases[i])?,
+            reviews: u16_of(c.reviews[i])?,
+            rating_sum: c.rating_sum[i],
+        });
+    }
+    let lifetime = if s.format_version == 1 {
+        lifetime_of_v1(&days, &recent, s.last_purchase_ms)
+    } else {
+        Lifetime {
+            purchases: s.lifetime_purchases,
+            spend_minor: s.lifetime_spend_minor,
+            first_purchase_ms: s.first_purchase_ms,
+        }
+    };
+    let tokens = c
+        .tokens
+        .iter()
+        .map(|t| u16::try_from(*t).map_err(|_| out_of_range()))
+        .collect::<Result<_, _>>()?;
+    Ok(CustomerState {
+        first_seen_ms: s.first_seen_ms,
+        last_event_ms: s.last_event_ms,
+        last_purchase_ms: s.last_purchase_ms,
+        recent,
+        token_counts: c.token_count.iter().map(|t| *t as u8).collect(),
+        tokens,
+        days,
+        decision: Decision {
+            segment: s.segment.to_string(),
+            scores: c.scores.clone(),
+            model_version: s.model_version.to_string(),
+            decided_at_ms: s.decided_at_ms,
+            next_review_ms: s.next_review_ms,
+            since_ms: s.since_ms,
+            purchase_probability: s.purchase_probability,
+            churn_probability: s.churn_probability,
+            predicted_spend: s.predicted_spend,
+            as_of_ms: s.as_of_ms,
+            risk_flags: u8::try_from(s.risk_flags).map_err(|_| out_of_range())?,
+        },
+        duplicates: s.duplicates,
+        lifetime,
+    })
+}
+
+/// Lifetime statistics of a record written before they existed (format 1):
+/// what the kept days and recent events still show (a best effort; exact
+/// for purchases from then on).
+fn lifetime_of_v1(days: &[DayBucket], recent: &[RecentEvent], last_purchase_ms: i64) -> Lifetime {
+    let purchases: u32 = days.iter().map(|d| u32::from(d.purchases)).sum();
+    let spend_minor: u64 = days.iter().map(|d| u64::from(d.spend_minor)).sum();
+    let first_recent = recent
+        .iter()
+        .filter(|e| e.kind == crate::state::kind::PURCHASE)
+        .map(|e| i64::from(e.time_s) * 1000)
+        .min();
+    let first_day = days
+        .iter()
+        .filter(|d| d.purchases > 0)
+        .map(|d| i64::from(d.day) * crate::state::DAY_MS)
+        .min();
+    // The exact time when the earliest purchase day still has its event
+    // in the recent window; else the start of that day.
+    let first_purchase_ms = match (first_day, first_recent) {
+        (Some(d), Some(r)) if r < d + crate::state::DAY_MS => r,
+        (Some(d), _) => d,
+        (None, r) => r.unwrap_or(0),
+    };
+    Lifetime {
+        purchases: purchases.max(u32::from(last_purchase_ms > 0)),
+        spend_minor,
+        first_purchase_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// prost's reading of the same bytes, as parts for [`assemble`].
+    fn parse_with_prost(bytes: &[u8]) -> Result<(proto::CustomerStateRecord, Columns), CodecError> {
+        let r = proto::CustomerStateRecord::decode(bytes)
+            .map_err(|e| CodecError::Protobuf(e.to_string()))?;
+        let recent = r.recent.clone().unwrap_or_default();
+        let days = r.days.clone().unwrap_or_default();
+        let d = r.decision.clone().unwrap_or_default();
+        let c = Columns {
+            time_s_delta: recent.time_s_delta,
+            id_hash: recent.id_hash,
+            kind: recent.kind,
+            rating: recent.rating,
+            category_hash: recent.category_hash,
+            amount_minor: recent.amount_minor,
+            dwell_s: recent.dwell_s,
+            token_count: recent.token_count,
+            tokens: recent.tokens,
+            product_hash: recent.product_hash,
+            day_delta: days.day_delta,
+            browse: days.browse,
+            cart_adds: days.cart_adds,
+            purchases: days.purchases,
+            reviews: days.reviews,
+            spend_minor: days.spend_minor,
+            rating_sum: days.rating_sum,
+            category_bits: days.category_bits,
+            scores: d.scores,
+        };
+        Ok((r, c))
+    }
+
+    fn scalars_of(r: &proto::CustomerStateRecord) -> Scalars<'_> {
+        let d = r.decision.as_ref();
+        Scalars {
+            format_version: r.format_version,
+            first_seen_ms: r.first_seen_ms,
+            last_event_ms: r.last_event_ms,
+            last_purchase_ms: r.last_purchase_ms,
+            duplicates: r.duplicates,
+            lifetime_purchases: r.lifetime_purchases,
+            lifetime_spend_minor: r.lifetime_spend_minor,
+            first_purchase_ms: r.first_purchase_ms,
+            segment: d.map_or("", |d| d.segment.as_str()),
+            model_version: d.map_or("", |d| d.model_version.as_str()),
+            decided_at_ms: d.map_or(0, |d| d.decided_at_ms),
+            next_review_ms: d.map_or(0, |d| d.next_review_ms),
+            since_ms: d.map_or(0, |d| d.since_ms),
+            purchase_probability: d.map_or(0.0, |d| d.purchase_probability),
+            churn_probability: d.map_or(0.0, |d| d.churn_probability),
+            predicted_spend: d.map_or(0.0, |d| d.predicted_spend),
+            as_of_ms: d.map_or(0, |d| d.as_of_ms),
+            risk_flags: d.map_or(0, |d| d.risk_flags),
+        }
+    }
+
+    /// Both readers accept the same bytes and read the same fields.
+    fn same_reading(bytes: &[u8]) -> Result<(), TestCaseError> {
+        let mut cols = Columns::default();
+        let mut mine = Scalars::default();
+        let ours = parse_record(bytes, &mut mine, &mut cols);
+        match parse_with_prost(bytes) {
+            Ok((r, theirs)) => {
+                prop_assert!(ours.is_ok(), "prost reads it, we refuse: {ours:?}");
+                let theirs_scalars = scalars_of(&r);
+                // Bitwise float comparison: NaN payloads included.
+                prop_assert_eq!(format!("{mine:?}"), format!("{theirs_scalars:?}"));
+                prop_assert_eq!(format!("{cols:?}"), format!("{theirs:?}"));
+                prop_assert_eq!(
+                    assemble(&mine, &cols).map_err(|e| e.to_string()),
+                    assemble(&theirs_scalars, &theirs).map_err(|e| e.to_string())
+                );
+            }
+            Err(e) => prop_assert!(ours.is_err(), "prost refuses ({e}), we read it"),
+        }
+        Ok(())
+    }
+
+    fn sample_record() -> proto::CustomerStateRecord {
+        proto::CustomerStateRecord {
+            format_version: FORMAT_VERSION,
+            first_seen_ms: 1_790_000_000_000,
+            last_event_ms: 1_790_000_500_000,
+            last_purchase_ms: 1_790_000_400_000,
+            recent: Some(proto::RecentEvents {
+                time_s_delta: vec![1_790_000_000, 60, 300],
+                id_hash: vec![1, u64::MAX, 3],
+                kind: vec![1, 2, 3],
+                rating: vec![0, 0, 5],
+                category_hash: vec![7, 8, 9],
+                amount_minor: vec![100, 0, 4_000_000_000],
+                dwell_s: vec![5, 70_000, 0],
+                token_count: vec![0, 0, 2],
+                tokens: vec![11, 12],
+                product_hash: vec![4, 5, 6],
+            }),
+            days: Some(proto::DayBuckets {
+                day_delta: vec![20_700, 1],
+                browse: vec![2, 0],
+                cart_adds: vec![1, 0],
+                purchases: vec![0, 1],
+                reviews: vec![0, 1],
+                spend_minor: vec![0, 4_000],
+                rating_sum: vec![0, 5],
+                category_bits: vec![1 << 7, 1 << 9],
+            }),
+            decision: Some(proto::Decision {
+                segment: "at_risk".into(),
+                scores: vec![0.25, 0.75],
+                model_version: "m1".into(),
+                decided_at_ms: 1,
+                next_review_ms: 2,
+                since_ms: 3,
+                purchase_probability: 0.5,
+                churn_probability: 0.25,
+                predicted_spend: 12.5,
+                as_of_ms: 4,
+                risk_flags: 3,
+            }),
+            duplicates: 2,
+            lifetime_purchases: 4,
+            lifetime_spend_minor: 9_000,
+            first_purchase_ms: 1_780_000_000_000,
+        }
+    }
+
+    #[test]
+    fn a_sample_record_reads_as_prost_reads_it() {
+        let bytes = sample_record().encode_to_vec();
+        same_reading(&bytes)
+            .map_err(|e| e.to_string())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let state = decode(&bytes).map_err(|e| e.to_string());
+        assert_eq!(state.as_ref().map(|s| s.recent.len()), Ok(3));
+        assert_eq!(
+            state.as_ref().map(|s| s.recent[2].time_s),
+            Ok(1_790_000_360)
+        );
+    }
+
+    #[test]
+    fn unpacked_repeated_fields_and_unknown_fields_are_read() {
+        // recent { time_s_delta: 5 (unpacked), time_s_delta: 6 (unpacked) },
+        // an unknown varint field 99, an unknown group 50.
+        let recent: Vec<u8> = vec![0x08, 5, 0x08, 6];
+        let mut bytes = vec![0x08, FORMAT_VERSION as u8, 0x2a, recent.len() as u8];
+        bytes.extend(&recent);
+        bytes.extend([0x98, 0x06, 1]); // field 99, varint 1
+        bytes.extend([0x93, 0x03, 0x08, 1, 0x94, 0x03]); // group 50 { field 1: 1 }
+        same_reading(&bytes)
+            .map_err(|e| e.to_string())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut cols = Columns::default();
+        let mut s = Scalars::default();
+        assert!(parse_record(&bytes, &mut s, &mut cols).is_ok());
+        assert_eq!(cols.time_s_delta, [5, 6]);
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_is_read_as_prost_reads_it(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            same_reading(&bytes)?;
+        }
+
+        #[test]
+        fn damaged_records_are_read_as_prost_reads_them(
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut bytes = sample_record().encode_to_vec();
+            for (at, value) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] = value;
+            }
+            same_reading(&bytes)?;
+            let end = cut.index(bytes.len() + 1);
+            same_reading(&bytes[..end])?;
+        }
+    }
+}
