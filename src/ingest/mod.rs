@@ -420,6 +420,12 @@ pub fn producer_defaults(c: &mut ClientConfig) {
             // Room for a whole cycle's outputs, changelog and dead letters
             // without QueueFull back-off in the middle of a cycle.
             ("queue.buffering.max.messages", "1000000"),
+            // Right after a commit the transaction coordinator answers the
+            // next cycle's AddOffsetsToTxn with CONCURRENT_TRANSACTIONS until
+            // the previous markers are written (milliseconds); the retry then
+            // waits 10 ms, not librdkafka's 100 (it still doubles per retry,
+            // up to retry.backoff.max.ms).
+            ("retry.backoff.ms", "10"),
         ],
     );
 }

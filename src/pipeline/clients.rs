@@ -6,18 +6,19 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::FutureProducer;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, DeliveryResult, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 use tracing::warn;
 
 use super::{directory, kafka, PipelineError};
 use crate::config::{Config, OffsetReset};
 use crate::ingest;
-use crate::telemetry::kafka_log::{self, QuietContext};
+use crate::telemetry::kafka_log;
 
 /// The consumer of stream thread `thread`.
 pub(super) fn consumer(
@@ -89,6 +90,7 @@ pub(super) fn producer_config(
     let max = (cfg.dead_letter.max_value_bytes + 256 * 1024).max(1_000_000);
     ingest::producer_defaults(&mut pc);
     pc.set("transactional.id", transactional_id)
+        .set("delivery.report.only.error", "true")
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("message.max.bytes", max.to_string())
@@ -99,10 +101,54 @@ pub(super) fn producer_config(
     Ok(pc)
 }
 
+/// The transactional producer of a stream thread.
+///
+/// A plain `BaseProducer` served by the run loop, not a producer with a
+/// polling thread of its own: `commit_transaction` first flushes, and its
+/// flush waits on the event queue in steps of up to 100 ms; with a second
+/// thread taking the events, each commit slept that long whenever a record
+/// was still in flight. Delivery is confirmed by the commit (it fails if
+/// any record of the transaction failed), so only failed deliveries are
+/// reported (`delivery.report.only.error`).
+pub(super) type TxnProducer = BaseProducer<TxnContext>;
+
 /// A producer from [`producer_config`].
-pub(super) fn producer(pc: &ClientConfig) -> Result<FutureProducer<QuietContext>, PipelineError> {
-    pc.create_with_context(QuietContext)
+pub(super) fn producer(pc: &ClientConfig) -> Result<Arc<TxnProducer>, PipelineError> {
+    pc.create_with_context(TxnContext)
+        .map(Arc::new)
         .map_err(kafka("creating the producer"))
+}
+
+/// The transactional producer's context: librdkafka's logs and errors go
+/// to the log; a failed delivery is logged (the commit then fails and the
+/// cycle is redone).
+pub(super) struct TxnContext;
+
+impl ClientContext for TxnContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        kafka_log::log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        kafka_log::client_error("producer", &error, reason);
+    }
+
+    fn stats(&self, _statistics: rdkafka::Statistics) {}
+}
+
+impl ProducerContext for TxnContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _opaque: ()) {
+        if let Err((e, m)) = result {
+            warn!(
+                topic = m.topic(),
+                partition = m.partition(),
+                error = %e,
+                "A record of the open transaction was not delivered; the commit fails and the cycle is redone."
+            );
+        }
+    }
 }
 
 /// Rebalance notices, taken by the loop after each poll, and the input
@@ -204,6 +250,7 @@ mod tests {
         let get = |k: &str| pc.ok().and_then(|c| c.get(k)).map(str::to_string);
         assert_eq!(get("transactional.id").as_deref(), Some("seg-h1-0"));
         assert_eq!(get("enable.idempotence").as_deref(), Some("true"));
+        assert_eq!(get("delivery.report.only.error").as_deref(), Some("true"));
         assert_eq!(get("acks").as_deref(), Some("all"));
         let max = (4usize << 20) + 256 * 1024;
         assert_eq!(get("message.max.bytes"), Some(max.to_string()));

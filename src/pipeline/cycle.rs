@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::BaseRecord;
 
 use super::output::{self, OutRecord};
 use super::transaction::TxnError;
@@ -174,7 +174,7 @@ impl Pipeline {
                 None => continue,
             };
             for r in &records {
-                let mut record = FutureRecord::<str, [u8]>::to(&changelog_topic)
+                let mut record = BaseRecord::<str, [u8]>::to(&changelog_topic)
                     .partition(p)
                     .key(&r.key);
                 if let Some(v) = &r.value {

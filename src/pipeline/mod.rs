@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
@@ -62,7 +62,7 @@ use crate::ingest::{self, align::Aligner};
 use crate::privacy::Pseudonymizer;
 use crate::score::{ModelWatcher, PollOutcome, RescoreSweep, Scorer};
 use crate::state::PartitionStore;
-use crate::telemetry::kafka_log::{self, QuietContext};
+use crate::telemetry::kafka_log;
 use crate::telemetry::{Metrics, Tally};
 
 /// Lookups waiting per stream thread before the endpoint answers 503.
@@ -128,7 +128,7 @@ fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> PipelineError {
 pub struct Pipeline {
     cfg: Config,
     consumer: Arc<StreamConsumer<PipelineContext>>,
-    producer: FutureProducer<QuietContext>,
+    producer: Arc<clients::TxnProducer>,
     decoder: Decoder,
     rules: Hysteresis,
     stores: BTreeMap<i32, PartitionStore>,
@@ -527,6 +527,9 @@ impl Pipeline {
 
     /// Scores, decides, produces and commits everything of the open cycle.
     async fn end_cycle(&mut self) -> Result<(), PipelineError> {
+        // The producer has no polling thread: serve its failed deliveries,
+        // logs and errors here, without waiting.
+        self.producer.poll(Duration::ZERO);
         self.tally.flush();
         self.take_rebalances().await?;
         self.release_all()?;

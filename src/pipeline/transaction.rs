@@ -14,17 +14,17 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders, ToBytes};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
 
+use super::clients::TxnProducer;
 use super::cycle::Cycle;
 use super::output::OutRecord;
 use super::retry::Retry;
 use super::{kafka, Pipeline, PipelineError};
 use crate::ingest::DeadLetter;
-use crate::telemetry::kafka_log::QuietContext;
 
 /// Re-creating the producer more often than this within
 /// [`FENCING_WINDOW`] ends the instance.
@@ -70,6 +70,21 @@ fn is_transactional(e: &PipelineError) -> bool {
     )
 }
 
+/// Waits until every queued record is delivered or failed, serving the
+/// producer's events in 1 ms steps. `commit_transaction`'s own flush then
+/// finds nothing in flight; left to itself, it waits for an event in steps
+/// of 100 ms, and successful deliveries raise none.
+fn drain(producer: &TxnProducer, timeout: Duration) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + timeout;
+    while producer.in_flight_count() > 0 {
+        if Instant::now() >= deadline {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::RequestTimedOut));
+        }
+        producer.poll(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
 impl Pipeline {
     /// Begins a transaction unless one is open.
     pub(super) async fn begin(&mut self) -> Result<(), PipelineError> {
@@ -87,19 +102,17 @@ impl Pipeline {
     /// Queues one record in the open transaction, waiting while the
     /// producer's queue is full. Delivery is confirmed by the commit, which
     /// fails if any record of the transaction failed.
-    pub(super) async fn send<K, P>(
-        &self,
-        mut record: FutureRecord<'_, K, P>,
-    ) -> Result<(), TxnError>
+    pub(super) async fn send<K, P>(&self, mut record: BaseRecord<'_, K, P>) -> Result<(), TxnError>
     where
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
     {
         loop {
-            match self.producer.send_result(record) {
-                Ok(_delivery) => return Ok(()),
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
+                    self.producer.poll(Duration::ZERO);
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 Err((e, _)) => return Err(classify("producing", e)),
@@ -116,7 +129,7 @@ impl Pipeline {
                 value: Some(value.as_str()),
             });
         }
-        let mut record = FutureRecord::<str, [u8]>::to(&r.topic)
+        let mut record = BaseRecord::<str, [u8]>::to(&r.topic)
             .key(&r.key)
             .headers(headers);
         if let Some(v) = &r.value {
@@ -130,7 +143,7 @@ impl Pipeline {
 
     /// Sends a dead letter.
     pub(super) async fn send_dead_letter(&self, d: &DeadLetter) -> Result<(), TxnError> {
-        let mut record = FutureRecord::<[u8], [u8]>::to(&self.cfg.dead_letter.topic)
+        let mut record = BaseRecord::<[u8], [u8]>::to(&self.cfg.dead_letter.topic)
             .payload(&d.value)
             .headers(d.kafka_headers());
         if let Some(k) = &d.key {
@@ -167,6 +180,7 @@ impl Pipeline {
             let committed = self
                 .watchdog
                 .call("commit_transaction", move |t| {
+                    drain(&producer, t)?;
                     producer.commit_transaction(t)
                 })
                 .await
@@ -262,10 +276,7 @@ impl Pipeline {
             .with_label_values(&["aborted"])
             .inc();
         self.cycle = Cycle::default();
-        let producer: FutureProducer<QuietContext> = self
-            .producer_config
-            .create_with_context(QuietContext)
-            .map_err(kafka("re-creating the producer"))?;
+        let producer = super::clients::producer(&self.producer_config)?;
         let mut attempts = Retry::INIT_TRANSACTIONS.start();
         loop {
             let p = producer.clone();
