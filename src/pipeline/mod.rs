@@ -23,6 +23,23 @@
 //! revocation or on any transaction failure the open transaction is aborted,
 //! local state is dropped and rebuilt from the changelog (which holds exactly
 //! the committed state), and consumption resumes from the committed offsets.
+//!
+//! # Where things are
+//!
+//! This file holds [`run`] (model, stream threads, shutdown), each stream
+//! thread's select loop, and the end of a cycle. The rest, by job:
+//! - `clients`: building the consumer and the transactional producer;
+//! - `intake`: a consumed record → decode, route, event-time merge, state;
+//! - `cycle`: what a cycle consumed, scoring and deciding (pure
+//!   `decide_chunk`), the records of its transaction;
+//! - `transaction`: begin, send, commit, abort; the typed `TxnError`;
+//!   re-creating a fenced producer;
+//! - `retry`: the one backoff policy for calls that fail while a broker is away;
+//! - `rebalance`: assignment, restore from the changelog, rebuilding state;
+//! - `topics`: the start-up check of the topics;
+//! - `output`: encoding decisions, exits and risk flags as records (pure);
+//! - `directory`, `http`, `snapshot`, `watchdog`: lookups, the HTTP API,
+//!   state snapshots, and the deadline on every blocking client call.
 
 pub mod clients;
 mod cycle;
