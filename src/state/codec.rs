@@ -359,45 +359,45 @@ fn varints<T>(
     }
 }
 
-/// Appends a repeated fixed64 field, packed or not.
-fn fixed64s(w: &mut Wire<'_>, wire: u8, out: &mut Vec<u64>) -> Result<(), CodecError> {
-    match wire {
-        LEN => {
-            let mut packed = Wire {
-                buf: w.len_delimited()?,
-            };
-            out.reserve(packed.buf.len() / 8);
-            while !packed.is_empty() {
-                out.push(packed.fixed64()?);
-            }
-            Ok(())
-        }
-        FIXED64 => {
-            out.push(w.fixed64()?);
-            Ok(())
-        }
-        _ => Err(wire_error("invalid wire type")),
+/// A fixed-width protobuf scalar: its wire type, its size, how to read it.
+trait Fixed: Sized {
+    const WIRE: u8;
+    const BYTES: usize;
+    fn read(w: &mut Wire<'_>) -> Result<Self, CodecError>;
+}
+
+impl Fixed for u64 {
+    const WIRE: u8 = FIXED64;
+    const BYTES: usize = 8;
+    fn read(w: &mut Wire<'_>) -> Result<u64, CodecError> {
+        w.fixed64()
     }
 }
 
-/// Appends a repeated float field, packed or not.
-fn floats(w: &mut Wire<'_>, wire: u8, out: &mut Vec<f32>) -> Result<(), CodecError> {
-    match wire {
-        LEN => {
-            let mut packed = Wire {
-                buf: w.len_delimited()?,
-            };
-            out.reserve(packed.buf.len() / 4);
-            while !packed.is_empty() {
-                out.push(f32::from_bits(packed.fixed32()?));
-            }
-            Ok(())
+impl Fixed for f32 {
+    const WIRE: u8 = FIXED32;
+    const BYTES: usize = 4;
+    fn read(w: &mut Wire<'_>) -> Result<f32, CodecError> {
+        w.fixed32().map(f32::from_bits)
+    }
+}
+
+/// Appends a repeated fixed-width field (`fixed64`, `float`), packed or not.
+fn fixeds<T: Fixed>(w: &mut Wire<'_>, wire: u8, out: &mut Vec<T>) -> Result<(), CodecError> {
+    if wire == LEN {
+        let mut packed = Wire {
+            buf: w.len_delimited()?,
+        };
+        out.reserve(packed.buf.len() / T::BYTES);
+        while !packed.is_empty() {
+            out.push(T::read(&mut packed)?);
         }
-        FIXED32 => {
-            out.push(f32::from_bits(w.fixed32()?));
-            Ok(())
-        }
-        _ => Err(wire_error("invalid wire type")),
+        Ok(())
+    } else if wire == T::WIRE {
+        out.push(T::read(w)?);
+        Ok(())
+    } else {
+        Err(wire_error("invalid wire type"))
     }
 }
 
@@ -421,7 +421,7 @@ fn uint(w: &mut Wire<'_>, wire: u8) -> Result<u64, CodecError> {
 
 fn float(w: &mut Wire<'_>, wire: u8) -> Result<f32, CodecError> {
     expect(wire, FIXED32)?;
-    Ok(f32::from_bits(w.fixed32()?))
+    f32::read(w)
 }
 
 fn string<'a>(w: &mut Wire<'a>, wire: u8) -> Result<&'a str, CodecError> {
@@ -470,7 +470,7 @@ fn parse_recent(mut w: Wire<'_>, c: &mut Columns) -> Result<(), CodecError> {
         let (field, wire) = w.key()?;
         match field {
             1 => varints(&mut w, wire, &mut c.time_s_delta, u64_of)?,
-            2 => fixed64s(&mut w, wire, &mut c.id_hash)?,
+            2 => fixeds(&mut w, wire, &mut c.id_hash)?,
             3 | 4 => {
                 // `bytes`: the last occurrence wins.
                 expect(wire, LEN)?;
@@ -506,7 +506,7 @@ fn parse_days(mut w: Wire<'_>, c: &mut Columns) -> Result<(), CodecError> {
             5 => varints(&mut w, wire, &mut c.reviews, u32_of)?,
             6 => varints(&mut w, wire, &mut c.spend_minor, u64_of)?,
             7 => varints(&mut w, wire, &mut c.rating_sum, u32_of)?,
-            8 => fixed64s(&mut w, wire, &mut c.category_bits)?,
+            8 => fixeds(&mut w, wire, &mut c.category_bits)?,
             _ => w.skip(field, wire, 1)?,
         }
     }
@@ -522,7 +522,7 @@ fn parse_decision<'a>(
         let (field, wire) = w.key()?;
         match field {
             1 => s.segment = string(&mut w, wire)?,
-            2 => floats(&mut w, wire, &mut c.scores)?,
+            2 => fixeds(&mut w, wire, &mut c.scores)?,
             3 => s.model_version = string(&mut w, wire)?,
             4 => s.decided_at_ms = int64(&mut w, wire)?,
             5 => s.next_review_ms = int64(&mut w, wire)?,
