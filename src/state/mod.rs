@@ -12,6 +12,7 @@ pub mod changelog;
 mod codec;
 mod store;
 pub mod text;
+mod wire;
 
 use std::mem::size_of;
 
