@@ -282,8 +282,11 @@ pub fn restore_partitions(
     Ok(stats)
 }
 
-/// Customers a restore makes room for up front, per partition.
-const MAX_RESERVED_CUSTOMERS: usize = 4_000_000;
+/// Customers a restore makes room for up front, per partition. The record
+/// count of a changelog not yet compacted can be many times its customers,
+/// and each map slot holds a whole state (hundreds of bytes): beyond this
+/// the map grows as usual.
+const MAX_RESERVED_CUSTOMERS: usize = 65_536;
 
 /// Records per hand-off from the reader to the decoder thread.
 const BATCH: usize = 1024;
