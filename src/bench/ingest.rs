@@ -119,7 +119,7 @@ pub async fn ingest(
     }
     let result = ingest_on(config, &client, &inputs, events, partitions, rounds).await;
     let names: Vec<&str> = inputs.iter().map(String::as_str).collect();
-    let _ = admin.delete_topics(&names, &AdminOptions::new()).await;
+    super::delete_bench_topics(&admin, &names).await;
     result
 }
 
