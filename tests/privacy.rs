@@ -125,20 +125,16 @@ async fn forget_erases_for_good() {
     wait_consumed(&s, std::slice::from_mut(&mut child), &log).await;
     // A lookup during a rebalance (the stream threads joining one by one, a
     // restore, a killed member's partitions until its session times out) is
-    // a 503 with Retry-After: ask until the answer is final.
-    let settled = |c: &str| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let (status, _) = get(port, &format!("/v1/customers/{c}")).unwrap();
-            if status != 503 || std::time::Instant::now() > deadline {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
+    // a 503 with Retry-After: `get_settled` asks until the answer is final.
+    // A failure shows the last answer's body (which 503 it was) and the log.
+    let expect = |c: &str, want: u16| {
+        let (status, _, body) =
+            get_settled(port, &format!("/v1/customers/{c}")).expect("the HTTP endpoint answers");
+        assert_eq!(status, want, "lookup of {c}: {body}\nlog:\n{}", tail(&log));
     };
     let customers: Vec<String> = stream.produced.keys().cloned().collect();
     let (gone, kept) = (&customers[..2], &customers[2..]);
-    assert_eq!(settled(&gone[0]), 200);
+    expect(&gone[0], 200);
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_segstream"))
         .args(["forget", "-c"])
@@ -171,7 +167,7 @@ async fn forget_erases_for_good() {
         assert!(Instant::now() < deadline, "no tombstones:\n{}", tail(&log));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(settled(&gone[0]), 404);
+    expect(&gone[0], 404);
     child.kill().unwrap();
     child.wait().unwrap();
 
@@ -217,8 +213,8 @@ async fn forget_erases_for_good() {
         assert!(Instant::now() < deadline, "not ready:\n{}", tail(&log));
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert_eq!(settled(&gone[1]), 404);
-    assert_eq!(settled(&kept[0]), 200);
+    expect(&gone[1], 404);
+    expect(&kept[0], 200);
     sigterm(&again);
     assert!(
         again.wait().unwrap().success(),

@@ -809,15 +809,15 @@ pub async fn e2e(
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         let (t0, done0) = first.unwrap_or((last, 0));
-    // A rate measured over a sliver of the input is noise, and the latency
-    // run below feeds at half of it: refuse rather than flood the broker.
-    if total - done0 < total / 2 {
-        return Err(format!(
-            "the pipeline consumed {done0} of {events} events before its group settled, \
+        // A rate measured over a sliver of the input is noise, and the latency
+        // run below feeds at half of it: refuse rather than flood the broker.
+        if total - done0 < total / 2 {
+            return Err(format!(
+                "the pipeline consumed {done0} of {events} events before its group settled, \
              leaving too few to measure a rate; run with more events"
-        )
-        .into());
-    }
+            )
+            .into());
+        }
         let pipeline_rate =
             (total - done0) as f64 / last.duration_since(t0).as_secs_f64().max(1e-3);
 
@@ -833,8 +833,8 @@ pub async fn e2e(
         tokio::time::sleep(Duration::from_secs(3)).await; // join before producing
         let rate = (pipeline_rate / 2.0).max(1.0);
         // Never more than the throughput run: the latency run's size is bounded
-    // by what the caller asked for.
-    let n = ((rate * latency_seconds) as usize).clamp(1, events);
+        // by what the caller asked for.
+        let n = ((rate * latency_seconds) as usize).clamp(1, events);
         let sent: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> =
             Default::default();
         let producer2 = producer.clone();
