@@ -147,6 +147,24 @@ impl Default for KafkaConfig {
     }
 }
 
+impl KafkaConfig {
+    /// How this client identifies itself to the brokers, for error
+    /// messages: the protocol and, with SASL, the user and mechanism (never
+    /// the password).
+    pub fn identity(&self) -> String {
+        let protocol = self.security_protocol.as_librdkafka();
+        if self.security_protocol.uses_sasl() {
+            format!(
+                "kafka.security_protocol = {protocol}, user {:?} ({})",
+                self.sasl.username,
+                self.sasl.mechanism.as_librdkafka()
+            )
+        } else {
+            format!("kafka.security_protocol = {protocol}")
+        }
+    }
+}
+
 /// Kafka `security.protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -21,6 +21,7 @@
 #   KAFKA_VERSION          Kafka version           (<kafka.version> in pom.xml)
 #   KAFKA_PORT             PLAINTEXT port          (19092)
 #   KAFKA_CONTROLLER_PORT  KRaft controller port   (19093)
+#   KAFKA_SASL_PORT        SASL_SSL port           (19094)
 #   KAFKA_DATA_DIR         data dir: config, logs, pid (deploy/local/.data)
 #   KAFKA_HEAP_OPTS        broker heap             (-Xms256m -Xmx512m)
 #   KAFKA_READY_TIMEOUT    seconds to wait in `up` (90)
@@ -48,6 +49,7 @@ FETCH_MARKER="$LIBS_DIR/.complete"
 
 KAFKA_PORT="${KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-19093}"
+KAFKA_SASL_PORT="${KAFKA_SASL_PORT:-19094}"
 BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
 
 # A relative KAFKA_DATA_DIR is taken relative to the current directory; the
@@ -60,6 +62,13 @@ PID_FILE="$DATA_DIR/kafka.pid"
 SERVER_LOG="$DATA_DIR/server.log"     # broker log4j output
 CONSOLE_LOG="$DATA_DIR/console.log"   # broker stdout/stderr (JVM errors)
 TOOLS_CONFIG="$DATA_DIR/tools.properties"
+TLS_DIR="$DATA_DIR/tls"               # CA and broker certificate (SASL_SSL)
+SASL_DIR="$DATA_DIR/sasl"             # SCRAM users' passwords, one file each
+SECURITY_MARKER="$DATA_DIR/.acls"     # the ACLs below were granted
+# The SCRAM user segstream runs as in the security tests, and the prefix of
+# the topics, group and transactional ids its ACLs grant.
+SASL_USER=segstream
+SASL_PREFIX=sasl-
 
 JAVA="${JAVA:-java}"
 KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
@@ -173,13 +182,86 @@ cmd_fetch() {
   log "fetched $(find "$LIBS_DIR" -name '*.jar' | wc -l) jars ($(du -sh "$LIBS_DIR" | cut -f1)) in $((SECONDS - start))s"
 }
 
+# A random secret (hex), for passwords the setup generates.
+random_secret() {
+  od -An -N24 -tx1 /dev/urandom | tr -d ' \n'
+}
+
+# A CA and a broker certificate for 127.0.0.1/localhost, made once per data
+# dir with openssl: tls/ca.pem is what clients trust (ssl.ca.location),
+# tls/broker.p12 the broker's keystore.
+ensure_tls() {
+  [[ -f "$TLS_DIR/broker.p12" && -f "$TLS_DIR/ca.pem" && -f "$TLS_DIR/keystore.password" ]] && return 0
+  command -v openssl >/dev/null 2>&1 || die "openssl not found (needed for the SASL_SSL listener's certificates)"
+  log "generating a CA and a broker certificate in $TLS_DIR"
+  rm -rf "$TLS_DIR"
+  mkdir -p "$TLS_DIR"
+  chmod 700 "$TLS_DIR"
+  local ext="$TLS_DIR/broker.ext"
+  printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=digitalSignature,keyEncipherment" \
+    "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1,DNS:localhost" >"$ext"
+  {
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=segstream local CA" \
+      -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem"
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+      -keyout "$TLS_DIR/broker.key" -out "$TLS_DIR/broker.csr"
+    openssl x509 -req -in "$TLS_DIR/broker.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" \
+      -CAcreateserial -days 3650 -extfile "$ext" -out "$TLS_DIR/broker.pem"
+  } >/dev/null 2>&1 || die "openssl could not generate the certificates"
+  local password
+  password="$(random_secret)"
+  openssl pkcs12 -export -in "$TLS_DIR/broker.pem" -inkey "$TLS_DIR/broker.key" \
+    -certfile "$TLS_DIR/ca.pem" -name broker -out "$TLS_DIR/broker.p12" \
+    -passout "pass:$password" >/dev/null 2>&1 || die "openssl could not write the broker keystore"
+  printf '%s' "$password" >"$TLS_DIR/keystore.password"
+  chmod 600 "$TLS_DIR"/*.key "$TLS_DIR/keystore.password"
+}
+
+# The SCRAM user's password, generated once per data dir.
+sasl_password() {
+  if [[ ! -s "$SASL_DIR/$SASL_USER.password" ]]; then
+    mkdir -p "$SASL_DIR"
+    chmod 700 "$SASL_DIR"
+    random_secret >"$SASL_DIR/$SASL_USER.password"
+    chmod 600 "$SASL_DIR/$SASL_USER.password"
+  fi
+  cat "$SASL_DIR/$SASL_USER.password"
+}
+
 # Render the server.properties template for the current ports/data dir.
 write_server_config() {
   mkdir -p "$DATA_DIR"
+  ensure_tls
   sed -e "s|@KAFKA_PORT@|$KAFKA_PORT|g" \
       -e "s|@KAFKA_CONTROLLER_PORT@|$KAFKA_CONTROLLER_PORT|g" \
+      -e "s|@KAFKA_SASL_PORT@|$KAFKA_SASL_PORT|g" \
       -e "s|@KAFKA_LOG_DIR@|$LOG_DIR|g" \
+      -e "s|@KAFKA_TLS_DIR@|$TLS_DIR|g" \
+      -e "s|@KAFKA_KEYSTORE_PASSWORD@|$(<"$TLS_DIR/keystore.password")|g" \
       "$SCRIPT_DIR/server.properties" >"$CONFIG_FILE"
+  chmod 600 "$CONFIG_FILE"
+}
+
+# The SCRAM user and its ACLs, once per data dir, over the PLAINTEXT
+# listener (whose principal is a super user). A data dir formatted by this
+# script already has the user; one formatted before it gets it here.
+ensure_security() {
+  [[ -f "$SECURITY_MARKER" ]] && return 0
+  local password
+  password="$(sasl_password)"
+  kafka_tool org.apache.kafka.tools.ConfigCommand \
+    --bootstrap-server "$BOOTSTRAP" --command-config "$TOOLS_CONFIG" \
+    --alter --entity-type users --entity-name "$SASL_USER" \
+    --add-config "SCRAM-SHA-512=[password=$password]" >/dev/null \
+    || die "could not create the SCRAM user $SASL_USER"
+  kafka_tool org.apache.kafka.tools.AclCommand \
+    --bootstrap-server "$BOOTSTRAP" --command-config "$TOOLS_CONFIG" \
+    --add --allow-principal "User:$SASL_USER" --operation All \
+    --resource-pattern-type prefixed \
+    --topic "$SASL_PREFIX" --group "$SASL_PREFIX" --transactional-id "$SASL_PREFIX" >/dev/null \
+    || die "could not grant the ACLs of User:$SASL_USER"
+  touch "$SECURITY_MARKER"
+  log "SCRAM user $SASL_USER may use topics, groups and transactional ids starting with $SASL_PREFIX"
 }
 
 # Format KRaft storage with a fresh random cluster id, once per data dir.
@@ -191,7 +273,8 @@ format_storage_if_needed() {
   cluster_id="$(kafka_tool kafka.tools.StorageTool random-uuid)"
   log "formatting $LOG_DIR (cluster id $cluster_id)"
   kafka_tool kafka.tools.StorageTool format \
-    --config "$CONFIG_FILE" --cluster-id "$cluster_id" --ignore-formatted >/dev/null
+    --config "$CONFIG_FILE" --cluster-id "$cluster_id" --ignore-formatted \
+    --add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$(sasl_password)]" >/dev/null
 }
 
 # Print the JVM console output and the tail of this run's server.log
@@ -222,7 +305,7 @@ cmd_up() {
 
   # Someone else (another checkout, a stray broker) owns the port.
   local port
-  for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+  for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SASL_PORT"; do
     if port_open "$port"; then
       die "port $port is already in use by another process (set KAFKA_PORT / KAFKA_CONTROLLER_PORT)"
     fi
@@ -274,6 +357,7 @@ cmd_up() {
     sleep 1
   done
 
+  ensure_security
   log "ready in $((SECONDS - start))s (pid $pid, log $SERVER_LOG)"
   echo "Kafka $KAFKA_VERSION is up: bootstrap servers $BOOTSTRAP"
 }
@@ -337,6 +421,7 @@ cmd_status() {
   echo "jars:       $LIBS_DIR$([[ -f "$FETCH_MARKER" ]] || echo ' (not fetched)')"
   echo "data dir:   $DATA_DIR"
   echo "bootstrap:  $BOOTSTRAP"
+  echo "sasl_ssl:   127.0.0.1:$KAFKA_SASL_PORT (SCRAM-SHA-512 user $SASL_USER, password in $SASL_DIR/$SASL_USER.password, CA $TLS_DIR/ca.pem)"
   local pid
   if ! pid="$(running_pid)"; then
     echo "state:      stopped"

@@ -29,6 +29,12 @@ trap 'exit 143' TERM
 
 "$KAFKA_SH" up
 export SEGSTREAM_TEST_BOOTSTRAP="${SEGSTREAM_TEST_BOOTSTRAP:-127.0.0.1:${KAFKA_PORT:-19092}}"
+# The SASL_SSL listener and the data dir holding its CA and the SCRAM
+# user's password (tests/security.rs), as kafka.sh sets them up.
+export SEGSTREAM_TEST_SASL_BOOTSTRAP="${SEGSTREAM_TEST_SASL_BOOTSTRAP:-127.0.0.1:${KAFKA_SASL_PORT:-19094}}"
+data_dir="${KAFKA_DATA_DIR:-$(dirname "$KAFKA_SH")/.data}"
+[[ "$data_dir" == /* ]] || data_dir="$PWD/$data_dir"
+export SEGSTREAM_TEST_KAFKA_DATA="${SEGSTREAM_TEST_KAFKA_DATA:-$data_dir}"
 
 # Not `exec`: the trap must run after the command finishes.
 status=0

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -114,7 +115,22 @@ impl Pipeline {
             Ok(m) => m,
             Err(e) => {
                 kafka_log::client_error("consumer", &e, "");
-                return Ok(());
+                // Retrying cannot fix a missing ACL: end the instance with
+                // what is not allowed.
+                let what = match e.rdkafka_error_code() {
+                    Some(RDKafkaErrorCode::GroupAuthorizationFailed) => format!(
+                        "the consumer group {} (kafka.group_id)",
+                        self.cfg.kafka.group_id
+                    ),
+                    Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
+                        "one of the input topics".to_owned()
+                    }
+                    _ => return Ok(()),
+                };
+                return Err(PipelineError::NotAuthorized(format!(
+                    "{what}: the broker's ACLs do not let this client ({}) use it",
+                    self.cfg.kafka.identity()
+                )));
             }
         };
         // A rebalance noticed during this poll applies before the record: its

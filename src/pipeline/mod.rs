@@ -101,9 +101,16 @@ pub enum PipelineError {
         #[source]
         source: KafkaError,
     },
-    /// The topics do not fit together (missing, or partition counts differ).
+    /// The topics do not fit together (missing, not authorized, or
+    /// partition counts differ).
     #[error("topics: {0}")]
     Topics(String),
+    /// A broker refused this client (SASL credentials, TLS handshake).
+    #[error("the Kafka brokers refused this client: {0}")]
+    Refused(String),
+    /// The cluster's ACLs do not allow something the instance needs.
+    #[error("not authorized: {0}")]
+    NotAuthorized(String),
     /// Restoring state failed.
     #[error(transparent)]
     Restore(#[from] crate::state::changelog::ChangelogError),

@@ -140,7 +140,10 @@ impl Pipeline {
 
     pub(super) async fn restore_once(&mut self, partitions: Vec<i32>) -> Result<(), PipelineError> {
         self.health.restoring.fetch_add(1, Ordering::Relaxed);
-        let client = self.cfg.kafka.consumer_config()?;
+        let mut client = self.cfg.kafka.consumer_config()?;
+        // The restore reader assigns, joins nothing and commits nothing; it
+        // takes the pipeline's group id so that ACLs for it suffice.
+        client.set("group.id", &self.cfg.kafka.group_id);
         let topic = self.cfg.state.changelog_topic.clone();
         let limits = self.cfg.state.limits();
         let metrics = self.metrics.clone();

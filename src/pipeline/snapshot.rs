@@ -51,7 +51,10 @@ pub fn read_current(
     }
     let mut c = cfg.kafka.consumer_config().map_err(|e| e.to_string())?;
     crate::ingest::consumer_defaults(&mut c);
-    c.set("group.id", "segstream-snapshot")
+    // Assigned partitions under the pipeline's own group id (librdkafka
+    // assigns only with one): no group is joined, nothing is committed, and
+    // no ACL beyond the pipeline's is needed.
+    c.set("group.id", &cfg.kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed");

@@ -4,28 +4,88 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rdkafka::consumer::Consumer;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaRespErr;
 use tracing::warn;
 
 use super::{kafka, Pipeline, PipelineError};
-use crate::telemetry::kafka_log::QuietContext;
+use crate::telemetry::kafka_log::{self, QuietContext};
 
 impl Pipeline {
     /// Input topics, changelog and dead-letter topics exist, and the input
     /// topics and the changelog have the same number of partitions.
     /// Returns the input topics' partition count.
     pub(super) async fn check_topics(&self) -> Result<i32, PipelineError> {
-        let consumer = self.consumer.clone();
-        let md = self
+        // Asked in steps of a second through a client of its own that is
+        // polled between them: librdkafka hands its log lines and errors
+        // over on a poll, so a broker that refuses the credentials or the TLS
+        // handshake ends the wait at once, with its reason.
+        //
+        // The metadata of all topics leaves out those the principal may not
+        // describe; each needed topic that is missing is asked for by name,
+        // which tells "not authorized" from "does not exist".
+        let client = self.cfg.kafka.client_config()?;
+        let needed = self.needed_topics();
+        let answer = self
             .watchdog
-            .call("fetch_metadata", move |t| consumer.fetch_metadata(None, t))
-            .await?
-            .map_err(kafka("fetching cluster metadata"))?;
+            .call("fetch_metadata", move |t| {
+                let probe: BaseConsumer<QuietContext> = client.create_with_context(QuietContext)?;
+                let end = Instant::now() + t;
+                let md = loop {
+                    let step = end
+                        .saturating_duration_since(Instant::now())
+                        .min(Duration::from_secs(1));
+                    let answer = probe.fetch_metadata(None, step);
+                    // No subscription: a poll serves only logs and errors.
+                    let _ = probe.poll(Duration::ZERO);
+                    match answer {
+                        Err(_) if kafka_log::refusal().is_none() && Instant::now() < end => {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        answer => break answer?,
+                    }
+                };
+                let mut denied = BTreeSet::new();
+                for name in needed {
+                    if md.topics().iter().any(|t| t.name() == name) {
+                        continue;
+                    }
+                    let left = end.saturating_duration_since(Instant::now());
+                    let one = probe.fetch_metadata(Some(&name), left)?;
+                    if one.topics().iter().any(|t| {
+                        t.error()
+                            == Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
+                    }) {
+                        denied.insert(name);
+                    }
+                }
+                Ok((md, denied))
+            })
+            .await?;
+        let (md, denied) = answer.map_err(|e| match kafka_log::refusal() {
+            Some(why) => PipelineError::Refused(format!(
+                "{why} ({}; check the password, the mechanism and kafka.tls)",
+                self.cfg.kafka.identity()
+            )),
+            None => kafka("fetching cluster metadata")(e),
+        })?;
         let count = |name: &str| {
             md.topics()
                 .iter()
                 .find(|t| t.name() == name && t.error().is_none())
                 .map(|t| t.partitions().len())
+        };
+        let identity = self.cfg.kafka.identity();
+        let absent = |name: &str| {
+            if denied.contains(name) {
+                format!(
+                    "is not authorized: the broker's ACLs do not let this client ({identity}) use it"
+                )
+            } else {
+                "does not exist".to_owned()
+            }
         };
         let mut problems = Vec::new();
         let mut counts = BTreeMap::new();
@@ -40,15 +100,19 @@ impl Pipeline {
                 Some(n) => {
                     counts.insert(t.clone(), n);
                 }
-                None => problems.push(format!("{t} does not exist")),
+                None => problems.push(format!("{t} {}", absent(t))),
             }
         }
         if count(&self.cfg.dead_letter.topic).is_none() {
-            problems.push(format!("{} does not exist", self.cfg.dead_letter.topic));
+            let t = &self.cfg.dead_letter.topic;
+            problems.push(format!("{t} {}", absent(t)));
         }
         let risk_topic = &self.cfg.output.risk_topic;
         if !risk_topic.is_empty() && count(risk_topic).is_none() {
-            problems.push(format!("{risk_topic} (output.risk_topic) does not exist"));
+            problems.push(format!(
+                "{risk_topic} (output.risk_topic) {}",
+                absent(risk_topic)
+            ));
         }
         let privacy = &self.cfg.privacy;
         if !privacy.erasure_topic.is_empty() {
@@ -57,19 +121,22 @@ impl Pipeline {
                     counts.insert(privacy.erasure_topic.clone(), n);
                 }
                 None => problems.push(format!(
-                    "{} (privacy.erasure_topic) does not exist",
-                    privacy.erasure_topic
+                    "{} (privacy.erasure_topic) {}",
+                    privacy.erasure_topic,
+                    absent(&privacy.erasure_topic)
                 )),
             }
         }
         if !privacy.audit_topic.is_empty() && count(&privacy.audit_topic).is_none() {
             problems.push(format!(
-                "{} (privacy.audit_topic) does not exist",
-                privacy.audit_topic
+                "{} (privacy.audit_topic) {}",
+                privacy.audit_topic,
+                absent(&privacy.audit_topic)
             ));
         }
         if !self.cfg.output.topic.contains("{segment}") && count(&self.cfg.output.topic).is_none() {
-            problems.push(format!("{} does not exist", self.cfg.output.topic));
+            let t = &self.cfg.output.topic;
+            problems.push(format!("{t} {}", absent(t)));
         }
         // A changelog that deletes instead of compacting loses state older
         // than its retention at the next restore; a current-membership topic
@@ -89,8 +156,9 @@ impl Pipeline {
                     ));
                 }
                 None => problems.push(format!(
-                    "{current} (output.current_topic) does not exist; create it compacted \
-                     with the input's partition count, or set output.current_topic = \"\""
+                    "{current} (output.current_topic) {}; create it compacted \
+                     with the input's partition count, or set output.current_topic = \"\"",
+                    absent(current)
                 )),
             }
         }
@@ -133,6 +201,29 @@ impl Pipeline {
                 problems.join("; ")
             )))
         }
+    }
+
+    /// Every topic the configuration names that must exist.
+    fn needed_topics(&self) -> Vec<String> {
+        let (input, state, output) = (&self.cfg.input, &self.cfg.state, &self.cfg.output);
+        let privacy = &self.cfg.privacy;
+        let mut names: Vec<String> = input.topics.clone();
+        names.push(state.changelog_topic.clone());
+        names.push(self.cfg.dead_letter.topic.clone());
+        if !output.topic.contains("{segment}") {
+            names.push(output.topic.clone());
+        }
+        for optional in [
+            &output.risk_topic,
+            &output.current_topic,
+            &privacy.erasure_topic,
+            &privacy.audit_topic,
+        ] {
+            if !optional.is_empty() {
+                names.push(optional.clone());
+            }
+        }
+        names
     }
 
     /// A topic's `cleanup.policy` (DescribeConfigs).

@@ -197,6 +197,9 @@ pub fn restore_partitions(
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest");
+    // librdkafka assigns partitions only to a consumer with a group.id; the
+    // reader joins no group and commits nothing. Callers pass the
+    // pipeline's own group, the one the cluster's ACLs already allow.
     if client.get("group.id").is_none() {
         client.set("group.id", "segstream-restore");
     }
@@ -430,8 +433,18 @@ fn install(
     }
 }
 
-/// Keeps the expected end-of-partition signal out of the error log.
+/// Keeps the expected end-of-partition signal out of the error log, and
+/// the group coordinator's connection: the reader never uses it (librdkafka
+/// opens it because assigning needs a group.id), and a short restore often
+/// closes the client while that connection is still authenticating, which
+/// librdkafka reports as a failed connection.
 struct RestoreContext;
+
+/// Whether a librdkafka line or error is about the group coordinator
+/// connection.
+fn coordinator_line(text: &str) -> bool {
+    text.contains("GroupCoordinator")
+}
 
 impl rdkafka::ClientContext for RestoreContext {
     fn error(&self, error: KafkaError, reason: &str) {
@@ -440,13 +453,15 @@ impl rdkafka::ClientContext for RestoreContext {
                 error,
                 KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
             );
-        if !eof {
+        if !eof && !coordinator_line(reason) {
             crate::telemetry::kafka_log::client_error("changelog restore", &error, reason);
         }
     }
 
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        crate::telemetry::kafka_log::log(level, fac, log_message);
+        if !coordinator_line(log_message) {
+            crate::telemetry::kafka_log::log(level, fac, log_message);
+        }
     }
 }
 

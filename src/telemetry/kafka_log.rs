@@ -8,6 +8,11 @@
 //! brokers up again (from the statistics callback) with the total. Every other
 //! librdkafka line keeps its level; real errors stay errors.
 //!
+//! A broker that refuses this client (wrong SASL credentials, a TLS
+//! handshake that fails) is tracked the same way, as an ERROR with
+//! reminders, and [`refusal`] returns its last reason, so that start-up can
+//! fail at once with it instead of timing out.
+//!
 //! One process talks to one cluster, so the outage state is process-wide.
 
 use std::sync::{Mutex, OnceLock};
@@ -108,6 +113,61 @@ pub fn is_connection_failure(code: Option<RDKafkaErrorCode>, text: &str) -> bool
     MARKERS.iter().any(|m| text.contains(m))
 }
 
+fn refusals() -> &'static Mutex<(Outage, Option<String>)> {
+    static REFUSALS: OnceLock<Mutex<(Outage, Option<String>)>> = OnceLock::new();
+    REFUSALS.get_or_init(|| Mutex::new((Outage::default(), None)))
+}
+
+/// Whether a librdkafka line or error says that a broker refused this
+/// client: its SASL credentials, or the TLS handshake.
+pub fn is_refusal(code: Option<RDKafkaErrorCode>, text: &str) -> bool {
+    let coded = matches!(
+        code,
+        Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed)
+    );
+    const MARKERS: [&str; 4] = [
+        "SASL authentication error",
+        "SSL handshake failed",
+        "certificate verify failed",
+        "Authentication failed",
+    ];
+    // A connection lost during the handshake is an outage, not a refusal.
+    (coded || MARKERS.iter().any(|m| text.contains(m))) && !is_connection_failure(None, text)
+}
+
+/// The last reason a broker gave for refusing this client, while no client
+/// has reached its brokers since.
+pub fn refusal() -> Option<String> {
+    refusals().lock().ok().and_then(|r| r.1.clone())
+}
+
+fn refusal_line(code: Option<RDKafkaErrorCode>, text: &str) -> bool {
+    if !is_refusal(code, text) {
+        return false;
+    }
+    let verdict = match refusals().lock() {
+        Ok(mut r) => {
+            r.1 = Some(text.to_owned());
+            r.0.line(true, Instant::now())
+        }
+        Err(_) => Verdict::Log,
+    };
+    match verdict {
+        Verdict::Log | Verdict::OutageStarted => error!(
+            detail = text,
+            "A Kafka broker refused this client; check kafka.security_protocol, kafka.sasl.* \
+             and kafka.ssl.*. Retrying; further refusals are summarized."
+        ),
+        Verdict::Reminder(suppressed) => error!(
+            suppressed,
+            detail = text,
+            "Kafka brokers still refuse this client."
+        ),
+        Verdict::Suppressed => {}
+    }
+    true
+}
+
 fn connection_line(code: Option<RDKafkaErrorCode>, text: &str) -> bool {
     let verdict = match outage().lock() {
         Ok(mut o) => o.line(is_connection_failure(code, text), Instant::now()),
@@ -141,7 +201,7 @@ pub fn log(level: RDKafkaLogLevel, facility: &str, message: &str) {
         level,
         RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info | RDKafkaLogLevel::Debug
     );
-    if serious && connection_line(None, message) {
+    if serious && (refusal_line(None, message) || connection_line(None, message)) {
         return;
     }
     match level {
@@ -161,7 +221,8 @@ pub fn log(level: RDKafkaLogLevel, facility: &str, message: &str) {
 
 /// A librdkafka global error (`ClientContext::error`).
 pub fn client_error(client: &str, error: &KafkaError, reason: &str) {
-    if connection_line(error.rdkafka_error_code(), reason) {
+    let code = error.rdkafka_error_code();
+    if refusal_line(code, reason) || connection_line(code, reason) {
         return;
     }
     error!(client, error = %error, reason, "Kafka client error.");
@@ -169,6 +230,10 @@ pub fn client_error(client: &str, error: &KafkaError, reason: &str) {
 
 /// A client found its brokers up (statistics): ends an outage with one INFO.
 pub fn brokers_up() {
+    if let Ok(mut r) = refusals().lock() {
+        r.1 = None;
+        r.0.reachable(Instant::now());
+    }
     let ended = outage()
         .lock()
         .ok()
@@ -260,6 +325,39 @@ mod tests {
             "1/1 brokers are down"
         ));
         assert!(!is_connection_failure(
+            Some(RDKafkaErrorCode::TopicAuthorizationFailed),
+            "Not authorized to access topics"
+        ));
+    }
+
+    #[test]
+    fn refusals_are_recognized_and_are_not_outages() {
+        let sasl =
+            "sasl_ssl://127.0.0.1:19094/bootstrap: SASL authentication error: Authentication \
+                    failed during authentication due to invalid credentials with SASL mechanism \
+                    SCRAM-SHA-512 (after 311ms in state AUTH_REQ)";
+        assert!(is_refusal(None, sasl));
+        assert!(!is_connection_failure(None, sasl));
+        assert!(is_refusal(
+            None,
+            "ssl://127.0.0.1:19094/bootstrap: SSL handshake failed: error:0A000086:SSL \
+             routines::certificate verify failed"
+        ));
+        assert!(is_refusal(Some(RDKafkaErrorCode::Authentication), ""));
+        assert!(!is_refusal(
+            None,
+            "GroupCoordinator: SASL authentication error: SaslAuthenticateRequest failed: \
+             Local: Broker transport failure (after 0ms in state DOWN)"
+        ));
+        assert!(!is_refusal(
+            Some(RDKafkaErrorCode::Authentication),
+            "SaslAuthenticateRequest failed: Local: Broker transport failure"
+        ));
+        assert!(!is_refusal(
+            Some(RDKafkaErrorCode::BrokerTransportFailure),
+            "Connect to ipv4#127.0.0.1:19094 failed: Connection refused"
+        ));
+        assert!(!is_refusal(
             Some(RDKafkaErrorCode::TopicAuthorizationFailed),
             "Not authorized to access topics"
         ));

@@ -51,7 +51,13 @@ pub async fn setup() -> Setup {
 /// Topics with `partitions` partitions, a registry with the built-in model
 /// `model` (`reference` or `rules`), and a config file (plus `extra` TOML).
 pub async fn setup_with(partitions: i32, model: &str, extra: &str) -> Setup {
-    let id = super::unique("pipe");
+    setup_named("pipe", partitions, model, extra).await
+}
+
+/// Like [`setup_with`], with the topics, group and transactional ids
+/// starting with `prefix` (ACLs grant by prefix).
+pub async fn setup_named(prefix: &str, partitions: i32, model: &str, extra: &str) -> Setup {
+    let id = super::unique(prefix);
     let t = |s: &str| format!("{id}.{s}");
     let s = Setup {
         dir: tempfile::tempdir().unwrap(),
