@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
