@@ -63,7 +63,7 @@ export SEGSTREAM_TEST_CLIENT_PYTHON := $(CLIENTENV)/bin/python
 
 .PHONY: help tools pyenv client-pyenv onnxruntime kafka-jars kafka-up kafka-down kafka-status \
         topics build test bench lint demo clean-kafka prometheus k8s-validate \
-        observability-tools dashboard-configmap
+        observability-tools dashboard-configmap fuzz
 
 help: ## List targets
 	@echo "Usage: make <target> [VAR=value ...]"
@@ -207,6 +207,33 @@ bench: build kafka-up onnxruntime ## Benchmark suite vs same-run baselines → B
 	mkdir -p target/bench
 	SEGSTREAM__KAFKA__BOOTSTRAP_SERVERS=$(KAFKA_BOOTSTRAP) target/release/segstream bench all \
 	  $(BENCH_OUT) --conditions "$(BENCH_CONDITIONS)" $(BENCH_FLAGS)
+
+# Coverage-guided fuzzing (libFuzzer through libfuzzer-sys, on the stable
+# toolchain: rustc's sanitizer-coverage passes are stable codegen flags) of
+# record decoding in every framing and of the changelog codec. Seeds come
+# from the reference corpus (fuzz/harness.rs); each target runs FUZZ_RUNS
+# executions; crashes land in fuzz/target/artifacts/<target>/ (copy them to
+# fuzz/regressions/<target>/ to keep them as tests). Not part of CI.
+FUZZ_RUNS ?= 5000000
+FUZZ_RUSTFLAGS := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+  -Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks --cfg fuzzing
+# An explicit --target keeps the instrumentation off build scripts and
+# proc macros (they run on the host, without libFuzzer's runtime).
+FUZZ_HOST = $(shell rustc -vV | sed -n 's/^host: //p')
+fuzz: ## Bounded fuzzing campaign of the decoders and the changelog codec (FUZZ_RUNS per target; not in CI)
+	cd fuzz && RUSTFLAGS="$(FUZZ_RUSTFLAGS)" $(CARGO) build --locked --release --bins --target $(FUZZ_HOST)
+	rm -rf fuzz/target/seeds
+	SEGSTREAM_FUZZ_SEEDS=fuzz/target/seeds fuzz/target/$(FUZZ_HOST)/release/decode
+	set -e; for t in decode changelog; do \
+	  mkdir -p fuzz/target/corpus/$$t fuzz/target/artifacts/$$t; \
+	  echo "fuzz: $$t, $(FUZZ_RUNS) executions"; \
+	  fuzz/target/$(FUZZ_HOST)/release/$$t -runs=$(FUZZ_RUNS) -print_final_stats=1 -max_len=4096 \
+	    -artifact_prefix=fuzz/target/artifacts/$$t/ fuzz/target/corpus/$$t fuzz/target/seeds/$$t \
+	    fuzz/regressions/$$t > fuzz/target/$$t.log 2>&1 \
+	    || { tail -n 40 fuzz/target/$$t.log; exit 1; }; \
+	  grep -E "^#[0-9]+ +DONE|^stat::" fuzz/target/$$t.log; \
+	done
 
 lint: ## rustfmt check and clippy (warnings are errors)
 	$(CARGO) fmt --check

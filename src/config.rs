@@ -21,7 +21,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Decoder, Encoding, Limits};
+use crate::event::{Decoders, Encoding, Limits};
 use crate::state::{StateLimits, StoreLimits};
 
 /// Prefix of environment overrides (`SEGSTREAM__SECTION__KEY`).
@@ -281,6 +281,11 @@ pub struct InputConfig {
     pub topics: Vec<String>,
     /// `auto` (detect protobuf or JSON per record), `protobuf` or `json`.
     pub encoding: Encoding,
+    /// Per-topic overrides of `encoding`, for topics whose producers all use
+    /// one encoding, e.g. `{ "events.browse" = "protobuf" }`: a record in
+    /// another encoding is dead-lettered (`invalid_protobuf` or
+    /// `invalid_json`) instead of being detected. Keys must be input topics.
+    pub topic_encodings: BTreeMap<String, Encoding>,
     /// Where a group with no committed offset starts: `earliest` or `latest`.
     pub auto_offset_reset: OffsetReset,
     /// Most records decoded per batch.
@@ -345,6 +350,7 @@ impl Default for InputConfig {
         InputConfig {
             topics: default_input_topics(),
             encoding: Encoding::Auto,
+            topic_encodings: BTreeMap::new(),
             auto_offset_reset: OffsetReset::Earliest,
             batch_size: 1000,
             batch_max_wait: Duration::from_millis(50),
@@ -1162,6 +1168,14 @@ impl Config {
                 );
             }
         }
+        for t in i.topic_encodings.keys() {
+            if !i.topics.contains(t) {
+                p.add(
+                    format!("input.topic_encodings.{t}"),
+                    "is not one of input.topics",
+                );
+            }
+        }
         range(p, "input.batch_size", i.batch_size, 1, 100_000);
         range(p, "input.max_buffered", i.max_buffered, 100, 10_000_000);
         if i.max_idle > Duration::from_secs(600) {
@@ -1415,9 +1429,13 @@ impl Config {
         }
     }
 
-    /// The decoder the ingest stage uses.
-    pub fn decoder(&self) -> Decoder {
-        Decoder::new(self.input.encoding, self.validation.limits())
+    /// The decoders the ingest stage uses, one per input topic.
+    pub fn decoders(&self) -> Decoders {
+        Decoders::new(
+            self.input.encoding,
+            &self.input.topic_encodings,
+            self.validation.limits(),
+        )
     }
 }
 

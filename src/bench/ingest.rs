@@ -163,7 +163,7 @@ async fn ingest_on(
     limits.allowed_lateness_ms = limits
         .allowed_lateness_ms
         .max(i64::from(INGEST_DAYS + 2) * DAY_MS);
-    let decoder = Arc::new(cfg.decoder());
+    let decoder = Arc::new(cfg.decoders());
     let max_dead_letter_bytes = cfg.dead_letter.max_value_bytes;
 
     let threads = cfg.pipeline.stream_threads();
@@ -228,7 +228,7 @@ fn ingest_pass(
     topics: &[String],
     partitions: i32,
     threads: usize,
-    decoder: &crate::event::Decoder,
+    decoder: &crate::event::Decoders,
     limits: StoreLimits,
     max_dead_letter_bytes: usize,
 ) -> Result<(PassCounts, Duration), KafkaError> {
@@ -286,7 +286,7 @@ fn ingest_share(
     client: &ClientConfig,
     topics: &[String],
     partitions: &[i32],
-    decoder: &crate::event::Decoder,
+    decoder: &crate::event::Decoders,
     limits: StoreLimits,
     max_dead_letter_bytes: usize,
 ) -> Result<(PassCounts, Span), KafkaError> {

@@ -210,6 +210,22 @@ fn topic_rules() {
 }
 
 #[test]
+fn topic_encodings_name_input_topics() {
+    let c = load_toml(
+        "[input]\ntopics = [\"a\", \"b\"]\n[input.topic_encodings]\na = \"protobuf\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.input.topic_encodings.get("a"), Some(&Encoding::Protobuf));
+    let e = load_toml(
+        "[input]\ntopics = [\"a\"]\n[input.topic_encodings]\nz = \"json\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(paths(&e), ["input.topic_encodings.z"], "{e}");
+}
+
+#[test]
 fn env_names_follow_the_key_path() {
     assert_eq!(
         env_name("kafka.sasl.password"),

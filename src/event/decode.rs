@@ -33,6 +33,39 @@ pub enum Encoding {
     Json,
 }
 
+/// The decoders of the input topics: `input.encoding` for every topic, or
+/// the topic's own from `input.topic_encodings`.
+#[derive(Debug, Clone)]
+pub struct Decoders {
+    default: Decoder,
+    by_topic: Vec<(String, Decoder)>,
+}
+
+impl Decoders {
+    /// `encoding` for every topic but those in `overrides`.
+    pub fn new(
+        encoding: Encoding,
+        overrides: &std::collections::BTreeMap<String, Encoding>,
+        limits: Limits,
+    ) -> Self {
+        Decoders {
+            by_topic: overrides
+                .iter()
+                .map(|(t, e)| (t.clone(), Decoder::new(*e, limits.clone())))
+                .collect(),
+            default: Decoder::new(encoding, limits),
+        }
+    }
+
+    /// The decoder of records from `topic`.
+    pub fn for_topic(&self, topic: &str) -> &Decoder {
+        self.by_topic
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map_or(&self.default, |(_, d)| d)
+    }
+}
+
 /// How the record's value was framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {

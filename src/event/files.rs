@@ -1471,7 +1471,7 @@ pub fn read_topics(
     consumer
         .assign(&tpl)
         .map_err(kafka("assigning partitions"))?;
-    let decoder = config.decoder();
+    let decoder = config.decoders();
     let max_dlq = config.dead_letter.max_value_bytes;
     let mut names = BTreeMap::new();
     let mut last_data = Instant::now();

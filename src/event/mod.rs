@@ -14,7 +14,7 @@ pub mod encode;
 pub mod files;
 mod validate;
 
-pub use decode::{Decoder, Encoding, Framing};
+pub use decode::{Decoder, Decoders, Encoding, Framing};
 pub use validate::Limits;
 
 /// Generated protobuf types of `segstream.v1` (the wire contract).

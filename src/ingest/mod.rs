@@ -24,7 +24,7 @@ use tracing::{info, warn};
 pub use dead_letter::{header, DeadLetter, DeadLetterSink};
 
 use crate::config::{Config, ConfigError, OffsetReset};
-use crate::event::{Decoder, Event, Framing, Reason};
+use crate::event::{Decoders, Event, Framing, Reason};
 use crate::telemetry::Metrics;
 
 /// Errors of the ingest stage. Bad input is never an error here: it becomes a
@@ -100,12 +100,13 @@ pub enum Routed {
 
 /// Decides what becomes of one record.
 pub fn route(
-    decoder: &Decoder,
+    decoders: &Decoders,
     record: &SourceRecord<'_>,
     topic: &Arc<str>,
     now_ms: i64,
     max_dead_letter_bytes: usize,
 ) -> Routed {
+    let decoder = decoders.for_topic(topic);
     match decoder.decode(record.key, record.value, now_ms) {
         Ok((event, framing)) => Routed::Event(SourcedEvent {
             event,
@@ -188,7 +189,7 @@ fn describe(tpl: &TopicPartitionList) -> String {
 /// transactions.
 pub struct Ingestor {
     consumer: StreamConsumer<IngestContext>,
-    decoder: Decoder,
+    decoder: Decoders,
     topics: Vec<String>,
     max_dead_letter_bytes: usize,
     batch_size: usize,
@@ -224,7 +225,7 @@ impl Ingestor {
             .map_err(IngestError::kafka("creating the consumer"))?;
         Ok(Ingestor {
             consumer,
-            decoder: config.decoder(),
+            decoder: config.decoders(),
             topics: config.input.topics.clone(),
             max_dead_letter_bytes: config.dead_letter.max_value_bytes,
             batch_size: config.input.batch_size,

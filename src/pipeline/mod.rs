@@ -74,7 +74,7 @@ pub use watchdog::{Watchdog, EXIT_STALLED};
 
 use crate::config::Config;
 use crate::decide::Hysteresis;
-use crate::event::Decoder;
+use crate::event::Decoders;
 use crate::ingest::{self, align::Aligner};
 use crate::privacy::Pseudonymizer;
 use crate::score::{ModelWatcher, PollOutcome, RescoreSweep, Scorer};
@@ -153,7 +153,7 @@ pub struct Pipeline {
     cfg: Config,
     consumer: Arc<StreamConsumer<PipelineContext>>,
     producer: Arc<clients::TxnProducer>,
-    decoder: Decoder,
+    decoder: Decoders,
     rules: Hysteresis,
     stores: BTreeMap<i32, PartitionStore>,
     assigned: BTreeSet<(Arc<str>, i32)>,
@@ -503,7 +503,7 @@ impl Pipeline {
         let cfg_max_idle = cfg.input.max_idle;
         Ok(Pipeline {
             consumer: Arc::new(consumer),
-            decoder: cfg.decoder(),
+            decoder: cfg.decoders(),
             rules: cfg.decide.rules(),
             max_dead_letter_bytes: cfg.dead_letter.max_value_bytes,
             cfg,

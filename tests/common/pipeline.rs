@@ -599,7 +599,8 @@ pub fn verify_current(s: &Setup, chains: &BTreeMap<String, Vec<SegmentChange>>) 
 pub fn verify(s: &Setup, stream: &Stream) {
     let total_events: u64 = stream.produced.values().sum();
     let defaults = segstream::config::Config::default();
-    let decoder = defaults.decoder();
+    let decoders = defaults.decoders();
+    let decoder = decoders.for_topic("");
     let limits = defaults.state.limits().state;
     let mut latest: HashMap<String, Option<Vec<u8>>> = HashMap::new();
     for (_, _, key, value, _) in read_all(&s.changelog) {

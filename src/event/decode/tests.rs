@@ -171,6 +171,38 @@ fn forced_encodings_refuse_the_other_one() {
 }
 
 #[test]
+fn a_topic_with_its_own_encoding_refuses_the_other_while_the_rest_detect() {
+    let pb = encode(&browse("c", "e", NOW), WireFormat::Protobuf);
+    let js = encode(&browse("c", "e", NOW), WireFormat::Json);
+    let overrides = [
+        ("events.browse".to_owned(), Encoding::Protobuf),
+        ("events.review".to_owned(), Encoding::Json),
+    ]
+    .into_iter()
+    .collect();
+    let decoders = Decoders::new(Encoding::Auto, &overrides, Limits::default());
+    let decode = |topic: &str, value: &[u8]| {
+        decoders
+            .for_topic(topic)
+            .decode(Some(b"c"), Some(value), NOW)
+    };
+    assert!(decode("events.browse", &pb).is_ok());
+    assert_eq!(
+        decode("events.browse", &js).unwrap_err().reason,
+        Reason::InvalidProtobuf
+    );
+    assert!(decode("events.review", &js).is_ok());
+    assert_eq!(
+        decode("events.review", &pb).unwrap_err().reason,
+        Reason::InvalidJson
+    );
+    for topic in ["events.purchase", "other"] {
+        assert!(decode(topic, &pb).is_ok(), "{topic} detects protobuf");
+        assert!(decode(topic, &js).is_ok(), "{topic} detects JSON");
+    }
+}
+
+#[test]
 fn time_bounds_follow_the_limits() {
     let limits = Limits::default();
     let at = |t: i64| decode("c", &encode(&browse("c", "e", t), WireFormat::Protobuf));
