@@ -16,7 +16,7 @@ use segstream::state::{PartitionStore, StoreLimits};
 pub const NOW_MS: i64 = 1_780_000_000_000;
 
 /// Record decoding, every framing. The first byte picks the decoder's
-/// encoding (auto, protobuf, json) and the length of the record key taken
+/// encoding (auto, protobuf, json, confluent: its two low bits) and the length of the record key taken
 /// from the following bytes (0-31; 31 means no key); the rest is the value.
 ///
 /// Checks: decoding never panics; a refusal names a reason and says why;
@@ -27,10 +27,11 @@ pub fn decode(data: &[u8]) {
     let Some((&first, rest)) = data.split_first() else {
         return;
     };
-    let encoding = match first % 3 {
+    let encoding = match first & 3 {
         0 => Encoding::Auto,
         1 => Encoding::Protobuf,
-        _ => Encoding::Json,
+        2 => Encoding::Json,
+        _ => Encoding::Confluent,
     };
     let key_len = usize::from(first >> 3);
     let (key, value) = if key_len == 31 {
@@ -110,7 +111,7 @@ pub fn write_seeds(root: &Path) -> std::io::Result<()> {
     for event in &valid {
         for format in WireFormat::ALL {
             let value = encode(event, format);
-            for encoding in 0..3 {
+            for encoding in 0..4 {
                 write(
                     &decode_dir,
                     &format!("valid-{n}"),

@@ -279,7 +279,8 @@ impl Default for TlsConfig {
 pub struct InputConfig {
     /// Topics to consume; every one must be keyed by customer id.
     pub topics: Vec<String>,
-    /// `auto` (detect protobuf or JSON per record), `protobuf` or `json`.
+    /// `auto` (detect protobuf or JSON per record), `protobuf`, `json`, or
+    /// `confluent` (only Confluent-framed records, either body).
     pub encoding: Encoding,
     /// Per-topic overrides of `encoding`, for topics whose producers all use
     /// one encoding, e.g. `{ "events.browse" = "protobuf" }`: a record in

@@ -218,3 +218,25 @@ async fn a_group_outside_the_acls_is_named_as_not_authorized() {
         "a clear reason:\n{text}"
     );
 }
+
+/// A transactional id the ACLs do not cover ends the instance with the
+/// broker's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_id_outside_the_acls_ends_the_instance() {
+    let Some(sec) = secured() else { return };
+    let s = setup_named("sasl", PARTITIONS, "reference", "").await;
+    let log = s.dir.path().join("run.log");
+    let mut env = sasl_env(&sec, &sec.password_file);
+    env.push((
+        "SEGSTREAM__PIPELINE__TRANSACTIONAL_ID",
+        format!("other-{}-tx", s.group),
+    ));
+    let mut child = start_secured(&s, &log, &env);
+    let status = wait_exit(&mut child, &log, Duration::from_secs(60)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("initializing transactions") && text.contains("uthorization"),
+        "a clear reason:\n{text}"
+    );
+}

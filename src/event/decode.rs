@@ -31,6 +31,9 @@ pub enum Encoding {
     Protobuf,
     /// Only JSON (plain or Confluent-framed).
     Json,
+    /// Only the Confluent wire format (Schema Registry serializers), with a
+    /// protobuf or JSON body; a plain record is refused as `bad_framing`.
+    Confluent,
 }
 
 /// The decoders of the input topics: `input.encoding` for every topic, or
@@ -117,6 +120,13 @@ impl Decoder {
             ));
         }
         let (framing, body) = split_framing(value)?;
+        if self.encoding == Encoding::Confluent && framing == Framing::Plain {
+            return Err(Rejection::new(
+                Reason::BadFraming,
+                "value has no Confluent wire-format header (magic byte 0 and a schema id) \
+                 but the topic's encoding is \"confluent\"",
+            ));
+        }
         let decode_proto = |body: &[u8]| {
             let body = match framing {
                 Framing::Plain => body,
@@ -152,12 +162,16 @@ impl Decoder {
                     "value is not JSON and input.encoding is \"json\"",
                 ))
             }
-            (Encoding::Protobuf, _) | (Encoding::Auto, Shape::Protobuf) => decode_proto(body)?,
-            (Encoding::Json, _) | (Encoding::Auto, Shape::Json) => decode_json(body)?,
+            (Encoding::Protobuf, _) | (Encoding::Auto | Encoding::Confluent, Shape::Protobuf) => {
+                decode_proto(body)?
+            }
+            (Encoding::Json, _) | (Encoding::Auto | Encoding::Confluent, Shape::Json) => {
+                decode_json(body)?
+            }
             // A protobuf Event whose first field is event_id starts with
             // 0x0A ('\n'); if its length byte is 0x7B ('{'), it reads like
             // JSON after a newline. A valid protobuf decoding wins.
-            (Encoding::Auto, Shape::Ambiguous) => match decode_proto(body) {
+            (Encoding::Auto | Encoding::Confluent, Shape::Ambiguous) => match decode_proto(body) {
                 Ok(raw) => raw,
                 Err(_) => decode_json(body)?,
             },

@@ -203,6 +203,21 @@ fn a_topic_with_its_own_encoding_refuses_the_other_while_the_rest_detect() {
 }
 
 #[test]
+fn the_confluent_encoding_takes_only_framed_records_with_either_body() {
+    let confluent = Decoder::new(Encoding::Confluent, Limits::default());
+    for format in WireFormat::ALL {
+        let value = encode(&browse("c", "e", NOW), format);
+        let framed = value.first() == Some(&0);
+        let got = confluent.decode(Some(b"c"), Some(&value), NOW);
+        if framed {
+            assert!(got.is_ok(), "{format:?}: {got:?}");
+        } else {
+            assert_eq!(got.unwrap_err().reason, Reason::BadFraming, "{format:?}");
+        }
+    }
+}
+
+#[test]
 fn time_bounds_follow_the_limits() {
     let limits = Limits::default();
     let at = |t: i64| decode("c", &encode(&browse("c", "e", t), WireFormat::Protobuf));
