@@ -130,7 +130,12 @@ pub enum Whereabouts {
 pub struct Directory {
     partitioner: Partitioner,
     partitions: AtomicI32,
-    owned: RwLock<BTreeMap<i32, Owned>>,
+    /// Claims by (partition, stream thread): restoring or not. Kept per
+    /// thread, because the threads take their rebalance notices each in its
+    /// own loop: a slow thread can claim a partition from an old generation
+    /// after another thread took it in the new one, and its revocation must
+    /// then drop only its own claim.
+    owned: RwLock<BTreeMap<(i32, usize), bool>>,
     peers: RwLock<BTreeMap<i32, String>>,
     threads: RwLock<Vec<mpsc::Sender<LookupRequest>>>,
     advertised_url: String,
@@ -206,30 +211,30 @@ impl Directory {
     fn mark(&self, thread: usize, partitions: &[i32], restoring: bool) {
         if let Ok(mut o) = self.owned.write() {
             for p in partitions {
-                o.insert(*p, Owned { thread, restoring });
+                o.insert((*p, thread), restoring);
             }
         }
     }
 
-    /// `thread` no longer owns `partitions`.
+    /// `thread` no longer owns `partitions` (another thread's claim stays).
     pub fn revoked(&self, thread: usize, partitions: &[i32]) {
         if let Ok(mut o) = self.owned.write() {
             for p in partitions {
-                if o.get(p).is_some_and(|x| x.thread == thread) {
-                    o.remove(p);
-                }
+                o.remove(&(*p, thread));
             }
         }
     }
 
     /// Who owns `partition`.
     pub fn whereabouts(&self, partition: i32) -> Whereabouts {
-        if let Some(o) = self
-            .owned
-            .read()
-            .ok()
-            .and_then(|o| o.get(&partition).copied())
-        {
+        // During a rebalance two threads may claim a partition for a moment:
+        // a restored claim answers before one still restoring.
+        let claim = self.owned.read().ok().and_then(|o| {
+            o.range((partition, 0)..=(partition, usize::MAX))
+                .map(|(&(_, thread), &restoring)| Owned { thread, restoring })
+                .min_by_key(|c| c.restoring)
+        });
+        if let Some(o) = claim {
             return Whereabouts::Local(o);
         }
         Whereabouts::Remote(
@@ -409,6 +414,27 @@ impl super::Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_late_revocation_of_a_stale_claim_leaves_the_new_owner() {
+        let d = Directory::new(&Config::default(), None);
+        let local = |p| match d.whereabouts(p) {
+            Whereabouts::Local(o) => Some((o.thread, o.restoring)),
+            Whereabouts::Remote(_) => None,
+        };
+        // Thread 1 takes partition 0 in the new generation...
+        d.restoring(1, &[0]);
+        d.restored(1, &[0]);
+        // ...while thread 0, slow, applies its old assignment, then its
+        // revocation.
+        d.restoring(0, &[0, 1]);
+        assert_eq!(local(0), Some((1, false)), "a restored claim answers");
+        d.revoked(0, &[0, 1]);
+        assert_eq!(local(0), Some((1, false)));
+        assert_eq!(local(1), None);
+        d.revoked(1, &[0]);
+        assert_eq!(local(0), None);
+    }
 
     #[test]
     fn crc32_is_the_ieee_checksum() {

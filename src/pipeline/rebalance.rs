@@ -141,9 +141,11 @@ impl Pipeline {
     pub(super) async fn restore_once(&mut self, partitions: Vec<i32>) -> Result<(), PipelineError> {
         self.health.restoring.fetch_add(1, Ordering::Relaxed);
         let mut client = self.cfg.kafka.consumer_config()?;
-        // The restore reader assigns, joins nothing and commits nothing; it
-        // takes the pipeline's group id so that ACLs for it suffice.
-        client.set("group.id", &self.cfg.kafka.group_id);
+        // The restore reader assigns, joins nothing and commits nothing, but
+        // librdkafka assigns only with a group id: one of its own, next to
+        // the pipeline's (a prefix ACL on kafka.group_id covers it), so that
+        // it never shares the pipeline's group.
+        client.set("group.id", format!("{}-restore", self.cfg.kafka.group_id));
         let topic = self.cfg.state.changelog_topic.clone();
         let limits = self.cfg.state.limits();
         let metrics = self.metrics.clone();

@@ -51,10 +51,10 @@ pub fn read_current(
     }
     let mut c = cfg.kafka.consumer_config().map_err(|e| e.to_string())?;
     crate::ingest::consumer_defaults(&mut c);
-    // Assigned partitions under the pipeline's own group id (librdkafka
-    // assigns only with one): no group is joined, nothing is committed, and
-    // no ACL beyond the pipeline's is needed.
-    c.set("group.id", &cfg.kafka.group_id)
+    // Assigned partitions (librdkafka assigns only with a group id): no
+    // group is joined and nothing is committed. The id sits next to the
+    // pipeline's, so a prefix ACL on kafka.group_id covers it.
+    c.set("group.id", format!("{}-snapshot", cfg.kafka.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed");

@@ -198,8 +198,8 @@ pub fn restore_partitions(
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest");
     // librdkafka assigns partitions only to a consumer with a group.id; the
-    // reader joins no group and commits nothing. Callers pass the
-    // pipeline's own group, the one the cluster's ACLs already allow.
+    // reader joins no group and commits nothing. The pipeline passes
+    // `<kafka.group_id>-restore`, which a prefix ACL on its group covers.
     if client.get("group.id").is_none() {
         client.set("group.id", "segstream-restore");
     }
