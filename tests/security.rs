@@ -75,6 +75,23 @@ fn start_secured(
     start_as_with(&setup.config, log, "a", &env)
 }
 
+/// Runs `segstream run` with `env` until it stops by itself (within
+/// `within`), checks that it failed, and returns its log and how long it ran.
+async fn run_until_it_fails(
+    setup: &Setup,
+    env: &[(&'static str, String)],
+    within: Duration,
+) -> (String, Duration) {
+    let log = setup.dir.path().join("run.log");
+    let mut child = start_secured(setup, &log, env);
+    let started = std::time::Instant::now();
+    let status = wait_exit(&mut child, &log, within).await;
+    let ran = started.elapsed();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{text}");
+    (text, ran)
+}
+
 /// Events in, exactly-once outputs out, with the pipeline's every client
 /// (consumer, transactional producers, changelog restore, admin checks)
 /// over SASL_SSL under ACLs; the password is in no log line and not in
@@ -143,12 +160,8 @@ async fn a_wrong_password_fails_fast_with_the_reason() {
     let wrong = s.dir.path().join("wrong.password");
     let wrong_password = "not-the-password-4f1c9a";
     std::fs::write(&wrong, wrong_password).unwrap();
-    let log = s.dir.path().join("run.log");
-    let mut child = start_secured(&s, &log, &sasl_env(&sec, &wrong));
-    let started = std::time::Instant::now();
-    let status = wait_exit(&mut child, &log, Duration::from_secs(30)).await;
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(!status.success(), "{text}");
+    let (text, ran) =
+        run_until_it_fails(&s, &sasl_env(&sec, &wrong), Duration::from_secs(30)).await;
     assert!(
         text.contains("the Kafka brokers refused this client")
             && text.contains("SASL authentication error")
@@ -160,9 +173,8 @@ async fn a_wrong_password_fails_fast_with_the_reason() {
         "the password is never logged"
     );
     assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "it fails at once, not after the metadata timeout: {:?}",
-        started.elapsed()
+        ran < Duration::from_secs(15),
+        "it fails at once, not after the metadata timeout: {ran:?}"
     );
 }
 
@@ -172,11 +184,8 @@ async fn a_wrong_password_fails_fast_with_the_reason() {
 async fn topics_outside_the_acls_are_named_as_not_authorized() {
     let Some(sec) = secured() else { return };
     let s = setup_named("noacl", PARTITIONS, "reference", "").await;
-    let log = s.dir.path().join("run.log");
-    let mut child = start_secured(&s, &log, &sasl_env(&sec, &sec.password_file));
-    let status = wait_exit(&mut child, &log, Duration::from_secs(30)).await;
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(!status.success(), "{text}");
+    let env = sasl_env(&sec, &sec.password_file);
+    let (text, _) = run_until_it_fails(&s, &env, Duration::from_secs(30)).await;
     assert!(
         text.contains(&format!(
             "{} is not authorized: the broker's ACLs do not let this client",
@@ -203,16 +212,12 @@ async fn a_group_outside_the_acls_is_named_as_not_authorized() {
         ),
     )
     .unwrap();
-    let log = s.dir.path().join("run.log");
     let mut env = sasl_env(&sec, &sec.password_file);
     env.push((
         "SEGSTREAM__PIPELINE__TRANSACTIONAL_ID",
         format!("{}-tx", s.group),
     ));
-    let mut child = start_secured(&s, &log, &env);
-    let status = wait_exit(&mut child, &log, Duration::from_secs(30)).await;
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(!status.success(), "{text}");
+    let (text, _) = run_until_it_fails(&s, &env, Duration::from_secs(30)).await;
     assert!(
         text.contains("not authorized") && text.contains(&group),
         "a clear reason:\n{text}"
@@ -225,16 +230,12 @@ async fn a_group_outside_the_acls_is_named_as_not_authorized() {
 async fn a_transactional_id_outside_the_acls_ends_the_instance() {
     let Some(sec) = secured() else { return };
     let s = setup_named("sasl", PARTITIONS, "reference", "").await;
-    let log = s.dir.path().join("run.log");
     let mut env = sasl_env(&sec, &sec.password_file);
     env.push((
         "SEGSTREAM__PIPELINE__TRANSACTIONAL_ID",
         format!("other-{}-tx", s.group),
     ));
-    let mut child = start_secured(&s, &log, &env);
-    let status = wait_exit(&mut child, &log, Duration::from_secs(60)).await;
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(!status.success(), "{text}");
+    let (text, _) = run_until_it_fails(&s, &env, Duration::from_secs(60)).await;
     assert!(
         text.contains("initializing transactions") && text.contains("uthorization"),
         "a clear reason:\n{text}"

@@ -69,6 +69,8 @@ SECURITY_MARKER="$DATA_DIR/.acls"     # the ACLs below were granted
 # the topics, group and transactional ids its ACLs grant.
 SASL_USER=segstream
 SASL_PREFIX=sasl-
+# Set when this run formatted the storage (the SCRAM user came with it).
+SCRAM_AT_FORMAT=false
 
 JAVA="${JAVA:-java}"
 KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
@@ -247,13 +249,13 @@ write_server_config() {
 # script already has the user; one formatted before it gets it here.
 ensure_security() {
   [[ -f "$SECURITY_MARKER" ]] && return 0
-  local password
-  password="$(sasl_password)"
-  kafka_tool org.apache.kafka.tools.ConfigCommand \
-    --bootstrap-server "$BOOTSTRAP" --command-config "$TOOLS_CONFIG" \
-    --alter --entity-type users --entity-name "$SASL_USER" \
-    --add-config "SCRAM-SHA-512=[password=$password]" >/dev/null \
-    || die "could not create the SCRAM user $SASL_USER"
+  if [[ "$SCRAM_AT_FORMAT" != true ]]; then
+    kafka_tool org.apache.kafka.tools.ConfigCommand \
+      --bootstrap-server "$BOOTSTRAP" --command-config "$TOOLS_CONFIG" \
+      --alter --entity-type users --entity-name "$SASL_USER" \
+      --add-config "SCRAM-SHA-512=[password=$(sasl_password)]" >/dev/null \
+      || die "could not create the SCRAM user $SASL_USER"
+  fi
   kafka_tool org.apache.kafka.tools.AclCommand \
     --bootstrap-server "$BOOTSTRAP" --command-config "$TOOLS_CONFIG" \
     --add --allow-principal "User:$SASL_USER" --operation All \
@@ -275,6 +277,7 @@ format_storage_if_needed() {
   kafka_tool kafka.tools.StorageTool format \
     --config "$CONFIG_FILE" --cluster-id "$cluster_id" --ignore-formatted \
     --add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$(sasl_password)]" >/dev/null
+  SCRAM_AT_FORMAT=true
 }
 
 # Print the JVM console output and the tail of this run's server.log

@@ -156,7 +156,7 @@ fn refusal_line(code: Option<RDKafkaErrorCode>, text: &str) -> bool {
         Verdict::Log | Verdict::OutageStarted => error!(
             detail = text,
             "A Kafka broker refused this client; check kafka.security_protocol, kafka.sasl.* \
-             and kafka.ssl.*. Retrying; further refusals are summarized."
+             and kafka.tls.*. Retrying; further refusals are summarized."
         ),
         Verdict::Reminder(suppressed) => error!(
             suppressed,
