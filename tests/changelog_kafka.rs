@@ -13,7 +13,9 @@ use tokio::time::Instant;
 use segstream::event::corpus;
 use segstream::event::{Decoder, Encoding, Event, Limits};
 use segstream::features::{FeatureSpec, Featurizer};
-use segstream::state::changelog::{drain_dirty, restore_partition, ChangelogWriter};
+use segstream::state::changelog::{
+    drain_dirty, restore_partition, ChangelogRecord, ChangelogWriter,
+};
 use segstream::state::{PartitionStore, RecordOutcome, StoreLimits};
 use segstream::telemetry::Metrics;
 
@@ -196,4 +198,88 @@ async fn restoring_an_empty_partition_finishes_at_once() {
     .expect("restore");
     assert_eq!(stats.records, 0);
     assert_eq!(stats.customers, 0);
+}
+
+/// The previous owner's last transaction can still be open on the changelog
+/// when the new owner restores (its markers are written after
+/// `commit_transaction` returns). A `read_committed` read alone stops before
+/// it; the restore instead waits for it to end and includes what it
+/// committed, and leaves out what an aborted one wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_waits_for_an_open_transaction_to_end() {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+    let topic = common::unique("it-changelog-open");
+    common::create_topics_with(&[&topic], 1, &[("cleanup.policy", "compact")]).await;
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", common::bootstrap());
+    let limits = StoreLimits::default();
+    let now = Instant::now();
+    let mut store = PartitionStore::new(limits);
+    let mut events: Vec<Event> = ["before", "committed", "aborted"]
+        .iter()
+        .flat_map(|c| events_for(c, 3))
+        .collect();
+    events.sort_by_key(|e| e.event_time_ms);
+    for e in &events {
+        assert_eq!(store.record(e, now), RecordOutcome::Applied);
+    }
+    let records = drain_dirty(&mut store);
+    let record = |key: &str| records.iter().find(|r| r.key == key).unwrap().clone();
+    let writer = ChangelogWriter::new(client.clone(), &topic).expect("writer");
+    writer
+        .write(0, &[record("before")])
+        .await
+        .expect("write changelog");
+
+    let transactional = |id: &str| {
+        let mut c = client.clone();
+        c.set("transactional.id", common::unique(id));
+        let p: ThreadedProducer<DefaultProducerContext> = c.create().expect("producer");
+        p.init_transactions(Duration::from_secs(30)).expect("init");
+        p.begin_transaction().expect("begin");
+        p
+    };
+    let send = |p: &ThreadedProducer<DefaultProducerContext>, r: &ChangelogRecord| {
+        p.send(
+            BaseRecord::<str, [u8]>::to(&topic)
+                .partition(0)
+                .key(&r.key)
+                .payload(r.value.as_deref().unwrap()),
+        )
+        .map_err(|(e, _)| e)
+        .expect("send");
+        p.flush(Duration::from_secs(30)).expect("flush");
+    };
+    let committing = transactional("it-open-commit");
+    send(&committing, &record("committed"));
+    let aborting = transactional("it-open-abort");
+    send(&aborting, &record("aborted"));
+
+    let metrics = Metrics::new().unwrap();
+    let (c, t) = (client.clone(), topic.clone());
+    let restoring = tokio::task::spawn_blocking(move || {
+        let mut restored = PartitionStore::new(limits);
+        restore_partition(&c, &t, 0, &mut restored, &metrics, Duration::from_secs(60))
+            .map(|_| restored)
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !restoring.is_finished(),
+        "the restore ended while two transactions were open"
+    );
+    committing
+        .commit_transaction(Duration::from_secs(30))
+        .expect("commit");
+    aborting
+        .abort_transaction(Duration::from_secs(30))
+        .expect("abort");
+    let restored = restoring.await.unwrap().expect("restore");
+    assert!(restored.get("before").is_some());
+    assert!(
+        restored.get("committed").is_some(),
+        "the transaction open at the restore's start committed: its state is restored"
+    );
+    assert!(restored.get("aborted").is_none());
+    assert_eq!(restored.len(), 2);
 }

@@ -66,6 +66,26 @@ pub enum ChangelogError {
         /// The limit.
         timeout: Duration,
     },
+    /// A transaction on the changelog partition stayed open past the
+    /// restore's deadline, so its outcome (and the state it carries) is
+    /// unknown.
+    #[error(
+        "restore of {topic}[{partition}]: a transaction on it stayed open for {timeout:?} \
+         (last stable offset {stable}, high watermark {end}); a producer that died \
+         mid-transaction is normally aborted within pipeline.transaction_timeout"
+    )]
+    OpenTransaction {
+        /// Changelog topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The last stable offset when it gave up.
+        stable: i64,
+        /// The high watermark it waited for.
+        end: i64,
+        /// The limit.
+        timeout: Duration,
+    },
     /// The restore's decoder thread ended early (it panicked).
     #[error("the changelog decoder thread ended early")]
     Decoder,
@@ -213,15 +233,14 @@ pub fn restore_partitions(
     let _guard = scopeguard(move || in_progress.sub(count));
     let records_counter = metrics.restore_records.with_label_values(&[topic]);
     let mut stats: BTreeMap<i32, RestoreStats> = BTreeMap::new();
+    let partitions: Vec<i32> = stores.keys().copied().collect();
+    let ends = stable_ends(&client, &consumer, topic, &partitions, started, timeout)?;
     // Empty partitions (low == high watermark) need no read at all.
     let mut tpl = TopicPartitionList::new();
     let mut reading = BTreeSet::new();
     let mut expected = BTreeMap::new();
-    for &partition in stores.keys() {
+    for (&partition, &(low, high)) in &ends {
         stats.insert(partition, RestoreStats::default());
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, timeout)
-            .map_err(kafka("reading the changelog's offsets"))?;
         if high > low {
             tpl.add_partition_offset(topic, partition, Offset::Beginning)
                 .map_err(kafka("building the restore assignment"))?;
@@ -283,6 +302,77 @@ pub fn restore_partitions(
         "Restored partition state from the changelog."
     );
     Ok(stats)
+}
+
+/// Each partition's (log start, high watermark), once every transaction
+/// with records below that high watermark has ended.
+///
+/// A `read_committed` reader stops at the last stable offset: the first
+/// record of a transaction still open. The previous owner's last commit can
+/// be exactly that: `commit_transaction` returns once the commit is decided,
+/// and the brokers write its markers afterwards, the offsets' marker and the
+/// changelog's independently. The new owner may then see that commit's
+/// input offsets (its consumer starts after them) while its changelog's
+/// stable end is still before that commit's state: a restore stopping there
+/// loses those events from state for good. So the restore first waits until
+/// the stable end reaches the high watermark seen at its start (read
+/// uncommitted, it counts every record written so far): every transaction
+/// then ended, committed or aborted. Usually at once; a transaction left
+/// open by a crashed producer is aborted within `pipeline.transaction_timeout`,
+/// or sooner when its transactional id starts again.
+fn stable_ends(
+    client: &ClientConfig,
+    consumer: &BaseConsumer<RestoreContext>,
+    topic: &str,
+    partitions: &[i32],
+    started: Instant,
+    timeout: Duration,
+) -> Result<BTreeMap<i32, (i64, i64)>, ChangelogError> {
+    let mut ends = BTreeMap::new();
+    if partitions.is_empty() {
+        return Ok(ends);
+    }
+    let mut probe = client.clone();
+    probe.set("isolation.level", "read_uncommitted");
+    let probe: BaseConsumer<RestoreContext> = probe
+        .create_with_context(RestoreContext)
+        .map_err(kafka("creating the changelog offsets client"))?;
+    for &partition in partitions {
+        let (_, end) = probe
+            .fetch_watermarks(topic, partition, timeout)
+            .map_err(kafka("reading the changelog's high watermark"))?;
+        let mut told = false;
+        loop {
+            let (low, stable) = consumer
+                .fetch_watermarks(topic, partition, timeout)
+                .map_err(kafka("reading the changelog's offsets"))?;
+            if stable >= end {
+                ends.insert(partition, (low, stable));
+                break;
+            }
+            if started.elapsed() > timeout {
+                return Err(ChangelogError::OpenTransaction {
+                    topic: topic.to_string(),
+                    partition,
+                    stable,
+                    end,
+                    timeout,
+                });
+            }
+            if !told && started.elapsed() > Duration::from_secs(1) {
+                info!(
+                    topic,
+                    partition,
+                    last_stable_offset = stable,
+                    high_watermark = end,
+                    "Restore waits for a transaction on the changelog to end."
+                );
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Ok(ends)
 }
 
 /// Customers a restore makes room for up front, per partition. The record
