@@ -1156,7 +1156,7 @@ fn load_history(
             };
             let mut reports = Vec::new();
             if source == HistorySource::Topics {
-                reports.push(files::read_topics(
+                reports.push(segstream::ingest::history::read_topics(
                     config,
                     50_000,
                     &mut on_record,

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use segstream::config::Config;
-use segstream::event::files::{read_topics, EventReader, Record};
+use segstream::event::files::{EventReader, Record};
 use segstream::event::{Event, Limits};
 use segstream::generate::{history, GeneratorConfig};
+use segstream::ingest::history::read_topics;
 
 fn segstream() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_segstream"));

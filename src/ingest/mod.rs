@@ -11,6 +11,7 @@
 
 pub mod align;
 mod dead_letter;
+pub mod history;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
