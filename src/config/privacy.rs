@@ -1,0 +1,68 @@
+//! `[privacy]`: pseudonymous ids and erasure.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+/// Pseudonymous ids and erasure (see `segstream::privacy`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// Replace every customer id at ingest by `ps_` + HMAC-SHA-256(key, id)
+    /// (first 128 bits, hex): state, changelog, outputs, metrics and logs
+    /// then never hold the clear id.
+    pub pseudonymize: bool,
+    /// File holding the key (e.g. a mounted Kubernetes secret), at least 16
+    /// bytes; one trailing newline is ignored. Wins over `key_env`.
+    pub key_file: PathBuf,
+    /// Environment variable holding the key when `key_file` is empty.
+    pub key_env: String,
+    /// Erasure requests (`segstream forget`), keyed by the stored id and
+    /// partitioned like the input (same partition count, checked at start).
+    /// Keep them at least as long as the input topics: training and
+    /// `predict` drop erased customers' events by reading it. Empty: erasure
+    /// is off.
+    pub erasure_topic: String,
+    /// Where each completed erasure is recorded (keyed by the pseudonym, or
+    /// a SHA-256 digest of the id without pseudonyms); empty: only logged.
+    pub audit_topic: String,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            pseudonymize: false,
+            key_file: PathBuf::new(),
+            key_env: "SEGSTREAM_PRIVACY_KEY".into(),
+            erasure_topic: String::new(),
+            audit_topic: String::new(),
+        }
+    }
+}
+
+impl PrivacyConfig {
+    /// This section's own rules (rules across sections are `Config::check`'s).
+    pub(super) fn check(&self, p: &mut Problems) {
+        let pr = self;
+        if pr.pseudonymize {
+            if let Err(e) = crate::privacy::Pseudonymizer::from_config(pr) {
+                p.add("privacy.pseudonymize", e);
+            }
+        }
+        if !pr.audit_topic.is_empty() && pr.erasure_topic.is_empty() {
+            p.add(
+                "privacy.audit_topic",
+                "is only used with privacy.erasure_topic",
+            );
+        }
+        for (path, t) in [
+            ("privacy.erasure_topic", &pr.erasure_topic),
+            ("privacy.audit_topic", &pr.audit_topic),
+        ] {
+            if !t.is_empty() {
+                if let Err(why) = check_topic_name(t) {
+                    p.add(path, why);
+                }
+            }
+        }
+    }
+}
