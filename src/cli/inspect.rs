@@ -1,0 +1,367 @@
+//! Looking at what runs: `model`, `samples`, `segments show | risk`, `dlq show`.
+
+#[allow(clippy::wildcard_imports)]
+use crate::*;
+
+#[derive(Subcommand)]
+pub(crate) enum ModelCommand {
+    /// Print a model directory's manifest and its ONNX input/output signature.
+    Inspect {
+        /// The model directory (holding model.onnx and manifest.json).
+        dir: PathBuf,
+    },
+    /// Load a model directory into ONNX Runtime and run every check the
+    /// pipeline runs before a hot swap (contract, feature spec, golden outputs).
+    Validate {
+        /// The model directory.
+        dir: PathBuf,
+    },
+    /// Publish a built-in model into a registry: the recency/frequency/
+    /// monetary rules (`--kind rules`, a sensible first model) or the seeded,
+    /// untrained reference network (`--kind reference`, for smoke tests).
+    Builtin {
+        /// `rules` or `reference`.
+        #[arg(long, default_value = "rules")]
+        kind: String,
+        /// Registry directory (default: score.registry).
+        #[arg(long)]
+        registry: Option<PathBuf>,
+        /// Version name (default: the kind plus "-1").
+        #[arg(long)]
+        version: Option<String>,
+        /// Weight seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Also make it the live version (CURRENT).
+        #[arg(long)]
+        promote: bool,
+    },
+}
+
+/// How long and how much a `show` command reads.
+#[derive(clap::Args)]
+pub(crate) struct ShowArgs {
+    /// Stop after this long without a new record.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub(crate) idle: Duration,
+    /// Stop after this many records.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) max: usize,
+    /// Segments: show only reclassifications (skip each customer's first
+    /// segment).
+    #[arg(long)]
+    pub(crate) changes_only: bool,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum SegmentsCommand {
+    /// Print segment changes (customer, from → to, trigger, probabilities)
+    /// from the beginning of the output topic until it has been idle for `--idle`.
+    Show(ShowArgs),
+    /// Print risk flags raised and cleared (customer, rule, severity,
+    /// evidence) from the beginning of `output.risk_topic` until it has been
+    /// idle for `--idle`.
+    Risk(ShowArgs),
+    /// Write every customer's current classification, read from the
+    /// current-membership topic (`output.current_topic`) to its end, to a
+    /// Parquet (`.parquet`) or NDJSON (`.ndjson`, `.jsonl`, `.json`) file.
+    Snapshot {
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Give up if the topic is not read to its end within this.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum DlqCommand {
+    /// Print dead-letter records (reason, source, message) from the beginning
+    /// of the topic until it has been idle for `--idle`.
+    Show(ShowArgs),
+}
+
+pub(crate) fn model_command(config: Config, command: ModelCommand) -> anyhow::Result<()> {
+    use segstream::model::{reference, ModelFiles, Registry, DEFAULT_SEGMENTS};
+    use segstream::score::{signature, LoadedModel};
+    let limits = config.state.limits().state;
+    match command {
+        ModelCommand::Inspect { dir } => {
+            let files = ModelFiles::read(&dir)?;
+            let m = &files.manifest;
+            println!("version:        {}", m.version);
+            println!("created_at_ms:  {}", m.created_at_ms);
+            println!("description:    {}", m.description);
+            println!("segments:       {}", m.segments.join(", "));
+            let s = &m.feature_spec;
+            println!(
+                "feature spec:   v{} N={} E={} T={} F={} kinds={} category_buckets={} text_buckets={} tokenizer={}",
+                s.version, s.max_events, s.event_numeric_dim, s.text_tokens, s.customer_dim,
+                s.kind_vocab, s.category_buckets, s.text_buckets, s.tokenizer
+            );
+            if let Some(w) = &m.training_window {
+                println!("training:       {} .. {} (ms)", w.from_ms, w.to_ms);
+            }
+            for (k, v) in &m.metrics {
+                println!("metric:         {k} = {v}");
+            }
+            println!(
+                "golden:         {} rows, tolerance {:e}",
+                m.golden.inputs.batch, m.golden.tolerance
+            );
+            println!("model.onnx:     {} bytes", files.onnx.len());
+            match signature(&config.score, &m.version, &files.onnx) {
+                Ok((inputs, outputs)) => {
+                    for i in inputs {
+                        println!("input:          {i}");
+                    }
+                    for o in outputs {
+                        println!("output:         {o}");
+                    }
+                }
+                Err(e) => println!("onnx:           cannot load: {e}"),
+            }
+            Ok(())
+        }
+        ModelCommand::Validate { dir } => {
+            let files = ModelFiles::read(&dir)?;
+            let model = LoadedModel::load(&config.score, &files, limits, 1)?;
+            println!(
+                "model {} is valid: contract, feature spec and {} golden rows pass on {}",
+                model.version,
+                files.manifest.golden.inputs.batch,
+                model.provider.as_str()
+            );
+            Ok(())
+        }
+        ModelCommand::Builtin {
+            kind,
+            registry,
+            version,
+            seed,
+            promote,
+        } => {
+            let version = version.unwrap_or_else(|| format!("{kind}-1"));
+            let registry = Registry::new(registry.unwrap_or(config.score.registry.clone()));
+            let featurizer = segstream::features::Featurizer::new(
+                segstream::features::FeatureSpec::for_state(limits),
+                limits,
+            )?;
+            let segments: Vec<String> = DEFAULT_SEGMENTS.iter().map(|s| s.to_string()).collect();
+            let (onnx, manifest) = match kind.as_str() {
+                "rules" => segstream::model::rules::build(&featurizer, &version),
+                "reference" => reference::build(&featurizer, &segments, &version, seed),
+                other => anyhow::bail!("unknown built-in model {other:?}: use rules or reference"),
+            };
+            let dir = registry.publish(&onnx, &manifest)?;
+            println!("published {}", dir.display());
+            if promote {
+                registry.promote(&version)?;
+                println!("promoted {version} (CURRENT)");
+            }
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn samples(config: Config, customers: usize) -> anyhow::Result<()> {
+    let report = segstream::generate::samples::produce(&config, customers).await?;
+    for (topic, n) in &report.valid {
+        println!("produced {n:>4} valid events to {topic}");
+    }
+    let bad: usize = report.bad.values().sum();
+    println!("produced {bad:>4} bad records; the dead-letter topic must receive them with these reasons:");
+    for (reason, n) in &report.bad {
+        println!("    {n} x {}", reason.as_str());
+    }
+    Ok(())
+}
+
+/// A throwaway read_committed consumer of `topic` from its beginning.
+pub(crate) async fn risk_show(config: Config, idle: Duration, max: usize) -> anyhow::Result<()> {
+    use prost::Message as _;
+    use rdkafka::message::Message;
+    use segstream::event::proto::RiskFlag;
+    let topic = &config.output.risk_topic;
+    anyhow::ensure!(
+        !topic.is_empty(),
+        "output.risk_topic is empty: the risk rules do not run"
+    );
+    let consumer = reader(&config, topic)?;
+    let mut shown = 0;
+    while shown < max {
+        let msg = match tokio::time::timeout(idle, consumer.recv()).await {
+            Err(_) => break,
+            Ok(m) => m.context("reading the risk topic")?,
+        };
+        let bytes = msg.payload().unwrap_or_default();
+        let line = match config.output.format {
+            segstream::config::OutputFormat::Protobuf => RiskFlag::decode(bytes)
+                .map(|f| {
+                    let mut evidence: Vec<String> = f
+                        .evidence
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v:.2}"))
+                        .collect();
+                    evidence.sort();
+                    format!(
+                        "{:<22} {:<8} {:<19} {:<6} score {:.2} [{}]",
+                        f.customer_id,
+                        if f.raised { "RAISED" } else { "cleared" },
+                        f.rule,
+                        f.severity,
+                        f.score,
+                        evidence.join(", ")
+                    )
+                })
+                .unwrap_or_else(|e| format!("(undecodable record: {e})")),
+            segstream::config::OutputFormat::Json => String::from_utf8_lossy(bytes).into_owned(),
+        };
+        println!("{line}");
+        shown += 1;
+    }
+    println!("({shown} risk flags shown from {topic})");
+    Ok(())
+}
+
+pub(crate) fn reader(
+    config: &Config,
+    topic: &str,
+) -> anyhow::Result<rdkafka::consumer::StreamConsumer> {
+    let mut client = config.kafka.consumer_config()?;
+    client
+        .set(
+            "group.id",
+            format!("{}-show-{}", config.kafka.group_id, std::process::id()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed");
+    let consumer: rdkafka::consumer::StreamConsumer =
+        client.create().context("creating the consumer")?;
+    consumer
+        .subscribe(&[topic])
+        .with_context(|| format!("subscribing to {topic}"))?;
+    Ok(consumer)
+}
+
+pub(crate) async fn segments_show(
+    config: Config,
+    idle: Duration,
+    max: usize,
+    changes_only: bool,
+) -> anyhow::Result<()> {
+    use prost::Message as _;
+    use rdkafka::message::Message;
+    use segstream::event::proto::SegmentChange;
+    let topic = config.output.topic.replace("{segment}", "*");
+    anyhow::ensure!(
+        !config.output.topic.contains("{segment}"),
+        "output.topic is a per-segment template ({topic}); read those topics individually"
+    );
+    let consumer = reader(&config, &config.output.topic)?;
+    let mut shown = 0;
+    while shown < max {
+        let msg = match tokio::time::timeout(idle, consumer.recv()).await {
+            Err(_) => break,
+            Ok(m) => m.context("reading the segment topic")?,
+        };
+        let bytes = msg.payload().unwrap_or_default();
+        let change = match config.output.format {
+            segstream::config::OutputFormat::Protobuf => SegmentChange::decode(bytes)
+                .map(|c| {
+                    if changes_only && c.previous_segment.is_empty() {
+                        return String::new();
+                    }
+                    let mut scores: Vec<(String, f32)> = c.scores.clone().into_iter().collect();
+                    scores.sort_by(|a, b| b.1.total_cmp(&a.1));
+                    let top: Vec<String> = scores
+                        .iter()
+                        .take(3)
+                        .map(|(s, p)| format!("{s} {p:.2}"))
+                        .collect();
+                    let why: Vec<String> = c
+                        .reasons
+                        .iter()
+                        .take(2)
+                        .map(|r| format!("{} {:+.2}", r.feature, r.contribution))
+                        .collect();
+                    let why = if why.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" why {}", why.join(", "))
+                    };
+                    format!(
+                        "{:<22} {:>13} -> {:<13} {:<12} [{}] buy {:.2} churn {:.2} model {}{why}",
+                        c.customer_id,
+                        if c.previous_segment.is_empty() {
+                            "(new)"
+                        } else {
+                            &c.previous_segment
+                        },
+                        c.segment,
+                        segstream::decide::trigger_name(c.trigger),
+                        top.join(", "),
+                        c.purchase_probability,
+                        c.churn_probability,
+                        c.model_version
+                    )
+                })
+                .unwrap_or_else(|e| format!("(undecodable record: {e})")),
+            segstream::config::OutputFormat::Json => String::from_utf8_lossy(bytes).into_owned(),
+        };
+        if change.is_empty() {
+            continue;
+        }
+        println!("{change}");
+        shown += 1;
+    }
+    println!(
+        "({shown} segment changes shown from {})",
+        config.output.topic
+    );
+    Ok(())
+}
+
+pub(crate) async fn dlq_show(config: Config, idle: Duration, max: usize) -> anyhow::Result<()> {
+    use rdkafka::message::{Headers, Message};
+    use segstream::ingest::header;
+    let consumer = reader(&config, &config.dead_letter.topic)?;
+    println!(
+        "{:<10} {:<24} {:<32} message",
+        "stage", "reason", "source (topic[partition]@offset)"
+    );
+    let mut shown = 0;
+    while shown < max {
+        let msg = match tokio::time::timeout(idle, consumer.recv()).await {
+            Err(_) => break,
+            Ok(m) => m.context("reading the dead-letter topic")?,
+        };
+        let get = |key: &str| {
+            msg.headers()
+                .and_then(|h| h.iter().find(|x| x.key == key).and_then(|x| x.value))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_else(|| "?".into())
+        };
+        let source = format!(
+            "{}[{}]@{}",
+            get(header::TOPIC),
+            get(header::PARTITION),
+            get(header::OFFSET)
+        );
+        println!(
+            "{:<10} {:<24} {:<32} {}",
+            get(header::STAGE),
+            get(header::REASON),
+            source,
+            get(header::MESSAGE)
+        );
+        shown += 1;
+    }
+    println!(
+        "({shown} dead-letter records shown from {})",
+        config.dead_letter.topic
+    );
+    Ok(())
+}
