@@ -135,11 +135,8 @@ pub fn erased_ids(cfg: &Config) -> Result<HashSet<String>, String> {
     if topic.is_empty() {
         return Ok(out);
     }
-    let mut c = cfg.kafka.consumer_config().map_err(|e| e.to_string())?;
-    c.set("group.id", "segstream-erasure-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed");
+    let group = format!("{}-erasures", cfg.kafka.group_id);
+    let c = crate::ingest::reader_config(&cfg.kafka, &group, true).map_err(|e| e.to_string())?;
     let consumer: BaseConsumer<QuietContext> = c
         .create_with_context(QuietContext)
         .map_err(|e| format!("creating the erasure reader: {e}"))?;

@@ -961,11 +961,7 @@ fn read_to_end_consumer(
 ) -> Result<BaseConsumer<ReadToEnd>, KafkaError> {
     let mut c = client.clone();
     // The pipeline's own consumer settings, for the baseline too.
-    crate::ingest::consumer_defaults(&mut c);
-    c.set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed");
+    crate::ingest::reader_defaults(&mut c, group, true);
     let consumer: BaseConsumer<ReadToEnd> = c.create_with_context(ReadToEnd)?;
     let mut tpl = TopicPartitionList::new();
     for t in topics {

@@ -229,15 +229,9 @@ pub(crate) fn reader(
     config: &Config,
     topic: &str,
 ) -> anyhow::Result<rdkafka::consumer::StreamConsumer> {
-    let mut client = config.kafka.consumer_config()?;
-    client
-        .set(
-            "group.id",
-            format!("{}-show-{}", config.kafka.group_id, std::process::id()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed");
+    let group = format!("{}-show-{}", config.kafka.group_id, std::process::id());
+    let mut client = segstream::ingest::reader_config(&config.kafka, &group, false)?;
+    client.set("auto.offset.reset", "earliest");
     let consumer: rdkafka::consumer::StreamConsumer =
         client.create().context("creating the consumer")?;
     consumer

@@ -29,15 +29,8 @@ pub fn read_topics(
         let what = what.to_string();
         move |source| FileError::Kafka { what, source }
     };
-    let mut client = config.kafka.consumer_config()?;
-    client
-        .set(
-            "group.id",
-            format!("{}-history-{}", config.kafka.group_id, std::process::id()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("isolation.level", "read_committed");
+    let group = format!("{}-history-{}", config.kafka.group_id, std::process::id());
+    let client = super::reader_config(&config.kafka, &group, false)?;
     let consumer: BaseConsumer = client.create().map_err(kafka("creating the consumer"))?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer

@@ -204,23 +204,8 @@ impl Ingestor {
     /// Builds the consumer (not yet subscribed). Auto-commit is off: offsets
     /// are committed by the caller with the outputs they caused.
     pub fn build(config: &Config, metrics: Metrics) -> Result<Self, IngestError> {
-        let mut client = config.kafka.consumer_config()?;
-        client
-            .set("group.id", &config.kafka.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set("isolation.level", "read_committed")
-            // Same partition numbers of every input topic per member (the
-            // state is co-partitioned; see the pipeline module).
-            .set("partition.assignment.strategy", "range")
-            .set(
-                "auto.offset.reset",
-                match config.input.auto_offset_reset {
-                    OffsetReset::Earliest => "earliest",
-                    OffsetReset::Latest => "latest",
-                },
-            );
+        let mut client = member_config(config)?;
+        client.set("enable.partition.eof", "false");
         let consumer: StreamConsumer<IngestContext> = client
             .create_with_context(IngestContext)
             .map_err(IngestError::kafka("creating the consumer"))?;
@@ -407,6 +392,56 @@ pub fn consumer_defaults(c: &mut ClientConfig) {
             ("fetch.wait.max.ms", "100"),
         ],
     );
+}
+
+/// The settings of a member of the pipeline's consumer group (a stream
+/// thread): the group, no automatic commits or offset stores (offsets go
+/// into each cycle's transaction), `read_committed`, the range assignor
+/// (the same partition numbers of every input topic: state is
+/// co-partitioned) and `input.auto_offset_reset`, on top of
+/// [`consumer_defaults`]. The one builder of group members.
+pub fn member_config(cfg: &Config) -> Result<ClientConfig, ConfigError> {
+    let mut c = cfg.kafka.consumer_config()?;
+    consumer_defaults(&mut c);
+    c.set("group.id", &cfg.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("partition.assignment.strategy", "range")
+        .set(
+            "auto.offset.reset",
+            match cfg.input.auto_offset_reset {
+                OffsetReset::Earliest => "earliest",
+                OffsetReset::Latest => "latest",
+            },
+        );
+    Ok(c)
+}
+
+/// The settings of a reader of committed records outside the pipeline's
+/// group (restore, snapshots, erasure lists, history, `show` commands,
+/// benchmarks): its own `group` id (librdkafka assigns partitions only with
+/// one; ids next to `kafka.group_id` fall under the same prefix ACL), no
+/// commits, `read_committed`, partition EOF events when `eof`, on top of
+/// [`consumer_defaults`]. The one builder of such readers.
+pub fn reader_config(
+    kafka: &crate::config::KafkaConfig,
+    group: &str,
+    eof: bool,
+) -> Result<ClientConfig, ConfigError> {
+    let mut c = kafka.consumer_config()?;
+    reader_defaults(&mut c, group, eof);
+    Ok(c)
+}
+
+/// [`reader_config`]'s settings applied to a client configuration built
+/// elsewhere (the restore and benchmark readers take one).
+pub fn reader_defaults(c: &mut ClientConfig, group: &str, eof: bool) {
+    consumer_defaults(c);
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", if eof { "true" } else { "false" })
+        .set("isolation.level", "read_committed");
 }
 
 /// Producer settings for the transactional producer, each set only where

@@ -16,7 +16,7 @@ use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 use tracing::warn;
 
 use super::{directory, kafka, PipelineError};
-use crate::config::{Config, OffsetReset};
+use crate::config::Config;
 use crate::ingest;
 use crate::telemetry::kafka_log;
 
@@ -25,8 +25,7 @@ pub(super) fn consumer(
     cfg: &Config,
     thread: usize,
 ) -> Result<StreamConsumer<PipelineContext>, PipelineError> {
-    let mut c = cfg.kafka.consumer_config()?;
-    ingest::consumer_defaults(&mut c);
+    let mut c = ingest::member_config(cfg)?;
     if !cfg.pipeline.advertised_url.is_empty() {
         // How the other instances find this one (see `directory`).
         c.set(
@@ -34,19 +33,6 @@ pub(super) fn consumer(
             directory::client_id(&cfg.pipeline.advertised_url, thread),
         );
     }
-    c.set("group.id", &cfg.kafka.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("isolation.level", "read_committed")
-        // Co-partitioning: the same partition numbers of every input topic.
-        .set("partition.assignment.strategy", "range")
-        .set(
-            "auto.offset.reset",
-            match cfg.input.auto_offset_reset {
-                OffsetReset::Earliest => "earliest",
-                OffsetReset::Latest => "latest",
-            },
-        );
     c.create_with_context(PipelineContext::default())
         .map_err(kafka("creating the consumer"))
 }

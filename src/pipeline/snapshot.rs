@@ -49,15 +49,9 @@ pub fn read_current(
             "output.current_topic is empty: there is no current-membership topic to read".into(),
         );
     }
-    let mut c = cfg.kafka.consumer_config().map_err(|e| e.to_string())?;
-    crate::ingest::consumer_defaults(&mut c);
-    // Assigned partitions (librdkafka assigns only with a group id): no
-    // group is joined and nothing is committed. The id sits next to the
-    // pipeline's, so a prefix ACL on kafka.group_id covers it.
-    c.set("group.id", format!("{}-snapshot", cfg.kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed");
+    // Assigned partitions: no group is joined and nothing is committed.
+    let group = format!("{}-snapshot", cfg.kafka.group_id);
+    let c = crate::ingest::reader_config(&cfg.kafka, &group, true).map_err(|e| e.to_string())?;
     let consumer: BaseConsumer<QuietContext> = c
         .create_with_context(QuietContext)
         .map_err(|e| format!("creating the reader: {e}"))?;

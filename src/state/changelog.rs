@@ -209,20 +209,16 @@ pub fn restore_partitions(
 ) -> Result<BTreeMap<i32, RestoreStats>, ChangelogError> {
     let started = Instant::now();
     let mut client = client.clone();
-    // The pipeline's fetch-queue settings: with librdkafka's default the
-    // fetcher stops for a second whenever the decoder falls behind.
-    crate::ingest::consumer_defaults(&mut client);
-    client
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest");
-    // librdkafka assigns partitions only to a consumer with a group.id; the
-    // reader joins no group and commits nothing. The pipeline passes
-    // `<kafka.group_id>-restore`, which a prefix ACL on its group covers.
-    if client.get("group.id").is_none() {
-        client.set("group.id", "segstream-restore");
-    }
+    // The pipeline's reader settings (its fetch-queue settings too: with
+    // librdkafka's default the fetcher stops for a second whenever the
+    // decoder falls behind). The pipeline passes `<kafka.group_id>-restore`
+    // as the group id, which a prefix ACL on its group covers.
+    let group = client
+        .get("group.id")
+        .unwrap_or("segstream-restore")
+        .to_string();
+    crate::ingest::reader_defaults(&mut client, &group, true);
+    client.set("auto.offset.reset", "earliest");
     client.set("fetch.wait.max.ms", "10");
     let consumer: BaseConsumer<RestoreContext> = client
         .create_with_context(RestoreContext)
