@@ -33,6 +33,7 @@
 //! | [`bench`](mod@bench) | the benchmark suite: ratios against raw librdkafka / ONNX Runtime baselines |
 //! | [`telemetry`] | Prometheus metrics and logging |
 //! | [`privacy`] | pseudonymous customer ids (keyed HMAC), erasure requests and the erased-customer list |
+//! | [`units`] | time units shared by every stage (`DAY_MS`, durations in milliseconds) |
 //!
 //! Where an event goes next: `ingest` turns Kafka records into
 //! [`event::Event`]s (or dead letters); `state` applies them to the
@@ -58,3 +59,4 @@ pub mod score;
 pub mod state;
 pub mod telemetry;
 pub mod train;
+pub mod units;

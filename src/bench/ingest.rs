@@ -25,7 +25,7 @@ use crate::generate::GeneratorConfig;
 use crate::ingest::{self, Routed};
 use crate::state::{PartitionStore, RecordOutcome, StoreLimits};
 
-const DAY_MS: i64 = 86_400_000;
+use crate::units::DAY_MS;
 
 /// Days of generated history the ingest benchmark reads.
 pub const INGEST_DAYS: u32 = 30;

@@ -115,7 +115,7 @@ pub(crate) fn parse_time_ms(s: &str) -> anyhow::Result<i64> {
     let d = t
         .duration_since(std::time::UNIX_EPOCH)
         .context("time before 1970")?;
-    Ok(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    Ok(segstream::units::millis(d))
 }
 
 /// Loads history from the chosen source, with a progress bar.
@@ -353,7 +353,7 @@ pub(crate) fn train_once(
 }
 
 pub(crate) fn train_report_markdown(r: &segstream::train::TrainReport) -> String {
-    let days = (r.replay.span_ms.1 - r.replay.span_ms.0) as f64 / 86_400_000.0;
+    let days = (r.replay.span_ms.1 - r.replay.span_ms.0) as f64 / segstream::units::DAY_MS as f64;
     format!(
         "## Model {version}\n\n\
          History: {events} events, {customers} customers, {days:.0} days; {cuts} cut times; \

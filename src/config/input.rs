@@ -184,7 +184,7 @@ impl Default for ValidationConfig {
 impl ValidationConfig {
     /// The limits the decoder enforces.
     pub fn limits(&self) -> Limits {
-        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let ms = crate::units::millis;
         Limits {
             max_event_bytes: self.max_event_bytes,
             max_id_bytes: self.max_id_bytes,

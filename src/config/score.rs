@@ -148,7 +148,7 @@ impl DecideConfig {
     pub fn rules(&self) -> crate::decide::Hysteresis {
         crate::decide::Hysteresis {
             margin: self.margin,
-            min_dwell_ms: i64::try_from(self.min_dwell.as_millis()).unwrap_or(i64::MAX),
+            min_dwell_ms: crate::units::millis(self.min_dwell),
             reasons: self.reasons,
         }
     }

@@ -54,7 +54,7 @@ impl Default for StateConfig {
 impl StateConfig {
     /// The rules the partition stores apply.
     pub fn limits(&self) -> StoreLimits {
-        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let ms = crate::units::millis;
         StoreLimits {
             state: StateLimits {
                 max_events: self.max_events,

@@ -28,7 +28,7 @@ impl Default for Hysteresis {
     fn default() -> Self {
         Hysteresis {
             margin: 0.1,
-            min_dwell_ms: 86_400_000,
+            min_dwell_ms: crate::units::DAY_MS,
             reasons: 5,
         }
     }

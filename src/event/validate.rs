@@ -33,7 +33,7 @@ impl Default for Limits {
             max_name_bytes: 128,
             max_text_bytes: 8 * 1024,
             max_line_items: 512,
-            max_past_ms: 3 * 365 * 86_400_000,
+            max_past_ms: 3 * 365 * crate::units::DAY_MS,
             max_future_ms: 10 * 60_000,
             require_key_match: true,
         }

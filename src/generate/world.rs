@@ -3,7 +3,7 @@
 //! random stream every choice is drawn from.
 
 /// Milliseconds in a day.
-pub const DAY_MS: i64 = 86_400_000;
+pub use crate::units::DAY_MS;
 /// Milliseconds in an hour.
 pub const HOUR_MS: i64 = 3_600_000;
 

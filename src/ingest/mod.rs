@@ -501,6 +501,6 @@ pub fn source_record<'a>(msg: &'a BorrowedMessage<'a>) -> SourceRecord<'a> {
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .map(crate::units::millis)
         .unwrap_or(0)
 }

@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn rules_follow_recency_frequency_and_money() {
-        let day = 86_400_000;
+        let day = crate::units::DAY_MS;
         let bought = [ev("c", "1", T0, buy("shoes", 2_500))];
         assert_eq!(segment_of(&bought, T0 + 3_600_000), "active_buyer");
         assert_eq!(segment_of(&bought, T0 + 10 * day), "at_risk");

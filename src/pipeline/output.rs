@@ -41,7 +41,7 @@ pub fn is_live(
 ) -> bool {
     let age_ms = decided_at_ms.saturating_sub(as_of_ms);
     trigger != Trigger::ModelUpdate as i32
-        && age_ms <= i64::try_from(out.live_age.as_millis()).unwrap_or(i64::MAX)
+        && age_ms <= crate::units::millis(out.live_age)
         && lag <= out.live_lag
 }
 

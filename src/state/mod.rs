@@ -25,7 +25,7 @@ use text::{category_hash, fnv1a64, tokenize};
 /// for the longest one.
 pub const WINDOW_DAYS: [u32; 4] = [1, 7, 30, 90];
 
-pub(crate) const DAY_MS: i64 = 86_400_000;
+pub(crate) use crate::units::DAY_MS;
 const KEPT_DAYS: u32 = WINDOW_DAYS[WINDOW_DAYS.len() - 1];
 
 /// Kind ids of recent events (model input `event_kind`; 0 is padding).

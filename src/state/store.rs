@@ -186,9 +186,7 @@ impl PartitionStore {
         }
         let from = self.idle_credited_at.unwrap_or(idle_from).max(idle_from);
         let credit = now.saturating_duration_since(from);
-        self.clock_ms = self
-            .clock_ms
-            .saturating_add(i64::try_from(credit.as_millis()).unwrap_or(i64::MAX));
+        self.clock_ms = self.clock_ms.saturating_add(crate::units::millis(credit));
         self.idle_credited_at = Some(now);
     }
 

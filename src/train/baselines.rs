@@ -3,8 +3,8 @@
 //! model a fresh deployment starts with) and a logistic regression on the
 //! customer (window aggregate) features, with one head per model output.
 
-use super::examples::{segment, ExampleSet};
-use super::fit::class_weights;
+use super::examples::{class_weights, segment, ExampleSet};
+use super::net::LinearStart;
 use crate::features::{FeatureSpec, CUSTOMER_DIM};
 use crate::model::reference::{sigmoid, softmax, Inputs, Outputs};
 
@@ -108,6 +108,17 @@ impl Logistic {
             self.mean.clone(),
             self.std.iter().map(|s| 1.0 / s).collect(),
         )
+    }
+
+    /// The fitted model as plain numbers, to warm-start the network with.
+    pub fn linear_start(&self) -> LinearStart {
+        let (mean, inv_std) = self.standardization();
+        LinearStart {
+            mean,
+            inv_std,
+            weights: self.w.clone(),
+            outputs: OUTS,
+        }
     }
 
     /// Weight of standardized feature `j` (`j == F`: the bias) for output

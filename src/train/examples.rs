@@ -20,7 +20,7 @@ use crate::features::{tensors, FeatureError, Featurizer, TensorData};
 use crate::model::GoldenInputs;
 use crate::state::{CustomerState, StateLimits};
 
-const DAY_MS: i64 = 86_400_000;
+use crate::units::DAY_MS;
 
 /// Segment ids in `model::DEFAULT_SEGMENTS` order.
 pub mod segment {
@@ -404,9 +404,7 @@ impl ExampleSet {
     }
 }
 
-pub(crate) fn ms(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
+pub(crate) use crate::units::millis as ms;
 
 /// Cut times for history spanning [first, last]: the last millisecond of a
 /// UTC day, `every` apart, ending where a full horizon of outcomes is still
@@ -642,6 +640,24 @@ pub fn split_by_time(
     let train = set.subset(|i| set.cut_ms[i] + horizon_ms < first_val);
     let val = set.subset(|i| set.cut_ms[i] >= first_val);
     (train, val)
+}
+
+/// Per-segment loss weights: inverse class frequency (counted with the
+/// examples' sampling weights), square-rooted (full inverse weighting
+/// over-predicts rare segments), normalized to mean 1.
+pub fn class_weights(set: &ExampleSet) -> [f32; segment::COUNT] {
+    let mut counts = [0f64; segment::COUNT];
+    for (l, w) in set.labels.iter().zip(&set.weight) {
+        counts[usize::from(l.segment)] += f64::from(*w);
+    }
+    let n = counts.iter().sum::<f64>().max(1e-9) as f32;
+    let mut w = [0f32; segment::COUNT];
+    for k in 0..segment::COUNT {
+        let freq = (counts[k].max(1.0) as f32) / n;
+        w[k] = (1.0 / (segment::COUNT as f32 * freq)).sqrt();
+    }
+    let mean = w.iter().sum::<f32>() / segment::COUNT as f32;
+    w.map(|v| v / mean)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
-use super::examples::{segment, Batch, ExampleSet};
+use super::examples::{class_weights, segment, Batch, ExampleSet};
 use super::net::{bce_with_logits, log_softmax_last, sigmoid, softmax_last, Transformer};
 use super::Rng;
 use crate::config::TrainConfig;
@@ -34,24 +34,6 @@ pub fn learning_rate(peak: f64, step: usize, total: usize) -> f64 {
     let progress = ((step - WARMUP_STEPS) as f64 / span).min(1.0);
     let floor = 0.05;
     peak * (floor + (1.0 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()))
-}
-
-/// Per-segment loss weights: inverse class frequency (counted with the
-/// examples' sampling weights), square-rooted (full inverse weighting
-/// over-predicts rare segments), normalized to mean 1.
-pub fn class_weights(set: &ExampleSet) -> [f32; segment::COUNT] {
-    let mut counts = [0f64; segment::COUNT];
-    for (l, w) in set.labels.iter().zip(&set.weight) {
-        counts[usize::from(l.segment)] += f64::from(*w);
-    }
-    let n = counts.iter().sum::<f64>().max(1e-9) as f32;
-    let mut w = [0f32; segment::COUNT];
-    for k in 0..segment::COUNT {
-        let freq = (counts[k].max(1.0) as f32) / n;
-        w[k] = (1.0 / (segment::COUNT as f32 * freq)).sqrt();
-    }
-    let mean = w.iter().sum::<f32>() / segment::COUNT as f32;
-    w.map(|v| v / mean)
 }
 
 /// What one epoch did.

@@ -291,7 +291,7 @@ fn train_in_pool(
             train_set.len(),
             val_set.len(),
             replay.cuts,
-            (replay.span_ms.1 - replay.span_ms.0) as f64 / 86_400_000.0
+            (replay.span_ms.1 - replay.span_ms.0) as f64 / crate::units::DAY_MS as f64
         )));
     }
     let replay_s = t0.elapsed().as_secs_f64();
@@ -304,7 +304,7 @@ fn train_in_pool(
     let logistic = baselines::Logistic::fit(&train_set, spec.normalization.spend_log_scale, 300);
     let mut net = net::Transformer::new(net::Arch::new(&spec, tc, segments), tc.seed, &device)?;
     if tc.warm_start {
-        net.warm_start(&logistic)?;
+        net.warm_start(&logistic.linear_start())?;
     } else {
         let (mean, std) = train_set.feature_moments();
         net.set_standardization(mean, std.iter().map(|s| 1.0 / s).collect());

@@ -92,6 +92,29 @@ pub struct Heads {
     pub customer: Tensor,
 }
 
+/// A linear model on the standardized customer features, to start the
+/// heads' direct path from ([`Transformer::warm_start`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinearStart {
+    /// Per-feature mean.
+    pub mean: Vec<f32>,
+    /// Per-feature 1 / standard deviation.
+    pub inv_std: Vec<f32>,
+    /// `[F + 1, K + 3]` row-major: one row per standardized feature, then
+    /// the biases; columns the segment logits, then the purchase, churn and
+    /// log-spend outputs.
+    pub weights: Vec<f32>,
+    /// Columns of `weights` (K + 3).
+    pub outputs: usize,
+}
+
+impl LinearStart {
+    /// Weight of feature `j` (`j == F`: the bias) for output `o`.
+    pub fn weight(&self, j: usize, o: usize) -> f32 {
+        self.weights[j * self.outputs + o]
+    }
+}
+
 /// The network: its architecture and its named parameters.
 pub struct Transformer {
     /// Shapes.
@@ -265,13 +288,12 @@ impl Transformer {
         self.cust_inv_std = inv_std;
     }
 
-    /// Starts the heads' direct path from a fitted logistic regression on the
-    /// same features (its standardization included), so that training
-    /// begins where the linear baseline ends and the sequence encoder only
-    /// has to add what the aggregates miss.
-    pub fn warm_start(&mut self, lr: &super::baselines::Logistic) -> CResult<()> {
-        let (mean, inv_std) = lr.standardization();
-        self.set_standardization(mean, inv_std);
+    /// Starts the heads' direct path from a linear model on the same
+    /// features (its standardization included), such as the fitted logistic
+    /// regression, so that training begins where the linear baseline ends
+    /// and the sequence encoder only has to add what the aggregates miss.
+    pub fn warm_start(&mut self, lr: &LinearStart) -> CResult<()> {
+        self.set_standardization(lr.mean.clone(), lr.inv_std.clone());
         let (d, f, k) = (self.arch.d, CUSTOMER_DIM, self.arch.segments);
         let mut seg_w = self.values("seg_w")?;
         let mut seg_b = self.values("seg_b")?;

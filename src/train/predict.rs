@@ -99,7 +99,7 @@ pub fn predict(
     // The trainer takes examples only of customers active within
     // train.lookback before each cut time; customers silent for longer are
     // outside what the model has seen. Say so instead of scoring silently.
-    let lookback_ms = i64::try_from(config.train.lookback.as_millis()).unwrap_or(i64::MAX);
+    let lookback_ms = crate::units::millis(config.train.lookback);
     let outside = states
         .values()
         .filter(|s| as_of_ms.saturating_sub(s.last_event_ms) > lookback_ms)

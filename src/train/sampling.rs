@@ -3,8 +3,8 @@
 //! weights that keep the training objective unbiased). Pure; used by
 //! [`super::examples::build`].
 
-use super::examples::ms;
 use crate::config::TrainConfig;
+use crate::units::millis as ms;
 
 /// Cut-time schedule and example selection (from `[train]`).
 ///

@@ -73,7 +73,7 @@ fn every_parameter_receives_a_gradient() {
     let net = Transformer::new(Arch::new(f.spec(), &config.train, 5), 3, &Device::Cpu).unwrap();
     let idx: Vec<usize> = (0..set.len().min(64)).collect();
     let batch = set.batch(&idx, None);
-    let weights = fit::class_weights(&set);
+    let weights = super::examples::class_weights(&set);
     let scale = f.spec().normalization.spend_log_scale;
     let mut rng = super::Rng::new(1);
     let loss = fit::loss(
