@@ -61,7 +61,7 @@ CONFLUENT_KAFKA_VERSION := 2.16.1
 CLIENTENV := $(SEGSTREAM_CACHE)/pyenv-confluent-kafka-$(CONFLUENT_KAFKA_VERSION)
 export SEGSTREAM_TEST_CLIENT_PYTHON := $(CLIENTENV)/bin/python
 
-.PHONY: help tools pyenv client-pyenv onnxruntime kafka-jars kafka-up kafka-down kafka-status \
+.PHONY: help check tools pyenv client-pyenv onnxruntime kafka-jars kafka-up kafka-down kafka-status \
         topics build test bench lint demo clean-kafka prometheus k8s-validate \
         observability-tools dashboard-configmap fuzz
 
@@ -192,6 +192,12 @@ test: tools pyenv client-pyenv observability-tools ## Run all tests against a fr
 	SEGSTREAM_TEST_REQUIRE_TOOLS=1 \
 	SEGSTREAM_TEST_BOOTSTRAP=$(KAFKA_BOOTSTRAP) deploy/local/with-kafka.sh \
 	  $(CARGO) test --locked --release --all-targets
+
+# The fast loop: the library's and the binary's unit tests (pure logic,
+# property tests) with no broker, ONNX Runtime or tools; seconds after a
+# build (the same release profile as `make build` and `make test`).
+check: ## Unit tests only: no broker, no tools (the fast loop)
+	$(CARGO) test --locked --release --lib --bins
 
 # The benchmark suite (`segstream bench all`): ingest, state (memory at 100k
 # and 1M customers, restore), scoring, end to end, training. Writes

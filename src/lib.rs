@@ -44,6 +44,7 @@
 //! turns scores into `SegmentChange`s; `pipeline` commits outputs, changelog,
 //! dead letters and offsets in one transaction. `train` replays history
 //! through the same `state` and `features` to build the models `score` serves.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod bench;
 pub mod config;

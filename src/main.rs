@@ -1,4 +1,5 @@
 //! The `segstream` command line.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +44,7 @@ const MI_OPTION_PURGE_DELAY: std::os::raw::c_int = 15;
 /// of 22 s (`segstream bench train --sparse`). The trainer's peak is a few
 /// batches' tensors; the pipeline keeps the default. `MIMALLOC_PURGE_DELAY`
 /// in the environment still decides when set.
+#[allow(unsafe_code)] // the one unsafe call: an FFI option setter
 fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: mi_option_set only stores an integer option; mimalloc

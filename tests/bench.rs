@@ -1,6 +1,7 @@
 //! `segstream bench`: the suite report has every section, and the ingest and
 //! training benchmarks run at tiny sizes and account for every event. No
 //! timing is asserted (these machines are shared and noisy).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! itself and the verifier finds every event exactly once. (Its own test
 //! binary: cargo runs test binaries one after another, so restarting the
 //! shared local broker cannot disturb the other tests.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! customers written to a compacted, co-partitioned changelog topic and
 //! restored into empty stores equals the original, customer by customer, in
 //! state and in features; tombstones evict.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

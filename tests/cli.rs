@@ -1,4 +1,5 @@
 //! The command line as an operator uses it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 

@@ -1,6 +1,7 @@
 //! The JSON Schema for producers (`schemas/event.schema.json`) and the decoder
 //! agree: every valid event the decoder accepts conforms to the schema, and
 //! the JSON bad records that break a structural rule are refused by both.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use segstream::event::corpus::{bad_records, browse, purchase, review};
 use segstream::event::encode::to_json;

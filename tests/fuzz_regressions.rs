@@ -2,6 +2,7 @@
 //! checks as the fuzz targets (`fuzz/harness.rs`): inputs a `make fuzz`
 //! campaign found failing (fixed since), and hand-picked edge cases. A new
 //! finding is kept by copying its file there.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../fuzz/harness.rs"]
 #[allow(dead_code)] // the seed writer is for `make fuzz`

@@ -1,5 +1,6 @@
 //! `segstream generate` as an operator uses it: to a history file, and to
 //! the input topics of a real broker (read back with `event::files`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! decoded to the right internal events; every record of the bad-input corpus
 //! lands in the dead-letter topic with its exact reason, its original bytes,
 //! key and headers, and its source coordinates. Nothing is lost.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! instance within `pipeline.call_deadline`; its partitions move to a healthy
 //! member, the restarted instance fences the stuck producer, and the
 //! verifier finds every event exactly once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -10,6 +10,7 @@
 //! `make test` exports their paths and `SEGSTREAM_TEST_REQUIRE_TOOLS=1`, so a
 //! missing tool fails there. Run by hand without the variables, these tests
 //! print a note and skip.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! joining and leaving, and inactivity timers. A verifier reads the output,
 //! changelog and dead-letter topics with read_committed and checks every
 //! customer.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

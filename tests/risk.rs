@@ -3,6 +3,7 @@
 //! midway; every pattern's rule is raised on the risk topic, and per
 //! customer and rule the flags alternate raised/cleared exactly once and
 //! agree with the committed state.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -6,6 +6,7 @@
 //!
 //! The verifier and the test's own producers use the PLAINTEXT listener
 //! (a super user); only the pipeline goes through SASL_SSL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

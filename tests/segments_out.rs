@@ -2,6 +2,7 @@
 //! versus live changes, and the current-membership topic. (The exact
 //! current topic after SIGKILLs and rebalances is checked by the verifier
 //! of the exactly-once tests, `verify_current`.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -7,6 +7,7 @@
 //! so equal scores mean equal features. (That the trainer's example builder
 //! computes exactly this replay's features is a unit test in
 //! `train::examples`.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The trainer against the real ONNX Runtime (`make test` provisions it and a
 //! Python venv with the `onnx` package): export parity, the ONNX checker,
 //! golden validation by the serving loader, promotion rules and predict.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 
