@@ -1,0 +1,362 @@
+//! End to end with transactions against a raw read of the same input, and
+//! the event → visible `SegmentChange` latency at half that rate.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+/// End-to-end results: sustained throughput and event → SegmentChange latency.
+#[derive(Debug, Clone, Serialize)]
+pub struct E2eBench {
+    /// The model scored: `rules` (the built-in rule model) or `transformer`
+    /// (a default-size Transformer trained inside the benchmark).
+    pub model: String,
+    /// Events in the throughput run.
+    pub events: usize,
+    /// Raw librdkafka: events/s reading the same input topics, no processing.
+    pub raw_events_per_second: f64,
+    /// The pipeline (decode, state, scoring, decisions, transactions): events/s.
+    pub pipeline_events_per_second: f64,
+    /// pipeline / raw.
+    pub ratio: f64,
+    /// Rate of the latency run (half the sustained rate), events/s.
+    pub latency_rate: f64,
+    /// Segment changes measured in the latency run.
+    pub latency_samples: usize,
+    /// Median latency from produce to read_committed visibility, ms.
+    pub p50_ms: f64,
+    /// 99th percentile of the same, ms.
+    pub p99_ms: f64,
+}
+
+/// Partitions per topic of the end-to-end benchmark: a multiple of 2 and 3,
+/// so stream threads share them evenly.
+pub(super) const E2E_PARTITIONS: i32 = 6;
+
+/// Runs the pipeline in-process against fresh topics with `model`: first the sustained rate over `events` pre-produced events (against
+/// a raw librdkafka read of the same topics), then the latency from an
+/// event's produce time to its SegmentChange becoming visible to a
+/// read_committed consumer, at half that rate for `latency_seconds`.
+/// The model an end-to-end run scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum E2eModel {
+    /// The built-in rule model (cheap to score).
+    Rules,
+    /// The default Transformer, trained inside the benchmark on generated
+    /// history (one epoch): what users run.
+    Transformer,
+}
+
+pub async fn e2e(
+    config: &Config,
+    events: usize,
+    latency_seconds: f64,
+    model: E2eModel,
+) -> Result<E2eBench, Box<dyn std::error::Error + Send + Sync>> {
+    use crate::event::corpus::{browse, purchase, review};
+    use crate::event::encode::{encode, WireFormat};
+    use crate::features::{FeatureSpec, Featurizer};
+    use crate::model::{rules, Registry};
+    use rdkafka::consumer::StreamConsumer;
+    use rdkafka::message::Message;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let id = format!("bench-e2e-{}", std::process::id());
+    let client = config.kafka.client_config()?;
+    let admin: AdminClient<DefaultClientContext> = client.create()?;
+    let t = |s: &str| format!("{id}.{s}");
+    let inputs = [t("browse"), t("purchase"), t("review")];
+    let mut new_topics: Vec<NewTopic<'_>> = inputs
+        .iter()
+        .map(|n| NewTopic::new(n, E2E_PARTITIONS, TopicReplication::Fixed(1)))
+        .collect();
+    let (changelog, dlq, output) = (t("changelog"), t("dlq"), t("segments"));
+    let current = t("current");
+    for compacted in [&changelog, &current] {
+        new_topics.push(
+            NewTopic::new(compacted, E2E_PARTITIONS, TopicReplication::Fixed(1))
+                .set("cleanup.policy", "compact"),
+        );
+    }
+    new_topics.push(NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)));
+    new_topics.push(NewTopic::new(
+        &output,
+        E2E_PARTITIONS,
+        TopicReplication::Fixed(1),
+    ));
+    for r in admin
+        .create_topics(&new_topics, &AdminOptions::new())
+        .await?
+    {
+        r.map_err(|(t, e)| format!("creating {t}: {e}"))?;
+    }
+    let dir = std::env::temp_dir().join(&id);
+    // Every exit, a failure included, deletes the topics: a benchmark run
+    // writes gigabytes, and a leftover run's topics fill the broker's disk.
+    let result: BenchResult<E2eBench> = async {
+        let registry = Registry::new(dir.join("models"));
+        let limits = config.state.limits().state;
+        let featurizer = Featurizer::new(FeatureSpec::for_state(limits), limits)?;
+        match model {
+            E2eModel::Rules => {
+                let (onnx, manifest) = rules::build(&featurizer, "rules-bench");
+                registry.publish(&onnx, &manifest)?;
+                registry.promote("rules-bench")?;
+            }
+            E2eModel::Transformer => bench_transformer(config, &registry).await?,
+        }
+        let mut cfg = config.clone();
+        cfg.input.topics = inputs.to_vec();
+        cfg.state.changelog_topic = changelog.clone();
+        cfg.dead_letter.topic = dlq.clone();
+        cfg.output.topic = output.clone();
+        cfg.output.current_topic = current.clone();
+        cfg.kafka.group_id = id.clone();
+        cfg.pipeline.transactional_id = format!("{id}-tx");
+        cfg.pipeline.http_listen = String::new();
+        cfg.score.registry = registry.root().to_path_buf();
+
+        // Pre-produce the throughput run: every event a new customer, so every
+        // event is scored and publishes a SegmentChange (the latency run's shape).
+        let producer: FutureProducer = client
+            .clone()
+            .set("linger.ms", "20")
+            .set("enable.idempotence", "true")
+            .create()?;
+        let now = crate::ingest::now_ms();
+        let mut pending = tokio::task::JoinSet::new();
+        for i in 0..events {
+            let customer = format!("tp-{i}");
+            let eid = format!("tp-{i}");
+            let at = now - 1_800_000 + (i as i64 % 1_700_000);
+            let (event, topic) = match i % 3 {
+                0 => (browse(&customer, &eid, at), &inputs[0]),
+                1 => (purchase(&customer, &eid, at), &inputs[1]),
+                _ => (review(&customer, &eid, at), &inputs[2]),
+            };
+            let value = encode(&event, WireFormat::Protobuf);
+            let (producer, topic) = (producer.clone(), topic.clone());
+            pending.spawn(async move {
+                producer
+                    .send(
+                        FutureRecord::to(&topic).key(&customer).payload(&value),
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| e.to_string())
+            });
+            if pending.len() >= 10_000 {
+                while let Some(r) = pending.join_next().await {
+                    r??;
+                }
+            }
+        }
+        while let Some(r) = pending.join_next().await {
+            r??;
+        }
+
+        // Baseline: raw librdkafka over the same topics.
+        let (c1, topics1) = (client.clone(), inputs.to_vec());
+        let raw = tokio::task::spawn_blocking(move || raw_read_all(&c1, &topics1, E2E_PARTITIONS))
+            .await??;
+        let raw_rate = raw.0 as f64 / raw.1.as_secs_f64().max(1e-9);
+
+        // The pipeline, in-process.
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let metrics = Metrics::new()?;
+        let pipeline = tokio::spawn(crate::pipeline::run(cfg.clone(), metrics, async move {
+            let _ = stop_rx.await;
+        }));
+        let offsets = |c: &ClientConfig| -> Result<i64, KafkaError> {
+            let consumer: BaseConsumer = c.clone().set("group.id", &id).create()?;
+            let mut tpl = TopicPartitionList::new();
+            for t in &inputs {
+                for p in 0..E2E_PARTITIONS {
+                    tpl.add_partition(t, p);
+                }
+            }
+            let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+            Ok(committed
+                .elements()
+                .iter()
+                .map(|e| e.offset().to_raw().unwrap_or(0).max(0))
+                .sum())
+        };
+        let total = events as i64;
+        // The rate counts from the moment every stream thread holds its
+        // partitions (the group is stable with one member per thread): the
+        // rebalance as the threads join one by one is start-up, not throughput.
+        let threads = cfg.pipeline.stream_threads();
+        let group_reader: BaseConsumer = client.clone().create()?;
+        let group_stable = |_: &ClientConfig| -> bool {
+            group_reader
+                .fetch_group_list(Some(&id), Duration::from_secs(5))
+                .ok()
+                .and_then(|l| {
+                    l.groups().first().map(|g| {
+                        g.state() == "Stable"
+                            && g.members().len() >= threads
+                            && g.members()
+                                .iter()
+                                .all(|m| m.assignment().is_some_and(|a| a.len() > 8))
+                    })
+                })
+                .unwrap_or(false)
+        };
+        let mut first: Option<(Instant, i64)> = None;
+        let deadline = Instant::now() + Duration::from_secs(900);
+        let last = loop {
+            let done = offsets(&client)?;
+            if first.is_none() && group_stable(&client) {
+                // The group check takes a round trip: count from after it.
+                let done = offsets(&client)?;
+                if done >= total {
+                    return Err(format!(
+                        "the pipeline consumed all {events} events before its group settled; \
+                     run with more events"
+                    )
+                    .into());
+                }
+                first = Some((Instant::now(), done));
+            }
+            if done >= total {
+                break Instant::now();
+            }
+            if pipeline.is_finished() {
+                let why = match pipeline.await {
+                    Ok(Ok(())) => "it stopped".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                return Err(
+                    format!("the pipeline did not consume the benchmark input: {why}").into(),
+                );
+            }
+            if Instant::now() > deadline {
+                return Err("the pipeline did not consume the benchmark input in time".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let (t0, done0) = first.unwrap_or((last, 0));
+        // A rate measured over a sliver of the input is noise, and the latency
+        // run below feeds at half of it: refuse rather than flood the broker.
+        if total - done0 < total / 2 {
+            return Err(format!(
+                "the pipeline consumed {done0} of {events} events before its group settled, \
+             leaving too few to measure a rate; run with more events"
+            )
+            .into());
+        }
+        let pipeline_rate =
+            (total - done0) as f64 / last.duration_since(t0).as_secs_f64().max(1e-3);
+
+        // Latency at half the sustained rate: every event is a new customer, so
+        // every event yields a first classification.
+        let reader: StreamConsumer = client
+            .clone()
+            .set("group.id", format!("{id}-reader"))
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "latest")
+            .create()?;
+        reader.subscribe(&[&output])?;
+        tokio::time::sleep(Duration::from_secs(3)).await; // join before producing
+        let rate = (pipeline_rate / 2.0).max(1.0);
+        // Never more than the throughput run: the latency run's size is bounded
+        // by what the caller asked for.
+        let n = ((rate * latency_seconds) as usize).clamp(1, events);
+        let sent: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> =
+            Default::default();
+        let producer2 = producer.clone();
+        let sent2 = sent.clone();
+        let topic = inputs[1].clone();
+        let feeder = tokio::spawn(async move {
+            let start = Instant::now();
+            for i in 0..n {
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+                let customer = format!("lat-{i}");
+                let value = encode(
+                    &purchase(&customer, &format!("lat-{i}"), crate::ingest::now_ms()),
+                    WireFormat::Protobuf,
+                );
+                if let Ok(mut m) = sent2.lock() {
+                    m.insert(customer.clone(), Instant::now());
+                }
+                let _ =
+                    producer2.send_result(FutureRecord::to(&topic).key(&customer).payload(&value));
+            }
+        });
+        let mut latencies = Vec::with_capacity(n);
+        let end = Instant::now() + Duration::from_secs_f64(latency_seconds + 30.0);
+        while latencies.len() < n && Instant::now() < end {
+            let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_secs(5), reader.recv()).await
+            else {
+                continue;
+            };
+            let Some(key) = msg.key().map(|k| String::from_utf8_lossy(k).into_owned()) else {
+                continue;
+            };
+            let at = sent.lock().ok().and_then(|m| m.get(&key).copied());
+            if let Some(at) = at {
+                latencies.push(at.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        let _ = feeder.await;
+        let _ = stop_tx.send(());
+        let _ = pipeline.await;
+        latencies.sort_by(f64::total_cmp);
+        let pct = |q: f64| {
+            if latencies.is_empty() {
+                f64::NAN
+            } else {
+                latencies[((latencies.len() - 1) as f64 * q).round() as usize]
+            }
+        };
+        Ok(E2eBench {
+            model: match model {
+                E2eModel::Rules => "rules".into(),
+                E2eModel::Transformer => "transformer".into(),
+            },
+            events,
+            raw_events_per_second: raw_rate,
+            pipeline_events_per_second: pipeline_rate,
+            ratio: pipeline_rate / raw_rate.max(1e-9),
+            latency_rate: rate,
+            latency_samples: latencies.len(),
+            p50_ms: pct(0.5),
+            p99_ms: pct(0.99),
+        })
+    }
+    .await;
+    delete_bench_topics(
+        &admin,
+        &[
+            &inputs[0], &inputs[1], &inputs[2], &changelog, &dlq, &output, &current,
+        ],
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// The end-to-end results as a Markdown table.
+pub fn e2e_markdown(b: &E2eBench) -> String {
+    format!(
+        "| end to end, {} model ({} events) | value |\n| --- | --- |\n\
+         | raw librdkafka read of the input (baseline) | {:.0} events/s |\n\
+         | pipeline, transactions on | {:.0} events/s |\n\
+         | pipeline / raw | {:.3} |\n\
+         | latency run | {:.0} events/s, {} segment changes |\n\
+         | event → SegmentChange visible (read_committed), p50 | {:.0} ms |\n\
+         | same, p99 | {:.0} ms |\n",
+        b.model,
+        b.events,
+        b.raw_events_per_second,
+        b.pipeline_events_per_second,
+        b.ratio,
+        b.latency_rate,
+        b.latency_samples,
+        b.p50_ms,
+        b.p99_ms
+    )
+}
