@@ -241,9 +241,11 @@ fuzz: ## Bounded fuzzing campaign of the decoders and the changelog codec (FUZZ_
 	  grep -E "^#[0-9]+ +DONE|^stat::" fuzz/target/$$t.log; \
 	done
 
-lint: ## rustfmt check and clippy (warnings are errors)
+lint: ## rustfmt check, clippy (warnings are errors), no import cycles in train/ and pipeline/
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	python3 .ci/module_cycles.py src/train --strict
+	python3 .ci/module_cycles.py src/pipeline --strict
 
 demo: tools ## Start the broker, run the demo, stop the broker
 	deploy/local/with-kafka.sh deploy/local/demo.sh

@@ -22,10 +22,7 @@ fn broker(action: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_recovers_from_a_broker_restart() {
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
-    );
+    common::require_onnxruntime();
     let t0 = std::time::Instant::now();
     let phase = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
     let s = setup().await;

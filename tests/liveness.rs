@@ -13,10 +13,7 @@ use common::pipeline::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_transactional_call_ends_the_instance_and_its_partitions_move() {
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
-    );
+    common::require_onnxruntime();
     // `extra` lands in the [pipeline] table of the test config.
     let s = setup_with(
         PARTITIONS,
@@ -111,10 +108,7 @@ async fn a_history_produced_topic_by_topic_yields_no_late_events() {
     use segstream::ingest::now_ms;
     use segstream::state::changelog;
 
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
-    );
+    common::require_onnxruntime();
     const DAY: i64 = 86_400_000;
     let now = now_ms();
     // (kind, customer, id, time): 300 customers, about 20 events each,
@@ -232,10 +226,7 @@ async fn a_history_produced_topic_by_topic_yields_no_late_events() {
 /// restore; the instance refuses to start and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changelog_that_is_not_compacted_is_refused_at_start() {
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
-    );
+    common::require_onnxruntime();
     let s = setup().await;
     let deleting = format!("{}-delete", s.changelog);
     common::create_topics(&[&deleting], PARTITIONS).await;

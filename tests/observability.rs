@@ -148,10 +148,7 @@ async fn prometheus_scrapes_a_running_pipeline_whose_metrics_pass_promtool() {
     let Some(prometheus) = tool("SEGSTREAM_TEST_PROMETHEUS", "Debian's prometheus") else {
         return;
     };
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
-    );
+    common::require_onnxruntime();
     let s = setup().await;
     let stream = produce_stream(topics(&s), 1.0).await;
     let total: u64 = stream.produced.values().sum();
@@ -359,10 +356,7 @@ async fn prometheus_scrapes_a_running_pipeline_whose_metrics_pass_promtool() {
 /// a healthy instance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_means_assigned_and_restored() {
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
-    );
+    common::require_onnxruntime();
     let s = setup().await;
     let port = free_port();
     let log = s.dir.path().join("run.log");
@@ -396,10 +390,7 @@ async fn ready_means_assigned_and_restored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_counts_the_records_not_yet_committed() {
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
-    );
+    common::require_onnxruntime();
     let s = setup().await;
     let stream = produce_stream(topics(&s), 0.5).await;
     let records = stream.produced.values().sum::<u64>() + stream.bad.len() as u64;

@@ -20,10 +20,7 @@ use segstream::ingest::now_ms;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashes_lose_nothing_and_duplicate_nothing() {
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
-    );
+    common::require_onnxruntime();
     let s = setup().await;
     let producing = tokio::spawn(produce_stream(topics(&s), 10.0));
     // Run, SIGKILL at random moments, restart; then run to the end.
@@ -59,10 +56,7 @@ async fn crashes_lose_nothing_and_duplicate_nothing() {
 /// SIGKILL); partitions and their state move between them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalances_lose_nothing_and_duplicate_nothing() {
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
-    );
+    common::require_onnxruntime();
     let s = setup().await;
     let producing = tokio::spawn(produce_stream(topics(&s), 12.0));
     let log = s.dir.path().join("run.log");

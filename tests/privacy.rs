@@ -24,10 +24,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// pseudonyms (the dead-letter topic keeps producers' bytes by design).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pseudonymized_ids_never_appear_in_clear() {
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
-    );
+    common::require_onnxruntime();
     let s = setup_with(
         PARTITIONS,
         "reference",
@@ -103,10 +100,7 @@ async fn pseudonymized_ids_never_appear_in_clear() {
 /// and `predict` on the topics leaves them out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forget_erases_for_good() {
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
-    );
+    common::require_onnxruntime();
     let s = setup().await;
     let (erasure, audit) = (format!("{}.erasure", s.group), format!("{}.audit", s.group));
     common::create_topics(&[&erasure], PARTITIONS).await;

@@ -19,10 +19,7 @@ use segstream::ingest::now_ms;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abuse_patterns_raise_their_flags_exactly_once_through_a_crash() {
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
-    );
+    common::require_onnxruntime();
     let s = setup().await;
     let overlay = abuse(&AbuseConfig {
         seed: 5,

@@ -22,10 +22,7 @@ const DAY: i64 = 86_400_000;
 /// `segstream.live: false`); events happening now are marked live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfilled_changes_are_replay_and_live_changes_are_live() {
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
-    );
+    common::require_onnxruntime();
     let s = setup().await;
     let now = now_ms();
     let mut history = Vec::new();
@@ -113,10 +110,7 @@ async fn backfilled_changes_are_replay_and_live_changes_are_live() {
 /// restores its state the owner answers 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_answer_owned_redirect_not_owned_and_wait_for_restores() {
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
-    );
+    common::require_onnxruntime();
     let s = setup().await;
     let stream = produce_stream(topics(&s), 0.5).await;
     let log = s.dir.path().join("run.log");
@@ -276,10 +270,7 @@ fn members_by_example(
 /// adds, EXITED removes), and so does a bootstrap from the current topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_segment_topic_alone_gives_the_exact_member_set() {
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
-    );
+    common::require_onnxruntime();
     let Some(python) = common::tool(
         "SEGSTREAM_TEST_CLIENT_PYTHON",
         "confluent-kafka (make client-pyenv)",

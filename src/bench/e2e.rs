@@ -32,12 +32,8 @@ pub struct E2eBench {
 /// so stream threads share them evenly.
 pub(super) const E2E_PARTITIONS: i32 = 6;
 
-/// Runs the pipeline in-process against fresh topics with `model`: first the sustained rate over `events` pre-produced events (against
-/// a raw librdkafka read of the same topics), then the latency from an
-/// event's produce time to its SegmentChange becoming visible to a
-/// read_committed consumer, at half that rate for `latency_seconds`.
-/// The model an end-to-end run scores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The model an end-to-end or scoring run scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum E2eModel {
     /// The built-in rule model (cheap to score).
     Rules,
@@ -46,6 +42,11 @@ pub enum E2eModel {
     Transformer,
 }
 
+/// Runs the pipeline in-process against fresh topics with `model`: first
+/// the sustained rate over `events` pre-produced events (against a raw
+/// librdkafka read of the same topics), then the latency from an event's
+/// produce time to its SegmentChange becoming visible to a read_committed
+/// consumer, at half that rate for `latency_seconds`.
 pub async fn e2e(
     config: &Config,
     events: usize,

@@ -68,8 +68,8 @@ pub(crate) enum BenchCommand {
         latency_seconds: f64,
         /// The model scored: `rules` (built in) or `transformer` (the
         /// default Transformer, trained inside the benchmark first).
-        #[arg(long, default_value = "rules", value_parser = ["rules", "transformer"])]
-        model: String,
+        #[arg(long, value_enum, default_value = "rules")]
+        model: segstream::bench::E2eModel,
         /// Also write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -85,8 +85,8 @@ pub(crate) enum BenchCommand {
         /// The model scored: `rules` (the built-in reference model) or
         /// `transformer` (the default Transformer, trained inside the
         /// benchmark; also measured without its explanation output).
-        #[arg(long, default_value = "rules", value_parser = ["rules", "transformer"])]
-        model: String,
+        #[arg(long, value_enum, default_value = "rules")]
+        model: segstream::bench::E2eModel,
         /// Also write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -213,11 +213,6 @@ pub(crate) async fn bench(config: Config, command: BenchCommand) -> anyhow::Resu
             model,
             json,
         } => {
-            let model = if model == "transformer" {
-                bench::E2eModel::Transformer
-            } else {
-                bench::E2eModel::Rules
-            };
             let r = bench::score(&config, &batches, seconds, model)
                 .await
                 .map_err(lift)?;
@@ -229,11 +224,6 @@ pub(crate) async fn bench(config: Config, command: BenchCommand) -> anyhow::Resu
             model,
             json,
         } => {
-            let model = if model == "transformer" {
-                bench::E2eModel::Transformer
-            } else {
-                bench::E2eModel::Rules
-            };
             let r = bench::e2e(&config, events, latency_seconds, model)
                 .await
                 .map_err(lift)?;

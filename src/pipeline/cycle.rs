@@ -9,8 +9,7 @@ use std::sync::Arc;
 use rdkafka::producer::BaseRecord;
 
 use super::output::{self, OutRecord};
-use super::transaction::TxnError;
-use super::{Pipeline, PipelineError};
+use super::{Pipeline, PipelineError, TxnError};
 use crate::decide::{self, risk, Hysteresis};
 use crate::event::proto::{SegmentChange, Trigger};
 use crate::ingest::{self, DeadLetter};

@@ -85,6 +85,19 @@ use crate::telemetry::{Metrics, Tally};
 /// Lookups waiting per stream thread before the endpoint answers 503.
 const LOOKUP_QUEUE: usize = 64;
 
+/// How a failed transactional call is handled.
+#[derive(Debug)]
+pub(super) enum TxnError {
+    /// The same call may succeed if repeated (librdkafka says so); where
+    /// it is not repeated, it is handled as `Abortable`.
+    Retriable(String),
+    /// Abort the transaction and redo the work from the committed state.
+    Abortable(String),
+    /// The producer is unusable (fenced, or a fatal transactional error):
+    /// re-create it, or end the instance.
+    Fatal(PipelineError),
+}
+
 /// Errors that end the run loop.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {

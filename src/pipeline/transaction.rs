@@ -23,26 +23,13 @@ use super::clients::TxnProducer;
 use super::cycle::Cycle;
 use super::output::OutRecord;
 use super::retry::Retry;
-use super::{kafka, Pipeline, PipelineError};
+use super::{kafka, Pipeline, PipelineError, TxnError};
 use crate::ingest::DeadLetter;
 
 /// Re-creating the producer more often than this within
 /// [`FENCING_WINDOW`] ends the instance.
 const MAX_REFENCES: usize = 3;
 const FENCING_WINDOW: Duration = Duration::from_secs(300);
-
-/// How a failed transactional call is handled.
-#[derive(Debug)]
-pub(super) enum TxnError {
-    /// The same call may succeed if repeated (librdkafka says so); where
-    /// it is not repeated, it is handled as `Abortable`.
-    Retriable(String),
-    /// Abort the transaction and redo the work from the committed state.
-    Abortable(String),
-    /// The producer is unusable (fenced, or a fatal transactional error):
-    /// re-create it, or end the instance.
-    Fatal(PipelineError),
-}
 
 /// librdkafka's classification of a failed call.
 pub(super) fn classify(what: &'static str, e: KafkaError) -> TxnError {

@@ -12,6 +12,15 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
 
+/// Fails the test when the ONNX Runtime library is not provisioned (the
+/// pipeline and the scorer need it): `make test` exports `ORT_DYLIB_PATH`.
+pub fn require_onnxruntime() {
+    assert!(
+        std::env::var_os("ORT_DYLIB_PATH").is_some(),
+        "ORT_DYLIB_PATH is not set; run `make test` (it provisions ONNX Runtime)"
+    );
+}
+
 /// The broker `make test` starts (`make kafka-up`).
 pub fn bootstrap() -> String {
     std::env::var("SEGSTREAM_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:19092".into())

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Import cycles between the modules of one directory of src/.
+
+Usage: .ci/module_cycles.py DIR [--strict]
+
+Reads every .rs file under DIR (test modules and comments left out), finds
+which sibling modules each one names (`super::x`, `crate::<path>::x`), and
+prints the strongly connected components with more than one module: each is
+a set of modules that import each other in a cycle. With --strict, exits 1
+when there is one. `make lint` (which `.ci/run` runs) runs it strict on
+src/train and src/pipeline. Modules that import their parent's items with
+a glob (`use super::*`, as src/config's sections do) name no sibling and
+are not seen.
+"""
+import glob
+import os
+import re
+import sys
+
+
+def modules(root):
+    mods = {}
+    for f in glob.glob(os.path.join(root, "*.rs")):
+        name = os.path.basename(f)[:-3]
+        if name not in ("mod", "tests", "lib", "main"):
+            mods[name] = [f]
+    for d in glob.glob(os.path.join(root, "*", "mod.rs")):
+        name = os.path.basename(os.path.dirname(d))
+        mods[name] = [
+            f for f in glob.glob(os.path.join(os.path.dirname(d), "**", "*.rs"), recursive=True)
+            if not f.endswith("tests.rs")
+        ]
+    return mods
+
+
+def edges(root, mods):
+    prefix = "crate::" + "::".join(os.path.relpath(root, "src").split(os.sep)) + "::"
+    if os.path.relpath(root, "src") == ".":
+        prefix = "crate::"
+    g = {m: set() for m in mods}
+    for m, files in mods.items():
+        for f in files:
+            text = open(f, encoding="utf-8").read().split("#[cfg(test)]")[0]
+            for line in text.split("\n"):
+                if line.strip().startswith("//"):
+                    continue
+                names = re.findall(r"\bsuper::(\w+)", line) if os.path.dirname(f) == root else []
+                names += re.findall(re.escape(prefix) + r"(\w+)", line)
+                g[m].update(n for n in names if n in g and n != m)
+    return g
+
+
+def cycles(g):
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(g[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def main():
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    root = args[0].rstrip("/") if args else "src"
+    g = edges(root, modules(root))
+    found = cycles(g)
+    for comp in found:
+        print(f"{root}: import cycle among {', '.join(comp)}")
+    if not found:
+        print(f"{root}: no import cycle among {len(g)} modules")
+    sys.exit(1 if found and "--strict" in sys.argv else 0)
+
+
+if __name__ == "__main__":
+    main()
