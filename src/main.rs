@@ -266,6 +266,8 @@ async fn shutdown_signal() {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
                 Err(_) => {
+                    // Without a SIGTERM handler, Ctrl-C alone stops it (an
+                    // error installing that one too means: run until killed).
                     let _ = ctrl_c.await;
                     return;
                 }
@@ -276,5 +278,5 @@ async fn shutdown_signal() {
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    let _ = ctrl_c.await; // An error installing the handler: run until killed.
 }

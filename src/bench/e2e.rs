@@ -166,7 +166,7 @@ pub async fn e2e(
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let metrics = Metrics::new()?;
         let pipeline = tokio::spawn(crate::pipeline::run(cfg.clone(), metrics, async move {
-            let _ = stop_rx.await;
+            let _ = stop_rx.await; // Err: the sender is gone, which also means stop.
         }));
         let offsets = |c: &ClientConfig| -> Result<i64, KafkaError> {
             let consumer: BaseConsumer = c.clone().set("group.id", &id).create()?;
@@ -283,6 +283,8 @@ pub async fn e2e(
                 if let Ok(mut m) = sent2.lock() {
                     m.insert(customer.clone(), Instant::now());
                 }
+                // A refused send (a full queue) is a latency sample that
+                // never arrives: the percentiles are over what was received.
                 let _ =
                     producer2.send_result(FutureRecord::to(&topic).key(&customer).payload(&value));
             }
@@ -302,9 +304,17 @@ pub async fn e2e(
                 latencies.push(at.elapsed().as_secs_f64() * 1000.0);
             }
         }
-        let _ = feeder.await;
-        let _ = stop_tx.send(());
-        let _ = pipeline.await;
+        // The latencies are measured; a feeder or pipeline failure from
+        // here on is reported, not fatal to the figures.
+        if let Err(e) = feeder.await {
+            tracing::warn!(error = %e, "The latency run's feeder task failed.");
+        }
+        let _ = stop_tx.send(()); // Err: the pipeline already ended.
+        match pipeline.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "The pipeline stopped on an error."),
+            Err(e) => tracing::warn!(error = %e, "The pipeline task failed."),
+            Ok(Ok(())) => {}
+        }
         latencies.sort_by(f64::total_cmp);
         let pct = |q: f64| {
             if latencies.is_empty() {
@@ -336,7 +346,7 @@ pub async fn e2e(
         ],
     )
     .await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&dir); // Best effort: a temporary directory.
     result
 }
 

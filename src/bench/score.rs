@@ -91,7 +91,7 @@ pub async fn score(
             let trained = bench_transformer(config, &registry).await;
             let files =
                 trained.and_then(|()| Ok(ModelFiles::read(&registry.dir("transformer-bench")?)?));
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_dir_all(&dir); // Best effort: a temporary directory.
             files?
         }
     };

@@ -128,7 +128,7 @@ fn timed_training(
         no_promote: true,
     };
     let report = Progress::silent(|p| crate::train::train(config, history, &registry, &options, p));
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&dir); // Best effort: a temporary directory.
     Ok(summarize(&report?, n, gen, plain))
 }
 

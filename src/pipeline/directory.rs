@@ -407,6 +407,7 @@ impl super::Pipeline {
                 "offsets": offsets,
             })
         });
+        // Err only when the HTTP request that asked is gone.
         let _ = q.reply.send(answer);
     }
 }

@@ -345,6 +345,7 @@ pub async fn run(
         }
     }
     health.stopping.store(true, Ordering::Relaxed);
+    // Err only when no stream thread is left to tell.
     let _ = stop_tx.send(true);
     while let Some(ended) = tasks.join_next().await {
         let r = joined(ended);
@@ -353,7 +354,9 @@ pub async fn run(
         }
     }
     stop_watch.store(true, Ordering::Relaxed);
-    let _ = watch_thread.join();
+    if watch_thread.join().is_err() {
+        warn!("The watchdog thread had panicked.");
+    }
     directory.stop();
     watchdog.stop();
     if let Ok(scorer) = Arc::try_unwrap(scorer) {

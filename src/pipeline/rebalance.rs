@@ -192,7 +192,7 @@ impl Pipeline {
         }
         let mut tpl = TopicPartitionList::new();
         for (t, p) in &self.assigned {
-            let _ = tpl.add_partition(t, *p);
+            tpl.add_partition(t, *p);
         }
         let consumer = self.consumer.clone();
         let committed = self
@@ -211,7 +211,8 @@ impl Pipeline {
                     OffsetReset::Latest => Offset::End,
                 },
             };
-            let _ = seek.add_partition_offset(e.topic(), e.partition(), offset);
+            seek.add_partition_offset(e.topic(), e.partition(), offset)
+                .map_err(kafka("building the rewind to the committed offsets"))?;
         }
         let consumer = self.consumer.clone();
         self.watchdog

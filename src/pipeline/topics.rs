@@ -13,6 +13,28 @@ use tracing::warn;
 use super::{kafka, Pipeline, PipelineError};
 use crate::telemetry::kafka_log::{self, QuietContext};
 
+/// A topic the configuration names: `key` names it in messages (the main
+/// topics need none); a co-partitioned one must have the input topics'
+/// partition count; `hint` follows its "does not exist".
+struct Needed<'a> {
+    name: &'a str,
+    key: Option<&'static str>,
+    co_partitioned: bool,
+    hint: &'static str,
+}
+
+impl<'a> Needed<'a> {
+    /// A topic named by the main keys (its name is the whole message).
+    fn main(name: &'a str, co_partitioned: bool) -> Self {
+        Needed {
+            name,
+            key: None,
+            co_partitioned,
+            hint: "",
+        }
+    }
+}
+
 impl Pipeline {
     /// Input topics, changelog and dead-letter topics exist, and the input
     /// topics and the changelog have the same number of partitions.
@@ -27,7 +49,11 @@ impl Pipeline {
         // describe; each needed topic that is missing is asked for by name,
         // which tells "not authorized" from "does not exist".
         let client = self.cfg.kafka.client_config()?;
-        let needed = self.needed_topics();
+        let needed: Vec<String> = self
+            .needed_topics()
+            .iter()
+            .map(|n| n.name.to_owned())
+            .collect();
         let answer = self
             .watchdog
             .call("fetch_metadata", move |t| {
@@ -89,54 +115,17 @@ impl Pipeline {
         };
         let mut problems = Vec::new();
         let mut counts = BTreeMap::new();
-        for t in self
-            .cfg
-            .input
-            .topics
-            .iter()
-            .chain(std::iter::once(&self.cfg.state.changelog_topic))
-        {
-            match count(t) {
-                Some(n) => {
-                    counts.insert(t.clone(), n);
+        for n in self.needed_topics() {
+            match count(n.name) {
+                Some(partitions) if n.co_partitioned => {
+                    counts.insert(n.name.to_owned(), partitions);
                 }
-                None => problems.push(format!("{t} {}", absent(t))),
-            }
-        }
-        if count(&self.cfg.dead_letter.topic).is_none() {
-            let t = &self.cfg.dead_letter.topic;
-            problems.push(format!("{t} {}", absent(t)));
-        }
-        let risk_topic = &self.cfg.output.risk_topic;
-        if !risk_topic.is_empty() && count(risk_topic).is_none() {
-            problems.push(format!(
-                "{risk_topic} (output.risk_topic) {}",
-                absent(risk_topic)
-            ));
-        }
-        let privacy = &self.cfg.privacy;
-        if !privacy.erasure_topic.is_empty() {
-            match count(&privacy.erasure_topic) {
-                Some(n) => {
-                    counts.insert(privacy.erasure_topic.clone(), n);
+                Some(_) => {}
+                None => {
+                    let key = n.key.map(|k| format!(" ({k})")).unwrap_or_default();
+                    problems.push(format!("{}{key} {}{}", n.name, absent(n.name), n.hint));
                 }
-                None => problems.push(format!(
-                    "{} (privacy.erasure_topic) {}",
-                    privacy.erasure_topic,
-                    absent(&privacy.erasure_topic)
-                )),
             }
-        }
-        if !privacy.audit_topic.is_empty() && count(&privacy.audit_topic).is_none() {
-            problems.push(format!(
-                "{} (privacy.audit_topic) {}",
-                privacy.audit_topic,
-                absent(&privacy.audit_topic)
-            ));
-        }
-        if !self.cfg.output.topic.contains("{segment}") && count(&self.cfg.output.topic).is_none() {
-            let t = &self.cfg.output.topic;
-            problems.push(format!("{t} {}", absent(t)));
         }
         // A changelog that deletes instead of compacting loses state older
         // than its retention at the next restore; a current-membership topic
@@ -147,20 +136,10 @@ impl Pipeline {
             "state older than its retention would be lost at the next restore",
         )];
         if !current.is_empty() {
-            match count(current) {
-                Some(n) => {
-                    counts.insert(current.clone(), n);
-                    compacted.push((
-                        current,
-                        "customers whose segment has not changed for its retention would vanish from it",
-                    ));
-                }
-                None => problems.push(format!(
-                    "{current} (output.current_topic) {}; create it compacted \
-                     with the input's partition count, or set output.current_topic = \"\"",
-                    absent(current)
-                )),
-            }
+            compacted.push((
+                current,
+                "customers whose segment has not changed for its retention would vanish from it",
+            ));
         }
         for (topic, why) in compacted {
             if !counts.contains_key(topic) {
@@ -203,27 +182,44 @@ impl Pipeline {
         }
     }
 
-    /// Every topic the configuration names that must exist.
-    fn needed_topics(&self) -> Vec<String> {
+    /// Every topic the configuration names that must exist, in the order
+    /// their problems are reported.
+    fn needed_topics(&self) -> Vec<Needed<'_>> {
         let (input, state, output) = (&self.cfg.input, &self.cfg.state, &self.cfg.output);
         let privacy = &self.cfg.privacy;
-        let mut names: Vec<String> = input.topics.clone();
-        names.push(state.changelog_topic.clone());
-        names.push(self.cfg.dead_letter.topic.clone());
-        if !output.topic.contains("{segment}") {
-            names.push(output.topic.clone());
-        }
-        for optional in [
-            &output.risk_topic,
-            &output.current_topic,
-            &privacy.erasure_topic,
-            &privacy.audit_topic,
-        ] {
-            if !optional.is_empty() {
-                names.push(optional.clone());
+        let mut needed: Vec<Needed<'_>> =
+            input.topics.iter().map(|t| Needed::main(t, true)).collect();
+        needed.push(Needed::main(&state.changelog_topic, true));
+        needed.push(Needed::main(&self.cfg.dead_letter.topic, false));
+        let optional = [
+            (&output.risk_topic, "output.risk_topic", false, ""),
+            (&privacy.erasure_topic, "privacy.erasure_topic", true, ""),
+            (&privacy.audit_topic, "privacy.audit_topic", false, ""),
+        ];
+        for (name, key, co_partitioned, hint) in optional {
+            if !name.is_empty() {
+                needed.push(Needed {
+                    name,
+                    key: Some(key),
+                    co_partitioned,
+                    hint,
+                });
             }
         }
-        names
+        // A topic per segment is created on demand by whoever names them.
+        if !output.topic.contains("{segment}") {
+            needed.push(Needed::main(&output.topic, false));
+        }
+        if !output.current_topic.is_empty() {
+            needed.push(Needed {
+                name: &output.current_topic,
+                key: Some("output.current_topic"),
+                co_partitioned: true,
+                hint: "; create it compacted with the input's partition count, or set \
+                       output.current_topic = \"\"",
+            });
+        }
+        needed
     }
 
     /// A topic's `cleanup.policy` (DescribeConfigs).

@@ -398,7 +398,9 @@ impl Scorer {
     pub fn shutdown(mut self) {
         self.queue = None;
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            if t.join().is_err() {
+                warn!("An inference thread had panicked.");
+            }
         }
     }
 }
@@ -426,6 +428,7 @@ fn inference_loop(slot: usize, rx: &Mutex<Receiver<Job>>, metrics: &Metrics) {
                 warn!(error = %e, rows, "Inference failed.");
             }
         }
+        // Err only when the caller stopped waiting (its cycle ended).
         let _ = job.reply.send(result);
     }
 }

@@ -420,6 +420,7 @@ impl Metrics {
     /// Drops the lag series of a partition this instance no longer owns (its
     /// new owner reports it), so sums over instances do not count it twice.
     pub fn forget_lag(&self, topic: &str, partition: i32) {
+        // Err only when the series never existed (no lag was reported yet).
         let _ = self
             .consumer_lag
             .remove_label_values(&[topic, &partition.to_string()]);
