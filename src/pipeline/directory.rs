@@ -237,11 +237,16 @@ impl Directory {
         if let Some(o) = claim {
             return Whereabouts::Local(o);
         }
+        // The group view can name this very instance for a partition none of
+        // its threads claims: the claim is on its way (a rebalance), or the
+        // view predates the last one. Never redirect a client to ourselves
+        // (it would loop): the owner is unknown for now.
         Whereabouts::Remote(
             self.peers
                 .read()
                 .ok()
-                .and_then(|p| p.get(&partition).cloned()),
+                .and_then(|p| p.get(&partition).cloned())
+                .filter(|url| *url != self.advertised_url),
         )
     }
 
@@ -415,6 +420,25 @@ impl super::Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lookup_never_redirects_to_this_instance() {
+        let mut cfg = Config::default();
+        cfg.pipeline.advertised_url = "http://a:8080".into();
+        let d = Directory::new(&cfg, None);
+        if let Ok(mut peers) = d.peers.write() {
+            peers.insert(0, "http://a:8080".into());
+            peers.insert(1, "http://b:8080".into());
+        }
+        let remote = |p| match d.whereabouts(p) {
+            Whereabouts::Remote(url) => url,
+            Whereabouts::Local(_) => Some("local".into()),
+        };
+        assert_eq!(remote(0), None, "unclaimed here, named here: unknown");
+        assert_eq!(remote(1).as_deref(), Some("http://b:8080"));
+        d.restoring(0, &[0]);
+        assert_eq!(remote(0).as_deref(), Some("local"));
+    }
 
     #[test]
     fn a_late_revocation_of_a_stale_claim_leaves_the_new_owner() {
