@@ -139,13 +139,14 @@ impl Pipeline {
     }
 
     pub(super) async fn restore_once(&mut self, partitions: Vec<i32>) -> Result<(), PipelineError> {
-        self.health.restoring.fetch_add(1, Ordering::Relaxed);
-        let mut client = self.cfg.kafka.consumer_config()?;
         // The restore reader assigns, joins nothing and commits nothing, but
         // librdkafka assigns only with a group id: one of its own, next to
         // the pipeline's (a prefix ACL on kafka.group_id covers it), so that
         // it never shares the pipeline's group.
-        client.set("group.id", format!("{}-restore", self.cfg.kafka.group_id));
+        let group = format!("{}-restore", self.cfg.kafka.group_id);
+        let client = ingest::reader_config(&self.cfg.kafka, &group, true)?;
+        // Counted once the reader is built: every path below undoes it.
+        self.health.restoring.fetch_add(1, Ordering::Relaxed);
         let topic = self.cfg.state.changelog_topic.clone();
         let limits = self.cfg.state.limits();
         let metrics = self.metrics.clone();
