@@ -593,7 +593,7 @@ impl Pipeline {
         }
         if let Some(sweep) = &mut self.sweep {
             for (p, id) in sweep.take(now, self.cfg.score.max_batch) {
-                if self.stores.get(&p).and_then(|s| s.get(&id)).is_some() {
+                if self.stores.get(&p).is_some_and(|s| s.contains(&id)) {
                     self.cycle
                         .to_score
                         .entry(p)

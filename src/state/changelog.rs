@@ -196,6 +196,26 @@ pub fn restore_partition(
     Ok(stats.remove(&partition).unwrap_or_default())
 }
 
+/// The restore reader's client settings: the pipeline's reader settings
+/// (its fetch-queue settings too: with librdkafka's default the fetcher
+/// stops for a second whenever the decoder falls behind), from the
+/// beginning, and a short fetch wait: the read ends with a fetch at the end
+/// of the log, which would otherwise wait the whole `fetch.wait.max.ms` for
+/// records that are not coming. The pipeline passes
+/// `<kafka.group_id>-restore` as the group id, which a prefix ACL on its
+/// group covers. The restore benchmark's raw baseline reads with these too.
+pub fn reader_config(client: &ClientConfig) -> ClientConfig {
+    let mut client = client.clone();
+    let group = client
+        .get("group.id")
+        .unwrap_or("segstream-restore")
+        .to_string();
+    crate::ingest::reader_defaults(&mut client, &group, true);
+    client.set("auto.offset.reset", "earliest");
+    client.set("fetch.wait.max.ms", "10");
+    client
+}
+
 /// Restores several partitions at once into their `stores` (keyed by
 /// partition), with one consumer reading every changelog partition in
 /// parallel; an empty changelog partition costs one offsets lookup and no
@@ -208,18 +228,7 @@ pub fn restore_partitions(
     timeout: Duration,
 ) -> Result<BTreeMap<i32, RestoreStats>, ChangelogError> {
     let started = Instant::now();
-    let mut client = client.clone();
-    // The pipeline's reader settings (its fetch-queue settings too: with
-    // librdkafka's default the fetcher stops for a second whenever the
-    // decoder falls behind). The pipeline passes `<kafka.group_id>-restore`
-    // as the group id, which a prefix ACL on its group covers.
-    let group = client
-        .get("group.id")
-        .unwrap_or("segstream-restore")
-        .to_string();
-    crate::ingest::reader_defaults(&mut client, &group, true);
-    client.set("auto.offset.reset", "earliest");
-    client.set("fetch.wait.max.ms", "10");
+    let client = reader_config(client);
     let consumer: BaseConsumer<RestoreContext> = client
         .create_with_context(RestoreContext)
         .map_err(kafka("creating the restore consumer"))?;
@@ -380,45 +389,17 @@ const MAX_RESERVED_CUSTOMERS: usize = 65_536;
 /// Records per hand-off from the reader to the decoder thread.
 const BATCH: usize = 1024;
 
-/// Changelog records as read, in one buffer per batch (one allocation per
-/// batch instead of two per record).
-struct RawBatch {
-    bytes: Vec<u8>,
-    records: Vec<RawRecord>,
-}
+/// Changelog records as read, copied once into what the store keeps (the
+/// key and the value stay encoded until the customer is used).
+type RawBatch = Vec<RawRecord>;
 
-/// One record of a [`RawBatch`]: where its key and value lie in `bytes`.
+/// One record of a [`RawBatch`].
 struct RawRecord {
     partition: i32,
     offset: i64,
-    key: std::ops::Range<usize>,
+    key: String,
     /// `None`: a tombstone.
-    value: Option<std::ops::Range<usize>>,
-}
-
-impl RawBatch {
-    fn new() -> RawBatch {
-        RawBatch {
-            bytes: Vec::with_capacity(BATCH * 1024),
-            records: Vec::with_capacity(BATCH),
-        }
-    }
-
-    fn push(&mut self, partition: i32, offset: i64, key: &[u8], value: Option<&[u8]>) {
-        let mut append = |b: &[u8]| {
-            let start = self.bytes.len();
-            self.bytes.extend_from_slice(b);
-            start..self.bytes.len()
-        };
-        let key = append(key);
-        let value = value.map(append);
-        self.records.push(RawRecord {
-            partition,
-            offset,
-            key,
-            value,
-        });
-    }
+    value: Option<Box<[u8]>>,
 }
 
 /// Polls until every partition in `reading` reached its end, sending
@@ -432,7 +413,7 @@ fn read_batches(
     tx: &std::sync::mpsc::SyncSender<RawBatch>,
     first_record: &mut Option<Instant>,
 ) -> Result<(), ChangelogError> {
-    let mut batch = RawBatch::new();
+    let mut batch = RawBatch::with_capacity(BATCH);
     while !reading.is_empty() {
         if started.elapsed() > timeout {
             return Err(ChangelogError::Timeout {
@@ -449,14 +430,14 @@ fn read_batches(
             Some(Err(e)) => return Err(kafka("reading the changelog")(e)),
             Some(Ok(msg)) => {
                 first_record.get_or_insert_with(Instant::now);
-                batch.push(
-                    msg.partition(),
-                    msg.offset(),
-                    msg.key().unwrap_or_default(),
-                    msg.payload(),
-                );
-                if batch.records.len() >= BATCH {
-                    let full = std::mem::replace(&mut batch, RawBatch::new());
+                batch.push(RawRecord {
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                    key: String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned(),
+                    value: msg.payload().map(Box::from),
+                });
+                if batch.len() >= BATCH {
+                    let full = std::mem::replace(&mut batch, RawBatch::with_capacity(BATCH));
                     if tx.send(full).is_err() {
                         return Err(ChangelogError::Decoder);
                     }
@@ -464,7 +445,7 @@ fn read_batches(
             }
         }
     }
-    if !batch.records.is_empty() && tx.send(batch).is_err() {
+    if !batch.is_empty() && tx.send(batch).is_err() {
         return Err(ChangelogError::Decoder);
     }
     Ok(())
@@ -490,22 +471,21 @@ fn install(
         })
         .collect();
     for batch in rx {
-        records_counter.inc_by(batch.records.len() as u64);
-        for r in &batch.records {
+        records_counter.inc_by(batch.len() as u64);
+        for r in batch {
             let Some((store, st)) = targets.get_mut(&r.partition) else {
                 continue;
             };
             st.records += 1;
-            let key = String::from_utf8_lossy(&batch.bytes[r.key.clone()]);
-            let Some(value) = r.value.clone() else {
+            let Some(value) = r.value else {
                 st.tombstones += 1;
-                store.forget(&key);
+                store.forget(&r.key);
                 continue;
             };
-            let bytes = &batch.bytes[value];
-            st.bytes += bytes.len() as u64;
-            match decode(bytes) {
-                Ok(state) => store.put(key.into_owned(), state),
+            st.bytes += value.len() as u64;
+            // Kept encoded: decoded when the customer is first used.
+            match store.put_encoded(r.key, value) {
+                Ok(()) => {}
                 Err(e) => {
                     st.corrupt += 1;
                     error!(

@@ -3,10 +3,13 @@
 //! customers changed since the last changelog flush.
 
 use std::collections::{BTreeSet, HashMap};
+use std::mem::size_of;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::codec::{decode, peek, CodecError, Peek};
 use super::{Applied, CustomerState, StateLimits};
 use crate::event::Event;
 
@@ -70,7 +73,7 @@ pub struct Exit {
 #[derive(Debug)]
 pub struct PartitionStore {
     limits: StoreLimits,
-    customers: HashMap<String, CustomerState>,
+    customers: HashMap<String, Slot>,
     /// Event-time clock: the latest event time seen, pushed forward by the
     /// wall clock while the partition is idle. Never goes back.
     clock_ms: i64,
@@ -86,6 +89,111 @@ pub struct PartitionStore {
     /// [`PartitionStore::take_exits`].
     exits: Vec<Exit>,
     duplicates: u64,
+    /// Restored values that passed the restore's check but did not decode
+    /// when their customer was first used.
+    undecodable: u64,
+}
+
+/// One customer in the store: a live state, or the changelog value it was
+/// restored from, kept encoded until the customer is first used. A restore
+/// then costs a copy and a [`peek`] per customer instead of a full decode
+/// (the changelog's read rate, not the decoder's), and customers that stay
+/// quiet after a restart are never decoded at all. Both are boxed: the map
+/// moves 16-byte slots when it grows, not whole states.
+#[derive(Debug)]
+enum Slot {
+    Live(Box<CustomerState>),
+    Restored(Box<Encoded>),
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot::Live(Box::default())
+    }
+}
+
+#[derive(Debug)]
+struct Encoded {
+    bytes: Box<[u8]>,
+    /// The times the indexes need, read at restore.
+    peek: Peek,
+    /// Decoded by a read-only use (a lookup), kept until the first change
+    /// takes it.
+    decoded: OnceLock<Result<CustomerState, CodecError>>,
+}
+
+impl Slot {
+    /// (latest event time, next review time): the indexes' keys.
+    fn times(&self) -> (i64, i64) {
+        match self {
+            Slot::Restored(e) => (e.peek.last_event_ms, e.peek.next_review_ms),
+            Slot::Live(s) => (s.last_event_ms, s.decision.next_review_ms),
+        }
+    }
+
+    /// The state for reading (a restored one is decoded once and kept);
+    /// `None` when a restored value does not decode.
+    fn get(&self) -> Option<&CustomerState> {
+        match self {
+            Slot::Live(s) => Some(s),
+            Slot::Restored(e) => e
+                .decoded
+                .get_or_init(|| decode(&e.bytes).inspect_err(undecodable))
+                .as_ref()
+                .ok(),
+        }
+    }
+
+    /// The state to change, decoding a restored value (an error is logged
+    /// where the decode runs). A value that does not decode leaves the
+    /// slot live and empty, the customer starting over: `true` then.
+    fn make_live(&mut self) -> (&mut CustomerState, bool) {
+        let mut failed = false;
+        if let Slot::Restored(e) = self {
+            let decoded = match e.decoded.take() {
+                Some(decoded) => decoded,
+                None => decode(&e.bytes).inspect_err(undecodable),
+            };
+            failed = decoded.is_err();
+            *self = Slot::Live(Box::new(decoded.unwrap_or_default()));
+        }
+        match self {
+            Slot::Live(s) => (s, failed),
+            Slot::Restored(_) => unreachable!("the slot was made live just above"),
+        }
+    }
+
+    /// The whole state, decoding a restored value (`None`: it does not
+    /// decode).
+    fn into_state(mut self) -> Option<CustomerState> {
+        let (state, failed) = self.make_live();
+        (!failed).then(|| std::mem::take(state))
+    }
+
+    fn memory_bytes(&self) -> usize {
+        size_of::<Slot>()
+            + match self {
+                Slot::Live(s) => s.memory_bytes(),
+                Slot::Restored(e) => {
+                    size_of::<Encoded>()
+                        + e.bytes.len()
+                        + e.decoded
+                            .get()
+                            .and_then(|d| d.as_ref().ok())
+                            .map_or(0, CustomerState::memory_bytes)
+                }
+            }
+    }
+}
+
+/// Logs a restored value that passed the restore's check and failed its
+/// full decode (the customer starts over, as if the restore had skipped it).
+fn undecodable(error: &CodecError) {
+    tracing::error!(
+        %error,
+        "A restored customer state could not be decoded when first used; \
+         that customer's state restarts empty."
+    );
 }
 
 impl PartitionStore {
@@ -107,6 +215,7 @@ impl PartitionStore {
             dirty: BTreeSet::new(),
             exits: Vec::new(),
             duplicates: 0,
+            undecodable: 0,
         }
     }
 
@@ -119,9 +228,29 @@ impl PartitionStore {
     /// A customer's decision memory, for the decision stage (marks the
     /// customer changed for the changelog).
     pub fn decision_mut(&mut self, id: &str) -> Option<&mut super::Decision> {
-        let s = self.customers.get_mut(id)?;
+        self.live(id)?;
         self.dirty.insert(id.to_string());
-        Some(&mut s.decision)
+        self.live(id).map(|s| &mut s.decision)
+    }
+
+    /// A customer's state to change; a restored one is decoded now. A
+    /// restored value that does not decode is dropped (the customer starts
+    /// over, as if the restore had skipped it): `None`.
+    fn live(&mut self, id: &str) -> Option<&mut CustomerState> {
+        if let Slot::Restored(_) = self.customers.get(id)? {
+            let slot = self.customers.get_mut(id)?;
+            let times = slot.times();
+            if slot.make_live().1 {
+                self.undecodable += 1;
+                self.customers.remove(id);
+                self.unindex(id, times);
+                return None;
+            }
+        }
+        match self.customers.get_mut(id)? {
+            Slot::Live(s) => Some(s),
+            Slot::Restored(_) => None,
+        }
     }
 
     /// The watermark: events before it are late; timers at or before it fire.
@@ -139,8 +268,13 @@ impl PartitionStore {
         self.last_input_at = Some(now);
         self.idle_credited_at = None;
         let id = event.customer_id.as_str();
-        let state = self.customers.entry(id.to_string()).or_default();
-        let before = (state.last_event_ms, state.decision.next_review_ms);
+        let slot = self.customers.entry(id.to_string()).or_default();
+        let before = slot.times();
+        let (state, failed) = slot.make_live();
+        if failed {
+            // Left live and empty: the customer starts over.
+            self.undecodable += 1;
+        }
         if state.record(event, self.limits.state) == Applied::Duplicate {
             self.duplicates += 1;
             // The customer's `duplicates` counter changed: it must reach the
@@ -203,7 +337,7 @@ impl PartitionStore {
             let Some((_, id)) = self.timers.pop_first() else {
                 break;
             };
-            if let Some(s) = self.customers.get_mut(&id) {
+            if let Some(s) = self.live(&id) {
                 s.decision.next_review_ms = 0;
                 self.dirty.insert(id.clone());
             }
@@ -214,7 +348,7 @@ impl PartitionStore {
 
     /// Sets a customer's next review time (event time, ms; 0 clears it).
     pub fn schedule_review(&mut self, id: &str, at_ms: i64) {
-        let Some(s) = self.customers.get_mut(id) else {
+        let Some(s) = self.live(id) else {
             return;
         };
         let before = (s.last_event_ms, s.decision.next_review_ms);
@@ -236,14 +370,24 @@ impl PartitionStore {
             let Some((_, id)) = self.expiry.pop_first() else {
                 break;
             };
-            if let Some(s) = self.customers.remove(&id) {
-                if s.decision.next_review_ms > 0 {
-                    self.timers.remove(&(s.decision.next_review_ms, id.clone()));
+            if let Some(slot) = self.customers.remove(&id) {
+                let (_, next_review) = slot.times();
+                if next_review > 0 {
+                    self.timers.remove(&(next_review, id.clone()));
                 }
-                if !s.decision.segment.is_empty() {
+                // A restored customer is decoded for its segment; one whose
+                // value does not decode leaves without an exit record.
+                let segment = match slot.into_state() {
+                    Some(s) => s.decision.segment,
+                    None => {
+                        self.undecodable += 1;
+                        String::new()
+                    }
+                };
+                if !segment.is_empty() {
                     self.exits.push(Exit {
                         customer_id: id.clone(),
-                        segment: s.decision.segment,
+                        segment,
                         erased: false,
                     });
                 }
@@ -264,10 +408,13 @@ impl PartitionStore {
     /// next drain) and, when they had a segment, they leave it. Returns
     /// whether there was state.
     pub fn erase(&mut self, id: &str) -> bool {
-        let Some(state) = self.customers.get(id) else {
+        let Some(slot) = self.customers.get(id) else {
             return false;
         };
-        let segment = state.decision.segment.clone();
+        let segment = slot
+            .get()
+            .map(|s| s.decision.segment.clone())
+            .unwrap_or_default();
         self.remove_indexed(id);
         self.dirty.insert(id.to_string());
         if !segment.is_empty() {
@@ -292,7 +439,8 @@ impl PartitionStore {
         dirty
             .into_iter()
             .map(|id| {
-                let s = self.customers.get(&id);
+                // Changed customers are live: `get` does not decode here.
+                let s = self.customers.get(&id).and_then(Slot::get);
                 (id, s)
             })
             .collect()
@@ -307,7 +455,7 @@ impl PartitionStore {
             self.timers
                 .insert((state.decision.next_review_ms, id.clone()));
         }
-        self.customers.insert(id, state);
+        self.customers.insert(id, Slot::Live(Box::new(state)));
     }
 
     /// Applies a changelog tombstone.
@@ -316,53 +464,60 @@ impl PartitionStore {
     }
 
     /// Starts installing many restored states (a whole partition read from
-    /// the changelog): each record only touches the customer map, and the
-    /// time indexes are rebuilt once, sorted, when the returned guard is
-    /// dropped. `expected`: about how many records will come (room is made
-    /// for them up front).
+    /// the changelog): each record touches the customer map and appends to
+    /// the time indexes' build lists while it is in cache, and the indexes
+    /// are built once, sorted, when the returned guard is dropped.
+    /// `expected`: about how many records will come (room is made for them
+    /// up front).
     pub fn bulk_restore(&mut self, expected: usize) -> BulkRestore<'_> {
         self.customers.reserve(expected);
+        let mut expiry: Vec<_> = std::mem::take(&mut self.expiry).into_iter().collect();
+        let mut timers: Vec<_> = std::mem::take(&mut self.timers).into_iter().collect();
+        expiry.reserve(expected);
+        timers.reserve(expected);
         BulkRestore {
             clock_ms: self.clock_ms,
             store: self,
+            expiry,
+            timers,
+            replaced: false,
         }
-    }
-
-    /// Rebuilds the review-timer and retention indexes from the customers.
-    fn reindex_all(&mut self) {
-        let mut expiry = Vec::with_capacity(self.customers.len());
-        let mut timers = Vec::with_capacity(self.customers.len());
-        for (id, s) in &self.customers {
-            expiry.push((s.last_event_ms, id.clone()));
-            if s.decision.next_review_ms > 0 {
-                timers.push((s.decision.next_review_ms, id.clone()));
-            }
-        }
-        // Sorted input makes the sets' bulk build linear.
-        expiry.sort_unstable();
-        timers.sort_unstable();
-        self.expiry = expiry.into_iter().collect();
-        self.timers = timers.into_iter().collect();
     }
 
     fn remove_indexed(&mut self, id: &str) {
         if let Some(old) = self.customers.remove(id) {
-            self.expiry.remove(&(old.last_event_ms, id.to_string()));
-            if old.decision.next_review_ms > 0 {
-                self.timers
-                    .remove(&(old.decision.next_review_ms, id.to_string()));
-            }
+            self.unindex(id, old.times());
         }
     }
 
-    /// One customer's state.
-    pub fn get(&self, id: &str) -> Option<&CustomerState> {
-        self.customers.get(id)
+    fn unindex(&mut self, id: &str, (last_event, next_review): (i64, i64)) {
+        self.expiry.remove(&(last_event, id.to_string()));
+        if next_review > 0 {
+            self.timers.remove(&(next_review, id.to_string()));
+        }
     }
 
-    /// All customers (unordered).
+    /// One customer's state (a restored one is decoded at its first read).
+    pub fn get(&self, id: &str) -> Option<&CustomerState> {
+        self.customers.get(id).and_then(Slot::get)
+    }
+
+    /// Whether the store holds the customer (without decoding it).
+    pub fn contains(&self, id: &str) -> bool {
+        self.customers.contains_key(id)
+    }
+
+    /// All customers (unordered; restored ones are decoded as they come).
     pub fn iter(&self) -> impl Iterator<Item = (&String, &CustomerState)> {
-        self.customers.iter()
+        self.customers
+            .iter()
+            .filter_map(|(id, s)| s.get().map(|s| (id, s)))
+    }
+
+    /// Restored values that did not decode when first used (each such
+    /// customer started over).
+    pub fn undecodable(&self) -> u64 {
+        self.undecodable
     }
 
     /// Number of customers.
@@ -394,25 +549,80 @@ impl PartitionStore {
 pub struct BulkRestore<'a> {
     store: &'a mut PartitionStore,
     clock_ms: i64,
+    /// The indexes' entries as they come (built into sets on drop).
+    expiry: Vec<(i64, String)>,
+    timers: Vec<(i64, String)>,
+    /// Whether a record replaced or removed a customer: their earlier
+    /// index entries must then be filtered out.
+    replaced: bool,
 }
 
 impl BulkRestore<'_> {
     /// Installs a restored state, replacing an earlier record of the same
     /// customer (not marked dirty: it is already in the changelog).
     pub fn put(&mut self, id: String, state: CustomerState) {
-        self.clock_ms = self.clock_ms.max(state.last_event_ms);
-        self.store.customers.insert(id, state);
+        self.install(id, Slot::Live(Box::new(state)));
+    }
+
+    /// Installs a restored changelog value as it is, checked by [`peek`]
+    /// and decoded when the customer is first used (see [`Slot`]).
+    pub fn put_encoded(&mut self, id: String, value: Box<[u8]>) -> Result<(), CodecError> {
+        let encoded = Encoded {
+            peek: peek(&value)?,
+            bytes: value,
+            decoded: OnceLock::new(),
+        };
+        self.install(id, Slot::Restored(Box::new(encoded)));
+        Ok(())
+    }
+
+    fn install(&mut self, id: String, slot: Slot) {
+        let (last_event, next_review) = slot.times();
+        self.clock_ms = self.clock_ms.max(last_event);
+        self.expiry.push((last_event, id.clone()));
+        if next_review > 0 {
+            self.timers.push((next_review, id.clone()));
+        }
+        if self.store.customers.insert(id, slot).is_some() {
+            self.replaced = true;
+        }
     }
 
     /// Applies a changelog tombstone.
     pub fn forget(&mut self, id: &str) {
-        self.store.customers.remove(id);
+        if self.store.customers.remove(id).is_some() {
+            self.replaced = true;
+        }
     }
 }
 
 impl Drop for BulkRestore<'_> {
     fn drop(&mut self) {
-        self.store.clock_ms = self.clock_ms;
-        self.store.reindex_all();
+        let store = &mut *self.store;
+        store.clock_ms = self.clock_ms;
+        let mut expiry = std::mem::take(&mut self.expiry);
+        let mut timers = std::mem::take(&mut self.timers);
+        if self.replaced {
+            // Keep only the entries of customers still there with these times.
+            let current = |id: &String| store.customers.get(id).map(Slot::times);
+            expiry.retain(|(t, id)| current(id).is_some_and(|(last, _)| last == *t));
+            timers.retain(|(t, id)| current(id).is_some_and(|(_, next)| next == *t));
+        }
+        // Sorted input makes the sets' bulk build linear; the two are built
+        // side by side (the read is over, its cores are free).
+        let build = |mut v: Vec<(i64, String)>| {
+            v.sort_unstable();
+            v.into_iter().collect::<BTreeSet<_>>()
+        };
+        let (expiry, timers) = std::thread::scope(|scope| {
+            let timers = scope.spawn(|| build(timers));
+            (build(expiry), timers.join())
+        });
+        store.expiry = expiry;
+        match timers {
+            Ok(timers) => store.timers = timers,
+            // Sorting and collecting do not panic; if one did, it goes on.
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
     }
 }

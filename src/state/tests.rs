@@ -306,6 +306,10 @@ proptest! {
             risk_flags: 0b101,
         };
         let bytes = encode(&s);
+        prop_assert_eq!(
+            super::codec::peek(&bytes),
+            Ok(super::codec::Peek { last_event_ms: s.last_event_ms, next_review_ms: review_ms })
+        );
         prop_assert_eq!(decode(&bytes).unwrap(), s);
     }
 
@@ -480,37 +484,101 @@ fn a_bulk_restore_equals_restoring_one_by_one() {
     });
     let mut one_by_one = PartitionStore::new(store_limits());
     let mut bulk = PartitionStore::new(store_limits());
+    // As the restore does it: values kept encoded until first used.
+    let mut encoded = PartitionStore::new(store_limits());
     {
         let mut b = bulk.bulk_restore(records.len());
+        let mut e = encoded.bulk_restore(records.len());
         for r in &records {
             match &r.value {
                 Some(v) => {
                     one_by_one.restore(r.key.clone(), decode(v).unwrap());
                     b.put(r.key.clone(), decode(v).unwrap());
+                    e.put_encoded(r.key.clone(), v.clone().into()).unwrap();
                 }
                 None => {
                     one_by_one.forget(&r.key);
                     b.forget(&r.key);
+                    e.forget(&r.key);
                 }
             }
         }
     }
     assert_eq!(bulk.len(), 3);
+    assert_eq!(encoded.len(), 3);
     assert_eq!(bulk.watermark_ms(), one_by_one.watermark_ms());
+    assert_eq!(encoded.watermark_ms(), one_by_one.watermark_ms());
+    // A read decodes without making the customer changed.
+    assert_eq!(encoded.get("a"), one_by_one.get("a"));
+    assert!(!encoded.has_dirty());
     for c in ["a", "b", "c", "d"] {
         assert_eq!(bulk.get(c), one_by_one.get(c), "{c}");
     }
-    // The timer and retention indexes agree too.
-    for store in [&mut bulk, &mut one_by_one] {
+    // The timer and retention indexes agree too, and changes to restored
+    // customers (an event, a due timer, an eviction with its exit) land
+    // alike.
+    for store in [&mut bulk, &mut one_by_one, &mut encoded] {
         store.record(&ev("z", "z", T0 + 11 * hour, view("x", 1, 0)), now);
+        store.record(&ev("d", "d2", T0 + 11 * hour, buy("x", 10)), now);
+        store.decision_mut("a").unwrap().segment = "at_risk".into();
     }
-    assert_eq!(bulk.take_due(), one_by_one.take_due());
+    let due = one_by_one.take_due();
+    assert_eq!(due, ["a", "b"]);
+    assert_eq!(bulk.take_due(), due);
+    assert_eq!(encoded.take_due(), due);
+    for c in ["a", "b", "d", "z"] {
+        assert_eq!(encoded.get(c), one_by_one.get(c), "{c}");
+    }
     let late = T0 + 101 * 86_400_000;
-    for store in [&mut bulk, &mut one_by_one] {
+    for store in [&mut bulk, &mut one_by_one, &mut encoded] {
         store.record(&ev("y", "y", late, view("x", 1, 0)), now);
     }
-    assert_eq!(bulk.evict_expired(), one_by_one.evict_expired());
+    let evicted = one_by_one.evict_expired();
+    assert_eq!(bulk.evict_expired(), evicted);
+    assert_eq!(encoded.evict_expired(), evicted);
     assert_eq!(bulk.len(), one_by_one.len());
+    assert_eq!(encoded.len(), one_by_one.len());
+    assert_eq!(encoded.take_exits(), one_by_one.take_exits());
+    assert_eq!(encoded.undecodable(), 0);
+}
+
+#[test]
+fn a_restored_value_that_does_not_decode_starts_the_customer_over() {
+    use prost::Message as _;
+    let now = Instant::now();
+    let good = state_of(&[ev("c", "a", T0, buy("x", 500))], StateLimits::default());
+    let mut record = crate::event::proto::CustomerStateRecord::decode(&encode(&good)[..]).unwrap();
+    // The outer framing and the indexed times are fine; a column is not.
+    record.recent.as_mut().unwrap().kind.push(3);
+    let corrupt = record.encode_to_vec();
+    record.format_version = FORMAT_VERSION + 1;
+    let future = record.encode_to_vec();
+    let mut store = PartitionStore::new(store_limits());
+    {
+        let mut b = store.bulk_restore(3);
+        b.put_encoded("c".into(), corrupt.clone().into()).unwrap();
+        b.put_encoded("d".into(), corrupt.into()).unwrap();
+        // A layout this build does not know is refused at restore.
+        assert_eq!(
+            b.put_encoded("f".into(), future.into()),
+            Err(CodecError::Version(FORMAT_VERSION + 1))
+        );
+    }
+    assert!(store.contains("c"));
+    assert_eq!(store.get("c"), None);
+    assert!(store.decision_mut("c").is_none());
+    assert!(!store.contains("c"));
+    assert_eq!(store.undecodable(), 1);
+    // The next event starts the customer over, whether the undecodable
+    // value was dropped already ("c") or is met by the event ("d").
+    for c in ["c", "d"] {
+        store.record(&ev(c, "b", T0 + 1, buy("x", 700)), now);
+        let fresh = store.get(c).unwrap();
+        assert_eq!(fresh.lifetime.purchases, 1, "{c}");
+        assert_eq!(fresh.first_seen_ms, T0 + 1, "{c}");
+    }
+    assert_eq!(store.undecodable(), 2);
+    assert_eq!(store.take_dirty().len(), 2);
 }
 
 #[test]
