@@ -107,10 +107,10 @@ async fn restored_state_equals_the_original() {
         // Evict two customers of this partition by hand-made tombstones.
         for (key, _) in store.iter().take(2) {
             records.push(segstream::state::changelog::ChangelogRecord {
-                key: key.clone(),
+                key: key.to_string(),
                 value: None,
             });
-            evicted.push((p, key.clone()));
+            evicted.push((p, key.to_string()));
         }
         writer
             .write(p as i32, &records)
@@ -147,7 +147,7 @@ async fn restored_state_equals_the_original() {
         assert_eq!(stats.tombstones, 2);
         assert_eq!(restored.len(), original.len(), "partition {p}");
         assert_eq!(restored.watermark_ms(), original.watermark_ms());
-        let mut ids: Vec<&String> = original.iter().map(|(k, _)| k).collect();
+        let mut ids: Vec<&str> = original.ids().collect();
         ids.sort();
         let as_of = T0 + 500 * 86_400_000;
         for id in &ids {

@@ -193,7 +193,7 @@ pub fn suite_markdown(s: &Suite) -> String {
     );
     out.push_str(
         "## State\n\nMemory and changelog bytes per customer (long-tailed event counts), \
-         and changelog restore against a raw librdkafka read of the same partition (best of three turns each; restored values stay encoded until a customer is first used).\n\n",
+         and changelog restore against a raw librdkafka read of the same partition (best of five turns each; restored values stay encoded until a customer is first used).\n\n",
     );
     if s.state.is_empty() {
         out.push_str("Not run (skipped).\n\n");

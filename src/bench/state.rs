@@ -34,7 +34,7 @@ pub struct RestoreBench {
     /// segstream restore: customers/s (decode + install).
     pub restore_customers_per_second: f64,
     /// restore rate / raw rate (both from the first record read to the end;
-    /// each the best of three turns).
+    /// each the best of five turns).
     pub ratio: f64,
     /// Set-up before the first record (client, offsets lookup, first fetch),
     /// seconds: the fixed cost, not in the rates.
@@ -156,7 +156,7 @@ pub(super) async fn restore_on(
     let records: Vec<ChangelogRecord> = store
         .iter()
         .map(|(k, s)| ChangelogRecord {
-            key: k.clone(),
+            key: k.to_string(),
             value: Some(encode(s)),
         })
         .collect();
@@ -168,7 +168,7 @@ pub(super) async fn restore_on(
 
     // Best of ROUNDS for each, the two taking turns, so that a noisy moment
     // on the machine does not decide the ratio.
-    const ROUNDS: usize = 3;
+    const ROUNDS: usize = 5;
     let limits = config.state.limits();
     let (mut raw_rate, mut restore_rate, mut setup_seconds) = (0f64, 0f64, f64::MAX);
     for _ in 0..ROUNDS {

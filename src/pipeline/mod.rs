@@ -555,7 +555,7 @@ impl Pipeline {
         let keys: Vec<(i32, String)> = self
             .stores
             .iter()
-            .flat_map(|(p, s)| s.iter().map(move |(id, _)| (*p, id.clone())))
+            .flat_map(|(p, s)| s.ids().map(move |id| (*p, id.to_string())))
             .collect();
         info!(version = %version, customers = keys.len(), "Swapped in a new model; rescoring known customers.");
         self.sweep = Some(RescoreSweep::new(

@@ -397,7 +397,7 @@ type RawBatch = Vec<RawRecord>;
 struct RawRecord {
     partition: i32,
     offset: i64,
-    key: String,
+    key: std::sync::Arc<str>,
     /// `None`: a tombstone.
     value: Option<Box<[u8]>>,
 }
@@ -433,7 +433,7 @@ fn read_batches(
                 batch.push(RawRecord {
                     partition: msg.partition(),
                     offset: msg.offset(),
-                    key: String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned(),
+                    key: String::from_utf8_lossy(msg.key().unwrap_or_default()).into(),
                     value: msg.payload().map(Box::from),
                 });
                 if batch.len() >= BATCH {

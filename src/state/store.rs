@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::mem::size_of;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -69,11 +69,16 @@ pub struct Exit {
     pub erased: bool,
 }
 
+/// A customer id as the store keeps it: one allocation shared by the
+/// customer map, the time indexes and the changed set, so that an event of a
+/// known customer copies no id.
+type Id = Arc<str>;
+
 /// The customers of one partition.
 #[derive(Debug)]
 pub struct PartitionStore {
     limits: StoreLimits,
-    customers: HashMap<String, Slot>,
+    customers: HashMap<Id, Slot>,
     /// Event-time clock: the latest event time seen, pushed forward by the
     /// wall clock while the partition is idle. Never goes back.
     clock_ms: i64,
@@ -81,10 +86,10 @@ pub struct PartitionStore {
     idle_credited_at: Option<Instant>,
     last_input_at: Option<Instant>,
     /// (next review time, customer).
-    timers: BTreeSet<(i64, String)>,
+    timers: BTreeSet<(i64, Id)>,
     /// (latest event time, customer), for retention.
-    expiry: BTreeSet<(i64, String)>,
-    dirty: BTreeSet<String>,
+    expiry: BTreeSet<(i64, Id)>,
+    dirty: BTreeSet<Id>,
     /// Evicted or erased customers that had a segment, until
     /// [`PartitionStore::take_exits`].
     exits: Vec<Exit>,
@@ -229,8 +234,16 @@ impl PartitionStore {
     /// customer changed for the changelog).
     pub fn decision_mut(&mut self, id: &str) -> Option<&mut super::Decision> {
         self.live(id)?;
-        self.dirty.insert(id.to_string());
+        let key = self.key(id);
+        self.dirty.insert(key);
         self.live(id).map(|s| &mut s.decision)
+    }
+
+    /// The store's own id for a customer (a new one for a new customer).
+    fn key(&self, id: &str) -> Id {
+        self.customers
+            .get_key_value(id)
+            .map_or_else(|| Id::from(id), |(key, _)| Id::clone(key))
     }
 
     /// A customer's state to change; a restored one is decoded now. A
@@ -242,8 +255,9 @@ impl PartitionStore {
             let times = slot.times();
             if slot.make_live().1 {
                 self.undecodable += 1;
-                self.customers.remove(id);
-                self.unindex(id, times);
+                if let Some((key, _)) = self.customers.remove_entry(id) {
+                    self.unindex(&key, times);
+                }
                 return None;
             }
         }
@@ -267,8 +281,8 @@ impl PartitionStore {
         }
         self.last_input_at = Some(now);
         self.idle_credited_at = None;
-        let id = event.customer_id.as_str();
-        let slot = self.customers.entry(id.to_string()).or_default();
+        let key = self.key(&event.customer_id);
+        let slot = self.customers.entry(Id::clone(&key)).or_default();
         let before = slot.times();
         let (state, failed) = slot.make_live();
         if failed {
@@ -280,30 +294,30 @@ impl PartitionStore {
             // The customer's `duplicates` counter changed: it must reach the
             // changelog in the cycle that commits this record's offset, or
             // the increment is lost at the next restore.
-            self.dirty.insert(id.to_string());
+            self.dirty.insert(key);
             return RecordOutcome::Duplicate;
         }
         let after_last = state.last_event_ms;
         let next_review = after_last.saturating_add(self.limits.review_after_ms);
         state.decision.next_review_ms = before.1.max(next_review);
         let after = (after_last, state.decision.next_review_ms);
-        self.reindex(id, before, after);
-        self.dirty.insert(id.to_string());
+        self.reindex(&key, before, after);
+        self.dirty.insert(key);
         self.clock_ms = self.clock_ms.max(event.event_time_ms);
         RecordOutcome::Applied
     }
 
-    fn reindex(&mut self, id: &str, before: (i64, i64), after: (i64, i64)) {
+    fn reindex(&mut self, id: &Id, before: (i64, i64), after: (i64, i64)) {
         if before.0 != after.0 {
-            self.expiry.remove(&(before.0, id.to_string()));
-            self.expiry.insert((after.0, id.to_string()));
+            self.expiry.remove(&(before.0, Id::clone(id)));
+            self.expiry.insert((after.0, Id::clone(id)));
         }
         if before.1 != after.1 {
             if before.1 > 0 {
-                self.timers.remove(&(before.1, id.to_string()));
+                self.timers.remove(&(before.1, Id::clone(id)));
             }
             if after.1 > 0 {
-                self.timers.insert((after.1, id.to_string()));
+                self.timers.insert((after.1, Id::clone(id)));
             }
         }
     }
@@ -339,9 +353,9 @@ impl PartitionStore {
             };
             if let Some(s) = self.live(&id) {
                 s.decision.next_review_ms = 0;
-                self.dirty.insert(id.clone());
+                self.dirty.insert(Id::clone(&id));
             }
-            due.push(id);
+            due.push(id.to_string());
         }
         due
     }
@@ -353,8 +367,9 @@ impl PartitionStore {
         };
         let before = (s.last_event_ms, s.decision.next_review_ms);
         s.decision.next_review_ms = at_ms;
-        self.reindex(id, before, (before.0, at_ms));
-        self.dirty.insert(id.to_string());
+        let key = self.key(id);
+        self.reindex(&key, before, (before.0, at_ms));
+        self.dirty.insert(key);
     }
 
     /// Evicts customers whose latest event is older than the TTL before the
@@ -373,7 +388,7 @@ impl PartitionStore {
             if let Some(slot) = self.customers.remove(&id) {
                 let (_, next_review) = slot.times();
                 if next_review > 0 {
-                    self.timers.remove(&(next_review, id.clone()));
+                    self.timers.remove(&(next_review, Id::clone(&id)));
                 }
                 // A restored customer is decoded for its segment; one whose
                 // value does not decode leaves without an exit record.
@@ -386,7 +401,7 @@ impl PartitionStore {
                 };
                 if !segment.is_empty() {
                     self.exits.push(Exit {
-                        customer_id: id.clone(),
+                        customer_id: id.to_string(),
                         segment,
                         erased: false,
                     });
@@ -408,15 +423,16 @@ impl PartitionStore {
     /// next drain) and, when they had a segment, they leave it. Returns
     /// whether there was state.
     pub fn erase(&mut self, id: &str) -> bool {
-        let Some(slot) = self.customers.get(id) else {
+        let Some((key, slot)) = self.customers.get_key_value(id) else {
             return false;
         };
         let segment = slot
             .get()
             .map(|s| s.decision.segment.clone())
             .unwrap_or_default();
+        let key = Id::clone(key);
         self.remove_indexed(id);
-        self.dirty.insert(id.to_string());
+        self.dirty.insert(key);
         if !segment.is_empty() {
             self.exits.push(Exit {
                 customer_id: id.to_string(),
@@ -441,19 +457,20 @@ impl PartitionStore {
             .map(|id| {
                 // Changed customers are live: `get` does not decode here.
                 let s = self.customers.get(&id).and_then(Slot::get);
-                (id, s)
+                (id.to_string(), s)
             })
             .collect()
     }
 
     /// Installs a restored state (not marked dirty: it is already in the changelog).
-    pub fn restore(&mut self, id: String, state: CustomerState) {
+    pub fn restore(&mut self, id: impl Into<Arc<str>>, state: CustomerState) {
+        let id: Id = id.into();
         self.remove_indexed(&id);
         self.clock_ms = self.clock_ms.max(state.last_event_ms);
-        self.expiry.insert((state.last_event_ms, id.clone()));
+        self.expiry.insert((state.last_event_ms, Id::clone(&id)));
         if state.decision.next_review_ms > 0 {
             self.timers
-                .insert((state.decision.next_review_ms, id.clone()));
+                .insert((state.decision.next_review_ms, Id::clone(&id)));
         }
         self.customers.insert(id, Slot::Live(Box::new(state)));
     }
@@ -485,15 +502,15 @@ impl PartitionStore {
     }
 
     fn remove_indexed(&mut self, id: &str) {
-        if let Some(old) = self.customers.remove(id) {
-            self.unindex(id, old.times());
+        if let Some((key, old)) = self.customers.remove_entry(id) {
+            self.unindex(&key, old.times());
         }
     }
 
-    fn unindex(&mut self, id: &str, (last_event, next_review): (i64, i64)) {
-        self.expiry.remove(&(last_event, id.to_string()));
+    fn unindex(&mut self, id: &Id, (last_event, next_review): (i64, i64)) {
+        self.expiry.remove(&(last_event, Id::clone(id)));
         if next_review > 0 {
-            self.timers.remove(&(next_review, id.to_string()));
+            self.timers.remove(&(next_review, Id::clone(id)));
         }
     }
 
@@ -507,11 +524,16 @@ impl PartitionStore {
         self.customers.contains_key(id)
     }
 
+    /// Every customer's id (unordered; nothing is decoded).
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.customers.keys().map(|id| &**id)
+    }
+
     /// All customers (unordered; restored ones are decoded as they come).
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &CustomerState)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &CustomerState)> {
         self.customers
             .iter()
-            .filter_map(|(id, s)| s.get().map(|s| (id, s)))
+            .filter_map(|(id, s)| s.get().map(|s| (&**id, s)))
     }
 
     /// Restored values that did not decode when first used (each such
@@ -539,7 +561,8 @@ impl PartitionStore {
     pub fn memory_bytes(&self) -> usize {
         self.customers
             .iter()
-            .map(|(k, s)| k.capacity() + s.memory_bytes())
+            // An id: its text and the shared allocation's two counts.
+            .map(|(k, s)| k.len() + 2 * size_of::<usize>() + s.memory_bytes())
             .sum()
     }
 }
@@ -550,8 +573,8 @@ pub struct BulkRestore<'a> {
     store: &'a mut PartitionStore,
     clock_ms: i64,
     /// The indexes' entries as they come (built into sets on drop).
-    expiry: Vec<(i64, String)>,
-    timers: Vec<(i64, String)>,
+    expiry: Vec<(i64, Id)>,
+    timers: Vec<(i64, Id)>,
     /// Whether a record replaced or removed a customer: their earlier
     /// index entries must then be filtered out.
     replaced: bool,
@@ -560,28 +583,32 @@ pub struct BulkRestore<'a> {
 impl BulkRestore<'_> {
     /// Installs a restored state, replacing an earlier record of the same
     /// customer (not marked dirty: it is already in the changelog).
-    pub fn put(&mut self, id: String, state: CustomerState) {
-        self.install(id, Slot::Live(Box::new(state)));
+    pub fn put(&mut self, id: impl Into<Arc<str>>, state: CustomerState) {
+        self.install(id.into(), Slot::Live(Box::new(state)));
     }
 
     /// Installs a restored changelog value as it is, checked by [`peek`]
     /// and decoded when the customer is first used (see [`Slot`]).
-    pub fn put_encoded(&mut self, id: String, value: Box<[u8]>) -> Result<(), CodecError> {
+    pub fn put_encoded(
+        &mut self,
+        id: impl Into<Arc<str>>,
+        value: Box<[u8]>,
+    ) -> Result<(), CodecError> {
         let encoded = Encoded {
             peek: peek(&value)?,
             bytes: value,
             decoded: OnceLock::new(),
         };
-        self.install(id, Slot::Restored(Box::new(encoded)));
+        self.install(id.into(), Slot::Restored(Box::new(encoded)));
         Ok(())
     }
 
-    fn install(&mut self, id: String, slot: Slot) {
+    fn install(&mut self, id: Id, slot: Slot) {
         let (last_event, next_review) = slot.times();
         self.clock_ms = self.clock_ms.max(last_event);
-        self.expiry.push((last_event, id.clone()));
+        self.expiry.push((last_event, Id::clone(&id)));
         if next_review > 0 {
-            self.timers.push((next_review, id.clone()));
+            self.timers.push((next_review, Id::clone(&id)));
         }
         if self.store.customers.insert(id, slot).is_some() {
             self.replaced = true;
@@ -604,13 +631,13 @@ impl Drop for BulkRestore<'_> {
         let mut timers = std::mem::take(&mut self.timers);
         if self.replaced {
             // Keep only the entries of customers still there with these times.
-            let current = |id: &String| store.customers.get(id).map(Slot::times);
+            let current = |id: &Id| store.customers.get(id).map(Slot::times);
             expiry.retain(|(t, id)| current(id).is_some_and(|(last, _)| last == *t));
             timers.retain(|(t, id)| current(id).is_some_and(|(_, next)| next == *t));
         }
         // Sorted input makes the sets' bulk build linear; the two are built
         // side by side (the read is over, its cores are free).
-        let build = |mut v: Vec<(i64, String)>| {
+        let build = |mut v: Vec<(i64, Id)>| {
             v.sort_unstable();
             v.into_iter().collect::<BTreeSet<_>>()
         };

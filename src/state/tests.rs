@@ -556,11 +556,11 @@ fn a_restored_value_that_does_not_decode_starts_the_customer_over() {
     let mut store = PartitionStore::new(store_limits());
     {
         let mut b = store.bulk_restore(3);
-        b.put_encoded("c".into(), corrupt.clone().into()).unwrap();
-        b.put_encoded("d".into(), corrupt.into()).unwrap();
+        b.put_encoded("c", corrupt.clone().into()).unwrap();
+        b.put_encoded("d", corrupt.into()).unwrap();
         // A layout this build does not know is refused at restore.
         assert_eq!(
-            b.put_encoded("f".into(), future.into()),
+            b.put_encoded("f", future.into()),
             Err(CodecError::Version(FORMAT_VERSION + 1))
         );
     }
