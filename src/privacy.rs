@@ -31,8 +31,7 @@ use crate::config::{Config, PrivacyConfig};
 use crate::event::Event;
 use crate::telemetry::kafka_log::QuietContext;
 
-/// Shortest accepted key.
-pub const MIN_KEY_BYTES: usize = 16;
+pub use crate::config::MIN_KEY_BYTES;
 
 /// The prefix of every pseudonym.
 pub const PSEUDONYM_PREFIX: &str = "ps_";
@@ -52,12 +51,7 @@ impl std::fmt::Debug for Pseudonymizer {
 impl Pseudonymizer {
     /// A pseudonymizer with `key` (at least [`MIN_KEY_BYTES`]).
     pub fn new(key: &[u8]) -> Result<Pseudonymizer, String> {
-        if key.len() < MIN_KEY_BYTES {
-            return Err(format!(
-                "the pseudonymization key has {} bytes; at least {MIN_KEY_BYTES} are needed",
-                key.len()
-            ));
-        }
+        crate::config::check_key(key)?;
         let mac = Hmac::<Sha256>::new_from_slice(key).map_err(|e| e.to_string())?;
         Ok(Pseudonymizer { mac })
     }
@@ -68,7 +62,7 @@ impl Pseudonymizer {
         if !cfg.pseudonymize {
             return Ok(None);
         }
-        key_of(cfg).and_then(|k| Pseudonymizer::new(&k)).map(Some)
+        cfg.key().and_then(|k| Pseudonymizer::new(&k)).map(Some)
     }
 
     /// The pseudonym of `id`.
@@ -82,26 +76,6 @@ impl Pseudonymizer {
             out.push_str(&format!("{b:02x}"));
         }
         out
-    }
-}
-
-/// The key bytes: the key file's content (one trailing newline dropped), or
-/// the environment variable's value.
-fn key_of(cfg: &PrivacyConfig) -> Result<Vec<u8>, String> {
-    if !cfg.key_file.as_os_str().is_empty() {
-        let mut bytes = std::fs::read(&cfg.key_file)
-            .map_err(|e| format!("privacy.key_file {}: {e}", cfg.key_file.display()))?;
-        if bytes.last() == Some(&b'\n') {
-            bytes.pop();
-        }
-        return Ok(bytes);
-    }
-    match std::env::var_os(&cfg.key_env) {
-        Some(v) if !v.is_empty() => Ok(v.into_encoded_bytes()),
-        _ => Err(format!(
-            "privacy.pseudonymize is on but there is no key: set privacy.key_file or the environment variable {}",
-            cfg.key_env
-        )),
     }
 }
 
@@ -222,11 +196,8 @@ pub async fn request_erasure(cfg: &Config, ids: &[String]) -> Result<usize, Stri
     let now = crate::ingest::now_ms();
     for id in ids {
         let stored = stored_id(p.as_ref(), id);
-        let partition = crate::pipeline::directory::partition_for(
-            cfg.input.partitioner,
-            id.as_bytes(),
-            partitions,
-        );
+        let partition =
+            crate::ingest::partition_for(cfg.input.partitioner, id.as_bytes(), partitions);
         let value = serde_json::json!({ "requested_at_ms": now }).to_string();
         producer
             .send(

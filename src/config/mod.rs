@@ -29,7 +29,6 @@ use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Decoders, Encoding, Limits};
-use crate::state::{StateLimits, StoreLimits};
 
 /// Prefix of environment overrides (`SEGSTREAM__SECTION__KEY`).
 pub const ENV_PREFIX: &str = "SEGSTREAM";
@@ -40,6 +39,7 @@ mod output;
 mod pipeline;
 mod privacy;
 mod problems;
+mod risk;
 mod score;
 mod secret;
 mod state;
@@ -51,6 +51,7 @@ pub use output::*;
 pub use pipeline::*;
 pub use privacy::*;
 pub use problems::*;
+pub use risk::*;
 pub use score::*;
 pub use secret::*;
 pub use state::*;
@@ -85,7 +86,7 @@ pub struct Config {
     /// Pseudonymous customer ids and erasure.
     pub privacy: PrivacyConfig,
     /// Risk rules (flags on `output.risk_topic`).
-    pub risk: crate::decide::risk::RiskConfig,
+    pub risk: RiskConfig,
 }
 
 impl Config {

@@ -39,12 +39,46 @@ impl Default for PrivacyConfig {
     }
 }
 
+/// Shortest accepted pseudonymization key.
+pub const MIN_KEY_BYTES: usize = 16;
+
+/// Whether `key` may key the pseudonyms.
+pub fn check_key(key: &[u8]) -> Result<(), String> {
+    if key.len() < MIN_KEY_BYTES {
+        return Err(format!(
+            "the pseudonymization key has {} bytes; at least {MIN_KEY_BYTES} are needed",
+            key.len()
+        ));
+    }
+    Ok(())
+}
+
 impl PrivacyConfig {
+    /// The key bytes: the key file's content (one trailing newline dropped), or
+    /// the environment variable's value.
+    pub fn key(&self) -> Result<Vec<u8>, String> {
+        if !self.key_file.as_os_str().is_empty() {
+            let mut bytes = std::fs::read(&self.key_file)
+                .map_err(|e| format!("privacy.key_file {}: {e}", self.key_file.display()))?;
+            if bytes.last() == Some(&b'\n') {
+                bytes.pop();
+            }
+            return Ok(bytes);
+        }
+        match std::env::var_os(&self.key_env) {
+            Some(v) if !v.is_empty() => Ok(v.into_encoded_bytes()),
+            _ => Err(format!(
+                "privacy.pseudonymize is on but there is no key: set privacy.key_file or the environment variable {}",
+                self.key_env
+            )),
+        }
+    }
+
     /// This section's own rules (rules across sections are `Config::check`'s).
     pub(super) fn check(&self, p: &mut Problems) {
         let pr = self;
         if pr.pseudonymize {
-            if let Err(e) = crate::privacy::Pseudonymizer::from_config(pr) {
+            if let Err(e) = pr.key().and_then(|k| check_key(&k)) {
                 p.add("privacy.pseudonymize", e);
             }
         }

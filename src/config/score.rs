@@ -129,7 +129,8 @@ pub struct DecideConfig {
     #[serde(with = "humantime_serde")]
     pub min_dwell: Duration,
     /// Customer features named in each change's reasons, largest first
-    /// (the rest are summed as `other_features`); 0 names none.
+    /// (the rest are summed as `other_features`); 0 names none, and a number
+    /// beyond the customer features names them all.
     pub reasons: usize,
 }
 
@@ -144,31 +145,11 @@ impl Default for DecideConfig {
 }
 
 impl DecideConfig {
-    /// The rules in force.
-    pub fn rules(&self) -> crate::decide::Hysteresis {
-        crate::decide::Hysteresis {
-            margin: self.margin,
-            min_dwell_ms: crate::units::millis(self.min_dwell),
-            reasons: self.reasons,
-        }
-    }
-}
-
-impl DecideConfig {
     /// This section's own rules (rules across sections are `Config::check`'s).
     pub(super) fn check(&self, p: &mut Problems) {
         let dc = self;
         if !(dc.margin.is_finite() && (0.0..=1.0).contains(&dc.margin)) {
             p.add("decide.margin", "must be between 0 and 1");
-        }
-        if dc.reasons > crate::features::CUSTOMER_DIM {
-            p.add(
-                "decide.reasons",
-                format!(
-                    "must be at most {} (the customer features)",
-                    crate::features::CUSTOMER_DIM
-                ),
-            );
         }
     }
 }

@@ -34,36 +34,20 @@ pub struct StateConfig {
     pub restore_timeout: Duration,
 }
 
+/// The state defaults: the one place they are written (the stores'
+/// `StoreLimits::default()` is built from them with `StateConfig::limits`).
 impl Default for StateConfig {
     fn default() -> Self {
-        let l = StoreLimits::default();
-        let d = |ms: i64| Duration::from_millis(ms.unsigned_abs());
+        let day = Duration::from_secs(86_400);
         StateConfig {
-            max_events: l.state.max_events,
-            text_tokens: l.state.text_tokens,
-            allowed_lateness: d(l.allowed_lateness_ms),
-            idle_timeout: l.idle_timeout,
-            ttl: d(l.ttl_ms),
-            review_after: d(l.review_after_ms),
+            max_events: 64,
+            text_tokens: 16,
+            allowed_lateness: Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(30),
+            ttl: day * 400,
+            review_after: day * 7,
             changelog_topic: "segstream-state-changelog".to_string(),
             restore_timeout: Duration::from_secs(600),
-        }
-    }
-}
-
-impl StateConfig {
-    /// The rules the partition stores apply.
-    pub fn limits(&self) -> StoreLimits {
-        let ms = crate::units::millis;
-        StoreLimits {
-            state: StateLimits {
-                max_events: self.max_events,
-                text_tokens: self.text_tokens,
-            },
-            allowed_lateness_ms: ms(self.allowed_lateness),
-            idle_timeout: self.idle_timeout,
-            ttl_ms: ms(self.ttl),
-            review_after_ms: ms(self.review_after),
         }
     }
 }

@@ -100,6 +100,17 @@ pub struct Scored<'a> {
     pub contributions: &'a [f32],
 }
 
+impl crate::config::DecideConfig {
+    /// The rules in force.
+    pub fn rules(&self) -> Hysteresis {
+        Hysteresis {
+            margin: self.margin,
+            min_dwell_ms: crate::units::millis(self.min_dwell),
+            reasons: self.reasons,
+        }
+    }
+}
+
 /// Name of the reason that sums the customer features not listed.
 pub const OTHER_FEATURES: &str = "other_features";
 

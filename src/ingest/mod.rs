@@ -12,6 +12,7 @@
 pub mod align;
 mod dead_letter;
 pub mod history;
+mod partition;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 use tracing::{info, warn};
 
 pub use dead_letter::{header, DeadLetter, DeadLetterSink};
+pub use partition::partition_for;
 
 use crate::config::{Config, ConfigError, OffsetReset};
 use crate::event::{Decoders, Event, Framing, Reason};

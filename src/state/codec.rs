@@ -37,6 +37,12 @@ pub enum CodecError {
     Inconsistent(&'static str),
 }
 
+impl From<super::wire::WireError> for CodecError {
+    fn from(e: super::wire::WireError) -> Self {
+        CodecError::Protobuf(e.0)
+    }
+}
+
 /// Encodes a state as a changelog value.
 pub fn encode(state: &CustomerState) -> Vec<u8> {
     let mut recent = proto::RecentEvents::default();

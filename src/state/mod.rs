@@ -59,12 +59,10 @@ pub struct StateLimits {
     pub text_tokens: usize,
 }
 
+/// `[state]`'s defaults.
 impl Default for StateLimits {
     fn default() -> Self {
-        StateLimits {
-            max_events: 64,
-            text_tokens: 16,
-        }
+        StoreLimits::default().state
     }
 }
 

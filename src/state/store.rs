@@ -30,14 +30,26 @@ pub struct StoreLimits {
     pub review_after_ms: i64,
 }
 
+/// `[state]`'s defaults.
 impl Default for StoreLimits {
     fn default() -> Self {
+        crate::config::StateConfig::default().limits()
+    }
+}
+
+impl crate::config::StateConfig {
+    /// The rules the partition stores apply.
+    pub fn limits(&self) -> StoreLimits {
+        let ms = crate::units::millis;
         StoreLimits {
-            state: StateLimits::default(),
-            allowed_lateness_ms: 3_600_000,
-            idle_timeout: Duration::from_secs(30),
-            ttl_ms: 400 * 86_400_000,
-            review_after_ms: 7 * 86_400_000,
+            state: StateLimits {
+                max_events: self.max_events,
+                text_tokens: self.text_tokens,
+            },
+            allowed_lateness_ms: ms(self.allowed_lateness),
+            idle_timeout: self.idle_timeout,
+            ttl_ms: ms(self.ttl),
+            review_after_ms: ms(self.review_after),
         }
     }
 }

@@ -3,7 +3,10 @@
 //! scalars, length-delimited values, repeated fields packed or not, and
 //! unknown fields skipped as protobuf (and prost) do.
 
-use super::codec::CodecError;
+/// Bytes that are not well-formed protobuf: what and where (the codec
+/// reports it as `WireError::Protobuf`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct WireError(pub(super) String);
 
 /// Protobuf wire types.
 pub(super) const VARINT: u8 = 0;
@@ -16,8 +19,8 @@ pub(super) const FIXED32: u8 = 5;
 /// Nesting allowed in skipped groups (prost's recursion limit).
 pub(super) const MAX_DEPTH: u32 = 100;
 
-pub(super) fn wire_error(what: &str) -> CodecError {
-    CodecError::Protobuf(what.to_string())
+pub(super) fn wire_error(what: &str) -> WireError {
+    WireError(what.to_string())
 }
 
 /// A cursor over protobuf wire bytes.
@@ -30,13 +33,13 @@ impl<'a> Wire<'a> {
         self.buf.is_empty()
     }
 
-    pub(super) fn varint(&mut self) -> Result<u64, CodecError> {
+    pub(super) fn varint(&mut self) -> Result<u64, WireError> {
         let (value, len) = varint_at(self.buf)?;
         self.buf = &self.buf[len..];
         Ok(value)
     }
 
-    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         if self.buf.len() < n {
             return Err(wire_error("buffer underflow"));
         }
@@ -45,28 +48,28 @@ impl<'a> Wire<'a> {
         Ok(head)
     }
 
-    pub(super) fn fixed64(&mut self) -> Result<u64, CodecError> {
+    pub(super) fn fixed64(&mut self) -> Result<u64, WireError> {
         let b = self.take(8)?;
         Ok(u64::from_le_bytes(
             b.try_into().map_err(|_| wire_error("fixed64"))?,
         ))
     }
 
-    pub(super) fn fixed32(&mut self) -> Result<u32, CodecError> {
+    pub(super) fn fixed32(&mut self) -> Result<u32, WireError> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes(
             b.try_into().map_err(|_| wire_error("fixed32"))?,
         ))
     }
 
-    pub(super) fn len_delimited(&mut self) -> Result<&'a [u8], CodecError> {
+    pub(super) fn len_delimited(&mut self) -> Result<&'a [u8], WireError> {
         let n = self.varint()?;
         let n = usize::try_from(n).map_err(|_| wire_error("length overflow"))?;
         self.take(n)
     }
 
     /// The next field's number and wire type.
-    pub(super) fn key(&mut self) -> Result<(u32, u8), CodecError> {
+    pub(super) fn key(&mut self) -> Result<(u32, u8), WireError> {
         let key = self.varint()?;
         let key = u32::try_from(key).map_err(|_| wire_error("invalid key value"))?;
         let wire = (key & 7) as u8;
@@ -82,7 +85,7 @@ impl<'a> Wire<'a> {
 
     /// Skips an unknown field's value.
     /// `depth`: nesting so far (messages and groups), as prost counts it.
-    pub(super) fn skip(&mut self, field: u32, wire: u8, depth: u32) -> Result<(), CodecError> {
+    pub(super) fn skip(&mut self, field: u32, wire: u8, depth: u32) -> Result<(), WireError> {
         if depth >= MAX_DEPTH {
             return Err(wire_error("recursion limit reached"));
         }
@@ -109,7 +112,7 @@ impl<'a> Wire<'a> {
 
 /// The varint at the start of `buf` and its length in bytes.
 #[inline]
-pub(super) fn varint_at(buf: &[u8]) -> Result<(u64, usize), CodecError> {
+pub(super) fn varint_at(buf: &[u8]) -> Result<(u64, usize), WireError> {
     if let Some(&b) = buf.first() {
         if b < 0x80 {
             return Ok((u64::from(b), 1));
@@ -132,7 +135,7 @@ pub(super) fn varint_at(buf: &[u8]) -> Result<(u64, usize), CodecError> {
     }))
 }
 
-pub(super) fn expect(wire: u8, want: u8) -> Result<(), CodecError> {
+pub(super) fn expect(wire: u8, want: u8) -> Result<(), WireError> {
     if wire == want {
         Ok(())
     } else {
@@ -147,7 +150,7 @@ pub(super) fn varints<T>(
     wire: u8,
     out: &mut Vec<T>,
     as_t: fn(u64) -> T,
-) -> Result<(), CodecError> {
+) -> Result<(), WireError> {
     match wire {
         LEN => {
             let mut rest = w.len_delimited()?;
@@ -172,13 +175,13 @@ pub(super) fn varints<T>(
 pub(super) trait Fixed: Sized {
     const WIRE: u8;
     const BYTES: usize;
-    fn read(w: &mut Wire<'_>) -> Result<Self, CodecError>;
+    fn read(w: &mut Wire<'_>) -> Result<Self, WireError>;
 }
 
 impl Fixed for u64 {
     const WIRE: u8 = FIXED64;
     const BYTES: usize = 8;
-    fn read(w: &mut Wire<'_>) -> Result<u64, CodecError> {
+    fn read(w: &mut Wire<'_>) -> Result<u64, WireError> {
         w.fixed64()
     }
 }
@@ -186,7 +189,7 @@ impl Fixed for u64 {
 impl Fixed for f32 {
     const WIRE: u8 = FIXED32;
     const BYTES: usize = 4;
-    fn read(w: &mut Wire<'_>) -> Result<f32, CodecError> {
+    fn read(w: &mut Wire<'_>) -> Result<f32, WireError> {
         w.fixed32().map(f32::from_bits)
     }
 }
@@ -196,7 +199,7 @@ pub(super) fn fixeds<T: Fixed>(
     w: &mut Wire<'_>,
     wire: u8,
     out: &mut Vec<T>,
-) -> Result<(), CodecError> {
+) -> Result<(), WireError> {
     if wire == LEN {
         let mut packed = Wire {
             buf: w.len_delimited()?,
@@ -222,29 +225,29 @@ pub(super) fn u64_of(v: u64) -> u64 {
     v
 }
 
-pub(super) fn int64(w: &mut Wire<'_>, wire: u8) -> Result<i64, CodecError> {
+pub(super) fn int64(w: &mut Wire<'_>, wire: u8) -> Result<i64, WireError> {
     expect(wire, VARINT)?;
     Ok(w.varint()? as i64)
 }
 
-pub(super) fn uint(w: &mut Wire<'_>, wire: u8) -> Result<u64, CodecError> {
+pub(super) fn uint(w: &mut Wire<'_>, wire: u8) -> Result<u64, WireError> {
     expect(wire, VARINT)?;
     w.varint()
 }
 
-pub(super) fn float(w: &mut Wire<'_>, wire: u8) -> Result<f32, CodecError> {
+pub(super) fn float(w: &mut Wire<'_>, wire: u8) -> Result<f32, WireError> {
     expect(wire, FIXED32)?;
     f32::read(w)
 }
 
-pub(super) fn string<'a>(w: &mut Wire<'a>, wire: u8) -> Result<&'a str, CodecError> {
+pub(super) fn string<'a>(w: &mut Wire<'a>, wire: u8) -> Result<&'a str, WireError> {
     expect(wire, LEN)?;
     std::str::from_utf8(w.len_delimited()?)
         .map_err(|_| wire_error("invalid string value: data is not UTF-8 encoded"))
 }
 
 /// A nested message's bytes.
-pub(super) fn message<'a>(w: &mut Wire<'a>, wire: u8) -> Result<Wire<'a>, CodecError> {
+pub(super) fn message<'a>(w: &mut Wire<'a>, wire: u8) -> Result<Wire<'a>, WireError> {
     expect(wire, LEN)?;
     Ok(Wire {
         buf: w.len_delimited()?,
