@@ -149,6 +149,9 @@ fn main() -> ExitCode {
                 }
             };
             telemetry::init_logging(&config.telemetry);
+            for w in config.deprecated() {
+                tracing::warn!("{w}");
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -235,6 +238,9 @@ fn config_check(file: Option<PathBuf>, print: bool) -> ExitCode {
                 .map(|f| f.display().to_string())
                 .unwrap_or_else(|| "defaults and environment".into());
             println!("configuration OK ({source})");
+            for w in config.deprecated() {
+                eprintln!("warning: {w}");
+            }
             if print {
                 match toml::to_string_pretty(&config) {
                     Ok(s) => println!("{s}"),

@@ -35,7 +35,7 @@ fn config_check_reports_every_mistake_and_fails() {
     let file = dir.path().join("bad.toml");
     std::fs::write(
         &file,
-        "[kafka]\ngroupid = \"x\"\n[input]\nbatch_size = -5\n[validation]\nmax_event_bytes = 1\n",
+        "[kafka]\ngroupid = \"x\"\n[input]\nmax_buffered = -5\n[validation]\nmax_event_bytes = 1\n",
     )
     .unwrap();
     let out = segstream()
@@ -50,9 +50,27 @@ fn config_check_reports_every_mistake_and_fails() {
         err.contains("kafka.groupid: unknown key; did you mean `kafka.group_id`?"),
         "{err}"
     );
-    assert!(err.contains("input.batch_size"), "{err}");
+    assert!(err.contains("input.max_buffered"), "{err}");
     assert!(
         err.contains("validation.max_event_bytes: is 1, must be between"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_check_warns_about_removed_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("old.toml");
+    std::fs::write(&file, "[input]\nbatch_size = 1000\n").unwrap();
+    let out = segstream()
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: input.batch_size has no effect"),
         "{err}"
     );
 }

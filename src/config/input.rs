@@ -19,11 +19,14 @@ pub struct InputConfig {
     pub topic_encodings: BTreeMap<String, Encoding>,
     /// Where a group with no committed offset starts: `earliest` or `latest`.
     pub auto_offset_reset: OffsetReset,
-    /// Most records decoded per batch.
-    pub batch_size: usize,
-    /// Longest wait to fill a batch once its first record arrived.
-    #[serde(with = "humantime_serde")]
-    pub batch_max_wait: Duration,
+    /// No longer used: the pipeline reads record by record and commits
+    /// every `pipeline.commit_interval`. Accepted, whatever its value, so
+    /// that older files still load; [`Config::deprecated`] names it.
+    #[serde(default, skip_serializing)]
+    pub batch_size: Option<serde::de::IgnoredAny>,
+    /// No longer used, as `batch_size`.
+    #[serde(default, skip_serializing)]
+    pub batch_max_wait: Option<serde::de::IgnoredAny>,
     /// Event-time alignment: a partition's input topics are merged by event
     /// time (smallest first), so a catch-up after lag does not turn valid
     /// events late. A topic with nothing buffered but records still to read
@@ -83,8 +86,8 @@ impl Default for InputConfig {
             encoding: Encoding::Auto,
             topic_encodings: BTreeMap::new(),
             auto_offset_reset: OffsetReset::Earliest,
-            batch_size: 1000,
-            batch_max_wait: Duration::from_millis(50),
+            batch_size: None,
+            batch_max_wait: None,
             max_idle: Duration::from_secs(5),
             partitioner: Partitioner::Crc32,
             check_partition: true,
@@ -130,13 +133,9 @@ impl InputConfig {
                 );
             }
         }
-        range(p, "input.batch_size", i.batch_size, 1, 100_000);
         range(p, "input.max_buffered", i.max_buffered, 100, 10_000_000);
         if i.max_idle > Duration::from_secs(600) {
             p.add("input.max_idle", "must be at most 10m");
-        }
-        if i.batch_max_wait > Duration::from_secs(10) {
-            p.add("input.batch_max_wait", "must be at most 10s");
         }
     }
 }

@@ -89,7 +89,31 @@ pub struct Config {
     pub risk: RiskConfig,
 }
 
+/// Keys that no longer do anything but still load, so that older files
+/// keep working ([`Config::deprecated`] names them).
+const REMOVED_KEYS: [(&str, &str); 2] = [("input", "batch_size"), ("input", "batch_max_wait")];
+
 impl Config {
+    /// Keys that still load but no longer do anything, each with what to do
+    /// (logged at start-up and printed by `config check`).
+    pub fn deprecated(&self) -> Vec<String> {
+        let set = [
+            self.input.batch_size.is_some(),
+            self.input.batch_max_wait.is_some(),
+        ];
+        REMOVED_KEYS
+            .iter()
+            .zip(set)
+            .filter(|(_, set)| *set)
+            .map(|((section, key), _)| {
+                format!(
+                    "{section}.{key} has no effect (the pipeline reads record by record and \
+                     commits every pipeline.commit_interval); remove it"
+                )
+            })
+            .collect()
+    }
+
     /// Loads defaults, then `file` (if given), then the process environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         Self::load_with_env(file, std::env::vars())
@@ -139,8 +163,14 @@ impl Config {
     /// unknown keys, wrong types and invalid values together.
     pub fn from_value(mut tree: serde_json::Value) -> Result<Config, ConfigError> {
         let mut problems = Problems::default();
-        let defaults = serde_json::to_value(Config::default())
+        let mut defaults = serde_json::to_value(Config::default())
             .map_err(|e| ConfigError::single("", format!("internal: defaults: {e}")))?;
+        // Removed keys are not printed with the defaults but still load.
+        for (section, key) in REMOVED_KEYS {
+            if let Some(s) = defaults.get_mut(section).and_then(|s| s.as_object_mut()) {
+                s.insert(key.to_string(), serde_json::Value::Null);
+            }
+        }
         if tree.is_null() {
             tree = serde_json::Value::Object(Default::default());
         }

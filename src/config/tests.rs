@@ -36,7 +36,7 @@ fn three_mistakes_are_all_reported() {
         [kafka]
         bootstrap_server = "localhost:9092"   # typo
         [input]
-        batch_size = "lots"                   # wrong type
+        max_buffered = "lots"                 # wrong type
         [dead_letter]
         topic = "bad topic!"                  # invalid value
         "#,
@@ -47,7 +47,7 @@ fn three_mistakes_are_all_reported() {
         paths(&e),
         [
             "kafka.bootstrap_server",
-            "input.batch_size",
+            "input.max_buffered",
             "dead_letter.topic"
         ],
         "{e}"
@@ -91,7 +91,7 @@ fn environment_overrides_the_file() {
             ("SEGSTREAM__KAFKA__BOOTSTRAP_SERVERS", "a:1,b:2"),
             ("SEGSTREAM__KAFKA__GROUP_ID", "1234"),
             ("SEGSTREAM__INPUT__TOPICS", "t1,t2"),
-            ("SEGSTREAM__INPUT__BATCH_SIZE", "17"),
+            ("SEGSTREAM__INPUT__MAX_BUFFERED", "1700"),
             ("OTHER__KAFKA__GROUP_ID", "ignored"),
         ],
     )
@@ -99,7 +99,31 @@ fn environment_overrides_the_file() {
     assert_eq!(c.kafka.bootstrap_servers, "a:1,b:2");
     assert_eq!(c.kafka.group_id, "1234");
     assert_eq!(c.input.topics, ["t1", "t2"]);
-    assert_eq!(c.input.batch_size, 17);
+    assert_eq!(c.input.max_buffered, 1700);
+}
+
+#[test]
+fn removed_keys_still_load_and_are_named() {
+    let c = load_toml(
+        r#"
+        [input]
+        batch_size = 1000
+        batch_max_wait = "50ms"
+        "#,
+        &[],
+    )
+    .unwrap();
+    let deprecated = c.deprecated();
+    assert_eq!(deprecated.len(), 2, "{deprecated:?}");
+    assert!(
+        deprecated[0].starts_with("input.batch_size has no effect"),
+        "{deprecated:?}"
+    );
+    assert!(Config::default().deprecated().is_empty());
+    // Not printed back by `config check --print`.
+    let printed: toml::Table = toml::to_string_pretty(&c).unwrap().parse().unwrap();
+    let input = printed["input"].as_table().unwrap();
+    assert!(!input.contains_key("batch_size") && !input.contains_key("batch_max_wait"));
 }
 
 #[test]

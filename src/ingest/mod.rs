@@ -202,7 +202,21 @@ pub struct Ingestor {
     topic_names: BTreeMap<String, Arc<str>>,
 }
 
+/// An [`Ingestor`] batch's most records, by default.
+pub const BATCH_SIZE: usize = 1000;
+/// Longest wait to fill an [`Ingestor`] batch once its first record
+/// arrived, by default.
+pub const BATCH_MAX_WAIT: Duration = Duration::from_millis(50);
+
 impl Ingestor {
+    /// Sets the batch size and the longest wait to fill a batch once its
+    /// first record arrived (defaults [`BATCH_SIZE`], [`BATCH_MAX_WAIT`]).
+    pub fn with_batching(mut self, size: usize, max_wait: Duration) -> Self {
+        self.batch_size = size.max(1);
+        self.batch_max_wait = max_wait;
+        self
+    }
+
     /// Builds the consumer (not yet subscribed). Auto-commit is off: offsets
     /// are committed by the caller with the outputs they caused.
     pub fn build(config: &Config, metrics: Metrics) -> Result<Self, IngestError> {
@@ -216,8 +230,8 @@ impl Ingestor {
             decoder: config.decoders(),
             topics: config.input.topics.clone(),
             max_dead_letter_bytes: config.dead_letter.max_value_bytes,
-            batch_size: config.input.batch_size,
-            batch_max_wait: config.input.batch_max_wait,
+            batch_size: BATCH_SIZE,
+            batch_max_wait: BATCH_MAX_WAIT,
             metrics,
             topic_names: BTreeMap::new(),
         })
@@ -282,7 +296,7 @@ impl Ingestor {
     }
 
     /// Waits up to `idle_wait` for a first record, then gathers more for at
-    /// most `input.batch_max_wait` or until `input.batch_size` records, and
+    /// most the batch wait or until the batch size (see [`Ingestor::with_batching`]), and
     /// routes each of them. An empty batch means nothing arrived.
     pub async fn next_batch(&mut self, idle_wait: Duration) -> Result<IngestBatch, IngestError> {
         let mut batch = IngestBatch::default();
