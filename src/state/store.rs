@@ -135,8 +135,9 @@ struct Encoded {
     /// The times the indexes need, read at restore.
     peek: Peek,
     /// Decoded by a read-only use (a lookup), kept until the first change
-    /// takes it.
-    decoded: OnceLock<Result<CustomerState, CodecError>>,
+    /// takes it (`None` inside: the value does not decode, as logged).
+    /// Boxed: an unread value costs a pointer here, not a whole state.
+    decoded: OnceLock<Option<Box<CustomerState>>>,
 }
 
 impl Slot {
@@ -155,9 +156,8 @@ impl Slot {
             Slot::Live(s) => Some(s),
             Slot::Restored(e) => e
                 .decoded
-                .get_or_init(|| decode(&e.bytes).inspect_err(undecodable))
-                .as_ref()
-                .ok(),
+                .get_or_init(|| decode(&e.bytes).inspect_err(undecodable).ok().map(Box::new))
+                .as_deref(),
         }
     }
 
@@ -169,10 +169,10 @@ impl Slot {
         if let Slot::Restored(e) = self {
             let decoded = match e.decoded.take() {
                 Some(decoded) => decoded,
-                None => decode(&e.bytes).inspect_err(undecodable),
+                None => decode(&e.bytes).inspect_err(undecodable).ok().map(Box::new),
             };
-            failed = decoded.is_err();
-            *self = Slot::Live(Box::new(decoded.unwrap_or_default()));
+            failed = decoded.is_none();
+            *self = Slot::Live(decoded.unwrap_or_default());
         }
         match self {
             Slot::Live(s) => (s, failed),
@@ -196,7 +196,7 @@ impl Slot {
                         + e.bytes.len()
                         + e.decoded
                             .get()
-                            .and_then(|d| d.as_ref().ok())
+                            .and_then(|d| d.as_deref())
                             .map_or(0, CustomerState::memory_bytes)
                 }
             }
