@@ -34,6 +34,7 @@
 //! | [`telemetry`] | Prometheus metrics and logging |
 //! | [`privacy`] | pseudonymous customer ids (keyed HMAC), erasure requests and the erased-customer list |
 //! | [`units`] | time units shared by every stage (`DAY_MS`, durations in milliseconds) |
+//! | [`rng`] | the one seeded pseudo-random generator (SplitMix64): generator, trainer, benchmarks |
 //!
 //! Where an event goes next: `ingest` turns Kafka records into
 //! [`event::Event`]s (or dead letters); `state` applies them to the
@@ -56,6 +57,7 @@ pub mod ingest;
 pub mod model;
 pub mod pipeline;
 pub mod privacy;
+pub mod rng;
 pub mod score;
 pub mod state;
 pub mod telemetry;

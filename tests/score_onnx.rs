@@ -40,7 +40,7 @@ fn segments() -> Vec<String> {
 }
 
 fn reference_files(version: &str, seed: u64) -> ModelFiles {
-    let (onnx, manifest) = reference::build(&featurizer(), &segments(), version, seed);
+    let (onnx, manifest) = reference::build(&featurizer(), &segments(), version, seed).unwrap();
     ModelFiles {
         dir: Default::default(),
         onnx,
@@ -57,7 +57,7 @@ fn the_reference_model_matches_its_rust_forward_pass() {
     let files = reference_files("ref-1", 7);
     let model = load(&files).expect("reference model loads and passes its golden check");
     let f = featurizer();
-    assert_eq!(reference::golden_inputs(&f).batch, 4);
+    assert_eq!(reference::golden_inputs(&f).unwrap().batch, 4);
     // Inputs other than the golden ones, through the scorer's zero-copy path.
     let batch = {
         use segstream::state::CustomerState;
@@ -65,8 +65,11 @@ fn the_reference_model_matches_its_rust_forward_pass() {
         f.featurize(&[&empty, &empty], 1_790_000_000_000).unwrap()
     };
     let scores = model.score_on(0, &batch).unwrap();
-    let rust = ReferenceModel::new(f.spec(), 5, 7)
-        .forward(segstream::model::GoldenInputs::from_batch(&batch).as_inputs());
+    let rust = ReferenceModel::new(f.spec(), 5, 7).forward(
+        segstream::model::GoldenInputs::from_batch(&batch)
+            .unwrap()
+            .as_inputs(),
+    );
     for (a, b) in scores.outputs.segment_probs.iter().zip(&rust.segment_probs) {
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
     }

@@ -99,7 +99,7 @@ pub async fn e2e(
         let featurizer = Featurizer::new(FeatureSpec::for_state(limits), limits)?;
         match model {
             E2eModel::Rules => {
-                let (onnx, manifest) = rules::build(&featurizer, "rules-bench");
+                let (onnx, manifest) = rules::build(&featurizer, "rules-bench")?;
                 registry.publish(&onnx, &manifest)?;
                 registry.promote("rules-bench")?;
             }

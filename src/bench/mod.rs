@@ -48,22 +48,7 @@ pub use train::{
 /// What a benchmark returns; its error is reported, not classified.
 pub type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-/// A deterministic pseudo-random stream (SplitMix64), so runs are comparable.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+use crate::rng::Rng;
 
 const CATEGORIES: [&str; 12] = [
     "shoes", "socks", "hats", "bags", "shirts", "coats", "watches", "toys", "books", "garden",
@@ -72,7 +57,7 @@ const CATEGORIES: [&str; 12] = [
 
 /// One synthetic event: mostly browsing, some purchases, a few reviews.
 fn synthetic_event(rng: &mut Rng, customer: &str, i: usize, time_ms: i64) -> Event {
-    let category = CATEGORIES[rng.below(CATEGORIES.len() as u64) as usize].to_string();
+    let category = CATEGORIES[rng.below(CATEGORIES.len())].to_string();
     let roll = rng.below(100);
     let payload = if roll < 75 {
         Payload::Browse(Browse {

@@ -79,7 +79,7 @@ pub async fn score(
     let dir = std::env::temp_dir().join(ingest::unique_id("score"));
     let files = match model {
         E2eModel::Rules => {
-            let (onnx, manifest) = reference::build(&featurizer, &segments, "bench", 1);
+            let (onnx, manifest) = reference::build(&featurizer, &segments, "bench", 1)?;
             ModelFiles {
                 dir: Default::default(),
                 onnx,
@@ -131,11 +131,11 @@ pub async fn score(
     let reasons = config.decide.reasons;
 
     let max = batches.iter().copied().max().unwrap_or(1);
-    let mut rng = Rng(42);
+    let mut rng = Rng::from_state(42);
     let states: Vec<CustomerState> = (0..max)
         .map(|c| {
             let customer = format!("bench-{c}");
-            let n = 1 + rng.below(80) as usize;
+            let n = 1 + rng.below(80);
             let mut s = CustomerState::default();
             for i in 0..n {
                 let t = 1_790_000_000_000 + rng.below(90 * 86_400_000) as i64;
@@ -149,7 +149,7 @@ pub async fn score(
     for &b in batches {
         let refs: Vec<&CustomerState> = states.iter().take(b).collect();
         let batch = featurizer.featurize(&refs, as_of)?;
-        let inputs = GoldenInputs::from_batch(&batch);
+        let inputs = GoldenInputs::from_batch(&batch)?;
         let spec = featurizer.spec().clone();
         // Warm up both paths once.
         run_session(&mut raw_session, &inputs, &spec, segments.len())?;

@@ -52,7 +52,7 @@ pub async fn state(
 ) -> Result<StateBench, Box<dyn std::error::Error + Send + Sync>> {
     let limits = config.state.limits();
     let mut store = PartitionStore::new(limits);
-    let mut rng = Rng(0x5eed);
+    let mut rng = Rng::from_state(0x5eed);
     let start_ms = 1_790_000_000_000i64;
     let span_ms = 120 * 86_400_000i64;
     let mut offered = 0usize;
@@ -76,8 +76,8 @@ pub async fn state(
         // Events come in sessions of 1-8 events within an hour.
         let mut events: Vec<Event> = Vec::with_capacity(n);
         while events.len() < n {
-            let session_start = start_ms + rng.below(span_ms as u64) as i64;
-            let len = 1 + rng.below(8) as usize;
+            let session_start = start_ms + rng.below(span_ms as usize) as i64;
+            let len = 1 + rng.below(8);
             for _ in 0..len.min(n - events.len()) {
                 let t = session_start + rng.below(3_600_000) as i64;
                 let i = events.len();

@@ -150,8 +150,8 @@ pub(crate) fn model_command(config: Config, command: ModelCommand) -> anyhow::Re
             )?;
             let segments: Vec<String> = DEFAULT_SEGMENTS.iter().map(|s| s.to_string()).collect();
             let (onnx, manifest) = match kind.as_str() {
-                "rules" => segstream::model::rules::build(&featurizer, &version),
-                "reference" => reference::build(&featurizer, &segments, &version, seed),
+                "rules" => segstream::model::rules::build(&featurizer, &version)?,
+                "reference" => reference::build(&featurizer, &segments, &version, seed)?,
                 other => anyhow::bail!("unknown built-in model {other:?}: use rules or reference"),
             };
             let dir = registry.publish(&onnx, &manifest)?;

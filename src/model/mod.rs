@@ -105,14 +105,17 @@ pub struct GoldenInputs {
 }
 
 impl GoldenInputs {
-    /// Copies the tensors of a feature batch.
-    pub fn from_batch(batch: &arrow_array::RecordBatch) -> Self {
+    /// Copies the tensors of a feature batch (an error for a batch that is
+    /// not the featurizer's layout: golden inputs are never left empty).
+    pub fn from_batch(
+        batch: &arrow_array::RecordBatch,
+    ) -> Result<Self, crate::features::FeatureError> {
         use crate::features::{tensors, TensorData};
         let mut g = GoldenInputs {
             batch: batch.num_rows(),
             ..Default::default()
         };
-        for t in tensors(batch).unwrap_or_default() {
+        for t in tensors(batch)? {
             match (t.name, t.data) {
                 ("event_kind", TensorData::I64(d)) => g.event_kind = d.to_vec(),
                 ("event_category", TensorData::I64(d)) => g.event_category = d.to_vec(),
@@ -123,7 +126,7 @@ impl GoldenInputs {
                 _ => {}
             }
         }
-        g
+        Ok(g)
     }
 
     /// As borrowed reference-model inputs.

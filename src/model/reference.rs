@@ -11,6 +11,7 @@
 
 use super::onnx::{Attr, GraphBuilder};
 use crate::features::{FeatureSpec, CUSTOMER_DIM, EVENT_NUMERIC_DIM};
+use crate::rng::Rng;
 
 /// Weights of the reference model.
 #[derive(Debug, Clone)]
@@ -29,21 +30,13 @@ pub struct ReferenceModel {
     w_heads: [Vec<f32>; 3],
 }
 
-struct Rng(u64);
+/// Uniform weights in [-scale, scale) from the crate's generator.
+fn uniform(r: &mut Rng, scale: f32) -> f32 {
+    (r.unit_f32() * 2.0 - 1.0) * scale
+}
 
-impl Rng {
-    fn uniform(&mut self, scale: f32) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        let u = (self.0 >> 40) as f32 / (1u64 << 24) as f32;
-        (u * 2.0 - 1.0) * scale
-    }
-
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform(scale)).collect()
-    }
+fn uniform_vec(r: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| uniform(r, scale)).collect()
 }
 
 /// The model inputs in row-major form, as the featurizer's tensors hold them.
@@ -125,20 +118,24 @@ impl ReferenceModel {
     /// Seeded weights for `spec` with `segments` segments.
     pub fn new(spec: &FeatureSpec, segments: usize, seed: u64) -> Self {
         let h = 16;
-        let mut r = Rng(seed ^ 0x5e95_7e3a);
+        let mut r = Rng::new(seed);
         ReferenceModel {
             spec: spec.clone(),
             segments,
             hidden: h,
-            kind_emb: r.vec(spec.kind_vocab * h, 0.5),
-            cat_emb: r.vec(spec.category_buckets as usize * h, 0.5),
-            text_emb: r.vec(spec.text_buckets as usize * h, 0.5),
-            w_num: r.vec(EVENT_NUMERIC_DIM * h, 0.5),
-            w_cust: r.vec(CUSTOMER_DIM * h, 0.5),
-            b_cust: r.vec(h, 0.1),
-            w_seg: r.vec(h * segments, 0.8),
-            b_seg: r.vec(segments, 0.2),
-            w_heads: [r.vec(h, 0.8), r.vec(h, 0.8), r.vec(h, 0.8)],
+            kind_emb: uniform_vec(&mut r, spec.kind_vocab * h, 0.5),
+            cat_emb: uniform_vec(&mut r, spec.category_buckets as usize * h, 0.5),
+            text_emb: uniform_vec(&mut r, spec.text_buckets as usize * h, 0.5),
+            w_num: uniform_vec(&mut r, EVENT_NUMERIC_DIM * h, 0.5),
+            w_cust: uniform_vec(&mut r, CUSTOMER_DIM * h, 0.5),
+            b_cust: uniform_vec(&mut r, h, 0.1),
+            w_seg: uniform_vec(&mut r, h * segments, 0.8),
+            b_seg: uniform_vec(&mut r, segments, 0.2),
+            w_heads: [
+                uniform_vec(&mut r, h, 0.8),
+                uniform_vec(&mut r, h, 0.8),
+                uniform_vec(&mut r, h, 0.8),
+            ],
         }
     }
 
@@ -295,7 +292,9 @@ impl ReferenceModel {
 
 /// Golden inputs: a few customers with varied histories (every event kind,
 /// reviews with text, an empty customer), featurized by `featurizer`.
-pub fn golden_inputs(featurizer: &crate::features::Featurizer) -> super::GoldenInputs {
+pub fn golden_inputs(
+    featurizer: &crate::features::Featurizer,
+) -> Result<super::GoldenInputs, crate::features::FeatureError> {
     use crate::event::{Browse, BrowseAction, Event, LineItem, Payload, Purchase, Review};
     use crate::state::{CustomerState, StateLimits};
     let t0 = 1_790_000_000_000i64;
@@ -358,10 +357,7 @@ pub fn golden_inputs(featurizer: &crate::features::Featurizer) -> super::GoldenI
         .collect();
     let refs: Vec<&CustomerState> = states.iter().collect();
     let as_of = t0 + 120 * 5_400_000;
-    match featurizer.featurize(&refs, as_of) {
-        Ok(batch) => super::GoldenInputs::from_batch(&batch),
-        Err(_) => super::GoldenInputs::default(),
-    }
+    super::GoldenInputs::from_batch(&featurizer.featurize(&refs, as_of)?)
 }
 
 /// A complete reference model: ONNX bytes and a manifest whose golden
@@ -371,10 +367,10 @@ pub fn build(
     segments: &[String],
     version: &str,
     seed: u64,
-) -> (Vec<u8>, super::Manifest) {
+) -> Result<(Vec<u8>, super::Manifest), crate::features::FeatureError> {
     let spec = featurizer.spec().clone();
     let model = ReferenceModel::new(&spec, segments.len(), seed);
-    let inputs = golden_inputs(featurizer);
+    let inputs = golden_inputs(featurizer)?;
     let outputs = model.forward(inputs.as_inputs());
     let manifest = super::Manifest {
         format_version: super::MANIFEST_VERSION,
@@ -391,5 +387,5 @@ pub fn build(
             outputs,
         },
     };
-    (model.to_onnx(version), manifest)
+    Ok((model.to_onnx(version), manifest))
 }

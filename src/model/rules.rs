@@ -139,9 +139,9 @@ pub fn forward(spec: &FeatureSpec, x: Inputs<'_>) -> Outputs {
 pub fn build(
     featurizer: &crate::features::Featurizer,
     version: &str,
-) -> (Vec<u8>, super::Manifest) {
+) -> Result<(Vec<u8>, super::Manifest), crate::features::FeatureError> {
     let spec = featurizer.spec().clone();
-    let inputs = super::reference::golden_inputs(featurizer);
+    let inputs = super::reference::golden_inputs(featurizer)?;
     let outputs = forward(&spec, inputs.as_inputs());
     let manifest = super::Manifest {
         format_version: super::MANIFEST_VERSION,
@@ -161,7 +161,7 @@ pub fn build(
             outputs,
         },
     };
-    (to_onnx(&spec, version), manifest)
+    Ok((to_onnx(&spec, version), manifest))
 }
 
 #[cfg(test)]
@@ -180,7 +180,10 @@ mod tests {
             s.record(e, limits);
         }
         let batch = f.featurize(&[&s], as_of).unwrap();
-        let out = forward(f.spec(), GoldenInputs::from_batch(&batch).as_inputs());
+        let out = forward(
+            f.spec(),
+            GoldenInputs::from_batch(&batch).unwrap().as_inputs(),
+        );
         DEFAULT_SEGMENTS[crate::decide::argmax(&out.segment_probs).unwrap()]
     }
 

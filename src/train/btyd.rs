@@ -361,24 +361,24 @@ fn nelder_mead(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{Rng as _, SeedableRng as _};
+    use crate::rng::Rng;
 
     /// Marsaglia-Tsang Gamma(shape, 1) sampling.
-    fn gamma(rng: &mut rand::rngs::StdRng, shape: f64) -> f64 {
+    fn gamma(rng: &mut Rng, shape: f64) -> f64 {
         if shape < 1.0 {
-            let u: f64 = rng.random();
+            let u = rng.unit();
             return gamma(rng, shape + 1.0) * u.powf(1.0 / shape);
         }
         let d = shape - 1.0 / 3.0;
         let c = 1.0 / (9.0 * d).sqrt();
         loop {
-            let (u1, u2): (f64, f64) = (rng.random(), rng.random());
+            let (u1, u2) = (rng.unit(), rng.unit());
             let n = (-2.0 * u1.max(1e-300).ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
             let v = (1.0 + c * n).powi(3);
             if v <= 0.0 {
                 continue;
             }
-            let u: f64 = rng.random();
+            let u = rng.unit();
             if u.ln() < 0.5 * n * n + d - d * v + d * v.ln() {
                 return d * v;
             }
@@ -388,7 +388,7 @@ mod tests {
     /// Customers simulated from the model itself, observed for `t` days
     /// after their first purchase, and their purchases in the next `h`.
     fn simulate(m: &BgNbd, n: usize, t: f64, h: f64, seed: u64) -> Vec<(Rfm, bool)> {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut rng = Rng::new(seed);
         (0..n)
             .map(|_| {
                 let lambda = gamma(&mut rng, m.r) / m.alpha;
@@ -397,7 +397,7 @@ mod tests {
                 let (mut now, mut x, mut t_x) = (0.0, 0.0, 0.0);
                 let mut bought_later = false;
                 loop {
-                    now += -rng.random::<f64>().max(1e-300).ln() / lambda;
+                    now += -rng.unit().max(1e-300).ln() / lambda;
                     if now > t + h {
                         break;
                     }
@@ -408,7 +408,7 @@ mod tests {
                     x += 1.0;
                     t_x = now;
                     // Dropout happens right after a repeat purchase.
-                    if rng.random::<f64>() < p {
+                    if rng.unit() < p {
                         break;
                     }
                 }

@@ -169,8 +169,8 @@ pub fn fit(
             ..ParamsAdamW::default()
         },
     )?;
-    let mut rng = Rng::new(cfg.seed ^ 0x5eed);
-    let mut drop_rng = Rng::new(cfg.seed ^ 0xd20f);
+    let mut rng = super::rng(cfg.seed ^ 0x5eed);
+    let mut drop_rng = super::rng(cfg.seed ^ 0xd20f);
     let mut report = FitReport::default();
     let step_of = val.len().div_ceil(EARLY_STOP_SAMPLE).max(1);
     let val = &val.subset(|i| i % step_of == 0);

@@ -218,7 +218,7 @@ type CResult<T> = candle_core::Result<T>;
 impl Transformer {
     /// A freshly initialized network (deterministic for a seed).
     pub fn new(arch: Arch, seed: u64, device: &Device) -> CResult<Self> {
-        let mut rng = Rng::new(seed);
+        let mut rng = super::rng(seed);
         let mut t = Transformer {
             arch: arch.clone(),
             params: BTreeMap::new(),
@@ -230,7 +230,7 @@ impl Transformer {
         let (d, f, e) = (arch.d, CUSTOMER_DIM, EVENT_NUMERIC_DIM);
         let mut normal = |t: &mut Transformer, name: &str, shape: &[usize], std: f32| {
             let n: usize = shape.iter().product();
-            let v: Vec<f32> = (0..n).map(|_| rng.normal() * std).collect();
+            let v: Vec<f32> = (0..n).map(|_| rng.normal_f32() * std).collect();
             t.add(name, shape, v)
         };
         let lin = |fan_in: usize| (1.0 / fan_in as f32).sqrt();
@@ -416,7 +416,7 @@ impl Transformer {
         }
         let keep = 1.0 / (1.0 - *p);
         let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| if rng.uniform() < *p { 0.0 } else { keep })
+            .map(|_| if rng.unit_f32() < *p { 0.0 } else { keep })
             .collect();
         let mask = Tensor::from_vec(mask, x.shape(), &self.device)?;
         x * mask

@@ -75,7 +75,7 @@ fn every_parameter_receives_a_gradient() {
     let batch = set.batch(&idx, None);
     let weights = super::examples::class_weights(&set);
     let scale = f.spec().normalization.spend_log_scale;
-    let mut rng = super::Rng::new(1);
+    let mut rng = super::rng(1);
     let loss = fit::loss(
         &net,
         &set,
@@ -159,13 +159,13 @@ fn training_lowers_the_loss_and_keeps_the_best_epoch() {
 /// with p = sigmoid(2·z − 1) from logits z are calibrated to a ≈ 2, b ≈ −1.
 #[test]
 fn platt_scaling_recovers_a_known_distortion() {
-    let mut rng = super::Rng::new(3);
+    let mut rng = super::rng(3);
     let (mut z, mut y) = (Vec::new(), Vec::new());
     for _ in 0..20_000 {
-        let logit = rng.normal() * 1.5;
+        let logit = rng.normal_f32() * 1.5;
         let p = 1.0 / (1.0 + (-(2.0 * logit - 1.0)).exp());
         z.push(logit);
-        y.push(rng.uniform() < p);
+        y.push(rng.unit_f32() < p);
     }
     let (a, b) = super::net::Calibration::platt(&z, &y);
     assert!((a - 2.0).abs() < 0.15 && (b + 1.0).abs() < 0.1, "{a} {b}");

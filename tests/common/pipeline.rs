@@ -85,9 +85,9 @@ pub async fn setup_named(prefix: &str, partitions: i32, model: &str, extra: &str
     let featurizer = Featurizer::new(FeatureSpec::for_state(limits), limits).unwrap();
     let segments: Vec<String> = DEFAULT_SEGMENTS.iter().map(|x| x.to_string()).collect();
     let (onnx, manifest) = if model == "rules" {
-        rules::build(&featurizer, "m1")
+        rules::build(&featurizer, "m1").expect("rule model")
     } else {
-        reference::build(&featurizer, &segments, "m1", 3)
+        reference::build(&featurizer, &segments, "m1", 3).expect("reference model")
     };
     registry.publish(&onnx, &manifest).unwrap();
     registry.promote("m1").unwrap();
