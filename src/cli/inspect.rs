@@ -195,6 +195,7 @@ pub(crate) async fn risk_show(config: Config, idle: Duration, max: usize) -> any
             Err(_) => break,
             Ok(m) => m.context("reading the risk topic")?,
         };
+        // A record without a value fails to decode below and is shown so.
         let bytes = msg.payload().unwrap_or_default();
         let line = match config.output.format {
             segstream::config::OutputFormat::Protobuf => RiskFlag::decode(bytes)
@@ -261,6 +262,7 @@ pub(crate) async fn segments_show(
             Err(_) => break,
             Ok(m) => m.context("reading the segment topic")?,
         };
+        // A record without a value fails to decode below and is shown so.
         let bytes = msg.payload().unwrap_or_default();
         let change = match config.output.format {
             segstream::config::OutputFormat::Protobuf => SegmentChange::decode(bytes)

@@ -102,6 +102,7 @@ impl Decoder {
         value: Option<&[u8]>,
         now_ms: i64,
     ) -> Result<(Event, Framing), Rejection> {
+        // A tombstone (no value) is refused below as an empty value.
         let value = value.unwrap_or_default();
         if value.is_empty() {
             return Err(Rejection::new(
@@ -506,6 +507,9 @@ impl JsonEvent {
                 "exactly one of browse, purchase, review may be set",
             ));
         }
+        // Absent JSON fields become protobuf's defaults, exactly as absent
+        // protobuf fields do; `validate` then refuses a missing required
+        // field with its reason code (nothing absent is accepted silently).
         let int = |v: Option<JsonInt>| v.unwrap_or_default().0;
         let payload = if let Some(b) = self.browse {
             Some(proto::event::Payload::Browse(proto::Browse {

@@ -202,6 +202,7 @@ impl Directory {
             .create_with_context(crate::telemetry::kafka_log::QuietContext)
             .map_err(|e| format!("creating the group reader: {e}"))?;
         let group = cfg.kafka.group_id.clone();
+        // `input.topics` is never empty in a checked configuration.
         let topic = cfg.input.topics.first().cloned().unwrap_or_default();
         let dir = Arc::downgrade(self);
         std::thread::Builder::new()
@@ -219,6 +220,8 @@ impl Directory {
                                 let Some(url) = url_of_client_id(m.client_id()) else {
                                     continue;
                                 };
+                                // A member without a readable assignment
+                                // (joining) owns nothing yet.
                                 for p in m
                                     .assignment()
                                     .map(|a| assigned_partitions(a, &topic))

@@ -109,6 +109,9 @@ pub fn decode(bytes: &[u8], format: OutputFormat) -> Option<SegmentChange> {
         OutputFormat::Protobuf => SegmentChange::decode(bytes).ok(),
         OutputFormat::Json => {
             let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+            // segstream's own JSON records, read back: a field it leaves out
+            // (an empty or zero value) reads as protobuf's default, as the
+            // protobuf format does.
             let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
             let f = |k: &str| v[k].as_f64().unwrap_or_default() as f32;
             let i = |k: &str| v[k].as_i64().unwrap_or_default();

@@ -193,6 +193,7 @@ pub fn restore_partition(
     if let Some(restored) = stores.remove(&partition) {
         *store = restored;
     }
+    // Every partition asked for has its stats entry.
     Ok(stats.remove(&partition).unwrap_or_default())
 }
 
@@ -433,6 +434,8 @@ fn read_batches(
                 batch.push(RawRecord {
                     partition: msg.partition(),
                     offset: msg.offset(),
+                    // segstream always keys its records; a keyless one is
+                    // refused by the decoder thread (its key reads as empty).
                     key: String::from_utf8_lossy(msg.key().unwrap_or_default()).into(),
                     value: msg.payload().map(Box::from),
                 });
@@ -477,6 +480,18 @@ fn install(
                 continue;
             };
             st.records += 1;
+            if r.key.is_empty() {
+                // Not a customer's record (segstream keys every one): it
+                // must not become the state of a customer with an empty id.
+                st.corrupt += 1;
+                error!(
+                    topic,
+                    partition = r.partition,
+                    offset = r.offset,
+                    "Skipped a changelog record without a key."
+                );
+                continue;
+            }
             let Some(value) = r.value else {
                 st.tombstones += 1;
                 store.forget(&r.key);
@@ -544,4 +559,39 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
         }
     }
     Guard(Some(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{CustomerState, StoreLimits};
+
+    #[test]
+    fn a_keyless_record_is_counted_corrupt_and_not_installed() {
+        let value = || Some(encode(&CustomerState::default()).into_boxed_slice());
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let batch = vec![
+            RawRecord {
+                partition: 0,
+                offset: 0,
+                key: "".into(),
+                value: value(),
+            },
+            RawRecord {
+                partition: 0,
+                offset: 1,
+                key: "c".into(),
+                value: value(),
+            },
+        ];
+        tx.send(batch).unwrap();
+        drop(tx);
+        let mut stores = BTreeMap::from([(0, PartitionStore::new(StoreLimits::default()))]);
+        let mut stats = BTreeMap::from([(0, RestoreStats::default())]);
+        let counter = prometheus::IntCounter::new("records", "records").unwrap();
+        install(rx, "t", &mut stores, &BTreeMap::new(), &mut stats, &counter);
+        assert_eq!((stats[&0].records, stats[&0].corrupt), (2, 1));
+        assert_eq!(stores[&0].len(), 1);
+        assert!(stores[&0].contains("c"));
+    }
 }

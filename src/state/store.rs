@@ -438,6 +438,7 @@ impl PartitionStore {
         let Some((key, slot)) = self.customers.get_key_value(id) else {
             return false;
         };
+        // A restored value that does not decode has no segment to leave.
         let segment = slot
             .get()
             .map(|s| s.decision.segment.clone())

@@ -127,6 +127,7 @@ pub fn predict(
                 crate::decide::explain(scores.contributions(i), best, config.decide.reasons);
             out.rows.push(Prediction {
                 customer_id: (*id).clone(),
+                // `best` indexes the model's own segment list.
                 segment: out.segments.get(best).cloned().unwrap_or_default(),
                 probabilities: probs,
                 purchase_probability: scores.outputs.purchase_probability[i],

@@ -129,6 +129,9 @@ fn int_col<'a>(b: &'a RecordBatch, name: &str) -> Option<&'a Int64Array> {
 }
 
 fn parquet_row(b: &RecordBatch, i: usize) -> Result<proto::Event, Rejection> {
+    // A missing column or a null cell reads as empty or zero, as an absent
+    // protobuf field does: validation refuses a missing required value with
+    // its reason code.
     let s = |name: &str| -> String {
         str_col(b, name)
             .filter(|c| c.is_valid(i))
