@@ -29,20 +29,23 @@ fn config_check_accepts_the_example() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
 }
 
-#[test]
-fn config_check_reports_every_mistake_and_fails() {
+/// `segstream config check` on a file holding `toml`.
+fn config_check(toml: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bad.toml");
-    std::fs::write(
-        &file,
-        "[kafka]\ngroupid = \"x\"\n[input]\nmax_buffered = -5\n[validation]\nmax_event_bytes = 1\n",
-    )
-    .unwrap();
-    let out = segstream()
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, toml).unwrap();
+    segstream()
         .args(["config", "check"])
         .arg(&file)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn config_check_reports_every_mistake_and_fails() {
+    let out = config_check(
+        "[kafka]\ngroupid = \"x\"\n[input]\nmax_buffered = -5\n[validation]\nmax_event_bytes = 1\n",
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("3 configuration problems"), "{err}");
@@ -59,14 +62,7 @@ fn config_check_reports_every_mistake_and_fails() {
 
 #[test]
 fn config_check_warns_about_removed_keys() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("old.toml");
-    std::fs::write(&file, "[input]\nbatch_size = 1000\n").unwrap();
-    let out = segstream()
-        .args(["config", "check"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = config_check("[input]\nbatch_size = 1000\n");
     assert_eq!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

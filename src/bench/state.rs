@@ -174,7 +174,7 @@ pub(super) async fn restore_on(
     for _ in 0..ROUNDS {
         // The baseline reads with the restore's own client settings.
         let (c1, t1) = (
-            crate::state::changelog::reader_config(client),
+            crate::state::changelog::restore_reader_config(client),
             topic.to_owned(),
         );
         let raw = tokio::task::spawn_blocking(move || raw_read_all(&c1, &[t1], 1)).await??;

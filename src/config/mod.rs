@@ -89,23 +89,27 @@ pub struct Config {
     pub risk: RiskConfig,
 }
 
+/// A key that no longer does anything but still loads: its section, its
+/// name, and whether a configuration sets it.
+type RemovedKey = (&'static str, &'static str, fn(&Config) -> bool);
+
 /// Keys that no longer do anything but still load, so that older files
 /// keep working ([`Config::deprecated`] names them).
-const REMOVED_KEYS: [(&str, &str); 2] = [("input", "batch_size"), ("input", "batch_max_wait")];
+const REMOVED_KEYS: [RemovedKey; 2] = [
+    ("input", "batch_size", |c| c.input.batch_size.is_some()),
+    ("input", "batch_max_wait", |c| {
+        c.input.batch_max_wait.is_some()
+    }),
+];
 
 impl Config {
     /// Keys that still load but no longer do anything, each with what to do
     /// (logged at start-up and printed by `config check`).
     pub fn deprecated(&self) -> Vec<String> {
-        let set = [
-            self.input.batch_size.is_some(),
-            self.input.batch_max_wait.is_some(),
-        ];
         REMOVED_KEYS
             .iter()
-            .zip(set)
-            .filter(|(_, set)| *set)
-            .map(|((section, key), _)| {
+            .filter(|(_, _, set)| set(self))
+            .map(|(section, key, _)| {
                 format!(
                     "{section}.{key} has no effect (the pipeline reads record by record and \
                      commits every pipeline.commit_interval); remove it"
@@ -166,7 +170,7 @@ impl Config {
         let mut defaults = serde_json::to_value(Config::default())
             .map_err(|e| ConfigError::single("", format!("internal: defaults: {e}")))?;
         // Removed keys are not printed with the defaults but still load.
-        for (section, key) in REMOVED_KEYS {
+        for (section, key, _) in REMOVED_KEYS {
             if let Some(s) = defaults.get_mut(section).and_then(|s| s.as_object_mut()) {
                 s.insert(key.to_string(), serde_json::Value::Null);
             }

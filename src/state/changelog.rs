@@ -205,7 +205,7 @@ pub fn restore_partition(
 /// records that are not coming. The pipeline passes
 /// `<kafka.group_id>-restore` as the group id, which a prefix ACL on its
 /// group covers. The restore benchmark's raw baseline reads with these too.
-pub fn reader_config(client: &ClientConfig) -> ClientConfig {
+pub fn restore_reader_config(client: &ClientConfig) -> ClientConfig {
     let mut client = client.clone();
     let group = client
         .get("group.id")
@@ -229,7 +229,7 @@ pub fn restore_partitions(
     timeout: Duration,
 ) -> Result<BTreeMap<i32, RestoreStats>, ChangelogError> {
     let started = Instant::now();
-    let client = reader_config(client);
+    let client = restore_reader_config(client);
     let consumer: BaseConsumer<RestoreContext> = client
         .create_with_context(RestoreContext)
         .map_err(kafka("creating the restore consumer"))?;
