@@ -382,10 +382,11 @@ fn stable_ends(
 }
 
 /// Customers a restore makes room for up front, per partition. The record
-/// count of a changelog not yet compacted can be many times its customers,
-/// and each map slot holds a whole state (hundreds of bytes): beyond this
-/// the map grows as usual.
-const MAX_RESERVED_CUSTOMERS: usize = 65_536;
+/// count of a changelog not yet compacted can be many times its customers;
+/// a map slot is an id and a boxed value (32 bytes), so this reserves at
+/// most about 17 MB (the map's buckets at its load factor); beyond it the
+/// map grows as usual.
+const MAX_RESERVED_CUSTOMERS: usize = 1 << 18;
 
 /// Records per hand-off from the reader to the decoder thread.
 const BATCH: usize = 1024;
@@ -415,8 +416,12 @@ fn read_batches(
     first_record: &mut Option<Instant>,
 ) -> Result<(), ChangelogError> {
     let mut batch = RawBatch::with_capacity(BATCH);
+    // The deadline is checked when the poll comes back empty and once per
+    // batch, not per record: reading the clock per record costs the reader
+    // several per cent of its time.
+    let mut check_deadline = true;
     while !reading.is_empty() {
-        if started.elapsed() > timeout {
+        if std::mem::take(&mut check_deadline) && started.elapsed() > timeout {
             return Err(ChangelogError::Timeout {
                 topic: topic.to_string(),
                 partition: reading.first().copied().unwrap_or(-1),
@@ -424,7 +429,7 @@ fn read_batches(
             });
         }
         match consumer.poll(Duration::from_millis(100)) {
-            None => continue,
+            None => check_deadline = true,
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 reading.remove(&p);
             }
@@ -440,6 +445,7 @@ fn read_batches(
                     value: msg.payload().map(Box::from),
                 });
                 if batch.len() >= BATCH {
+                    check_deadline = true;
                     let full = std::mem::replace(&mut batch, RawBatch::with_capacity(BATCH));
                     if tx.send(full).is_err() {
                         return Err(ChangelogError::Decoder);

@@ -508,8 +508,9 @@ impl PartitionStore {
         BulkRestore {
             clock_ms: self.clock_ms,
             store: self,
-            expiry,
-            timers,
+            // The existing entries came from sets: already one sorted run.
+            expiry: SortedRuns::new(expiry),
+            timers: SortedRuns::new(timers),
             replaced: false,
         }
     }
@@ -586,8 +587,8 @@ pub struct BulkRestore<'a> {
     store: &'a mut PartitionStore,
     clock_ms: i64,
     /// The indexes' entries as they come (built into sets on drop).
-    expiry: Vec<(i64, Id)>,
-    timers: Vec<(i64, Id)>,
+    expiry: SortedRuns,
+    timers: SortedRuns,
     /// Whether a record replaced or removed a customer: their earlier
     /// index entries must then be filtered out.
     replaced: bool,
@@ -619,9 +620,9 @@ impl BulkRestore<'_> {
     fn install(&mut self, id: Id, slot: Slot) {
         let (last_event, next_review) = slot.times();
         self.clock_ms = self.clock_ms.max(last_event);
-        self.expiry.push((last_event, Id::clone(&id)));
+        self.expiry.push(last_event, Id::clone(&id));
         if next_review > 0 {
-            self.timers.push((next_review, Id::clone(&id)));
+            self.timers.push(next_review, Id::clone(&id));
         }
         if self.store.customers.insert(id, slot).is_some() {
             self.replaced = true;
@@ -636,24 +637,54 @@ impl BulkRestore<'_> {
     }
 }
 
+/// Index entries collected during a restore, sorted in runs as they come
+/// (while the read is still going) so that little sorting is left for its
+/// end.
+#[derive(Default)]
+struct SortedRuns {
+    entries: Vec<(i64, Id)>,
+    /// `entries[..sorted]` is a sequence of sorted runs.
+    sorted: usize,
+}
+
+impl SortedRuns {
+    /// Entries sorted per run: small enough to stay in cache.
+    const RUN: usize = 4096;
+
+    fn new(sorted: Vec<(i64, Id)>) -> Self {
+        SortedRuns {
+            sorted: sorted.len(),
+            entries: sorted,
+        }
+    }
+
+    fn push(&mut self, time: i64, id: Id) {
+        self.entries.push((time, id));
+        if self.entries.len() - self.sorted >= Self::RUN {
+            self.entries[self.sorted..].sort_unstable();
+            self.sorted = self.entries.len();
+        }
+    }
+}
+
 impl Drop for BulkRestore<'_> {
     fn drop(&mut self) {
         let store = &mut *self.store;
         store.clock_ms = self.clock_ms;
-        let mut expiry = std::mem::take(&mut self.expiry);
-        let mut timers = std::mem::take(&mut self.timers);
+        let mut expiry = std::mem::take(&mut self.expiry.entries);
+        let mut timers = std::mem::take(&mut self.timers.entries);
         if self.replaced {
             // Keep only the entries of customers still there with these times.
             let current = |id: &Id| store.customers.get(id).map(Slot::times);
             expiry.retain(|(t, id)| current(id).is_some_and(|(last, _)| last == *t));
             timers.retain(|(t, id)| current(id).is_some_and(|(_, next)| next == *t));
         }
-        // Sorted input makes the sets' bulk build linear; the two are built
-        // side by side (the read is over, its cores are free).
-        let build = |mut v: Vec<(i64, Id)>| {
-            v.sort_unstable();
-            v.into_iter().collect::<BTreeSet<_>>()
-        };
+        // A set collected from a vector sorts it (a stable sort, which
+        // merges sorted runs) and then builds in one pass. The entries are
+        // sorted runs already (filtering keeps them so): the work left after
+        // the read's last record is a merge. The two are built side by side
+        // (the read is over, its cores are free).
+        let build = |v: Vec<(i64, Id)>| v.into_iter().collect::<BTreeSet<_>>();
         let (expiry, timers) = std::thread::scope(|scope| {
             let timers = scope.spawn(|| build(timers));
             (build(expiry), timers.join())

@@ -543,6 +543,68 @@ fn a_bulk_restore_equals_restoring_one_by_one() {
 }
 
 #[test]
+fn a_bulk_restore_of_many_runs_orders_its_indexes_like_one_by_one() {
+    // More records than one sorted run, in no time order (the changelog's
+    // records come in id order; review times are random), some customers
+    // written twice and some tombstoned: the indexes built from the runs
+    // must equal those built one record at a time.
+    let now = Instant::now();
+    let hour = 3_600_000;
+    let mut rng = crate::rng::Rng::new(7);
+    let mut source = PartitionStore::new(store_limits());
+    let mut records = Vec::new();
+    for round in 0..2 {
+        for i in 0..6_000 {
+            if round == 1 && i % 3 != 0 {
+                continue;
+            }
+            let c = format!("c{i}");
+            let t = T0 + (round * 6_000 + i) * 60_000;
+            source.record(&ev(&c, &format!("e{round}-{i}"), t, view("x", 1, 0)), now);
+            if i % 2 == 0 {
+                source.schedule_review(&c, t + (rng.unit() * 50.0) as i64 * hour);
+            }
+        }
+        records.extend(changelog::drain_dirty(&mut source));
+    }
+    for i in (0..6_000).step_by(7) {
+        records.push(changelog::ChangelogRecord {
+            key: format!("c{i}"),
+            value: None,
+        });
+    }
+    let mut one_by_one = PartitionStore::new(store_limits());
+    let mut encoded = PartitionStore::new(store_limits());
+    {
+        let mut e = encoded.bulk_restore(records.len());
+        for r in &records {
+            match &r.value {
+                Some(v) => {
+                    one_by_one.restore(r.key.clone(), decode(v).unwrap());
+                    e.put_encoded(r.key.clone(), v.clone().into()).unwrap();
+                }
+                None => {
+                    one_by_one.forget(&r.key);
+                    e.forget(&r.key);
+                }
+            }
+        }
+    }
+    assert_eq!(encoded.len(), one_by_one.len());
+    assert_eq!(encoded.watermark_ms(), one_by_one.watermark_ms());
+    // Far enough ahead that every timer is due and every customer expires.
+    let late = T0 + 700 * 86_400_000;
+    for store in [&mut one_by_one, &mut encoded] {
+        store.record(&ev("y", "y", late, view("x", 1, 0)), now);
+    }
+    let due = one_by_one.take_due();
+    assert!(due.len() > 1_000);
+    assert_eq!(encoded.take_due(), due);
+    assert_eq!(encoded.evict_expired(), one_by_one.evict_expired());
+    assert_eq!(encoded.take_exits(), one_by_one.take_exits());
+}
+
+#[test]
 fn a_restored_value_that_does_not_decode_starts_the_customer_over() {
     use prost::Message as _;
     let now = Instant::now();
