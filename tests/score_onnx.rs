@@ -12,7 +12,7 @@ use segstream::config::ScoreConfig;
 use segstream::features::{FeatureSpec, Featurizer};
 use segstream::model::onnx::{Attr, Dim, Elem, GraphBuilder};
 use segstream::model::reference::{self, ReferenceModel};
-use segstream::model::{ModelFiles, Registry, DEFAULT_SEGMENTS};
+use segstream::model::{ModelFiles, Registry, Segment};
 use segstream::score::{LoadedModel, ModelWatcher, PollOutcome, ScoreError, Scorer};
 use segstream::state::StateLimits;
 use segstream::telemetry::Metrics;
@@ -36,7 +36,7 @@ fn featurizer() -> Featurizer {
 }
 
 fn segments() -> Vec<String> {
-    DEFAULT_SEGMENTS.iter().map(|s| s.to_string()).collect()
+    Segment::names()
 }
 
 fn reference_files(version: &str, seed: u64) -> ModelFiles {

@@ -279,10 +279,7 @@ async fn a_per_segment_topic_alone_gives_the_exact_member_set() {
     };
     let s = setup().await;
     let template = format!("{}.{{segment}}", s.output);
-    let segments: Vec<String> = segstream::model::DEFAULT_SEGMENTS
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
+    let segments = segstream::model::Segment::names();
     let topics_of: Vec<String> = segments
         .iter()
         .map(|seg| template.replace("{segment}", seg))

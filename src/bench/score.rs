@@ -71,11 +71,11 @@ pub async fn score(
     model: E2eModel,
 ) -> Result<Vec<ScoreBenchRow>, Box<dyn std::error::Error + Send + Sync>> {
     use crate::features::{FeatureSpec, Featurizer};
-    use crate::model::{reference, GoldenInputs, ModelFiles, DEFAULT_SEGMENTS};
+    use crate::model::{reference, GoldenInputs, ModelFiles, Segment};
     use crate::score::{new_session, run_session, LoadedModel, Scorer};
     let limits = config.state.limits().state;
     let featurizer = Featurizer::new(FeatureSpec::for_state(limits), limits)?;
-    let segments: Vec<String> = DEFAULT_SEGMENTS.iter().map(|s| s.to_string()).collect();
+    let segments: Vec<String> = Segment::names();
     let dir = std::env::temp_dir().join(ingest::unique_id("score"));
     let files = match model {
         E2eModel::Rules => {

@@ -83,7 +83,7 @@ pub(crate) enum DlqCommand {
 }
 
 pub(crate) fn model_command(config: Config, command: ModelCommand) -> anyhow::Result<()> {
-    use segstream::model::{reference, ModelFiles, Registry, DEFAULT_SEGMENTS};
+    use segstream::model::{reference, ModelFiles, Registry, Segment};
     use segstream::score::{signature, LoadedModel};
     let limits = config.state.limits().state;
     match command {
@@ -148,7 +148,7 @@ pub(crate) fn model_command(config: Config, command: ModelCommand) -> anyhow::Re
                 segstream::features::FeatureSpec::for_state(limits),
                 limits,
             )?;
-            let segments: Vec<String> = DEFAULT_SEGMENTS.iter().map(|s| s.to_string()).collect();
+            let segments: Vec<String> = Segment::names();
             let (onnx, manifest) = match kind.as_str() {
                 "rules" => segstream::model::rules::build(&featurizer, &version)?,
                 "reference" => reference::build(&featurizer, &segments, &version, seed)?,

@@ -10,6 +10,9 @@
 pub mod onnx;
 pub mod reference;
 pub mod rules;
+mod segment;
+
+pub use segment::Segment;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -29,15 +32,6 @@ pub const MODEL_FILE: &str = "model.onnx";
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// File naming the live version in a registry.
 pub const CURRENT_FILE: &str = "CURRENT";
-
-/// Default segment taxonomy (DESIGN.md, Segments).
-pub const DEFAULT_SEGMENTS: [&str; 5] = [
-    "high_value",
-    "active_buyer",
-    "browser",
-    "at_risk",
-    "dormant",
-];
 
 /// Errors reading or writing models and registries.
 #[derive(Debug, thiserror::Error)]

@@ -19,6 +19,7 @@
 
 use super::onnx::{Attr, GraphBuilder};
 use super::reference::{sigmoid, softmax, Inputs, Outputs};
+use super::Segment;
 use crate::features::{FeatureSpec, CUSTOMER_DIM};
 use crate::state::WINDOW_DAYS;
 
@@ -30,33 +31,31 @@ fn idx(window: usize, field: usize) -> usize {
 }
 
 /// Weights [F, 5] and bias [5] of the five default segments, in
-/// `DEFAULT_SEGMENTS` order.
+/// [`Segment`] order.
 fn weights() -> (Vec<f32>, Vec<f32>) {
     let base = WINDOW_DAYS.len() * PER_WINDOW;
     let (days_since_purchase, days_since_event) = (base, base + 1);
     let w30 = 2; // windows: 1, 7, 30, 90 days
     let w7 = 1;
-    let mut w = vec![0f32; CUSTOMER_DIM * 5];
-    let mut b = vec![0f32; 5];
-    let mut set = |f: usize, k: usize, v: f32| w[f * 5 + k] = v;
-    // high_value
-    set(idx(w30, 4), 0, 12.0);
-    b[0] = -12.0 * 0.55;
-    // active_buyer
-    set(idx(w30, 2), 1, 12.0);
-    b[1] = -12.0 * 0.05;
-    // browser
-    set(idx(w7, 0), 2, 12.0);
-    set(idx(w30, 2), 2, -6.0);
-    b[2] = -12.0 * 0.05;
+    const K: usize = Segment::COUNT;
+    let mut w = vec![0f32; CUSTOMER_DIM * K];
+    let mut b = vec![0f32; K];
+    let mut set = |f: usize, s: Segment, v: f32| w[f * K + s.index()] = v;
+    set(idx(w30, 4), Segment::HighValue, 12.0);
+    b[Segment::HighValue.index()] = -12.0 * 0.55;
+    set(idx(w30, 2), Segment::ActiveBuyer, 12.0);
+    b[Segment::ActiveBuyer.index()] = -12.0 * 0.05;
+    set(idx(w7, 0), Segment::Browser, 12.0);
+    set(idx(w30, 2), Segment::Browser, -6.0);
+    b[Segment::Browser.index()] = -12.0 * 0.05;
     // at_risk / dormant: silence, split by whether the customer ever bought.
     // days_since_purchase is -1 when never purchased, >= 0 otherwise.
-    set(days_since_event, 3, 12.0);
-    set(days_since_purchase, 3, 3.0);
-    b[3] = -12.0 * 0.1 + 3.0 * 0.5;
-    set(days_since_event, 4, 12.0);
-    set(days_since_purchase, 4, -3.0);
-    b[4] = -12.0 * 0.1 - 3.0 * 0.5;
+    set(days_since_event, Segment::AtRisk, 12.0);
+    set(days_since_purchase, Segment::AtRisk, 3.0);
+    b[Segment::AtRisk.index()] = -12.0 * 0.1 + 3.0 * 0.5;
+    set(days_since_event, Segment::Dormant, 12.0);
+    set(days_since_purchase, Segment::Dormant, -3.0);
+    b[Segment::Dormant.index()] = -12.0 * 0.1 - 3.0 * 0.5;
     (w, b)
 }
 
@@ -149,10 +148,7 @@ pub fn build(
         created_at_ms: crate::ingest::now_ms(),
         description: "recency/frequency/monetary rule model".into(),
         feature_spec: spec.clone(),
-        segments: super::DEFAULT_SEGMENTS
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        segments: Segment::names(),
         training_window: None,
         metrics: Default::default(),
         golden: super::Golden {
@@ -168,7 +164,7 @@ pub fn build(
 mod tests {
     use super::*;
     use crate::features::Featurizer;
-    use crate::model::{GoldenInputs, DEFAULT_SEGMENTS};
+    use crate::model::{GoldenInputs, Segment};
     use crate::state::tests::{buy, ev, view, T0};
     use crate::state::{CustomerState, StateLimits};
 
@@ -184,7 +180,7 @@ mod tests {
             f.spec(),
             GoldenInputs::from_batch(&batch).unwrap().as_inputs(),
         );
-        DEFAULT_SEGMENTS[crate::decide::argmax(&out.segment_probs).unwrap()]
+        Segment::ALL[crate::decide::argmax(&out.segment_probs).unwrap()].name()
     }
 
     #[test]

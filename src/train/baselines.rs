@@ -3,10 +3,11 @@
 //! model a fresh deployment starts with) and a logistic regression on the
 //! customer (window aggregate) features, with one head per model output.
 
-use super::examples::{class_weights, segment, ExampleSet};
+use super::examples::{class_weights, ExampleSet};
 use super::net::LinearStart;
 use crate::features::{FeatureSpec, CUSTOMER_DIM};
 use crate::model::reference::{sigmoid, softmax, Inputs, Outputs};
+use crate::model::Segment;
 
 /// The rule model's outputs for every example.
 pub fn rules(spec: &FeatureSpec, set: &ExampleSet) -> Outputs {
@@ -37,7 +38,7 @@ pub struct Logistic {
     spend_scale: f32,
 }
 
-const OUTS: usize = segment::COUNT + 3;
+const OUTS: usize = Segment::COUNT + 3;
 
 impl Logistic {
     /// Fits by full-batch Adam with a little L2, `iterations` steps.
@@ -59,7 +60,7 @@ impl Logistic {
             .labels
             .iter()
             .zip(&set.weight)
-            .map(|(l, sw)| cw[usize::from(l.segment)] * sw)
+            .map(|(l, sw)| cw[l.segment.index()] * sw)
             .sum();
         let sw_total: f32 = set.weight.iter().sum::<f32>().max(1e-6);
         for step in 1..=iterations {
@@ -69,21 +70,21 @@ impl Logistic {
                 let l = set.labels[i];
                 let mut dz = [0f32; OUTS];
                 // Softmax cross-entropy, class-weighted.
-                let probs = softmax(&z[..segment::COUNT]);
+                let probs = softmax(&z[..Segment::COUNT]);
                 let swi = set.weight[i];
-                let cwi = cw[usize::from(l.segment)] * swi / w_total.max(1e-6);
+                let cwi = cw[l.segment.index()] * swi / w_total.max(1e-6);
                 // This example's share of the (sampling-weighted) mean.
                 let share = swi / sw_total;
-                for k in 0..segment::COUNT {
-                    let y = f32::from(u8::from(usize::from(l.segment) == k));
+                for k in 0..Segment::COUNT {
+                    let y = f32::from(u8::from(l.segment.index() == k));
                     dz[k] = (probs[k] - y) * cwi;
                 }
-                dz[segment::COUNT] =
-                    (sigmoid(z[segment::COUNT]) - f32::from(u8::from(l.purchased))) * share;
-                dz[segment::COUNT + 1] =
-                    (sigmoid(z[segment::COUNT + 1]) - f32::from(u8::from(l.churned))) * share;
+                dz[Segment::COUNT] =
+                    (sigmoid(z[Segment::COUNT]) - f32::from(u8::from(l.purchased))) * share;
+                dz[Segment::COUNT + 1] =
+                    (sigmoid(z[Segment::COUNT + 1]) - f32::from(u8::from(l.churned))) * share;
                 let y_spend = (l.spend_minor.max(0) as f32).ln_1p() / spend_scale;
-                dz[segment::COUNT + 2] = 2.0 * (z[segment::COUNT + 2] - y_spend) * share;
+                dz[Segment::COUNT + 2] = 2.0 * (z[Segment::COUNT + 2] - y_spend) * share;
                 for (j, xv) in xi.iter().enumerate() {
                     for (o, d) in dz.iter().enumerate() {
                         grad[j * OUTS + o] += xv * d;
@@ -154,11 +155,11 @@ impl Logistic {
         let mut out = Outputs::default();
         for i in 0..set.len() {
             let z = self.logits(&self.row(set, i));
-            out.segment_probs.extend(softmax(&z[..segment::COUNT]));
-            out.purchase_probability.push(sigmoid(z[segment::COUNT]));
-            out.churn_probability.push(sigmoid(z[segment::COUNT + 1]));
+            out.segment_probs.extend(softmax(&z[..Segment::COUNT]));
+            out.purchase_probability.push(sigmoid(z[Segment::COUNT]));
+            out.churn_probability.push(sigmoid(z[Segment::COUNT + 1]));
             out.predicted_spend
-                .push(((z[segment::COUNT + 2] * self.spend_scale).exp() - 1.0).max(0.0));
+                .push(((z[Segment::COUNT + 2] * self.spend_scale).exp() - 1.0).max(0.0));
         }
         out
     }

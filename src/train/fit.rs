@@ -7,11 +7,12 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
-use super::examples::{class_weights, segment, Batch, ExampleSet};
+use super::examples::{class_weights, Batch, ExampleSet};
 use super::net::{bce_with_logits, log_softmax_last, sigmoid, softmax_last, Transformer};
 use super::Rng;
 use crate::config::TrainConfig;
 use crate::model::reference::Outputs;
+use crate::model::Segment;
 
 /// Weight of the log-spend regression term in the loss.
 const SPEND_LOSS_WEIGHT: f64 = 4.0;
@@ -82,7 +83,7 @@ pub fn loss(
     set: &ExampleSet,
     idx: &[usize],
     batch: &Batch,
-    weights: &[f32; segment::COUNT],
+    weights: &[f32; Segment::COUNT],
     spend_scale: f32,
     device: &Device,
     dropout: Option<(&mut Rng, f32)>,
@@ -100,7 +101,7 @@ pub fn loss(
     );
     for (r, &i) in idx.iter().enumerate() {
         let l = set.labels[i];
-        let s = usize::from(l.segment);
+        let s = l.segment.index();
         onehot[r * k + s] = 1.0;
         // Sampling weight (1 / keep rate) times the class weight.
         row_w[r] = weights[s] * set.weight[i];
@@ -131,7 +132,7 @@ pub fn loss(
 fn mean_loss(
     net: &Transformer,
     set: &ExampleSet,
-    weights: &[f32; segment::COUNT],
+    weights: &[f32; Segment::COUNT],
     spend_scale: f32,
     device: &Device,
 ) -> candle_core::Result<f64> {

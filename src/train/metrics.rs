@@ -5,8 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use super::examples::{segment, Labels};
+use super::examples::Labels;
 use crate::model::reference::Outputs;
+use crate::model::Segment;
 
 /// Metric names, in report order, and whether higher is better.
 pub const METRICS: [(&str, bool); 10] = [
@@ -31,12 +32,12 @@ pub fn evaluate(out: &Outputs, labels: &[Labels], segments: usize) -> BTreeMap<S
             crate::decide::argmax(&out.segment_probs[i * segments..(i + 1) * segments]).unwrap_or(0)
         })
         .collect();
-    let truth: Vec<usize> = labels.iter().map(|l| usize::from(l.segment)).collect();
+    let truth: Vec<usize> = labels.iter().map(|l| l.segment.index()).collect();
     let correct = predicted.iter().zip(&truth).filter(|(p, t)| p == t).count();
     m.insert("segment_accuracy".into(), ratio(correct, n));
     m.insert(
         "segment_macro_f1".into(),
-        macro_f1(&predicted, &truth, segments.max(segment::COUNT)),
+        macro_f1(&predicted, &truth, segments.max(Segment::COUNT)),
     );
     let bought: Vec<bool> = labels.iter().map(|l| l.purchased).collect();
     let churned: Vec<bool> = labels.iter().map(|l| l.churned).collect();

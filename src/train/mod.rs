@@ -37,8 +37,7 @@ use crate::event::Event;
 use crate::features::{FeatureError, FeatureSpec, Featurizer};
 use crate::model::reference::Outputs;
 use crate::model::{
-    Golden, Manifest, ModelError, ModelFiles, Registry, TrainingWindow, DEFAULT_SEGMENTS,
-    MANIFEST_VERSION,
+    Golden, Manifest, ModelError, ModelFiles, Registry, Segment, TrainingWindow, MANIFEST_VERSION,
 };
 use crate::score::ScoreError;
 use examples::{ExampleSet, LabelRules, Sampling};
@@ -241,7 +240,7 @@ fn train_in_pool(
     let limits = config.state.limits().state;
     let rules = LabelRules::from_config(tc);
     let sampling = Sampling::from_config(tc);
-    let segments = DEFAULT_SEGMENTS.len();
+    let segments = Segment::COUNT;
 
     let t0 = Instant::now();
     let total = events.len() as u64;
@@ -477,7 +476,7 @@ fn train_in_pool(
             decision
         ),
         feature_spec: spec,
-        segments: DEFAULT_SEGMENTS.iter().map(|s| s.to_string()).collect(),
+        segments: Segment::names(),
         training_window: Some(TrainingWindow {
             from_ms: replay.span_ms.0,
             to_ms: replay.span_ms.1,

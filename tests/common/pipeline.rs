@@ -22,7 +22,7 @@ use segstream::event::encode::{encode, WireFormat};
 use segstream::event::proto::{self, SegmentChange};
 use segstream::features::{FeatureSpec, Featurizer};
 use segstream::ingest::{header, now_ms};
-use segstream::model::{reference, rules, Registry, DEFAULT_SEGMENTS};
+use segstream::model::{reference, rules, Registry, Segment};
 use segstream::state::{changelog, StateLimits};
 
 pub const CUSTOMERS: usize = 1500;
@@ -83,7 +83,7 @@ pub async fn setup_named(prefix: &str, partitions: i32, model: &str, extra: &str
     let registry = Registry::new(s.dir.path().join("models"));
     let limits = StateLimits::default();
     let featurizer = Featurizer::new(FeatureSpec::for_state(limits), limits).unwrap();
-    let segments: Vec<String> = DEFAULT_SEGMENTS.iter().map(|x| x.to_string()).collect();
+    let segments: Vec<String> = Segment::names();
     let (onnx, manifest) = if model == "rules" {
         rules::build(&featurizer, "m1").expect("rule model")
     } else {

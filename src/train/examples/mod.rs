@@ -17,32 +17,16 @@ pub use super::sampling::{validation_start, Sampling};
 use crate::config::TrainConfig;
 use crate::event::{Event, Payload};
 use crate::features::{tensors, FeatureError, Featurizer, TensorData};
-use crate::model::GoldenInputs;
+use crate::model::{GoldenInputs, Segment};
 use crate::state::{CustomerState, StateLimits};
 
 use crate::units::DAY_MS;
 
-/// Segment ids in `model::DEFAULT_SEGMENTS` order.
-pub mod segment {
-    /// Spend in the horizon at or above the threshold.
-    pub const HIGH_VALUE: u8 = 0;
-    /// At least one purchase in the horizon, below the threshold.
-    pub const ACTIVE_BUYER: u8 = 1;
-    /// Activity in the horizon but no purchase.
-    pub const BROWSER: u8 = 2;
-    /// No activity in the horizon, purchased before t.
-    pub const AT_RISK: u8 = 3;
-    /// No activity in the horizon, never purchased.
-    pub const DORMANT: u8 = 4;
-    /// Number of segments.
-    pub const COUNT: usize = 5;
-}
-
 /// What happened to a customer in (t, t + H].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Labels {
-    /// Segment id (see [`segment`]).
-    pub segment: u8,
+    /// The segment these outcomes define.
+    pub segment: Segment,
     /// At least one purchase.
     pub purchased: bool,
     /// No activity at all.
@@ -84,15 +68,15 @@ impl LabelRules {
             }
         }
         let seg = if purchases > 0 && spend >= self.high_value_spend_minor {
-            segment::HIGH_VALUE
+            Segment::HighValue
         } else if purchases > 0 {
-            segment::ACTIVE_BUYER
+            Segment::ActiveBuyer
         } else if active {
-            segment::BROWSER
+            Segment::Browser
         } else if purchased_before {
-            segment::AT_RISK
+            Segment::AtRisk
         } else {
-            segment::DORMANT
+            Segment::Dormant
         };
         Labels {
             segment: seg,
@@ -645,18 +629,18 @@ pub fn split_by_time(
 /// Per-segment loss weights: inverse class frequency (counted with the
 /// examples' sampling weights), square-rooted (full inverse weighting
 /// over-predicts rare segments), normalized to mean 1.
-pub fn class_weights(set: &ExampleSet) -> [f32; segment::COUNT] {
-    let mut counts = [0f64; segment::COUNT];
+pub fn class_weights(set: &ExampleSet) -> [f32; Segment::COUNT] {
+    let mut counts = [0f64; Segment::COUNT];
     for (l, w) in set.labels.iter().zip(&set.weight) {
-        counts[usize::from(l.segment)] += f64::from(*w);
+        counts[l.segment.index()] += f64::from(*w);
     }
     let n = counts.iter().sum::<f64>().max(1e-9) as f32;
-    let mut w = [0f32; segment::COUNT];
-    for k in 0..segment::COUNT {
+    let mut w = [0f32; Segment::COUNT];
+    for k in 0..Segment::COUNT {
         let freq = (counts[k].max(1.0) as f32) / n;
-        w[k] = (1.0 / (segment::COUNT as f32 * freq)).sqrt();
+        w[k] = (1.0 / (Segment::COUNT as f32 * freq)).sqrt();
     }
-    let mean = w.iter().sum::<f32>() / segment::COUNT as f32;
+    let mean = w.iter().sum::<f32>() / Segment::COUNT as f32;
     w.map(|v| v / mean)
 }
 

@@ -33,19 +33,19 @@ fn labels_follow_the_taxonomy_and_only_look_ahead() {
     };
     let t = T0 + 10 * DAY;
     let seg = |v: &[(i64, i64)]| r.label(&tl(v), t).segment;
-    assert_eq!(seg(&[(11, 25_000)]), segment::HIGH_VALUE);
-    assert_eq!(seg(&[(11, 5_000), (12, 5_000)]), segment::ACTIVE_BUYER);
-    assert_eq!(seg(&[(11, 15_000), (12, 5_000)]), segment::HIGH_VALUE);
-    assert_eq!(seg(&[(11, -1)]), segment::BROWSER);
-    assert_eq!(seg(&[(1, 5_000)]), segment::AT_RISK);
-    assert_eq!(seg(&[(1, -1)]), segment::DORMANT);
+    assert_eq!(seg(&[(11, 25_000)]), Segment::HighValue);
+    assert_eq!(seg(&[(11, 5_000), (12, 5_000)]), Segment::ActiveBuyer);
+    assert_eq!(seg(&[(11, 15_000), (12, 5_000)]), Segment::HighValue);
+    assert_eq!(seg(&[(11, -1)]), Segment::Browser);
+    assert_eq!(seg(&[(1, 5_000)]), Segment::AtRisk);
+    assert_eq!(seg(&[(1, -1)]), Segment::Dormant);
     // An event exactly at t belongs to the past; one at t + H to the horizon;
     // one after t + H to neither.
     let at_t = vec![Outcome {
         time_ms: t,
         spend_minor: 90_000,
     }];
-    assert_eq!(r.label(&at_t, t).segment, segment::AT_RISK);
+    assert_eq!(r.label(&at_t, t).segment, Segment::AtRisk);
     assert!(!r.label(&at_t, t).purchased);
     let edge = vec![Outcome {
         time_ms: t + 30 * DAY,
@@ -102,7 +102,7 @@ fn features_truncated(events: &[Event], customer: &str, t: i64) -> Batch {
     let batch = f.featurize(&[&s], t).unwrap();
     let mut set = ExampleSet::new(f.spec().max_events, f.spec().text_tokens);
     let l = Labels {
-        segment: 0,
+        segment: Segment::HighValue,
         purchased: false,
         churned: false,
         spend_minor: 0,
