@@ -27,6 +27,7 @@
 //! | [`model`] | the ONNX contract, manifest, directory registry, ONNX writer, reference model |
 //! | [`score`] | ONNX Runtime sessions (CUDA or CPU), validation, inference threads, micro-batching, hot swap |
 //! | [`decide`] | segment decisions with hysteresis, `SegmentChange` |
+//! | [`error`] | error classes (bad input, external, internal): what to retry, the exit status |
 //! | [`pipeline`] | the run loop: one Kafka transaction per commit cycle, rebalances, restore, health endpoints |
 //! | [`train`] | the trainer: point-in-time examples, the Transformer (candle), baselines, evaluation, ONNX export, promotion, batch scoring |
 //! | [`generate`] | synthetic data: the realistic behaviour generator (Kafka or files) and the reference sample corpus |
@@ -50,6 +51,7 @@
 pub mod bench;
 pub mod config;
 pub mod decide;
+pub mod error;
 pub mod event;
 pub mod features;
 pub mod generate;

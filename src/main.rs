@@ -11,6 +11,7 @@ use rdkafka::consumer::Consumer;
 use tracing::{error, info};
 
 use segstream::config::Config;
+use segstream::error::{Classify, ErrorClass};
 use segstream::telemetry::{self, Metrics};
 
 mod cli;
@@ -222,12 +223,58 @@ fn main() -> ExitCode {
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    error!(error = format!("{e:#}"), "segstream stopped on an error.");
-                    ExitCode::FAILURE
+                    let class = class_of(&e);
+                    error!(
+                        error = format!("{e:#}"),
+                        class = class.name(),
+                        exit_code = class.exit_code(),
+                        "segstream stopped on an error."
+                    );
+                    ExitCode::from(class.exit_code())
                 }
             }
         }
     }
+}
+
+/// The class of the first error in `e`'s chain that knows its class. An
+/// error that carries only text (a Kafka helper's message) counts as
+/// external: those are the cluster's failures.
+fn class_of(e: &anyhow::Error) -> ErrorClass {
+    use segstream::{
+        config::ConfigError, event::files::FileError, features::FeatureError,
+        generate::cli::CliError, generate::kafka::GenerateError, generate::samples::SamplesError,
+        ingest::IngestError, model::ModelError, pipeline::PipelineError, score::ScoreError,
+        state::changelog::ChangelogError, state::changelog::CodecError,
+        train::predict::PredictError, train::TrainError,
+    };
+    fn class<T: Classify + std::error::Error + 'static>(
+        e: &(dyn std::error::Error + 'static),
+    ) -> Option<ErrorClass> {
+        e.downcast_ref::<T>().map(Classify::class)
+    }
+    let known = [
+        class::<segstream::error::InvalidInput>,
+        class::<PipelineError>,
+        class::<TrainError>,
+        class::<PredictError>,
+        class::<FileError>,
+        class::<ModelError>,
+        class::<ScoreError>,
+        class::<FeatureError>,
+        class::<ChangelogError>,
+        class::<CodecError>,
+        class::<IngestError>,
+        class::<ConfigError>,
+        class::<CliError>,
+        class::<GenerateError>,
+        class::<SamplesError>,
+        class::<std::io::Error>,
+        class::<rdkafka::error::KafkaError>,
+    ];
+    e.chain()
+        .find_map(|cause| known.iter().find_map(|f| f(cause)))
+        .unwrap_or(ErrorClass::External)
 }
 
 fn config_check(file: Option<PathBuf>, print: bool) -> ExitCode {

@@ -135,9 +135,42 @@ fn train_names_the_reasons_when_every_history_row_is_refused() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    // Bad input: exit status 2, as for a configuration error.
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("all 2 history rows were refused (invalid_field ×2)"),
+        stderr.contains("all 2 history rows were refused (invalid_field ×2)")
+            && stderr.contains("class=\"bad_input\""),
         "{stderr}"
     );
+}
+
+/// Issue 18: a command that fails exits with its error's class: 2 for bad
+/// input (here a history file that is not there), 69 when something
+/// outside segstream failed (here no broker listens at the address), and
+/// says the class in its last line.
+#[test]
+fn a_failed_command_exits_with_the_class_of_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = segstream()
+        .args(["train", "--history"])
+        .arg(dir.path().join("missing.ndjson"))
+        .arg("--registry")
+        .arg(dir.path().join("models"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("class=\"bad_input\""), "{stderr}");
+
+    let out = segstream()
+        .args(["segments", "snapshot", "--timeout", "2s", "--out"])
+        .arg(dir.path().join("snapshot.ndjson"))
+        .env("SEGSTREAM__KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("class=\"external\""), "{stderr}");
 }

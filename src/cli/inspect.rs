@@ -152,7 +152,12 @@ pub(crate) fn model_command(config: Config, command: ModelCommand) -> anyhow::Re
             let (onnx, manifest) = match kind.as_str() {
                 "rules" => segstream::model::rules::build(&featurizer, &version)?,
                 "reference" => reference::build(&featurizer, &segments, &version, seed)?,
-                other => anyhow::bail!("unknown built-in model {other:?}: use rules or reference"),
+                other => {
+                    return Err(segstream::error::InvalidInput(format!(
+                        "unknown built-in model {other:?}: use rules or reference"
+                    ))
+                    .into())
+                }
             };
             let dir = registry.publish(&onnx, &manifest)?;
             println!("published {}", dir.display());

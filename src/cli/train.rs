@@ -2,6 +2,7 @@
 
 #[allow(clippy::wildcard_imports)]
 use crate::*;
+use segstream::error::InvalidInput;
 
 /// Where training history comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -137,7 +138,7 @@ pub(crate) fn load_history(
                 ..GeneratorConfig::default()
             };
             g.validate()
-                .map_err(|p| anyhow::anyhow!("synthetic history: {}", p.join("; ")))?;
+                .map_err(|p| InvalidInput(format!("synthetic history: {}", p.join("; "))))?;
             history(&g).inspect(|_| bar.inc(1)).collect()
         }
         HistorySource::Files | HistorySource::Topics => {
@@ -179,7 +180,10 @@ pub(crate) fn load_history(
                 )?);
             } else {
                 if args.files.is_empty() {
-                    anyhow::bail!("--from files needs at least one --history FILE");
+                    return Err(InvalidInput(
+                        "--from files needs at least one --history FILE".into(),
+                    )
+                    .into());
                 }
                 let mapping = match &args.csv_mapping {
                     Some(p) => {
@@ -217,12 +221,13 @@ pub(crate) fn load_history(
                         .take(3)
                         .map(|(n, r)| format!("{r} ×{n}"))
                         .collect();
-                    anyhow::bail!(
+                    return Err(InvalidInput(format!(
                         "all {rejected} history rows were refused ({}); the warnings above show \
                          examples. Check the CSV mapping (delimiter, column names, time_format, \
                          default_kind) or the file format",
                         top.join(", ")
-                    );
+                    ))
+                    .into());
                 }
                 tracing::warn!(rejected, by_reason = ?by_reason, "Some history rows were not valid events and were skipped.");
             }

@@ -187,6 +187,17 @@ pub enum FeatureError {
     Layout(String),
 }
 
+impl crate::error::Classify for FeatureError {
+    fn class(&self) -> crate::error::ErrorClass {
+        match self {
+            // A model's feature spec this build cannot compute.
+            FeatureError::Unsupported(_) => crate::error::ErrorClass::BadInput,
+            // The featurizer's own batch does not fit its own spec.
+            FeatureError::Arrow(_) | FeatureError::Layout(_) => crate::error::ErrorClass::Internal,
+        }
+    }
+}
+
 /// Turns customer states into model input batches under one spec.
 #[derive(Debug, Clone)]
 pub struct Featurizer {

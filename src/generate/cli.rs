@@ -119,6 +119,16 @@ pub enum CliError {
     Usage(String),
 }
 
+impl crate::error::Classify for CliError {
+    fn class(&self) -> crate::error::ErrorClass {
+        match self {
+            CliError::Generate(e) => crate::error::Classify::class(e),
+            CliError::File(e) => crate::error::Classify::class(e),
+            CliError::Usage(_) => crate::error::ErrorClass::BadInput,
+        }
+    }
+}
+
 /// Parses `--start`: RFC 3339 or epoch milliseconds.
 pub fn parse_start(text: &str) -> Option<i64> {
     text.trim().parse::<i64>().ok().or_else(|| {

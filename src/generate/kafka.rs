@@ -36,6 +36,16 @@ pub enum GenerateError {
     },
 }
 
+impl crate::error::Classify for GenerateError {
+    fn class(&self) -> crate::error::ErrorClass {
+        match self {
+            GenerateError::Config(e) => crate::error::Classify::class(e),
+            GenerateError::Settings(_) => crate::error::ErrorClass::BadInput,
+            GenerateError::Kafka { source, .. } => crate::error::Classify::class(source),
+        }
+    }
+}
+
 /// What to produce and how fast.
 #[derive(Debug, Clone)]
 pub struct ProduceOptions {

@@ -28,6 +28,15 @@ pub enum SamplesError {
     },
 }
 
+impl crate::error::Classify for SamplesError {
+    fn class(&self) -> crate::error::ErrorClass {
+        match self {
+            SamplesError::Config(e) => crate::error::Classify::class(e),
+            SamplesError::Kafka { source, .. } => crate::error::Classify::class(source),
+        }
+    }
+}
+
 /// What was produced.
 #[derive(Debug, Default)]
 pub struct SamplesReport {

@@ -51,6 +51,16 @@ pub enum IngestError {
     MissingTopics(Vec<String>),
 }
 
+impl crate::error::Classify for IngestError {
+    fn class(&self) -> crate::error::ErrorClass {
+        match self {
+            IngestError::Config(e) => crate::error::Classify::class(e),
+            IngestError::Kafka { source, .. } => crate::error::Classify::class(source),
+            IngestError::MissingTopics(_) => crate::error::ErrorClass::BadInput,
+        }
+    }
+}
+
 impl IngestError {
     fn kafka(what: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> IngestError {
         move |source| IngestError::Kafka { what, source }

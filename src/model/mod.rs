@@ -61,6 +61,17 @@ pub enum ModelError {
     Exists(String),
 }
 
+impl crate::error::Classify for ModelError {
+    fn class(&self) -> crate::error::ErrorClass {
+        match self {
+            ModelError::Io { source, .. } => crate::error::Classify::class(source),
+            ModelError::Manifest { .. } | ModelError::BadVersion(_) | ModelError::Exists(_) => {
+                crate::error::ErrorClass::BadInput
+            }
+        }
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
     move |source| ModelError::Io {
         path: path.to_path_buf(),

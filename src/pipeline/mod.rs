@@ -157,6 +157,27 @@ pub enum PipelineError {
     Task(String),
 }
 
+impl crate::error::Classify for PipelineError {
+    fn class(&self) -> crate::error::ErrorClass {
+        match self {
+            PipelineError::Config(e) => crate::error::Classify::class(e),
+            PipelineError::Kafka { source, .. } => crate::error::Classify::class(source),
+            PipelineError::Restore(e) => crate::error::Classify::class(e),
+            PipelineError::Score(e) => crate::error::Classify::class(e),
+            PipelineError::Features(e) => crate::error::Classify::class(e),
+            // The cluster does not fit the configuration: topics, credentials,
+            // ACLs, the pseudonymization key.
+            PipelineError::Topics(_)
+            | PipelineError::Refused(_)
+            | PipelineError::NotAuthorized(_)
+            | PipelineError::Privacy(_) => crate::error::ErrorClass::BadInput,
+            PipelineError::Listen { source, .. } => crate::error::Classify::class(source),
+            PipelineError::Transaction(_) => crate::error::ErrorClass::External,
+            PipelineError::Encode(_) | PipelineError::Task(_) => crate::error::ErrorClass::Internal,
+        }
+    }
+}
+
 fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> PipelineError {
     move |source| PipelineError::Kafka { what, source }
 }

@@ -16,6 +16,7 @@ use super::clients::RebalanceNotice;
 use super::retry::Retry;
 use super::{kafka, Pipeline, PipelineError};
 use crate::config::OffsetReset;
+use crate::error::Classify;
 use crate::ingest;
 use crate::state::changelog;
 use crate::state::PartitionStore;
@@ -120,6 +121,9 @@ impl Pipeline {
         restored
     }
 
+    /// Restores, retrying external failures (the broker unreachable, a
+    /// transaction left open) with the rebuild policy; any other failure
+    /// ends the run at once.
     pub(super) async fn restore_retrying(
         &mut self,
         partitions: &[i32],
@@ -127,7 +131,7 @@ impl Pipeline {
         let mut attempts = Retry::REBUILD.start();
         loop {
             match self.restore_once(partitions.to_vec()).await {
-                Err(PipelineError::Restore(e)) => {
+                Err(PipelineError::Restore(e)) if e.class().retriable() => {
                     warn!(partitions = ?partitions, error = %e, "Restore failed; retrying.");
                     if !attempts.wait().await {
                         return Err(PipelineError::Restore(e));
@@ -226,13 +230,14 @@ impl Pipeline {
     }
 
     /// [`Pipeline::reset_kept`], retried with backoff while the broker is
-    /// unreachable (the instance is not ready meanwhile).
+    /// unreachable (any external failure; the instance is not ready
+    /// meanwhile).
     pub(super) async fn recover(&mut self) -> Result<(), PipelineError> {
         let mut attempts = Retry::REBUILD.start();
         loop {
             match self.reset_kept().await {
                 Ok(()) => return Ok(()),
-                Err(e @ (PipelineError::Kafka { .. } | PipelineError::Restore(_))) => {
+                Err(e) if e.class().retriable() => {
                     warn!(error = %e, "Rebuilding state failed; retrying.");
                     self.health.restoring.fetch_add(1, Ordering::Relaxed);
                     let more = attempts.wait().await;

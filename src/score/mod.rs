@@ -85,6 +85,22 @@ pub enum ScoreError {
     Closed,
 }
 
+impl crate::error::Classify for ScoreError {
+    fn class(&self) -> crate::error::ErrorClass {
+        match self {
+            // The runtime library, the GPU, or a run that failed on them.
+            ScoreError::Runtime(_) | ScoreError::CudaUnavailable(_) | ScoreError::Inference(_) => {
+                crate::error::ErrorClass::External
+            }
+            // The model handed in is not one the scorer can serve.
+            ScoreError::Load { .. } | ScoreError::Contract { .. } | ScoreError::Golden { .. } => {
+                crate::error::ErrorClass::BadInput
+            }
+            ScoreError::Closed => crate::error::ErrorClass::Internal,
+        }
+    }
+}
+
 impl ScoreError {
     /// A low-cardinality label for metrics.
     pub fn reason(&self) -> &'static str {

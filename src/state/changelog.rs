@@ -94,6 +94,21 @@ pub enum ChangelogError {
     Thread(String),
 }
 
+impl crate::error::Classify for ChangelogError {
+    fn class(&self) -> crate::error::ErrorClass {
+        match self {
+            ChangelogError::Kafka { source, .. } => crate::error::Classify::class(source),
+            // A slow broker, or a transaction a crashed producer left open.
+            ChangelogError::Timeout { .. } | ChangelogError::OpenTransaction { .. } => {
+                crate::error::ErrorClass::External
+            }
+            ChangelogError::Decoder | ChangelogError::Thread(_) => {
+                crate::error::ErrorClass::Internal
+            }
+        }
+    }
+}
+
 fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> ChangelogError {
     move |source| ChangelogError::Kafka { what, source }
 }

@@ -37,6 +37,13 @@ pub enum CodecError {
     Inconsistent(&'static str),
 }
 
+impl crate::error::Classify for CodecError {
+    /// A record that does not decode is bad data, whoever wrote it.
+    fn class(&self) -> crate::error::ErrorClass {
+        crate::error::ErrorClass::BadInput
+    }
+}
+
 impl From<super::wire::WireError> for CodecError {
     fn from(e: super::wire::WireError) -> Self {
         CodecError::Protobuf(e.0)

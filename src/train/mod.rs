@@ -72,6 +72,23 @@ pub enum TrainError {
     Model(#[from] ModelError),
 }
 
+impl crate::error::Classify for TrainError {
+    fn class(&self) -> crate::error::ErrorClass {
+        match self {
+            TrainError::NotEnoughHistory(_) => crate::error::ErrorClass::BadInput,
+            TrainError::Features(e) => crate::error::Classify::class(e),
+            TrainError::Model(e) => crate::error::Classify::class(e),
+            // The runtime refusing the trainer's own export is the trainer's
+            // fault; a runtime that cannot run at all is the environment's.
+            TrainError::Score(e) => match crate::error::Classify::class(e) {
+                crate::error::ErrorClass::BadInput => crate::error::ErrorClass::Internal,
+                other => other,
+            },
+            TrainError::Candle(_) | TrainError::Parity { .. } => crate::error::ErrorClass::Internal,
+        }
+    }
+}
+
 pub use crate::rng::Rng;
 
 /// The trainer's stream for `seed` (initialisation and shuffles).

@@ -30,6 +30,17 @@ pub enum PredictError {
     Io(#[from] std::io::Error),
 }
 
+impl crate::error::Classify for PredictError {
+    fn class(&self) -> crate::error::ErrorClass {
+        match self {
+            PredictError::Model(e) => crate::error::Classify::class(e),
+            PredictError::Score(e) => crate::error::Classify::class(e),
+            PredictError::Features(e) => crate::error::Classify::class(e),
+            PredictError::Io(e) => crate::error::Classify::class(e),
+        }
+    }
+}
+
 /// One customer's prediction.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {

@@ -123,6 +123,19 @@ pub enum FileError {
     Config(#[from] crate::config::ConfigError),
 }
 
+impl crate::error::Classify for FileError {
+    fn class(&self) -> crate::error::ErrorClass {
+        match self {
+            FileError::Io { source, .. } => crate::error::Classify::class(source),
+            FileError::Kafka { source, .. } => crate::error::Classify::class(source),
+            FileError::Config(e) => crate::error::Classify::class(e),
+            FileError::Parquet { .. } | FileError::Mapping { .. } | FileError::UnknownFormat(_) => {
+                crate::error::ErrorClass::BadInput
+            }
+        }
+    }
+}
+
 /// A history file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
