@@ -289,14 +289,14 @@ fn bench_train_reports_a_tiny_run() {
     };
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("segstream.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[score]\nonnxruntime_library = {lib:?}\n\
-             [train]\nd_model = 16\nheads = 2\nlayers = 1\nffn_dim = 32\nbatch_size = 64\n"
-        ),
-    )
-    .unwrap();
+    let mut settings = segstream::config::Config::default();
+    settings.score.onnxruntime_library = lib;
+    settings.train.d_model = 16;
+    settings.train.heads = 2;
+    settings.train.layers = 1;
+    settings.train.ffn_dim = 32;
+    settings.train.batch_size = 64;
+    common::write_config(&config, &settings);
     let json_path = dir.path().join("train.json");
     let out = segstream()
         .arg("--config")

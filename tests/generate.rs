@@ -96,16 +96,11 @@ async fn generate_to_kafka_produces_every_event_to_its_kind_topic() {
     common::create_topics_with(&names, 3, &[("retention.ms", "-1")]).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("segstream.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n[input]\ntopics = {:?}\n",
-            common::bootstrap(),
-            common::unique("it-gen-group"),
-            topics
-        ),
-    )
-    .unwrap();
+    let mut settings = Config::default();
+    settings.kafka.bootstrap_servers = common::bootstrap();
+    settings.kafka.group_id = common::unique("it-gen-group");
+    settings.input.topics = topics.clone();
+    common::write_config(&file, &settings);
     let run = segstream()
         .args(["--config"])
         .arg(&file)

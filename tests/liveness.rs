@@ -14,13 +14,11 @@ use common::pipeline::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_transactional_call_ends_the_instance_and_its_partitions_move() {
     common::require_onnxruntime();
-    // `extra` lands in the [pipeline] table of the test config.
-    let s = setup_with(
-        PARTITIONS,
-        "reference",
-        "call_deadline = \"6s\"\nstall_timeout = \"20s\"",
-    )
-    .await;
+    let mut s = setup().await;
+    s.configure(|c| {
+        c.pipeline.call_deadline = Duration::from_secs(6);
+        c.pipeline.stall_timeout = Duration::from_secs(20);
+    });
     let producing = tokio::spawn(produce_stream(topics(&s), 8.0));
     let log_a = s.dir.path().join("a.log");
     let log_b = s.dir.path().join("b.log");

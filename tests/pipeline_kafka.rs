@@ -98,20 +98,8 @@ async fn silent_customers_become_at_risk_by_inactivity() {
         std::env::var_os("ORT_DYLIB_PATH").is_some(),
         "ORT_DYLIB_PATH is not set; run `make test`"
     );
-    let s = setup_with(1, "rules", "[state]\nreview_after = \"1day\"\n").await;
-    // The config's [state] section is appended: move the changelog topic there too.
-    let text = std::fs::read_to_string(&s.config).unwrap().replace(
-        &format!("[state]\nchangelog_topic = \"{}\"\n", s.changelog),
-        "",
-    );
-    let text = text.replace(
-        "[state]\nreview_after",
-        &format!(
-            "[state]\nchangelog_topic = \"{}\"\nreview_after",
-            s.changelog
-        ),
-    );
-    std::fs::write(&s.config, text).unwrap();
+    let mut s = setup_with(1, "rules").await;
+    s.configure(|c| c.state.review_after = Duration::from_secs(86_400));
     let producer: FutureProducer = client().create().unwrap();
     let send = |topic: &str, key: String, value: Vec<u8>| {
         let producer = producer.clone();
@@ -199,7 +187,7 @@ async fn records_in_another_partition_are_dead_lettered_under_either_partitioner
     use segstream::pipeline::directory::partition_for;
     for partitioner in [Partitioner::Crc32, Partitioner::Murmur2] {
         let partitions = 3;
-        let s = setup_with(partitions, "rules", "").await;
+        let s = setup_with(partitions, "rules").await;
         let producer: FutureProducer = client().create().unwrap();
         let t0 = now_ms() - 3_600_000;
         let customers: Vec<String> = (0..24).map(|i| format!("pt-{i}")).collect();

@@ -25,12 +25,8 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pseudonymized_ids_never_appear_in_clear() {
     common::require_onnxruntime();
-    let s = setup_with(
-        PARTITIONS,
-        "reference",
-        "\n[privacy]\npseudonymize = true\n",
-    )
-    .await;
+    let mut s = setup().await;
+    s.configure(|c| c.privacy.pseudonymize = true);
     let stream = produce_stream(topics(&s), 1.0).await;
     let log = s.dir.path().join("run.log");
     let port = free_port();

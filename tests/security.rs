@@ -104,7 +104,7 @@ async fn the_pipeline_runs_over_sasl_ssl_with_only_its_acls() {
     let Some(sec) = secured() else { return };
     let password = std::fs::read_to_string(&sec.password_file).unwrap();
     let password = password.trim();
-    let s = setup_named("sasl", PARTITIONS, "reference", "").await;
+    let s = setup_named("sasl", PARTITIONS, "reference").await;
     let stream = produce_stream(topics(&s), 1.0).await;
     let log = s.dir.path().join("run.log");
     let env = sasl_env(&sec, &sec.password_file);
@@ -159,7 +159,7 @@ async fn the_pipeline_runs_over_sasl_ssl_with_only_its_acls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_fails_fast_with_the_reason() {
     let Some(sec) = secured() else { return };
-    let s = setup_named("sasl", PARTITIONS, "reference", "").await;
+    let s = setup_named("sasl", PARTITIONS, "reference").await;
     let wrong = s.dir.path().join("wrong.password");
     let wrong_password = "not-the-password-4f1c9a";
     std::fs::write(&wrong, wrong_password).unwrap();
@@ -186,7 +186,7 @@ async fn a_wrong_password_fails_fast_with_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_outside_the_acls_are_named_as_not_authorized() {
     let Some(sec) = secured() else { return };
-    let s = setup_named("noacl", PARTITIONS, "reference", "").await;
+    let s = setup_named("noacl", PARTITIONS, "reference").await;
     let env = sasl_env(&sec, &sec.password_file);
     let (text, _) = run_until_it_fails(&s, &env, Duration::from_secs(30)).await;
     assert!(
@@ -204,17 +204,9 @@ async fn topics_outside_the_acls_are_named_as_not_authorized() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_outside_the_acls_is_named_as_not_authorized() {
     let Some(sec) = secured() else { return };
-    let s = setup_named("sasl", PARTITIONS, "reference", "").await;
-    let text = std::fs::read_to_string(&s.config).unwrap();
+    let mut s = setup_named("sasl", PARTITIONS, "reference").await;
     let group = format!("other-{}", s.group);
-    std::fs::write(
-        &s.config,
-        text.replace(
-            &format!("group_id = \"{}\"", s.group),
-            &format!("group_id = \"{group}\""),
-        ),
-    )
-    .unwrap();
+    s.configure(|c| c.kafka.group_id = group.clone());
     let mut env = sasl_env(&sec, &sec.password_file);
     env.push((
         "SEGSTREAM__PIPELINE__TRANSACTIONAL_ID",
@@ -232,7 +224,7 @@ async fn a_group_outside_the_acls_is_named_as_not_authorized() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transactional_id_outside_the_acls_ends_the_instance() {
     let Some(sec) = secured() else { return };
-    let s = setup_named("sasl", PARTITIONS, "reference", "").await;
+    let s = setup_named("sasl", PARTITIONS, "reference").await;
     let mut env = sasl_env(&sec, &sec.password_file);
     env.push((
         "SEGSTREAM__PIPELINE__TRANSACTIONAL_ID",

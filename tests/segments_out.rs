@@ -277,7 +277,7 @@ async fn a_per_segment_topic_alone_gives_the_exact_member_set() {
     ) else {
         return;
     };
-    let s = setup().await;
+    let mut s = setup().await;
     let template = format!("{}.{{segment}}", s.output);
     let segments = segstream::model::Segment::names();
     let topics_of: Vec<String> = segments
@@ -286,12 +286,7 @@ async fn a_per_segment_topic_alone_gives_the_exact_member_set() {
         .collect();
     let names: Vec<&str> = topics_of.iter().map(String::as_str).collect();
     common::create_topics(&names, 1).await;
-    let text = std::fs::read_to_string(&s.config).unwrap();
-    let text = text.replace(
-        &format!("topic = \"{}\"\n", s.output),
-        &format!("topic = \"{template}\"\n"),
-    );
-    std::fs::write(&s.config, text).unwrap();
+    s.configure(|c| c.output.topic = template.clone());
 
     let producing = tokio::spawn(produce_stream(topics(&s), 8.0));
     let log = s.dir.path().join("run.log");

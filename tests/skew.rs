@@ -98,42 +98,24 @@ async fn served_scores_equal_offline_replay_scores() {
         .unwrap();
     assert_eq!(produced.events, events.len() as u64);
 
+    // The pipeline runs on the trainer's configuration, with its own topics.
+    let mut settings = config.clone();
+    settings.state.changelog_topic = format!("{id}.changelog");
+    settings.dead_letter.topic = format!("{id}.dlq");
+    settings.output.topic = format!("{id}.segments");
+    settings.output.current_topic = format!("{id}.current");
+    settings.decide.margin = 0.0;
+    settings.decide.min_dwell = Duration::from_millis(1);
+    settings.pipeline.transactional_id = format!("{id}-instance");
+    settings.pipeline.http_listen = String::new();
     let config_path = dir.path().join("segstream.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            r#"
-[kafka]
-bootstrap_servers = "{bootstrap}"
-group_id = "{id}.group"
-[input]
-topics = ["{topic}"]
-[state]
-changelog_topic = "{id}.changelog"
-[dead_letter]
-topic = "{id}.dlq"
-[output]
-topic = "{id}.segments"
-current_topic = "{id}.current"
-[decide]
-margin = 0.0
-min_dwell = "1ms"
-[score]
-registry = "{registry}"
-[pipeline]
-transactional_id = "{id}-instance"
-http_listen = ""
-"#,
-            bootstrap = common::bootstrap(),
-            registry = registry.root().display(),
-        ),
-    )
-    .unwrap();
+    common::write_config(&config_path, &settings);
     let log = dir.path().join("run.log");
     let mut child = start(&config_path, &log);
     let s = Setup {
         dir: tempfile::tempdir().unwrap(),
         config: config_path.clone(),
+        settings,
         browse: topic.clone(),
         purchase: topic.clone(),
         review: topic.clone(),

@@ -27,6 +27,18 @@ pub fn bootstrap() -> String {
 }
 
 /// A name no other test run uses.
+/// Writes a typed configuration as the TOML file a user would write, after
+/// checking it as `segstream config check` does: a test cannot run on a
+/// configuration that the product would refuse.
+pub fn write_config(path: &std::path::Path, config: &segstream::config::Config) {
+    let tree = serde_json::to_value(config).expect("a configuration serializes");
+    if let Err(e) = segstream::config::Config::from_value(tree) {
+        panic!("the test configuration is invalid: {e}");
+    }
+    let text = toml::to_string(config).expect("a configuration serializes");
+    std::fs::write(path, text).unwrap();
+}
+
 pub fn unique(prefix: &str) -> String {
     let n: u64 = rand::rng().random();
     format!("{prefix}-{n:016x}")

@@ -17,6 +17,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use segstream::config::Config;
 use segstream::event::corpus::{bad_records, browse, purchase, review};
 use segstream::event::encode::{encode, WireFormat};
 use segstream::event::proto::{self, SegmentChange};
@@ -30,7 +31,10 @@ pub const PARTITIONS: i32 = 3;
 
 pub struct Setup {
     pub dir: tempfile::TempDir,
+    /// The configuration file `segstream run` reads, written from `settings`.
     pub config: std::path::PathBuf,
+    /// The test's configuration, typed; change it with [`Setup::configure`].
+    pub settings: Config,
     pub browse: String,
     pub purchase: String,
     pub review: String,
@@ -45,23 +49,26 @@ pub struct Setup {
 }
 
 pub async fn setup() -> Setup {
-    setup_with(PARTITIONS, "reference", "").await
+    setup_with(PARTITIONS, "reference").await
 }
 
 /// Topics with `partitions` partitions, a registry with the built-in model
-/// `model` (`reference` or `rules`), and a config file (plus `extra` TOML).
-pub async fn setup_with(partitions: i32, model: &str, extra: &str) -> Setup {
-    setup_named("pipe", partitions, model, extra).await
+/// `model` (`reference` or `rules`), and a config file.
+pub async fn setup_with(partitions: i32, model: &str) -> Setup {
+    setup_named("pipe", partitions, model).await
 }
 
 /// Like [`setup_with`], with the topics, group and transactional ids
 /// starting with `prefix` (ACLs grant by prefix).
-pub async fn setup_named(prefix: &str, partitions: i32, model: &str, extra: &str) -> Setup {
+pub async fn setup_named(prefix: &str, partitions: i32, model: &str) -> Setup {
     let id = super::unique(prefix);
     let t = |s: &str| format!("{id}.{s}");
-    let s = Setup {
-        dir: tempfile::tempdir().unwrap(),
-        config: Default::default(),
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("segstream.toml");
+    let mut s = Setup {
+        dir,
+        config,
+        settings: Config::default(),
         browse: t("browse"),
         purchase: t("purchase"),
         review: t("review"),
@@ -91,57 +98,42 @@ pub async fn setup_named(prefix: &str, partitions: i32, model: &str, extra: &str
     };
     registry.publish(&onnx, &manifest).unwrap();
     registry.promote("m1").unwrap();
-    let config = s.dir.path().join("segstream.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[kafka]
-bootstrap_servers = "{bootstrap}"
-group_id = "{group}"
-[kafka.consumer_properties]
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "1000"
-[input]
-topics = ["{b}", "{p}", "{r}"]
-[state]
-changelog_topic = "{c}"
-[dead_letter]
-topic = "{d}"
-[output]
-topic = "{o}"
-current_topic = "{cur}"
-risk_topic = "{risk}"
-[decide]
-margin = 0.0
-min_dwell = "1ms"
-[score]
-registry = "{reg}"
-poll_interval = "1s"
-[pipeline]
-transactional_id = "{group}-instance"
-http_listen = ""
-# More than one stream thread per instance: the exactly-once proofs hold
-# with threads as group members of their own.
-threads = 2
-{extra}
-"#,
-            bootstrap = super::bootstrap(),
-            group = s.group,
-            b = s.browse,
-            p = s.purchase,
-            r = s.review,
-            c = s.changelog,
-            d = s.dlq,
-            o = s.output,
-            cur = s.current,
-            risk = s.risk,
-            reg = registry.root().display(),
-            extra = extra,
-        ),
-    )
-    .unwrap();
-    Setup { config, ..s }
+    let registry = registry.root().to_path_buf();
+    let c = &mut s.settings;
+    c.kafka.bootstrap_servers = super::bootstrap();
+    c.kafka.group_id = s.group.clone();
+    for (k, v) in [
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "1000"),
+    ] {
+        c.kafka.consumer_properties.insert(k.into(), v.into());
+    }
+    c.input.topics = vec![s.browse.clone(), s.purchase.clone(), s.review.clone()];
+    c.state.changelog_topic = s.changelog.clone();
+    c.dead_letter.topic = s.dlq.clone();
+    c.output.topic = s.output.clone();
+    c.output.current_topic = s.current.clone();
+    c.output.risk_topic = s.risk.clone();
+    c.decide.margin = 0.0;
+    c.decide.min_dwell = Duration::from_millis(1);
+    c.score.registry = registry;
+    c.score.poll_interval = Duration::from_secs(1);
+    c.pipeline.transactional_id = format!("{}-instance", s.group);
+    c.pipeline.http_listen = String::new();
+    // More than one stream thread per instance: the exactly-once proofs
+    // hold with threads as group members of their own.
+    c.pipeline.threads = 2;
+    super::write_config(&s.config, &s.settings);
+    s
+}
+
+impl Setup {
+    /// Changes the test's configuration (typed, checked like a file a user
+    /// writes) and rewrites the file that `segstream run` reads.
+    pub fn configure(&mut self, change: impl FnOnce(&mut Config)) {
+        change(&mut self.settings);
+        super::write_config(&self.config, &self.settings);
+    }
 }
 
 /// Starts `segstream run`; its log goes to `log` (shown when a check fails).
