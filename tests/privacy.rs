@@ -26,7 +26,13 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 async fn pseudonymized_ids_never_appear_in_clear() {
     common::require_onnxruntime();
     let mut s = setup().await;
-    s.configure(|c| c.privacy.pseudonymize = true);
+    // The key as a deployment mounts it: a file only the instance reads.
+    let key_file = s.dir.path().join("privacy.key");
+    std::fs::write(&key_file, KEY).unwrap();
+    s.configure(|c| {
+        c.privacy.pseudonymize = true;
+        c.privacy.key_file = key_file;
+    });
     let stream = produce_stream(topics(&s), 1.0).await;
     let log = s.dir.path().join("run.log");
     let port = free_port();
@@ -35,10 +41,7 @@ async fn pseudonymized_ids_never_appear_in_clear() {
         &s.config,
         &log,
         "a",
-        &[
-            ("SEGSTREAM_PRIVACY_KEY", KEY),
-            ("SEGSTREAM__PIPELINE__HTTP_LISTEN", &listen),
-        ],
+        &[("SEGSTREAM__PIPELINE__HTTP_LISTEN", &listen)],
     );
     wait_consumed(&s, std::slice::from_mut(&mut child), &log).await;
     let metrics = get(port, "/metrics").unwrap().1;
@@ -97,15 +100,14 @@ async fn pseudonymized_ids_never_appear_in_clear() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forget_erases_for_good() {
     common::require_onnxruntime();
-    let s = setup().await;
+    let mut s = setup().await;
     let (erasure, audit) = (format!("{}.erasure", s.group), format!("{}.audit", s.group));
     common::create_topics(&[&erasure], PARTITIONS).await;
     common::create_topics(&[&audit], 1).await;
-    let mut text = std::fs::read_to_string(&s.config).unwrap();
-    text.push_str(&format!(
-        "\n[privacy]\nerasure_topic = \"{erasure}\"\naudit_topic = \"{audit}\"\n"
-    ));
-    std::fs::write(&s.config, text).unwrap();
+    s.configure(|c| {
+        c.privacy.erasure_topic = erasure.clone();
+        c.privacy.audit_topic = audit.clone();
+    });
 
     let stream = produce_stream(topics(&s), 1.0).await;
     let log = s.dir.path().join("run.log");
