@@ -123,25 +123,31 @@ fn train_names_the_reasons_when_every_history_row_is_refused() {
          time_format = \"%Y%m%d\"\namount = \"4\"\ndefault_kind = \"purchase\"\n",
     )
     .unwrap();
-    let out = segstream()
+    let mut train = segstream();
+    train
         .arg("train")
         .arg("--history")
         .arg(&history)
         .arg("--csv-mapping")
         .arg(&mapping)
         .arg("--registry")
-        .arg(dir.path().join("models"))
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        .arg(dir.path().join("models"));
     // Bad input: exit status 2, as for a configuration error.
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = fails_as(&mut train, 2, "bad_input");
     assert!(
-        stderr.contains("all 2 history rows were refused (invalid_field ×2)")
-            && stderr.contains("class=\"bad_input\""),
+        stderr.contains("all 2 history rows were refused (invalid_field ×2)"),
         "{stderr}"
     );
+}
+
+/// Runs `command`, checks that it fails with exit status `status` and names
+/// the error class `class` in its last line, and returns its stderr.
+fn fails_as(command: &mut Command, status: i32, class: &str) -> String {
+    let out = command.env("NO_COLOR", "1").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(status), "{stderr}");
+    assert!(stderr.contains(&format!("class=\"{class}\"")), "{stderr}");
+    stderr
 }
 
 /// Issue 18: a command that fails exits with its error's class: 2 for bad
@@ -151,26 +157,21 @@ fn train_names_the_reasons_when_every_history_row_is_refused() {
 #[test]
 fn a_failed_command_exits_with_the_class_of_its_error() {
     let dir = tempfile::tempdir().unwrap();
-    let out = segstream()
-        .args(["train", "--history"])
-        .arg(dir.path().join("missing.ndjson"))
-        .arg("--registry")
-        .arg(dir.path().join("models"))
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("class=\"bad_input\""), "{stderr}");
-
-    let out = segstream()
-        .args(["segments", "snapshot", "--timeout", "2s", "--out"])
-        .arg(dir.path().join("snapshot.ndjson"))
-        .env("SEGSTREAM__KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9")
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(69), "{stderr}");
-    assert!(stderr.contains("class=\"external\""), "{stderr}");
+    fails_as(
+        segstream()
+            .args(["train", "--history"])
+            .arg(dir.path().join("missing.ndjson"))
+            .arg("--registry")
+            .arg(dir.path().join("models")),
+        2,
+        "bad_input",
+    );
+    fails_as(
+        segstream()
+            .args(["segments", "snapshot", "--timeout", "2s", "--out"])
+            .arg(dir.path().join("snapshot.ndjson"))
+            .env("SEGSTREAM__KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9"),
+        69,
+        "external",
+    );
 }
