@@ -434,3 +434,46 @@ async fn hot_swap_under_load() {
         4
     );
 }
+
+/// Small batches run on the calling worker when a session is idle, larger
+/// ones on the inference threads: both give the model's own scores and
+/// both are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_and_large_batches_score_alike() {
+    use segstream::score::INLINE_ROWS;
+    let files = reference_files("v001", 7);
+    let metrics = Metrics::new().unwrap();
+    let scorer = Scorer::start(&cfg(), load(&files).unwrap(), metrics.clone());
+    let model = scorer.current();
+    // Customers with different histories, so that rows differ.
+    let mut by_customer = std::collections::BTreeMap::new();
+    let history = segstream::generate::history(&segstream::generate::GeneratorConfig {
+        seed: 3,
+        customers: 80,
+        days: 30,
+        start_ms: 1_787_000_000_000,
+        ..Default::default()
+    });
+    for e in history {
+        by_customer
+            .entry(e.customer_id.clone())
+            .or_insert_with(segstream::state::CustomerState::default)
+            .record(&e, limits());
+    }
+    let states: Vec<_> = by_customer.into_values().collect();
+    assert!(states.len() >= 64);
+    let mut scored = 0;
+    for rows in [1, INLINE_ROWS, INLINE_ROWS + 1, 64] {
+        let refs: Vec<_> = states.iter().take(rows).collect();
+        let batch = model
+            .featurizer
+            .featurize(&refs, 1_790_000_000_000)
+            .unwrap();
+        let expected = scorer.score_blocking(&batch).unwrap();
+        let got = scorer.score(model.clone(), batch).await.unwrap();
+        assert_eq!(got.rows, rows);
+        assert_eq!(got.outputs, expected.outputs, "{rows} rows");
+        scored += rows as u64;
+    }
+    assert_eq!(metrics.scored_customers.get(), scored);
+}

@@ -231,13 +231,24 @@ impl LoadedModel {
 
     /// Scores a feature batch on session `slot` (one per inference thread).
     pub fn score_on(&self, slot: usize, batch: &RecordBatch) -> Result<Scores, ScoreError> {
-        let rows = batch.num_rows();
-        let views = tensors(batch).map_err(|e| ScoreError::Inference(e.to_string()))?;
         let session = &self.sessions[slot % self.sessions.len()];
-        // The lock is uncontended (one slot per thread) and never held across an await.
+        // The lock is uncontended (one slot per thread, or a caller that
+        // found it free) and never held across an await.
         let mut session = session
             .lock()
             .map_err(|_| ScoreError::Inference("a previous run panicked".into()))?;
+        self.run(&mut session, batch)
+    }
+
+    /// Scores on the first session that no one is using, if there is one.
+    fn score_if_idle(&self, batch: &RecordBatch) -> Option<Result<Scores, ScoreError>> {
+        let mut session = self.sessions.iter().find_map(|s| s.try_lock().ok())?;
+        Some(self.run(&mut session, batch))
+    }
+
+    fn run(&self, session: &mut Session, batch: &RecordBatch) -> Result<Scores, ScoreError> {
+        let rows = batch.num_rows();
+        let views = tensors(batch).map_err(|e| ScoreError::Inference(e.to_string()))?;
         let err = |e: ort::Error| ScoreError::Inference(e.to_string());
         let mut inputs = Vec::with_capacity(views.len());
         for v in &views {
@@ -379,13 +390,26 @@ impl Scorer {
     }
 
     /// Scores `batch` (featurized with `model.featurizer`) on an inference
-    /// thread; waits for a queue slot when all threads are busy.
+    /// thread; waits for a queue slot when all threads are busy. A batch of
+    /// at most [`INLINE_ROWS`] rows runs on the calling worker instead when
+    /// a session is idle (see there).
     pub async fn score(
         &self,
         model: Arc<LoadedModel>,
         batch: RecordBatch,
     ) -> Result<Scores, ScoreError> {
         let queue = self.queue.as_ref().ok_or(ScoreError::Closed)?;
+        if batch.num_rows() <= INLINE_ROWS && may_block_in_place() {
+            let inline = tokio::task::block_in_place(|| {
+                let started = Instant::now();
+                let result = model.score_if_idle(&batch)?;
+                observe(&self.metrics, batch.num_rows(), started, &result);
+                Some(result)
+            });
+            if let Some(result) = inline {
+                return result;
+            }
+        }
         let (reply, rx) = tokio::sync::oneshot::channel();
         let mut job = Job {
             model,
@@ -421,9 +445,38 @@ impl Scorer {
     }
 }
 
+/// Batches of at most this many rows run on the caller's worker thread
+/// when a session is idle: at batch 1 the two thread hand-offs (to an
+/// inference thread and back to the async runtime) cost about two thirds
+/// of the model run itself (`segstream bench score`), and a small batch is
+/// what a quiet stream sends, where latency matters most. Larger batches
+/// go to the inference threads, where they do not hold up async work.
+pub const INLINE_ROWS: usize = 8;
+
+/// Whether the current async runtime lets a task block in place (the
+/// multi-threaded one; a single-threaded runtime, as in some tests, has no
+/// other worker to take over).
+fn may_block_in_place() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
+/// Records one scoring run in the metrics.
+fn observe(metrics: &Metrics, rows: usize, started: Instant, result: &Result<Scores, ScoreError>) {
+    metrics
+        .inference_seconds
+        .observe(started.elapsed().as_secs_f64());
+    metrics.inference_batch_rows.observe(rows as f64);
+    match result {
+        Ok(_) => metrics.scored_customers.inc_by(rows as u64),
+        Err(e) => {
+            metrics.inference_failures.inc();
+            warn!(error = %e, rows, "Inference failed.");
+        }
+    }
+}
+
 fn inference_loop(slot: usize, rx: &Mutex<Receiver<Job>>, metrics: &Metrics) {
-    let batch_size = metrics.inference_batch_rows.clone();
-    let latency = metrics.inference_seconds.clone();
     loop {
         let job = {
             let Ok(guard) = rx.lock() else { return };
@@ -433,17 +486,8 @@ fn inference_loop(slot: usize, rx: &Mutex<Receiver<Job>>, metrics: &Metrics) {
             }
         };
         let started = Instant::now();
-        let rows = job.batch.num_rows();
         let result = job.model.score_on(slot, &job.batch);
-        latency.observe(started.elapsed().as_secs_f64());
-        batch_size.observe(rows as f64);
-        match &result {
-            Ok(_) => metrics.scored_customers.inc_by(rows as u64),
-            Err(e) => {
-                metrics.inference_failures.inc();
-                warn!(error = %e, rows, "Inference failed.");
-            }
-        }
+        observe(metrics, job.batch.num_rows(), started, &result);
         // Err only when the caller stopped waiting (its cycle ended).
         let _ = job.reply.send(result);
     }
