@@ -44,6 +44,7 @@
 pub mod clients;
 mod cycle;
 pub mod directory;
+mod error;
 mod http;
 mod intake;
 pub mod output;
@@ -60,7 +61,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
@@ -68,6 +68,9 @@ use tracing::{error, info, warn};
 pub use clients::PipelineContext;
 use cycle::{Cycle, Why};
 use directory::{Directory, LookupRequest};
+use error::kafka;
+pub use error::PipelineError;
+use error::TxnError;
 pub use http::Health;
 use intake::Held;
 pub use watchdog::{Watchdog, EXIT_STALLED};
@@ -84,103 +87,6 @@ use crate::telemetry::{Metrics, Tally};
 
 /// Lookups waiting per stream thread before the endpoint answers 503.
 const LOOKUP_QUEUE: usize = 64;
-
-/// How a failed transactional call is handled.
-#[derive(Debug)]
-pub(super) enum TxnError {
-    /// The same call may succeed if repeated (librdkafka says so); where
-    /// it is not repeated, it is handled as `Abortable`.
-    Retriable(String),
-    /// Abort the transaction and redo the work from the committed state.
-    Abortable(String),
-    /// The producer is unusable (fenced, or a fatal transactional error):
-    /// re-create it, or end the instance.
-    Fatal(PipelineError),
-}
-
-/// Errors that end the run loop.
-#[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
-    /// Configuration could not be turned into clients.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    /// A Kafka call failed fatally (e.g. this producer was fenced by a newer
-    /// instance with the same transactional id).
-    #[error("{what}: {source}")]
-    Kafka {
-        /// What was being done.
-        what: &'static str,
-        /// The client error.
-        #[source]
-        source: KafkaError,
-    },
-    /// The topics do not fit together (missing, not authorized, or
-    /// partition counts differ).
-    #[error("topics: {0}")]
-    Topics(String),
-    /// A broker refused this client (SASL credentials, TLS handshake).
-    #[error("the Kafka brokers refused this client: {0}")]
-    Refused(String),
-    /// The cluster's ACLs do not allow something the instance needs.
-    #[error("not authorized: {0}")]
-    NotAuthorized(String),
-    /// Restoring state failed.
-    #[error(transparent)]
-    Restore(#[from] crate::state::changelog::ChangelogError),
-    /// Scoring failed in a way retrying cannot fix.
-    #[error(transparent)]
-    Score(#[from] crate::score::ScoreError),
-    /// The privacy settings cannot be used (e.g. no pseudonymization key).
-    #[error("privacy: {0}")]
-    Privacy(String),
-    /// An output record could not be encoded.
-    #[error("{0}")]
-    Encode(String),
-    /// The served model's features could not be computed.
-    #[error("featurizing: {0}")]
-    Features(#[from] crate::features::FeatureError),
-    /// The transactional producer could not finish a transaction (an abort
-    /// kept failing): it is re-created like a fenced one.
-    #[error("transaction: {0}")]
-    Transaction(String),
-    /// The HTTP listener could not bind.
-    #[error("binding {address}: {source}")]
-    Listen {
-        /// `pipeline.http_listen`.
-        address: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A helper thread or blocking task could not start or panicked.
-    #[error("{0}")]
-    Task(String),
-}
-
-impl crate::error::Classify for PipelineError {
-    fn class(&self) -> crate::error::ErrorClass {
-        match self {
-            PipelineError::Config(e) => crate::error::Classify::class(e),
-            PipelineError::Kafka { source, .. } => crate::error::Classify::class(source),
-            PipelineError::Restore(e) => crate::error::Classify::class(e),
-            PipelineError::Score(e) => crate::error::Classify::class(e),
-            PipelineError::Features(e) => crate::error::Classify::class(e),
-            // The cluster does not fit the configuration: topics, credentials,
-            // ACLs, the pseudonymization key.
-            PipelineError::Topics(_)
-            | PipelineError::Refused(_)
-            | PipelineError::NotAuthorized(_)
-            | PipelineError::Privacy(_) => crate::error::ErrorClass::BadInput,
-            PipelineError::Listen { source, .. } => crate::error::Classify::class(source),
-            PipelineError::Transaction(_) => crate::error::ErrorClass::External,
-            PipelineError::Encode(_) | PipelineError::Task(_) => crate::error::ErrorClass::Internal,
-        }
-    }
-}
-
-fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> PipelineError {
-    move |source| PipelineError::Kafka { what, source }
-}
 
 /// The running pipeline of one instance.
 pub struct Pipeline {
