@@ -37,14 +37,19 @@ extern "C" {
 /// `mi_option_purge_delay` in mimalloc 2.x's `mi_option_t`.
 const MI_OPTION_PURGE_DELAY: std::os::raw::c_int = 15;
 
-/// For the training commands: mimalloc never hands freed memory back to the
-/// kernel. By default it does so 10 ms after a free, and the trainer, which
-/// frees and allocates megabytes of tensors at every step, then pays for
-/// fresh zeroed pages each time: a fifth of a sparse-history training run's
-/// samples were the kernel clearing pages, and one epoch took 27 s instead
-/// of 22 s (`segstream bench train --sparse`). The trainer's peak is a few
-/// batches' tensors; the pipeline keeps the default. `MIMALLOC_PURGE_DELAY`
-/// in the environment still decides when set.
+/// mimalloc never hands freed memory back to the kernel (it reuses it). By
+/// default it does so 10 ms after a free, and a process that frees and
+/// allocates megabytes in a loop then pays for fresh zeroed pages each time:
+/// - the trainer frees a step's tensors: a fifth of a sparse-history
+///   training run's samples were the kernel clearing pages, and one epoch
+///   took 27 s instead of 22 s (`segstream bench train --sparse`);
+/// - the run loop frees each commit cycle's records: with the default,
+///   `segstream bench e2e` ran 88k and 101k events/s against 107k and
+///   111k without purging (alternating runs).
+///
+/// The process's footprint is its peak, which a memory limit must allow
+/// for anyway. `MIMALLOC_PURGE_DELAY` in the environment still decides
+/// when set.
 #[allow(unsafe_code)] // the one unsafe call: an FFI option setter
 fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
@@ -136,6 +141,7 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Config {
@@ -187,10 +193,7 @@ fn main() -> ExitCode {
                     }
                     Command::Bench { command } => bench(config, command).await,
                     Command::Model { command } => model_command(config, command),
-                    Command::Train(a) => {
-                        keep_freed_memory();
-                        train_command(config, a).await
-                    }
+                    Command::Train(a) => train_command(config, a).await,
                     Command::Predict(a) => predict_command(config, a),
                     Command::Segments {
                         command: SegmentsCommand::Show(a),

@@ -18,25 +18,56 @@ use segstream::event::encode::{encode, WireFormat};
 use segstream::event::proto;
 use segstream::ingest::now_ms;
 
+/// `pipeline.max_cycle_records` of the crash test.
+const CYCLE_RECORDS: usize = 40;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashes_lose_nothing_and_duplicate_nothing() {
     common::require_onnxruntime();
-    let s = setup().await;
+    let mut s = setup().await;
+    // Most cycles end on their record count, not on the clock: the kills
+    // land between count-ended commits too.
+    s.configure(|c| {
+        c.pipeline.max_cycle_records = CYCLE_RECORDS;
+        c.pipeline.commit_interval = Duration::from_secs(1);
+    });
     let producing = tokio::spawn(produce_stream(topics(&s), 10.0));
     // Run, SIGKILL at random moments, restart; then run to the end.
     let log = s.dir.path().join("run.log");
+    let debug = [("RUST_LOG", "warn,segstream=info,segstream::pipeline=debug")];
     for _ in 0..3 {
-        let mut child = start(&s.config, &log);
+        let mut child = start_env(&s.config, &log, &debug);
         let wait = rand::rng().random_range(2_000..5_000);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         child.kill().expect("SIGKILL");
         child.wait().unwrap();
     }
     let stream = producing.await.unwrap();
-    let mut children = vec![start(&s.config, &log)];
+    let mut children = vec![start_env(&s.config, &log, &debug)];
     wait_consumed(&s, &mut children, &log).await;
     // Two stream threads, each with its own transactional producer.
     let text = std::fs::read_to_string(&log).unwrap();
+    // A cycle ends after the record that reaches the cap; one record can
+    // release a few held by the event-time merge, hence the small margin.
+    // Ended by the 1 s clock instead, cycles would hold hundreds.
+    let at_cap = text
+        .lines()
+        .filter(|l| l.contains("Committed a cycle."))
+        .filter_map(|l| {
+            l.split("records=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .filter(|n| (CYCLE_RECORDS..CYCLE_RECORDS + 5).contains(n))
+        .count();
+    assert!(
+        at_cap >= 10,
+        "{at_cap} cycles ended at pipeline.max_cycle_records = {CYCLE_RECORDS}:\n{}",
+        tail(&log)
+    );
     for id in ["-instance-0", "-instance-1"] {
         assert!(text.contains(id), "no producer {id}:\n{}", tail(&log));
     }

@@ -18,6 +18,14 @@ pub struct E2eBench {
     pub pipeline_events_per_second: f64,
     /// pipeline / raw.
     pub ratio: f64,
+    /// Raw librdkafka doing the run's Kafka work without segstream's own:
+    /// reading the input and writing each record to three topics (as many
+    /// as the pipeline writes per event here: changelog, segment change,
+    /// current segment) in transactions with the consumed offsets, on as
+    /// many threads as the pipeline, events/s.
+    pub raw_read_write_events_per_second: f64,
+    /// pipeline / raw read and write.
+    pub read_write_ratio: f64,
     /// Rate of the latency run (half the sustained rate), events/s.
     pub latency_rate: f64,
     /// Segment changes measured in the latency run.
@@ -72,18 +80,26 @@ pub async fn e2e(
         .collect();
     let (changelog, dlq, output) = (t("changelog"), t("dlq"), t("segments"));
     let current = t("current");
-    for compacted in [&changelog, &current] {
+    // The read-write baseline's outputs, shaped like the pipeline's.
+    let floor = [
+        t("floor-changelog"),
+        t("floor-segments"),
+        t("floor-current"),
+    ];
+    for compacted in [&changelog, &current, &floor[0], &floor[2]] {
         new_topics.push(
             NewTopic::new(compacted, E2E_PARTITIONS, TopicReplication::Fixed(1))
                 .set("cleanup.policy", "compact"),
         );
     }
     new_topics.push(NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)));
-    new_topics.push(NewTopic::new(
-        &output,
-        E2E_PARTITIONS,
-        TopicReplication::Fixed(1),
-    ));
+    for out in [&output, &floor[1]] {
+        new_topics.push(NewTopic::new(
+            out,
+            E2E_PARTITIONS,
+            TopicReplication::Fixed(1),
+        ));
+    }
     for r in admin
         .create_topics(&new_topics, &AdminOptions::new())
         .await?
@@ -161,6 +177,13 @@ pub async fn e2e(
         let raw = tokio::task::spawn_blocking(move || raw_read_all(&c1, &topics1, E2E_PARTITIONS))
             .await??;
         let raw_rate = raw.0 as f64 / raw.1.as_secs_f64().max(1e-9);
+        let (c2, topics2, floor2) = (cfg.clone(), inputs.to_vec(), floor.to_vec());
+        let group2 = format!("{id}-floor");
+        let rw = tokio::task::spawn_blocking(move || {
+            raw_read_write(&c2, &group2, &topics2, E2E_PARTITIONS, &floor2)
+        })
+        .await??;
+        let rw_rate = rw.0 as f64 / rw.1.as_secs_f64().max(1e-9);
 
         // The pipeline, in-process.
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -332,6 +355,8 @@ pub async fn e2e(
             raw_events_per_second: raw_rate,
             pipeline_events_per_second: pipeline_rate,
             ratio: pipeline_rate / raw_rate.max(1e-9),
+            raw_read_write_events_per_second: rw_rate,
+            read_write_ratio: pipeline_rate / rw_rate.max(1e-9),
             latency_rate: rate,
             latency_samples: latencies.len(),
             p50_ms: pct(0.5),
@@ -342,7 +367,8 @@ pub async fn e2e(
     delete_bench_topics(
         &admin,
         &[
-            &inputs[0], &inputs[1], &inputs[2], &changelog, &dlq, &output, &current,
+            &inputs[0], &inputs[1], &inputs[2], &changelog, &dlq, &output, &current, &floor[0],
+            &floor[1], &floor[2],
         ],
     )
     .await;
@@ -357,6 +383,8 @@ pub fn e2e_markdown(b: &E2eBench) -> String {
          | raw librdkafka read of the input (baseline) | {:.0} events/s |\n\
          | pipeline, transactions on | {:.0} events/s |\n\
          | pipeline / raw | {:.3} |\n\
+         | raw read + transactional write of each record to 3 topics (the run's Kafka work, no processing) | {:.0} events/s |\n\
+         | pipeline / raw read + write | {:.3} |\n\
          | latency run | {:.0} events/s, {} segment changes |\n\
          | event → SegmentChange visible (read_committed), p50 | {:.0} ms |\n\
          | same, p99 | {:.0} ms |\n",
@@ -365,6 +393,8 @@ pub fn e2e_markdown(b: &E2eBench) -> String {
         b.raw_events_per_second,
         b.pipeline_events_per_second,
         b.ratio,
+        b.raw_read_write_events_per_second,
+        b.read_write_ratio,
         b.latency_rate,
         b.latency_samples,
         b.p50_ms,

@@ -9,6 +9,10 @@ use super::*;
 pub(super) struct ReadToEnd;
 
 impl rdkafka::ClientContext for ReadToEnd {
+    /// The readers use the pipeline's consumer settings, statistics
+    /// included; nothing here wants them (the default logs each one).
+    fn stats_raw(&self, _statistics: &[u8]) {}
+
     fn error(&self, error: KafkaError, reason: &str) {
         let eof = matches!(
             error,
@@ -126,4 +130,145 @@ pub(super) fn raw_read_all(
         n += 1
     })?;
     Ok((n, took))
+}
+
+/// The Kafka work of an end-to-end run without segstream's own: reads the
+/// listed partitions of `topics` to their end and writes every record's key
+/// and value to each of `outputs` (same partition number), in transactions
+/// that carry the consumed offsets, committed every commit interval or
+/// `pipeline.max_cycle_records` records, with the pipeline's transactional
+/// producer settings. The pipeline's own records are larger than the input
+/// records copied here, so this floor is, if anything, optimistic.
+pub(super) fn read_write_span(
+    cfg: &Config,
+    group: &str,
+    transactional_id: &str,
+    topics: &[String],
+    partitions: &[i32],
+    outputs: &[String],
+) -> BenchResult<(u64, Span)> {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let wait = Duration::from_secs(30);
+    let client = cfg.kafka.client_config()?;
+    let consumer = read_to_end_consumer(&client, group, topics, partitions)?;
+    let producer: BaseProducer =
+        crate::pipeline::clients::producer_config(cfg, transactional_id)?.create()?;
+    producer.init_transactions(wait)?;
+    producer.begin_transaction()?;
+    let mut offsets: std::collections::BTreeMap<(String, i32), i64> = Default::default();
+    let (mut n, mut in_cycle, mut eof) = (0u64, 0usize, 0usize);
+    let mut started: Option<Instant> = None;
+    let mut cycle_start = Instant::now();
+    let want = topics.len() * partitions.len();
+    let commit = |offsets: &mut std::collections::BTreeMap<(String, i32), i64>| -> BenchResult<()> {
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), o) in std::mem::take(offsets) {
+            tpl.add_partition_offset(&t, p, Offset::Offset(o))?;
+        }
+        let meta = consumer
+            .group_metadata()
+            .ok_or("the read-write baseline's consumer has no group metadata")?;
+        producer.send_offsets_to_transaction(&tpl, &meta, wait)?;
+        crate::pipeline::clients::drain(&producer, wait)?;
+        producer.commit_transaction(wait)?;
+        producer.begin_transaction()?;
+        Ok(())
+    };
+    while eof < want {
+        match consumer.poll(Duration::from_millis(10)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) => eof += 1,
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(msg)) => {
+                use rdkafka::message::Message;
+                started.get_or_insert_with(Instant::now);
+                for out in outputs {
+                    let mut record = BaseRecord::<[u8], [u8]>::to(out).partition(msg.partition());
+                    if let Some(k) = msg.key() {
+                        record = record.key(k);
+                    }
+                    if let Some(v) = msg.payload() {
+                        record = record.payload(v);
+                    }
+                    while let Err((e, r)) = producer.send(record) {
+                        if !matches!(
+                            e,
+                            KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull
+                            )
+                        ) {
+                            return Err(e.into());
+                        }
+                        record = r;
+                        producer.poll(Duration::from_millis(1));
+                    }
+                }
+                offsets.insert((msg.topic().to_string(), msg.partition()), msg.offset() + 1);
+                n += 1;
+                in_cycle += 1;
+            }
+        }
+        producer.poll(Duration::ZERO);
+        if in_cycle > 0
+            && (in_cycle >= cfg.pipeline.max_cycle_records
+                || cycle_start.elapsed() >= cfg.pipeline.commit_interval)
+        {
+            commit(&mut offsets)?;
+            in_cycle = 0;
+            cycle_start = Instant::now();
+        }
+    }
+    if in_cycle > 0 {
+        commit(&mut offsets)?;
+    }
+    Ok((
+        n,
+        Span {
+            first: started,
+            end: Instant::now(),
+        },
+    ))
+}
+
+/// [`read_write_span`] on `threads` threads, each with its share of the
+/// partitions, its own consumer and transactional producer (as the stream
+/// threads run): records and the time from the first record to the last
+/// commit.
+pub(super) fn raw_read_write(
+    cfg: &Config,
+    group: &str,
+    topics: &[String],
+    partitions: i32,
+    outputs: &[String],
+) -> BenchResult<(u64, Duration)> {
+    let threads = cfg
+        .pipeline
+        .stream_threads()
+        .clamp(1, partitions.max(1) as usize);
+    let results: Vec<BenchResult<(u64, Span)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let share: Vec<i32> = (0..partitions)
+                    .filter(|p| *p as usize % threads == t)
+                    .collect();
+                let id = format!("{group}-tx-{t}");
+                s.spawn(move || read_write_span(cfg, group, &id, topics, &share, outputs))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a read-write baseline thread panicked".into()))
+            })
+            .collect()
+    });
+    let mut total = 0;
+    let mut spans = Vec::with_capacity(threads);
+    for r in results {
+        let (n, span) = r?;
+        total += n;
+        spans.push(span);
+    }
+    Ok((total, Span::union(&spans)))
 }

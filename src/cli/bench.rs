@@ -184,7 +184,6 @@ pub(crate) async fn bench(config: Config, command: BenchCommand) -> anyhow::Resu
             sparse,
             json,
         } => {
-            keep_freed_memory();
             let c = config.clone();
             let r = tokio::task::spawn_blocking(move || {
                 if sparse {
@@ -322,9 +321,6 @@ pub(crate) async fn bench_all(config: &Config, a: BenchAllArgs) -> anyhow::Resul
         suite.e2e_transformer = Outcome::from_result(r);
     }
     if run("train") {
-        // Last in the suite: the pipeline benchmarks above ran with the
-        // allocator's default, as `segstream run` does.
-        keep_freed_memory();
         info!(events = train_events, "Running the training benchmark.");
         let (c, epochs) = (config.clone(), a.epochs);
         let r = tokio::task::spawn_blocking(move || bench::train(&c, train_events, epochs)).await?;

@@ -11,6 +11,12 @@ pub struct PipelineConfig {
     /// are committed in one Kafka transaction this often.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
+    /// A cycle also ends as soon as it has applied this many input records,
+    /// before its interval is up. Bounds a transaction's size, a cycle's
+    /// memory and the time from a record to its commit while catching up
+    /// on a backlog; one cycle of hundreds of thousands of records holds
+    /// everything it produces until the commit.
+    pub max_cycle_records: usize,
     /// The producer's transactional id; keep it stable per instance (e.g. a
     /// StatefulSet pod name) so a restarted instance fences its predecessor
     /// at once. Empty: `<group_id>-<hostname>`.
@@ -62,6 +68,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             commit_interval: Duration::from_millis(100),
+            max_cycle_records: 10_000,
             transactional_id: String::new(),
             transaction_timeout: Duration::from_secs(10),
             http_listen: "127.0.0.1:9464".into(),
@@ -82,6 +89,13 @@ impl PipelineConfig {
         {
             p.add("pipeline.commit_interval", "must be between 10ms and 60s");
         }
+        range(
+            p,
+            "pipeline.max_cycle_records",
+            pc.max_cycle_records,
+            1,
+            10_000_000,
+        );
         if pc.transaction_timeout < Duration::from_secs(1)
             || pc.transaction_timeout > Duration::from_secs(900)
         {

@@ -7,11 +7,13 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, DeliveryResult, ProducerContext};
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 use tracing::warn;
 
@@ -67,7 +69,7 @@ pub(super) fn hostname() -> String {
 
 /// The transactional producer's configuration (kept to re-create it after
 /// it was fenced).
-pub(super) fn producer_config(
+pub fn producer_config(
     cfg: &Config,
     transactional_id: &str,
 ) -> Result<ClientConfig, PipelineError> {
@@ -210,6 +212,24 @@ impl ConsumerContext for PipelineContext {
             self.pending.store(true, Ordering::Release);
         }
     }
+}
+
+/// Waits until every queued record is delivered or failed, serving the
+/// producer's events in 1 ms steps. `commit_transaction`'s own flush then
+/// finds nothing in flight; left to itself, it waits for an event in steps
+/// of 100 ms, and successful deliveries raise none.
+pub fn drain<C: ProducerContext>(
+    producer: &BaseProducer<C>,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + timeout;
+    while producer.in_flight_count() > 0 {
+        if Instant::now() >= deadline {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::RequestTimedOut));
+        }
+        producer.poll(Duration::from_millis(1));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -389,6 +389,12 @@ async fn stream_thread(
                 if let Err(e) = p.on_message(msg).await {
                     break Err(e);
                 }
+                if p.cycle.records >= p.cfg.pipeline.max_cycle_records as u64 {
+                    if let Err(e) = p.end_cycle().await {
+                        break Err(e);
+                    }
+                    tick.reset();
+                }
             }
         }
     };
@@ -541,8 +547,12 @@ impl Pipeline {
         }
         self.begin().await?;
         let started = Instant::now();
+        let mut produced = started;
         let done = match self.produce_cycle().await {
-            Ok(()) => self.commit().await,
+            Ok(()) => {
+                produced = Instant::now();
+                self.commit().await
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = done {
@@ -557,6 +567,13 @@ impl Pipeline {
             .observe(started.elapsed().as_secs_f64());
         self.metrics
             .observe_end_to_end(&self.cycle.timestamps, ingest::now_ms());
+        tracing::debug!(
+            thread = self.thread.index,
+            records = self.cycle.records,
+            produce_ms = produced.duration_since(started).as_secs_f64() * 1e3,
+            commit_ms = produced.elapsed().as_secs_f64() * 1e3,
+            "Committed a cycle."
+        );
         let offsets = std::mem::take(&mut self.cycle.offsets);
         self.committed.extend(offsets);
         self.cycle = Cycle::default();

@@ -19,7 +19,6 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
 
-use super::clients::TxnProducer;
 use super::cycle::Cycle;
 use super::output::OutRecord;
 use super::retry::Retry;
@@ -55,21 +54,6 @@ fn is_transactional(e: &PipelineError) -> bool {
             ..
         } | PipelineError::Transaction(_)
     )
-}
-
-/// Waits until every queued record is delivered or failed, serving the
-/// producer's events in 1 ms steps. `commit_transaction`'s own flush then
-/// finds nothing in flight; left to itself, it waits for an event in steps
-/// of 100 ms, and successful deliveries raise none.
-fn drain(producer: &TxnProducer, timeout: Duration) -> Result<(), KafkaError> {
-    let deadline = Instant::now() + timeout;
-    while producer.in_flight_count() > 0 {
-        if Instant::now() >= deadline {
-            return Err(KafkaError::Flush(RDKafkaErrorCode::RequestTimedOut));
-        }
-        producer.poll(Duration::from_millis(1));
-    }
-    Ok(())
 }
 
 impl Pipeline {
@@ -167,7 +151,7 @@ impl Pipeline {
             let committed = self
                 .watchdog
                 .call("commit_transaction", move |t| {
-                    drain(&producer, t)?;
+                    super::clients::drain(&producer, t)?;
                     producer.commit_transaction(t)
                 })
                 .await

@@ -141,6 +141,11 @@ pub fn start(config: &std::path::Path, log: &std::path::Path) -> Child {
     spawn_run(config, log, None)
 }
 
+/// Like [`start`], with more environment variables (e.g. `RUST_LOG`).
+pub fn start_env(config: &std::path::Path, log: &std::path::Path, env: &[(&str, &str)]) -> Child {
+    spawn_run_env(config, log, None, env)
+}
+
 /// Starts `segstream run`, optionally with its own transactional id.
 fn spawn_run(
     config: &std::path::Path,
