@@ -371,7 +371,7 @@ async fn stream_thread(
                 p.update_gauges();
             }
             _ = stop.changed() => {
-                break p.end_cycle().await;
+                break p.end_cycle(false).await;
             }
             Some(q) = lookups.recv() => {
                 p.answer_lookup(q);
@@ -381,7 +381,7 @@ async fn stream_thread(
                 p.on_new_model(&version);
             }
             _ = tick.tick() => {
-                if let Err(e) = p.end_cycle().await {
+                if let Err(e) = p.end_cycle(true).await {
                     break Err(e);
                 }
             }
@@ -390,7 +390,7 @@ async fn stream_thread(
                     break Err(e);
                 }
                 if p.cycle.records >= p.cfg.pipeline.max_cycle_records as u64 {
-                    if let Err(e) = p.end_cycle().await {
+                    if let Err(e) = p.end_cycle(true).await {
                         break Err(e);
                     }
                     tick.reset();
@@ -499,7 +499,9 @@ impl Pipeline {
     }
 
     /// Scores, decides, produces and commits everything of the open cycle.
-    async fn end_cycle(&mut self) -> Result<(), PipelineError> {
+    /// With `overlap`, consumption goes on into the next cycle while the
+    /// commit runs (not at shutdown: nothing would commit it).
+    async fn end_cycle(&mut self, overlap: bool) -> Result<(), PipelineError> {
         // The producer has no polling thread: serve its failed deliveries,
         // logs and errors here, without waiting.
         self.producer.poll(Duration::ZERO);
@@ -547,16 +549,34 @@ impl Pipeline {
         }
         self.begin().await?;
         let started = Instant::now();
-        let mut produced = started;
-        let done = match self.produce_cycle().await {
-            Ok(()) => {
-                produced = Instant::now();
-                self.commit().await
-            }
+        let commit = match self.produce_cycle().await {
+            Ok(()) => self.commit_future(),
             Err(e) => Err(e),
         };
+        let commit = match commit {
+            Ok(c) => c,
+            Err(e) => return self.after_failed_cycle(e).await,
+        };
+        let produced = Instant::now();
+        // The next cycle starts now: what is consumed while the commit runs
+        // is its work.
+        let cycle = std::mem::take(&mut self.cycle);
+        let consumer = self.consumer.clone();
+        let (done, held, failed) = if overlap {
+            self.consume_while(&consumer, commit).await
+        } else {
+            (commit.await, None, None)
+        };
         if let Err(e) = done {
-            return self.after_failed_cycle(e).await;
+            // The transaction still open is the one that failed: abort it.
+            // What was consumed meanwhile is uncommitted state like the
+            // rest, dropped and read again from the committed offsets.
+            self.cycle = cycle;
+            let recovered = self.after_failed_cycle(e).await;
+            return match failed {
+                Some(f) => Err(f),
+                None => recovered,
+            };
         }
         self.metrics
             .transactions
@@ -566,21 +586,60 @@ impl Pipeline {
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
         self.metrics
-            .observe_end_to_end(&self.cycle.timestamps, ingest::now_ms());
+            .observe_end_to_end(&cycle.timestamps, ingest::now_ms());
         tracing::debug!(
             thread = self.thread.index,
-            records = self.cycle.records,
+            records = cycle.records,
             produce_ms = produced.duration_since(started).as_secs_f64() * 1e3,
             commit_ms = produced.elapsed().as_secs_f64() * 1e3,
+            next_cycle_records = self.cycle.records,
             "Committed a cycle."
         );
-        let offsets = std::mem::take(&mut self.cycle.offsets);
-        self.committed.extend(offsets);
-        self.cycle = Cycle::default();
+        self.committed.extend(cycle.offsets);
         self.watchdog.progressed();
         // A commit proves the brokers reachable: ends an outage in the log.
         kafka_log::brokers_up();
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if let Some(msg) = held {
+            self.on_message(msg).await?;
+        }
         Ok(())
+    }
+
+    /// Consumes into the next cycle while `commit` (the previous cycle's
+    /// transaction) runs, so consumption does not stall on the broker's
+    /// round trips. Up to `pipeline.max_cycle_records`. A record that
+    /// arrives with a rebalance pending is held until the commit is done
+    /// (a revocation aborts the open transaction, which must not happen
+    /// mid-commit) and returned; so is an error of the record handling.
+    async fn consume_while<'c>(
+        &mut self,
+        consumer: &'c StreamConsumer<PipelineContext>,
+        commit: impl std::future::Future<Output = Result<(), TxnError>>,
+    ) -> (
+        Result<(), TxnError>,
+        Option<Result<rdkafka::message::BorrowedMessage<'c>, rdkafka::error::KafkaError>>,
+        Option<PipelineError>,
+    ) {
+        let cap = self.cfg.pipeline.max_cycle_records as u64;
+        tokio::pin!(commit);
+        let (mut held, mut failed) = (None, None);
+        let done = loop {
+            tokio::select! {
+                biased;
+                r = &mut commit => break r,
+                msg = consumer.recv(), if held.is_none() && failed.is_none() && self.cycle.records < cap => {
+                    if self.consumer.context().pending.load(Ordering::Acquire) {
+                        held = Some(msg);
+                    } else if let Err(e) = self.on_message(msg).await {
+                        failed = Some(e);
+                    }
+                }
+            }
+        };
+        (done, held, failed)
     }
 
     /// Input lag of partition `p` (the largest over the input topics), from

@@ -124,8 +124,13 @@ impl Pipeline {
     }
 
     /// Sends the cycle's consumed offsets and commits the transaction,
-    /// retrying the commit while librdkafka calls it retriable.
-    pub(super) async fn commit(&mut self) -> Result<(), TxnError> {
+    /// retrying the commit while librdkafka calls it retriable. The future
+    /// owns what it needs (offsets, group metadata, producer, watchdog), so
+    /// the run loop can go on consuming into the next cycle while it runs.
+    pub(super) fn commit_future(
+        &self,
+    ) -> Result<impl std::future::Future<Output = Result<(), TxnError>> + use<>, TxnError> {
+        let mut offsets = None;
         if !self.cycle.offsets.is_empty() {
             let mut tpl = TopicPartitionList::new();
             for ((t, p), o) in &self.cycle.offsets {
@@ -136,40 +141,42 @@ impl Pipeline {
                 .consumer
                 .group_metadata()
                 .ok_or_else(|| TxnError::Abortable("no consumer group metadata yet".into()))?;
-            let producer = self.producer.clone();
-            self.watchdog
-                .call("send_offsets_to_transaction", move |t| {
-                    producer.send_offsets_to_transaction(&tpl, &cgm, t)
-                })
-                .await
-                .map_err(TxnError::Fatal)?
-                .map_err(|e| classify("sending offsets to the transaction", e))?;
+            offsets = Some((tpl, cgm));
         }
-        let mut attempts = Retry::COMMIT.start();
-        loop {
-            let producer = self.producer.clone();
-            let committed = self
-                .watchdog
-                .call("commit_transaction", move |t| {
-                    super::clients::drain(&producer, t)?;
-                    producer.commit_transaction(t)
-                })
-                .await
-                .map_err(TxnError::Fatal)?;
-            match committed.map_err(|e| classify("committing the transaction", e)) {
-                Ok(()) => {
-                    self.cycle.open = false;
-                    return Ok(());
-                }
-                Err(TxnError::Retriable(why)) => {
-                    warn!(reason = %why, "Commit failed; retrying.");
-                    if !attempts.wait().await {
-                        return Err(TxnError::Abortable(format!("commit kept failing: {why}")));
-                    }
-                }
-                Err(other) => return Err(other),
+        let (producer, watchdog) = (self.producer.clone(), self.watchdog.clone());
+        Ok(async move {
+            if let Some((tpl, cgm)) = offsets {
+                let p = producer.clone();
+                watchdog
+                    .call("send_offsets_to_transaction", move |t| {
+                        p.send_offsets_to_transaction(&tpl, &cgm, t)
+                    })
+                    .await
+                    .map_err(TxnError::Fatal)?
+                    .map_err(|e| classify("sending offsets to the transaction", e))?;
             }
-        }
+            let mut attempts = Retry::COMMIT.start();
+            loop {
+                let p = producer.clone();
+                let committed = watchdog
+                    .call("commit_transaction", move |t| {
+                        super::clients::drain(&p, t)?;
+                        p.commit_transaction(t)
+                    })
+                    .await
+                    .map_err(TxnError::Fatal)?;
+                match committed.map_err(|e| classify("committing the transaction", e)) {
+                    Ok(()) => return Ok(()),
+                    Err(TxnError::Retriable(why)) => {
+                        warn!(reason = %why, "Commit failed; retrying.");
+                        if !attempts.wait().await {
+                            return Err(TxnError::Abortable(format!("commit kept failing: {why}")));
+                        }
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+        })
     }
 
     /// Aborts the open transaction, retrying while the broker is away; a
