@@ -549,8 +549,9 @@ impl Pipeline {
         }
         self.begin().await?;
         let started = Instant::now();
+        let (offsets_sent, sent) = tokio::sync::oneshot::channel();
         let commit = match self.produce_cycle().await {
-            Ok(()) => self.commit_future(),
+            Ok(()) => self.commit_future(offsets_sent),
             Err(e) => Err(e),
         };
         let commit = match commit {
@@ -563,7 +564,7 @@ impl Pipeline {
         let cycle = std::mem::take(&mut self.cycle);
         let consumer = self.consumer.clone();
         let (done, held, failed) = if overlap {
-            self.consume_while(&consumer, commit).await
+            self.consume_while(&consumer, commit, sent).await
         } else {
             (commit.await, None, None)
         };
@@ -610,7 +611,10 @@ impl Pipeline {
 
     /// Consumes into the next cycle while `commit` (the previous cycle's
     /// transaction) runs, so consumption does not stall on the broker's
-    /// round trips. Up to `pipeline.max_cycle_records`. A record that
+    /// round trips. Up to `pipeline.max_cycle_records`, and only once the
+    /// offsets are in the transaction: a poll can complete a rebalance,
+    /// and the group generation the offsets carry must still be current
+    /// when they are sent. A record that
     /// arrives with a rebalance pending is held until the commit is done
     /// (a revocation aborts the open transaction, which must not happen
     /// mid-commit) and returned; so is an error of the record handling.
@@ -618,6 +622,7 @@ impl Pipeline {
         &mut self,
         consumer: &'c StreamConsumer<PipelineContext>,
         commit: impl std::future::Future<Output = Result<(), TxnError>>,
+        mut offsets_sent: tokio::sync::oneshot::Receiver<()>,
     ) -> (
         Result<(), TxnError>,
         Option<Result<rdkafka::message::BorrowedMessage<'c>, rdkafka::error::KafkaError>>,
@@ -625,12 +630,14 @@ impl Pipeline {
     ) {
         let cap = self.cfg.pipeline.max_cycle_records as u64;
         tokio::pin!(commit);
-        let (mut held, mut failed) = (None, None);
+        let (mut held, mut failed, mut sent) = (None, None, false);
         let done = loop {
             tokio::select! {
                 biased;
                 r = &mut commit => break r,
-                msg = consumer.recv(), if held.is_none() && failed.is_none() && self.cycle.records < cap => {
+                // Sent, or the commit failed before (it ends next).
+                _ = &mut offsets_sent, if !sent => sent = true,
+                msg = consumer.recv(), if sent && held.is_none() && failed.is_none() && self.cycle.records < cap => {
                     if self.consumer.context().pending.load(Ordering::Acquire) {
                         held = Some(msg);
                     } else if let Err(e) = self.on_message(msg).await {

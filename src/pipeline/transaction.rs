@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders, ToBytes};
-use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
@@ -127,8 +127,12 @@ impl Pipeline {
     /// retrying the commit while librdkafka calls it retriable. The future
     /// owns what it needs (offsets, group metadata, producer, watchdog), so
     /// the run loop can go on consuming into the next cycle while it runs.
+    /// `offsets_sent` hears when the offsets are in the transaction: only
+    /// then may the consumer be polled again (a poll can complete a
+    /// rebalance, and offsets sent with an old group generation fail).
     pub(super) fn commit_future(
         &self,
+        offsets_sent: tokio::sync::oneshot::Sender<()>,
     ) -> Result<impl std::future::Future<Output = Result<(), TxnError>> + use<>, TxnError> {
         let mut offsets = None;
         if !self.cycle.offsets.is_empty() {
@@ -155,6 +159,7 @@ impl Pipeline {
                     .map_err(TxnError::Fatal)?
                     .map_err(|e| classify("sending offsets to the transaction", e))?;
             }
+            let _ = offsets_sent.send(());
             let mut attempts = Retry::COMMIT.start();
             loop {
                 let p = producer.clone();
@@ -186,9 +191,17 @@ impl Pipeline {
             let mut attempts = Retry::ABORT.start();
             loop {
                 let producer = self.producer.clone();
+                // librdkafka's abort purges what is still queued or in flight
+                // and then waits for the application to serve those records'
+                // delivery reports; this producer has no polling thread, so
+                // purge and serve them first, then abort.
                 let aborted = self
                     .watchdog
-                    .call("abort_transaction", move |t| producer.abort_transaction(t))
+                    .call("abort_transaction", move |t| {
+                        producer.purge(PurgeConfig::default().queue().inflight());
+                        super::clients::drain(&producer, t)?;
+                        producer.abort_transaction(t)
+                    })
                     .await?;
                 match aborted.map_err(|e| classify("aborting a transaction", e)) {
                     Ok(()) => break,
