@@ -252,7 +252,12 @@ pub fn predict_with(
     explain: bool,
 ) -> candle_core::Result<Outputs> {
     let mut out = Outputs::default();
-    let idx: Vec<usize> = (0..set.len()).collect();
+    let mut idx: Vec<usize> = (0..set.len()).collect();
+    if pad_to.is_none() {
+        // Length order: a chunk pads to its longest row, so similar lengths
+        // together compute little padding. Rows go back in place below.
+        idx.sort_by_key(|&i| set.events_of(i));
+    }
     for chunk in idx.chunks(512) {
         let b = set.batch(chunk, pad_to);
         let h = net.forward(&b)?;
@@ -281,5 +286,32 @@ pub fn predict_with(
             .to_vec1::<f32>()?,
         );
     }
-    Ok(out)
+    Ok(if pad_to.is_none() {
+        in_set_order(out, &idx)
+    } else {
+        out
+    })
+}
+
+/// Outputs computed for rows `order[0], order[1], ...` back in set order
+/// (row `order[j]` at position `order[j]`).
+fn in_set_order(out: Outputs, order: &[usize]) -> Outputs {
+    let place = |v: Vec<f32>| -> Vec<f32> {
+        if v.is_empty() || order.is_empty() {
+            return v;
+        }
+        let width = v.len() / order.len();
+        let mut placed = vec![0f32; v.len()];
+        for (j, &i) in order.iter().enumerate() {
+            placed[i * width..(i + 1) * width].copy_from_slice(&v[j * width..(j + 1) * width]);
+        }
+        placed
+    };
+    Outputs {
+        segment_probs: place(out.segment_probs),
+        purchase_probability: place(out.purchase_probability),
+        churn_probability: place(out.churn_probability),
+        predicted_spend: place(out.predicted_spend),
+        segment_contributions: place(out.segment_contributions),
+    }
 }

@@ -240,3 +240,44 @@ fn the_learning_rate_warms_up_then_decays_to_a_floor() {
         "monotone after warm-up"
     );
 }
+
+/// Timing probe (not a check): seconds per training step of the default
+/// network on 128 examples, with 1 and 2 tensor threads.
+#[test]
+#[ignore]
+fn step_timing_probe() {
+    let config = Config::default();
+    let f = featurizer(&config).unwrap();
+    let (set, _) = examples::build(
+        history(600, 150),
+        &f,
+        config.state.limits().state,
+        LabelRules::from_config(&config.train),
+        Sampling::from_config(&config.train),
+        &mut |_| {},
+    )
+    .unwrap();
+    let net = Transformer::new(
+        Arch::new(f.spec(), &config.train, crate::model::Segment::COUNT),
+        7,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let idx: Vec<usize> = (0..128.min(set.len())).collect();
+    let b = set.batch(&idx, Some(24));
+    let weights = [1.0; crate::model::Segment::COUNT];
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let t = std::time::Instant::now();
+            for _ in 0..40 {
+                let l = fit::loss(&net, &set, &idx, &b, &weights, 1.0, &Device::Cpu, None).unwrap();
+                let _ = l.backward().unwrap();
+            }
+            eprintln!("threads {threads}: {:.2} ms per step", t.elapsed().as_secs_f64() * 25.0);
+        });
+    }
+}
