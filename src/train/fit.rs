@@ -19,7 +19,7 @@ const SPEND_LOSS_WEIGHT: f64 = 4.0;
 
 /// Most validation examples the per-epoch early-stopping loss is computed
 /// on (an evenly spread sample; the final metrics use every one).
-const EARLY_STOP_SAMPLE: usize = 10_000;
+const EARLY_STOP_SAMPLE: usize = 4_096;
 
 /// Optimizer steps of linear warm-up.
 const WARMUP_STEPS: usize = 50;

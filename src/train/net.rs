@@ -468,8 +468,16 @@ impl Transformer {
             x_text = x_text.index_add(&Tensor::from_vec(tok_rows, p, dev)?, &gathered, 0)?;
         }
         let x = ((((x_kind + x_cat)? + x_num)? + x_time)? + x_text)?;
-        let pos = self.w("pos_emb")?.narrow(0, 0, len)?;
-        let mut x = self.dropout(x.reshape((rows, len, d))?.broadcast_add(&pos)?, &mut drop)?;
+        // The position embedding added to every row, as an outer product
+        // with a ones column (its gradient is then a matrix product too,
+        // see `affine_rows`).
+        let pos = self
+            .w("pos_emb")?
+            .narrow(0, 0, len)?
+            .reshape((1, len * d))?;
+        let pos = Tensor::ones((rows, 1), DTYPE, dev)?.matmul(&pos)?;
+        let x = (x.reshape((rows, len * d))? + pos)?.reshape((rows, len, d))?;
+        let mut x = self.dropout(x, &mut drop)?;
 
         let mask = Tensor::from_slice(&batch.mask, (rows, len), dev)?;
         let bias = mask
