@@ -232,6 +232,20 @@ pub fn drain<C: ProducerContext>(
     Ok(())
 }
 
+/// Aborts the open transaction. librdkafka's abort purges what is still
+/// queued or in flight and then waits for the application to serve those
+/// records' delivery reports; this producer has no polling thread, so
+/// purge and serve them first, then abort (otherwise the abort fails while
+/// any record is in flight).
+pub fn abort<C: ProducerContext>(
+    producer: &BaseProducer<C>,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    drain(producer, timeout)?;
+    producer.abort_transaction(timeout)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

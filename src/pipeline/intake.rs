@@ -3,18 +3,20 @@
 //! partition (pausing a partition that runs ahead), then apply what the
 //! merge releases to the partition's store, or to the dead letters.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
+use super::clients::PipelineContext;
 use super::cycle::{RiskChange, Why};
-use super::{Pipeline, PipelineError};
+use super::{Pipeline, PipelineError, TxnError};
 use crate::decide::risk;
 use crate::event::{Reason, Rejection};
 use crate::ingest::align::Backlog;
@@ -389,5 +391,45 @@ impl Pipeline {
         self.cycle.offsets.insert((topic, partition), offset + 1);
         self.cycle.records += 1;
         Ok(())
+    }
+
+    /// Consumes into the next cycle while `commit` (the previous cycle's
+    /// transaction) runs, so consumption does not stall on the broker's
+    /// round trips. Up to `pipeline.max_cycle_records`, and only once the
+    /// offsets are in the transaction: a poll can complete a rebalance,
+    /// and the group generation the offsets carry must still be current
+    /// when they are sent. A record that
+    /// arrives with a rebalance pending is held until the commit is done
+    /// (a revocation aborts the open transaction, which must not happen
+    /// mid-commit) and returned; so is an error of the record handling.
+    pub(super) async fn consume_while<'c>(
+        &mut self,
+        consumer: &'c StreamConsumer<PipelineContext>,
+        commit: impl std::future::Future<Output = Result<(), TxnError>>,
+        mut offsets_sent: tokio::sync::oneshot::Receiver<()>,
+    ) -> (
+        Result<(), TxnError>,
+        Option<Result<rdkafka::message::BorrowedMessage<'c>, rdkafka::error::KafkaError>>,
+        Option<PipelineError>,
+    ) {
+        let cap = self.cfg.pipeline.max_cycle_records as u64;
+        tokio::pin!(commit);
+        let (mut held, mut failed, mut sent) = (None, None, false);
+        let done = loop {
+            tokio::select! {
+                biased;
+                r = &mut commit => break r,
+                // Sent, or the commit failed before (it ends next).
+                _ = &mut offsets_sent, if !sent => sent = true,
+                msg = consumer.recv(), if sent && held.is_none() && failed.is_none() && self.cycle.records < cap => {
+                    if self.consumer.context().pending.load(Ordering::Acquire) {
+                        held = Some(msg);
+                    } else if let Err(e) = self.on_message(msg).await {
+                        failed = Some(e);
+                    }
+                }
+            }
+        };
+        (done, held, failed)
     }
 }

@@ -403,7 +403,7 @@ async fn stream_thread(
         if p.cycle.open {
             let producer = p.producer.clone();
             match watchdog
-                .call("abort_transaction", move |t| producer.abort_transaction(t))
+                .call("abort_transaction", move |t| clients::abort(&producer, t))
                 .await
             {
                 Ok(Ok(())) => {}
@@ -550,11 +550,8 @@ impl Pipeline {
         self.begin().await?;
         let started = Instant::now();
         let (offsets_sent, sent) = tokio::sync::oneshot::channel();
-        let commit = match self.produce_cycle().await {
-            Ok(()) => self.commit_future(offsets_sent),
-            Err(e) => Err(e),
-        };
-        let commit = match commit {
+        let produced = self.produce_cycle().await;
+        let commit = match produced.and_then(|()| self.commit_future(offsets_sent)) {
             Ok(c) => c,
             Err(e) => return self.after_failed_cycle(e).await,
         };
@@ -607,46 +604,6 @@ impl Pipeline {
             self.on_message(msg).await?;
         }
         Ok(())
-    }
-
-    /// Consumes into the next cycle while `commit` (the previous cycle's
-    /// transaction) runs, so consumption does not stall on the broker's
-    /// round trips. Up to `pipeline.max_cycle_records`, and only once the
-    /// offsets are in the transaction: a poll can complete a rebalance,
-    /// and the group generation the offsets carry must still be current
-    /// when they are sent. A record that
-    /// arrives with a rebalance pending is held until the commit is done
-    /// (a revocation aborts the open transaction, which must not happen
-    /// mid-commit) and returned; so is an error of the record handling.
-    async fn consume_while<'c>(
-        &mut self,
-        consumer: &'c StreamConsumer<PipelineContext>,
-        commit: impl std::future::Future<Output = Result<(), TxnError>>,
-        mut offsets_sent: tokio::sync::oneshot::Receiver<()>,
-    ) -> (
-        Result<(), TxnError>,
-        Option<Result<rdkafka::message::BorrowedMessage<'c>, rdkafka::error::KafkaError>>,
-        Option<PipelineError>,
-    ) {
-        let cap = self.cfg.pipeline.max_cycle_records as u64;
-        tokio::pin!(commit);
-        let (mut held, mut failed, mut sent) = (None, None, false);
-        let done = loop {
-            tokio::select! {
-                biased;
-                r = &mut commit => break r,
-                // Sent, or the commit failed before (it ends next).
-                _ = &mut offsets_sent, if !sent => sent = true,
-                msg = consumer.recv(), if sent && held.is_none() && failed.is_none() && self.cycle.records < cap => {
-                    if self.consumer.context().pending.load(Ordering::Acquire) {
-                        held = Some(msg);
-                    } else if let Err(e) = self.on_message(msg).await {
-                        failed = Some(e);
-                    }
-                }
-            }
-        };
-        (done, held, failed)
     }
 
     /// Input lag of partition `p` (the largest over the input topics), from

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders, ToBytes};
-use rdkafka::producer::{BaseRecord, Producer, PurgeConfig};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
@@ -191,16 +191,10 @@ impl Pipeline {
             let mut attempts = Retry::ABORT.start();
             loop {
                 let producer = self.producer.clone();
-                // librdkafka's abort purges what is still queued or in flight
-                // and then waits for the application to serve those records'
-                // delivery reports; this producer has no polling thread, so
-                // purge and serve them first, then abort.
                 let aborted = self
                     .watchdog
                     .call("abort_transaction", move |t| {
-                        producer.purge(PurgeConfig::default().queue().inflight());
-                        super::clients::drain(&producer, t)?;
-                        producer.abort_transaction(t)
+                        super::clients::abort(&producer, t)
                     })
                     .await?;
                 match aborted.map_err(|e| classify("aborting a transaction", e)) {

@@ -440,15 +440,15 @@ struct RawRecord {
     value: Option<Box<[u8]>>,
 }
 
-/// Polls until every partition in `reading` reached its end, sending
-/// records in batches.
+/// Polls until every partition in `reading` reached its end, handing
+/// records in batches to `hand_off` (false: the installer is gone).
 fn read_batches(
     consumer: &BaseConsumer<RestoreContext>,
     topic: &str,
     reading: &mut BTreeSet<i32>,
     started: Instant,
     timeout: Duration,
-    tx: &mut dyn FnMut(RawBatch) -> bool,
+    hand_off: &mut dyn FnMut(RawBatch) -> bool,
     first_record: &mut Option<Instant>,
 ) -> Result<(), ChangelogError> {
     let mut batch = RawBatch::with_capacity(BATCH);
@@ -483,14 +483,14 @@ fn read_batches(
                 if batch.len() >= BATCH {
                     check_deadline = true;
                     let full = std::mem::replace(&mut batch, RawBatch::with_capacity(BATCH));
-                    if !tx(full) {
+                    if !hand_off(full) {
                         return Err(ChangelogError::Decoder);
                     }
                 }
             }
         }
     }
-    if !batch.is_empty() && !tx(batch) {
+    if !batch.is_empty() && !hand_off(batch) {
         return Err(ChangelogError::Decoder);
     }
     Ok(())

@@ -374,18 +374,7 @@ impl Transformer {
     /// that it is one large matrix product (a broadcast batched product of
     /// small ones is several times slower on CPU, forward and backward).
     fn linear(&self, x: &Tensor, w: &str, b: &str) -> CResult<Tensor> {
-        let w = self.w(w)?;
-        let dims = x.dims().to_vec();
-        let (rows, inner) = (
-            dims[..dims.len() - 1].iter().product::<usize>(),
-            dims[dims.len() - 1],
-        );
-        let y = affine_rows(&x.reshape((rows, inner))?, w, self.w(b)?)?;
-        let mut out = dims;
-        if let Some(last) = out.last_mut() {
-            *last = w.dim(1)?;
-        }
-        y.reshape(out)
+        affine_rows(x, self.w(w)?, self.w(b)?)
     }
 
     fn layer_norm(&self, x: &Tensor, g: &str, b: &str) -> CResult<Tensor> {
@@ -397,9 +386,7 @@ impl Transformer {
         let (g, b) = (self.w(g)?, self.w(b)?);
         let d = g.dim(0)?;
         let diag = Tensor::eye(d, DTYPE, &self.device)?.broadcast_mul(&g.reshape((1, d))?)?;
-        let dims = normed.dims().to_vec();
-        let rows = dims[..dims.len() - 1].iter().product::<usize>();
-        affine_rows(&normed.reshape((rows, d))?, &diag, b)?.reshape(dims)
+        affine_rows(&normed, &diag, b)
     }
 
     /// The network on a padded batch (`batch.len` events per row, at most N).
@@ -629,16 +616,21 @@ pub fn sigmoid(z: &Tensor) -> CResult<Tensor> {
 /// The DType all parameters use.
 pub const DTYPE: DType = DType::F32;
 
-/// `x · w + b` for a matrix `x` (rows × inner), computed as
-/// `[x, 1] · [w; b]`: the same values, but the bias's gradient comes out of
-/// the one matrix product instead of a sum over every row of a broadcast
-/// (the tensor library reduces across rows slowly on CPU; with bias and
-/// layer-norm terms in every layer that reduction was about a sixth of a
-/// training step).
+/// `x · w + b` over the last axis of `x`, leading axes flattened first so
+/// that it is one large matrix product, computed as `[x, 1] · [w; b]`: the
+/// same values, but the bias's gradient comes out of the one product
+/// instead of a sum over every row of a broadcast (the tensor library
+/// reduces across rows slowly on CPU; with bias and layer-norm terms in
+/// every layer that reduction was about a sixth of a training step).
 fn affine_rows(x: &Tensor, w: &Tensor, b: &Tensor) -> CResult<Tensor> {
-    let rows = x.dim(0)?;
+    let mut dims = x.dims().to_vec();
+    let inner = dims.last().copied().unwrap_or(1);
+    let rows = x.elem_count() / inner.max(1);
     let ones = Tensor::ones((rows, 1), x.dtype(), x.device())?;
-    let x1 = Tensor::cat(&[x, &ones], 1)?;
+    let x1 = Tensor::cat(&[&x.reshape((rows, inner))?, &ones], 1)?;
     let w1 = Tensor::cat(&[w, &b.reshape((1, b.elem_count()))?], 0)?;
-    x1.matmul(&w1)
+    if let Some(last) = dims.last_mut() {
+        *last = w.dim(1)?;
+    }
+    x1.matmul(&w1)?.reshape(dims)
 }
