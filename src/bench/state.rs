@@ -89,7 +89,17 @@ pub async fn state(
         for e in &events {
             state.record(e, limits.state);
         }
-        state.decision = decision.clone();
+        // Decided at the customer's latest event and reviewed
+        // `state.review_after` later, as the pipeline schedules it: the
+        // times the restore indexes differ from customer to customer.
+        let last = state.last_event_ms;
+        state.decision = Decision {
+            decided_at_ms: last,
+            since_ms: last,
+            as_of_ms: last,
+            next_review_ms: last.saturating_add(limits.review_after_ms),
+            ..decision.clone()
+        };
         state.shrink();
         offered += n;
         store.restore(customer, state);

@@ -278,24 +278,24 @@ pub fn restore_partitions(
             .map_err(kafka("assigning the changelog partitions"))?;
     }
     // Values stay encoded (decoded at a customer's first use), so what is
-    // left per record is a copy and an insert. On a machine with cores to
-    // spare, this thread polls and hands batches to an installer thread; on
-    // a small one that third busy thread (next to this one and librdkafka's
-    // fetcher, which decompresses) only takes CPU from the other two, so
-    // this thread installs as it reads (measured on 2 cores: restore / raw
-    // 0.85-0.89 against 0.83-0.84 with the installer thread).
+    // left per record is a check, a copy and an insert. On a machine with
+    // cores to spare, this thread polls and hands batches to an installer
+    // thread; on a small one that third busy thread (next to this one and
+    // librdkafka's fetcher, which decompresses) only takes CPU from the
+    // other two, so this thread installs each record as it reads it: the
+    // value is checked while it is still in cache and copied once.
     let mut first_record: Option<Instant> = None;
     let spare_cores = std::thread::available_parallelism().map_or(1, usize::from) >= 4;
     let outcome = if !spare_cores {
         let mut installer = Installer::new(topic, stores, &expected, &mut stats, &records_counter);
-        read_batches(
+        read_records(
             &consumer,
             topic,
             &mut reading,
             started,
             timeout,
-            &mut |b| {
-                installer.take(b);
+            &mut |partition, offset, key, value| {
+                installer.take(partition, offset, key_of(key), value);
                 true
             },
             &mut first_record,
@@ -309,15 +309,33 @@ pub fn restore_partitions(
                     install(rx, topic, stores, &expected, &mut stats, &records_counter)
                 })
                 .map_err(|e| ChangelogError::Thread(e.to_string()))?;
-            let read = read_batches(
+            let mut batch = RawBatch::with_capacity(BATCH);
+            let mut read = read_records(
                 &consumer,
                 topic,
                 &mut reading,
                 started,
                 timeout,
-                &mut |b| tx.send(b).is_ok(),
+                &mut |partition, offset, key, value| {
+                    batch.push(RawRecord {
+                        partition,
+                        offset,
+                        key: key_of(key),
+                        value: value.map(Box::from),
+                    });
+                    batch.len() < BATCH
+                        || tx
+                            .send(std::mem::replace(
+                                &mut batch,
+                                RawBatch::with_capacity(BATCH),
+                            ))
+                            .is_ok()
+                },
                 &mut first_record,
             );
+            if read.is_ok() && !batch.is_empty() && tx.send(batch).is_err() {
+                read = Err(ChangelogError::Decoder);
+            }
             drop(tx);
             let installed = decoder.join();
             read.and(installed.map_err(|_| ChangelogError::Decoder))
@@ -424,7 +442,8 @@ fn stable_ends(
 /// map grows as usual.
 const MAX_RESERVED_CUSTOMERS: usize = 1 << 18;
 
-/// Records per batch (a hand-off to the installer thread, when there is one).
+/// Records per batch handed to the installer thread (when there is one),
+/// and between two deadline checks.
 const BATCH: usize = 1024;
 
 /// Changelog records as read, copied once into what the store keeps (the
@@ -440,22 +459,37 @@ struct RawRecord {
     value: Option<Box<[u8]>>,
 }
 
-/// Polls until every partition in `reading` reached its end, handing
-/// records in batches to `hand_off` (false: the installer is gone).
-fn read_batches(
+/// A record's key as the store keeps it. segstream always keys its
+/// records; a keyless one is refused when installed (its key reads as
+/// empty).
+fn key_of(key: Option<&[u8]>) -> std::sync::Arc<str> {
+    match std::str::from_utf8(key.unwrap_or_default()) {
+        Ok(k) => k.into(),
+        Err(_) => String::from_utf8_lossy(key.unwrap_or_default()).into(),
+    }
+}
+
+/// What [`read_records`] hands on per record: partition, offset, key and
+/// value (`None`: a tombstone), the last two borrowed from the client;
+/// `false` stops the read (the installer is gone).
+type OnRecord<'a> = dyn FnMut(i32, i64, Option<&[u8]>, Option<&[u8]>) -> bool + 'a;
+
+/// Polls until every partition in `reading` reached its end, handing each
+/// record to `on_record`.
+fn read_records(
     consumer: &BaseConsumer<RestoreContext>,
     topic: &str,
     reading: &mut BTreeSet<i32>,
     started: Instant,
     timeout: Duration,
-    hand_off: &mut dyn FnMut(RawBatch) -> bool,
+    on_record: &mut OnRecord<'_>,
     first_record: &mut Option<Instant>,
 ) -> Result<(), ChangelogError> {
-    let mut batch = RawBatch::with_capacity(BATCH);
     // The deadline is checked when the poll comes back empty and once per
-    // batch, not per record: reading the clock per record costs the reader
-    // several per cent of its time.
+    // BATCH records, not per record: reading the clock per record costs
+    // the reader several per cent of its time.
     let mut check_deadline = true;
+    let mut since_check = 0usize;
     while !reading.is_empty() {
         if std::mem::take(&mut check_deadline) && started.elapsed() > timeout {
             return Err(ChangelogError::Timeout {
@@ -472,26 +506,16 @@ fn read_batches(
             Some(Err(e)) => return Err(kafka("reading the changelog")(e)),
             Some(Ok(msg)) => {
                 first_record.get_or_insert_with(Instant::now);
-                batch.push(RawRecord {
-                    partition: msg.partition(),
-                    offset: msg.offset(),
-                    // segstream always keys its records; a keyless one is
-                    // refused when installed (its key reads as empty).
-                    key: String::from_utf8_lossy(msg.key().unwrap_or_default()).into(),
-                    value: msg.payload().map(Box::from),
-                });
-                if batch.len() >= BATCH {
+                if !on_record(msg.partition(), msg.offset(), msg.key(), msg.payload()) {
+                    return Err(ChangelogError::Decoder);
+                }
+                since_check += 1;
+                if since_check >= BATCH {
+                    since_check = 0;
                     check_deadline = true;
-                    let full = std::mem::replace(&mut batch, RawBatch::with_capacity(BATCH));
-                    if !hand_off(full) {
-                        return Err(ChangelogError::Decoder);
-                    }
                 }
             }
         }
-    }
-    if !batch.is_empty() && !hand_off(batch) {
-        return Err(ChangelogError::Decoder);
     }
     Ok(())
 }
@@ -508,7 +532,9 @@ fn install(
 ) {
     let mut installer = Installer::new(topic, stores, expected, stats, records_counter);
     for batch in rx {
-        installer.take(batch);
+        for r in batch {
+            installer.take(r.partition, r.offset, r.key, r.value);
+        }
     }
 }
 
@@ -517,6 +543,9 @@ struct Installer<'a> {
     topic: &'a str,
     targets: BTreeMap<i32, (BulkRestore<'a>, &'a mut RestoreStats)>,
     records_counter: &'a prometheus::IntCounter,
+    /// Records taken and not yet added to `records_counter` (it is added
+    /// to in batches, not per record).
+    uncounted: u64,
 }
 
 impl<'a> Installer<'a> {
@@ -540,48 +569,56 @@ impl<'a> Installer<'a> {
             topic,
             targets,
             records_counter,
+            uncounted: 0,
         }
     }
 
-    fn take(&mut self, batch: RawBatch) {
+    /// Installs one record: a state kept encoded (checked here, decoded
+    /// when the customer is first used), or a tombstone (`value` `None`).
+    fn take<V>(&mut self, partition: i32, offset: i64, key: std::sync::Arc<str>, value: Option<V>)
+    where
+        V: AsRef<[u8]> + Into<Box<[u8]>>,
+    {
         let topic = self.topic;
-        self.records_counter.inc_by(batch.len() as u64);
-        for r in batch {
-            let Some((store, st)) = self.targets.get_mut(&r.partition) else {
-                continue;
-            };
-            st.records += 1;
-            if r.key.is_empty() {
-                // Not a customer's record (segstream keys every one): it
-                // must not become the state of a customer with an empty id.
-                st.corrupt += 1;
-                error!(
-                    topic,
-                    partition = r.partition,
-                    offset = r.offset,
-                    "Skipped a changelog record without a key."
-                );
-                continue;
-            }
-            let Some(value) = r.value else {
-                st.tombstones += 1;
-                store.forget(&r.key);
-                continue;
-            };
-            st.bytes += value.len() as u64;
-            // Kept encoded: decoded when the customer is first used.
-            match store.put_encoded(r.key, value) {
-                Ok(()) => {}
-                Err(e) => {
-                    st.corrupt += 1;
-                    error!(
-                        topic, partition = r.partition, offset = r.offset, error = %e,
-                        "Skipped a changelog record that could not be decoded; \
-                         that customer's state restarts empty."
-                    );
-                }
-            }
+        self.uncounted += 1;
+        if self.uncounted >= BATCH as u64 {
+            self.records_counter
+                .inc_by(std::mem::take(&mut self.uncounted));
         }
+        let Some((store, st)) = self.targets.get_mut(&partition) else {
+            return;
+        };
+        st.records += 1;
+        if key.is_empty() {
+            // Not a customer's record (segstream keys every one): it must
+            // not become the state of a customer with an empty id.
+            st.corrupt += 1;
+            error!(
+                topic,
+                partition, offset, "Skipped a changelog record without a key."
+            );
+            return;
+        }
+        let Some(value) = value else {
+            st.tombstones += 1;
+            store.forget(&key);
+            return;
+        };
+        st.bytes += value.as_ref().len() as u64;
+        if let Err(e) = store.put_encoded(key, value) {
+            st.corrupt += 1;
+            error!(
+                topic, partition, offset, error = %e,
+                "Skipped a changelog record that could not be decoded; \
+                 that customer's state restarts empty."
+            );
+        }
+    }
+}
+
+impl Drop for Installer<'_> {
+    fn drop(&mut self) {
+        self.records_counter.inc_by(self.uncounted);
     }
 }
 

@@ -494,7 +494,7 @@ fn a_bulk_restore_equals_restoring_one_by_one() {
                 Some(v) => {
                     one_by_one.restore(r.key.clone(), decode(v).unwrap());
                     b.put(r.key.clone(), decode(v).unwrap());
-                    e.put_encoded(r.key.clone(), v.clone().into()).unwrap();
+                    e.put_encoded(r.key.clone(), v.clone()).unwrap();
                 }
                 None => {
                     one_by_one.forget(&r.key);
@@ -581,7 +581,7 @@ fn a_bulk_restore_of_many_runs_orders_its_indexes_like_one_by_one() {
             match &r.value {
                 Some(v) => {
                     one_by_one.restore(r.key.clone(), decode(v).unwrap());
-                    e.put_encoded(r.key.clone(), v.clone().into()).unwrap();
+                    e.put_encoded(r.key.clone(), v.clone()).unwrap();
                 }
                 None => {
                     one_by_one.forget(&r.key);
@@ -618,11 +618,11 @@ fn a_restored_value_that_does_not_decode_starts_the_customer_over() {
     let mut store = PartitionStore::new(store_limits());
     {
         let mut b = store.bulk_restore(3);
-        b.put_encoded("c", corrupt.clone().into()).unwrap();
-        b.put_encoded("d", corrupt.into()).unwrap();
+        b.put_encoded("c", corrupt.clone()).unwrap();
+        b.put_encoded("d", corrupt).unwrap();
         // A layout this build does not know is refused at restore.
         assert_eq!(
-            b.put_encoded("f", future.into()),
+            b.put_encoded("f", future),
             Err(CodecError::Version(FORMAT_VERSION + 1))
         );
     }
