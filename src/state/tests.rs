@@ -306,11 +306,44 @@ proptest! {
             risk_flags: 0b101,
         };
         let bytes = encode(&s);
+        // Byte for byte what prost writes for the same record.
+        prop_assert_eq!(&bytes, &super::codec::encode_with_prost(&s));
         prop_assert_eq!(
             super::codec::peek(&bytes),
             Ok(super::codec::Peek { last_event_ms: s.last_event_ms, next_review_ms: review_ms })
         );
         prop_assert_eq!(decode(&bytes).unwrap(), s);
+    }
+
+    #[test]
+    fn codec_writes_what_prost_writes_for_any_decision(
+        evs in events("c", 100 * 86_400_000, 20),
+        times in proptest::collection::vec(prop_oneof![Just(0i64), Just(-1i64), any::<i64>()], 4),
+        floats in proptest::collection::vec(prop_oneof![Just(0f32), Just(-0f32), any::<f32>()], 3),
+        scores in proptest::collection::vec(any::<f32>(), 0..6),
+        segment in prop_oneof![Just(String::new()), "[a-z_]{1,12}"],
+        flags in any::<u8>(),
+        duplicates in any::<u64>(),
+    ) {
+        // Empty histories, zero and negative times, -0.0 and NaN: every
+        // proto3 default rule prost applies.
+        let mut s = if evs.len() % 3 == 0 { CustomerState::default() } else { state_of(&evs, StateLimits::default()) };
+        s.duplicates = duplicates;
+        s.first_seen_ms = times[3];
+        s.decision = Decision {
+            segment: segment.clone(),
+            scores,
+            model_version: segment,
+            decided_at_ms: times[0],
+            next_review_ms: times[1],
+            since_ms: times[2],
+            purchase_probability: floats[0],
+            churn_probability: floats[1],
+            predicted_spend: floats[2],
+            as_of_ms: times[3],
+            risk_flags: flags,
+        };
+        prop_assert_eq!(encode(&s), super::codec::encode_with_prost(&s));
     }
 
     #[test]
