@@ -256,10 +256,18 @@ impl Pipeline {
         let encoding = |e: String| TxnError::Fatal(PipelineError::Encode(e));
         let out = &self.cfg.output;
         let mut records = Vec::with_capacity(decided.changes.len() * 2);
-        for (p, c) in &decided.changes {
-            let lag = self.partition_lag(*p);
+        // Each partition's lag once per cycle, not once per record.
+        let lags: BTreeMap<i32, i64> = (self.stores.keys())
+            .map(|&p| (p, self.partition_lag(p)))
+            .collect();
+        let lag_of = |p: i32| {
+            lags.get(&p)
+                .copied()
+                .unwrap_or_else(|| self.partition_lag(p))
+        };
+        for (p, c) in decided.changes {
+            let lag = lag_of(p);
             let live = output::is_live(out, c.trigger, c.as_of_ms, c.decided_at_ms, lag);
-            records.extend(output::for_change(out, *p, c, live).map_err(encoding)?);
             let from = if c.previous_segment.is_empty() {
                 "none"
             } else {
@@ -269,9 +277,10 @@ impl Pipeline {
                 .segment_changes
                 .with_label_values(&[from, &c.segment, decide::trigger_name(c.trigger)])
                 .inc();
+            records.extend(output::for_change(out, p, c, live).map_err(encoding)?);
         }
         for r in &decided.risk {
-            let lag = self.partition_lag(r.partition);
+            let lag = lag_of(r.partition);
             let event = Trigger::Event as i32;
             let live = output::is_live(out, event, r.as_of_ms, r.decided_at_ms, lag);
             records.push(
@@ -297,7 +306,7 @@ impl Pipeline {
         let decided_at = ingest::now_ms();
         let partitions: Vec<i32> = self.stores.keys().copied().collect();
         for p in partitions {
-            let lag = self.partition_lag(p);
+            let lag = lags.get(&p).copied().unwrap_or(0);
             let Some(store) = self.stores.get_mut(&p) else {
                 continue;
             };

@@ -79,36 +79,35 @@ fn headers(c: &SegmentChange) -> Vec<(&'static str, String)> {
 pub fn for_change(
     out: &OutputConfig,
     partition: i32,
-    c: &SegmentChange,
+    mut entered: SegmentChange,
     live: bool,
 ) -> Result<Vec<OutRecord>, String> {
-    let mut entered = c.clone();
     entered.membership = Membership::Entered as i32;
     entered.live = live;
     let value = encode(&entered, out.format)?;
+    let headers = headers(&entered);
     let mut records = Vec::with_capacity(3);
     if per_segment(out)
-        && !c.previous_segment.is_empty()
-        && out.topic_for(&c.previous_segment) != out.topic_for(&c.segment)
+        && !entered.previous_segment.is_empty()
+        && out.topic_for(&entered.previous_segment) != out.topic_for(&entered.segment)
     {
-        records.push(exit_record(out, &c.previous_segment, &entered)?);
+        records.push(exit_record(out, &entered.previous_segment, &entered)?);
     }
-    records.push(OutRecord {
-        topic: out.topic_for(&c.segment),
-        partition: None,
-        key: c.customer_id.clone(),
+    let current = (!out.current_topic.is_empty()).then(|| OutRecord {
+        topic: out.current_topic.clone(),
+        partition: Some(partition),
+        key: entered.customer_id.clone(),
         value: Some(value.clone()),
-        headers: headers(&entered),
+        headers: headers.clone(),
     });
-    if !out.current_topic.is_empty() {
-        records.push(OutRecord {
-            topic: out.current_topic.clone(),
-            partition: Some(partition),
-            key: c.customer_id.clone(),
-            value: Some(value),
-            headers: headers(&entered),
-        });
-    }
+    records.push(OutRecord {
+        topic: out.topic_for(&entered.segment),
+        partition: None,
+        key: entered.customer_id,
+        value: Some(value),
+        headers,
+    });
+    records.extend(current);
     Ok(records)
 }
 
@@ -270,7 +269,7 @@ mod tests {
     #[test]
     fn a_move_exits_the_old_topic_enters_the_new_and_updates_current() {
         let out = per_segment_out(ExitRecords::Record);
-        let r = for_change(&out, 2, &change("c1", "a", "b"), true).unwrap();
+        let r = for_change(&out, 2, change("c1", "a", "b"), true).unwrap();
         let topics: Vec<&str> = r.iter().map(|r| r.topic.as_str()).collect();
         assert_eq!(topics, ["seg.a", "seg.b", "customer-segments.current"]);
         let exit = SegmentChange::decode(r[0].value.as_deref().unwrap()).unwrap();
@@ -293,18 +292,18 @@ mod tests {
     #[test]
     fn tombstone_exits_and_single_topic_moves() {
         let out = per_segment_out(ExitRecords::Tombstone);
-        let r = for_change(&out, 0, &change("c1", "a", "b"), false).unwrap();
+        let r = for_change(&out, 0, change("c1", "a", "b"), false).unwrap();
         assert_eq!(r[0].topic, "seg.a");
         assert_eq!(r[0].value, None);
         // A first classification exits nothing.
-        let r = for_change(&out, 0, &change("c1", "", "b"), false).unwrap();
+        let r = for_change(&out, 0, change("c1", "", "b"), false).unwrap();
         assert_eq!(r.len(), 2);
         // One topic for all segments: a move is one record (plus current).
         let single = OutputConfig {
             current_topic: String::new(),
             ..OutputConfig::default()
         };
-        let r = for_change(&single, 0, &change("c1", "a", "b"), false).unwrap();
+        let r = for_change(&single, 0, change("c1", "a", "b"), false).unwrap();
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].topic, "customer-segments");
     }
@@ -350,7 +349,7 @@ mod tests {
                         continue;
                     }
                     truth.insert(id.clone(), to.to_string());
-                    for_change(&out, 0, &change(&id, &from, to), true).unwrap()
+                    for_change(&out, 0, change(&id, &from, to), true).unwrap()
                 };
                 for r in records {
                     topics.entry(r.topic.clone()).or_default().push(r);
