@@ -149,7 +149,11 @@ pub async fn score(
     for &b in batches {
         let refs: Vec<&CustomerState> = states.iter().take(b).collect();
         let batch = featurizer.featurize(&refs, as_of)?;
-        let inputs = GoldenInputs::from_batch(&batch)?;
+        // What the scorer runs the model on: for a model with a dynamic
+        // event dimension, the events of the batch's longest history.
+        let mut trimmed = None;
+        let model = scorer.current();
+        let inputs = GoldenInputs::from_views(b, &model.inputs(&batch, &mut trimmed)?);
         let spec = featurizer.spec().clone();
         // Warm up both paths once.
         run_session(&mut raw_session, &inputs, &spec, segments.len())?;

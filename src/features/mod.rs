@@ -549,6 +549,92 @@ pub struct TensorView<'a> {
     pub data: TensorData<'a>,
 }
 
+/// An event input cut to fewer events than the batch holds (see
+/// [`trim_events`]): the values it owns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OwnedData {
+    /// int64 values.
+    I64(Vec<i64>),
+    /// float32 values.
+    F32(Vec<f32>),
+}
+
+/// One input tensor with its own values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwnedTensor {
+    /// Shape, batch first.
+    pub shape: Vec<i64>,
+    /// The values.
+    pub data: OwnedData,
+}
+
+impl OwnedTensor {
+    /// A view of it under `name`.
+    pub fn view<'a>(&'a self, name: &'a str) -> TensorView<'a> {
+        TensorView {
+            name,
+            shape: self.shape.clone(),
+            data: match &self.data {
+                OwnedData::I64(v) => TensorData::I64(v),
+                OwnedData::F32(v) => TensorData::F32(v),
+            },
+        }
+    }
+}
+
+/// The event inputs of `views` (from [`tensors`]) cut to the events of the
+/// batch's longest history, for a model whose event dimension is dynamic:
+/// events are newest first with padding after them, so the rows keep every
+/// real event and lose only padding, which the model masks out anyway.
+/// Aligned with `views` (`None` for an input left as it is); `None` when
+/// there is nothing to cut (the longest history fills the event
+/// dimension). At least one event is kept (an empty history: one masked
+/// event).
+pub fn trim_events(views: &[TensorView<'_>]) -> Option<Vec<Option<OwnedTensor>>> {
+    let mask = views.iter().find(|v| v.name == "event_mask")?;
+    let (TensorData::F32(mask_values), [rows, n]) = (mask.data, mask.shape.as_slice()) else {
+        return None;
+    };
+    let (rows, n) = (usize::try_from(*rows).ok()?, usize::try_from(*n).ok()?);
+    if rows == 0 || n == 0 {
+        return None;
+    }
+    let longest = mask_values
+        .chunks_exact(n)
+        .map(|row| row.iter().rposition(|m| *m != 0.0).map_or(0, |j| j + 1))
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    if longest >= n {
+        return None;
+    }
+    fn cut<T: Copy>(data: &[T], n: usize, longest: usize, inner: usize) -> Vec<T> {
+        let mut out = Vec::with_capacity(data.len() / n.max(1) * longest);
+        for row in data.chunks_exact(n * inner) {
+            out.extend_from_slice(&row[..longest * inner]);
+        }
+        out
+    }
+    Some(
+        views
+            .iter()
+            .map(|v| {
+                if !v.name.starts_with("event_") || v.shape.len() < 2 || v.shape[1] as usize != n {
+                    return None;
+                }
+                let inner = v.shape[2..].iter().product::<i64>() as usize;
+                let mut shape = v.shape.clone();
+                shape[1] = longest as i64;
+                let data = match v.data {
+                    TensorData::I64(d) => OwnedData::I64(cut(d, n, longest, inner)),
+                    TensorData::F32(d) => OwnedData::F32(cut(d, n, longest, inner)),
+                };
+                Some(OwnedTensor { shape, data })
+            })
+            .collect(),
+    )
+}
+
 /// The model inputs of a feature batch, in [`INPUT_NAMES`] order.
 pub fn tensors(batch: &RecordBatch) -> Result<Vec<TensorView<'_>>, FeatureError> {
     let rows = batch.num_rows() as i64;

@@ -223,3 +223,62 @@ fn every_customer_feature_has_one_distinct_name() {
     assert_eq!(names[2], "purchases_1d");
     assert_eq!(names[super::CUSTOMER_DIM - 1], "purchase_gap_irregularity");
 }
+
+#[test]
+fn trimming_keeps_every_real_event_and_drops_only_padding() {
+    let two = state(&[
+        ev("a", "1", T0, view("shoes", 100, 5_000)),
+        ev("a", "2", T0 + 60_000, rate("shoes", 4, "great fit")),
+    ]);
+    let one = state(&[ev("b", "1", T0, buy("socks", 2_500))]);
+    let empty = CustomerState::default();
+    let batch = featurizer()
+        .featurize(&[&two, &one, &empty], T0 + 180_000)
+        .unwrap();
+    let t = tensors(&batch).unwrap();
+    let cut = trim_events(&t).expect("two of four event slots are padding everywhere");
+    assert_eq!(cut.len(), t.len());
+    for (v, c) in t.iter().zip(&cut) {
+        let Some(c) = c else {
+            assert_eq!(v.name, "customer_features", "only the event inputs are cut");
+            continue;
+        };
+        let w = c.view(v.name);
+        assert_eq!(w.shape[..2], [3, 2], "{}", v.name);
+        assert_eq!(w.shape[2..], v.shape[2..], "{}", v.name);
+        let inner: usize = v.shape[2..].iter().product::<i64>() as usize;
+        // Row r of the cut is the first two events of row r.
+        let (full, kept) = (4 * inner, 2 * inner);
+        match (v.data, w.data) {
+            (TensorData::I64(a), TensorData::I64(b)) => {
+                for r in 0..3 {
+                    assert_eq!(b[r * kept..(r + 1) * kept], a[r * full..r * full + kept]);
+                    assert!(a[r * full + kept..(r + 1) * full].iter().all(|x| *x == 0));
+                }
+            }
+            (TensorData::F32(a), TensorData::F32(b)) => {
+                for r in 0..3 {
+                    assert_eq!(b[r * kept..(r + 1) * kept], a[r * full..r * full + kept]);
+                    assert!(a[r * full + kept..(r + 1) * full].iter().all(|x| *x == 0.0));
+                }
+            }
+            _ => panic!("{}: element type changed", v.name),
+        }
+    }
+    // Nothing to cut when one history fills every slot; one masked event
+    // is kept for a batch of empty histories.
+    let full = state(&[
+        ev("c", "1", T0, view("shoes", 100, 5_000)),
+        ev("c", "2", T0 + 1_000, view("shoes", 100, 5_000)),
+        ev("c", "3", T0 + 2_000, view("shoes", 100, 5_000)),
+        ev("c", "4", T0 + 3_000, view("shoes", 100, 5_000)),
+    ]);
+    let batch = featurizer()
+        .featurize(&[&one, &full], T0 + 180_000)
+        .unwrap();
+    assert_eq!(trim_events(&tensors(&batch).unwrap()), None);
+    let batch = featurizer().featurize(&[&empty], T0 + 180_000).unwrap();
+    let t = tensors(&batch).unwrap();
+    let cut = trim_events(&t).unwrap();
+    assert_eq!(cut[0].as_ref().unwrap().shape, [1, 1]);
+}

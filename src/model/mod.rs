@@ -115,12 +115,21 @@ impl GoldenInputs {
     pub fn from_batch(
         batch: &arrow_array::RecordBatch,
     ) -> Result<Self, crate::features::FeatureError> {
-        use crate::features::{tensors, TensorData};
+        Ok(Self::from_views(
+            batch.num_rows(),
+            &crate::features::tensors(batch)?,
+        ))
+    }
+
+    /// Copies of input views (from [`crate::features::tensors`], possibly
+    /// cut by [`crate::features::trim_events`]).
+    pub fn from_views(rows: usize, views: &[crate::features::TensorView<'_>]) -> Self {
+        use crate::features::TensorData;
         let mut g = GoldenInputs {
-            batch: batch.num_rows(),
+            batch: rows,
             ..Default::default()
         };
-        for t in tensors(batch)? {
+        for t in views {
             match (t.name, t.data) {
                 ("event_kind", TensorData::I64(d)) => g.event_kind = d.to_vec(),
                 ("event_category", TensorData::I64(d)) => g.event_category = d.to_vec(),
@@ -131,7 +140,7 @@ impl GoldenInputs {
                 _ => {}
             }
         }
-        Ok(g)
+        g
     }
 
     /// As borrowed reference-model inputs.

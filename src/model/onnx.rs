@@ -117,30 +117,35 @@ impl GraphBuilder {
         name.to_string()
     }
 
-    /// Declares the six contract inputs for `spec` (batch dimension dynamic),
-    /// in contract order; returns their names.
+    /// Declares the six contract inputs for `spec` (batch dimension dynamic,
+    /// event dimension fixed at `spec.max_events`), in contract order;
+    /// returns their names.
     pub fn contract_inputs(&mut self, spec: &crate::features::FeatureSpec) -> [String; 6] {
-        let (n, e, t, f) = (
-            spec.max_events as i64,
+        self.contract_inputs_with(spec, Dim::Fixed(spec.max_events as i64))
+    }
+
+    /// [`GraphBuilder::contract_inputs`] with the event dimension given:
+    /// `Dim::Dynamic` declares a model that takes any number of events up
+    /// to `spec.max_events`, which the scorer then gives only as many as
+    /// the batch's longest history holds.
+    pub fn contract_inputs_with(
+        &mut self,
+        spec: &crate::features::FeatureSpec,
+        events: Dim,
+    ) -> [String; 6] {
+        let (e, t, f) = (
             crate::features::EVENT_NUMERIC_DIM as i64,
             spec.text_tokens as i64,
             crate::features::CUSTOMER_DIM as i64,
         );
         let b = || Dim::Dynamic("batch");
+        let n = || events.clone();
         [
-            self.input("event_kind", Elem::I64, &[b(), Dim::Fixed(n)]),
-            self.input("event_category", Elem::I64, &[b(), Dim::Fixed(n)]),
-            self.input(
-                "event_numeric",
-                Elem::F32,
-                &[b(), Dim::Fixed(n), Dim::Fixed(e)],
-            ),
-            self.input(
-                "event_text",
-                Elem::I64,
-                &[b(), Dim::Fixed(n), Dim::Fixed(t)],
-            ),
-            self.input("event_mask", Elem::F32, &[b(), Dim::Fixed(n)]),
+            self.input("event_kind", Elem::I64, &[b(), n()]),
+            self.input("event_category", Elem::I64, &[b(), n()]),
+            self.input("event_numeric", Elem::F32, &[b(), n(), Dim::Fixed(e)]),
+            self.input("event_text", Elem::I64, &[b(), n(), Dim::Fixed(t)]),
+            self.input("event_mask", Elem::F32, &[b(), n()]),
             self.input("customer_features", Elem::F32, &[b(), Dim::Fixed(f)]),
         ]
     }

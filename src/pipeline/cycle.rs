@@ -204,10 +204,15 @@ impl Pipeline {
                 continue;
             };
             let as_of = store.clock_ms();
-            let ids: Vec<(String, Why)> = customers
+            let mut ids: Vec<(String, Why)> = customers
                 .into_iter()
                 .filter(|(id, _)| store.get(id).is_some())
                 .collect();
+            if self.scorer.current().dynamic_events() {
+                // Similar history lengths in one batch: the model is given
+                // only as many events as the batch's longest history.
+                ids.sort_by_key(|(id, _)| store.get(id).map_or(0, |s| s.recent().len()));
+            }
             for chunk in ids.chunks(self.cfg.score.max_batch.max(1)) {
                 let model = self.scorer.current();
                 let batch = {

@@ -34,7 +34,7 @@ mod parity;
 pub use parity::*;
 
 use crate::config::{GraphOptimization, Provider, ScoreConfig};
-use crate::features::{tensors, FeatureSpec, Featurizer, TensorData};
+use crate::features::{tensors, trim_events, FeatureSpec, Featurizer, TensorData};
 use crate::model::onnx::Elem;
 use crate::model::reference::Outputs;
 use crate::model::{
@@ -131,6 +131,9 @@ pub struct LoadedModel {
     /// Where it runs.
     pub provider: ActiveProvider,
     sessions: Vec<Mutex<Session>>,
+    /// The model's event dimension is dynamic: each batch is given only
+    /// as many events as its longest history holds.
+    dynamic_events: bool,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -167,6 +170,7 @@ impl LoadedModel {
         }
         let mut list = Vec::with_capacity(sessions.max(1));
         let mut provider = ActiveProvider::Cpu;
+        let mut dynamic = false;
         for i in 0..sessions.max(1) {
             let (mut session, p) = new_session(cfg, &version, &files.onnx)?;
             provider = p;
@@ -189,6 +193,7 @@ impl LoadedModel {
                 if !problems.is_empty() {
                     return Err(contract(problems));
                 }
+                dynamic = session::dynamic_events(session.inputs());
                 let g = &m.golden;
                 if g.inputs.batch == 0 {
                     return Err(contract(vec!["manifest has no golden inputs".into()]));
@@ -226,7 +231,39 @@ impl LoadedModel {
             segments: m.segments.clone().into(),
             provider,
             sessions: list,
+            dynamic_events: dynamic,
         })
+    }
+
+    /// Whether the model's event dimension is dynamic: a batch is then
+    /// given only as many events as its longest history holds, so callers
+    /// gain by batching customers of similar history lengths together.
+    pub fn dynamic_events(&self) -> bool {
+        self.dynamic_events
+    }
+
+    /// The inputs the model is run on for `batch`: its tensors, with the
+    /// event inputs cut to the longest history when the event dimension is
+    /// dynamic (the trimmed copies are kept in `trimmed`).
+    pub fn inputs<'a>(
+        &self,
+        batch: &'a RecordBatch,
+        trimmed: &'a mut Option<Vec<Option<crate::features::OwnedTensor>>>,
+    ) -> Result<Vec<crate::features::TensorView<'a>>, ScoreError> {
+        let mut views = tensors(batch).map_err(|e| ScoreError::Inference(e.to_string()))?;
+        *trimmed = if self.dynamic_events {
+            trim_events(&views)
+        } else {
+            None
+        };
+        if let Some(cut) = trimmed.as_ref() {
+            for (v, c) in views.iter_mut().zip(cut) {
+                if let Some(c) = c {
+                    *v = c.view(v.name);
+                }
+            }
+        }
+        Ok(views)
     }
 
     /// Scores a feature batch on session `slot` (one per inference thread).
@@ -248,7 +285,8 @@ impl LoadedModel {
 
     fn run(&self, session: &mut Session, batch: &RecordBatch) -> Result<Scores, ScoreError> {
         let rows = batch.num_rows();
-        let views = tensors(batch).map_err(|e| ScoreError::Inference(e.to_string()))?;
+        let mut trimmed = None;
+        let views = self.inputs(batch, &mut trimmed)?;
         let err = |e: ort::Error| ScoreError::Inference(e.to_string());
         let mut inputs = Vec::with_capacity(views.len());
         for v in &views {

@@ -115,6 +115,28 @@ pub(super) fn elem_of(ty: TensorElementType) -> Option<Elem> {
     }
 }
 
+/// Whether dimension `i` of input `name` is the event dimension, which a
+/// model may declare dynamic (it then takes any number of events up to
+/// the spec's `max_events`; see [`dynamic_events`]).
+fn event_axis(name: &str, i: usize) -> bool {
+    i == 1 && name.starts_with("event_")
+}
+
+/// Whether every event input of the model declares its event dimension
+/// dynamic: the scorer then passes only as many events as the batch's
+/// longest history holds.
+pub(super) fn dynamic_events(inputs: &[ort::value::Outlet]) -> bool {
+    let events: Vec<_> = inputs
+        .iter()
+        .filter(|o| o.name().starts_with("event_"))
+        .collect();
+    !events.is_empty()
+        && events.iter().all(|o| match o.dtype() {
+            ValueType::Tensor { shape, .. } => shape.get(1).is_some_and(|d| *d < 0),
+            _ => false,
+        })
+}
+
 pub(super) fn check_sigs(
     kind: &str,
     expected: &[TensorSig],
@@ -155,10 +177,12 @@ pub(super) fn check_sigs(
         }
         for (i, (got, want)) in dims.iter().zip(&sig.dims).enumerate() {
             match want {
-                Some(w) if got != w => problems.push(format!(
-                    "{kind} {} dimension {i} is {got}, the contract says {w}",
-                    sig.name
-                )),
+                Some(w) if got != w && !(*got < 0 && event_axis(sig.name, i)) => {
+                    problems.push(format!(
+                        "{kind} {} dimension {i} is {got}, the contract says {w}",
+                        sig.name
+                    ))
+                }
                 None if *got >= 0 && i == 0 => problems.push(format!(
                     "{kind} {} has a fixed batch dimension {got}; it must be dynamic",
                     sig.name
@@ -226,8 +250,11 @@ pub fn run_session(
     segments: usize,
 ) -> Result<Outputs, ScoreError> {
     let b = x.batch;
-    let (n, e, t, f) = (
-        spec.max_events,
+    // Events per row as given: `spec.max_events` for golden inputs, fewer
+    // for a batch padded to its longest row (a model with a dynamic event
+    // dimension).
+    let n = x.event_kind.len() / b.max(1);
+    let (e, t, f) = (
         crate::features::EVENT_NUMERIC_DIM,
         spec.text_tokens,
         crate::features::CUSTOMER_DIM,

@@ -30,7 +30,12 @@ pub fn to_onnx_with(
     let (d, h) = (a.d as i64, a.heads as i64);
     let dh = d / h;
     let mut g = GraphBuilder::new("segstream_transformer");
-    let [kind, cat, numeric, text, mask, cust] = g.contract_inputs(spec);
+    // The event dimension is dynamic: the scorer passes only as many
+    // events as the batch's longest history (padding changes nothing:
+    // masked out of attention and pooling), so a customer with 3 events
+    // does not cost 64 events of compute.
+    let [kind, cat, numeric, text, mask, cust] =
+        g.contract_inputs_with(spec, crate::model::onnx::Dim::Dynamic("events"));
     let param = |g: &mut GraphBuilder, name: &str, dims: &[i64]| -> candle_core::Result<String> {
         Ok(g.init_f32(name, dims, &net.values(name)?))
     };
@@ -74,7 +79,12 @@ pub fn to_onnx_with(
     let one = g.init_f32("one", &[], &[1.0]);
     let count = g.op("Max", &[&count, &one], &[]);
     let x_text = g.op("Div", &[&bag, &count], &[]);
-    let pos = param(&mut g, "pos_emb", &[a.max_events as i64, d])?;
+    // The position table's first N rows, N the input's event dimension.
+    let pos_all = param(&mut g, "pos_emb", &[a.max_events as i64, d])?;
+    let kind_shape = g.op("Shape", &[&kind], &[]);
+    let e2 = c_i64(&mut g, "slice_end2", &[1], &[2]);
+    let n_events = g.op("Slice", &[&kind_shape, &s1, &e2], &[]);
+    let pos = g.op("Slice", &[&pos_all, &s0, &n_events], &[]);
     let mut x = g.op("Add", &[&x_kind, &x_cat], &[]);
     for part in [&x_num, &x_time, &x_text, &pos] {
         x = g.op("Add", &[&x, part], &[]);

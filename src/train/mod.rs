@@ -209,6 +209,8 @@ fn onnx_outputs(
 ) -> Result<Outputs, ScoreError> {
     let (mut session, _) = crate::score::new_session(&config.score, version, onnx)?;
     let mut out = Outputs::default();
+    // Padded to `max_events`, as the golden inputs are; the scorer's
+    // shorter batches are checked against these in the serving tests.
     let idx: Vec<usize> = (0..set.len()).collect();
     for chunk in idx.chunks(256) {
         let g = set.batch(chunk, Some(spec.max_events)).to_golden();
