@@ -126,7 +126,13 @@ pub fn predict(
              (raise train.lookback and retrain to cover them)."
         );
     }
-    let ids: Vec<&String> = states.keys().collect();
+    let mut ids: Vec<&String> = states.keys().collect();
+    if loaded.dynamic_events() {
+        // Similar history lengths in one batch: the model is given only as
+        // many events as the batch's longest history (rows are put back in
+        // customer order below).
+        ids.sort_by_key(|id| states.get(*id).map_or(0, |s| s.recent().len()));
+    }
     for chunk in ids.chunks(config.score.max_batch.max(1)) {
         let refs: Vec<&CustomerState> = chunk.iter().filter_map(|id| states.get(*id)).collect();
         let batch = loaded.featurizer.featurize(&refs, as_of_ms)?;
@@ -149,6 +155,7 @@ pub fn predict(
             });
         }
     }
+    out.rows.sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
     Ok(out)
 }
 
