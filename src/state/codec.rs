@@ -71,7 +71,7 @@ pub fn encode(state: &CustomerState) -> Vec<u8> {
 }
 
 fn write_record(state: &CustomerState, out: &mut Vec<u8>, nested: &mut Vec<u8>) {
-    use out::{message, scalar};
+    use super::wire::out::{message, scalar};
     scalar(out, 1, u64::from(FORMAT_VERSION));
     scalar(out, 2, state.first_seen_ms as u64);
     scalar(out, 3, state.last_event_ms as u64);
@@ -86,7 +86,7 @@ fn write_record(state: &CustomerState, out: &mut Vec<u8>, nested: &mut Vec<u8>) 
 }
 
 fn write_recent(state: &CustomerState, w: &mut Vec<u8>) {
-    use out::{bytes, packed_fixed64, packed_varints};
+    use super::wire::out::{bytes, packed_fixed64, packed_varints};
     let recent = &state.recent;
     // The list is sorted, so deltas are never negative; the first one is
     // the absolute time.
@@ -108,7 +108,7 @@ fn write_recent(state: &CustomerState, w: &mut Vec<u8>) {
 }
 
 fn write_days(state: &CustomerState, w: &mut Vec<u8>) {
-    use out::{packed_fixed64, packed_varints};
+    use super::wire::out::{packed_fixed64, packed_varints};
     let days = &state.days;
     // Sorted and after 1970 (validated on input): deltas are never negative.
     let deltas = days.iter().scan(0i64, |prev, d| {
@@ -127,7 +127,7 @@ fn write_days(state: &CustomerState, w: &mut Vec<u8>) {
 }
 
 fn write_decision(d: &Decision, w: &mut Vec<u8>) {
-    use out::{float, packed_floats, scalar, string};
+    use super::wire::out::{float, packed_floats, scalar, string};
     string(w, 1, &d.segment);
     packed_floats(w, 2, &d.scores);
     string(w, 3, &d.model_version);
@@ -139,104 +139,6 @@ fn write_decision(d: &Decision, w: &mut Vec<u8>) {
     float(w, 9, d.predicted_spend);
     scalar(w, 10, d.as_of_ms as u64);
     scalar(w, 11, u64::from(d.risk_flags));
-}
-
-/// Writers of proto3 fields as prost writes them: a scalar only when it is
-/// not its default, a repeated or bytes field only when not empty, packed.
-mod out {
-    use prost::encoding::{encode_varint, encoded_len_varint};
-
-    use super::super::wire::{FIXED32, LEN, VARINT};
-
-    fn key(w: &mut Vec<u8>, field: u32, wire: u8) {
-        encode_varint(u64::from(field << 3 | u32::from(wire)), w);
-    }
-
-    /// An integer field (int64 as its two's complement, as protobuf does).
-    pub(super) fn scalar(w: &mut Vec<u8>, field: u32, value: u64) {
-        if value != 0 {
-            key(w, field, VARINT);
-            encode_varint(value, w);
-        }
-    }
-
-    pub(super) fn float(w: &mut Vec<u8>, field: u32, value: f32) {
-        if value != 0.0 {
-            key(w, field, FIXED32);
-            w.extend_from_slice(&value.to_le_bytes());
-        }
-    }
-
-    pub(super) fn string(w: &mut Vec<u8>, field: u32, value: &str) {
-        if !value.is_empty() {
-            key(w, field, LEN);
-            encode_varint(value.len() as u64, w);
-            w.extend_from_slice(value.as_bytes());
-        }
-    }
-
-    pub(super) fn packed_varints<I>(w: &mut Vec<u8>, field: u32, values: I)
-    where
-        I: Iterator<Item = u64> + Clone,
-    {
-        let len: usize = values.clone().map(encoded_len_varint).sum();
-        if len > 0 {
-            key(w, field, LEN);
-            encode_varint(len as u64, w);
-            for v in values {
-                encode_varint(v, w);
-            }
-        }
-    }
-
-    pub(super) fn packed_fixed64(
-        w: &mut Vec<u8>,
-        field: u32,
-        values: impl ExactSizeIterator<Item = u64>,
-    ) {
-        if values.len() > 0 {
-            key(w, field, LEN);
-            encode_varint(values.len() as u64 * 8, w);
-            for v in values {
-                w.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-    }
-
-    pub(super) fn packed_floats(w: &mut Vec<u8>, field: u32, values: &[f32]) {
-        if !values.is_empty() {
-            key(w, field, LEN);
-            encode_varint(values.len() as u64 * 4, w);
-            for v in values {
-                w.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-    }
-
-    /// A `bytes` field of one byte per item.
-    pub(super) fn bytes(w: &mut Vec<u8>, field: u32, values: impl ExactSizeIterator<Item = u8>) {
-        if values.len() > 0 {
-            key(w, field, LEN);
-            encode_varint(values.len() as u64, w);
-            w.extend(values);
-        }
-    }
-
-    /// A sub-message field, written whatever its contents (prost writes a
-    /// present message even when it is empty), through `nested`: its
-    /// length goes before it.
-    pub(super) fn message(
-        w: &mut Vec<u8>,
-        field: u32,
-        nested: &mut Vec<u8>,
-        body: impl FnOnce(&mut Vec<u8>),
-    ) {
-        nested.clear();
-        body(nested);
-        key(w, field, LEN);
-        encode_varint(nested.len() as u64, w);
-        w.extend_from_slice(nested);
-    }
 }
 
 /// The same encoding through prost's generated message: the reference

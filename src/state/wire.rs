@@ -1,7 +1,8 @@
-//! A reader of the protobuf wire format, for decoders that read a message
-//! straight into their own structures (see `codec`): varints, fixed-width
-//! scalars, length-delimited values, repeated fields packed or not, and
-//! unknown fields skipped as protobuf (and prost) do.
+//! The protobuf wire format for a codec that works on its own structures
+//! (see `codec`). Reading: varints, fixed-width scalars, length-delimited
+//! values, repeated fields packed or not, and unknown fields skipped as
+//! protobuf (and prost) do. Writing ([`out`]): proto3 fields as prost
+//! writes them.
 
 /// Bytes that are not well-formed protobuf: what and where (the codec
 /// reports it as `WireError::Protobuf`).
@@ -252,4 +253,106 @@ pub(super) fn message<'a>(w: &mut Wire<'a>, wire: u8) -> Result<Wire<'a>, WireEr
     Ok(Wire {
         buf: w.len_delimited()?,
     })
+}
+
+/// Writers of proto3 fields as prost writes them: a scalar only when it is
+/// not its default, a repeated or bytes field only when not empty, packed.
+pub(super) mod out {
+    use prost::encoding::{encode_varint, encoded_len_varint};
+
+    use super::{FIXED32, LEN, VARINT};
+
+    fn key(w: &mut Vec<u8>, field: u32, wire: u8) {
+        encode_varint(u64::from(field << 3 | u32::from(wire)), w);
+    }
+
+    /// An integer field (int64 as its two's complement, as protobuf does).
+    pub(in crate::state) fn scalar(w: &mut Vec<u8>, field: u32, value: u64) {
+        if value != 0 {
+            key(w, field, VARINT);
+            encode_varint(value, w);
+        }
+    }
+
+    pub(in crate::state) fn float(w: &mut Vec<u8>, field: u32, value: f32) {
+        if value != 0.0 {
+            key(w, field, FIXED32);
+            w.extend_from_slice(&value.to_le_bytes());
+        }
+    }
+
+    pub(in crate::state) fn string(w: &mut Vec<u8>, field: u32, value: &str) {
+        if !value.is_empty() {
+            key(w, field, LEN);
+            encode_varint(value.len() as u64, w);
+            w.extend_from_slice(value.as_bytes());
+        }
+    }
+
+    pub(in crate::state) fn packed_varints<I>(w: &mut Vec<u8>, field: u32, values: I)
+    where
+        I: Iterator<Item = u64> + Clone,
+    {
+        let len: usize = values.clone().map(encoded_len_varint).sum();
+        if len > 0 {
+            key(w, field, LEN);
+            encode_varint(len as u64, w);
+            for v in values {
+                encode_varint(v, w);
+            }
+        }
+    }
+
+    pub(in crate::state) fn packed_fixed64(
+        w: &mut Vec<u8>,
+        field: u32,
+        values: impl ExactSizeIterator<Item = u64>,
+    ) {
+        if values.len() > 0 {
+            key(w, field, LEN);
+            encode_varint(values.len() as u64 * 8, w);
+            for v in values {
+                w.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+
+    pub(in crate::state) fn packed_floats(w: &mut Vec<u8>, field: u32, values: &[f32]) {
+        if !values.is_empty() {
+            key(w, field, LEN);
+            encode_varint(values.len() as u64 * 4, w);
+            for v in values {
+                w.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+
+    /// A `bytes` field of one byte per item.
+    pub(in crate::state) fn bytes(
+        w: &mut Vec<u8>,
+        field: u32,
+        values: impl ExactSizeIterator<Item = u8>,
+    ) {
+        if values.len() > 0 {
+            key(w, field, LEN);
+            encode_varint(values.len() as u64, w);
+            w.extend(values);
+        }
+    }
+
+    /// A sub-message field, written whatever its contents (prost writes a
+    /// present message even when it is empty), through `nested`: its
+    /// length goes before it.
+    pub(in crate::state) fn message(
+        w: &mut Vec<u8>,
+        field: u32,
+        nested: &mut Vec<u8>,
+        body: impl FnOnce(&mut Vec<u8>),
+    ) {
+        nested.clear();
+        body(nested);
+        key(w, field, LEN);
+        encode_varint(nested.len() as u64, w);
+        w.extend_from_slice(nested);
+    }
 }
