@@ -64,6 +64,25 @@ pub(super) struct Cycle {
     pub audits: Vec<(String, Vec<u8>)>,
     /// Risk flags raised as events were applied.
     pub risk_changes: Vec<RiskChange>,
+    /// Records applied since the cycle's work was last sent (see
+    /// [`flush_due`]), and when the first of them was.
+    pub unflushed: usize,
+    pub unflushed_since: Option<std::time::Instant>,
+}
+
+/// Whether the records applied since the open cycle's work was last sent
+/// are worth scoring and sending now, before the commit, while the
+/// consumer's queue is empty: a full scoring batch of them, or the oldest
+/// has waited a fifth of the commit interval. Sooner would score in batches
+/// of a few customers (CPU the busy machine lacks); later would leave the
+/// commit more to do after the tick (latency).
+pub(super) fn flush_due(
+    records: usize,
+    waited: std::time::Duration,
+    max_batch: usize,
+    commit_interval: std::time::Duration,
+) -> bool {
+    records > 0 && (records >= max_batch.max(1) || waited >= commit_interval / 5)
 }
 
 impl Cycle {
@@ -160,6 +179,8 @@ impl Pipeline {
     /// Scores, decides and queues everything of the open cycle in its
     /// transaction: outputs, changelog, dead letters.
     pub(super) async fn produce_cycle(&mut self) -> Result<(), TxnError> {
+        self.cycle.unflushed = 0;
+        self.cycle.unflushed_since = None;
         let decided = self.score_and_decide().await?;
         let records = self.output_records(decided)?;
         for r in &records {
@@ -439,6 +460,25 @@ mod tests {
             Some(2),
             "the decision memory records the rescoring"
         );
+    }
+
+    #[test]
+    fn work_is_sent_early_in_full_batches_or_once_it_waited_a_fifth_of_the_interval() {
+        use std::time::Duration;
+        let interval = Duration::from_millis(100);
+        let ms = Duration::from_millis;
+        assert!(!flush_due(0, ms(500), 128, interval), "nothing to send");
+        assert!(
+            !flush_due(5, ms(19), 128, interval),
+            "a few records, just arrived"
+        );
+        assert!(
+            flush_due(5, ms(20), 128, interval),
+            "waited a fifth of the interval"
+        );
+        assert!(flush_due(128, ms(0), 128, interval), "a full scoring batch");
+        assert!(!flush_due(127, ms(0), 128, interval));
+        assert!(flush_due(1, ms(0), 0, interval), "max_batch 0 reads as 1");
     }
 
     #[test]

@@ -390,6 +390,8 @@ impl Pipeline {
         self.cycle.timestamps.push(timestamp_ms);
         self.cycle.offsets.insert((topic, partition), offset + 1);
         self.cycle.records += 1;
+        self.cycle.unflushed += 1;
+        self.cycle.unflushed_since.get_or_insert_with(Instant::now);
         Ok(())
     }
 
