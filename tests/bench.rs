@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 
 use segstream::bench::{
-    suite_markdown, E2eBench, IngestBench, Machine, Outcome, RestoreBench, ScoreBenchRow,
+    suite_markdown, E2eBench, IngestBench, Latency, Machine, Outcome, RestoreBench, ScoreBenchRow,
     StateBench, Suite, TrainBench,
 };
 
@@ -80,10 +80,22 @@ fn suite() -> Suite {
             ratio: 0.05,
             raw_read_write_events_per_second: 45_000.0,
             read_write_ratio: 0.2,
-            latency_rate: 4_500.0,
-            latency_samples: 45_000,
-            p50_ms: 120.0,
-            p99_ms: 480.0,
+            latency: Latency {
+                target_rate: 4_500.0,
+                rate: 4_500.0,
+                samples: 45_000,
+                p50_ms: 120.0,
+                p99_ms: 480.0,
+                machine_busy_pct: Some(61.0),
+            },
+            latency_quarter: Latency {
+                target_rate: 2_250.0,
+                rate: 2_250.0,
+                samples: 45_000,
+                p50_ms: 90.0,
+                p99_ms: 210.0,
+                machine_busy_pct: Some(40.0),
+            },
         }),
         e2e_transformer: Outcome::Done(E2eBench {
             model: "transformer".into(),
@@ -93,10 +105,22 @@ fn suite() -> Suite {
             ratio: 0.028,
             raw_read_write_events_per_second: 45_000.0,
             read_write_ratio: 0.111,
-            latency_rate: 2_500.0,
-            latency_samples: 25_000,
-            p50_ms: 900.0,
-            p99_ms: 1_500.0,
+            latency: Latency {
+                target_rate: 2_500.0,
+                rate: 2_500.0,
+                samples: 45_000,
+                p50_ms: 900.0,
+                p99_ms: 1_500.0,
+                machine_busy_pct: None,
+            },
+            latency_quarter: Latency {
+                target_rate: 1_250.0,
+                rate: 1_250.0,
+                samples: 45_000,
+                p50_ms: 300.0,
+                p99_ms: 700.0,
+                machine_busy_pct: None,
+            },
         }),
         train: Outcome::Done(TrainBench {
             history: "generated".into(),
@@ -193,6 +217,15 @@ fn the_suite_report_has_the_machine_and_every_section() {
         "{md}"
     );
     assert!(md.contains("| same, p99 | 480 ms |"), "{md}");
+    assert!(md.contains("| same, p99 | 210 ms |"), "{md}");
+    assert!(
+        md.contains(
+            "| latency run at half the sustained rate | 4500 events/s fed (asked 4500), \
+             45000 segment changes; machine busy 61 % |"
+        ),
+        "{md}"
+    );
+    assert!(md.contains("machine busy unknown"), "{md}");
     assert!(md.contains("| 64 | 38000 | 37600 | 1.1% |"), "{md}");
     assert!(md.contains("## End to end with the Transformer"), "{md}");
     assert!(
@@ -209,7 +242,11 @@ fn the_suite_report_has_the_machine_and_every_section() {
     assert_eq!(json["state"][0]["done"]["restore"]["records"], 1000);
     assert_eq!(json["state"][1]["failed"], "out of memory\nat 1M");
     assert_eq!(json["score"]["done"][0]["batch"], 64);
-    assert_eq!(json["e2e"]["done"]["p99_ms"], 480.0);
+    assert_eq!(json["e2e"]["done"]["latency"]["p99_ms"], 480.0);
+    assert_eq!(
+        json["e2e"]["done"]["latency_quarter"]["machine_busy_pct"],
+        40.0
+    );
     assert_eq!(json["train"]["done"]["examples"][0], 90_000);
     assert!(json["machine"]["cores"].as_u64().unwrap() >= 1);
 }

@@ -33,7 +33,7 @@ mod score;
 mod state;
 mod train;
 
-pub use e2e::{e2e, e2e_markdown, E2eBench, E2eModel};
+pub use e2e::{e2e, e2e_markdown, E2eBench, E2eModel, Latency};
 pub use ingest::{ingest, ingest_markdown, IngestBench};
 use raw::*;
 pub use report::{suite_markdown, Machine, Outcome, Suite};
