@@ -18,7 +18,7 @@ use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 use tracing::warn;
 
 use super::{directory, kafka, PipelineError};
-use crate::config::Config;
+use crate::config::{Config, Partitioner};
 use crate::ingest;
 use crate::telemetry::kafka_log;
 
@@ -77,6 +77,21 @@ pub fn producer_config(
     // Room for the largest dead letter (its value plus headers).
     let max = (cfg.dead_letter.max_value_bytes + 256 * 1024).max(1_000_000);
     ingest::producer_defaults(&mut pc);
+    if pc.get("partitioner").is_none() {
+        // Keyed outputs (segment changes, risk flags, dead letters) hashed
+        // as the input is: with as many partitions as the input, a
+        // customer's changes land in the partition number of their events,
+        // so each stream thread's transactions touch only its own
+        // partitions (fewer commit markers), and downstream partitioning
+        // follows the producers' upstream.
+        pc.set(
+            "partitioner",
+            match cfg.input.partitioner {
+                Partitioner::Crc32 => "consistent_random",
+                Partitioner::Murmur2 => "murmur2_random",
+            },
+        );
+    }
     pc.set("transactional.id", transactional_id)
         .set("delivery.report.only.error", "true")
         .set("enable.idempotence", "true")
@@ -274,5 +289,22 @@ mod tests {
         assert_eq!(get("acks").as_deref(), Some("all"));
         let max = (4usize << 20) + 256 * 1024;
         assert_eq!(get("message.max.bytes"), Some(max.to_string()));
+        assert_eq!(get("partitioner").as_deref(), Some("consistent_random"));
+    }
+
+    #[test]
+    fn keyed_outputs_are_partitioned_as_the_input_unless_configured() {
+        let mut cfg = Config::default();
+        cfg.input.partitioner = Partitioner::Murmur2;
+        let get = |cfg: &Config| {
+            producer_config(cfg, "t")
+                .ok()
+                .and_then(|c| c.get("partitioner").map(str::to_string))
+        };
+        assert_eq!(get(&cfg).as_deref(), Some("murmur2_random"));
+        cfg.kafka
+            .producer_properties
+            .insert("partitioner".into(), "random".into());
+        assert_eq!(get(&cfg).as_deref(), Some("random"));
     }
 }
