@@ -226,7 +226,9 @@ pub fn suite_markdown(s: &Suite) -> String {
          records per event: changelog, segment change, current segment; the baseline \
          copies each input record to three topics in transactions with the consumed \
          offsets, on as many threads, with the pipeline's producer settings); then event → \
-         SegmentChange latency at half the sustained rate.",
+         SegmentChange latency at half and at a quarter of the sustained rate, fed and \
+         read on threads of their own (machine busy: every process on the machine's \
+         cores while the events were fed).",
         &s.e2e,
         e2e_markdown,
     );
