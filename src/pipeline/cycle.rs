@@ -1,11 +1,14 @@
 //! One commit cycle's work: what it consumed ([`Cycle`]), scoring the
 //! customers it touched in micro-batches, deciding each scored customer
 //! ([`decide_chunk`], pure), and turning decisions, exits, risk flags,
-//! changelog records and dead letters into the records of its transaction.
+//! changelog records and dead letters into the records of its transaction;
+//! reading live, sending that work early, before the tick ([`flush_due`]).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::BaseRecord;
 
 use super::output::{self, OutRecord};
@@ -176,6 +179,61 @@ pub(super) fn decide_chunk(
 }
 
 impl Pipeline {
+    /// Whether the open cycle's work is due to be sent early
+    /// ([`flush_due`]), with no rebalance waiting (a revocation is
+    /// handled first: it aborts the open transaction).
+    pub(super) fn has_work_to_flush(&self) -> bool {
+        let Some(since) = self.cycle.unflushed_since else {
+            return false;
+        };
+        flush_due(
+            self.cycle.unflushed,
+            since.elapsed(),
+            self.cfg.score.max_batch,
+            self.cfg.pipeline.commit_interval,
+        ) && !self.consumer.context().pending.load(Ordering::Acquire)
+            && self.is_live()
+    }
+
+    /// Whether this thread reads near the end of its input: less than a
+    /// cycle's worth of records (`pipeline.max_cycle_records`) waits in its
+    /// partitions by librdkafka's latest statistics. Catching up, scoring
+    /// early only splits the cycle's batches (and scores a customer with
+    /// several events in the backlog more than once); `false` too until the
+    /// first statistics arrive.
+    fn is_live(&self) -> bool {
+        let Ok(ends) = self.consumer.context().ends.lock() else {
+            return false;
+        };
+        let mut lag = 0i64;
+        for ((topic, partition), next) in &self.fetched {
+            match ends.get(&**topic).and_then(|e| e.get(partition)) {
+                Some(end) => lag += (end - next).max(0),
+                None => return false,
+            }
+        }
+        lag <= self.cfg.pipeline.max_cycle_records as i64
+    }
+
+    /// Scores, decides and sends what the open cycle holds so far into its
+    /// transaction, without committing: called when the consumer's queue
+    /// runs empty and the work is due ([`flush_due`]). Live input is
+    /// then scored as it arrives, and the end of the cycle only sends what
+    /// came since and commits, instead of scoring a whole interval's
+    /// customers while input waits. Catching up ([`Pipeline::is_live`]
+    /// false), nothing is sent early: a customer is scored once per cycle.
+    /// Sending early changes nothing of exactly once: the records are in
+    /// the same transaction as the offsets that caused them, and a
+    /// customer changed again later in the cycle is written to the
+    /// changelog again, the last record being the committed state.
+    pub(super) async fn flush_cycle(&mut self) -> Result<(), PipelineError> {
+        self.begin().await?;
+        match self.produce_cycle().await {
+            Ok(()) => Ok(()),
+            Err(e) => self.after_failed_cycle(e).await,
+        }
+    }
+
     /// Scores, decides and queues everything of the open cycle in its
     /// transaction: outputs, changelog, dead letters.
     pub(super) async fn produce_cycle(&mut self) -> Result<(), TxnError> {

@@ -31,7 +31,8 @@
 //! - `clients`: building the consumer and the transactional producer;
 //! - `intake`: a consumed record → decode, route, event-time merge, state;
 //! - `cycle`: what a cycle consumed, scoring and deciding (pure
-//!   `decide_chunk`), the records of its transaction;
+//!   `decide_chunk`), the records of its transaction, sent early while
+//!   reading live (`flush_due`);
 //! - `transaction`: begin, send, commit, abort; the typed `TxnError`;
 //!   re-creating a fenced producer;
 //! - `retry`: the one backoff policy for calls that fail while a broker is away;
@@ -615,61 +616,6 @@ impl Pipeline {
             self.on_message(msg).await?;
         }
         Ok(())
-    }
-
-    /// Whether the open cycle's work is due to be sent early
-    /// ([`cycle::flush_due`]), with no rebalance waiting (a revocation is
-    /// handled first: it aborts the open transaction).
-    fn has_work_to_flush(&self) -> bool {
-        let Some(since) = self.cycle.unflushed_since else {
-            return false;
-        };
-        cycle::flush_due(
-            self.cycle.unflushed,
-            since.elapsed(),
-            self.cfg.score.max_batch,
-            self.cfg.pipeline.commit_interval,
-        ) && !self.consumer.context().pending.load(Ordering::Acquire)
-            && self.is_live()
-    }
-
-    /// Whether this thread reads near the end of its input: less than a
-    /// cycle's worth of records (`pipeline.max_cycle_records`) waits in its
-    /// partitions by librdkafka's latest statistics. Catching up, scoring
-    /// early only splits the cycle's batches (and scores a customer with
-    /// several events in the backlog more than once); `false` too until the
-    /// first statistics arrive.
-    fn is_live(&self) -> bool {
-        let Ok(ends) = self.consumer.context().ends.lock() else {
-            return false;
-        };
-        let mut lag = 0i64;
-        for ((topic, partition), next) in &self.fetched {
-            match ends.get(&**topic).and_then(|e| e.get(partition)) {
-                Some(end) => lag += (end - next).max(0),
-                None => return false,
-            }
-        }
-        lag <= self.cfg.pipeline.max_cycle_records as i64
-    }
-
-    /// Scores, decides and sends what the open cycle holds so far into its
-    /// transaction, without committing: called when the consumer's queue
-    /// runs empty and the work is due ([`cycle::flush_due`]). Live input is
-    /// then scored as it arrives, and the end of the cycle only sends what
-    /// came since and commits, instead of scoring a whole interval's
-    /// customers while input waits. A backlog keeps the queue full, so
-    /// while catching up a customer is still scored once per cycle.
-    /// Sending early changes nothing of exactly once: the records are in
-    /// the same transaction as the offsets that caused them, and a
-    /// customer changed again later in the cycle is written to the
-    /// changelog again, the last record being the committed state.
-    async fn flush_cycle(&mut self) -> Result<(), PipelineError> {
-        self.begin().await?;
-        match self.produce_cycle().await {
-            Ok(()) => Ok(()),
-            Err(e) => self.after_failed_cycle(e).await,
-        }
     }
 
     /// Input lag of partition `p` (the largest over the input topics), from
