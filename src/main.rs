@@ -50,7 +50,7 @@ const MI_OPTION_PURGE_DELAY: std::os::raw::c_int = 15;
 /// The process's footprint is its peak, which a memory limit must allow
 /// for anyway. `MIMALLOC_PURGE_DELAY` in the environment still decides
 /// when set.
-#[allow(unsafe_code)] // the one unsafe call: an FFI option setter
+#[allow(unsafe_code)] // an FFI option setter
 fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: mi_option_set only stores an integer option; mimalloc

@@ -229,22 +229,51 @@ impl ConsumerContext for PipelineContext {
     }
 }
 
-/// Waits until every queued record is delivered or failed, serving the
-/// producer's events in 1 ms steps. `commit_transaction`'s own flush then
-/// finds nothing in flight; left to itself, it waits for an event in steps
-/// of 100 ms, and successful deliveries raise none.
+/// Waits until every queued record is delivered or failed.
+/// `commit_transaction`'s own flush then finds nothing in flight; left to
+/// itself, rdkafka's flush waits for an event in steps of 100 ms, and
+/// successful deliveries raise none.
+///
+/// The wait is librdkafka's `rd_kafka_flush`, which in the event mode that
+/// rdkafka uses sleeps on the producer's message count and wakes when it
+/// reaches zero; it also sends what is lingering at once. Between waits,
+/// failed deliveries, logs and errors are served: a failed record's report
+/// holds the record (and so the count) until it is served. `poll` with a
+/// short timeout is no wait: rdkafka rounds the time left down to whole
+/// milliseconds, so `poll(1 ms)` polls without blocking until the
+/// millisecond is over, and a drain made of it kept a core busy for as
+/// long as records were in flight.
 pub fn drain<C: ProducerContext>(
     producer: &BaseProducer<C>,
     timeout: Duration,
 ) -> Result<(), KafkaError> {
+    /// Longest single wait: a failed delivery's report is served this late
+    /// at most (that commit fails anyway).
+    const STEP: Duration = Duration::from_millis(10);
     let deadline = Instant::now() + timeout;
-    while producer.in_flight_count() > 0 {
-        if Instant::now() >= deadline {
+    loop {
+        producer.poll(Duration::ZERO);
+        if producer.in_flight_count() == 0 {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return Err(KafkaError::Flush(RDKafkaErrorCode::RequestTimedOut));
         }
-        producer.poll(Duration::from_millis(1));
+        flush_wait(producer, left.min(STEP));
     }
-    Ok(())
+}
+
+/// Blocks in `rd_kafka_flush` for at most `wait` (at least 1 ms).
+#[allow(unsafe_code)] // an FFI call rdkafka does not expose with a blocking wait
+fn flush_wait<C: ProducerContext>(producer: &BaseProducer<C>, wait: Duration) {
+    let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX).max(1);
+    // SAFETY: the pointer is the producer's live librdkafka handle (borrowed
+    // for the call); rd_kafka_flush may be called from any thread, and its
+    // result (timed out or not) is read again through in_flight_count.
+    unsafe {
+        rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), ms);
+    }
 }
 
 /// Aborts the open transaction. librdkafka's abort purges what is still
