@@ -458,6 +458,10 @@ pub async fn e2e(
         // at a quarter of it (the pipeline's own latency with the machine's
         // cores to spare). Every event is a new customer, so every event
         // yields a first classification.
+        // The feeder stands for an upstream service: its producer has the
+        // client's defaults (librdkafka's 5 ms linger), not the bulk
+        // loader's 20 ms above, whose wait would count as the pipeline's.
+        let upstream: FutureProducer = client.clone().set("enable.idempotence", "true").create()?;
         let mut runs = Vec::with_capacity(2);
         for (i, share) in [0.5, 0.25].into_iter().enumerate() {
             let probe = Probe {
@@ -471,7 +475,7 @@ pub async fn e2e(
             // Never more than the throughput run: the latency run's size is
             // bounded by what the caller asked for.
             let n = ((rate * latency_seconds) as usize).clamp(1, events);
-            runs.push(probe.run(&producer, rate, n, latency_seconds).await?);
+            runs.push(probe.run(&upstream, rate, n, latency_seconds).await?);
         }
         let _ = stop_tx.send(()); // Err: the pipeline already ended.
         match pipeline.await {
