@@ -8,8 +8,8 @@ mod common;
 use std::process::Command;
 
 use segstream::bench::{
-    suite_markdown, E2eBench, IngestBench, Latency, Machine, Outcome, RestoreBench, ScoreBenchRow,
-    StateBench, Suite, TrainBench,
+    suite_markdown, E2eBench, HistoryE2e, IngestBench, Latency, Machine, Outcome, RestoreBench,
+    ScoreBenchRow, StateBench, Suite, TrainBench,
 };
 
 fn segstream() -> Command {
@@ -96,6 +96,16 @@ fn suite() -> Suite {
                 p99_ms: 210.0,
                 machine_busy_pct: Some(40.0),
             },
+            history: HistoryE2e {
+                events: 10_000,
+                customers: 580,
+                raw_events_per_second: 170_000.0,
+                pipeline_events_per_second: 40_000.0,
+                ratio: 0.235,
+                segment_changes: 950,
+                dead_letters: 3,
+                late_events: 0,
+            },
         }),
         e2e_transformer: Outcome::Done(E2eBench {
             model: "transformer".into(),
@@ -120,6 +130,16 @@ fn suite() -> Suite {
                 p50_ms: 300.0,
                 p99_ms: 700.0,
                 machine_busy_pct: None,
+            },
+            history: HistoryE2e {
+                events: 10_000,
+                customers: 580,
+                raw_events_per_second: 170_000.0,
+                pipeline_events_per_second: 20_000.0,
+                ratio: 0.118,
+                segment_changes: 940,
+                dead_letters: 3,
+                late_events: 0,
             },
         }),
         train: Outcome::Done(TrainBench {
@@ -226,6 +246,16 @@ fn the_suite_report_has_the_machine_and_every_section() {
         "{md}"
     );
     assert!(md.contains("machine busy unknown"), "{md}");
+    assert!(
+        md.contains(
+            "| realistic traffic: a month of generated behaviour, 10000 events of 580 customers |"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains("| segment changes published; dead letters (late) | 950; 3 (0) |"),
+        "{md}"
+    );
     assert!(md.contains("| 64 | 38000 | 37600 | 1.1% |"), "{md}");
     assert!(md.contains("## End to end with the Transformer"), "{md}");
     assert!(
@@ -247,6 +277,7 @@ fn the_suite_report_has_the_machine_and_every_section() {
         json["e2e"]["done"]["latency_quarter"]["machine_busy_pct"],
         40.0
     );
+    assert_eq!(json["e2e"]["done"]["history"]["ratio"], 0.235);
     assert_eq!(json["train"]["done"]["examples"][0], 90_000);
     assert!(json["machine"]["cores"].as_u64().unwrap() >= 1);
 }

@@ -1,6 +1,7 @@
 //! End to end with transactions against a raw read of the same input, and
 //! the event → visible `SegmentChange` latency at half that rate.
 
+use super::running::{Running, E2E_PARTITIONS};
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
@@ -30,6 +31,8 @@ pub struct E2eBench {
     pub latency: Latency,
     /// Latency at a quarter of the sustained rate.
     pub latency_quarter: Latency,
+    /// Throughput over realistic traffic (a month of generated behaviour).
+    pub history: super::HistoryE2e,
 }
 
 /// One latency run: events fed at a fixed rate, each a new customer's
@@ -218,10 +221,6 @@ fn cpu_times() -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
-/// Partitions per topic of the end-to-end benchmark: a multiple of 2 and 3,
-/// so stream threads share them evenly.
-pub(super) const E2E_PARTITIONS: i32 = 6;
-
 /// The model an end-to-end or scoring run scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum E2eModel {
@@ -366,93 +365,7 @@ pub async fn e2e(
         let rw_rate = rw.0 as f64 / rw.1.as_secs_f64().max(1e-9);
 
         // The pipeline, in-process.
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let metrics = Metrics::new()?;
-        let pipeline = tokio::spawn(crate::pipeline::run(cfg.clone(), metrics, async move {
-            let _ = stop_rx.await; // Err: the sender is gone, which also means stop.
-        }));
-        let offsets = |c: &ClientConfig| -> Result<i64, KafkaError> {
-            let consumer: BaseConsumer = c.clone().set("group.id", &id).create()?;
-            let mut tpl = TopicPartitionList::new();
-            for t in &inputs {
-                for p in 0..E2E_PARTITIONS {
-                    tpl.add_partition(t, p);
-                }
-            }
-            let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
-            Ok(committed
-                .elements()
-                .iter()
-                .map(|e| e.offset().to_raw().unwrap_or(0).max(0))
-                .sum())
-        };
-        let total = events as i64;
-        // The rate counts from the moment every stream thread holds its
-        // partitions (the group is stable with one member per thread): the
-        // rebalance as the threads join one by one is start-up, not throughput.
-        let threads = cfg.pipeline.stream_threads();
-        let group_reader: BaseConsumer = client.clone().create()?;
-        let group_stable = |_: &ClientConfig| -> bool {
-            group_reader
-                .fetch_group_list(Some(&id), Duration::from_secs(5))
-                .ok()
-                .and_then(|l| {
-                    l.groups().first().map(|g| {
-                        g.state() == "Stable"
-                            && g.members().len() >= threads
-                            && g.members()
-                                .iter()
-                                .all(|m| m.assignment().is_some_and(|a| a.len() > 8))
-                    })
-                })
-                .unwrap_or(false)
-        };
-        let mut first: Option<(Instant, i64)> = None;
-        let deadline = Instant::now() + Duration::from_secs(900);
-        let last = loop {
-            let done = offsets(&client)?;
-            if first.is_none() && group_stable(&client) {
-                // The group check takes a round trip: count from after it.
-                let done = offsets(&client)?;
-                if done >= total {
-                    return Err(format!(
-                        "the pipeline consumed all {events} events before its group settled; \
-                     run with more events"
-                    )
-                    .into());
-                }
-                first = Some((Instant::now(), done));
-            }
-            if done >= total {
-                break Instant::now();
-            }
-            if pipeline.is_finished() {
-                let why = match pipeline.await {
-                    Ok(Ok(())) => "it stopped".to_string(),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(e) => e.to_string(),
-                };
-                return Err(
-                    format!("the pipeline did not consume the benchmark input: {why}").into(),
-                );
-            }
-            if Instant::now() > deadline {
-                return Err("the pipeline did not consume the benchmark input in time".into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let (t0, done0) = first.unwrap_or((last, 0));
-        // A rate measured over a sliver of the input is noise, and the latency
-        // run below feeds at half of it: refuse rather than flood the broker.
-        if total - done0 < total / 2 {
-            return Err(format!(
-                "the pipeline consumed {done0} of {events} events before its group settled, \
-             leaving too few to measure a rate; run with more events"
-            )
-            .into());
-        }
-        let pipeline_rate =
-            (total - done0) as f64 / last.duration_since(t0).as_secs_f64().max(1e-3);
+        let (pipeline, pipeline_rate) = Running::measure(&cfg, &client, events).await?;
 
         // Latency at half the sustained rate (the figure the goals name), then
         // at a quarter of it (the pipeline's own latency with the machine's
@@ -477,12 +390,10 @@ pub async fn e2e(
             let n = ((rate * latency_seconds) as usize).clamp(1, events);
             runs.push(probe.run(&upstream, rate, n, latency_seconds).await?);
         }
-        let _ = stop_tx.send(()); // Err: the pipeline already ended.
-        match pipeline.await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "The pipeline stopped on an error."),
-            Err(e) => tracing::warn!(error = %e, "The pipeline task failed."),
-            Ok(Ok(())) => {}
-        }
+        pipeline.stop().await;
+        let history =
+            super::history::history_e2e(config, &client, &admin, &id, registry.root(), events)
+                .await?;
         let [half, quarter]: [Latency; 2] = runs
             .try_into()
             .map_err(|_| "the latency runs did not all run")?;
@@ -499,6 +410,7 @@ pub async fn e2e(
             read_write_ratio: pipeline_rate / rw_rate.max(1e-9),
             latency: half,
             latency_quarter: quarter,
+            history,
         })
     }
     .await;
@@ -523,7 +435,7 @@ pub fn e2e_markdown(b: &E2eBench) -> String {
          | pipeline / raw | {:.3} |\n\
          | raw read + transactional write of each record to 3 topics (the run's Kafka work, no processing) | {:.0} events/s |\n\
          | pipeline / raw read + write | {:.3} |\n\
-         {}{}",
+         {}{}{}",
         b.model,
         b.events,
         b.raw_events_per_second,
@@ -533,6 +445,7 @@ pub fn e2e_markdown(b: &E2eBench) -> String {
         b.read_write_ratio,
         latency_rows("half the sustained rate", &b.latency),
         latency_rows("a quarter of it", &b.latency_quarter),
+        super::history::history_rows(&b.history),
     )
 }
 

@@ -91,6 +91,38 @@ pub(super) fn unique_id(what: &str) -> String {
     format!("segstream-bench-{what}-{}-{nanos:09}", std::process::id())
 }
 
+/// Produces about `events` events of realistic behaviour (the generator's
+/// mix over a month of history, protobuf) into `cfg.input.topics`.
+pub(super) async fn produce_history(
+    cfg: &Config,
+    events: usize,
+) -> BenchResult<crate::generate::kafka::ProduceReport> {
+    // About 0.76 events per customer and day (the generator's mix); a third
+    // more customers than needed so the cap, not the world, ends the run.
+    let per_customer = 0.76 * f64::from(INGEST_DAYS);
+    let customers = ((events as f64 / per_customer) * 1.33).ceil().max(10.0) as usize;
+    let now = ingest::now_ms();
+    let gen = GeneratorConfig {
+        customers,
+        days: INGEST_DAYS,
+        start_ms: now - i64::from(INGEST_DAYS) * DAY_MS - DAY_MS,
+        seed: 7,
+        ..GeneratorConfig::default()
+    };
+    let options = ProduceOptions {
+        format: WireFormat::Protobuf,
+        history: true,
+        live_for: None,
+        rate: None,
+        max_events: Some(events as u64),
+    };
+    let produced = produce(cfg, &gen, &options, std::future::pending::<()>()).await?;
+    if produced.events == 0 {
+        return Err("the generator produced no events".into());
+    }
+    Ok(produced)
+}
+
 /// Runs the ingest benchmark: generates about `events` events of realistic
 /// behaviour (a month of history) into three fresh input topics with
 /// `partitions` partitions each, then alternates a raw read and an ingest
@@ -133,29 +165,7 @@ async fn ingest_on(
 ) -> BenchResult<IngestBench> {
     let mut cfg = config.clone();
     cfg.input.topics = inputs.to_vec();
-    // About 0.76 events per customer and day (the generator's mix); a third
-    // more customers than needed so the cap, not the world, ends the run.
-    let per_customer = 0.76 * f64::from(INGEST_DAYS);
-    let customers = ((events as f64 / per_customer) * 1.33).ceil().max(10.0) as usize;
-    let now = ingest::now_ms();
-    let gen = GeneratorConfig {
-        customers,
-        days: INGEST_DAYS,
-        start_ms: now - i64::from(INGEST_DAYS) * DAY_MS - DAY_MS,
-        seed: 7,
-        ..GeneratorConfig::default()
-    };
-    let options = ProduceOptions {
-        format: WireFormat::Protobuf,
-        history: true,
-        live_for: None,
-        rate: None,
-        max_events: Some(events as u64),
-    };
-    let produced = produce(&cfg, &gen, &options, std::future::pending::<()>()).await?;
-    if produced.events == 0 {
-        return Err("the generator produced no events".into());
-    }
+    produce_history(&cfg, events).await?;
 
     let mut limits = cfg.state.limits();
     // The topics hold a month of history read in partition, not time,

@@ -25,15 +25,18 @@ use crate::state::{CustomerState, Decision, PartitionStore};
 use crate::telemetry::Metrics;
 
 mod e2e;
+mod history;
 mod ingest;
 mod raw;
 mod report;
 mod risk;
+mod running;
 mod score;
 mod state;
 mod train;
 
 pub use e2e::{e2e, e2e_markdown, E2eBench, E2eModel, Latency};
+pub use history::HistoryE2e;
 pub use ingest::{ingest, ingest_markdown, IngestBench};
 use raw::*;
 pub use report::{suite_markdown, Machine, Outcome, Suite};

@@ -1,0 +1,138 @@
+//! The end-to-end throughput on realistic traffic: a month of the
+//! generator's behaviour (many events per customer, segment changes only
+//! where behaviour changes) through the pipeline with transactions, against
+//! a raw read of the same topics. The main end-to-end run makes every event
+//! a new customer, so that every event is scored and publishes a change:
+//! the worst case for output and state growth. This run is the common case.
+
+use super::running::{Running, E2E_PARTITIONS};
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+/// Results of the end-to-end run over a month of generated history.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryE2e {
+    /// Events in the input topics.
+    pub events: u64,
+    /// Customers with at least one event in it.
+    pub customers: u64,
+    /// Raw librdkafka: events/s reading the same input topics.
+    pub raw_events_per_second: f64,
+    /// The pipeline (decode, alignment, state, scoring, transactions): events/s.
+    pub pipeline_events_per_second: f64,
+    /// pipeline / raw.
+    pub ratio: f64,
+    /// SegmentChange records published over the run.
+    pub segment_changes: u64,
+    /// Records sent to the dead-letter topic (late events included).
+    pub dead_letters: u64,
+    /// Events refused as late.
+    pub late_events: u64,
+}
+
+/// Produces about `events` events of a month of generated behaviour into
+/// fresh topics named after `id`, reads them raw, then runs the pipeline of
+/// `config` (scoring the model promoted in `registry`) over them. Deletes
+/// its topics on every exit.
+pub(super) async fn history_e2e(
+    config: &Config,
+    client: &ClientConfig,
+    admin: &AdminClient<DefaultClientContext>,
+    id: &str,
+    registry: &std::path::Path,
+    events: usize,
+) -> BenchResult<HistoryE2e> {
+    let id = format!("{id}-history");
+    let t = |s: &str| format!("{id}.{s}");
+    let inputs = [t("browse"), t("purchase"), t("review")];
+    let (changelog, current, output, dlq) = (t("changelog"), t("current"), t("segments"), t("dlq"));
+    let mut new_topics: Vec<NewTopic<'_>> = inputs
+        .iter()
+        .chain([&output])
+        .map(|n| NewTopic::new(n, E2E_PARTITIONS, TopicReplication::Fixed(1)))
+        .collect();
+    for compacted in [&changelog, &current] {
+        new_topics.push(
+            NewTopic::new(compacted, E2E_PARTITIONS, TopicReplication::Fixed(1))
+                .set("cleanup.policy", "compact"),
+        );
+    }
+    new_topics.push(NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)));
+    for r in admin
+        .create_topics(&new_topics, &AdminOptions::new())
+        .await?
+    {
+        r.map_err(|(t, e)| format!("creating {t}: {e}"))?;
+    }
+    let result = async {
+        let mut cfg = config.clone();
+        cfg.input.topics = inputs.to_vec();
+        cfg.state.changelog_topic = changelog.clone();
+        cfg.dead_letter.topic = dlq.clone();
+        cfg.output.topic = output.clone();
+        cfg.output.current_topic = current.clone();
+        cfg.kafka.group_id = id.clone();
+        cfg.pipeline.transactional_id = format!("{id}-tx");
+        cfg.pipeline.http_listen = String::new();
+        cfg.score.registry = registry.to_path_buf();
+        let produced = super::ingest::produce_history(&cfg, events).await?;
+
+        let (c, topics) = (client.clone(), inputs.to_vec());
+        let raw = tokio::task::spawn_blocking(move || raw_read_all(&c, &topics, E2E_PARTITIONS))
+            .await??;
+        let raw_rate = raw.0 as f64 / raw.1.as_secs_f64().max(1e-9);
+
+        let total = usize::try_from(produced.events)?;
+        let (pipeline, rate) = Running::measure(&cfg, client, total).await?;
+        let metrics = pipeline.stop().await;
+        Ok(HistoryE2e {
+            events: produced.events,
+            customers: produced.summary.active_customers as u64,
+            raw_events_per_second: raw_rate,
+            pipeline_events_per_second: rate,
+            ratio: rate / raw_rate.max(1e-9),
+            segment_changes: counter_sum(&metrics.segment_changes),
+            dead_letters: counter_sum(&metrics.dead_letters),
+            late_events: metrics.late_events.get(),
+        })
+    }
+    .await;
+    let mut names: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    names.extend([
+        changelog.as_str(),
+        current.as_str(),
+        output.as_str(),
+        dlq.as_str(),
+    ]);
+    delete_bench_topics(admin, &names).await;
+    result
+}
+
+/// The total of a counter vector over all its label values.
+fn counter_sum(v: &prometheus::IntCounterVec) -> u64 {
+    use prometheus::core::Collector;
+    v.collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
+
+/// The history run's rows of the end-to-end table.
+pub(super) fn history_rows(h: &HistoryE2e) -> String {
+    format!(
+        "| realistic traffic: a month of generated behaviour, {} events of {} customers | |\n\
+         | raw librdkafka read of that input | {:.0} events/s |\n\
+         | pipeline, transactions on | {:.0} events/s |\n\
+         | pipeline / raw | {:.3} |\n\
+         | segment changes published; dead letters (late) | {}; {} ({}) |\n",
+        h.events,
+        h.customers,
+        h.raw_events_per_second,
+        h.pipeline_events_per_second,
+        h.ratio,
+        h.segment_changes,
+        h.dead_letters,
+        h.late_events,
+    )
+}

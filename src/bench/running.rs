@@ -1,0 +1,147 @@
+//! A pipeline run in-process by the end-to-end benchmarks, and its
+//! sustained rate measured from its group's committed offsets.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+/// A pipeline running in-process (`segstream run` on a task of this
+/// runtime) until [`Running::stop`].
+pub(super) struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    metrics: Metrics,
+    task: tokio::task::JoinHandle<Result<(), crate::pipeline::PipelineError>>,
+}
+
+impl Running {
+    /// Starts the pipeline of `cfg` over its input topics, which hold
+    /// `events` records, and measures its sustained rate: records consumed
+    /// (committed offsets of its group) per second, from the moment every
+    /// stream thread holds its partitions (the rebalance as the threads join
+    /// one by one is start-up, not throughput) until all are committed.
+    pub(super) async fn measure(
+        cfg: &Config,
+        client: &ClientConfig,
+        events: usize,
+    ) -> BenchResult<(Running, f64)> {
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let metrics = Metrics::new()?;
+        let task = tokio::spawn(crate::pipeline::run(
+            cfg.clone(),
+            metrics.clone(),
+            async move {
+                let _ = stop_rx.await; // Err: the sender is gone, which also means stop.
+            },
+        ));
+        let running = Running {
+            stop,
+            metrics,
+            task,
+        };
+        match running.rate(cfg, client, events).await {
+            Ok(rate) => Ok((running, rate)),
+            Err(e) if running.task.is_finished() => {
+                let why = match running.task.await {
+                    Ok(Ok(())) => "it stopped".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                Err(format!("{e}: {why}").into())
+            }
+            Err(e) => {
+                running.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn rate(&self, cfg: &Config, client: &ClientConfig, events: usize) -> BenchResult<f64> {
+        let id = &cfg.kafka.group_id;
+        let consumer: BaseConsumer = client.clone().set("group.id", id).create()?;
+        let offsets = || -> Result<i64, KafkaError> {
+            let mut tpl = TopicPartitionList::new();
+            for t in &cfg.input.topics {
+                for p in 0..E2E_PARTITIONS {
+                    tpl.add_partition(t, p);
+                }
+            }
+            let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+            Ok(committed
+                .elements()
+                .iter()
+                .map(|e| e.offset().to_raw().unwrap_or(0).max(0))
+                .sum())
+        };
+        let total = events as i64;
+        let threads = cfg.pipeline.stream_threads();
+        let group_reader: BaseConsumer = client.clone().create()?;
+        let group_stable = || -> bool {
+            group_reader
+                .fetch_group_list(Some(id), Duration::from_secs(5))
+                .ok()
+                .and_then(|l| {
+                    l.groups().first().map(|g| {
+                        g.state() == "Stable"
+                            && g.members().len() >= threads
+                            && g.members()
+                                .iter()
+                                .all(|m| m.assignment().is_some_and(|a| a.len() > 8))
+                    })
+                })
+                .unwrap_or(false)
+        };
+        let mut first: Option<(Instant, i64)> = None;
+        let deadline = Instant::now() + Duration::from_secs(900);
+        let last = loop {
+            let done = offsets()?;
+            if first.is_none() && group_stable() {
+                // The group check takes a round trip: count from after it.
+                let done = offsets()?;
+                if done >= total {
+                    return Err(format!(
+                        "the pipeline consumed all {events} events before its group settled; \
+                     run with more events"
+                    )
+                    .into());
+                }
+                first = Some((Instant::now(), done));
+            }
+            if done >= total {
+                break Instant::now();
+            }
+            if self.task.is_finished() {
+                return Err("the pipeline stopped before it consumed the benchmark input".into());
+            }
+            if Instant::now() > deadline {
+                return Err("the pipeline did not consume the benchmark input in time".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let (t0, done0) = first.unwrap_or((last, 0));
+        // A rate measured over a sliver of the input is noise, and the latency
+        // runs feed at a share of it: refuse rather than flood the broker.
+        if total - done0 < total / 2 {
+            return Err(format!(
+                "the pipeline consumed {done0} of {events} events before its group settled, \
+             leaving too few to measure a rate; run with more events"
+            )
+            .into());
+        }
+        Ok((total - done0) as f64 / last.duration_since(t0).as_secs_f64().max(1e-3))
+    }
+
+    /// Stops the pipeline and waits for it; its error, if any, is logged
+    /// (a measurement already taken stands). Returns its metrics.
+    pub(super) async fn stop(self) -> Metrics {
+        let _ = self.stop.send(()); // Err: the pipeline already ended.
+        match self.task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "The pipeline stopped on an error."),
+            Err(e) => tracing::warn!(error = %e, "The pipeline task failed."),
+            Ok(Ok(())) => {}
+        }
+        self.metrics
+    }
+}
+
+/// Partitions per topic of the end-to-end benchmark: a multiple of 2 and 3,
+/// so stream threads share them evenly.
+pub(super) const E2E_PARTITIONS: i32 = 6;
