@@ -119,7 +119,17 @@ fn counter_sum(v: &prometheus::IntCounterVec) -> u64 {
 }
 
 /// The history run's rows of the end-to-end table.
-pub(super) fn history_rows(h: &HistoryE2e) -> String {
+pub(super) fn history_rows(h: &Outcome<HistoryE2e>) -> String {
+    let h = match h {
+        Outcome::Done(h) => h,
+        Outcome::Skipped => return String::new(),
+        Outcome::Failed(e) => {
+            return format!(
+                "| realistic traffic: a month of generated behaviour | failed: {} |\n",
+                e.replace(['\n', '|'], " ")
+            )
+        }
+    };
     format!(
         "| realistic traffic: a month of generated behaviour, {} events of {} customers | |\n\
          | raw librdkafka read of that input | {:.0} events/s |\n\

@@ -39,7 +39,7 @@ pub use e2e::{e2e, e2e_markdown, E2eBench, E2eModel, Latency};
 pub use history::HistoryE2e;
 pub use ingest::{ingest, ingest_markdown, IngestBench};
 use raw::*;
-pub use report::{suite_markdown, Machine, Outcome, Suite};
+pub use report::{suite_markdown, Machine, Suite};
 pub use risk::{risk, risk_markdown, RiskBench, RuleScore};
 use score::bench_transformer;
 pub use score::{score, score_markdown, ScoreBenchRow};
@@ -50,6 +50,32 @@ pub use train::{
 
 /// What a benchmark returns; its error is reported, not classified.
 pub type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// One benchmark's outcome: its results, or why it has none.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome<T> {
+    /// It ran.
+    Done(T),
+    /// It was not asked for.
+    Skipped,
+    /// It failed with this error.
+    Failed(String),
+}
+
+impl<T> Outcome<T> {
+    /// Wraps a benchmark's result.
+    pub fn from_result<E: std::fmt::Display>(r: Result<T, E>) -> Self {
+        match r {
+            Ok(v) => Outcome::Done(v),
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+
+    pub(super) fn is_failed(&self) -> bool {
+        matches!(self, Outcome::Failed(_))
+    }
+}
 
 use crate::rng::Rng;
 

@@ -6,7 +6,9 @@ use serde::Serialize;
 
 use super::ingest::{ingest_markdown, IngestBench};
 use super::train::{train_markdown, TrainBench};
-use super::{e2e_markdown, score_markdown, state_markdown, E2eBench, ScoreBenchRow, StateBench};
+use super::{
+    e2e_markdown, score_markdown, state_markdown, E2eBench, Outcome, ScoreBenchRow, StateBench,
+};
 
 /// The machine the numbers come from.
 #[derive(Debug, Clone, Serialize)]
@@ -68,32 +70,6 @@ impl Machine {
             rustc,
             date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         }
-    }
-}
-
-/// One benchmark's outcome: its results, or why it has none.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome<T> {
-    /// It ran.
-    Done(T),
-    /// It was not asked for.
-    Skipped,
-    /// It failed with this error.
-    Failed(String),
-}
-
-impl<T> Outcome<T> {
-    /// Wraps a benchmark's result.
-    pub fn from_result<E: std::fmt::Display>(r: Result<T, E>) -> Self {
-        match r {
-            Ok(v) => Outcome::Done(v),
-            Err(e) => Outcome::Failed(e.to_string()),
-        }
-    }
-
-    fn is_failed(&self) -> bool {
-        matches!(self, Outcome::Failed(_))
     }
 }
 
