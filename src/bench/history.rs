@@ -65,16 +65,8 @@ pub(super) async fn history_e2e(
         r.map_err(|(t, e)| format!("creating {t}: {e}"))?;
     }
     let result = async {
-        let mut cfg = config.clone();
-        cfg.input.topics = inputs.to_vec();
-        cfg.state.changelog_topic = changelog.clone();
-        cfg.dead_letter.topic = dlq.clone();
-        cfg.output.topic = output.clone();
-        cfg.output.current_topic = current.clone();
-        cfg.kafka.group_id = id.clone();
-        cfg.pipeline.transactional_id = format!("{id}-tx");
-        cfg.pipeline.http_listen = String::new();
-        cfg.score.registry = registry.to_path_buf();
+        let cfg = Running::config(config, &id, registry);
+        debug_assert_eq!(cfg.input.topics, inputs);
         let produced = super::ingest::produce_history(&cfg, events).await?;
 
         let (c, topics) = (client.clone(), inputs.to_vec());

@@ -205,7 +205,7 @@ pub fn suite_markdown(s: &Suite) -> String {
          SegmentChange latency at half and at a quarter of the sustained rate, fed and \
          read on threads of their own (machine busy: every process on the machine's \
          cores while the events were fed). Last, realistic traffic: twice as many events \
-         of a month of generated behaviour (many events per customer, a change only where \
+         (at least 1.2M) of a month of generated behaviour (many events per customer, a change only where \
          behaviour changes, the event-time merge of the three topics at work) through a \
          fresh pipeline, against a raw read of those topics.",
         &s.e2e,

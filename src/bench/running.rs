@@ -13,6 +13,25 @@ pub(super) struct Running {
 }
 
 impl Running {
+    /// `config` for a benchmark pipeline over the topics named after `id`
+    /// (`{id}.browse`, `.purchase`, `.review` in; `.changelog`, `.segments`,
+    /// `.current`, `.dlq`; group `id`), scoring the model promoted in
+    /// `registry`, with no HTTP listener.
+    pub(super) fn config(config: &Config, id: &str, registry: &std::path::Path) -> Config {
+        let t = |s: &str| format!("{id}.{s}");
+        let mut cfg = config.clone();
+        cfg.input.topics = vec![t("browse"), t("purchase"), t("review")];
+        cfg.state.changelog_topic = t("changelog");
+        cfg.dead_letter.topic = t("dlq");
+        cfg.output.topic = t("segments");
+        cfg.output.current_topic = t("current");
+        cfg.kafka.group_id = id.to_string();
+        cfg.pipeline.transactional_id = format!("{id}-tx");
+        cfg.pipeline.http_listen = String::new();
+        cfg.score.registry = registry.to_path_buf();
+        cfg
+    }
+
     /// Starts the pipeline of `cfg` over its input topics, which hold
     /// `events` records, and measures its sustained rate: records consumed
     /// (committed offsets of its group) per second, from the moment every
