@@ -254,33 +254,24 @@ pub async fn e2e(
     let id = format!("bench-e2e-{}", std::process::id());
     let client = config.kafka.client_config()?;
     let admin: AdminClient<DefaultClientContext> = client.create()?;
-    let t = |s: &str| format!("{id}.{s}");
-    let inputs = [t("browse"), t("purchase"), t("review")];
-    let mut new_topics: Vec<NewTopic<'_>> = inputs
-        .iter()
-        .map(|n| NewTopic::new(n, E2E_PARTITIONS, TopicReplication::Fixed(1)))
-        .collect();
-    let (changelog, dlq, output) = (t("changelog"), t("dlq"), t("segments"));
-    let current = t("current");
+    let dir = std::env::temp_dir().join(&id);
+    let registry = Registry::new(dir.join("models"));
+    let cfg = Running::config(config, &id, registry.root());
     // The read-write baseline's outputs, shaped like the pipeline's.
     let floor = [
-        t("floor-changelog"),
-        t("floor-segments"),
-        t("floor-current"),
+        format!("{id}.floor-changelog"),
+        format!("{id}.floor-segments"),
+        format!("{id}.floor-current"),
     ];
-    for compacted in [&changelog, &current, &floor[0], &floor[2]] {
-        new_topics.push(
-            NewTopic::new(compacted, E2E_PARTITIONS, TopicReplication::Fixed(1))
-                .set("cleanup.policy", "compact"),
-        );
-    }
-    new_topics.push(NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)));
-    for out in [&output, &floor[1]] {
-        new_topics.push(NewTopic::new(
-            out,
-            E2E_PARTITIONS,
-            TopicReplication::Fixed(1),
-        ));
+    let mut new_topics = Running::new_topics(&cfg);
+    for (i, name) in floor.iter().enumerate() {
+        let topic = NewTopic::new(name, E2E_PARTITIONS, TopicReplication::Fixed(1));
+        // Changelog and current membership are compacted, as the pipeline's.
+        new_topics.push(if i == 1 {
+            topic
+        } else {
+            topic.set("cleanup.policy", "compact")
+        });
     }
     for r in admin
         .create_topics(&new_topics, &AdminOptions::new())
@@ -288,11 +279,9 @@ pub async fn e2e(
     {
         r.map_err(|(t, e)| format!("creating {t}: {e}"))?;
     }
-    let dir = std::env::temp_dir().join(&id);
     // Every exit, a failure included, deletes the topics: a benchmark run
     // writes gigabytes, and a leftover run's topics fill the broker's disk.
     let result: BenchResult<E2eBench> = async {
-        let registry = Registry::new(dir.join("models"));
         let limits = config.state.limits().state;
         let featurizer = Featurizer::new(FeatureSpec::for_state(limits), limits)?;
         match model {
@@ -303,8 +292,7 @@ pub async fn e2e(
             }
             E2eModel::Transformer => bench_transformer(config, &registry).await?,
         }
-        let cfg = Running::config(config, &id, registry.root());
-        debug_assert_eq!(cfg.input.topics, inputs);
+        let inputs = &cfg.input.topics;
 
         // Pre-produce the throughput run: every event a new customer, so every
         // event is scored and publishes a SegmentChange (the latency run's shape).
@@ -376,7 +364,7 @@ pub async fn e2e(
                 client: &client,
                 group: format!("{id}-reader-{i}"),
                 input: &inputs[1],
-                output: &output,
+                output: &cfg.output.topic,
                 prefix: format!("lat{i}"),
             };
             let rate = (pipeline_rate * share).max(1.0);
@@ -423,14 +411,9 @@ pub async fn e2e(
         })
     }
     .await;
-    delete_bench_topics(
-        &admin,
-        &[
-            &inputs[0], &inputs[1], &inputs[2], &changelog, &dlq, &output, &current, &floor[0],
-            &floor[1], &floor[2],
-        ],
-    )
-    .await;
+    let mut names = Running::topic_names(&cfg);
+    names.extend(floor.iter().map(String::as_str));
+    delete_bench_topics(&admin, &names).await;
     let _ = std::fs::remove_dir_all(&dir); // Best effort: a temporary directory.
     result
 }

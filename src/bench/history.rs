@@ -42,34 +42,17 @@ pub(super) async fn history_e2e(
     registry: &std::path::Path,
     events: usize,
 ) -> BenchResult<HistoryE2e> {
-    let id = format!("{id}-history");
-    let t = |s: &str| format!("{id}.{s}");
-    let inputs = [t("browse"), t("purchase"), t("review")];
-    let (changelog, current, output, dlq) = (t("changelog"), t("current"), t("segments"), t("dlq"));
-    let mut new_topics: Vec<NewTopic<'_>> = inputs
-        .iter()
-        .chain([&output])
-        .map(|n| NewTopic::new(n, E2E_PARTITIONS, TopicReplication::Fixed(1)))
-        .collect();
-    for compacted in [&changelog, &current] {
-        new_topics.push(
-            NewTopic::new(compacted, E2E_PARTITIONS, TopicReplication::Fixed(1))
-                .set("cleanup.policy", "compact"),
-        );
-    }
-    new_topics.push(NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)));
+    let cfg = Running::config(config, &format!("{id}-history"), registry);
     for r in admin
-        .create_topics(&new_topics, &AdminOptions::new())
+        .create_topics(&Running::new_topics(&cfg), &AdminOptions::new())
         .await?
     {
         r.map_err(|(t, e)| format!("creating {t}: {e}"))?;
     }
     let result = async {
-        let cfg = Running::config(config, &id, registry);
-        debug_assert_eq!(cfg.input.topics, inputs);
         let produced = super::ingest::produce_history(&cfg, events).await?;
 
-        let (c, topics) = (client.clone(), inputs.to_vec());
+        let (c, topics) = (client.clone(), cfg.input.topics.clone());
         let raw = tokio::task::spawn_blocking(move || raw_read_all(&c, &topics, E2E_PARTITIONS))
             .await??;
         let raw_rate = raw.0 as f64 / raw.1.as_secs_f64().max(1e-9);
@@ -89,14 +72,7 @@ pub(super) async fn history_e2e(
         })
     }
     .await;
-    let mut names: Vec<&str> = inputs.iter().map(String::as_str).collect();
-    names.extend([
-        changelog.as_str(),
-        current.as_str(),
-        output.as_str(),
-        dlq.as_str(),
-    ]);
-    delete_bench_topics(admin, &names).await;
+    delete_bench_topics(admin, &Running::topic_names(&cfg)).await;
     result
 }
 

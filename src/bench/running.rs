@@ -32,6 +32,31 @@ impl Running {
         cfg
     }
 
+    /// The topics of a pipeline configured by [`Running::config`], to
+    /// create: inputs and segment output with [`E2E_PARTITIONS`], changelog
+    /// and current membership compacted, dead letters on one partition.
+    pub(super) fn new_topics(cfg: &Config) -> Vec<NewTopic<'_>> {
+        fn plain(n: &str) -> NewTopic<'_> {
+            NewTopic::new(n, E2E_PARTITIONS, TopicReplication::Fixed(1))
+        }
+        let mut topics: Vec<NewTopic<'_>> = cfg.input.topics.iter().map(|n| plain(n)).collect();
+        topics.push(plain(&cfg.output.topic));
+        for compacted in [&cfg.state.changelog_topic, &cfg.output.current_topic] {
+            topics.push(plain(compacted).set("cleanup.policy", "compact"));
+        }
+        topics.push(NewTopic::new(
+            &cfg.dead_letter.topic,
+            1,
+            TopicReplication::Fixed(1),
+        ));
+        topics
+    }
+
+    /// The names of [`Running::new_topics`], to delete.
+    pub(super) fn topic_names(cfg: &Config) -> Vec<&str> {
+        Running::new_topics(cfg).iter().map(|t| t.name).collect()
+    }
+
     /// Starts the pipeline of `cfg` over its input topics, which hold
     /// `events` records, and measures its sustained rate: records consumed
     /// (committed offsets of its group) per second, from the moment every
