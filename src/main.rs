@@ -115,11 +115,17 @@ enum Command {
     Predict(PredictArgs),
     /// Erase customers: write an erasure request per id to
     /// `privacy.erasure_topic`; the running pipeline removes their state,
-    /// tombstones the changelog and the current topic, and audits it.
+    /// tombstones the changelog and the current topic, clears their risk
+    /// flags, audits it, and drops their events stamped up to the request's
+    /// time that it reads later (a lagging input).
     Forget {
         /// A customer id as the producers key it (repeat for several).
         #[arg(long = "customer", required = true)]
         customers: Vec<String>,
+        /// Erase up to this time (RFC 3339, or a date: its end) instead of
+        /// now; never later than now.
+        #[arg(long, value_parser = cli::train::parse_until)]
+        as_of: Option<i64>,
     },
     /// Model tools: look at, check, or create model directories.
     Model {
@@ -172,8 +178,8 @@ fn main() -> ExitCode {
             let result = runtime.block_on(async {
                 match command {
                     Command::Run => run(config).await,
-                    Command::Forget { customers } => {
-                        let n = segstream::privacy::request_erasure(&config, &customers)
+                    Command::Forget { customers, as_of } => {
+                        let n = segstream::privacy::request_erasure(&config, &customers, as_of)
                             .await
                             .map_err(anyhow::Error::msg)?;
                         println!(

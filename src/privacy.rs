@@ -13,10 +13,17 @@
 //! EXITED record for their segment and a tombstone in the current topic) in
 //! the transaction that commits the request's offset, and writes an audit
 //! entry to `privacy.audit_topic` keyed by the pseudonym (or, without
-//! pseudonyms, an unkeyed SHA-256 digest of the id). Training and `predict`
-//! drop the events of erased customers.
+//! pseudonyms, an unkeyed SHA-256 digest of the id).
+//!
+//! An erasure holds as of the request's time T (`forget --as-of`, or the
+//! request record's timestamp): events of the customer that happened or were
+//! produced at or before T are dropped wherever they are read later (a
+//! lagging input, a restore, a rebalance), by a marker the owning thread
+//! keeps in its state and changelog for `privacy.erasure_retention` (see
+//! [`crate::state::erasure`]); events after T start a new state. Training
+//! and `predict` apply the same rule to the history they read.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -101,11 +108,27 @@ pub fn audit_key(p: Option<&Pseudonymizer>, stored: &str) -> String {
     out
 }
 
-/// Every stored id with an erasure request in `privacy.erasure_topic`
-/// (empty when there is no such topic).
-pub fn erased_ids(cfg: &Config) -> Result<HashSet<String>, String> {
+/// The time an erasure request erases up to: the `as_of_ms` its value
+/// names (`forget --as-of`), else the record's timestamp, else the
+/// `requested_at_ms` of its value; a request without any time erases
+/// everything read so far and up to now.
+pub fn request_time(value: Option<&[u8]>, record_ms: Option<i64>) -> i64 {
+    let field = |name: &str| {
+        value
+            .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+            .and_then(|v| v.get(name).and_then(serde_json::Value::as_i64))
+    };
+    field("as_of_ms")
+        .or(record_ms.filter(|t| *t >= 0))
+        .or_else(|| field("requested_at_ms"))
+        .unwrap_or_else(crate::ingest::now_ms)
+}
+
+/// Every stored id with an erasure request in `privacy.erasure_topic`, with
+/// the latest time one erases up to (empty when there is no such topic).
+pub fn erasures(cfg: &Config) -> Result<HashMap<String, i64>, String> {
     let topic = &cfg.privacy.erasure_topic;
-    let mut out = HashSet::new();
+    let mut out = HashMap::new();
     if topic.is_empty() {
         return Ok(out);
     }
@@ -135,7 +158,11 @@ pub fn erased_ids(cfg: &Config) -> Result<HashSet<String>, String> {
             Some(Err(e)) => return Err(format!("reading {topic}: {e}")),
             Some(Ok(m)) => {
                 if let Some(k) = m.key() {
-                    out.insert(String::from_utf8_lossy(k).into_owned());
+                    let through = request_time(m.payload(), m.timestamp().to_millis());
+                    let t = out
+                        .entry(String::from_utf8_lossy(k).into_owned())
+                        .or_insert(through);
+                    *t = (*t).max(through);
                 }
             }
         }
@@ -159,22 +186,42 @@ pub(crate) fn partitions_of(
         .ok_or_else(|| format!("{topic} does not exist"))
 }
 
-/// Drops the events of erased customers from a history; returns how many
-/// were dropped.
+/// Drops from a history the events that an erasure covers (those of an
+/// erased customer at or before the erasure's time: a history read from
+/// files or topics has no producing time per event, so the event time
+/// stands for it); returns how many were dropped.
 pub fn drop_erased(cfg: &Config, events: &mut Vec<Event>) -> Result<usize, String> {
-    let erased = erased_ids(cfg)?;
-    if erased.is_empty() {
-        return Ok(0);
-    }
+    let erased = erasures(cfg)?;
     let p = Pseudonymizer::from_config(&cfg.privacy)?;
+    Ok(drop_covered(&erased, p.as_ref(), events))
+}
+
+/// [`drop_erased`] with the erasures given (stored id → erased up to).
+pub fn drop_covered(
+    erased: &HashMap<String, i64>,
+    p: Option<&Pseudonymizer>,
+    events: &mut Vec<Event>,
+) -> usize {
+    if erased.is_empty() {
+        return 0;
+    }
     let before = events.len();
-    events.retain(|e| !erased.contains(&stored_id(p.as_ref(), &e.customer_id)));
-    Ok(before - events.len())
+    events.retain(|e| {
+        erased
+            .get(&stored_id(p, &e.customer_id))
+            .is_none_or(|t| !crate::state::erasure::covers(*t, e.event_time_ms, None))
+    });
+    before - events.len()
 }
 
 /// Writes an erasure request for each id (clear ids, as the producers key
-/// them) to `privacy.erasure_topic`, in the customer's input partition.
-pub async fn request_erasure(cfg: &Config, ids: &[String]) -> Result<usize, String> {
+/// them) to `privacy.erasure_topic`, in the customer's input partition. The
+/// request erases up to `as_of_ms` (default: now; never later than now).
+pub async fn request_erasure(
+    cfg: &Config,
+    ids: &[String],
+    as_of_ms: Option<i64>,
+) -> Result<usize, String> {
     let topic = &cfg.privacy.erasure_topic;
     if topic.is_empty() {
         return Err(
@@ -194,11 +241,17 @@ pub async fn request_erasure(cfg: &Config, ids: &[String]) -> Result<usize, Stri
         .create_with_context(QuietContext)
         .map_err(|e| format!("creating the producer: {e}"))?;
     let now = crate::ingest::now_ms();
+    let as_of = as_of_ms.unwrap_or(now);
+    if as_of > now {
+        return Err(format!(
+            "--as-of is {as_of} ms, after now ({now} ms): an erasure covers what happened up to its time"
+        ));
+    }
     for id in ids {
         let stored = stored_id(p.as_ref(), id);
         let partition =
             crate::ingest::partition_for(cfg.input.partitioner, id.as_bytes(), partitions);
-        let value = serde_json::json!({ "requested_at_ms": now }).to_string();
+        let value = serde_json::json!({ "requested_at_ms": now, "as_of_ms": as_of }).to_string();
         producer
             .send(
                 FutureRecord::to(topic)
@@ -247,6 +300,39 @@ mod tests {
             hex,
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn a_request_erases_up_to_its_named_time_else_its_record_time() {
+        let v = br#"{"requested_at_ms": 5000, "as_of_ms": 3000}"#;
+        assert_eq!(request_time(Some(v), Some(4000)), 3000);
+        let v = br#"{"requested_at_ms": 5000}"#;
+        assert_eq!(request_time(Some(v), Some(4000)), 4000);
+        assert_eq!(request_time(Some(v), None), 5000);
+        assert!(
+            request_time(Some(b"not json"), Some(-1)) > 1_700_000_000_000,
+            "now"
+        );
+        assert_eq!(request_time(None, Some(7)), 7);
+    }
+
+    #[test]
+    fn offline_histories_drop_what_an_erasure_covers() {
+        use crate::state::tests::{buy, ev as event};
+        let ev = |c: &str, t: i64| event(c, &format!("{c}-{t}"), t, buy("shoes", 100));
+        let mut events = vec![ev("a", 10), ev("a", 20), ev("a", 30), ev("b", 10)];
+        let erased = HashMap::from([("a".to_string(), 20)]);
+        assert_eq!(drop_covered(&erased, None, &mut events), 2);
+        let left: Vec<(&str, i64)> = events
+            .iter()
+            .map(|e| (e.customer_id.as_str(), e.event_time_ms))
+            .collect();
+        assert_eq!(left, [("a", 30), ("b", 10)]);
+        // Keyed by the stored id: with pseudonyms, the pseudonym.
+        let p = Pseudonymizer::new(b"0123456789abcdef").unwrap();
+        let erased = HashMap::from([(p.apply("b"), 10)]);
+        assert_eq!(drop_covered(&erased, Some(&p), &mut events), 1);
+        assert_eq!(events.len(), 1);
     }
 
     #[test]

@@ -5,13 +5,17 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use common::pipeline::*;
 use prost::Message as _;
-use segstream::event::proto::{Membership, SegmentChange, Trigger};
+use segstream::event::corpus::browse;
+use segstream::event::encode::{encode, WireFormat};
+use segstream::event::proto::{Membership, RiskFlag, SegmentChange, Trigger};
+use segstream::ingest::now_ms;
 use segstream::privacy::Pseudonymizer;
+use segstream::state::changelog;
 
 const KEY: &str = "a-test-key-of-enough-bytes-0123";
 
@@ -236,4 +240,259 @@ async fn forget_erases_for_good() {
         assert!(!text.contains(c.as_str()), "{c} was scored");
     }
     assert!(text.contains(kept[0].as_str()));
+}
+
+/// The events of `customer` on the browse topic: `n` views from `from_ms`,
+/// `every_ms` apart (ids start at `first`).
+fn views(
+    s: &Setup,
+    customer: &str,
+    first: usize,
+    n: usize,
+    from_ms: i64,
+    every_ms: i64,
+) -> Vec<(String, String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let id = format!("{customer}-v{}", first + i);
+            let at = from_ms + i as i64 * every_ms;
+            let value = encode(&browse(customer, &id, at), WireFormat::Protobuf);
+            (s.browse.clone(), customer.to_string(), value)
+        })
+        .collect()
+}
+
+/// The values of every committed record of `topic` keyed by `customer`.
+fn records_of(topic: &str, customer: &str) -> Vec<Option<Vec<u8>>> {
+    read_all(topic)
+        .into_iter()
+        .filter(|(_, _, k, _, _)| k.as_deref() == Some(customer.as_bytes()))
+        .map(|(_, _, _, v, _)| v)
+        .collect()
+}
+
+/// The latest changelog value per key.
+fn changelog_latest(s: &Setup) -> HashMap<String, Option<Vec<u8>>> {
+    let mut latest = HashMap::new();
+    for (_, _, k, v, _) in read_all(&s.changelog) {
+        latest.insert(String::from_utf8(k.unwrap()).unwrap(), v);
+    }
+    latest
+}
+
+fn forget(s: &Setup, customers: &[&str]) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_segstream"));
+    cmd.args(["forget", "-c"]).arg(&s.config);
+    for c in customers {
+        cmd.args(["--customer", c]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issue 36: an erasure holds as of the request's time, also when the
+/// input lags behind the request. A stopped instance lags; the customers'
+/// events produced before the request are read after it (many cycles
+/// later: they come after a backlog of other customers' events), and none
+/// of them brings state, a segment, a current record, a lookup answer or a
+/// flag back; an event stamped after the request starts a new state. Then
+/// a SIGKILL, and events stamped before the request that arrive after the
+/// restore (a late backfill) are dropped too: the marker came back from the
+/// changelog. Around it, flags raised before an erasure or an eviction
+/// are cleared on the risk topic (reason ERASED, EVICTED), and the topic
+/// alternates raise/clear per customer and rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_holds_while_the_input_lags_and_through_a_crash() {
+    common::require_onnxruntime();
+    let mut s = setup().await;
+    let erasure = format!("{}.erasure", s.group);
+    common::create_topics(&[&erasure], PARTITIONS).await;
+    s.configure(|c| {
+        c.privacy.erasure_topic = erasure.clone();
+        // Small cycles: the lagging customers' events come many cycles
+        // after the erasure request is read.
+        c.pipeline.max_cycle_records = 50;
+        c.state.ttl = Duration::from_secs(91 * 86_400);
+    });
+    let log = s.dir.path().join("run.log");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let env = [("SEGSTREAM__PIPELINE__HTTP_LISTEN", listen.as_str())];
+    let now = now_ms();
+
+    // Flags that clear when their customer leaves: a bot erased while
+    // running, and a bot of long ago evicted by the TTL once newer events
+    // move the watermark on.
+    let (bot, old_bot) = ("risk-bot-erased", "risk-bot-evicted");
+    let mut first = views(&s, old_bot, 0, 40, now - 100 * 86_400_000, 1_500);
+    first.extend(views(&s, bot, 0, 40, now - 600_000, 1_500));
+    produce_records(first).await;
+    let mut child = start_as_with(&s.config, &log, "a", &env);
+    wait_consumed(&s, std::slice::from_mut(&mut child), &log).await;
+    forget(&s, &[bot]);
+    // Newer events in every partition: the old bot's partition evicts it.
+    let fillers: Vec<String> = (0..30).map(|i| format!("filler-{i:02}")).collect();
+    let mut now_events = Vec::new();
+    for f in &fillers {
+        now_events.extend(views(&s, f, 0, 2, now - 60_000, 1_000));
+    }
+    produce_records(now_events).await;
+    wait_consumed(&s, std::slice::from_mut(&mut child), &log).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let latest = changelog_latest(&s);
+        let gone = |c: &str| latest.get(c).is_some_and(Option::is_none);
+        if gone(bot) && gone(old_bot) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not erased and evicted:\n{}",
+            tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for (customer, reason) in [(bot, "ERASED"), (old_bot, "EVICTED")] {
+        let flags: Vec<RiskFlag> = records_of(&s.risk, customer)
+            .into_iter()
+            .map(|v| RiskFlag::decode(&v.unwrap()[..]).unwrap())
+            .collect();
+        let summary: Vec<(bool, &str)> = flags
+            .iter()
+            .map(|f| (f.raised, f.reason.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [(true, "RULE"), (false, reason)],
+            "{customer}: {flags:?}\n{}",
+            tail(&log)
+        );
+        assert_eq!(flags[1].rule, "bot_browsing");
+    }
+
+    // The lag: the instance is stopped while the customers act, then the
+    // requests come.
+    let (gone, back, kept) = ("lag-gone", "lag-back", "lag-kept");
+    let mut backlog = Vec::new();
+    for f in &fillers {
+        backlog.extend(views(&s, f, 10, 60, now - 300_000, 1_000));
+    }
+    for c in [gone, back, kept] {
+        // 40 views in a minute: a bot_browsing flag if they were applied.
+        backlog.extend(views(&s, c, 0, 40, now - 240_000, 1_500));
+    }
+    produce_records(backlog).await;
+    forget(&s, &[gone, back]);
+    let requested = now_ms();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Stamped after the request: a new state for `back`.
+    let after = now_ms() + 1_000;
+    produce_records(views(&s, back, 100, 1, after, 0)).await;
+
+    let mut child = start_as_with(&s.config, &log, "a", &env);
+    wait_consumed(&s, std::slice::from_mut(&mut child), &log).await;
+    let marker = |c: &str| format!("\u{0}erased:{c}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ![gone, back].iter().all(|c| {
+        changelog_latest(&s)
+            .get(&marker(c))
+            .is_some_and(Option::is_some)
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "no erasure markers:\n{}",
+            tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let lookup = |c: &str| {
+        get_settled(port, &format!("/v1/customers/{c}")).expect("the HTTP endpoint answers")
+    };
+    let check = |phase: &str| {
+        let (status, _, body) = lookup(gone);
+        assert_eq!(
+            status,
+            404,
+            "{phase}: lookup of {gone}: {body}\n{}",
+            tail(&log)
+        );
+        assert_eq!(lookup(kept).0, 200, "{phase}: {kept}");
+        let (status, _, body) = lookup(back);
+        assert_eq!(status, 200, "{phase}: lookup of {back}: {body}");
+        let latest = changelog_latest(&s);
+        assert!(
+            latest.get(gone).is_none_or(Option::is_none),
+            "{phase}: {gone} has state in the changelog"
+        );
+        let state = changelog::decode(latest[back].as_ref().unwrap()).unwrap();
+        assert_eq!(
+            state.recent().len(),
+            1,
+            "{phase}: {back} holds only the event after the request"
+        );
+        assert_eq!(i64::from(state.recent()[0].time_s), after / 1000);
+        let kept_state = changelog::decode(latest[kept].as_ref().unwrap()).unwrap();
+        assert_eq!(
+            kept_state.recent().len(),
+            40,
+            "{phase}: {kept} is untouched"
+        );
+        for topic in [&s.output, &s.current, &s.risk] {
+            assert_eq!(
+                records_of(topic, gone).len(),
+                0,
+                "{phase}: {gone} appears in {topic}"
+            );
+        }
+        for v in records_of(&s.output, back) {
+            let c = SegmentChange::decode(&v.unwrap()[..]).unwrap();
+            assert!(
+                c.as_of_ms > requested,
+                "{phase}: a change of {back} before the request: {c:?}"
+            );
+        }
+        assert!(
+            records_of(&s.risk, back).is_empty(),
+            "{phase}: {back} flagged"
+        );
+        let flagged: Vec<_> = records_of(&s.risk, kept)
+            .into_iter()
+            .map(|v| RiskFlag::decode(&v.unwrap()[..]).unwrap().raised)
+            .collect();
+        assert_eq!(flagged, [true], "{phase}: the same events flag {kept}");
+    };
+    check("caught up");
+    let metrics = get(port, "/metrics").unwrap().1;
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("segstream_erased_events_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(dropped >= 80.0, "80 events dropped, counted {dropped}");
+
+    // SIGKILL; a late backfill stamped before the request arrives; the
+    // restore brings the markers back and they drop it.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut late = Vec::new();
+    for c in [gone, back] {
+        late.extend(views(&s, c, 200, 5, requested - 120_000, 1_000));
+    }
+    produce_records_at(late, Some(requested - 1_000)).await;
+    let mut child = start_as_with(&s.config, &log, "a", &env);
+    wait_consumed(&s, std::slice::from_mut(&mut child), &log).await;
+    check("after a SIGKILL and a restore");
+    sigterm(&child);
+    assert!(
+        child.wait().unwrap().success(),
+        "clean stop:\n{}",
+        tail(&log)
+    );
+    verify_risk(&s, &changelog_latest(&s));
 }

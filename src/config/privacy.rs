@@ -25,6 +25,12 @@ pub struct PrivacyConfig {
     /// Where each completed erasure is recorded (keyed by the pseudonym, or
     /// a SHA-256 digest of the id without pseudonyms); empty: only logged.
     pub audit_topic: String,
+    /// How long an erased customer's marker is kept after the erasure's
+    /// time, dropping their events stamped before it that are read late (a
+    /// lagging input, a restore). Set it to the input topics' retention:
+    /// no older record can arrive after that.
+    #[serde(with = "humantime_serde")]
+    pub erasure_retention: Duration,
 }
 
 impl Default for PrivacyConfig {
@@ -35,6 +41,8 @@ impl Default for PrivacyConfig {
             key_env: "SEGSTREAM_PRIVACY_KEY".into(),
             erasure_topic: String::new(),
             audit_topic: String::new(),
+            // Kafka's default `retention.ms`.
+            erasure_retention: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -81,6 +89,12 @@ impl PrivacyConfig {
             if let Err(e) = pr.key().and_then(|k| check_key(&k)) {
                 p.add("privacy.pseudonymize", e);
             }
+        }
+        if pr.erasure_retention.is_zero() {
+            p.add(
+                "privacy.erasure_retention",
+                "must be positive: it should match the input topics' retention",
+            );
         }
         if !pr.audit_topic.is_empty() && pr.erasure_topic.is_empty() {
             p.add(

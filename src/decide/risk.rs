@@ -232,6 +232,45 @@ pub fn evaluate(cfg: &RiskConfig, recent: &[RecentEvent], as_of_ms: i64) -> Vec<
     out
 }
 
+/// Why a flag changed (`RiskFlag.reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The rule's score crossed its threshold.
+    Rule,
+    /// The customer was erased with the flag raised.
+    Erased,
+    /// The customer was evicted (`state.ttl`) with the flag raised.
+    Evicted,
+}
+
+impl Cause {
+    /// The value in `RiskFlag.reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Rule => "RULE",
+            Cause::Erased => "ERASED",
+            Cause::Evicted => "EVICTED",
+        }
+    }
+}
+
+/// The clears of every flag raised in `flags`, for a customer who leaves
+/// (erased or evicted): no rule ran, so the findings carry no evidence.
+pub fn clear_all(flags: u8) -> Vec<Transition> {
+    Rule::ALL
+        .into_iter()
+        .filter(|r| flags & r.bit() != 0)
+        .map(|rule| Transition {
+            finding: Finding {
+                rule,
+                score: 0.0,
+                evidence: Vec::new(),
+            },
+            raised: false,
+        })
+        .collect()
+}
+
 /// A flag that changes: raised (`true`) or cleared.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transition {

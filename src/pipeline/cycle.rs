@@ -50,6 +50,17 @@ pub(super) struct RiskChange {
     pub decided_at_ms: i64,
 }
 
+/// An erasure request read from `privacy.erasure_topic`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ErasureRequest {
+    pub partition: i32,
+    /// The stored id (the pseudonym when pseudonymizing).
+    pub id: String,
+    pub offset: i64,
+    /// Erased up to (ms since the epoch; see `state::erasure`).
+    pub through_ms: i64,
+}
+
 /// The work of the open transaction.
 #[derive(Default)]
 pub(super) struct Cycle {
@@ -61,8 +72,6 @@ pub(super) struct Cycle {
     pub records: u64,
     /// Kafka timestamps (ms) of the cycle's records, for end-to-end latency.
     pub timestamps: Vec<i64>,
-    /// Erasure requests consumed: (partition, stored id, offset).
-    pub erasures: Vec<(i32, String, i64)>,
     /// Erasure audit entries to write: (audit key, JSON value).
     pub audits: Vec<(String, Vec<u8>)>,
     /// Risk flags raised as events were applied.
@@ -372,6 +381,7 @@ impl Pipeline {
                     out,
                     &r.customer_id,
                     &r.transition,
+                    risk::Cause::Rule,
                     r.as_of_ms,
                     r.decided_at_ms,
                     live,
@@ -398,9 +408,40 @@ impl Pipeline {
             let evicted = Trigger::Evicted as i32;
             let live = output::is_live(out, evicted, as_of, decided_at, lag);
             for exit in store.take_exits() {
-                records.extend(
-                    output::for_exit(out, p, &exit, as_of, decided_at, live).map_err(encoding)?,
-                );
+                if !exit.segment.is_empty() {
+                    records.extend(
+                        output::for_exit(out, p, &exit, as_of, decided_at, live)
+                            .map_err(encoding)?,
+                    );
+                }
+                if out.risk_topic.is_empty() {
+                    continue;
+                }
+                // The customer leaves with their flags: each one clears, so
+                // the risk topic alone gives the flags raised now.
+                let cause = if exit.erased {
+                    risk::Cause::Erased
+                } else {
+                    risk::Cause::Evicted
+                };
+                for t in risk::clear_all(exit.risk_flags) {
+                    records.push(
+                        output::for_risk(
+                            out,
+                            &exit.customer_id,
+                            &t,
+                            cause,
+                            as_of,
+                            decided_at,
+                            live,
+                        )
+                        .map_err(encoding)?,
+                    );
+                    self.metrics
+                        .risk_flags
+                        .with_label_values(&[t.finding.rule.as_str(), "cleared"])
+                        .inc();
+                }
             }
         }
         for (key, value) in std::mem::take(&mut self.cycle.audits) {

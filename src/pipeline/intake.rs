@@ -15,7 +15,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use super::clients::PipelineContext;
-use super::cycle::{RiskChange, Why};
+use super::cycle::{ErasureRequest, RiskChange, Why};
 use super::{Pipeline, PipelineError, TxnError};
 use crate::decide::risk;
 use crate::event::{Reason, Rejection};
@@ -36,6 +36,12 @@ pub(super) enum HeldItem {
     Event(Box<ingest::SourcedEvent>, OwnedSource),
     /// A record refused at decoding.
     Refused(DeadLetter),
+    /// An erasure request. It has no event time: the merge releases it
+    /// before any input record of its partition, and holds the input while
+    /// the erasure partition has records to come (up to `input.max_idle`),
+    /// so a request is applied before the events it covers that were read
+    /// in the same catch-up.
+    Erasure(ErasureRequest),
 }
 
 /// An owned copy of a consumed record.
@@ -75,37 +81,44 @@ impl OwnedSource {
 }
 
 impl Pipeline {
-    /// Erases the customers of the cycle's erasure requests (their buffered
-    /// events were applied first) and queues one audit entry per request.
-    pub(super) fn apply_erasures(&mut self) {
-        let erasures = std::mem::take(&mut self.cycle.erasures);
+    /// Erases a customer as of the request's time (their state goes, their
+    /// segment and flags are left at the cycle's output, and a marker drops
+    /// their events stamped before it that are read later) and queues an
+    /// audit entry.
+    fn erase(&mut self, request: ErasureRequest) {
         let now = ingest::now_ms();
-        for (partition, id, offset) in erasures {
-            let had_state = self
-                .stores
-                .get_mut(&partition)
-                .is_some_and(|s| s.erase(&id));
-            let key = crate::privacy::audit_key(self.pseudonymizer.as_deref(), &id);
-            info!(
-                customer = %key,
-                partition,
-                offset,
-                had_state,
-                "Erased a customer (privacy.erasure_topic)."
-            );
-            self.metrics.erasures.inc();
-            if !self.cfg.privacy.audit_topic.is_empty() {
-                let value = serde_json::json!({
-                    "customer": key,
-                    "partition": partition,
-                    "request_offset": offset,
-                    "had_state": had_state,
-                    "erased_at_ms": now,
-                });
-                self.cycle
-                    .audits
-                    .push((key, value.to_string().into_bytes()));
-            }
+        let ErasureRequest {
+            partition,
+            id,
+            offset,
+            through_ms,
+        } = request;
+        let had_state = self
+            .stores
+            .get_mut(&partition)
+            .is_some_and(|s| s.erase(&id, through_ms));
+        let key = crate::privacy::audit_key(self.pseudonymizer.as_deref(), &id);
+        info!(
+            customer = %key,
+            partition,
+            offset,
+            had_state,
+            erased_through_ms = through_ms,
+            "Erased a customer (privacy.erasure_topic)."
+        );
+        self.metrics.erasures.inc();
+        if !self.cfg.privacy.audit_topic.is_empty() {
+            let value = serde_json::json!({
+                "customer": key,
+                "partition": partition,
+                "request_offset": offset,
+                "erased_through_ms": through_ms,
+                "had_state": had_state,
+                "erased_at_ms": now,
+            });
+            self.cycle
+                .audits
+                .push((key, value.to_string().into_bytes()));
         }
     }
 
@@ -147,57 +160,11 @@ impl Pipeline {
         if !self.stores.contains_key(&partition) {
             self.restore(vec![partition]).await?;
         }
-        if *topic == *self.cfg.privacy.erasure_topic {
-            // Applied at the end of the cycle, after every buffered event.
-            if let Some(key) = msg.key() {
-                let id = String::from_utf8_lossy(key).into_owned();
-                self.cycle.erasures.push((partition, id, offset));
-            }
-            self.tally.consumed(&topic);
-            self.cycle.offsets.insert((topic, partition), offset + 1);
-            return Ok(());
-        }
         let record = ingest::source_record(&msg);
-        let routed = ingest::route(
-            &self.decoder,
-            &record,
-            &topic,
-            ingest::now_ms(),
-            self.max_dead_letter_bytes,
-        );
-        let routed = match routed {
-            Routed::Event(e) if self.cfg.input.check_partition => {
-                match self.directory.partition_of(&e.event.customer_id) {
-                    Some(p) if p != partition => Routed::DeadLetter(DeadLetter::new(
-                        &record,
-                        Rejection::new(
-                            Reason::WrongPartition,
-                            format!(
-                                "customer_id hashes to partition {p} of the input topics under \
-                                 input.partitioner = {}, but the record is in partition \
-                                 {partition}: producers must key records by customer_id with \
-                                 that partitioner",
-                                self.cfg.input.partitioner.as_str()
-                            ),
-                        ),
-                        self.max_dead_letter_bytes,
-                    )),
-                    _ => Routed::Event(e),
-                }
-            }
-            other => other,
-        };
-        let (time_ms, item) = match routed {
-            Routed::Event(mut e) => {
-                if let Some(p) = &self.pseudonymizer {
-                    e.event.customer_id = p.apply(&e.event.customer_id);
-                }
-                (
-                    Some(e.event.event_time_ms),
-                    HeldItem::Event(Box::new(e), OwnedSource::of(&record)),
-                )
-            }
-            Routed::DeadLetter(d) => (None, HeldItem::Refused(d)),
+        let (time_ms, item) = if *topic == *self.cfg.privacy.erasure_topic {
+            (None, self.erasure_request(&record))
+        } else {
+            self.route(&record, &topic, partition)
         };
         self.tally.consumed(&topic);
         self.fetched.insert((topic.clone(), partition), offset + 1);
@@ -221,6 +188,80 @@ impl Pipeline {
             }
         }
         self.release(partition)
+    }
+
+    /// An erasure request as the merge holds it (a dead letter when it
+    /// names no customer).
+    fn erasure_request(&self, record: &ingest::SourceRecord<'_>) -> HeldItem {
+        match record.key {
+            Some(key) if !key.is_empty() => HeldItem::Erasure(ErasureRequest {
+                partition: record.partition,
+                id: String::from_utf8_lossy(key).into_owned(),
+                offset: record.offset,
+                through_ms: crate::privacy::request_time(record.value, record.timestamp_ms),
+            }),
+            _ => HeldItem::Refused(DeadLetter::new(
+                record,
+                Rejection::new(
+                    Reason::MissingCustomer,
+                    "an erasure request must be keyed by the customer id as it is stored \
+                     (segstream forget writes them so)",
+                ),
+                self.max_dead_letter_bytes,
+            )),
+        }
+    }
+
+    /// Decodes, validates and checks the partition of an input record;
+    /// pseudonymizes its customer. Returns its event time (`None` for a
+    /// refused record) and what the merge holds.
+    fn route(
+        &self,
+        record: &ingest::SourceRecord<'_>,
+        topic: &Arc<str>,
+        partition: i32,
+    ) -> (Option<i64>, HeldItem) {
+        let routed = ingest::route(
+            &self.decoder,
+            record,
+            topic,
+            ingest::now_ms(),
+            self.max_dead_letter_bytes,
+        );
+        let routed = match routed {
+            Routed::Event(e) if self.cfg.input.check_partition => {
+                match self.directory.partition_of(&e.event.customer_id) {
+                    Some(p) if p != partition => Routed::DeadLetter(DeadLetter::new(
+                        record,
+                        Rejection::new(
+                            Reason::WrongPartition,
+                            format!(
+                                "customer_id hashes to partition {p} of the input topics under \
+                                 input.partitioner = {}, but the record is in partition \
+                                 {partition}: producers must key records by customer_id with \
+                                 that partitioner",
+                                self.cfg.input.partitioner.as_str()
+                            ),
+                        ),
+                        self.max_dead_letter_bytes,
+                    )),
+                    _ => Routed::Event(e),
+                }
+            }
+            other => other,
+        };
+        match routed {
+            Routed::Event(mut e) => {
+                if let Some(p) = &self.pseudonymizer {
+                    e.event.customer_id = p.apply(&e.event.customer_id);
+                }
+                (
+                    Some(e.event.event_time_ms),
+                    HeldItem::Event(Box::new(e), OwnedSource::of(record)),
+                )
+            }
+            Routed::DeadLetter(d) => (None, HeldItem::Refused(d)),
+        }
     }
 
     /// Applies the records of `partition` that the event-time merge lets go.
@@ -324,7 +365,8 @@ impl Pipeline {
                         "no state for partition {partition} after restore"
                     )));
                 };
-                match store.record(&e.event, tokio::time::Instant::now()) {
+                let stamped = (timestamp_ms >= 0).then_some(timestamp_ms);
+                match store.record_at(&e.event, stamped, tokio::time::Instant::now()) {
                     RecordOutcome::Applied => {
                         if !self.cfg.output.risk_topic.is_empty() {
                             let id = &e.event.customer_id;
@@ -365,6 +407,10 @@ impl Pipeline {
                         self.tally.duplicate();
                         None
                     }
+                    RecordOutcome::Erased => {
+                        self.tally.erased();
+                        None
+                    }
                     RecordOutcome::Late { watermark_ms } => {
                         Some(DeadLetter::new(
                             &source.record(&topic, partition, offset),
@@ -382,6 +428,10 @@ impl Pipeline {
                 }
             }
             HeldItem::Refused(d) => Some(d),
+            HeldItem::Erasure(request) => {
+                self.erase(request);
+                None
+            }
         };
         if let Some(d) = late_letter {
             self.tally.refused(d.reason, d.truncated);

@@ -455,10 +455,9 @@ impl Pipeline {
         let producer = clients::producer(&producer_config)?;
         info!(thread = thread.index, transactional_id = %transactional_id, "Transactional producer ready.");
         let mut topic_names = BTreeMap::new();
-        let cfg_topics: Vec<Arc<str>> = cfg
-            .input
-            .topics
-            .iter()
+        // The erasure topic is merged with the input (see HeldItem::Erasure).
+        let cfg_topics: Vec<Arc<str>> = (cfg.input.topics.iter())
+            .chain((!cfg.privacy.erasure_topic.is_empty()).then_some(&cfg.privacy.erasure_topic))
             .map(|t| ingest::intern(&mut topic_names, t))
             .collect();
         let cfg_max_idle = cfg.input.max_idle;
@@ -520,10 +519,14 @@ impl Pipeline {
         self.tally.flush();
         self.take_rebalances().await?;
         self.release_all()?;
-        self.apply_erasures();
         let now = tokio::time::Instant::now();
+        // Erasure markers end when no input record from before them can
+        // still arrive (see state::erasure).
+        let oldest_marker = ingest::now_ms()
+            .saturating_sub(crate::units::millis(self.cfg.privacy.erasure_retention));
         // Timers and retention.
         for (p, store) in self.stores.iter_mut() {
+            store.expire_markers(oldest_marker);
             store.tick(now);
             for id in store.take_due() {
                 self.cycle

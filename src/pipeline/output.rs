@@ -174,6 +174,7 @@ pub fn for_risk(
     out: &OutputConfig,
     customer_id: &str,
     t: &crate::decide::risk::Transition,
+    cause: crate::decide::risk::Cause,
     as_of_ms: i64,
     decided_at_ms: i64,
     live: bool,
@@ -200,6 +201,7 @@ pub fn for_risk(
         as_of_ms,
         decided_at_ms,
         live,
+        reason: cause.as_str().to_string(),
     };
     let value = match out.format {
         OutputFormat::Protobuf => flag.encode_to_vec(),
@@ -214,6 +216,7 @@ pub fn for_risk(
             "as_of_ms": flag.as_of_ms,
             "decided_at_ms": flag.decided_at_ms,
             "live": flag.live,
+            "reason": flag.reason,
         }))
         .map_err(|e| format!("encoding a RiskFlag as JSON: {e}"))?,
     };
@@ -228,6 +231,7 @@ pub fn for_risk(
                 "segstream.risk.state",
                 if flag.raised { "RAISED" } else { "CLEARED" }.to_string(),
             ),
+            ("segstream.risk.reason", flag.reason),
             ("segstream.live", live.to_string()),
         ],
     })
@@ -254,6 +258,7 @@ mod tests {
         Exit {
             customer_id: id.into(),
             segment: segment.into(),
+            risk_flags: 0,
             erased: false,
         }
     }

@@ -20,7 +20,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tracing::{error, info};
 
 pub use super::codec::{decode, encode, CodecError, FORMAT_VERSION};
-use super::{BulkRestore, PartitionStore};
+use super::{erasure, BulkRestore, PartitionStore, Restored};
 use crate::telemetry::Metrics;
 
 /// One changelog record: a customer's encoded state, or a tombstone.
@@ -32,16 +32,23 @@ pub struct ChangelogRecord {
     pub value: Option<Vec<u8>>,
 }
 
-/// The records for every customer changed or evicted since the last call.
+/// The records for every customer changed or evicted since the last call,
+/// and for every erasure marker set or ended (see [`super::erasure`]).
 pub fn drain_dirty(store: &mut PartitionStore) -> Vec<ChangelogRecord> {
-    store
+    let markers = store.take_dirty_markers();
+    let mut out: Vec<ChangelogRecord> = store
         .take_dirty()
         .into_iter()
         .map(|(key, state)| ChangelogRecord {
             key,
             value: state.map(encode),
         })
-        .collect()
+        .collect();
+    out.extend(markers.into_iter().map(|(id, through)| ChangelogRecord {
+        key: erasure::marker_key(&id),
+        value: through.map(erasure::encode_marker),
+    }));
+    out
 }
 
 /// Errors of the Kafka side of the changelog.
@@ -178,6 +185,8 @@ pub struct RestoreStats {
     pub tombstones: u64,
     /// Records that could not be decoded (logged and skipped).
     pub corrupt: u64,
+    /// Erasure markers installed.
+    pub markers: u64,
     /// Customers in the store afterwards.
     pub customers: usize,
     /// Wall time taken, set-up (client, offsets lookup) included.
@@ -599,19 +608,19 @@ impl<'a> Installer<'a> {
             );
             return;
         }
-        let Some(value) = value else {
-            st.tombstones += 1;
-            store.forget(&key);
-            return;
-        };
-        st.bytes += value.as_ref().len() as u64;
-        if let Err(e) = store.put_encoded(key, value) {
-            st.corrupt += 1;
-            error!(
-                topic, partition, offset, error = %e,
-                "Skipped a changelog record that could not be decoded; \
-                 that customer's state restarts empty."
-            );
+        st.bytes += value.as_ref().map_or(0, |v| v.as_ref().len()) as u64;
+        match store.put_record(key, value) {
+            Ok(Restored::State) => {}
+            Ok(Restored::Marker) => st.markers += 1,
+            Ok(Restored::Tombstone) => st.tombstones += 1,
+            Err(e) => {
+                st.corrupt += 1;
+                error!(
+                    topic, partition, offset, error = %e,
+                    "Skipped a changelog record that could not be decoded; \
+                     that customer's state restarts empty."
+                );
+            }
         }
     }
 }

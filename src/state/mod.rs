@@ -10,13 +10,14 @@
 
 pub mod changelog;
 mod codec;
+pub mod erasure;
 mod store;
 pub mod text;
 mod wire;
 
 use std::mem::size_of;
 
-pub use store::{BulkRestore, Exit, PartitionStore, RecordOutcome, StoreLimits};
+pub use store::{BulkRestore, Exit, PartitionStore, RecordOutcome, Restored, StoreLimits};
 
 use crate::event::{BrowseAction, Event, Payload};
 use text::{category_hash, fnv1a64, tokenize};

@@ -67,18 +67,39 @@ pub enum RecordOutcome {
         /// The watermark it missed (ms).
         watermark_ms: i64,
     },
+    /// Stamped at or before the customer's erasure (see
+    /// [`super::erasure`]): dropped, counted, never dead-lettered (its
+    /// payload is the erased customer's data).
+    Erased,
 }
 
-/// A customer who left their segment without a decision: evicted (TTL) or
-/// erased.
+/// A customer who left without a decision: evicted (TTL) or erased. They
+/// leave their segment and every raised risk flag clears.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exit {
     /// The customer.
     pub customer_id: String,
-    /// The segment they were in.
+    /// The segment they were in ("" if none).
     pub segment: String,
+    /// Their raised risk flags, one bit per rule (`decide::risk::Rule`).
+    pub risk_flags: u8,
     /// Erased (`true`) or evicted.
     pub erased: bool,
+}
+
+impl Exit {
+    /// The exit of a customer who leaves with `decision` (`None` if their
+    /// restored state does not decode: nothing is known to leave); `None`
+    /// when they had neither a segment nor a raised flag.
+    fn of(id: &str, decision: Option<&super::Decision>, erased: bool) -> Option<Exit> {
+        let d = decision?;
+        (!d.segment.is_empty() || d.risk_flags != 0).then(|| Exit {
+            customer_id: id.to_string(),
+            segment: d.segment.clone(),
+            risk_flags: d.risk_flags,
+            erased,
+        })
+    }
 }
 
 /// A customer id as the store keeps it: one allocation shared by the
@@ -106,7 +127,11 @@ pub struct PartitionStore {
     /// (latest event time, customer), for retention.
     expiry: BTreeSet<(i64, Id)>,
     dirty: BTreeSet<Id>,
-    /// Evicted or erased customers that had a segment, until
+    /// Erasure markers: customer → erased up to (ms); see [`super::erasure`].
+    erased: HashMap<Id, i64, foldhash::quality::RandomState>,
+    /// Markers set or expired since the last [`PartitionStore::take_dirty_markers`].
+    dirty_markers: BTreeSet<Id>,
+    /// Evicted or erased customers that had a segment or a flag, until
     /// [`PartitionStore::take_exits`].
     exits: Vec<Exit>,
     duplicates: u64,
@@ -234,6 +259,8 @@ impl PartitionStore {
             timers: BTreeSet::new(),
             expiry: BTreeSet::new(),
             dirty: BTreeSet::new(),
+            erased: HashMap::default(),
+            dirty_markers: BTreeSet::new(),
             exits: Vec::new(),
             duplicates: 0,
             undecodable: 0,
@@ -289,8 +316,29 @@ impl PartitionStore {
             .saturating_sub(self.limits.allowed_lateness_ms)
     }
 
-    /// Applies an event received at wall time `now`.
+    /// Applies an event received at wall time `now` (offline, or from a
+    /// record without a timestamp).
     pub fn record(&mut self, event: &Event, now: Instant) -> RecordOutcome {
+        self.record_at(event, None, now)
+    }
+
+    /// Applies an event read from a record stamped `record_time_ms` (the
+    /// Kafka timestamp, which an erasure marker also covers) at wall time
+    /// `now`.
+    pub fn record_at(
+        &mut self,
+        event: &Event,
+        record_time_ms: Option<i64>,
+        now: Instant,
+    ) -> RecordOutcome {
+        if let Some(&through) = (!self.erased.is_empty())
+            .then(|| self.erased.get(event.customer_id.as_str()))
+            .flatten()
+        {
+            if super::erasure::covers(through, event.event_time_ms, record_time_ms) {
+                return RecordOutcome::Erased;
+            }
+        }
         let watermark_ms = self.watermark_ms();
         if event.event_time_ms < watermark_ms {
             return RecordOutcome::Late { watermark_ms };
@@ -406,22 +454,15 @@ impl PartitionStore {
                 if next_review > 0 {
                     self.timers.remove(&(next_review, Id::clone(&id)));
                 }
-                // A restored customer is decoded for its segment; one whose
-                // value does not decode leaves without an exit record.
-                let segment = match slot.into_state() {
-                    Some(s) => s.decision.segment,
-                    None => {
-                        self.undecodable += 1;
-                        String::new()
-                    }
-                };
-                if !segment.is_empty() {
-                    self.exits.push(Exit {
-                        customer_id: id.to_string(),
-                        segment,
-                        erased: false,
-                    });
+                // A restored customer is decoded for their segment and
+                // flags; one whose value does not decode leaves without an
+                // exit record.
+                let state = slot.into_state();
+                if state.is_none() {
+                    self.undecodable += 1;
                 }
+                let decision = state.as_ref().map(|s| &s.decision);
+                self.exits.extend(Exit::of(&id, decision, false));
             }
             self.dirty.insert(id);
             evicted += 1;
@@ -429,40 +470,76 @@ impl PartitionStore {
         evicted
     }
 
-    /// Customers evicted or erased since the last call who had a segment:
-    /// they leave it (an EXITED record, a tombstone in the current topic).
+    /// Customers evicted or erased since the last call who had a segment or
+    /// a raised flag: they leave it (an EXITED record, a tombstone in the
+    /// current topic) and their flags clear.
     pub fn take_exits(&mut self) -> Vec<Exit> {
         std::mem::take(&mut self.exits)
     }
 
-    /// Erases a customer: their state goes (a changelog tombstone at the
-    /// next drain) and, when they had a segment, they leave it. Returns
-    /// whether there was state.
-    pub fn erase(&mut self, id: &str) -> bool {
-        let Some((key, slot)) = self.customers.get_key_value(id) else {
+    /// Erases a customer as of `through_ms`: their state goes (a changelog
+    /// tombstone at the next drain), they leave their segment and their
+    /// flags clear, and a marker drops every event of theirs stamped at or
+    /// before `through_ms` that is read later (see [`super::erasure`]).
+    /// Returns whether there was state.
+    pub fn erase(&mut self, id: &str, through_ms: i64) -> bool {
+        let key = self.key(id);
+        let marker = self.erased.entry(Id::clone(&key)).or_insert(through_ms);
+        *marker = (*marker).max(through_ms);
+        self.dirty_markers.insert(Id::clone(&key));
+        let Some(slot) = self.customers.get(id) else {
             return false;
         };
-        // A restored value that does not decode has no segment to leave.
-        let segment = slot
-            .get()
-            .map(|s| s.decision.segment.clone())
-            .unwrap_or_default();
-        let key = Id::clone(key);
+        // A restored value that does not decode has nothing to leave.
+        let exit = Exit::of(id, slot.get().map(|s| &s.decision), true);
+        self.exits.extend(exit);
         self.remove_indexed(id);
         self.dirty.insert(key);
-        if !segment.is_empty() {
-            self.exits.push(Exit {
-                customer_id: id.to_string(),
-                segment,
-                erased: true,
-            });
-        }
         true
     }
 
-    /// Whether customers changed since the last [`PartitionStore::take_dirty`].
+    /// The time up to which `id` is erased, if a marker is kept.
+    pub fn erased_through(&self, id: &str) -> Option<i64> {
+        self.erased.get(id).copied()
+    }
+
+    /// Erasure markers kept.
+    pub fn erasure_markers(&self) -> usize {
+        self.erased.len()
+    }
+
+    /// Ends the markers of erasures up to before `oldest_ms`: no input
+    /// record that old can still arrive (the input topics' retention). Their
+    /// changelog tombstones go out with the next drain. Returns how many.
+    pub fn expire_markers(&mut self, oldest_ms: i64) -> usize {
+        let before = self.erased.len();
+        let dirty = &mut self.dirty_markers;
+        self.erased.retain(|id, through| {
+            let keep = *through >= oldest_ms;
+            if !keep {
+                dirty.insert(Id::clone(id));
+            }
+            keep
+        });
+        before - self.erased.len()
+    }
+
+    /// Markers set or ended since the last call (`None`: ended), for the
+    /// changelog.
+    pub fn take_dirty_markers(&mut self) -> Vec<(String, Option<i64>)> {
+        std::mem::take(&mut self.dirty_markers)
+            .into_iter()
+            .map(|id| {
+                let through = self.erased.get(&id).copied();
+                (id.to_string(), through)
+            })
+            .collect()
+    }
+
+    /// Whether customers or markers changed since they were last taken
+    /// for the changelog.
     pub fn has_dirty(&self) -> bool {
-        !self.dirty.is_empty()
+        !self.dirty.is_empty() || !self.dirty_markers.is_empty()
     }
 
     /// Customers changed (or evicted: `None`) since the last call, for the
@@ -495,6 +572,19 @@ impl PartitionStore {
     /// Applies a changelog tombstone.
     pub fn forget(&mut self, id: &str) {
         self.remove_indexed(id);
+    }
+
+    /// Installs a restored erasure marker (`None`: its tombstone).
+    pub fn restore_marker(&mut self, id: &str, through_ms: Option<i64>) {
+        match through_ms {
+            Some(t) => {
+                let key = self.key(id);
+                self.erased.insert(key, t);
+            }
+            None => {
+                self.erased.remove(id);
+            }
+        }
     }
 
     /// Starts installing many restored states (a whole partition read from
@@ -575,13 +665,18 @@ impl PartitionStore {
         self.duplicates
     }
 
-    /// Bytes of customer state (states and their keys; index overhead excluded).
+    /// Bytes of customer state and erasure markers (states and their
+    /// keys; index overhead excluded).
     pub fn memory_bytes(&self) -> usize {
-        self.customers
+        // An id: its text and the shared allocation's two counts.
+        let id = |k: &Id| k.len() + 2 * size_of::<usize>();
+        let states: usize = self
+            .customers
             .iter()
-            // An id: its text and the shared allocation's two counts.
-            .map(|(k, s)| k.len() + 2 * size_of::<usize>() + s.memory_bytes())
-            .sum()
+            .map(|(k, s)| id(k) + s.memory_bytes())
+            .sum();
+        let markers: usize = self.erased.keys().map(|k| id(k) + size_of::<i64>()).sum();
+        states + markers
     }
 }
 
@@ -643,6 +738,46 @@ impl BulkRestore<'_> {
             self.replaced = true;
         }
     }
+
+    /// Installs one changelog record as it was read: a customer's state
+    /// (kept encoded, see [`BulkRestore::put_encoded`]), an erasure marker
+    /// (see [`super::erasure`]), or the tombstone of either (`value`
+    /// `None`). A record that does not decode changes nothing.
+    pub fn put_record<V>(&mut self, key: Arc<str>, value: Option<V>) -> Result<Restored, CodecError>
+    where
+        V: AsRef<[u8]> + Into<Box<[u8]>>,
+    {
+        if let Some(id) = super::erasure::marker_of(&key) {
+            let through = match value {
+                Some(v) => Some(super::erasure::decode_marker(v.as_ref())?),
+                None => None,
+            };
+            self.store.restore_marker(id, through);
+            return Ok(if through.is_some() {
+                Restored::Marker
+            } else {
+                Restored::Tombstone
+            });
+        }
+        match value {
+            None => {
+                self.forget(&key);
+                Ok(Restored::Tombstone)
+            }
+            Some(v) => self.put_encoded(key, v).map(|()| Restored::State),
+        }
+    }
+}
+
+/// What a changelog record installed (see [`BulkRestore::put_record`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restored {
+    /// A customer's state.
+    State,
+    /// An erasure marker.
+    Marker,
+    /// A tombstone (of a state or of a marker).
+    Tombstone,
 }
 
 /// Index entries collected during a restore, sorted in runs as they come

@@ -95,6 +95,9 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Events ignored as duplicates.
     pub duplicate_events: IntCounter,
+    /// Events dropped because they were stamped before their customer's
+    /// erasure (never applied, never dead-lettered).
+    pub erased_events: IntCounter,
     /// Customers evicted after the TTL.
     pub evicted_customers: IntCounter,
     /// Erasure requests applied (customers whose state was removed, or who
@@ -255,6 +258,10 @@ impl Metrics {
                 "segstream_duplicate_events_total",
                 "Events ignored because their event_id was seen among the customer's recent events.",
             )?,
+            erased_events: counter(
+                "segstream_erased_events_total",
+                "Events dropped because they were stamped at or before their customer's erasure (read after it: a lagging input).",
+            )?,
             erasures: counter(
                 "segstream_erasures_total",
                 "Erasure requests applied (privacy.erasure_topic), whether or not the customer had state.",
@@ -319,6 +326,7 @@ impl Metrics {
             Box::new(m.transactions.clone()),
             Box::new(m.commit_seconds.clone()),
             Box::new(m.duplicate_events.clone()),
+            Box::new(m.erased_events.clone()),
             Box::new(m.evicted_customers.clone()),
             Box::new(m.erasures.clone()),
             Box::new(m.state_customers.clone()),
@@ -404,6 +412,7 @@ impl Metrics {
             logged_at: None,
             truncated: 0,
             duplicates: 0,
+            erased: 0,
             late: 0,
             records: 0,
             touched: false,

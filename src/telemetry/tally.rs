@@ -33,6 +33,7 @@ pub struct Tally {
     pub(super) logged_at: Option<Instant>,
     pub(super) truncated: u64,
     pub(super) duplicates: u64,
+    pub(super) erased: u64,
     pub(super) late: u64,
     pub(super) records: u64,
     /// Anything counted since the last flush (records are applied after
@@ -99,6 +100,12 @@ impl Tally {
         self.duplicates += 1;
     }
 
+    /// An event was dropped: it was stamped before its customer's erasure.
+    pub fn erased(&mut self) {
+        self.touched = true;
+        self.erased += 1;
+    }
+
     /// One log line per [`REFUSAL_LOG_INTERVAL`] at most, with counts per
     /// reason (never the records or their keys).
     pub(super) fn log_refusals(&mut self) {
@@ -159,6 +166,7 @@ impl Tally {
         m.late_events.inc_by(std::mem::take(&mut self.late));
         m.duplicate_events
             .inc_by(std::mem::take(&mut self.duplicates));
+        m.erased_events.inc_by(std::mem::take(&mut self.erased));
         if self.records > 0 {
             m.batch_records.observe(self.records as f64);
         }
