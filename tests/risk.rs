@@ -30,6 +30,7 @@ async fn abuse_patterns_raise_their_flags_exactly_once_through_a_crash() {
         ring_size: 3,
         rushes: 2,
         bursts: 2,
+        ordinary_visits: true,
     });
     let records: Vec<(String, String, Vec<u8>)> = overlay
         .events

@@ -92,6 +92,8 @@ async fn served_scores_equal_offline_replay_scores() {
         live_for: None,
         rate: None,
         max_events: None,
+        pace: Default::default(),
+        bots: 0,
     };
     let produced = produce(&config, &gen, &options, std::future::pending())
         .await

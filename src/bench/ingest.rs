@@ -115,6 +115,8 @@ pub(super) async fn produce_history(
         live_for: None,
         rate: None,
         max_events: Some(events as u64),
+        pace: Default::default(),
+        bots: 0,
     };
     let produced = produce(cfg, &gen, &options, std::future::pending::<()>()).await?;
     if produced.events == 0 {

@@ -67,6 +67,7 @@ pub fn risk(config: &Config, customers: usize, days: u32) -> BenchResult<RiskBen
         ring_size: 5,
         rushes: 4 * scale,
         bursts: 4 * scale,
+        ordinary_visits: true,
     });
     let mut events: Vec<_> = history(&gen).collect();
     events.extend(overlay.events.iter().cloned());

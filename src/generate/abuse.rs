@@ -45,6 +45,10 @@ pub struct AbuseConfig {
     pub rushes: usize,
     /// Review bursts.
     pub bursts: usize,
+    /// Whether each actor also has a few ordinary visits (as real abusers
+    /// do); without them an actor's first visit is its pattern (a short
+    /// live demonstration).
+    pub ordinary_visits: bool,
 }
 
 /// The overlay: its events (sorted by time) and, per actor, the rules it
@@ -122,7 +126,10 @@ impl Actor<'_> {
     }
 
     /// A few ordinary visits: some views with human gaps.
-    fn browse_like_a_person(&mut self, rng: &mut Rng, start: i64, days: i64) {
+    fn browse_like_a_person(&mut self, rng: &mut Rng, start: i64, days: i64, visits: bool) {
+        if !visits {
+            return;
+        }
         for _ in 0..2 + rng.below(3) {
             let mut t = start + (rng.unit() * (days * DAY) as f64) as i64;
             for _ in 0..3 + rng.below(6) {
@@ -158,7 +165,7 @@ pub fn abuse(cfg: &AbuseConfig) -> Abuse {
             events: &mut events,
             n: 0,
         };
-        a.browse_like_a_person(&mut rng, cfg.start_ms, days - 1);
+        a.browse_like_a_person(&mut rng, cfg.start_ms, days - 1, cfg.ordinary_visits);
         for _ in 0..1 + rng.below(3) {
             let mut t = cfg.start_ms + (rng.unit() * span as f64) as i64;
             let step = 1_000 + 1_000 * rng.below(2) as i64;
@@ -185,7 +192,7 @@ pub fn abuse(cfg: &AbuseConfig) -> Abuse {
                 events: &mut events,
                 n: 0,
             };
-            a.browse_like_a_person(&mut rng, cfg.start_ms, days - 1);
+            a.browse_like_a_person(&mut rng, cfg.start_ms, days - 1, cfg.ordinary_visits);
             let mut t = start + (rng.unit() * 6.0 * HOUR as f64) as i64;
             for _ in 0..3 + rng.below(3) {
                 a.view(t - 2 * MINUTE, &product, "gadgets", 8_000);
@@ -207,7 +214,7 @@ pub fn abuse(cfg: &AbuseConfig) -> Abuse {
             events: &mut events,
             n: 0,
         };
-        a.browse_like_a_person(&mut rng, cfg.start_ms, days - 1);
+        a.browse_like_a_person(&mut rng, cfg.start_ms, days - 1, cfg.ordinary_visits);
         let mut t = cfg.start_ms + (rng.unit() * span as f64) as i64;
         for _ in 0..6 + rng.below(5) {
             let p = rng.below(3000);
@@ -227,7 +234,7 @@ pub fn abuse(cfg: &AbuseConfig) -> Abuse {
             events: &mut events,
             n: 0,
         };
-        a.browse_like_a_person(&mut rng, cfg.start_ms, days - 1);
+        a.browse_like_a_person(&mut rng, cfg.start_ms, days - 1, cfg.ordinary_visits);
         let mut t = cfg.start_ms + (rng.unit() * span as f64) as i64;
         for i in 0..7 + rng.below(6) {
             let p = rng.below(9000);
@@ -257,6 +264,7 @@ mod tests {
             ring_size: 3,
             rushes: 2,
             bursts: 2,
+            ordinary_visits: true,
         };
         let a = abuse(&cfg);
         assert_eq!(a.truth.len(), 2 + 3 + 2 + 2);

@@ -103,6 +103,18 @@ pub struct GenerateArgs {
     /// run with the same `--seed`, `--customers` and `--days`).
     #[arg(long)]
     pub live_only: bool,
+    /// Kafka, live: `wall` stamps each event with the wall clock as it is
+    /// sent at `--rate` (a load generator: customers act faster than
+    /// people, and risk rules such as bot_browsing fire on them); `people`
+    /// moves the world at `--rate` but sends each customer's events at the
+    /// pace of their visit (fewer events per second reach the topics).
+    #[arg(long, value_enum, default_value = "wall")]
+    pub pace: super::kafka::Pace,
+    /// Kafka, live: merge this many generated bots (browsing every 1-2 s,
+    /// ids `bot0000`, ...) into the live stream, to see `bot_browsing`
+    /// raised where it should be.
+    #[arg(long, default_value_t = 0)]
+    pub bots: usize,
 }
 
 /// Errors of the command.
@@ -222,9 +234,14 @@ pub async fn run(
                 live_for: args.duration,
                 rate: args.rate,
                 max_events: args.max_events,
+                pace: args.pace,
+                bots: args.bots,
             };
             let report = produce(config, &gen, &options, shutdown).await?;
             print_summary(&report.summary, report.events, report.seconds);
+            if !report.bots.is_empty() {
+                println!("bots merged:     {}", report.bots.join(" "));
+            }
             for (topic, n) in &report.by_topic {
                 println!("produced {n:>10} events to {topic}");
             }

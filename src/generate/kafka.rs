@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
+use super::abuse::{abuse, AbuseConfig};
 use super::behaviour::{Generator, GeneratorConfig, GeneratorSummary};
 use super::live::{Live, Pacer};
 use super::samples::topic_for;
@@ -61,7 +62,30 @@ pub struct ProduceOptions {
     pub rate: Option<f64>,
     /// Stop after this many events in all.
     pub max_events: Option<u64>,
+    /// How the live part is stamped and paced.
+    pub pace: Pace,
+    /// Generated bots ([`super::abuse`]) merged into the live part.
+    pub bots: usize,
 }
+
+/// How a live stream is stamped and paced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Pace {
+    /// Each event stamped with the wall clock as it is sent, at `rate`: a
+    /// load generator. Its customers act faster than people (a visit of
+    /// minutes arrives within a second), so risk rules such as
+    /// `bot_browsing` fire on them.
+    #[default]
+    Wall,
+    /// The world is pulled at `rate` (its speed), and each customer's
+    /// events are sent at their own pace (see [`super::live::PeoplePacing`]): the days
+    /// between visits shrink, the gaps within a visit do not. Fewer events
+    /// per second than `rate` reach the topics.
+    People,
+}
+
+/// Live events scheduled ahead at most (the world is pulled no further).
+const MAX_SCHEDULED: usize = 500_000;
 
 /// What was produced.
 #[derive(Debug, Clone, Default)]
@@ -74,6 +98,8 @@ pub struct ProduceReport {
     pub seconds: f64,
     /// The generator's counts (history replayed before a live part included).
     pub summary: GeneratorSummary,
+    /// The ids of the bots merged into the live part.
+    pub bots: Vec<String>,
 }
 
 /// Deliveries awaited at most this far behind the sends.
@@ -135,15 +161,63 @@ pub async fn produce(
     }
     let live = !stopped && (options.live_for.is_some() || !options.history);
     if live {
-        let mut world = Live::after_history(gen);
+        let overlay = abuse(&AbuseConfig {
+            seed: gen.seed,
+            start_ms: gen.end_ms(),
+            days: 2,
+            bots: options.bots,
+            rings: 0,
+            ring_size: 0,
+            rushes: 0,
+            bursts: 0,
+            ordinary_visits: false,
+        });
+        sender.report.bots = overlay.truth.keys().cloned().collect();
+        let mut world = Live::with_overlay(gen, overlay.events);
         let until = options.live_for.map(|d| Instant::now() + d);
-        while sender.report.events < max && until.is_none_or(|u| Instant::now() < u) {
-            let Some(event) = world.next_event(now_ms()) else {
-                break;
-            };
-            sender.send(&event).await?;
-            if pace(&mut pacer, &mut shutdown).await {
-                break;
+        let going = |sender: &Sender<'_>| {
+            sender.report.events < max && until.is_none_or(|u| Instant::now() < u)
+        };
+        match options.pace {
+            Pace::Wall => {
+                while going(&sender) {
+                    let Some(event) = world.next_event(now_ms()) else {
+                        break;
+                    };
+                    sender.send(&event).await?;
+                    if pace(&mut pacer, &mut shutdown).await {
+                        break;
+                    }
+                }
+            }
+            Pace::People => {
+                let started = Instant::now();
+                let (mut pulled, mut ended) = (0u64, false);
+                while going(&sender) {
+                    let now = now_ms();
+                    // The world moves at the rate; people at their pace.
+                    let allowed = options
+                        .rate
+                        .filter(|r| *r > 0.0)
+                        .map_or(u64::MAX, |r| (started.elapsed().as_secs_f64() * r) as u64);
+                    while !ended && pulled < allowed && world.scheduled() < MAX_SCHEDULED {
+                        ended = !world.pull(now);
+                        pulled += 1;
+                    }
+                    while let Some(event) = world.pop_due(now) {
+                        sender.send(&event).await?;
+                        if !going(&sender) {
+                            break;
+                        }
+                    }
+                    if ended && world.scheduled() == 0 {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                        _ = shutdown.as_mut() => break,
+                    }
+                }
             }
         }
         summary = Some(world.summary());

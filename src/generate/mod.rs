@@ -5,7 +5,8 @@
 //!   seasonality, the seeded random stream.
 //! - [`behaviour`]: customer archetypes, sessions and funnels, lifecycle
 //!   drift, and [`history`], the event-time-ordered stream of a world.
-//! - [`live`]: the same world continued with wall-clock event times.
+//! - [`live`]: the same world continued with wall-clock event times, paced
+//!   like people or as fast as asked.
 //! - [`kafka`]: producing history and live events to the input topics.
 //! - [`cli`]: `segstream generate` (arguments, summary).
 //! - [`samples`]: every event kind in every wire format plus every bad-record
@@ -26,4 +27,4 @@ pub mod world;
 mod tests;
 
 pub use behaviour::{history, Archetype, Generator, GeneratorConfig, GeneratorSummary};
-pub use live::{Live, Pacer};
+pub use live::{Live, Pacer, PeoplePacing};
