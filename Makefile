@@ -244,6 +244,7 @@ fuzz: ## Bounded fuzzing campaign of the decoders and the changelog codec (FUZZ_
 lint: ## rustfmt check, clippy (warnings are errors), no import cycle among the modules of src/ or of any module directory
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	@python3 .ci/test_module_cycles.py
 	@for d in src src/*/; do python3 .ci/module_cycles.py $${d%/} --strict || exit 1; done
 
 demo: tools ## Start the broker, run the demo, stop the broker

@@ -3,7 +3,8 @@
 
 Usage: .ci/module_cycles.py DIR [--strict]
 
-Reads every .rs file under DIR (test modules and comments left out), finds
+Reads every .rs file under DIR (test-only items, wherever they are in a
+file, and comments left out), finds
 which sibling modules each one names (`super::x`, `crate::<path>::x`), and
 prints the strongly connected components with more than one module: each is
 a set of modules that import each other in a cycle. With --strict, exits 1
@@ -33,6 +34,41 @@ def modules(root):
     return mods
 
 
+def strip_tests(text):
+    """The text without its test-only items: each `#[cfg(test)]` and the
+    item after it (to its `;`, or its braces matched), wherever it is."""
+    out, i = [], 0
+    while True:
+        j = text.find("#[cfg(test)]", i)
+        if j < 0:
+            out.append(text[i:])
+            return "".join(out)
+        out.append(text[i:j])
+        k = j + len("#[cfg(test)]")
+        depth = 0
+        while k < len(text):
+            c = text[k]
+            if c == '"':
+                # A string literal: its braces do not count.
+                k += 1
+                while k < len(text) and text[k] != '"':
+                    k += 2 if text[k] == "\\" else 1
+            elif text.startswith("'{'", k) or text.startswith("'}'", k):
+                k += 2
+            elif c == "{":
+                depth += 1
+            elif c == "}":
+                depth -= 1
+                if depth == 0:
+                    k += 1
+                    break
+            elif c == ";" and depth == 0:
+                k += 1
+                break
+            k += 1
+        i = k
+
+
 def edges(root, mods):
     prefix = "crate::" + "::".join(os.path.relpath(root, "src").split(os.sep)) + "::"
     if os.path.relpath(root, "src") == ".":
@@ -40,7 +76,7 @@ def edges(root, mods):
     g = {m: set() for m in mods}
     for m, files in mods.items():
         for f in files:
-            text = open(f, encoding="utf-8").read().split("#[cfg(test)]")[0]
+            text = strip_tests(open(f, encoding="utf-8").read())
             for line in text.split("\n"):
                 if line.strip().startswith("//"):
                     continue

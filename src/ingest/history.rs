@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::event::files::{BadRow, FileError, Progress, ReadReport, Record};
+use super::IngestError;
+use crate::event::files::{BadRow, Progress, ReadReport, Record};
 use crate::event::Rejection;
 
 /// Reads the configured input topics from their beginning up to the end
@@ -17,7 +18,7 @@ pub fn read_topics(
     every: u64,
     mut on_record: impl FnMut(Record),
     mut on_progress: impl FnMut(&Progress),
-) -> Result<ReadReport, FileError> {
+) -> Result<ReadReport, IngestError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
     use rdkafka::{Offset, TopicPartitionList};
@@ -25,10 +26,7 @@ pub fn read_topics(
 
     use crate::ingest::{intern, now_ms, route, source_record, Routed};
 
-    let kafka = |what: &str| {
-        let what = what.to_string();
-        move |source| FileError::Kafka { what, source }
-    };
+    let kafka = IngestError::kafka;
     let group = format!("{}-history-{}", config.kafka.group_id, std::process::id());
     let client = super::reader_config(&config.kafka, &group, false)?;
     let consumer: BaseConsumer = client.create().map_err(kafka("creating the consumer"))?;
@@ -41,12 +39,7 @@ pub fn read_topics(
     let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
     for topic in &config.input.topics {
         let Some(m) = metadata.topics().iter().find(|t| t.name() == topic) else {
-            return Err(FileError::Kafka {
-                what: format!("input topic {topic} does not exist"),
-                source: rdkafka::error::KafkaError::MetadataFetch(
-                    rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-                ),
-            });
+            return Err(IngestError::MissingTopics(vec![topic.clone()]));
         };
         for p in m.partitions() {
             let (low, high) = consumer

@@ -62,7 +62,9 @@ impl crate::error::Classify for IngestError {
 }
 
 impl IngestError {
-    fn kafka(what: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> IngestError {
+    pub(crate) fn kafka(
+        what: &'static str,
+    ) -> impl FnOnce(rdkafka::error::KafkaError) -> IngestError {
         move |source| IngestError::Kafka { what, source }
     }
 }

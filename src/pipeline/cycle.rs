@@ -215,7 +215,7 @@ impl Pipeline {
             return false;
         };
         let mut lag = 0i64;
-        for ((topic, partition), next) in &self.fetched {
+        for ((topic, partition), next) in &self.partitions.fetched {
             match ends.get(&**topic).and_then(|e| e.get(partition)) {
                 Some(end) => lag += (end - next).max(0),
                 None => return false,
@@ -254,9 +254,9 @@ impl Pipeline {
             self.send_out(r).await?;
         }
         let changelog_topic = self.cfg.state.changelog_topic.clone();
-        let partitions: Vec<i32> = self.stores.keys().copied().collect();
+        let partitions: Vec<i32> = self.partitions.stores.keys().copied().collect();
         for p in partitions {
-            let records = match self.stores.get_mut(&p) {
+            let records = match self.partitions.stores.get_mut(&p) {
                 Some(store) => drain_dirty(store),
                 None => continue,
             };
@@ -288,7 +288,7 @@ impl Pipeline {
         let risk_on = !self.cfg.output.risk_topic.is_empty();
         let review_after_ms = self.cfg.state.limits().review_after_ms;
         for (p, customers) in to_score {
-            let Some(store) = self.stores.get(&p) else {
+            let Some(store) = self.partitions.stores.get(&p) else {
                 continue;
             };
             let as_of = store.clock_ms();
@@ -304,7 +304,7 @@ impl Pipeline {
             for chunk in ids.chunks(self.cfg.score.max_batch.max(1)) {
                 let model = self.scorer.current();
                 let batch = {
-                    let Some(store) = self.stores.get(&p) else {
+                    let Some(store) = self.partitions.stores.get(&p) else {
                         break;
                     };
                     let states: Vec<&CustomerState> =
@@ -319,7 +319,7 @@ impl Pipeline {
                     .score(model, batch)
                     .await
                     .map_err(|e| TxnError::Abortable(format!("scoring failed: {e}")))?;
-                let Some(store) = self.stores.get_mut(&p) else {
+                let Some(store) = self.partitions.stores.get_mut(&p) else {
                     break;
                 };
                 let rules = Rules {
@@ -350,7 +350,7 @@ impl Pipeline {
         let out = &self.cfg.output;
         let mut records = Vec::with_capacity(decided.changes.len() * 2);
         // Each partition's lag once per cycle, not once per record.
-        let lags: BTreeMap<i32, i64> = (self.stores.keys())
+        let lags: BTreeMap<i32, i64> = (self.partitions.stores.keys())
             .map(|&p| (p, self.partition_lag(p)))
             .collect();
         let lag_of = |p: i32| {
@@ -398,10 +398,10 @@ impl Pipeline {
                 .inc();
         }
         let decided_at = ingest::now_ms();
-        let partitions: Vec<i32> = self.stores.keys().copied().collect();
+        let partitions: Vec<i32> = self.partitions.stores.keys().copied().collect();
         for p in partitions {
             let lag = lags.get(&p).copied().unwrap_or(0);
-            let Some(store) = self.stores.get_mut(&p) else {
+            let Some(store) = self.partitions.stores.get_mut(&p) else {
                 continue;
             };
             let as_of = store.clock_ms();

@@ -305,7 +305,7 @@ impl<'a> Reader<'a> {
 impl super::Pipeline {
     /// Answers a lookup from this thread's state (`None`: no such customer).
     pub(super) fn answer_lookup(&self, q: LookupRequest) {
-        let Some(store) = self.stores.get(&q.partition) else {
+        let Some(store) = self.partitions.stores.get(&q.partition) else {
             // Not (or no longer) ours: dropping the reply makes it a 503.
             return;
         };
@@ -327,7 +327,7 @@ impl super::Pipeline {
                 serde_json::json!(d.scores)
             };
             let mut offsets = serde_json::Map::new();
-            for ((topic, p), committed) in &self.committed {
+            for ((topic, p), committed) in &self.partitions.committed {
                 if *p != q.partition {
                     continue;
                 }

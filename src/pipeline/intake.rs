@@ -31,6 +31,23 @@ pub(super) struct Held {
     timestamp_ms: i64,
 }
 
+#[cfg(test)]
+impl Held {
+    /// An erasure request of `id` held for partition `partition`.
+    pub(super) fn erasure_for_test(partition: i32, id: &str) -> Held {
+        Held {
+            item: HeldItem::Erasure(ErasureRequest {
+                partition,
+                id: id.into(),
+                offset: 0,
+                through_ms: 0,
+            }),
+            offset: 0,
+            timestamp_ms: 0,
+        }
+    }
+}
+
 pub(super) enum HeldItem {
     /// A valid event, with its original record for a `late` dead letter.
     Event(Box<ingest::SourcedEvent>, OwnedSource),
@@ -94,6 +111,7 @@ impl Pipeline {
             through_ms,
         } = request;
         let had_state = self
+            .partitions
             .stores
             .get_mut(&partition)
             .is_some_and(|s| s.erase(&id, through_ms));
@@ -154,10 +172,14 @@ impl Pipeline {
         self.take_rebalances().await?;
         let topic = ingest::intern(&mut self.topic_names, msg.topic());
         let (partition, offset) = (msg.partition(), msg.offset());
-        if !self.assigned.contains(&(topic.clone(), partition)) {
+        if !self
+            .partitions
+            .assigned
+            .contains(&(topic.clone(), partition))
+        {
             return Ok(());
         }
-        if !self.stores.contains_key(&partition) {
+        if !self.partitions.stores.contains_key(&partition) {
             self.restore(vec![partition]).await?;
         }
         let record = ingest::source_record(&msg);
@@ -167,8 +189,10 @@ impl Pipeline {
             self.route(&record, &topic, partition)
         };
         self.tally.consumed(&topic);
-        self.fetched.insert((topic.clone(), partition), offset + 1);
-        self.aligner.push(
+        self.partitions
+            .fetched
+            .insert((topic.clone(), partition), offset + 1);
+        self.partitions.aligner.push(
             &topic,
             partition,
             time_ms,
@@ -178,8 +202,8 @@ impl Pipeline {
                 timestamp_ms: msg.timestamp().to_millis().unwrap_or(-1),
             },
         );
-        if self.aligner.buffered(&topic, partition) > self.cfg.input.max_buffered
-            && self.paused.insert((topic.clone(), partition))
+        if self.partitions.aligner.buffered(&topic, partition) > self.cfg.input.max_buffered
+            && self.partitions.paused.insert((topic.clone(), partition))
         {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&topic, partition);
@@ -269,7 +293,7 @@ impl Pipeline {
         let mut out = std::mem::take(&mut self.released);
         {
             let ends = self.consumer.context().ends.lock().ok();
-            let (fetched, committed) = (&self.fetched, &self.committed);
+            let (fetched, committed) = (&self.partitions.fetched, &self.partitions.committed);
             let consumer = &self.consumer;
             // librdkafka's position, read only when needed: it moves past
             // transaction markers, which a read_committed consumer never
@@ -306,7 +330,8 @@ impl Pipeline {
                     Backlog::Pending
                 }
             };
-            self.aligner
+            self.partitions
+                .aligner
                 .release(partition, Instant::now(), backlog, &mut out);
         }
         let mut result = Ok(());
@@ -316,16 +341,17 @@ impl Pipeline {
             }
         }
         self.released = out;
-        if !self.paused.is_empty() {
+        if !self.partitions.paused.is_empty() {
             let half = self.cfg.input.max_buffered / 2;
             let resume: Vec<(Arc<str>, i32)> = self
+                .partitions
                 .paused
                 .iter()
-                .filter(|(t, p)| *p == partition && self.aligner.buffered(t, *p) <= half)
+                .filter(|(t, p)| *p == partition && self.partitions.aligner.buffered(t, *p) <= half)
                 .cloned()
                 .collect();
             for key in resume {
-                self.paused.remove(&key);
+                self.partitions.paused.remove(&key);
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(&key.0, key.1);
                 if let Err(e) = self.consumer.resume(&tpl) {
@@ -339,7 +365,7 @@ impl Pipeline {
     /// Releases what the merge lets go in every partition (the idle wait
     /// of an empty topic ends with time, not only with a new record).
     pub(super) fn release_all(&mut self) -> Result<(), PipelineError> {
-        for p in self.aligner.partitions() {
+        for p in self.partitions.aligner.partitions() {
             self.release(p)?;
         }
         Ok(())
@@ -360,7 +386,7 @@ impl Pipeline {
         } = held;
         let late_letter = match item {
             HeldItem::Event(e, source) => {
-                let Some(store) = self.stores.get_mut(&partition) else {
+                let Some(store) = self.partitions.stores.get_mut(&partition) else {
                     return Err(PipelineError::Task(format!(
                         "no state for partition {partition} after restore"
                     )));

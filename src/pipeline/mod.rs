@@ -36,6 +36,9 @@
 //! - `transaction`: begin, send, commit, abort; the typed `TxnError`;
 //!   re-creating a fenced producer;
 //! - `retry`: the one backoff policy for calls that fail while a broker is away;
+//! - `partitions`: everything that lives and dies with the assignment
+//!   (state, offsets, pauses, held records), assigned, revoked and reset
+//!   in one place each;
 //! - `rebalance`: assignment, restore from the changelog, rebuilding state;
 //! - `topics`: the start-up check of the topics;
 //! - `output`: encoding decisions, exits and risk flags as records (pure);
@@ -49,6 +52,7 @@ mod error;
 mod http;
 mod intake;
 pub mod output;
+mod partitions;
 mod rebalance;
 mod retry;
 pub mod snapshot;
@@ -56,7 +60,7 @@ mod topics;
 mod transaction;
 mod watchdog;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,6 +78,7 @@ pub use error::PipelineError;
 use error::TxnError;
 pub use http::Health;
 use intake::Held;
+use partitions::Partitions;
 pub use watchdog::{Watchdog, EXIT_STALLED};
 
 use crate::config::Config;
@@ -96,17 +101,14 @@ pub struct Pipeline {
     producer: Arc<clients::TxnProducer>,
     decoder: Decoders,
     rules: Hysteresis,
-    stores: BTreeMap<i32, PartitionStore>,
-    assigned: BTreeSet<(Arc<str>, i32)>,
+    /// Everything that lives and dies with the assignment.
+    partitions: Partitions,
     /// Interned topic names (no allocation per record).
     topic_names: BTreeMap<String, Arc<str>>,
     scorer: Arc<Scorer>,
     metrics: Metrics,
     /// Per-record counts, flushed to `metrics` once per cycle.
     tally: Tally,
-    /// Committed offset (next record to process) of each assigned input
-    /// partition, for the lag gauge.
-    committed: BTreeMap<(Arc<str>, i32), i64>,
     /// Gauge updates so far (state size is measured every tenth).
     gauge_ticks: u64,
     health: Arc<Health>,
@@ -119,13 +121,6 @@ pub struct Pipeline {
     fenced_at: Vec<Instant>,
     /// Every blocking client call goes through it (see `watchdog`).
     watchdog: Watchdog,
-    /// Consumed records waiting for the event-time merge of their partition.
-    aligner: Aligner<Held>,
-    /// Next offset to consume of each input topic partition (what the
-    /// aligner has seen), to tell a topic read to its end.
-    fetched: BTreeMap<(Arc<str>, i32), i64>,
-    /// Input partitions paused because the aligner holds too many of them.
-    paused: BTreeSet<(Arc<str>, i32)>,
     /// Scratch for released records (reused, no allocation per record).
     released: Vec<(Arc<str>, Held)>,
     /// Which stream thread this is.
@@ -468,13 +463,11 @@ impl Pipeline {
             max_dead_letter_bytes: cfg.dead_letter.max_value_bytes,
             cfg,
             producer,
-            stores: BTreeMap::new(),
-            assigned: BTreeSet::new(),
+            partitions: Partitions::new(Aligner::new(cfg_topics, cfg_max_idle)),
             topic_names,
             scorer,
             tally: metrics.tally(),
             metrics,
-            committed: BTreeMap::new(),
             gauge_ticks: 0,
             health,
             cycle: Cycle::default(),
@@ -482,9 +475,6 @@ impl Pipeline {
             producer_config,
             fenced_at: Vec::new(),
             watchdog,
-            aligner: Aligner::new(cfg_topics, cfg_max_idle),
-            fetched: BTreeMap::new(),
-            paused: BTreeSet::new(),
             released: Vec::new(),
             directory: thread.directory.clone(),
             pseudonymizer: thread.pseudonymizer.clone(),
@@ -497,6 +487,7 @@ impl Pipeline {
     /// customers, paced.
     fn on_new_model(&mut self, version: &str) {
         let keys: Vec<(i32, String)> = self
+            .partitions
             .stores
             .iter()
             .flat_map(|(p, s)| s.ids().map(move |id| (*p, id.to_string())))
@@ -525,7 +516,7 @@ impl Pipeline {
         let oldest_marker = ingest::now_ms()
             .saturating_sub(crate::units::millis(self.cfg.privacy.erasure_retention));
         // Timers and retention.
-        for (p, store) in self.stores.iter_mut() {
+        for (p, store) in self.partitions.stores.iter_mut() {
             store.expire_markers(oldest_marker);
             store.tick(now);
             for id in store.take_due() {
@@ -543,7 +534,12 @@ impl Pipeline {
         }
         if let Some(sweep) = &mut self.sweep {
             for (p, id) in sweep.take(now, self.cfg.score.max_batch) {
-                if self.stores.get(&p).is_some_and(|s| s.contains(&id)) {
+                if self
+                    .partitions
+                    .stores
+                    .get(&p)
+                    .is_some_and(|s| s.contains(&id))
+                {
                     self.cycle
                         .to_score
                         .entry(p)
@@ -556,7 +552,7 @@ impl Pipeline {
                 self.sweep = None;
             }
         }
-        let has_changelog = self.stores.values().any(|s| s.has_dirty());
+        let has_changelog = self.partitions.stores.values().any(|s| s.has_dirty());
         if self.cycle.is_idle() && !has_changelog && !self.cycle.open {
             // Nothing waits in this instance: the loop is alive.
             self.watchdog.progressed();
@@ -608,7 +604,7 @@ impl Pipeline {
             next_cycle_records = self.cycle.records,
             "Committed a cycle."
         );
-        self.committed.extend(cycle.offsets);
+        self.partitions.committed.extend(cycle.offsets);
         self.watchdog.progressed();
         // A commit proves the brokers reachable: ends an outage in the log.
         kafka_log::brokers_up();
@@ -629,7 +625,9 @@ impl Pipeline {
         };
         // The cycle's position where it consumed, else the committed one.
         let mut next: BTreeMap<&str, i64> = BTreeMap::new();
-        for ((topic, partition), offset) in self.committed.iter().chain(&self.cycle.offsets) {
+        for ((topic, partition), offset) in
+            self.partitions.committed.iter().chain(&self.cycle.offsets)
+        {
             if *partition == p {
                 next.insert(topic, *offset);
             }
@@ -650,25 +648,40 @@ impl Pipeline {
         self.tally.flush();
         let (thread, shared) = (self.thread.index, &self.thread.gauges);
         if self.gauge_ticks % 10 == 0 {
-            let customers: usize = self.stores.values().map(PartitionStore::len).sum();
+            let customers: usize = self
+                .partitions
+                .stores
+                .values()
+                .map(PartitionStore::len)
+                .sum();
             let all = shared.set(thread, ThreadGauges::CUSTOMERS, customers as i64);
             self.metrics.state_customers.set(all);
-            let bytes: usize = self.stores.values().map(PartitionStore::memory_bytes).sum();
+            let bytes: usize = self
+                .partitions
+                .stores
+                .values()
+                .map(PartitionStore::memory_bytes)
+                .sum();
             let all = shared.set(thread, ThreadGauges::BYTES, bytes as i64);
             self.metrics.state_bytes.set(all);
         }
         self.gauge_ticks += 1;
-        let all = shared.set(thread, ThreadGauges::ASSIGNED, self.assigned.len() as i64);
+        let all = shared.set(
+            thread,
+            ThreadGauges::ASSIGNED,
+            self.partitions.assigned.len() as i64,
+        );
         self.metrics.assigned_partitions.set(all);
-        let mut backlog = (self.cycle.records + self.aligner.len() as u64) as i64;
+        let mut backlog = (self.cycle.records + self.partitions.aligner.len() as u64) as i64;
         if let Ok(ends) = self.consumer.context().ends.lock() {
-            for ((topic, partition), next) in &self.committed {
+            for ((topic, partition), next) in &self.partitions.committed {
                 if let Some(end) = ends.get(&**topic).and_then(|e| e.get(partition)) {
                     self.metrics.set_lag(topic, *partition, end - next);
                     backlog += (end - next).max(0);
                 }
             }
         }
-        self.watchdog.observe(self.assigned.len(), backlog);
+        self.watchdog
+            .observe(self.partitions.assigned.len(), backlog);
     }
 }

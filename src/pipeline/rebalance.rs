@@ -3,8 +3,9 @@
 //! input, dropping revoked partitions, and rebuilding state from the
 //! committed changelog after a failed transaction.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
@@ -58,43 +59,29 @@ impl Pipeline {
                     if let Err(e) = self.abort_cycle("partitions were revoked").await {
                         self.after_fatal(e).await?;
                     }
-                    for (t, p) in &list {
-                        let t = ingest::intern(&mut self.topic_names, t);
-                        self.metrics.forget_lag(&t, *p);
-                        self.committed.remove(&(t.clone(), *p));
-                        self.assigned.remove(&(t, *p));
-                    }
-                    let keep: BTreeSet<i32> = self.assigned.iter().map(|(_, p)| *p).collect();
-                    let gone: Vec<i32> = self
-                        .stores
-                        .keys()
-                        .filter(|p| !keep.contains(p))
-                        .copied()
+                    let list: Vec<(Arc<str>, i32)> = list
+                        .iter()
+                        .map(|(t, p)| (ingest::intern(&mut self.topic_names, t), *p))
                         .collect();
-                    self.directory.revoked(self.thread.index, &gone);
-                    self.stores.retain(|p, _| keep.contains(p));
-                    for (_, p) in &list {
-                        self.aligner.forget(*p);
+                    for (t, p) in &list {
+                        self.metrics.forget_lag(t, *p);
                     }
-                    self.fetched.retain(|(_, p), _| keep.contains(p));
-                    self.paused.retain(|(_, p)| keep.contains(p));
+                    let revoked = self.partitions.revoke(&list);
+                    self.directory
+                        .revoked(self.thread.index, &revoked.partitions);
                     // Uncommitted changes of kept partitions are gone too: rebuild.
                     self.recover().await?;
                     info!(partitions = ?list, "Partitions revoked.");
                 }
                 RebalanceNotice::Assigned(list) => {
-                    for (t, p) in &list {
-                        let t = ingest::intern(&mut self.topic_names, t);
-                        self.assigned.insert((t, *p));
-                    }
-                    self.load_committed(&list).await?;
-                    let new: BTreeSet<i32> = list
+                    let interned: Vec<(Arc<str>, i32)> = list
                         .iter()
-                        .map(|(_, p)| *p)
-                        .filter(|p| !self.stores.contains_key(p))
+                        .map(|(t, p)| (ingest::intern(&mut self.topic_names, t), *p))
                         .collect();
+                    let new = self.partitions.assign(interned);
+                    self.load_committed(&list).await?;
                     let restore_started = Instant::now();
-                    self.restore(new.into_iter().collect()).await?;
+                    self.restore(new).await?;
                     self.set_assigned(true);
                     info!(
                         partitions = ?list,
@@ -170,33 +157,30 @@ impl Pipeline {
             .await;
         self.health.restoring.fetch_sub(1, Ordering::Relaxed);
         let stores = result??;
-        self.stores.extend(stores);
+        self.partitions.install(stores);
         Ok(())
     }
 
     /// Drops local state of the partitions still owned, restores it from the
     /// changelog and rewinds their input to the committed offsets.
     pub(super) async fn reset_kept(&mut self) -> Result<(), PipelineError> {
-        let partitions: Vec<i32> = self.stores.keys().copied().collect();
-        self.stores.clear();
         // Buffered records are consumed again from the committed offsets.
-        self.aligner.clear();
-        self.fetched.clear();
-        if !self.paused.is_empty() {
+        let reset = self.partitions.reset();
+        if !reset.resume.is_empty() {
             let mut tpl = TopicPartitionList::new();
-            for (t, p) in std::mem::take(&mut self.paused) {
-                tpl.add_partition(&t, p);
+            for (t, p) in &reset.resume {
+                tpl.add_partition(t, *p);
             }
             if let Err(e) = self.consumer.resume(&tpl) {
                 warn!(error = %e, "Resuming paused input partitions failed.");
             }
         }
-        self.restore(partitions).await?;
-        if self.assigned.is_empty() {
+        self.restore(reset.restore).await?;
+        if self.partitions.assigned.is_empty() {
             return Ok(());
         }
         let mut tpl = TopicPartitionList::new();
-        for (t, p) in &self.assigned {
+        for (t, p) in &self.partitions.assigned {
             tpl.add_partition(t, *p);
         }
         let consumer = self.consumer.clone();
@@ -287,7 +271,7 @@ impl Pipeline {
             Ok(found) => {
                 for (t, p, next) in found {
                     let t = ingest::intern(&mut self.topic_names, &t);
-                    self.committed.insert((t, p), next);
+                    self.partitions.committed.insert((t, p), next);
                 }
             }
             Err(e) => warn!(

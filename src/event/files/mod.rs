@@ -109,26 +109,12 @@ pub enum FileError {
     /// The file's format cannot be told from its name.
     #[error("{0}: unknown file format (use .ndjson/.jsonl, .parquet or .csv, or name the format)")]
     UnknownFormat(PathBuf),
-    /// Reading the input topics failed.
-    #[error("{what}: {source}")]
-    Kafka {
-        /// What was being done.
-        what: String,
-        /// The client error.
-        #[source]
-        source: rdkafka::error::KafkaError,
-    },
-    /// The configuration could not be turned into a consumer.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
 }
 
 impl crate::error::Classify for FileError {
     fn class(&self) -> crate::error::ErrorClass {
         match self {
             FileError::Io { source, .. } => crate::error::Classify::class(source),
-            FileError::Kafka { source, .. } => crate::error::Classify::class(source),
-            FileError::Config(e) => crate::error::Classify::class(e),
             FileError::Parquet { .. } | FileError::Mapping { .. } | FileError::UnknownFormat(_) => {
                 crate::error::ErrorClass::BadInput
             }
