@@ -179,9 +179,8 @@ fn main() -> ExitCode {
                 match command {
                     Command::Run => run(config).await,
                     Command::Forget { customers, as_of } => {
-                        let n = segstream::privacy::request_erasure(&config, &customers, as_of)
-                            .await
-                            .map_err(anyhow::Error::msg)?;
+                        let n =
+                            segstream::privacy::request_erasure(&config, &customers, as_of).await?;
                         println!(
                             "{n} erasure request(s) written to {}; the pipeline applies them in its next cycle.",
                             config.privacy.erasure_topic
@@ -253,8 +252,8 @@ fn class_of(e: &anyhow::Error) -> ErrorClass {
     use segstream::{
         config::ConfigError, event::files::FileError, features::FeatureError,
         generate::cli::CliError, generate::kafka::GenerateError, generate::samples::SamplesError,
-        ingest::IngestError, model::ModelError, pipeline::PipelineError, score::ScoreError,
-        state::changelog::ChangelogError, state::changelog::CodecError,
+        ingest::IngestError, model::ModelError, pipeline::PipelineError, privacy::PrivacyError,
+        score::ScoreError, state::changelog::ChangelogError, state::changelog::CodecError,
         train::predict::PredictError, train::TrainError,
     };
     fn class<T: Classify + std::error::Error + 'static>(
@@ -274,6 +273,7 @@ fn class_of(e: &anyhow::Error) -> ErrorClass {
         class::<ChangelogError>,
         class::<CodecError>,
         class::<IngestError>,
+        class::<PrivacyError>,
         class::<ConfigError>,
         class::<CliError>,
         class::<GenerateError>,

@@ -40,6 +40,65 @@ use crate::telemetry::kafka_log::QuietContext;
 
 pub use crate::config::MIN_KEY_BYTES;
 
+/// Why a privacy operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivacyError {
+    /// The pseudonymization key is missing or too short.
+    #[error("{0}")]
+    Key(String),
+    /// Erasure is not configured.
+    #[error(
+        "privacy.erasure_topic is empty: erasure is not set up (see docs/privacy-and-risk.md)"
+    )]
+    NotSetUp,
+    /// `--as-of` names a time after now.
+    #[error("--as-of is {as_of_ms} ms, after now ({now_ms} ms): an erasure covers what happened up to its time")]
+    AsOfInTheFuture {
+        /// The time asked for.
+        as_of_ms: i64,
+        /// Now.
+        now_ms: i64,
+    },
+    /// A topic it needs does not exist.
+    #[error("{0} does not exist")]
+    MissingTopic(String),
+    /// The configuration could not be turned into a client.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A Kafka call failed.
+    #[error("{what}: {source}")]
+    Kafka {
+        /// What was being done.
+        what: String,
+        /// The client error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The erasure topic was not read to its end in time.
+    #[error("{0} was not read to its end within 2 minutes")]
+    Timeout(String),
+}
+
+impl crate::error::Classify for PrivacyError {
+    fn class(&self) -> crate::error::ErrorClass {
+        use crate::error::ErrorClass;
+        match self {
+            PrivacyError::Key(_)
+            | PrivacyError::NotSetUp
+            | PrivacyError::AsOfInTheFuture { .. }
+            | PrivacyError::MissingTopic(_) => ErrorClass::BadInput,
+            PrivacyError::Config(e) => e.class(),
+            PrivacyError::Kafka { source, .. } => source.class(),
+            PrivacyError::Timeout(_) => ErrorClass::External,
+        }
+    }
+}
+
+fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> PrivacyError {
+    let what = what.into();
+    move |source| PrivacyError::Kafka { what, source }
+}
+
 /// The prefix of every pseudonym.
 pub const PSEUDONYM_PREFIX: &str = "ps_";
 
@@ -57,19 +116,21 @@ impl std::fmt::Debug for Pseudonymizer {
 
 impl Pseudonymizer {
     /// A pseudonymizer with `key` (at least [`MIN_KEY_BYTES`]).
-    pub fn new(key: &[u8]) -> Result<Pseudonymizer, String> {
-        crate::config::check_key(key)?;
-        let mac = Hmac::<Sha256>::new_from_slice(key).map_err(|e| e.to_string())?;
+    pub fn new(key: &[u8]) -> Result<Pseudonymizer, PrivacyError> {
+        crate::config::check_key(key).map_err(PrivacyError::Key)?;
+        let mac =
+            Hmac::<Sha256>::new_from_slice(key).map_err(|e| PrivacyError::Key(e.to_string()))?;
         Ok(Pseudonymizer { mac })
     }
 
     /// The configured pseudonymizer: `None` when `privacy.pseudonymize` is
     /// off, an error when it is on and the key cannot be read.
-    pub fn from_config(cfg: &PrivacyConfig) -> Result<Option<Pseudonymizer>, String> {
+    pub fn from_config(cfg: &PrivacyConfig) -> Result<Option<Pseudonymizer>, PrivacyError> {
         if !cfg.pseudonymize {
             return Ok(None);
         }
-        cfg.key().and_then(|k| Pseudonymizer::new(&k)).map(Some)
+        let key = cfg.key().map_err(PrivacyError::Key)?;
+        Pseudonymizer::new(&key).map(Some)
     }
 
     /// The pseudonym of `id`.
@@ -126,36 +187,38 @@ pub fn request_time(value: Option<&[u8]>, record_ms: Option<i64>) -> i64 {
 
 /// Every stored id with an erasure request in `privacy.erasure_topic`, with
 /// the latest time one erases up to (empty when there is no such topic).
-pub fn erasures(cfg: &Config) -> Result<HashMap<String, i64>, String> {
+pub fn erasures(cfg: &Config) -> Result<HashMap<String, i64>, PrivacyError> {
     let topic = &cfg.privacy.erasure_topic;
     let mut out = HashMap::new();
     if topic.is_empty() {
         return Ok(out);
     }
     let group = format!("{}-erasures", cfg.kafka.group_id);
-    let c = crate::ingest::reader_config(&cfg.kafka, &group, true).map_err(|e| e.to_string())?;
+    let c = crate::ingest::reader_config(&cfg.kafka, &group, true)?;
     let consumer: BaseConsumer<QuietContext> = c
         .create_with_context(QuietContext)
-        .map_err(|e| format!("creating the erasure reader: {e}"))?;
+        .map_err(kafka("creating the erasure reader"))?;
     let partitions = partitions_of(&consumer, topic)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .map_err(|e| e.to_string())?;
+            .map_err(kafka("assigning the erasure topic"))?;
     }
-    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    consumer
+        .assign(&tpl)
+        .map_err(kafka("assigning the erasure topic"))?;
     let mut done = HashSet::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while done.len() < partitions as usize {
         if std::time::Instant::now() > deadline {
-            return Err(format!("{topic} was not read to its end within 2 minutes"));
+            return Err(PrivacyError::Timeout(topic.clone()));
         }
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 done.insert(p);
             }
-            Some(Err(e)) => return Err(format!("reading {topic}: {e}")),
+            Some(Err(e)) => return Err(kafka(format!("reading {topic}"))(e)),
             Some(Ok(m)) => {
                 if let Some(k) = m.key() {
                     let through = request_time(m.payload(), m.timestamp().to_millis());
@@ -174,23 +237,23 @@ pub fn erasures(cfg: &Config) -> Result<HashMap<String, i64>, String> {
 pub(crate) fn partitions_of(
     consumer: &BaseConsumer<QuietContext>,
     topic: &str,
-) -> Result<i32, String> {
+) -> Result<i32, PrivacyError> {
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| format!("reading {topic}'s metadata: {e}"))?;
+        .map_err(kafka(format!("reading {topic}'s metadata")))?;
     md.topics()
         .iter()
         .find(|t| t.name() == topic && t.error().is_none())
         .map(|t| t.partitions().len() as i32)
         .filter(|n| *n > 0)
-        .ok_or_else(|| format!("{topic} does not exist"))
+        .ok_or_else(|| PrivacyError::MissingTopic(topic.to_string()))
 }
 
 /// Drops from a history the events that an erasure covers (those of an
 /// erased customer at or before the erasure's time: a history read from
 /// files or topics has no producing time per event, so the event time
 /// stands for it); returns how many were dropped.
-pub fn drop_erased(cfg: &Config, events: &mut Vec<Event>) -> Result<usize, String> {
+pub fn drop_erased(cfg: &Config, events: &mut Vec<Event>) -> Result<usize, PrivacyError> {
     let erased = erasures(cfg)?;
     let p = Pseudonymizer::from_config(&cfg.privacy)?;
     Ok(drop_covered(&erased, p.as_ref(), events))
@@ -221,32 +284,30 @@ pub async fn request_erasure(
     cfg: &Config,
     ids: &[String],
     as_of_ms: Option<i64>,
-) -> Result<usize, String> {
+) -> Result<usize, PrivacyError> {
     let topic = &cfg.privacy.erasure_topic;
     if topic.is_empty() {
-        return Err(
-            "privacy.erasure_topic is empty: erasure is not set up (see README, Privacy and risk)"
-                .into(),
-        );
+        return Err(PrivacyError::NotSetUp);
     }
-    let p = Pseudonymizer::from_config(&cfg.privacy)?;
-    let client = cfg.kafka.client_config().map_err(|e| e.to_string())?;
-    let reader: BaseConsumer<QuietContext> = client
-        .create_with_context(QuietContext)
-        .map_err(|e| e.to_string())?;
-    let partitions = partitions_of(&reader, topic)?;
-    let mut pc = cfg.kafka.producer_config().map_err(|e| e.to_string())?;
-    pc.set("enable.idempotence", "true").set("acks", "all");
-    let producer: FutureProducer<QuietContext> = pc
-        .create_with_context(QuietContext)
-        .map_err(|e| format!("creating the producer: {e}"))?;
     let now = crate::ingest::now_ms();
     let as_of = as_of_ms.unwrap_or(now);
     if as_of > now {
-        return Err(format!(
-            "--as-of is {as_of} ms, after now ({now} ms): an erasure covers what happened up to its time"
-        ));
+        return Err(PrivacyError::AsOfInTheFuture {
+            as_of_ms: as_of,
+            now_ms: now,
+        });
     }
+    let p = Pseudonymizer::from_config(&cfg.privacy)?;
+    let client = cfg.kafka.client_config()?;
+    let reader: BaseConsumer<QuietContext> = client
+        .create_with_context(QuietContext)
+        .map_err(kafka("creating the metadata reader"))?;
+    let partitions = partitions_of(&reader, topic)?;
+    let mut pc = cfg.kafka.producer_config()?;
+    pc.set("enable.idempotence", "true").set("acks", "all");
+    let producer: FutureProducer<QuietContext> = pc
+        .create_with_context(QuietContext)
+        .map_err(kafka("creating the producer"))?;
     for id in ids {
         let stored = stored_id(p.as_ref(), id);
         let partition =
@@ -261,7 +322,7 @@ pub async fn request_erasure(
                 Duration::from_secs(30),
             )
             .await
-            .map_err(|(e, _)| format!("writing the erasure request: {e}"))?;
+            .map_err(|(e, _)| kafka("writing the erasure request")(e))?;
     }
     Ok(ids.len())
 }

@@ -175,3 +175,35 @@ fn a_failed_command_exits_with_the_class_of_its_error() {
         "external",
     );
 }
+
+/// Issue 37: `forget` fails with the class of its error, not "external"
+/// for everything: erasure not set up, or an `--as-of` after now, is bad
+/// input (2); a broker that does not answer is external (69).
+#[test]
+fn forget_exits_with_the_class_of_its_error() {
+    let stderr = fails_as(
+        segstream().args(["forget", "--customer", "c1"]),
+        2,
+        "bad_input",
+    );
+    assert!(
+        stderr.contains("privacy.erasure_topic is empty"),
+        "{stderr}"
+    );
+    let stderr = fails_as(
+        segstream()
+            .args(["forget", "--customer", "c1", "--as-of", "2999-01-01"])
+            .env("SEGSTREAM__PRIVACY__ERASURE_TOPIC", "erasures"),
+        2,
+        "bad_input",
+    );
+    assert!(stderr.contains("after now"), "{stderr}");
+    fails_as(
+        segstream()
+            .args(["forget", "--customer", "c1"])
+            .env("SEGSTREAM__PRIVACY__ERASURE_TOPIC", "erasures")
+            .env("SEGSTREAM__KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9"),
+        69,
+        "external",
+    );
+}

@@ -80,7 +80,12 @@ pub fn risk(config: &Config, customers: usize, days: u32) -> BenchResult<RiskBen
     for e in &events {
         let (state, flags) = states.entry(e.customer_id.clone()).or_default();
         state.record(e, limits);
-        let findings = risk::evaluate(cfg, state.recent(), e.event_time_ms);
+        let findings = risk::evaluate(
+            cfg,
+            state.recent(),
+            &state.lifetime.products,
+            e.event_time_ms,
+        );
         let (next, _) = risk::apply(cfg, *flags, findings);
         *flags = next;
         if next != 0 {

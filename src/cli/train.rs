@@ -254,8 +254,7 @@ pub(crate) fn load_history(
     };
     let mut events = events;
     if !config.privacy.erasure_topic.is_empty() {
-        let dropped =
-            segstream::privacy::drop_erased(config, &mut events).map_err(anyhow::Error::msg)?;
+        let dropped = segstream::privacy::drop_erased(config, &mut events)?;
         info!(
             dropped,
             "Dropped the events of erased customers (privacy.erasure_topic)."

@@ -13,7 +13,7 @@
 //! The rules see only the recent events the state keeps (`state.max_events`
 //! per customer): patterns longer than that window are not seen.
 
-use crate::state::{kind, RecentEvent};
+use crate::state::{kind, ProductSketch, RecentEvent};
 
 /// Version of the rule set, in every `RiskFlag`.
 pub const RULES_VERSION: &str = "risk-rules-1";
@@ -49,8 +49,14 @@ fn is_browse(e: &RecentEvent) -> bool {
     )
 }
 
-/// Every enabled rule's finding on `recent` (oldest first) as of `as_of_ms`.
-pub fn evaluate(cfg: &RiskConfig, recent: &[RecentEvent], as_of_ms: i64) -> Vec<Finding> {
+/// Every enabled rule's finding on `recent` (oldest first) as of
+/// `as_of_ms`; `bought` holds every product the customer ever purchased.
+pub fn evaluate(
+    cfg: &RiskConfig,
+    recent: &[RecentEvent],
+    bought: &ProductSketch,
+    as_of_ms: i64,
+) -> Vec<Finding> {
     let now = u32::try_from(as_of_ms.div_euclid(1000).max(0)).unwrap_or(u32::MAX);
     let within = |e: &RecentEvent, s: u32| e.time_s <= now && now - e.time_s < s;
     let mut out = Vec::with_capacity(cfg.rules.len());
@@ -138,7 +144,7 @@ pub fn evaluate(cfg: &RiskConfig, recent: &[RecentEvent], as_of_ms: i64) -> Vec<
                 }
             }
             Rule::UnverifiedReviews => {
-                let bought: Vec<u32> = recent
+                let recent_buys: Vec<u32> = recent
                     .iter()
                     .filter(|e| e.kind == kind::PURCHASE && e.product != 0)
                     .map(|e| e.product)
@@ -147,9 +153,11 @@ pub fn evaluate(cfg: &RiskConfig, recent: &[RecentEvent], as_of_ms: i64) -> Vec<
                     .iter()
                     .filter(|e| e.kind == kind::REVIEW && e.product != 0)
                     .collect();
+                // Bought in the recent events, or ever (a purchase that left
+                // the window, a line other than the order's top one).
                 let unverified = reviews
                     .iter()
-                    .filter(|e| !bought.contains(&e.product))
+                    .filter(|e| !recent_buys.contains(&e.product) && !bought.contains(e.product))
                     .count();
                 let share = if reviews.is_empty() {
                     0.0
@@ -350,11 +358,16 @@ mod tests {
     }
 
     fn score(rule: Rule, recent: &[RecentEvent], now_s: u32) -> f64 {
-        evaluate(&RiskConfig::default(), recent, i64::from(now_s) * 1000)
-            .into_iter()
-            .find(|f| f.rule == rule)
-            .unwrap()
-            .score
+        evaluate(
+            &RiskConfig::default(),
+            recent,
+            &ProductSketch::default(),
+            i64::from(now_s) * 1000,
+        )
+        .into_iter()
+        .find(|f| f.rule == rule)
+        .unwrap()
+        .score
     }
 
     #[test]
@@ -401,6 +414,39 @@ mod tests {
         }
         assert!(score(Rule::UnverifiedReviews, &honest, 500_000) < 0.5);
         assert!(score(Rule::ReviewBurst, &honest, 500_000) < 0.5);
+    }
+
+    /// Issue 36 (the demo flagged ordinary reviewers): a review of a
+    /// product bought long ago (its purchase left the recent window) or
+    /// bought as a line other than the order's top one is verified by the
+    /// lifetime purchase sketch.
+    #[test]
+    fn reviews_of_products_bought_before_the_window_are_verified() {
+        let reviews: Vec<_> = (0..5)
+            .map(|i| ev(kind::REVIEW, 2000 + i * 86_400, 300 + i, 0, 4, 1))
+            .collect();
+        let unverified = |bought: &ProductSketch| {
+            evaluate(&RiskConfig::default(), &reviews, bought, 500_000_000)
+                .into_iter()
+                .find(|f| f.rule == Rule::UnverifiedReviews)
+                .unwrap()
+                .score
+        };
+        assert!(
+            unverified(&ProductSketch::default()) >= 1.0,
+            "nothing bought"
+        );
+        let mut bought = ProductSketch::default();
+        for i in 0..5 {
+            bought.insert(300 + i);
+        }
+        assert!(unverified(&bought) < 0.5, "all bought, earlier");
+        // A sketch of other products leaves the reviews unverified.
+        let mut other = ProductSketch::default();
+        for p in 10_000..10_020 {
+            other.insert(p);
+        }
+        assert!(unverified(&other) >= 1.0);
     }
 
     #[test]

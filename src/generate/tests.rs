@@ -380,7 +380,7 @@ fn live_flags(
     let mut apply = |e: &Event| {
         let (s, flags) = states.entry(e.customer_id.clone()).or_default();
         s.record(e, StateLimits::default());
-        let findings = risk::evaluate(&cfg, s.recent(), e.event_time_ms);
+        let findings = risk::evaluate(&cfg, s.recent(), &s.lifetime.products, e.event_time_ms);
         let (next, raised) = risk::apply_only(&cfg, *flags, findings, true, false);
         *flags = next;
         for t in raised {

@@ -167,7 +167,7 @@ pub(super) fn decide_chunk(
         if let Some(cfg) = rules.risk {
             let findings = store
                 .get(id)
-                .map(|s| risk::evaluate(cfg, s.recent(), as_of_ms));
+                .map(|s| risk::evaluate(cfg, s.recent(), &s.lifetime.products, as_of_ms));
             if let (Some(findings), Some(decision)) = (findings, store.decision_mut(id)) {
                 // Scoring clears flags; raising happens as events arrive.
                 let (flags, moved) =

@@ -52,7 +52,7 @@ pub enum PipelineError {
     Score(#[from] crate::score::ScoreError),
     /// The privacy settings cannot be used (e.g. no pseudonymization key).
     #[error("privacy: {0}")]
-    Privacy(String),
+    Privacy(#[from] crate::privacy::PrivacyError),
     /// An output record could not be encoded.
     #[error("{0}")]
     Encode(String),
@@ -89,8 +89,8 @@ impl Classify for PipelineError {
             // ACLs, the pseudonymization key.
             PipelineError::Topics(_)
             | PipelineError::Refused(_)
-            | PipelineError::NotAuthorized(_)
-            | PipelineError::Privacy(_) => ErrorClass::BadInput,
+            | PipelineError::NotAuthorized(_) => ErrorClass::BadInput,
+            PipelineError::Privacy(e) => Classify::class(e),
             PipelineError::Listen { source, .. } => Classify::class(source),
             PipelineError::Transaction(_) => ErrorClass::External,
             PipelineError::Encode(_) | PipelineError::Task(_) => ErrorClass::Internal,

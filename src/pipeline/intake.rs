@@ -399,7 +399,7 @@ impl Pipeline {
                             let at = e.event.event_time_ms;
                             let findings = store
                                 .get(id)
-                                .map(|s| risk::evaluate(&self.cfg.risk, s.recent(), at));
+                                .map(|s| risk::evaluate(&self.cfg.risk, s.recent(), &s.lifetime.products, at));
                             if let (Some(findings), Some(d)) = (findings, store.decision_mut(id)) {
                                 let (flags, raised) = risk::apply_only(
                                     &self.cfg.risk,

@@ -142,9 +142,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), PipelineError> {
     let health = Arc::new(Health::default());
-    let pseudonymizer = crate::privacy::Pseudonymizer::from_config(&cfg.privacy)
-        .map_err(PipelineError::Privacy)?
-        .map(Arc::new);
+    let pseudonymizer = crate::privacy::Pseudonymizer::from_config(&cfg.privacy)?.map(Arc::new);
     let directory = Directory::new(&cfg, pseudonymizer.clone());
     if !cfg.pipeline.http_listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&cfg.pipeline.http_listen)

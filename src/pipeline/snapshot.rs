@@ -55,7 +55,8 @@ pub fn read_current(
     let consumer: BaseConsumer<QuietContext> = c
         .create_with_context(QuietContext)
         .map_err(|e| format!("creating the reader: {e}"))?;
-    let partitions = crate::privacy::partitions_of(&consumer, topic)? as usize;
+    let partitions =
+        crate::privacy::partitions_of(&consumer, topic).map_err(|e| e.to_string())? as usize;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as i32 {
         tpl.add_partition_offset(topic, p, Offset::Beginning)

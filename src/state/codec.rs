@@ -18,7 +18,7 @@ use prost::Message as _;
 use super::wire::{
     expect, fixeds, float, int64, message, string, u32_of, u64_of, uint, varints, Wire, LEN,
 };
-use super::{CustomerState, DayBucket, Decision, Lifetime, RecentEvent};
+use super::{CustomerState, DayBucket, Decision, Lifetime, ProductSketch, RecentEvent};
 #[cfg(test)]
 use crate::event::proto;
 
@@ -83,6 +83,9 @@ fn write_record(state: &CustomerState, out: &mut Vec<u8>, nested: &mut Vec<u8>) 
     scalar(out, 9, u64::from(state.lifetime.purchases));
     scalar(out, 10, state.lifetime.spend_minor);
     scalar(out, 11, state.lifetime.first_purchase_ms as u64);
+    if !state.lifetime.products.is_empty() {
+        super::wire::out::packed_fixed64(out, 12, state.lifetime.products.0.iter().copied());
+    }
 }
 
 fn write_recent(state: &CustomerState, w: &mut Vec<u8>) {
@@ -203,6 +206,11 @@ pub(crate) fn encode_with_prost(state: &CustomerState) -> Vec<u8> {
         lifetime_purchases: state.lifetime.purchases,
         lifetime_spend_minor: state.lifetime.spend_minor,
         first_purchase_ms: state.lifetime.first_purchase_ms,
+        purchased_products: if state.lifetime.products.is_empty() {
+            Vec::new()
+        } else {
+            state.lifetime.products.0.to_vec()
+        },
     }
     .encode_to_vec()
 }
@@ -314,6 +322,7 @@ struct Columns {
     rating_sum: Vec<u32>,
     category_bits: Vec<u64>,
     scores: Vec<f32>,
+    purchased_products: Vec<u64>,
 }
 
 impl Columns {
@@ -324,6 +333,7 @@ impl Columns {
             &mut self.amount_minor,
             &mut self.spend_minor,
             &mut self.category_bits,
+            &mut self.purchased_products,
         ] {
             v.clear();
         }
@@ -369,6 +379,7 @@ fn parse_record<'a>(
             9 => s.lifetime_purchases = uint(&mut w, wire)? as u32,
             10 => s.lifetime_spend_minor = uint(&mut w, wire)?,
             11 => s.first_purchase_ms = int64(&mut w, wire)?,
+            12 => fixeds(&mut w, wire, &mut c.purchased_products)?,
             _ => w.skip(field, wire, 0)?,
         }
     }
@@ -534,6 +545,15 @@ fn assemble(s: &Scalars<'_>, c: &Columns) -> Result<CustomerState, CodecError> {
             purchases: s.lifetime_purchases,
             spend_minor: s.lifetime_spend_minor,
             first_purchase_ms: s.first_purchase_ms,
+            products: ProductSketch(match c.purchased_products.as_slice() {
+                [] => [0; 4],
+                [a, b, c, d] => [*a, *b, *c, *d],
+                _ => {
+                    return Err(CodecError::Inconsistent(
+                        "purchased_products is not four words",
+                    ))
+                }
+            }),
         }
     };
     let tokens = c
@@ -594,6 +614,14 @@ fn lifetime_of_v1(days: &[DayBucket], recent: &[RecentEvent], last_purchase_ms: 
         purchases: purchases.max(u32::from(last_purchase_ms > 0)),
         spend_minor,
         first_purchase_ms,
+        // Format 1 kept the top line's product of recent purchases only.
+        products: recent
+            .iter()
+            .filter(|e| e.kind == crate::state::kind::PURCHASE)
+            .fold(ProductSketch::default(), |mut s, e| {
+                s.insert(e.product);
+                s
+            }),
     }
 }
 
@@ -630,6 +658,7 @@ mod tests {
             rating_sum: days.rating_sum,
             category_bits: days.category_bits,
             scores: d.scores,
+            purchased_products: r.purchased_products.clone(),
         };
         Ok((r, c))
     }
@@ -725,6 +754,7 @@ mod tests {
             lifetime_purchases: 4,
             lifetime_spend_minor: 9_000,
             first_purchase_ms: 1_780_000_000_000,
+            purchased_products: vec![1, 2, 3, u64::MAX],
         }
     }
 

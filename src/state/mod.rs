@@ -184,6 +184,46 @@ pub struct Lifetime {
     pub spend_minor: u64,
     /// First purchase time (ms; 0: never).
     pub first_purchase_ms: i64,
+    /// Every product purchased (every line of every order), beyond the
+    /// recent window: whether a reviewer bought what they review.
+    pub products: ProductSketch,
+}
+
+/// A set of product hashes as a 256-bit Bloom filter (two bits per
+/// product): no false negatives; with the 20 distinct products of a
+/// frequent buyer, about one unbought product in 40 reads as bought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProductSketch(pub [u64; 4]);
+
+impl ProductSketch {
+    fn bits(hash: u32) -> [usize; 2] {
+        // Two bit positions from two halves of a mixed hash.
+        let h = hash.wrapping_mul(0x9e37_79b1);
+        [(h >> 24) as usize, ((h >> 8) & 0xff) as usize]
+    }
+
+    /// Adds a product (hash 0, no product, is never added).
+    pub fn insert(&mut self, hash: u32) {
+        if hash == 0 {
+            return;
+        }
+        for b in Self::bits(hash) {
+            self.0[b / 64] |= 1 << (b % 64);
+        }
+    }
+
+    /// Whether the product may have been added (never false for one that was).
+    pub fn contains(&self, hash: u32) -> bool {
+        hash != 0
+            && Self::bits(hash)
+                .iter()
+                .all(|b| self.0[b / 64] & (1 << (b % 64)) != 0)
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.0 == [0; 4]
+    }
 }
 
 impl Lifetime {
@@ -307,6 +347,9 @@ impl CustomerState {
                     .iter()
                     .fold(0, |bits, i| bits | category_bit(category_hash(&i.category)));
                 self.add_lifetime_purchase(t, recent.amount_minor);
+                for i in &p.items {
+                    self.lifetime.products.insert(category_hash(&i.product_id));
+                }
                 self.last_purchase_ms = self.last_purchase_ms.max(t);
             }
             Payload::Review(r) => {

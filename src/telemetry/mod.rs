@@ -6,7 +6,7 @@
 //! it once per commit cycle. Names follow `segstream_<what>_<unit>[_total]`
 //! and labels are bounded (topic, partition, kind, stage, reason, segment,
 //! model version), never a customer id. The catalog is documented in the
-//! README's operations section; `tests/observability.rs` checks the output
+//! operations guide (`docs/operating.md`); `tests/observability.rs` checks the output
 //! with `promtool check metrics` and scrapes it with a real Prometheus.
 //!
 //! This module owns no I/O: the HTTP endpoints are served by
