@@ -9,9 +9,8 @@ which sibling modules each one names (`super::x`, `crate::<path>::x`), and
 prints the strongly connected components with more than one module: each is
 a set of modules that import each other in a cycle. With --strict, exits 1
 when there is one. `make lint` (which `.ci/run` runs) runs it strict on
-src/ and on every directory under it. Modules that import their parent's items with
-a glob (`use super::*`, as src/config's sections do) name no sibling and
-are not seen.
+src/ and on every directory under it. A glob import (`use super::*`) names
+no sibling and is not seen: outside tests, src/ has none.
 """
 import glob
 import os

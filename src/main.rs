@@ -3,11 +3,9 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use rdkafka::consumer::Consumer;
 use tracing::{error, info};
 
 use segstream::config::Config;

@@ -1,9 +1,20 @@
 //! End to end with transactions against a raw read of the same input, and
 //! the event → visible `SegmentChange` latency at half that rate.
 
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+use serde::Serialize;
+
+use super::raw::{raw_read_all, raw_read_write};
 use super::running::{Running, E2E_PARTITIONS};
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use super::score::{bench_transformer, E2eModel};
+use super::Outcome;
+use crate::bench::{delete_bench_topics, BenchResult};
+use crate::config::Config;
 
 /// End-to-end results: sustained throughput and event → SegmentChange latency.
 #[derive(Debug, Clone, Serialize)]
@@ -223,16 +234,6 @@ fn cpu_times() -> Option<(u64, u64)> {
 
 /// Fewest events of the realistic-traffic run.
 const HISTORY_MIN_EVENTS: usize = 1_200_000;
-
-/// The model an end-to-end or scoring run scores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum E2eModel {
-    /// The built-in rule model (cheap to score).
-    Rules,
-    /// The default Transformer, trained inside the benchmark on generated
-    /// history (one epoch): what users run.
-    Transformer,
-}
 
 /// Runs the pipeline in-process against fresh topics with `model`: first
 /// the sustained rate over `events` pre-produced events (against a raw

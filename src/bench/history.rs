@@ -5,9 +5,16 @@
 //! a new customer, so that every event is scored and publishes a change:
 //! the worst case for output and state growth. This run is the common case.
 
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+use serde::Serialize;
+
+use super::raw::raw_read_all;
 use super::running::{Running, E2E_PARTITIONS};
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use super::Outcome;
+use crate::bench::{delete_bench_topics, BenchResult};
+use crate::config::Config;
 
 /// Results of the end-to-end run over a month of generated history.
 #[derive(Debug, Clone, Serialize)]

@@ -9,20 +9,11 @@
 //! a plain state replay). `report` writes them all as `BENCHMARKS.md` and
 //! JSON (`segstream bench all`).
 
-use std::time::{Duration, Instant};
-
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::config::Config;
 use crate::event::{Browse, BrowseAction, Event, LineItem, Payload, Purchase, Review};
-use crate::state::changelog::{encode, restore_partition, ChangelogRecord, ChangelogWriter};
-use crate::state::{CustomerState, Decision, PartitionStore};
-use crate::telemetry::Metrics;
 
 mod e2e;
 mod history;
@@ -35,14 +26,13 @@ mod score;
 mod state;
 mod train;
 
-pub use e2e::{e2e, e2e_markdown, E2eBench, E2eModel, Latency};
+pub use e2e::{e2e, e2e_markdown, E2eBench, Latency};
 pub use history::HistoryE2e;
 pub use ingest::{ingest, ingest_markdown, IngestBench};
-use raw::*;
+use raw::{raw_read_all, read_span, Span};
 pub use report::{suite_markdown, Machine, Suite};
 pub use risk::{risk, risk_markdown, RiskBench, RuleScore};
-use score::bench_transformer;
-pub use score::{score, score_markdown, ScoreBenchRow};
+pub use score::{score, score_markdown, E2eModel, ScoreBenchRow};
 pub use state::{state, state_markdown, RestoreBench, StateBench};
 pub use train::{
     history_for, summarize as train_summary, train, train_markdown, train_sparse, TrainBench,

@@ -1,8 +1,14 @@
 //! The raw librdkafka baselines: reading topics to their end with the
 //! pipeline's own consumer settings.
 
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::bench::BenchResult;
+use crate::config::Config;
 
 /// The client context of the benchmark readers: partition EOF is how they
 /// know they are done, not an error worth a log line.

@@ -1,8 +1,16 @@
 //! A pipeline run in-process by the end-to-end benchmarks, and its
 //! sustained rate measured from its group's committed offsets.
 
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{NewTopic, TopicReplication};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, TopicPartitionList};
+
+use crate::bench::BenchResult;
+use crate::config::Config;
+use crate::telemetry::Metrics;
 
 /// A pipeline running in-process (`segstream run` on a task of this
 /// runtime) until [`Running::stop`].

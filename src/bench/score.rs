@@ -1,8 +1,26 @@
 //! The scoring benchmark: the scorer against raw `Session::run` on the same
 //! model and inputs.
 
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{ingest, train};
+use crate::bench::{synthetic_event, BenchResult};
+use crate::config::Config;
+use crate::rng::Rng;
+use crate::state::CustomerState;
+use crate::telemetry::Metrics;
+
+/// The model an end-to-end or scoring run scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum E2eModel {
+    /// The built-in rule model (cheap to score).
+    Rules,
+    /// The default Transformer, trained inside the benchmark on generated
+    /// history (one epoch): what users run.
+    Transformer,
+}
 
 /// Trains the default Transformer (the `[train]` architecture) on 30k
 /// generated events for one epoch and promotes it in `registry` as

@@ -1,8 +1,21 @@
 //! The state benchmark: memory per customer, and restore from the changelog
 //! against a raw librdkafka read of it.
 
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+use serde::Serialize;
+
+use super::raw::raw_read_all;
+use crate::bench::{delete_bench_topics, synthetic_event};
+use crate::config::Config;
+use crate::event::{Event, Payload, Review};
+use crate::rng::Rng;
+use crate::state::changelog::{encode, restore_partition, ChangelogRecord, ChangelogWriter};
+use crate::state::{CustomerState, Decision, PartitionStore};
+use crate::telemetry::Metrics;
 
 /// Results of the state benchmark.
 #[derive(Debug, Clone, Serialize)]

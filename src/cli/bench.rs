@@ -1,7 +1,11 @@
 //! `segstream bench`: one benchmark or the whole suite.
 
-#[allow(clippy::wildcard_imports)]
-use crate::*;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use segstream::config::Config;
+use tracing::info;
 
 #[derive(Subcommand)]
 pub(crate) enum BenchCommand {

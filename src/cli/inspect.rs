@@ -1,7 +1,12 @@
 //! Looking at what runs: `model`, `samples`, `segments show | risk`, `dlq show`.
 
-#[allow(clippy::wildcard_imports)]
-use crate::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use rdkafka::consumer::Consumer;
+use segstream::config::Config;
 
 #[derive(Subcommand)]
 pub(crate) enum ModelCommand {

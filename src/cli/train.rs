@@ -1,8 +1,12 @@
 //! `segstream train` and `segstream predict`: history in, a model or predictions out.
 
-#[allow(clippy::wildcard_imports)]
-use crate::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use segstream::config::Config;
 use segstream::error::InvalidInput;
+use tracing::{error, info};
 
 /// Where training history comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -1,7 +1,12 @@
 //! `[input]`, `[validation]` and `[dead_letter]`: what is read, what is accepted, where refusals go.
 
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::problems::{check_topic_name, range, Problems};
+use crate::event::{Encoding, Limits};
 
 /// Input topics and how they are read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

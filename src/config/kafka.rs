@@ -1,7 +1,13 @@
 //! `[kafka]`: brokers, security and the client settings derived from them.
 
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use rdkafka::ClientConfig;
+use serde::{Deserialize, Serialize};
+
+use super::problems::{ConfigError, Problems};
+use super::secret::{check_secret, read_secret, Secret};
 
 /// Kafka connection settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -20,15 +20,11 @@
 //! and checks the rules across sections (topics that must differ);
 //! `problems` collects every problem at once.
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Decoders, Encoding, Limits};
+use crate::event::Decoders;
 
 /// Prefix of environment overrides (`SEGSTREAM__SECTION__KEY`).
 pub const ENV_PREFIX: &str = "SEGSTREAM";
@@ -45,17 +41,20 @@ mod secret;
 mod state;
 mod train;
 
-pub use input::*;
-pub use kafka::*;
-pub use output::*;
-pub use pipeline::*;
-pub use privacy::*;
-pub use problems::*;
-pub use risk::*;
-pub use score::*;
-pub use secret::*;
-pub use state::*;
-pub use train::*;
+pub use input::{
+    default_input_topics, DeadLetterConfig, InputConfig, OffsetReset, Partitioner, ValidationConfig,
+};
+pub use kafka::{KafkaConfig, SaslConfig, SaslMechanism, SecurityProtocol, TlsConfig};
+pub use output::{ExitRecords, OutputConfig, OutputFormat};
+pub use pipeline::{LogFormat, PipelineConfig, TelemetryConfig};
+pub use privacy::{check_key, PrivacyConfig, MIN_KEY_BYTES};
+pub use problems::{check_topic_name, env_name, ConfigError, Problem};
+use problems::{is_secret_path, prune_unknown, replace_with_default, Problems};
+pub use risk::{RiskConfig, Rule};
+pub use score::{DecideConfig, GraphOptimization, Provider, ScoreConfig};
+pub use secret::Secret;
+pub use state::StateConfig;
+pub use train::{TrainConfig, PROMOTE_METRICS};
 
 /// The whole configuration of a segstream instance.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

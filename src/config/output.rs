@@ -1,7 +1,10 @@
 //! `[output]`: where segment changes go.
 
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::problems::{check_topic_name, Problems};
 
 /// Where segment changes go.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,7 +1,10 @@
 //! `[pipeline]` and `[telemetry]`: the run loop and logging.
 
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::problems::{range, Problems};
 
 /// The run loop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,7 +1,11 @@
 //! `[privacy]`: pseudonymous ids and erasure.
 
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::problems::{check_topic_name, Problems};
 
 /// Pseudonymous ids and erasure (see `segstream::privacy`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

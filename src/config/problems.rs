@@ -1,8 +1,9 @@
 //! Every problem at once: the error type, and the helpers that walk the
 //! configuration tree (unknown keys, bad values replaced by defaults).
 
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use std::fmt;
+
+use crate::config::ENV_PREFIX;
 
 /// One thing wrong with a configuration, at a key path.
 #[derive(Debug, Clone, PartialEq, Eq)]

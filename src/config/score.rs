@@ -1,7 +1,11 @@
 //! `[score]` and `[decide]`: scoring with ONNX Runtime and segment decisions.
 
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::problems::{range, Problems};
 
 /// Scoring with ONNX Runtime and the model registry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

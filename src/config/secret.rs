@@ -1,7 +1,11 @@
 //! Secrets: never printed, read inline or from a file.
 
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::problems::{env_name, ConfigError, Problems};
 
 /// A secret string: never printed by `Debug`, serialized as `"<redacted>"`.
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]

@@ -1,7 +1,10 @@
 //! `[state]`: per-customer state, event-time rules and the changelog.
 
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::problems::{check_topic_name, range, Problems};
 
 /// Per-customer state, event-time rules and the changelog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

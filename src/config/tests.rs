@@ -1,6 +1,8 @@
 use std::io::Write as _;
 
+use super::problems::edit_distance;
 use super::*;
+use crate::event::Encoding;
 
 fn load_toml(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
     let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();

@@ -1,7 +1,10 @@
 //! `[train]`: the trainer.
 
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::problems::{range, Problems};
 
 /// The trainer (`segstream train`): point-in-time examples, labels, the
 /// Transformer and its training, and promotion.

@@ -18,28 +18,25 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use arrow_array::RecordBatch;
-use ort::ep::{self, ExecutionProvider as _};
-use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+use ort::ep;
 use ort::session::Session;
-use ort::value::{TensorElementType, TensorRef, ValueType};
-use tracing::{info, warn};
+use ort::value::TensorRef;
+use tracing::warn;
 
 pub use batcher::RescoreSweep;
 pub use watcher::{ModelWatcher, PollOutcome};
 mod session;
-#[allow(unused_imports)]
-pub use session::*;
+use session::{check_sigs, extract};
+pub use session::{environment, new_session, run_session, signature, ActiveProvider};
 mod parity;
-#[allow(unused_imports)]
-pub use parity::*;
+use parity::compare;
+pub use parity::{difference, max_difference};
 
-use crate::config::{GraphOptimization, Provider, ScoreConfig};
+use crate::config::ScoreConfig;
 use crate::features::{tensors, trim_events, FeatureSpec, Featurizer, TensorData};
-use crate::model::onnx::Elem;
 use crate::model::reference::Outputs;
 use crate::model::{
     contract_inputs, contract_outputs, optional_outputs, GoldenInputs, Manifest, ModelFiles,
-    TensorSig,
 };
 use crate::state::StateLimits;
 use crate::telemetry::Metrics;

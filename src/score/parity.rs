@@ -1,8 +1,7 @@
 //! How far two models' outputs are apart: the export parity and golden
 //! checks.
 
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use crate::model::reference::Outputs;
 
 /// How far `got` is from `expected` for one value of `output`: absolute for
 /// probabilities; spend is in minor units (up to millions), where float32

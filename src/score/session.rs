@@ -1,8 +1,21 @@
 //! ONNX Runtime sessions: the environment and execution provider, session
 //! building, the model contract's signature check, and one run.
 
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use std::sync::Arc;
+
+use ort::ep::ExecutionProvider;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+use ort::session::Session;
+use ort::value::{TensorElementType, TensorRef, ValueType};
+use tracing::{info, warn};
+
+use super::ep;
+use crate::config::{GraphOptimization, Provider, ScoreConfig};
+use crate::features::FeatureSpec;
+use crate::model::onnx::Elem;
+use crate::model::reference::Outputs;
+use crate::model::{GoldenInputs, TensorSig};
+use crate::score::{ScoreError, ENVIRONMENT};
 
 /// Loads ONNX Runtime once per process (from `score.onnxruntime_library`,
 /// else `$ORT_DYLIB_PATH`, else `libonnxruntime.so`).

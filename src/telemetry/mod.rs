@@ -14,19 +14,13 @@
 
 pub mod kafka_log;
 mod tally;
-#[allow(unused_imports)]
-pub use tally::*;
-
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+pub use tally::{Tally, END_TO_END_MAX_MS, REFUSAL_LOG_INTERVAL};
 
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
-
-use tracing::warn;
 
 use crate::config::{LogFormat, TelemetryConfig};
 use crate::event::{EventKind, Reason};

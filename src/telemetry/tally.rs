@@ -1,8 +1,14 @@
 //! Per-record counts kept per stream thread and flushed into the shared
 //! Prometheus counters in batches (no atomic per record).
 
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus::IntCounter;
+use tracing::warn;
+
+use crate::event::{EventKind, Reason};
+use crate::telemetry::Metrics;
 
 /// Records older than this (by their Kafka timestamp) when committed are
 /// left out of the end-to-end latency histogram (its top bucket is 2 min).

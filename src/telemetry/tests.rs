@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use super::*;
 
 fn value(text: &str, series: &str) -> Option<f64> {

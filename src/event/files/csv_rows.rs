@@ -1,8 +1,15 @@
 //! CSV and whitespace-separated history read through a documented column mapping.
 
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
 use super::parquet_rows::action_code;
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use super::{proto, Limits, Reason, Rejection};
+use crate::event::files::{finish, BadRow, FileError, Record};
 
 /// How CSV columns map onto events. Column names are matched against the
 /// header row, case-insensitively. Each row is one event; its kind comes

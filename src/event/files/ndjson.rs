@@ -1,7 +1,11 @@
 //! NDJSON history: one JSON event per line, read through the decoder.
 
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use super::{Decoder, Encoding, Limits};
+use crate::event::files::{io, BadRow, FileError, Record};
 
 pub(super) struct NdjsonSource {
     path: PathBuf,

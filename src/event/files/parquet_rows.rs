@@ -1,7 +1,18 @@
 //! Parquet history: the flat event schema, its reader and the writer's column buffers.
 
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, Int64Type};
+use arrow_array::{Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::{proto, Event, Limits, Reason, Rejection};
+use crate::event::files::{finish, BadRow, FileError, Record};
 
 pub fn parquet_schema() -> SchemaRef {
     let s = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);

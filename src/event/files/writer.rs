@@ -1,8 +1,18 @@
 //! Writing history files (NDJSON or Parquet).
 
-use super::parquet_rows::Columns;
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use arrow_schema::SchemaRef;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::Serialize;
+
+use super::parquet_rows::{parquet_schema, Columns};
+use super::{encode, to_proto, Event, WireFormat};
+use crate::event::files::{io, FileError, FileFormat};
 
 /// What a writer wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

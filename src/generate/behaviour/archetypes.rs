@@ -1,8 +1,7 @@
 //! Customer archetypes: what each one does (session rates, funnels,
 //! spend), the starting mix, and how they drift.
 
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use serde::Serialize;
 
 /// How a customer behaves at the moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

@@ -28,15 +28,14 @@ use super::world::{
     bargain_categories, pick_product, review_text, seasonality, Product, Rng, CATEGORIES, DAY_MS,
     HOUR_MS, SEASONALITY_MAX,
 };
-use crate::event::{Browse, BrowseAction, Event, EventKind, LineItem, Payload, Purchase, Review};
+use crate::event::{Event, EventKind, Payload};
 
 mod archetypes;
-#[allow(unused_imports)]
-pub use archetypes::*;
+pub use archetypes::Archetype;
+use archetypes::{BOUNCERS, INITIAL_MIX};
 
 mod session;
-#[allow(unused_imports)]
-pub use session::*;
+use session::session;
 
 /// Settings of the synthetic world. The same settings give the same events.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

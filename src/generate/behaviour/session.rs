@@ -1,8 +1,10 @@
 //! One browsing session of a customer: views, carts, searches, and the
 //! orders and reviews that follow.
 
-#[allow(clippy::wildcard_imports)]
-use super::*;
+use super::archetypes::Archetype;
+use super::{pick_product, review_text, CATEGORIES, DAY_MS, HOUR_MS};
+use crate::event::{Browse, BrowseAction, Event, LineItem, Payload, Purchase, Review};
+use crate::generate::behaviour::{pick_category, Customer, Line};
 
 pub(super) struct SessionWriter<'a> {
     pub(super) c: &'a mut Customer,
