@@ -211,8 +211,7 @@ fn main() -> ExitCode {
                             segstream::pipeline::snapshot::snapshot(&config, &out, timeout)
                                 .map(|c| (c, out))
                         })
-                        .await?
-                        .map_err(anyhow::Error::msg)?;
+                        .await??;
                         let (c, out) = counts;
                         println!(
                             "{} customers written to {} ({} records read, {} undecodable)",
@@ -250,8 +249,9 @@ fn class_of(e: &anyhow::Error) -> ErrorClass {
     use segstream::{
         config::ConfigError, event::files::FileError, features::FeatureError,
         generate::cli::CliError, generate::kafka::GenerateError, generate::samples::SamplesError,
-        ingest::IngestError, model::ModelError, pipeline::PipelineError, privacy::PrivacyError,
-        score::ScoreError, state::changelog::ChangelogError, state::changelog::CodecError,
+        ingest::IngestError, model::ModelError, pipeline::snapshot::SnapshotError,
+        pipeline::PipelineError, privacy::PrivacyError, score::ScoreError,
+        state::changelog::ChangelogError, state::changelog::CodecError,
         train::predict::PredictError, train::TrainError,
     };
     fn class<T: Classify + std::error::Error + 'static>(
@@ -272,6 +272,7 @@ fn class_of(e: &anyhow::Error) -> ErrorClass {
         class::<CodecError>,
         class::<IngestError>,
         class::<PrivacyError>,
+        class::<SnapshotError>,
         class::<ConfigError>,
         class::<CliError>,
         class::<GenerateError>,

@@ -207,3 +207,19 @@ fn forget_exits_with_the_class_of_its_error() {
         "external",
     );
 }
+
+/// Issue 37: `segments snapshot` with a file name that says no format is
+/// bad input (2), checked before any broker is asked.
+#[test]
+fn snapshot_to_a_file_of_no_known_format_is_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = fails_as(
+        segstream()
+            .args(["segments", "snapshot", "--timeout", "2s", "--out"])
+            .arg(dir.path().join("snapshot.txt"))
+            .env("SEGSTREAM__KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9"),
+        2,
+        "bad_input",
+    );
+    assert!(stderr.contains("must end in .parquet"), "{stderr}");
+}

@@ -26,6 +26,95 @@ use crate::decide::SegmentChangeJson;
 use crate::event::proto::{Membership, Reason, SegmentChange, Trigger};
 use crate::telemetry::kafka_log::QuietContext;
 
+/// Why a snapshot failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// No current-membership topic is configured.
+    #[error("output.current_topic is empty: there is no current-membership topic to read")]
+    NoCurrentTopic,
+    /// The output file's name says no format.
+    #[error("{0}: the file name must end in .parquet, .ndjson, .jsonl or .json")]
+    UnknownFormat(std::path::PathBuf),
+    /// The configuration could not be turned into a reader.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The topic's partitions could not be found.
+    #[error(transparent)]
+    Topic(#[from] crate::privacy::PrivacyError),
+    /// A Kafka call failed.
+    #[error("{what}: {source}")]
+    Kafka {
+        /// What was being done.
+        what: String,
+        /// The client error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The topic was not read to its end in time.
+    #[error("{topic} was not read to its end within {timeout:?} ({done} of {partitions} partitions done)")]
+    Timeout {
+        /// The topic.
+        topic: String,
+        /// The limit.
+        timeout: Duration,
+        /// Partitions read to their end.
+        done: usize,
+        /// Partitions in all.
+        partitions: usize,
+    },
+    /// Writing the output file failed.
+    #[error("writing {path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Building or writing the Parquet file failed.
+    #[error("writing {path}: {message}")]
+    Parquet {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl crate::error::Classify for SnapshotError {
+    fn class(&self) -> crate::error::ErrorClass {
+        use crate::error::ErrorClass;
+        match self {
+            SnapshotError::NoCurrentTopic | SnapshotError::UnknownFormat(_) => ErrorClass::BadInput,
+            SnapshotError::Config(e) => e.class(),
+            SnapshotError::Topic(e) => e.class(),
+            SnapshotError::Kafka { source, .. } => source.class(),
+            SnapshotError::Timeout { .. } => ErrorClass::External,
+            SnapshotError::Io { source, .. } => source.class(),
+            SnapshotError::Parquet { .. } => ErrorClass::External,
+        }
+    }
+}
+
+fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> SnapshotError {
+    let what = what.into();
+    move |source| SnapshotError::Kafka { what, source }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn parquet_error(path: &Path) -> impl FnOnce(String) -> SnapshotError + '_ {
+    move |message| SnapshotError::Parquet {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
 /// What a snapshot found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotCounts {
@@ -42,44 +131,45 @@ pub struct SnapshotCounts {
 pub fn read_current(
     cfg: &Config,
     timeout: Duration,
-) -> Result<(BTreeMap<String, SegmentChange>, SnapshotCounts), String> {
+) -> Result<(BTreeMap<String, SegmentChange>, SnapshotCounts), SnapshotError> {
     let topic = &cfg.output.current_topic;
     if topic.is_empty() {
-        return Err(
-            "output.current_topic is empty: there is no current-membership topic to read".into(),
-        );
+        return Err(SnapshotError::NoCurrentTopic);
     }
     // Assigned partitions: no group is joined and nothing is committed.
     let group = format!("{}-snapshot", cfg.kafka.group_id);
-    let c = crate::ingest::reader_config(&cfg.kafka, &group, true).map_err(|e| e.to_string())?;
+    let c = crate::ingest::reader_config(&cfg.kafka, &group, true)?;
     let consumer: BaseConsumer<QuietContext> = c
         .create_with_context(QuietContext)
-        .map_err(|e| format!("creating the reader: {e}"))?;
-    let partitions =
-        crate::privacy::partitions_of(&consumer, topic).map_err(|e| e.to_string())? as usize;
+        .map_err(kafka("creating the reader"))?;
+    let partitions = crate::privacy::partitions_of(&consumer, topic)? as usize;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as i32 {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .map_err(|e| e.to_string())?;
+            .map_err(kafka("assigning the topic"))?;
     }
-    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    consumer
+        .assign(&tpl)
+        .map_err(kafka("assigning the topic"))?;
     let mut current = BTreeMap::new();
     let mut counts = SnapshotCounts::default();
     let mut at_end = std::collections::BTreeSet::new();
     let deadline = Instant::now() + timeout;
     while at_end.len() < partitions {
         if Instant::now() > deadline {
-            return Err(format!(
-                "{topic} was not read to its end within {timeout:?} ({} of {partitions} partitions done)",
-                at_end.len()
-            ));
+            return Err(SnapshotError::Timeout {
+                topic: topic.clone(),
+                timeout,
+                done: at_end.len(),
+                partitions,
+            });
         }
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 at_end.insert(p);
             }
-            Some(Err(e)) => return Err(format!("reading {topic}: {e}")),
+            Some(Err(e)) => return Err(kafka(format!("reading {topic}"))(e)),
             Some(Ok(m)) => {
                 counts.records += 1;
                 let Some(key) = m.key().map(|k| String::from_utf8_lossy(k).into_owned()) else {
@@ -168,20 +258,27 @@ pub fn decode(bytes: &[u8], format: OutputFormat) -> Option<SegmentChange> {
 }
 
 /// Writes one JSON object per customer (the output's JSON form).
-pub fn write_ndjson(rows: &BTreeMap<String, SegmentChange>, path: &Path) -> Result<(), String> {
-    let file = File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+pub fn write_ndjson(
+    rows: &BTreeMap<String, SegmentChange>,
+    path: &Path,
+) -> Result<(), SnapshotError> {
+    let file = File::create(path).map_err(io(path))?;
     let mut w = BufWriter::new(file);
     for c in rows.values() {
-        serde_json::to_writer(&mut w, &SegmentChangeJson::new(c)).map_err(|e| e.to_string())?;
-        w.write_all(b"\n").map_err(|e| e.to_string())?;
+        serde_json::to_writer(&mut w, &SegmentChangeJson::new(c))
+            .map_err(std::io::Error::from)
+            .map_err(io(path))?;
+        w.write_all(b"\n").map_err(io(path))?;
     }
-    w.flush()
-        .map_err(|e| format!("writing {}: {e}", path.display()))
+    w.flush().map_err(io(path))
 }
 
 /// Writes a Parquet file: one row per customer, one `score_<segment>`
 /// column per segment seen.
-pub fn write_parquet(rows: &BTreeMap<String, SegmentChange>, path: &Path) -> Result<(), String> {
+pub fn write_parquet(
+    rows: &BTreeMap<String, SegmentChange>,
+    path: &Path,
+) -> Result<(), SnapshotError> {
     let segments: std::collections::BTreeSet<&str> = rows
         .values()
         .flat_map(|c| c.scores.keys().map(String::as_str))
@@ -235,32 +332,37 @@ pub fn write_parquet(rows: &BTreeMap<String, SegmentChange>, path: &Path) -> Res
                 .collect::<Vec<_>>(),
         )));
     }
-    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())?;
-    let file = File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    let batch = RecordBatch::try_new(schema.clone(), columns)
+        .map_err(|e| parquet_error(path)(e.to_string()))?;
+    let file = File::create(path).map_err(io(path))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .build();
-    let mut writer = ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| e.to_string())?;
-    writer.write(&batch).map_err(|e| e.to_string())?;
+    let mut writer = ArrowWriter::try_new(file, schema, Some(props))
+        .map_err(|e| parquet_error(path)(e.to_string()))?;
+    writer
+        .write(&batch)
+        .map_err(|e| parquet_error(path)(e.to_string()))?;
     writer
         .close()
         .map(|_| ())
-        .map_err(|e| format!("writing {}: {e}", path.display()))
+        .map_err(|e| parquet_error(path)(e.to_string()))
 }
 
 /// Reads the current topic and writes `out`: Parquet for `.parquet`,
 /// NDJSON for `.ndjson`, `.jsonl` or `.json`.
-pub fn snapshot(cfg: &Config, out: &Path, timeout: Duration) -> Result<SnapshotCounts, String> {
+pub fn snapshot(
+    cfg: &Config,
+    out: &Path,
+    timeout: Duration,
+) -> Result<SnapshotCounts, SnapshotError> {
     let ext = out
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or_default()
         .to_ascii_lowercase();
     if !matches!(ext.as_str(), "parquet" | "ndjson" | "jsonl" | "json") {
-        return Err(format!(
-            "{}: the file name must end in .parquet, .ndjson, .jsonl or .json",
-            out.display()
-        ));
+        return Err(SnapshotError::UnknownFormat(out.to_path_buf()));
     }
     let (rows, counts) = read_current(cfg, timeout)?;
     if ext == "parquet" {
