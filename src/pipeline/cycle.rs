@@ -64,7 +64,6 @@ pub(super) struct ErasureRequest {
 /// The work of the open transaction.
 #[derive(Default)]
 pub(super) struct Cycle {
-    pub open: bool,
     /// Next offset to commit of each input partition consumed this cycle.
     pub offsets: BTreeMap<(Arc<str>, i32), i64>,
     pub dead_letters: Vec<DeadLetter>,

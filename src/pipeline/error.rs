@@ -75,6 +75,9 @@ pub enum PipelineError {
     /// A helper thread or blocking task could not start or panicked.
     #[error("{0}")]
     Task(String),
+    /// The run loop took a transaction step out of order (a bug).
+    #[error(transparent)]
+    Protocol(#[from] super::transaction::ProtocolError),
 }
 
 impl Classify for PipelineError {
@@ -93,7 +96,9 @@ impl Classify for PipelineError {
             PipelineError::Privacy(e) => Classify::class(e),
             PipelineError::Listen { source, .. } => Classify::class(source),
             PipelineError::Transaction(_) => ErrorClass::External,
-            PipelineError::Encode(_) | PipelineError::Task(_) => ErrorClass::Internal,
+            PipelineError::Encode(_) | PipelineError::Task(_) | PipelineError::Protocol(_) => {
+                ErrorClass::Internal
+            }
         }
     }
 }

@@ -33,8 +33,10 @@
 //! - `cycle`: what a cycle consumed, scoring and deciding (pure
 //!   `decide_chunk`), the records of its transaction, sent early while
 //!   reading live (`flush_due`);
-//! - `transaction`: begin, send, commit, abort; the typed `TxnError`;
-//!   re-creating a fenced producer;
+//! - `transaction`: the `Transaction` value (the producer, its config
+//!   for re-creating it after fencing, and its `Protocol`: `Idle`, `Open`,
+//!   `Committing`, each step refused out of order and unit-tested); begin,
+//!   send, commit, abort; the typed `TxnError`;
 //! - `retry`: the one backoff policy for calls that fail while a broker is away;
 //! - `partitions`: everything that lives and dies with the assignment
 //!   (state, offsets, pauses, held records), assigned, revoked and reset
@@ -79,6 +81,7 @@ use error::TxnError;
 pub use http::Health;
 use intake::Held;
 use partitions::Partitions;
+use transaction::{Transaction, TxnState};
 pub use watchdog::{Watchdog, EXIT_STALLED};
 
 use crate::config::Config;
@@ -98,7 +101,8 @@ const LOOKUP_QUEUE: usize = 64;
 pub struct Pipeline {
     cfg: Config,
     consumer: Arc<StreamConsumer<PipelineContext>>,
-    producer: Arc<clients::TxnProducer>,
+    /// The transactional producer and where its transaction stands.
+    txn: Transaction,
     decoder: Decoders,
     rules: Hysteresis,
     /// Everything that lives and dies with the assignment.
@@ -115,10 +119,6 @@ pub struct Pipeline {
     cycle: Cycle,
     sweep: Option<RescoreSweep<(i32, String)>>,
     max_dead_letter_bytes: usize,
-    /// To re-create the producer after it was fenced.
-    producer_config: rdkafka::ClientConfig,
-    /// When the producer was last re-created (bounds fencing loops).
-    fenced_at: Vec<Instant>,
     /// Every blocking client call goes through it (see `watchdog`).
     watchdog: Watchdog,
     /// Scratch for released records (reused, no allocation per record).
@@ -340,7 +340,7 @@ async fn stream_thread(
     mut lookups: mpsc::Receiver<LookupRequest>,
 ) -> Result<(), PipelineError> {
     let watchdog = p.watchdog.clone();
-    let producer = p.producer.clone();
+    let producer = p.txn.producer().clone();
     watchdog
         .call("init_transactions", move |t| producer.init_transactions(t))
         .await?
@@ -405,8 +405,8 @@ async fn stream_thread(
     };
     if let Err(e) = &result {
         error!(thread = p.thread.index, error = %e, "A stream thread stopped on an error.");
-        if p.cycle.open {
-            let producer = p.producer.clone();
+        if p.txn.protocol.state() != TxnState::Idle {
+            let producer = p.txn.producer().clone();
             match watchdog
                 .call("abort_transaction", move |t| clients::abort(&producer, t))
                 .await
@@ -444,8 +444,7 @@ impl Pipeline {
         let consumer = clients::consumer(&cfg, thread.index)?;
         let transactional_id =
             clients::transactional_id(&cfg, &clients::hostname(), thread.index, thread.of);
-        let producer_config = clients::producer_config(&cfg, &transactional_id)?;
-        let producer = clients::producer(&producer_config)?;
+        let txn = Transaction::new(clients::producer_config(&cfg, &transactional_id)?)?;
         info!(thread = thread.index, transactional_id = %transactional_id, "Transactional producer ready.");
         let mut topic_names = BTreeMap::new();
         // The erasure topic is merged with the input (see HeldItem::Erasure).
@@ -460,7 +459,7 @@ impl Pipeline {
             rules: cfg.decide.rules(),
             max_dead_letter_bytes: cfg.dead_letter.max_value_bytes,
             cfg,
-            producer,
+            txn,
             partitions: Partitions::new(Aligner::new(cfg_topics, cfg_max_idle)),
             topic_names,
             scorer,
@@ -470,8 +469,6 @@ impl Pipeline {
             health,
             cycle: Cycle::default(),
             sweep: None,
-            producer_config,
-            fenced_at: Vec::new(),
             watchdog,
             released: Vec::new(),
             directory: thread.directory.clone(),
@@ -504,7 +501,7 @@ impl Pipeline {
     async fn end_cycle(&mut self, overlap: bool) -> Result<(), PipelineError> {
         // The producer has no polling thread: serve its failed deliveries,
         // logs and errors here, without waiting.
-        self.producer.poll(Duration::ZERO);
+        self.txn.producer().poll(Duration::ZERO);
         self.tally.flush();
         self.take_rebalances().await?;
         self.release_all()?;
@@ -551,7 +548,7 @@ impl Pipeline {
             }
         }
         let has_changelog = self.partitions.stores.values().any(|s| s.has_dirty());
-        if self.cycle.is_idle() && !has_changelog && !self.cycle.open {
+        if self.cycle.is_idle() && !has_changelog && self.txn.protocol.state() == TxnState::Idle {
             // Nothing waits in this instance: the loop is alive.
             self.watchdog.progressed();
             return Ok(());
@@ -579,12 +576,14 @@ impl Pipeline {
             // What was consumed meanwhile is uncommitted state like the
             // rest, dropped and read again from the committed offsets.
             self.cycle = cycle;
+            self.txn.protocol.commit_ended(false)?;
             let recovered = self.after_failed_cycle(e).await;
             return match failed {
                 Some(f) => Err(f),
                 None => recovered,
             };
         }
+        self.txn.protocol.commit_ended(true)?;
         self.metrics
             .transactions
             .with_label_values(&["committed"])

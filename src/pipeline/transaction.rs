@@ -9,6 +9,7 @@
 //! five minutes; beyond that another live instance holds the same
 //! transactional id, and this one stops.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
@@ -16,8 +17,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders, ToBytes};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tracing::warn;
+
+use super::clients::TxnProducer;
 
 use super::cycle::Cycle;
 use super::output::OutRecord;
@@ -29,6 +32,146 @@ use crate::ingest::DeadLetter;
 /// [`FENCING_WINDOW`] ends the instance.
 const MAX_REFENCES: usize = 3;
 const FENCING_WINDOW: Duration = Duration::from_secs(300);
+
+/// Where a stream thread's transaction stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TxnState {
+    /// None begun: the cycle's first send begins one.
+    Idle,
+    /// Begun: the cycle's records go into it; it is committed or aborted.
+    Open,
+    /// Its offsets and commit are on their way. The next cycle consumes
+    /// meanwhile, but nothing may begin, send into, or abort a transaction
+    /// until the commit has ended: committed (back to `Idle`) or failed
+    /// (back to `Open`, to be aborted).
+    Committing,
+}
+
+/// A step the protocol does not allow in the state it was taken in: a bug
+/// in the run loop, never a broker failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("transaction protocol: cannot {step} while {state:?}")]
+pub struct ProtocolError {
+    step: &'static str,
+    state: TxnState,
+}
+
+/// The rules of a thread's transactions, apart from the producer (so they
+/// are tested without Kafka): the state, and how often the producer was
+/// re-created after being fenced.
+#[derive(Debug)]
+pub(super) struct Protocol {
+    state: TxnState,
+    /// When the producer was re-created (bounds fencing loops).
+    fenced_at: Vec<Instant>,
+}
+
+impl Protocol {
+    pub(super) fn new() -> Self {
+        Protocol {
+            state: TxnState::Idle,
+            fenced_at: Vec::new(),
+        }
+    }
+
+    pub(super) fn state(&self) -> TxnState {
+        self.state
+    }
+
+    fn step(
+        &mut self,
+        step: &'static str,
+        from: TxnState,
+        to: TxnState,
+    ) -> Result<(), ProtocolError> {
+        if self.state != from {
+            return Err(ProtocolError {
+                step,
+                state: self.state,
+            });
+        }
+        self.state = to;
+        Ok(())
+    }
+
+    /// A transaction was begun.
+    pub(super) fn begun(&mut self) -> Result<(), ProtocolError> {
+        self.step("begin", TxnState::Idle, TxnState::Open)
+    }
+
+    /// The offsets and commit of the open transaction are on their way.
+    pub(super) fn commit_started(&mut self) -> Result<(), ProtocolError> {
+        self.step("commit", TxnState::Open, TxnState::Committing)
+    }
+
+    /// The commit ended: committed, or failed (the transaction is still
+    /// open, to be aborted).
+    pub(super) fn commit_ended(&mut self, committed: bool) -> Result<(), ProtocolError> {
+        let to = if committed {
+            TxnState::Idle
+        } else {
+            TxnState::Open
+        };
+        self.step("end a commit", TxnState::Committing, to)
+    }
+
+    /// Whether an abort must reach the broker: only an open transaction.
+    /// One being committed is not this cycle's to abort (its commit ends
+    /// it); without one there is nothing to abort.
+    pub(super) fn must_abort(&self) -> bool {
+        self.state == TxnState::Open
+    }
+
+    /// The open transaction was aborted.
+    pub(super) fn aborted(&mut self) -> Result<(), ProtocolError> {
+        self.step("abort", TxnState::Open, TxnState::Idle)
+    }
+
+    /// Whether a fenced producer may be re-created now (at most
+    /// [`MAX_REFENCES`] times within [`FENCING_WINDOW`]); if so, counts it
+    /// and starts over with no transaction.
+    pub(super) fn refence(&mut self, now: Instant) -> bool {
+        self.fenced_at
+            .retain(|t| now.saturating_duration_since(*t) < FENCING_WINDOW);
+        if self.fenced_at.len() >= MAX_REFENCES {
+            return false;
+        }
+        self.fenced_at.push(now);
+        self.state = TxnState::Idle;
+        true
+    }
+}
+
+/// A stream thread's transactional producer, the configuration to
+/// re-create it after it was fenced, and its [`Protocol`].
+pub(super) struct Transaction {
+    producer: Arc<TxnProducer>,
+    config: ClientConfig,
+    pub(super) protocol: Protocol,
+}
+
+impl Transaction {
+    /// A new producer from `config`, with no transaction.
+    pub(super) fn new(config: ClientConfig) -> Result<Self, PipelineError> {
+        Ok(Transaction {
+            producer: super::clients::producer(&config)?,
+            config,
+            protocol: Protocol::new(),
+        })
+    }
+
+    /// The producer.
+    pub(super) fn producer(&self) -> &Arc<TxnProducer> {
+        &self.producer
+    }
+
+    /// Replaces a fenced producer by a new one from the same configuration
+    /// (not yet initialized for transactions).
+    fn recreate(&mut self) -> Result<Arc<TxnProducer>, PipelineError> {
+        self.producer = super::clients::producer(&self.config)?;
+        Ok(self.producer.clone())
+    }
+}
 
 /// librdkafka's classification of a failed call.
 pub(super) fn classify(what: &'static str, e: KafkaError) -> TxnError {
@@ -59,13 +202,13 @@ fn is_transactional(e: &PipelineError) -> bool {
 impl Pipeline {
     /// Begins a transaction unless one is open.
     pub(super) async fn begin(&mut self) -> Result<(), PipelineError> {
-        if !self.cycle.open {
-            let producer = self.producer.clone();
+        if self.txn.protocol.state() == TxnState::Idle {
+            let producer = self.txn.producer().clone();
             self.watchdog
                 .call("begin_transaction", move |_| producer.begin_transaction())
                 .await?
                 .map_err(kafka("beginning a transaction"))?;
-            self.cycle.open = true;
+            self.txn.protocol.begun()?;
         }
         Ok(())
     }
@@ -79,11 +222,11 @@ impl Pipeline {
         P: ToBytes + ?Sized,
     {
         loop {
-            match self.producer.send(record) {
+            match self.txn.producer().send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    self.producer.poll(Duration::ZERO);
+                    self.txn.producer().poll(Duration::ZERO);
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 Err((e, _)) => return Err(classify("producing", e)),
@@ -131,7 +274,7 @@ impl Pipeline {
     /// then may the consumer be polled again (a poll can complete a
     /// rebalance, and offsets sent with an old group generation fail).
     pub(super) fn commit_future(
-        &self,
+        &mut self,
         offsets_sent: tokio::sync::oneshot::Sender<()>,
     ) -> Result<impl std::future::Future<Output = Result<(), TxnError>> + use<>, TxnError> {
         let mut offsets = None;
@@ -147,7 +290,11 @@ impl Pipeline {
                 .ok_or_else(|| TxnError::Abortable("no consumer group metadata yet".into()))?;
             offsets = Some((tpl, cgm));
         }
-        let (producer, watchdog) = (self.producer.clone(), self.watchdog.clone());
+        let (producer, watchdog) = (self.txn.producer().clone(), self.watchdog.clone());
+        self.txn
+            .protocol
+            .commit_started()
+            .map_err(|e| TxnError::Fatal(e.into()))?;
         Ok(async move {
             if let Some((tpl, cgm)) = offsets {
                 let p = producer.clone();
@@ -187,10 +334,10 @@ impl Pipeline {
     /// Aborts the open transaction, retrying while the broker is away; a
     /// fatal error (e.g. fenced) or two minutes of failures is returned.
     pub(super) async fn abort_cycle(&mut self, why: &str) -> Result<(), PipelineError> {
-        if self.cycle.open {
+        if self.txn.protocol.must_abort() {
             let mut attempts = Retry::ABORT.start();
             loop {
-                let producer = self.producer.clone();
+                let producer = self.txn.producer().clone();
                 let aborted = self
                     .watchdog
                     .call("abort_transaction", move |t| {
@@ -210,6 +357,7 @@ impl Pipeline {
                     }
                 }
             }
+            self.txn.protocol.aborted()?;
             self.metrics
                 .transactions
                 .with_label_values(&["aborted"])
@@ -246,11 +394,9 @@ impl Pipeline {
     /// changelog. Repeated fencing (another live instance with the same
     /// transactional id) ends the instance, as does any other error.
     pub(super) async fn after_fatal(&mut self, e: PipelineError) -> Result<(), PipelineError> {
-        self.fenced_at.retain(|t| t.elapsed() < FENCING_WINDOW);
-        if !is_transactional(&e) || self.fenced_at.len() >= MAX_REFENCES {
+        if !is_transactional(&e) || !self.txn.protocol.refence(Instant::now()) {
             return Err(e);
         }
-        self.fenced_at.push(Instant::now());
         warn!(
             error = %e,
             "The transactional producer is unusable (fenced or its transaction timed out); \
@@ -261,7 +407,7 @@ impl Pipeline {
             .with_label_values(&["aborted"])
             .inc();
         self.cycle = Cycle::default();
-        let producer = super::clients::producer(&self.producer_config)?;
+        let producer = self.txn.recreate()?;
         let mut attempts = Retry::INIT_TRANSACTIONS.start();
         loop {
             let p = producer.clone();
@@ -279,7 +425,6 @@ impl Pipeline {
                 }
             }
         }
-        self.producer = producer;
         self.recover().await
     }
 }
@@ -308,5 +453,76 @@ mod tests {
         assert!(is_transactional(&PipelineError::Transaction(
             "aborting kept failing".into()
         )));
+    }
+
+    /// Issue 37: the commit/overlap protocol in the order the run loop
+    /// takes its steps, and the steps it must refuse.
+    #[test]
+    fn a_cycle_begins_commits_and_is_idle_again() {
+        let mut p = Protocol::new();
+        assert!(!p.must_abort(), "nothing to abort before a begin");
+        p.begun().unwrap();
+        assert!(p.must_abort());
+        p.commit_started().unwrap();
+        // The next cycle consumes while the commit runs: a revocation
+        // noticed now must not abort the transaction being committed, and
+        // nothing may begin another.
+        assert!(!p.must_abort());
+        assert_eq!(
+            p.begun(),
+            Err(ProtocolError {
+                step: "begin",
+                state: TxnState::Committing
+            })
+        );
+        p.commit_ended(true).unwrap();
+        assert_eq!(p.state(), TxnState::Idle);
+        p.begun().unwrap();
+    }
+
+    #[test]
+    fn a_failed_commit_leaves_the_transaction_open_to_be_aborted() {
+        let mut p = Protocol::new();
+        p.begun().unwrap();
+        p.commit_started().unwrap();
+        p.commit_ended(false).unwrap();
+        // Still open: the abort must reach the broker, or the failed
+        // transaction would stay open until the broker times it out.
+        assert!(p.must_abort());
+        p.aborted().unwrap();
+        assert_eq!(p.state(), TxnState::Idle);
+    }
+
+    #[test]
+    fn steps_out_of_order_are_refused() {
+        let mut p = Protocol::new();
+        assert!(p.commit_started().is_err(), "no transaction to commit");
+        assert!(p.commit_ended(true).is_err(), "no commit running");
+        assert!(p.aborted().is_err(), "nothing to abort");
+        p.begun().unwrap();
+        assert!(p.begun().is_err(), "one transaction at a time");
+    }
+
+    #[test]
+    fn a_fenced_producer_is_re_created_three_times_in_five_minutes_at_most() {
+        let mut p = Protocol::new();
+        let t0 = Instant::now();
+        p.begun().unwrap();
+        for i in 0..3 {
+            assert!(p.refence(t0 + Duration::from_secs(i)), "re-creation {i}");
+            assert_eq!(
+                p.state(),
+                TxnState::Idle,
+                "a new producer has no transaction"
+            );
+        }
+        assert!(
+            !p.refence(t0 + Duration::from_secs(10)),
+            "a fourth within the window"
+        );
+        assert!(
+            p.refence(t0 + FENCING_WINDOW + Duration::from_secs(1)),
+            "after the window"
+        );
     }
 }
