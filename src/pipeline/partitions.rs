@@ -78,7 +78,7 @@ impl Partitions {
             stores,
             committed: _,
             fetched: _,
-            paused: _,
+            paused,
             aligner: _,
         } = self;
         let mut new = BTreeSet::new();
@@ -86,6 +86,9 @@ impl Partitions {
             if !stores.contains_key(&p) {
                 new.insert(p);
             }
+            // The caller resumes every assigned partition (librdkafka keeps
+            // a pause through a rebalance): none is paused now.
+            paused.remove(&(topic.clone(), p));
             assigned.insert((topic, p));
         }
         new.into_iter().collect()
@@ -239,6 +242,21 @@ mod tests {
         assert!(revoked.partitions.is_empty());
         assert!(parts.stores.contains_key(&1));
         assert!(parts.assigned.contains(&(topic("browse"), 1)));
+    }
+
+    /// The bench e2e realistic-traffic run once stalled for 10 minutes: a
+    /// partition paused by the merge's back-pressure was revoked and
+    /// assigned again; librdkafka kept it paused, the record of the pause
+    /// was gone, and nothing resumed it. An assignment now starts unpaused
+    /// (the caller resumes every assigned partition in librdkafka).
+    #[test]
+    fn an_assigned_partition_starts_unpaused() {
+        let mut parts = busy();
+        let a = topic("browse");
+        assert!(parts.paused.contains(&(a.clone(), 0)));
+        parts.assign([(a.clone(), 0)]);
+        assert!(!parts.paused.contains(&(a.clone(), 0)));
+        assert!(parts.paused.contains(&(a, 1)), "others keep their pause");
     }
 
     #[test]

@@ -79,6 +79,19 @@ impl Pipeline {
                         .map(|(t, p)| (ingest::intern(&mut self.topic_names, t), *p))
                         .collect();
                     let new = self.partitions.assign(interned);
+                    // librdkafka keeps a partition paused through a
+                    // revocation and a new assignment, while the merge's
+                    // record of pauses went with the revocation: a
+                    // partition paused when revoked would never be resumed
+                    // (the consumer stalled on it). Every assigned
+                    // partition starts unpaused.
+                    let mut tpl = TopicPartitionList::new();
+                    for (t, p) in &list {
+                        tpl.add_partition(t, *p);
+                    }
+                    if let Err(e) = self.consumer.resume(&tpl) {
+                        warn!(error = %e, "Resuming newly assigned partitions failed.");
+                    }
                     self.load_committed(&list).await?;
                     let restore_started = Instant::now();
                     self.restore(new).await?;
