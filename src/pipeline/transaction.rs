@@ -358,15 +358,7 @@ impl Pipeline {
                 }
             }
             self.txn.protocol.aborted()?;
-            self.metrics
-                .transactions
-                .with_label_values(&["aborted"])
-                .inc();
-            warn!(
-                reason = why,
-                records = self.cycle.records,
-                "Aborted the open transaction."
-            );
+            self.metrics.transaction_aborted(why, self.cycle.records);
         }
         self.cycle = Cycle::default();
         Ok(())
@@ -402,10 +394,10 @@ impl Pipeline {
             "The transactional producer is unusable (fenced or its transaction timed out); \
              re-creating it and rebuilding state from the changelog."
         );
-        self.metrics
-            .transactions
-            .with_label_values(&["aborted"])
-            .inc();
+        self.metrics.transaction_aborted(
+            "the producer was fenced or its transaction timed out",
+            self.cycle.records,
+        );
         self.cycle = Cycle::default();
         let producer = self.txn.recreate()?;
         let mut attempts = Retry::INIT_TRANSACTIONS.start();

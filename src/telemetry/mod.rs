@@ -420,6 +420,18 @@ impl Metrics {
             .set(lag.max(0));
     }
 
+    /// A transaction of a stream thread was aborted (or lost with a fenced
+    /// producer): the one place that counts it in
+    /// `segstream_transactions_total{outcome="aborted"}` and logs it.
+    pub fn transaction_aborted(&self, reason: &str, records: u64) {
+        self.transactions.with_label_values(&["aborted"]).inc();
+        tracing::warn!(
+            reason,
+            records,
+            "Aborted the open transaction; its records are consumed again from the committed offsets."
+        );
+    }
+
     /// Drops the lag series of a partition this instance no longer owns (its
     /// new owner reports it), so sums over instances do not count it twice.
     pub fn forget_lag(&self, topic: &str, partition: i32) {
