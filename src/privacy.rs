@@ -174,11 +174,8 @@ pub fn audit_key(p: Option<&Pseudonymizer>, stored: &str) -> String {
 /// `requested_at_ms` of its value; a request without any time erases
 /// everything read so far and up to now.
 pub fn request_time(value: Option<&[u8]>, record_ms: Option<i64>) -> i64 {
-    let field = |name: &str| {
-        value
-            .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
-            .and_then(|v| v.get(name).and_then(serde_json::Value::as_i64))
-    };
+    let json = value.and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok());
+    let field = |name: &str| json.as_ref()?.get(name)?.as_i64();
     field("as_of_ms")
         .or(record_ms.filter(|t| *t >= 0))
         .or_else(|| field("requested_at_ms"))
@@ -308,11 +305,11 @@ pub async fn request_erasure(
     let producer: FutureProducer<QuietContext> = pc
         .create_with_context(QuietContext)
         .map_err(kafka("creating the producer"))?;
+    let value = serde_json::json!({ "requested_at_ms": now, "as_of_ms": as_of }).to_string();
     for id in ids {
         let stored = stored_id(p.as_ref(), id);
         let partition =
             crate::ingest::partition_for(cfg.input.partitioner, id.as_bytes(), partitions);
-        let value = serde_json::json!({ "requested_at_ms": now, "as_of_ms": as_of }).to_string();
         producer
             .send(
                 FutureRecord::to(topic)

@@ -50,17 +50,6 @@ pub(super) struct RiskChange {
     pub decided_at_ms: i64,
 }
 
-/// An erasure request read from `privacy.erasure_topic`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct ErasureRequest {
-    pub partition: i32,
-    /// The stored id (the pseudonym when pseudonymizing).
-    pub id: String,
-    pub offset: i64,
-    /// Erased up to (ms since the epoch; see `state::erasure`).
-    pub through_ms: i64,
-}
-
 /// The work of the open transaction.
 #[derive(Default)]
 pub(super) struct Cycle {

@@ -15,7 +15,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use super::clients::PipelineContext;
-use super::cycle::{ErasureRequest, RiskChange, Why};
+use super::cycle::{RiskChange, Why};
 use super::{Pipeline, PipelineError, TxnError};
 use crate::decide::risk;
 use crate::event::{Reason, Rejection};
@@ -23,6 +23,17 @@ use crate::ingest::align::Backlog;
 use crate::ingest::{self, DeadLetter, Routed};
 use crate::state::RecordOutcome;
 use crate::telemetry::kafka_log;
+
+/// An erasure request read from `privacy.erasure_topic`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ErasureRequest {
+    pub partition: i32,
+    /// The stored id (the pseudonym when pseudonymizing).
+    pub id: String,
+    pub offset: i64,
+    /// Erased up to (ms since the epoch; see `state::erasure`).
+    pub through_ms: i64,
+}
 
 /// A consumed record in the aligner.
 pub(super) struct Held {
@@ -199,7 +210,7 @@ impl Pipeline {
             Held {
                 item,
                 offset,
-                timestamp_ms: msg.timestamp().to_millis().unwrap_or(-1),
+                timestamp_ms: record.timestamp_ms.unwrap_or(-1),
             },
         );
         if self.partitions.aligner.buffered(&topic, partition) > self.cfg.input.max_buffered
@@ -350,16 +361,27 @@ impl Pipeline {
                 .filter(|(t, p)| *p == partition && self.partitions.aligner.buffered(t, *p) <= half)
                 .cloned()
                 .collect();
-            for key in resume {
-                self.partitions.paused.remove(&key);
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(&key.0, key.1);
-                if let Err(e) = self.consumer.resume(&tpl) {
-                    warn!(topic = %key.0, partition, error = %e, "Resuming an input partition failed.");
-                }
+            for key in &resume {
+                self.partitions.paused.remove(key);
             }
+            self.resume(&resume);
         }
         result
+    }
+
+    /// Resumes fetching `partitions` (a failure is logged: the partition
+    /// stays paused until its next resume).
+    pub(super) fn resume(&self, partitions: &[(Arc<str>, i32)]) {
+        if partitions.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in partitions {
+            tpl.add_partition(t, *p);
+        }
+        if let Err(e) = self.consumer.resume(&tpl) {
+            warn!(partitions = ?partitions, error = %e, "Resuming input partitions failed.");
+        }
     }
 
     /// Releases what the merge lets go in every partition (the idle wait

@@ -90,7 +90,6 @@ use crate::event::Decoders;
 use crate::ingest::{self, align::Aligner};
 use crate::privacy::Pseudonymizer;
 use crate::score::{ModelWatcher, PollOutcome, RescoreSweep, Scorer};
-use crate::state::PartitionStore;
 use crate::telemetry::kafka_log;
 use crate::telemetry::{Metrics, Tally};
 
@@ -405,7 +404,7 @@ async fn stream_thread(
     };
     if let Err(e) = &result {
         error!(thread = p.thread.index, error = %e, "A stream thread stopped on an error.");
-        if p.txn.protocol.state() != TxnState::Idle {
+        if p.txn.protocol.must_abort() {
             let producer = p.txn.producer().clone();
             match watchdog
                 .call("abort_transaction", move |t| clients::abort(&producer, t))
@@ -645,20 +644,10 @@ impl Pipeline {
         self.tally.flush();
         let (thread, shared) = (self.thread.index, &self.thread.gauges);
         if self.gauge_ticks % 10 == 0 {
-            let customers: usize = self
-                .partitions
-                .stores
-                .values()
-                .map(PartitionStore::len)
-                .sum();
+            let customers = self.partitions.customers();
             let all = shared.set(thread, ThreadGauges::CUSTOMERS, customers as i64);
             self.metrics.state_customers.set(all);
-            let bytes: usize = self
-                .partitions
-                .stores
-                .values()
-                .map(PartitionStore::memory_bytes)
-                .sum();
+            let bytes = self.partitions.memory_bytes();
             let all = shared.set(thread, ThreadGauges::BYTES, bytes as i64);
             self.metrics.state_bytes.set(all);
         }

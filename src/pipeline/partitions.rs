@@ -94,6 +94,16 @@ impl Partitions {
         new.into_iter().collect()
     }
 
+    /// Customers held, over every partition.
+    pub fn customers(&self) -> usize {
+        self.stores.values().map(PartitionStore::len).sum()
+    }
+
+    /// Bytes of customer state held, over every partition.
+    pub fn memory_bytes(&self) -> usize {
+        self.stores.values().map(PartitionStore::memory_bytes).sum()
+    }
+
     /// Installs restored state.
     pub fn install(&mut self, restored: BTreeMap<i32, PartitionStore>) {
         self.stores.extend(restored);

@@ -78,20 +78,14 @@ impl Pipeline {
                         .iter()
                         .map(|(t, p)| (ingest::intern(&mut self.topic_names, t), *p))
                         .collect();
-                    let new = self.partitions.assign(interned);
+                    let new = self.partitions.assign(interned.iter().cloned());
                     // librdkafka keeps a partition paused through a
                     // revocation and a new assignment, while the merge's
                     // record of pauses went with the revocation: a
                     // partition paused when revoked would never be resumed
                     // (the consumer stalled on it). Every assigned
                     // partition starts unpaused.
-                    let mut tpl = TopicPartitionList::new();
-                    for (t, p) in &list {
-                        tpl.add_partition(t, *p);
-                    }
-                    if let Err(e) = self.consumer.resume(&tpl) {
-                        warn!(error = %e, "Resuming newly assigned partitions failed.");
-                    }
+                    self.resume(&interned);
                     self.load_committed(&list).await?;
                     let restore_started = Instant::now();
                     self.restore(new).await?;
@@ -179,15 +173,7 @@ impl Pipeline {
     pub(super) async fn reset_kept(&mut self) -> Result<(), PipelineError> {
         // Buffered records are consumed again from the committed offsets.
         let reset = self.partitions.reset();
-        if !reset.resume.is_empty() {
-            let mut tpl = TopicPartitionList::new();
-            for (t, p) in &reset.resume {
-                tpl.add_partition(t, *p);
-            }
-            if let Err(e) = self.consumer.resume(&tpl) {
-                warn!(error = %e, "Resuming paused input partitions failed.");
-            }
-        }
+        self.resume(&reset.resume);
         self.restore(reset.restore).await?;
         if self.partitions.assigned.is_empty() {
             return Ok(());

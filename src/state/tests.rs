@@ -352,7 +352,7 @@ proptest! {
     }
 }
 
-fn store_limits() -> StoreLimits {
+pub(crate) fn store_limits() -> StoreLimits {
     StoreLimits {
         state: StateLimits::default(),
         allowed_lateness_ms: 60_000,
@@ -718,124 +718,6 @@ fn format_1_records_are_read_with_lifetime_rebuilt() {
     assert_eq!(old.lifetime.purchases, 2);
     assert_eq!(old.lifetime.spend_minor, 500);
     assert_eq!(old.lifetime.first_purchase_ms, T0);
-}
-
-/// Issue 36: an erasure holds as of its time. Events of the customer read
-/// after the erasure (a lagging input) and stamped at or before it, by
-/// event time or by record time, are dropped; later ones start over.
-#[test]
-fn an_erasure_drops_what_was_stamped_before_it_and_read_after_it() {
-    let now = Instant::now();
-    let mut store = PartitionStore::new(store_limits());
-    store.record(&ev("a", "1", T0, buy("x", 500)), now);
-    store.decision_mut("a").unwrap().segment = "active_buyer".into();
-    store.decision_mut("a").unwrap().risk_flags = 0b101;
-    store.take_dirty();
-    let t = T0 + 60_000;
-    assert!(store.erase("a", t));
-    assert!(store.get("a").is_none());
-    assert_eq!(store.erased_through("a"), Some(t));
-    let exits = store.take_exits();
-    assert_eq!(exits.len(), 1);
-    assert_eq!(
-        (
-            exits[0].segment.as_str(),
-            exits[0].risk_flags,
-            exits[0].erased
-        ),
-        ("active_buyer", 0b101, true)
-    );
-    // The lagging input: older events, by event time or by record time.
-    let old = ev("a", "2", T0 + 30_000, view("x", 1, 0));
-    assert_eq!(
-        store.record_at(&old, Some(t + 5), now),
-        RecordOutcome::Erased
-    );
-    let produced_before = ev("a", "3", t + 1_000, view("x", 1, 0));
-    assert_eq!(
-        store.record_at(&produced_before, Some(t - 5), now),
-        RecordOutcome::Erased
-    );
-    assert!(store.get("a").is_none(), "nothing of them came back");
-    // Another customer is untouched; an event after T starts a new state.
-    assert_eq!(
-        store.record_at(&ev("b", "4", T0, view("x", 1, 0)), Some(T0), now),
-        RecordOutcome::Applied
-    );
-    let after = ev("a", "5", t + 2_000, view("x", 1, 0));
-    assert_eq!(
-        store.record_at(&after, Some(t + 2_000), now),
-        RecordOutcome::Applied
-    );
-    assert_eq!(store.get("a").unwrap().recent().len(), 1);
-    // Erasing a customer without state still keeps a marker.
-    assert!(!store.erase("never-seen", t));
-    assert_eq!(store.erasure_markers(), 2);
-}
-
-/// Issue 36: a marker goes to the changelog and comes back with a restore
-/// (so a SIGKILL or a rebalance keeps it), and ends with retention as a
-/// tombstone of its own key.
-#[test]
-fn erasure_markers_survive_a_restore_and_end_with_retention() {
-    let now = Instant::now();
-    let mut original = PartitionStore::new(store_limits());
-    original.record(&ev("a", "1", T0, view("x", 1, 0)), now);
-    original.record(&ev("b", "2", T0, view("x", 1, 0)), now);
-    let mut records = changelog::drain_dirty(&mut original);
-    let t = T0 + 60_000;
-    original.erase("a", t);
-    records.extend(changelog::drain_dirty(&mut original));
-    let marker = erasure::marker_key("a");
-    assert!(records.iter().any(|r| r.key == marker && r.value.is_some()));
-    assert!(records.iter().any(|r| r.key == "a" && r.value.is_none()));
-
-    let mut restored = PartitionStore::new(store_limits());
-    {
-        let mut bulk = restored.bulk_restore(records.len());
-        for r in &records {
-            bulk.put_record(r.key.as_str().into(), r.value.clone())
-                .unwrap();
-        }
-    }
-    assert_eq!(
-        restored.len(),
-        1,
-        "only b's state: {:?}",
-        restored.ids().collect::<Vec<_>>()
-    );
-    assert_eq!(restored.erased_through("a"), Some(t));
-    let late = ev("a", "3", T0 + 1, view("x", 1, 0));
-    assert_eq!(restored.record_at(&late, None, now), RecordOutcome::Erased);
-
-    // Retention: markers of erasures older than the oldest input record
-    // that can still arrive end, as a tombstone of the marker key.
-    restored.take_dirty();
-    assert_eq!(restored.expire_markers(t), 0, "kept at the boundary");
-    assert_eq!(restored.expire_markers(t + 1), 1);
-    let ended = changelog::drain_dirty(&mut restored);
-    assert_eq!(
-        ended,
-        [changelog::ChangelogRecord {
-            key: marker.clone(),
-            value: None
-        }]
-    );
-    {
-        let mut bulk = restored.bulk_restore(1);
-        assert_eq!(
-            bulk.put_record::<Vec<u8>>(marker.as_str().into(), None)
-                .unwrap(),
-            Restored::Tombstone
-        );
-    }
-    assert_eq!(restored.erasure_markers(), 0);
-    assert_eq!(restored.record_at(&late, None, now), RecordOutcome::Applied);
-    // A marker value that does not decode is refused, not installed.
-    let mut bulk = restored.bulk_restore(1);
-    assert!(bulk
-        .put_record(marker.as_str().into(), Some(vec![0xff, 0xff]))
-        .is_err());
 }
 
 /// Issue 36: an evicted customer leaves with their raised flags, which the
