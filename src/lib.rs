@@ -56,6 +56,7 @@ pub mod event;
 pub mod features;
 pub mod generate;
 pub mod ingest;
+pub mod intake;
 pub mod model;
 pub mod pipeline;
 pub mod privacy;

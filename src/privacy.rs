@@ -173,13 +173,13 @@ pub fn audit_key(p: Option<&Pseudonymizer>, stored: &str) -> String {
 /// names (`forget --as-of`), else the record's timestamp, else the
 /// `requested_at_ms` of its value; a request without any time erases
 /// everything read so far and up to now.
-pub fn request_time(value: Option<&[u8]>, record_ms: Option<i64>) -> i64 {
+pub fn request_time(value: Option<&[u8]>, record_ms: Option<i64>, now_ms: i64) -> i64 {
     let json = value.and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok());
     let field = |name: &str| json.as_ref()?.get(name)?.as_i64();
     field("as_of_ms")
         .or(record_ms.filter(|t| *t >= 0))
         .or_else(|| field("requested_at_ms"))
-        .unwrap_or_else(crate::ingest::now_ms)
+        .unwrap_or(now_ms)
 }
 
 /// Every stored id with an erasure request in `privacy.erasure_topic`, with
@@ -218,7 +218,11 @@ pub fn erasures(cfg: &Config) -> Result<HashMap<String, i64>, PrivacyError> {
             Some(Err(e)) => return Err(kafka(format!("reading {topic}"))(e)),
             Some(Ok(m)) => {
                 if let Some(k) = m.key() {
-                    let through = request_time(m.payload(), m.timestamp().to_millis());
+                    let through = request_time(
+                        m.payload(),
+                        m.timestamp().to_millis(),
+                        crate::ingest::now_ms(),
+                    );
                     let t = out
                         .entry(String::from_utf8_lossy(k).into_owned())
                         .or_insert(through);
@@ -363,15 +367,15 @@ mod tests {
     #[test]
     fn a_request_erases_up_to_its_named_time_else_its_record_time() {
         let v = br#"{"requested_at_ms": 5000, "as_of_ms": 3000}"#;
-        assert_eq!(request_time(Some(v), Some(4000)), 3000);
+        assert_eq!(request_time(Some(v), Some(4000), 9), 3000);
         let v = br#"{"requested_at_ms": 5000}"#;
-        assert_eq!(request_time(Some(v), Some(4000)), 4000);
-        assert_eq!(request_time(Some(v), None), 5000);
+        assert_eq!(request_time(Some(v), Some(4000), 9), 4000);
+        assert_eq!(request_time(Some(v), None, 9), 5000);
         assert!(
-            request_time(Some(b"not json"), Some(-1)) > 1_700_000_000_000,
+            request_time(Some(b"not json"), Some(-1), 1_800_000_000_000) == 1_800_000_000_000,
             "now"
         );
-        assert_eq!(request_time(None, Some(7)), 7);
+        assert_eq!(request_time(None, Some(7), 9), 7);
     }
 
     #[test]

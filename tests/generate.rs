@@ -11,7 +11,7 @@ use segstream::config::Config;
 use segstream::event::files::{EventReader, Record};
 use segstream::event::{Event, Limits};
 use segstream::generate::{history, GeneratorConfig};
-use segstream::ingest::history::read_topics;
+use segstream::intake::history::read_topics;
 
 fn segstream() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_segstream"));

@@ -18,7 +18,8 @@ use segstream::config::Config;
 use segstream::event::corpus::{bad_records, browse, purchase, review, BadRecord};
 use segstream::event::encode::{encode, WireFormat};
 use segstream::event::{proto, Decoder, Encoding, Limits, Reason};
-use segstream::ingest::{header, now_ms, DeadLetterSink, Ingestor};
+use segstream::ingest::{header, now_ms, DeadLetterSink};
+use segstream::intake::Ingestor;
 use segstream::telemetry::Metrics;
 
 const HUGE: usize = 10 * 1024 * 1024;

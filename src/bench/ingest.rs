@@ -6,7 +6,7 @@
 //! beginning, `read_committed`), so the difference between them is the
 //! per-record work of the pipeline, not the client set-up.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +22,9 @@ use crate::config::Config;
 use crate::event::encode::WireFormat;
 use crate::generate::kafka::{produce, ProduceOptions};
 use crate::generate::GeneratorConfig;
-use crate::ingest::{self, Routed};
-use crate::state::{PartitionStore, RecordOutcome, StoreLimits};
+use crate::ingest;
+use crate::intake::{Accepted, Applied, Intake};
+use crate::state::{PartitionStore, StoreLimits};
 
 use crate::units::DAY_MS;
 
@@ -175,8 +176,12 @@ async fn ingest_on(
     limits.allowed_lateness_ms = limits
         .allowed_lateness_ms
         .max(i64::from(INGEST_DAYS + 2) * DAY_MS);
-    let decoder = Arc::new(cfg.decoders());
-    let max_dead_letter_bytes = cfg.dead_letter.max_value_bytes;
+    // The run loop's intake (decoding, partition check, risk rules); the
+    // event-time merge is left out: it waits on the topics' ends, which a
+    // read of a finished history does not.
+    let mut intake = Intake::reader(&cfg);
+    intake.set_partitions(partitions);
+    let intake = Arc::new(intake);
 
     let threads = cfg.pipeline.stream_threads();
     let (mut raw_best, mut pipe_best, mut threaded_best) = (0f64, 0f64, 0f64);
@@ -191,11 +196,10 @@ async fn ingest_on(
             if n == 1 && threads == 1 && pipe_best > 0.0 {
                 continue;
             }
-            let (c, t, d) = (client.clone(), inputs.to_vec(), decoder.clone());
-            let (counts, took) = tokio::task::spawn_blocking(move || {
-                ingest_pass(&c, &t, partitions, n, &d, limits, max_dead_letter_bytes)
-            })
-            .await??;
+            let (c, t, i) = (client.clone(), inputs.to_vec(), intake.clone());
+            let (counts, took) =
+                tokio::task::spawn_blocking(move || ingest_pass(&c, &t, partitions, n, &i, limits))
+                    .await??;
             let rate = counts.records as f64 / took.as_secs_f64().max(1e-9);
             if n == 1 {
                 pipe_best = pipe_best.max(rate);
@@ -229,8 +233,8 @@ async fn ingest_on(
 }
 
 /// Reads every partition to its end as [`raw_read_all`] does, and puts each
-/// record through the pipeline's ingest stage: [`ingest::route`] with the
-/// configured decoder, then the partition's [`PartitionStore`]. With
+/// record through the pipeline's per-record step: [`Intake::accept`], then
+/// [`Intake::apply`] to the partition's [`PartitionStore`]. With
 /// `threads` > 1 the partitions are dealt out to that many threads, each
 /// with its own consumer and stores (as the stream threads of `segstream
 /// run` own theirs); the time runs from the first record any thread saw to
@@ -240,9 +244,8 @@ fn ingest_pass(
     topics: &[String],
     partitions: i32,
     threads: usize,
-    decoder: &crate::event::Decoders,
+    intake: &Intake,
     limits: StoreLimits,
-    max_dead_letter_bytes: usize,
 ) -> Result<(PassCounts, Duration), KafkaError> {
     let threads = threads.clamp(1, partitions.max(1) as usize);
     let shares: Vec<Vec<i32>> = (0..threads)
@@ -256,16 +259,7 @@ fn ingest_pass(
         let handles: Vec<_> = shares
             .iter()
             .map(|share| {
-                scope.spawn(move || {
-                    ingest_share(
-                        client,
-                        topics,
-                        share,
-                        decoder,
-                        limits,
-                        max_dead_letter_bytes,
-                    )
-                })
+                scope.spawn(move || ingest_share(client, topics, share, intake.clone(), limits))
             })
             .collect();
         handles
@@ -298,11 +292,9 @@ fn ingest_share(
     client: &ClientConfig,
     topics: &[String],
     partitions: &[i32],
-    decoder: &crate::event::Decoders,
+    mut intake: Intake,
     limits: StoreLimits,
-    max_dead_letter_bytes: usize,
 ) -> Result<(PassCounts, Span), KafkaError> {
-    let mut names: BTreeMap<String, Arc<str>> = BTreeMap::new();
     let mut stores: HashMap<i32, PartitionStore> = HashMap::new();
     let mut counts = PassCounts::default();
     let span = read_span(
@@ -314,28 +306,24 @@ fn ingest_share(
             counts.records += 1;
             counts.bytes +=
                 (msg.key().map_or(0, <[u8]>::len) + msg.payload().map_or(0, <[u8]>::len)) as u64;
-            let topic = ingest::intern(&mut names, msg.topic());
+            let topic = intake.topic(msg.topic());
             let record = ingest::source_record(msg);
-            match ingest::route(
-                decoder,
-                &record,
-                &topic,
-                ingest::now_ms(),
-                max_dead_letter_bytes,
-            ) {
-                Routed::Event(e) => {
+            match intake.accept(&record, &topic, ingest::now_ms()) {
+                Accepted::Event(e) => {
                     let store = stores
                         .entry(e.partition)
                         .or_insert_with(|| PartitionStore::new(limits));
-                    match store.record(&e.event, tokio::time::Instant::now()) {
-                        RecordOutcome::Applied => counts.applied += 1,
-                        RecordOutcome::Duplicate => counts.duplicates += 1,
-                        RecordOutcome::Late { .. } => counts.late += 1,
+                    let stamped = record.timestamp_ms.filter(|t| *t >= 0);
+                    match intake.apply(store, &e.event, stamped, tokio::time::Instant::now()) {
+                        Applied::Changed { .. } => counts.applied += 1,
+                        Applied::Duplicate => counts.duplicates += 1,
+                        Applied::Late { .. } => counts.late += 1,
                         // The benchmark erases no one.
-                        RecordOutcome::Erased => counts.refused += 1,
+                        Applied::Erased => counts.refused += 1,
                     }
                 }
-                Routed::DeadLetter(_) => counts.refused += 1,
+                // The reader's intake has no erasure topic.
+                Accepted::Refused(_) | Accepted::Erasure(_) => counts.refused += 1,
             }
         },
     )?;

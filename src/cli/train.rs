@@ -176,7 +176,7 @@ pub(crate) fn load_history(
             };
             let mut reports = Vec::new();
             if source == HistorySource::Topics {
-                reports.push(segstream::ingest::history::read_topics(
+                reports.push(segstream::intake::history::read_topics(
                     config,
                     50_000,
                     &mut on_record,

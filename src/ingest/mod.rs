@@ -1,34 +1,29 @@
-//! Ingestion: the Kafka consumer-group member over the input topics, decoding
-//! and validating in batches, and routing of refused records to the
-//! dead-letter topic.
+//! Ingestion: records off Kafka. The consumer settings every reader of the
+//! input uses, the routing rule and the dead-letter records, the producer's
+//! partitioner, and the event-time merge of a partition's topics
+//! ([`align`]).
 //!
 //! The routing rule is pure ([`route`]): a record becomes either a
-//! [`SourcedEvent`] or a [`DeadLetter`], never nothing. This module owns the
-//! consumer and the dead-letter records; it does not commit offsets. It
-//! reports, per batch, the next offset of every partition it read
-//! ([`IngestBatch::next_offsets`]) so that the caller commits them only
-//! together with the outputs they caused.
+//! [`SourcedEvent`] or a [`DeadLetter`], never nothing. The per-record step
+//! from a record to a customer's state, which routes through it, is
+//! [`crate::intake`].
 
 pub mod align;
 mod dead_letter;
-pub mod history;
 mod partition;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
-use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
-use tracing::{info, warn};
+use rdkafka::ClientConfig;
 
 pub use dead_letter::{header, DeadLetter, DeadLetterSink};
 pub use partition::partition_for;
 
 use crate::config::{Config, ConfigError, OffsetReset};
-use crate::event::{Decoders, Event, Framing, Reason};
-use crate::telemetry::Metrics;
+use crate::event::{Decoders, Event, Framing};
 
 /// Errors of the ingest stage. Bad input is never an error here: it becomes a
 /// [`DeadLetter`].
@@ -133,254 +128,6 @@ pub fn route(
         Err(rejection) => {
             Routed::DeadLetter(DeadLetter::new(record, rejection, max_dead_letter_bytes))
         }
-    }
-}
-
-/// What one poll produced.
-#[derive(Debug, Default)]
-pub struct IngestBatch {
-    /// Valid events, in consumption order.
-    pub events: Vec<SourcedEvent>,
-    /// Refused records, in consumption order.
-    pub dead_letters: Vec<DeadLetter>,
-    /// For every (topic, partition) read: the offset after the last record.
-    pub next_offsets: BTreeMap<(Arc<str>, i32), i64>,
-}
-
-impl IngestBatch {
-    /// Records in the batch (events plus dead letters).
-    pub fn len(&self) -> usize {
-        self.events.len() + self.dead_letters.len()
-    }
-
-    /// Whether the batch holds no record.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The next offsets as a list ready to commit.
-    pub fn offsets_to_commit(&self) -> Result<TopicPartitionList, IngestError> {
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in &self.next_offsets {
-            tpl.add_partition_offset(topic, *partition, rdkafka::Offset::Offset(*offset))
-                .map_err(IngestError::kafka("building the offset list"))?;
-        }
-        Ok(tpl)
-    }
-}
-
-/// Logs assignment changes of the consumer group.
-pub struct IngestContext;
-
-impl ClientContext for IngestContext {}
-
-impl ConsumerContext for IngestContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                info!(partitions = %describe(tpl), "Partitions assigned.")
-            }
-            Rebalance::Revoke(tpl) => {
-                info!(partitions = %describe(tpl), "Partitions revoked.")
-            }
-            Rebalance::Error(e) => warn!(error = %e, "Rebalance failed."),
-        }
-    }
-}
-
-fn describe(tpl: &TopicPartitionList) -> String {
-    let parts: Vec<String> = tpl
-        .elements()
-        .iter()
-        .map(|e| format!("{}[{}]", e.topic(), e.partition()))
-        .collect();
-    parts.join(",")
-}
-
-/// A consumer-group member reading the input topics in routed batches, with
-/// a plain (non-transactional) dead-letter writer: for tools and jobs that
-/// read the input outside the run loop (e.g. replaying history). The run
-/// loop itself consumes through `pipeline`, with [`route`], inside its
-/// transactions.
-pub struct Ingestor {
-    consumer: StreamConsumer<IngestContext>,
-    decoder: Decoders,
-    topics: Vec<String>,
-    max_dead_letter_bytes: usize,
-    batch_size: usize,
-    batch_max_wait: Duration,
-    metrics: Metrics,
-    /// Interned topic names, so events share one allocation per topic.
-    topic_names: BTreeMap<String, Arc<str>>,
-}
-
-/// An [`Ingestor`] batch's most records, by default.
-pub const BATCH_SIZE: usize = 1000;
-/// Longest wait to fill an [`Ingestor`] batch once its first record
-/// arrived, by default.
-pub const BATCH_MAX_WAIT: Duration = Duration::from_millis(50);
-
-impl Ingestor {
-    /// Sets the batch size and the longest wait to fill a batch once its
-    /// first record arrived (defaults [`BATCH_SIZE`], [`BATCH_MAX_WAIT`]).
-    pub fn with_batching(mut self, size: usize, max_wait: Duration) -> Self {
-        self.batch_size = size.max(1);
-        self.batch_max_wait = max_wait;
-        self
-    }
-
-    /// Builds the consumer (not yet subscribed). Auto-commit is off: offsets
-    /// are committed by the caller with the outputs they caused.
-    pub fn build(config: &Config, metrics: Metrics) -> Result<Self, IngestError> {
-        let mut client = member_config(config)?;
-        client.set("enable.partition.eof", "false");
-        let consumer: StreamConsumer<IngestContext> = client
-            .create_with_context(IngestContext)
-            .map_err(IngestError::kafka("creating the consumer"))?;
-        Ok(Ingestor {
-            consumer,
-            decoder: config.decoders(),
-            topics: config.input.topics.clone(),
-            max_dead_letter_bytes: config.dead_letter.max_value_bytes,
-            batch_size: BATCH_SIZE,
-            batch_max_wait: BATCH_MAX_WAIT,
-            metrics,
-            topic_names: BTreeMap::new(),
-        })
-    }
-
-    /// Checks that the input topics exist, then joins the group.
-    pub fn subscribe(&self, timeout: Duration) -> Result<(), IngestError> {
-        let metadata = self
-            .consumer
-            .fetch_metadata(None, timeout)
-            .map_err(IngestError::kafka("fetching cluster metadata"))?;
-        let missing: Vec<String> = self
-            .topics
-            .iter()
-            .filter(|t| {
-                !metadata
-                    .topics()
-                    .iter()
-                    .any(|m| m.name() == t.as_str() && m.error().is_none())
-            })
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            return Err(IngestError::MissingTopics(missing));
-        }
-        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-        self.consumer
-            .subscribe(&topics)
-            .map_err(IngestError::kafka("subscribing to the input topics"))
-    }
-
-    /// The underlying consumer (for committing and for group metadata).
-    pub fn consumer(&self) -> &StreamConsumer<IngestContext> {
-        &self.consumer
-    }
-
-    /// The partitions currently assigned to this instance.
-    pub fn assignment(&self) -> Result<Vec<(String, i32)>, IngestError> {
-        let tpl = self
-            .consumer
-            .assignment()
-            .map_err(IngestError::kafka("reading the assignment"))?;
-        Ok(tpl
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_string(), e.partition()))
-            .collect())
-    }
-
-    /// The consumer's position (next offset to read) per assigned partition;
-    /// `None` before the first record of a partition was fetched.
-    pub fn positions(&self) -> Result<Vec<(String, i32, Option<i64>)>, IngestError> {
-        let tpl = self
-            .consumer
-            .position()
-            .map_err(IngestError::kafka("reading positions"))?;
-        Ok(tpl
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_string(), e.partition(), e.offset().to_raw()))
-            .collect())
-    }
-
-    /// Waits up to `idle_wait` for a first record, then gathers more for at
-    /// most the batch wait or until the batch size (see [`Ingestor::with_batching`]), and
-    /// routes each of them. An empty batch means nothing arrived.
-    pub async fn next_batch(&mut self, idle_wait: Duration) -> Result<IngestBatch, IngestError> {
-        let mut batch = IngestBatch::default();
-        let mut consumed: BTreeMap<Arc<str>, u64> = BTreeMap::new();
-        let now_ms = now_ms();
-        let first = match tokio::time::timeout(idle_wait, self.consumer.recv()).await {
-            Err(_) => return Ok(batch),
-            Ok(r) => r.map_err(IngestError::kafka("receiving records"))?,
-        };
-        let decoder = &self.decoder;
-        let names = &mut self.topic_names;
-        let max_dlq = self.max_dead_letter_bytes;
-        let mut handle = |batch: &mut IngestBatch, msg: &BorrowedMessage<'_>| {
-            let topic = intern(names, msg.topic());
-            *consumed.entry(topic.clone()).or_default() += 1;
-            let record = source_record(msg);
-            batch
-                .next_offsets
-                .insert((topic.clone(), record.partition), record.offset + 1);
-            match route(decoder, &record, &topic, now_ms, max_dlq) {
-                Routed::Event(e) => batch.events.push(e),
-                Routed::DeadLetter(d) => batch.dead_letters.push(d),
-            }
-        };
-        handle(&mut batch, &first);
-        drop(first);
-        let deadline = tokio::time::Instant::now() + self.batch_max_wait;
-        while batch.len() < self.batch_size {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Err(_) => break,
-                Ok(Ok(msg)) => handle(&mut batch, &msg),
-                Ok(Err(e)) => {
-                    // Keep what we have; the error surfaces on the next call
-                    // if it persists.
-                    warn!(error = %e, "Consumer error while filling a batch.");
-                    break;
-                }
-            }
-        }
-        self.record_metrics(&batch, &consumed);
-        Ok(batch)
-    }
-
-    fn record_metrics(&self, batch: &IngestBatch, consumed: &BTreeMap<Arc<str>, u64>) {
-        let m = &self.metrics;
-        for (topic, n) in consumed {
-            m.records_consumed.with_label_values(&[topic]).inc_by(*n);
-        }
-        let mut accepted: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-        for e in &batch.events {
-            *accepted
-                .entry((&e.topic, e.event.kind().as_str()))
-                .or_default() += 1;
-        }
-        for ((topic, kind), n) in accepted {
-            m.events_accepted
-                .with_label_values(&[topic, kind])
-                .inc_by(n);
-        }
-        let mut refused: BTreeMap<Reason, u64> = BTreeMap::new();
-        for d in &batch.dead_letters {
-            *refused.entry(d.reason).or_default() += 1;
-            if d.truncated {
-                m.dead_letters_truncated.inc();
-            }
-        }
-        for (reason, n) in refused {
-            m.dead_letters
-                .with_label_values(&[reason.stage().as_str(), reason.as_str()])
-                .inc_by(n);
-        }
-        m.batch_records.observe(batch.len() as f64);
     }
 }
 

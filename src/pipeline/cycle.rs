@@ -354,7 +354,8 @@ impl Pipeline {
             } else {
                 &c.previous_segment
             };
-            self.metrics
+            self.telemetry
+                .metrics
                 .segment_changes
                 .with_label_values(&[from, &c.segment, decide::trigger_name(c.trigger)])
                 .inc();
@@ -377,7 +378,8 @@ impl Pipeline {
                 .map_err(encoding)?,
             );
             let t = &r.transition;
-            self.metrics
+            self.telemetry
+                .metrics
                 .risk_flags
                 .with_label_values(&[
                     t.finding.rule.as_str(),
@@ -425,7 +427,8 @@ impl Pipeline {
                         )
                         .map_err(encoding)?,
                     );
-                    self.metrics
+                    self.telemetry
+                        .metrics
                         .risk_flags
                         .with_label_values(&[t.finding.rule.as_str(), "cleared"])
                         .inc();

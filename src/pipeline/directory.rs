@@ -11,7 +11,7 @@
 //! few seconds).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -21,6 +21,8 @@ use tracing::debug;
 
 pub use crate::ingest::partition_for;
 
+use super::services::StopSignal;
+use super::PipelineError;
 use crate::config::{Config, Partitioner};
 
 /// How often the other instances' assignments are re-read.
@@ -83,7 +85,6 @@ pub struct Directory {
     peers: RwLock<BTreeMap<i32, String>>,
     threads: RwLock<Vec<mpsc::Sender<LookupRequest>>>,
     advertised_url: String,
-    stop: AtomicBool,
     pseudonymizer: Option<Arc<crate::privacy::Pseudonymizer>>,
 }
 
@@ -100,7 +101,6 @@ impl Directory {
             peers: RwLock::new(BTreeMap::new()),
             threads: RwLock::new(Vec::new()),
             advertised_url: cfg.pipeline.advertised_url.clone(),
-            stop: AtomicBool::new(false),
             pseudonymizer,
         })
     }
@@ -194,67 +194,65 @@ impl Directory {
         )
     }
 
-    /// Re-reads the group's members and assignments every
-    /// [`PEERS_EVERY`] on a thread of its own, until [`Directory::stop`].
-    pub fn start_peers(self: &Arc<Self>, cfg: &Config) -> Result<(), String> {
-        let client = cfg.kafka.client_config().map_err(|e| e.to_string())?;
-        let consumer: BaseConsumer<crate::telemetry::kafka_log::QuietContext> = client
+    /// The client that reads the group's members for
+    /// [`Directory::refresh_peers`].
+    pub fn peer_reader(cfg: &Config) -> Result<PeerReader, PipelineError> {
+        let client = cfg.kafka.client_config()?;
+        let consumer = client
             .create_with_context(crate::telemetry::kafka_log::QuietContext)
-            .map_err(|e| format!("creating the group reader: {e}"))?;
-        let group = cfg.kafka.group_id.clone();
-        // `input.topics` is never empty in a checked configuration.
-        let topic = cfg.input.topics.first().cloned().unwrap_or_default();
-        let dir = Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("segstream-peers".into())
-            .spawn(move || loop {
-                let Some(d) = dir.upgrade() else { return };
-                if d.stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                match consumer.fetch_group_list(Some(&group), Duration::from_secs(5)) {
-                    Ok(list) => {
-                        let mut map = BTreeMap::new();
-                        for g in list.groups() {
-                            for m in g.members() {
-                                let Some(url) = url_of_client_id(m.client_id()) else {
-                                    continue;
-                                };
-                                // A member without a readable assignment
-                                // (joining) owns nothing yet.
-                                for p in m
-                                    .assignment()
-                                    .map(|a| assigned_partitions(a, &topic))
-                                    .unwrap_or_default()
-                                {
-                                    map.insert(p, url.to_string());
-                                }
-                            }
-                        }
-                        if let Ok(mut peers) = d.peers.write() {
-                            *peers = map;
-                        }
-                    }
-                    Err(e) => debug!(error = %e, "Describing the consumer group failed."),
-                }
-                drop(d);
-                let mut slept = Duration::ZERO;
-                while slept < PEERS_EVERY {
-                    std::thread::sleep(Duration::from_millis(200));
-                    slept += Duration::from_millis(200);
-                    if dir.upgrade().is_none_or(|d| d.stop.load(Ordering::Relaxed)) {
-                        return;
-                    }
-                }
-            })
-            .map_err(|e| format!("starting the group reader: {e}"))?;
-        Ok(())
+            .map_err(super::error::kafka("creating the group reader"))?;
+        Ok(PeerReader {
+            consumer,
+            group: cfg.kafka.group_id.clone(),
+            // `input.topics` is never empty in a checked configuration.
+            topic: cfg.input.topics.first().cloned().unwrap_or_default(),
+        })
     }
 
-    /// Stops the peer refresher.
-    pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
+    /// Re-reads the group's members and assignments every [`PEERS_EVERY`]
+    /// until `stop` (a service thread: see `services`).
+    pub(super) fn refresh_peers(&self, reader: &PeerReader, stop: &StopSignal) {
+        loop {
+            match reader
+                .consumer
+                .fetch_group_list(Some(&reader.group), Duration::from_secs(5))
+            {
+                Ok(list) => {
+                    let mut map = BTreeMap::new();
+                    for g in list.groups() {
+                        for m in g.members() {
+                            let Some(url) = url_of_client_id(m.client_id()) else {
+                                continue;
+                            };
+                            // A member without a readable assignment
+                            // (joining) owns nothing yet.
+                            for p in m
+                                .assignment()
+                                .map(|a| assigned_partitions(a, &reader.topic))
+                                .unwrap_or_default()
+                            {
+                                map.insert(p, url.to_string());
+                            }
+                        }
+                    }
+                    if let Ok(mut peers) = self.peers.write() {
+                        *peers = map;
+                    }
+                }
+                Err(e) => debug!(error = %e, "Describing the consumer group failed."),
+            }
+            if !stop.wait(PEERS_EVERY) {
+                return;
+            }
+        }
     }
+}
+
+/// The group reader of [`Directory::refresh_peers`].
+pub struct PeerReader {
+    consumer: BaseConsumer<crate::telemetry::kafka_log::QuietContext>,
+    group: String,
+    topic: String,
 }
 
 /// The partitions of `topic` in a member's assignment (the classic consumer

@@ -107,8 +107,9 @@ pub fn router(api: Api) -> Router {
         .with_state(api)
 }
 
-/// Serves [`router`] on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, api: Api) {
+/// Serves [`router`] on `listener` until `stop` (connections being served finish on their own).
+pub async fn serve(listener: TcpListener, api: Api, stop: tokio::sync::oneshot::Receiver<()>) {
+    let mut stop = std::pin::pin!(stop);
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "Serving /healthz, /readyz, /metrics and /v1/customers/{{id}}.");
     }
@@ -118,7 +119,11 @@ pub async fn serve(listener: TcpListener, api: Api) {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (stream, _) = match listener.accept().await {
+        let accepted = tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, _) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "Accepting an HTTP connection failed.");

@@ -1,7 +1,9 @@
-//! From a consumed record to state: decode and route it, check its
-//! partition, pseudonymize, hold it for the event-time merge of its
-//! partition (pausing a partition that runs ahead), then apply what the
-//! merge releases to the partition's store, or to the dead letters.
+//! The run loop's side of the per-record step ([`crate::intake`]): a
+//! consumed record is accepted by the thread's `Intake`, held for the
+//! event-time merge of its partition (pausing a partition that runs
+//! ahead), and what the merge releases is applied to the partition's store
+//! by the `Intake` again, or goes to the dead letters; its effects go into
+//! the open cycle.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,23 +19,10 @@ use tracing::{info, warn};
 use super::clients::PipelineContext;
 use super::cycle::{RiskChange, Why};
 use super::{Pipeline, PipelineError, TxnError};
-use crate::decide::risk;
-use crate::event::{Reason, Rejection};
+use crate::ingest;
 use crate::ingest::align::Backlog;
-use crate::ingest::{self, DeadLetter, Routed};
-use crate::state::RecordOutcome;
+use crate::intake::{Accepted, Applied, ErasureRequest};
 use crate::telemetry::kafka_log;
-
-/// An erasure request read from `privacy.erasure_topic`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct ErasureRequest {
-    pub partition: i32,
-    /// The stored id (the pseudonym when pseudonymizing).
-    pub id: String,
-    pub offset: i64,
-    /// Erased up to (ms since the epoch; see `state::erasure`).
-    pub through_ms: i64,
-}
 
 /// A consumed record in the aligner.
 pub(super) struct Held {
@@ -47,29 +36,30 @@ impl Held {
     /// An erasure request of `id` held for partition `partition`.
     pub(super) fn erasure_for_test(partition: i32, id: &str) -> Held {
         Held {
-            item: HeldItem::Erasure(ErasureRequest {
-                partition,
-                id: id.into(),
-                offset: 0,
-                through_ms: 0,
-            }),
+            item: HeldItem {
+                accepted: Accepted::Erasure(ErasureRequest {
+                    partition,
+                    id: id.into(),
+                    offset: 0,
+                    through_ms: 0,
+                }),
+                source: None,
+            },
             offset: 0,
             timestamp_ms: 0,
         }
     }
 }
 
-pub(super) enum HeldItem {
-    /// A valid event, with its original record for a `late` dead letter.
-    Event(Box<ingest::SourcedEvent>, OwnedSource),
-    /// A record refused at decoding.
-    Refused(DeadLetter),
-    /// An erasure request. It has no event time: the merge releases it
-    /// before any input record of its partition, and holds the input while
-    /// the erasure partition has records to come (up to `input.max_idle`),
-    /// so a request is applied before the events it covers that were read
-    /// in the same catch-up.
-    Erasure(ErasureRequest),
+/// What the merge holds of a record. An erasure request has no event time:
+/// the merge releases it before any input record of its partition, and
+/// holds the input while the erasure partition has records to come (up to
+/// `input.max_idle`), so a request is applied before the events it covers
+/// that were read in the same catch-up.
+pub(super) struct HeldItem {
+    accepted: Accepted,
+    /// The original record of an event, for a `late` dead letter.
+    source: Option<OwnedSource>,
 }
 
 /// An owned copy of a consumed record.
@@ -126,7 +116,7 @@ impl Pipeline {
             .stores
             .get_mut(&partition)
             .is_some_and(|s| s.erase(&id, through_ms));
-        let key = crate::privacy::audit_key(self.pseudonymizer.as_deref(), &id);
+        let key = crate::privacy::audit_key(self.thread.pseudonymizer.as_deref(), &id);
         info!(
             customer = %key,
             partition,
@@ -135,7 +125,7 @@ impl Pipeline {
             erased_through_ms = through_ms,
             "Erased a customer (privacy.erasure_topic)."
         );
-        self.metrics.erasures.inc();
+        self.telemetry.metrics.erasures.inc();
         if !self.cfg.privacy.audit_topic.is_empty() {
             let value = serde_json::json!({
                 "customer": key,
@@ -181,7 +171,7 @@ impl Pipeline {
         // partition's state must be restored first, and a record of a
         // partition just revoked must not be processed.
         self.take_rebalances().await?;
-        let topic = ingest::intern(&mut self.topic_names, msg.topic());
+        let topic = self.intake.topic(msg.topic());
         let (partition, offset) = (msg.partition(), msg.offset());
         if !self
             .partitions
@@ -194,12 +184,11 @@ impl Pipeline {
             self.restore(vec![partition]).await?;
         }
         let record = ingest::source_record(&msg);
-        let (time_ms, item) = if *topic == *self.cfg.privacy.erasure_topic {
-            (None, self.erasure_request(&record))
-        } else {
-            self.route(&record, &topic, partition)
-        };
-        self.tally.consumed(&topic);
+        let accepted = self.intake.accept(&record, &topic, ingest::now_ms());
+        let time_ms = accepted.event_time_ms();
+        let source = matches!(accepted, Accepted::Event(_)).then(|| OwnedSource::of(&record));
+        let item = HeldItem { accepted, source };
+        self.telemetry.tally.consumed(&topic);
         self.partitions
             .fetched
             .insert((topic.clone(), partition), offset + 1);
@@ -225,83 +214,9 @@ impl Pipeline {
         self.release(partition)
     }
 
-    /// An erasure request as the merge holds it (a dead letter when it
-    /// names no customer).
-    fn erasure_request(&self, record: &ingest::SourceRecord<'_>) -> HeldItem {
-        match record.key {
-            Some(key) if !key.is_empty() => HeldItem::Erasure(ErasureRequest {
-                partition: record.partition,
-                id: String::from_utf8_lossy(key).into_owned(),
-                offset: record.offset,
-                through_ms: crate::privacy::request_time(record.value, record.timestamp_ms),
-            }),
-            _ => HeldItem::Refused(DeadLetter::new(
-                record,
-                Rejection::new(
-                    Reason::MissingCustomer,
-                    "an erasure request must be keyed by the customer id as it is stored \
-                     (segstream forget writes them so)",
-                ),
-                self.max_dead_letter_bytes,
-            )),
-        }
-    }
-
-    /// Decodes, validates and checks the partition of an input record;
-    /// pseudonymizes its customer. Returns its event time (`None` for a
-    /// refused record) and what the merge holds.
-    fn route(
-        &self,
-        record: &ingest::SourceRecord<'_>,
-        topic: &Arc<str>,
-        partition: i32,
-    ) -> (Option<i64>, HeldItem) {
-        let routed = ingest::route(
-            &self.decoder,
-            record,
-            topic,
-            ingest::now_ms(),
-            self.max_dead_letter_bytes,
-        );
-        let routed = match routed {
-            Routed::Event(e) if self.cfg.input.check_partition => {
-                match self.directory.partition_of(&e.event.customer_id) {
-                    Some(p) if p != partition => Routed::DeadLetter(DeadLetter::new(
-                        record,
-                        Rejection::new(
-                            Reason::WrongPartition,
-                            format!(
-                                "customer_id hashes to partition {p} of the input topics under \
-                                 input.partitioner = {}, but the record is in partition \
-                                 {partition}: producers must key records by customer_id with \
-                                 that partitioner",
-                                self.cfg.input.partitioner.as_str()
-                            ),
-                        ),
-                        self.max_dead_letter_bytes,
-                    )),
-                    _ => Routed::Event(e),
-                }
-            }
-            other => other,
-        };
-        match routed {
-            Routed::Event(mut e) => {
-                if let Some(p) = &self.pseudonymizer {
-                    e.event.customer_id = p.apply(&e.event.customer_id);
-                }
-                (
-                    Some(e.event.event_time_ms),
-                    HeldItem::Event(Box::new(e), OwnedSource::of(record)),
-                )
-            }
-            Routed::DeadLetter(d) => (None, HeldItem::Refused(d)),
-        }
-    }
-
     /// Applies the records of `partition` that the event-time merge lets go.
     pub(super) fn release(&mut self, partition: i32) -> Result<(), PipelineError> {
-        let mut out = std::mem::take(&mut self.released);
+        let mut out = std::mem::take(&mut self.partitions.released);
         {
             let ends = self.consumer.context().ends.lock().ok();
             let (fetched, committed) = (&self.partitions.fetched, &self.partitions.committed);
@@ -351,7 +266,7 @@ impl Pipeline {
                 result = self.apply(topic, partition, held);
             }
         }
-        self.released = out;
+        self.partitions.released = out;
         if !self.partitions.paused.is_empty() {
             let half = self.cfg.input.max_buffered / 2;
             let resume: Vec<(Arc<str>, i32)> = self
@@ -406,41 +321,30 @@ impl Pipeline {
             offset,
             timestamp_ms,
         } = held;
-        let late_letter = match item {
-            HeldItem::Event(e, source) => {
+        let HeldItem { accepted, source } = item;
+        let late_letter = match accepted {
+            Accepted::Event(e) => {
                 let Some(store) = self.partitions.stores.get_mut(&partition) else {
                     return Err(PipelineError::Task(format!(
                         "no state for partition {partition} after restore"
                     )));
                 };
                 let stamped = (timestamp_ms >= 0).then_some(timestamp_ms);
-                match store.record_at(&e.event, stamped, tokio::time::Instant::now()) {
-                    RecordOutcome::Applied => {
-                        if !self.cfg.output.risk_topic.is_empty() {
-                            let id = &e.event.customer_id;
-                            let at = e.event.event_time_ms;
-                            let findings = store
-                                .get(id)
-                                .map(|s| risk::evaluate(&self.cfg.risk, s.recent(), &s.lifetime.products, at));
-                            if let (Some(findings), Some(d)) = (findings, store.decision_mut(id)) {
-                                let (flags, raised) = risk::apply_only(
-                                    &self.cfg.risk,
-                                    d.risk_flags,
-                                    findings,
-                                    true,
-                                    false,
-                                );
-                                d.risk_flags = flags;
-                                let now = ingest::now_ms();
-                                for t in raised {
-                                    self.cycle.risk_changes.push(RiskChange {
-                                        partition,
-                                        customer_id: id.clone(),
-                                        transition: t,
-                                        as_of_ms: at,
-                                        decided_at_ms: now,
-                                    });
-                                }
+                match self
+                    .intake
+                    .apply(store, &e.event, stamped, tokio::time::Instant::now())
+                {
+                    Applied::Changed { raised } => {
+                        if !raised.is_empty() {
+                            let now = ingest::now_ms();
+                            for t in raised {
+                                self.cycle.risk_changes.push(RiskChange {
+                                    partition,
+                                    customer_id: e.event.customer_id.clone(),
+                                    transition: t,
+                                    as_of_ms: e.event.event_time_ms,
+                                    decided_at_ms: now,
+                                });
                             }
                         }
                         self.cycle
@@ -448,41 +352,34 @@ impl Pipeline {
                             .entry(partition)
                             .or_default()
                             .insert(e.event.customer_id.clone(), Why::Event);
-                        self.tally.accepted(&topic, e.event.kind());
+                        self.telemetry.tally.accepted(&topic, e.event.kind());
                         None
                     }
-                    RecordOutcome::Duplicate => {
-                        self.tally.duplicate();
+                    Applied::Duplicate => {
+                        self.telemetry.tally.duplicate();
                         None
                     }
-                    RecordOutcome::Erased => {
-                        self.tally.erased();
+                    Applied::Erased => {
+                        self.telemetry.tally.erased();
                         None
                     }
-                    RecordOutcome::Late { watermark_ms } => {
-                        Some(DeadLetter::new(
+                    Applied::Late { watermark_ms } => source.as_ref().map(|source| {
+                        self.intake.late(
                             &source.record(&topic, partition, offset),
-                            Rejection::new(
-                                Reason::Late,
-                                format!(
-                                    "event_time_ms {} is before the partition watermark {watermark_ms} \
-                                     (state.allowed_lateness)",
-                                    e.event.event_time_ms
-                                ),
-                            ),
-                            self.max_dead_letter_bytes,
-                        ))
-                    }
+                            &e.event,
+                            watermark_ms,
+                        )
+                    }),
                 }
             }
-            HeldItem::Refused(d) => Some(d),
-            HeldItem::Erasure(request) => {
+            Accepted::Refused(d) => Some(d),
+            Accepted::Erasure(request) => {
                 self.erase(request);
                 None
             }
         };
         if let Some(d) = late_letter {
-            self.tally.refused(d.reason, d.truncated);
+            self.telemetry.tally.refused(d.reason, d.truncated);
             self.cycle.dead_letters.push(d);
         }
         self.cycle.timestamps.push(timestamp_ms);

@@ -29,7 +29,8 @@
 //! This file holds [`run`] (model, stream threads, shutdown), each stream
 //! thread's select loop, and the end of a cycle. The rest, by job:
 //! - `clients`: building the consumer and the transactional producer;
-//! - `intake`: a consumed record → decode, route, event-time merge, state;
+//! - `intake`: the run loop's side of [`crate::intake`]: a consumed record
+//!   accepted, held for the event-time merge, applied, into the cycle;
 //! - `cycle`: what a cycle consumed, scoring and deciding (pure
 //!   `decide_chunk`), the records of its transaction, sent early while
 //!   reading live (`flush_due`);
@@ -44,6 +45,8 @@
 //! - `rebalance`: assignment, restore from the changelog, rebuilding state;
 //! - `topics`: the start-up check of the topics;
 //! - `output`: encoding decisions, exits and risk flags as records (pure);
+//! - `services`: the background services (HTTP API, model watcher, group
+//!   reader, watchdog, inference threads), started and stopped in one place;
 //! - `directory`, `http`, `snapshot`, `watchdog`: lookups, the HTTP API,
 //!   state snapshots, and the deadline on every blocking client call.
 
@@ -57,13 +60,14 @@ pub mod output;
 mod partitions;
 mod rebalance;
 mod retry;
+mod services;
 pub mod snapshot;
 mod topics;
 mod transaction;
 mod watchdog;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,15 +83,15 @@ use error::kafka;
 pub use error::PipelineError;
 use error::TxnError;
 pub use http::Health;
-use intake::Held;
 use partitions::Partitions;
+use services::Services;
 use transaction::{Transaction, TxnState};
 pub use watchdog::{Watchdog, EXIT_STALLED};
 
 use crate::config::Config;
 use crate::decide::Hysteresis;
-use crate::event::Decoders;
 use crate::ingest::{self, align::Aligner};
+use crate::intake::Intake;
 use crate::privacy::Pseudonymizer;
 use crate::score::{ModelWatcher, PollOutcome, RescoreSweep, Scorer};
 use crate::telemetry::kafka_log;
@@ -102,34 +106,35 @@ pub struct Pipeline {
     consumer: Arc<StreamConsumer<PipelineContext>>,
     /// The transactional producer and where its transaction stands.
     txn: Transaction,
-    decoder: Decoders,
-    rules: Hysteresis,
+    /// The per-record step (decode, check, pseudonymize, apply, risk).
+    intake: Intake,
     /// Everything that lives and dies with the assignment.
     partitions: Partitions,
-    /// Interned topic names (no allocation per record).
-    topic_names: BTreeMap<String, Arc<str>>,
+    /// The work of the open transaction.
+    cycle: Cycle,
     scorer: Arc<Scorer>,
+    rules: Hysteresis,
+    /// Rescoring every customer after a model swap, paced.
+    sweep: Option<RescoreSweep<(i32, String)>>,
+    /// Every blocking client call goes through it (see `watchdog`).
+    watchdog: Watchdog,
+    /// What this thread reports.
+    telemetry: Telemetry,
+    /// Which stream thread this is, and what the threads share.
+    thread: StreamThread,
+}
+
+/// What a stream thread reports: metrics (per-record counts batched in a
+/// tally, flushed once per cycle) and its part of the instance's health.
+struct Telemetry {
     metrics: Metrics,
     /// Per-record counts, flushed to `metrics` once per cycle.
     tally: Tally,
+    health: Arc<Health>,
     /// Gauge updates so far (state size is measured every tenth).
     gauge_ticks: u64,
-    health: Arc<Health>,
-    cycle: Cycle,
-    sweep: Option<RescoreSweep<(i32, String)>>,
-    max_dead_letter_bytes: usize,
-    /// Every blocking client call goes through it (see `watchdog`).
-    watchdog: Watchdog,
-    /// Scratch for released records (reused, no allocation per record).
-    released: Vec<(Arc<str>, Held)>,
-    /// Which stream thread this is.
-    thread: StreamThread,
     /// Whether this thread counts in [`Health::assigned`].
     has_assignment: bool,
-    /// Partition ownership, for lookups.
-    directory: Arc<Directory>,
-    /// Replaces customer ids at ingest (`privacy.pseudonymize`).
-    pseudonymizer: Option<Arc<Pseudonymizer>>,
 }
 
 /// Runs an instance until `shutdown` resolves: waits for a model, joins the
@@ -143,6 +148,33 @@ pub async fn run(
     let health = Arc::new(Health::default());
     let pseudonymizer = crate::privacy::Pseudonymizer::from_config(&cfg.privacy)?.map(Arc::new);
     let directory = Directory::new(&cfg, pseudonymizer.clone());
+    let mut services = Services::default();
+    let result = run_with(
+        cfg,
+        metrics,
+        shutdown,
+        &health,
+        &directory,
+        pseudonymizer,
+        &mut services,
+    )
+    .await;
+    health.stopping.store(true, Ordering::Relaxed);
+    services.stop().await;
+    result
+}
+
+/// [`run`] with the services it starts registered in `services` (which
+/// [`run`] stops, whatever this returns).
+async fn run_with(
+    cfg: Config,
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()>,
+    health: &Arc<Health>,
+    directory: &Arc<Directory>,
+    pseudonymizer: Option<Arc<Pseudonymizer>>,
+    services: &mut Services,
+) -> Result<(), PipelineError> {
     if !cfg.pipeline.http_listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&cfg.pipeline.http_listen)
             .await
@@ -150,14 +182,12 @@ pub async fn run(
                 address: cfg.pipeline.http_listen.clone(),
                 source,
             })?;
-        tokio::spawn(http::serve(
-            listener,
-            http::Api {
-                health: health.clone(),
-                metrics: metrics.clone(),
-                directory: directory.clone(),
-            },
-        ));
+        let api = http::Api {
+            health: health.clone(),
+            metrics: metrics.clone(),
+            directory: directory.clone(),
+        };
+        services.task("http", move |stop| http::serve(listener, api, stop));
     }
     let mut shutdown = std::pin::pin!(shutdown);
 
@@ -181,23 +211,20 @@ pub async fn run(
     };
     info!(version = %model.version, provider = model.provider.as_str(), "Serving model.");
     let scorer = Arc::new(Scorer::start(&cfg.score, model, metrics.clone()));
+    {
+        let scorer = scorer.clone();
+        services.on_stop("inference", move || scorer.shutdown());
+    }
     health.model_loaded.store(true, Ordering::Relaxed);
     // The watcher swaps a new model into the shared scorer once, then tells
     // every stream thread its version so each rescores its own customers.
     let (model_tx, model_rx) = watch::channel::<Arc<str>>(Arc::from(""));
-    let stop_watch = Arc::new(AtomicBool::new(false));
-    let watch_thread = {
-        let stop = stop_watch.clone();
+    {
         let interval = cfg.score.poll_interval;
         let scorer = scorer.clone();
-        std::thread::Builder::new()
-            .name("segstream-model-watch".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let deadline = Instant::now() + interval;
-                    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
+        services
+            .thread("model-watch", move |stop| {
+                while stop.wait(interval) {
                     if let PollOutcome::Loaded(m) = watcher.poll() {
                         let version: Arc<str> = m.version.clone();
                         scorer.swap(*m);
@@ -207,10 +234,14 @@ pub async fn run(
                     }
                 }
             })
-            .map_err(|e| PipelineError::Task(format!("starting the model watcher: {e}")))?
-    };
+            .map_err(|e| PipelineError::Task(format!("starting the model watcher: {e}")))?;
+    }
 
     let watchdog = Watchdog::start(&cfg.pipeline, health.clone(), metrics.clone())?;
+    {
+        let watchdog = watchdog.clone();
+        services.on_stop("watchdog", move || watchdog.stop());
+    }
     let threads = cfg.pipeline.stream_threads();
     health.threads.store(threads, Ordering::Relaxed);
     let gauges = Arc::new(ThreadGauges::new(threads));
@@ -236,10 +267,20 @@ pub async fn run(
         )?);
     }
     if let Some(first) = pipelines.first() {
-        directory.set_partitions(first.check_topics().await?);
+        let partitions = first.check_topics().await?;
+        directory.set_partitions(partitions);
+        for p in &mut pipelines {
+            p.intake.set_partitions(partitions);
+        }
     }
-    if let Err(e) = directory.start_peers(&cfg) {
-        warn!(error = %e, "Lookups cannot name other instances.");
+    match Directory::peer_reader(&cfg) {
+        Ok(reader) => {
+            let d = directory.clone();
+            if let Err(e) = services.thread("peers", move |stop| d.refresh_peers(&reader, &stop)) {
+                warn!(error = %e, "Lookups cannot name other instances: starting the group reader failed.");
+            }
+        }
+        Err(e) => warn!(error = %e, "Lookups cannot name other instances."),
     }
     info!(
         topics = ?cfg.input.topics,
@@ -272,15 +313,6 @@ pub async fn run(
         if result.is_ok() {
             result = r;
         }
-    }
-    stop_watch.store(true, Ordering::Relaxed);
-    if watch_thread.join().is_err() {
-        warn!("The watchdog thread had panicked.");
-    }
-    directory.stop();
-    watchdog.stop();
-    if let Ok(scorer) = Arc::try_unwrap(scorer) {
-        scorer.shutdown();
     }
     result
 }
@@ -445,35 +477,31 @@ impl Pipeline {
             clients::transactional_id(&cfg, &clients::hostname(), thread.index, thread.of);
         let txn = Transaction::new(clients::producer_config(&cfg, &transactional_id)?)?;
         info!(thread = thread.index, transactional_id = %transactional_id, "Transactional producer ready.");
-        let mut topic_names = BTreeMap::new();
-        // The erasure topic is merged with the input (see HeldItem::Erasure).
-        let cfg_topics: Vec<Arc<str>> = (cfg.input.topics.iter())
+        let mut intake = Intake::new(&cfg, thread.pseudonymizer.clone());
+        // The erasure topic is merged with the input (see HeldItem).
+        let merged: Vec<Arc<str>> = (cfg.input.topics.iter())
             .chain((!cfg.privacy.erasure_topic.is_empty()).then_some(&cfg.privacy.erasure_topic))
-            .map(|t| ingest::intern(&mut topic_names, t))
+            .map(|t| intake.topic(t))
             .collect();
-        let cfg_max_idle = cfg.input.max_idle;
         Ok(Pipeline {
             consumer: Arc::new(consumer),
-            decoder: cfg.decoders(),
             rules: cfg.decide.rules(),
-            max_dead_letter_bytes: cfg.dead_letter.max_value_bytes,
+            partitions: Partitions::new(Aligner::new(merged, cfg.input.max_idle)),
             cfg,
             txn,
-            partitions: Partitions::new(Aligner::new(cfg_topics, cfg_max_idle)),
-            topic_names,
+            intake,
             scorer,
-            tally: metrics.tally(),
-            metrics,
-            gauge_ticks: 0,
-            health,
+            telemetry: Telemetry {
+                tally: metrics.tally(),
+                metrics,
+                health,
+                gauge_ticks: 0,
+                has_assignment: false,
+            },
             cycle: Cycle::default(),
             sweep: None,
             watchdog,
-            released: Vec::new(),
-            directory: thread.directory.clone(),
-            pseudonymizer: thread.pseudonymizer.clone(),
             thread,
-            has_assignment: false,
         })
     }
 
@@ -501,7 +529,7 @@ impl Pipeline {
         // The producer has no polling thread: serve its failed deliveries,
         // logs and errors here, without waiting.
         self.txn.producer().poll(Duration::ZERO);
-        self.tally.flush();
+        self.telemetry.tally.flush();
         self.take_rebalances().await?;
         self.release_all()?;
         let now = tokio::time::Instant::now();
@@ -523,7 +551,10 @@ impl Pipeline {
             }
             let evicted = store.evict_expired();
             if evicted > 0 {
-                self.metrics.evicted_customers.inc_by(evicted as u64);
+                self.telemetry
+                    .metrics
+                    .evicted_customers
+                    .inc_by(evicted as u64);
             }
         }
         if let Some(sweep) = &mut self.sweep {
@@ -583,14 +614,17 @@ impl Pipeline {
             };
         }
         self.txn.protocol.commit_ended(true)?;
-        self.metrics
+        self.telemetry
+            .metrics
             .transactions
             .with_label_values(&["committed"])
             .inc();
-        self.metrics
+        self.telemetry
+            .metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.metrics
+        self.telemetry
+            .metrics
             .observe_end_to_end(&cycle.timestamps, ingest::now_ms());
         tracing::debug!(
             thread = self.thread.index,
@@ -641,28 +675,30 @@ impl Pipeline {
     /// statistics, no broker round trip.
     fn update_gauges(&mut self) {
         // Counters too, should commits be further apart than a second.
-        self.tally.flush();
+        self.telemetry.tally.flush();
         let (thread, shared) = (self.thread.index, &self.thread.gauges);
-        if self.gauge_ticks % 10 == 0 {
+        if self.telemetry.gauge_ticks % 10 == 0 {
             let customers = self.partitions.customers();
             let all = shared.set(thread, ThreadGauges::CUSTOMERS, customers as i64);
-            self.metrics.state_customers.set(all);
+            self.telemetry.metrics.state_customers.set(all);
             let bytes = self.partitions.memory_bytes();
             let all = shared.set(thread, ThreadGauges::BYTES, bytes as i64);
-            self.metrics.state_bytes.set(all);
+            self.telemetry.metrics.state_bytes.set(all);
         }
-        self.gauge_ticks += 1;
+        self.telemetry.gauge_ticks += 1;
         let all = shared.set(
             thread,
             ThreadGauges::ASSIGNED,
             self.partitions.assigned.len() as i64,
         );
-        self.metrics.assigned_partitions.set(all);
+        self.telemetry.metrics.assigned_partitions.set(all);
         let mut backlog = (self.cycle.records + self.partitions.aligner.len() as u64) as i64;
         if let Ok(ends) = self.consumer.context().ends.lock() {
             for ((topic, partition), next) in &self.partitions.committed {
                 if let Some(end) = ends.get(&**topic).and_then(|e| e.get(partition)) {
-                    self.metrics.set_lag(topic, *partition, end - next);
+                    self.telemetry
+                        .metrics
+                        .set_lag(topic, *partition, end - next);
                     backlog += (end - next).max(0);
                 }
             }

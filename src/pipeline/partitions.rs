@@ -39,6 +39,9 @@ pub(super) struct Partitions {
     pub paused: BTreeSet<TopicPartition>,
     /// Consumed records waiting for the event-time merge of their partition.
     pub aligner: Aligner<Held>,
+    /// Scratch for the records the merge releases (empty between calls;
+    /// reused so that no record allocates).
+    pub released: Vec<(Arc<str>, Held)>,
 }
 
 /// What [`Partitions::revoke`] dropped.
@@ -67,6 +70,7 @@ impl Partitions {
             fetched: BTreeMap::new(),
             paused: BTreeSet::new(),
             aligner,
+            released: Vec::new(),
         }
     }
 
@@ -80,6 +84,7 @@ impl Partitions {
             fetched: _,
             paused,
             aligner: _,
+            released: _,
         } = self;
         let mut new = BTreeSet::new();
         for (topic, p) in list {
@@ -120,6 +125,7 @@ impl Partitions {
             fetched,
             paused,
             aligner,
+            released: _,
         } = self;
         for key in list {
             committed.remove(key);
@@ -156,6 +162,7 @@ impl Partitions {
             fetched,
             paused,
             aligner,
+            released: _,
         } = self;
         let restore = std::mem::take(stores).into_keys().collect();
         aligner.clear();
@@ -176,6 +183,7 @@ impl Partitions {
             fetched,
             paused,
             aligner,
+            released: _,
         } = self;
         assigned.iter().any(|(_, q)| *q == p)
             || stores.contains_key(&p)

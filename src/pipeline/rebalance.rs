@@ -26,12 +26,18 @@ impl Pipeline {
     /// Records whether this thread holds its current assignment, restored
     /// (the instance is ready when every thread does).
     pub(super) fn set_assigned(&mut self, assigned: bool) {
-        if assigned != self.has_assignment {
-            self.has_assignment = assigned;
+        if assigned != self.telemetry.has_assignment {
+            self.telemetry.has_assignment = assigned;
             if assigned {
-                self.health.assigned.fetch_add(1, Ordering::Relaxed);
+                self.telemetry
+                    .health
+                    .assigned
+                    .fetch_add(1, Ordering::Relaxed);
             } else {
-                self.health.assigned.fetch_sub(1, Ordering::Relaxed);
+                self.telemetry
+                    .health
+                    .assigned
+                    .fetch_sub(1, Ordering::Relaxed);
             }
         }
     }
@@ -61,13 +67,14 @@ impl Pipeline {
                     }
                     let list: Vec<(Arc<str>, i32)> = list
                         .iter()
-                        .map(|(t, p)| (ingest::intern(&mut self.topic_names, t), *p))
+                        .map(|(t, p)| (self.intake.topic(t), *p))
                         .collect();
                     for (t, p) in &list {
-                        self.metrics.forget_lag(t, *p);
+                        self.telemetry.metrics.forget_lag(t, *p);
                     }
                     let revoked = self.partitions.revoke(&list);
-                    self.directory
+                    self.thread
+                        .directory
                         .revoked(self.thread.index, &revoked.partitions);
                     // Uncommitted changes of kept partitions are gone too: rebuild.
                     self.recover().await?;
@@ -76,7 +83,7 @@ impl Pipeline {
                 RebalanceNotice::Assigned(list) => {
                     let interned: Vec<(Arc<str>, i32)> = list
                         .iter()
-                        .map(|(t, p)| (ingest::intern(&mut self.topic_names, t), *p))
+                        .map(|(t, p)| (self.intake.topic(t), *p))
                         .collect();
                     let new = self.partitions.assign(interned.iter().cloned());
                     // librdkafka keeps a partition paused through a
@@ -107,10 +114,14 @@ impl Pipeline {
         if partitions.is_empty() {
             return Ok(());
         }
-        self.directory.restoring(self.thread.index, &partitions);
+        self.thread
+            .directory
+            .restoring(self.thread.index, &partitions);
         let restored = self.restore_retrying(&partitions).await;
         if restored.is_ok() {
-            self.directory.restored(self.thread.index, &partitions);
+            self.thread
+                .directory
+                .restored(self.thread.index, &partitions);
         }
         restored
     }
@@ -144,10 +155,13 @@ impl Pipeline {
         let group = format!("{}-restore", self.cfg.kafka.group_id);
         let client = ingest::reader_config(&self.cfg.kafka, &group, true)?;
         // Counted once the reader is built: every path below undoes it.
-        self.health.restoring.fetch_add(1, Ordering::Relaxed);
+        self.telemetry
+            .health
+            .restoring
+            .fetch_add(1, Ordering::Relaxed);
         let topic = self.cfg.state.changelog_topic.clone();
         let limits = self.cfg.state.limits();
-        let metrics = self.metrics.clone();
+        let metrics = self.telemetry.metrics.clone();
         let timeout = self.cfg.state.restore_timeout;
         // The restore has its own budget (state.restore_timeout); the
         // watchdog ends the instance only if it overruns that as well.
@@ -162,7 +176,10 @@ impl Pipeline {
                     .map(|_| stores)
             })
             .await;
-        self.health.restoring.fetch_sub(1, Ordering::Relaxed);
+        self.telemetry
+            .health
+            .restoring
+            .fetch_sub(1, Ordering::Relaxed);
         let stores = result??;
         self.partitions.install(stores);
         Ok(())
@@ -222,9 +239,15 @@ impl Pipeline {
                 Ok(()) => return Ok(()),
                 Err(e) if e.class().retriable() => {
                     warn!(error = %e, "Rebuilding state failed; retrying.");
-                    self.health.restoring.fetch_add(1, Ordering::Relaxed);
+                    self.telemetry
+                        .health
+                        .restoring
+                        .fetch_add(1, Ordering::Relaxed);
                     let more = attempts.wait().await;
-                    self.health.restoring.fetch_sub(1, Ordering::Relaxed);
+                    self.telemetry
+                        .health
+                        .restoring
+                        .fetch_sub(1, Ordering::Relaxed);
                     if !more {
                         return Err(e);
                     }
@@ -269,7 +292,7 @@ impl Pipeline {
         match found.await? {
             Ok(found) => {
                 for (t, p, next) in found {
-                    let t = ingest::intern(&mut self.topic_names, &t);
+                    let t = self.intake.topic(&t);
                     self.partitions.committed.insert((t, p), next);
                 }
             }

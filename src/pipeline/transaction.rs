@@ -358,7 +358,9 @@ impl Pipeline {
                 }
             }
             self.txn.protocol.aborted()?;
-            self.metrics.transaction_aborted(why, self.cycle.records);
+            self.telemetry
+                .metrics
+                .transaction_aborted(why, self.cycle.records);
         }
         self.cycle = Cycle::default();
         Ok(())
@@ -394,7 +396,7 @@ impl Pipeline {
             "The transactional producer is unusable (fenced or its transaction timed out); \
              re-creating it and rebuilding state from the changelog."
         );
-        self.metrics.transaction_aborted(
+        self.telemetry.metrics.transaction_aborted(
             "the producer was fenced or its transaction timed out",
             self.cycle.records,
         );

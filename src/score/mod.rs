@@ -372,8 +372,9 @@ struct Job {
 /// The scoring service: the live model and the inference threads.
 pub struct Scorer {
     live: Arc<RwLock<Arc<LoadedModel>>>,
-    queue: Option<SyncSender<Job>>,
-    threads: Vec<JoinHandle<()>>,
+    /// `None` once shut down.
+    queue: Mutex<Option<SyncSender<Job>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
     metrics: Metrics,
 }
 
@@ -397,8 +398,8 @@ impl Scorer {
             .collect();
         Scorer {
             live: Arc::new(RwLock::new(Arc::new(model))),
-            queue: Some(tx),
-            threads,
+            queue: Mutex::new(Some(tx)),
+            threads: Mutex::new(threads),
             metrics,
         }
     }
@@ -433,7 +434,12 @@ impl Scorer {
         model: Arc<LoadedModel>,
         batch: RecordBatch,
     ) -> Result<Scores, ScoreError> {
-        let queue = self.queue.as_ref().ok_or(ScoreError::Closed)?;
+        let queue = self
+            .queue
+            .lock()
+            .ok()
+            .and_then(|q| q.clone())
+            .ok_or(ScoreError::Closed)?;
         if batch.num_rows() <= INLINE_ROWS && may_block_in_place() {
             let inline = tokio::task::block_in_place(|| {
                 let started = Instant::now();
@@ -469,10 +475,18 @@ impl Scorer {
         self.current().score_on(0, batch)
     }
 
-    /// Stops the threads after the queued requests.
-    pub fn shutdown(mut self) {
-        self.queue = None;
-        for t in self.threads.drain(..) {
+    /// Stops the threads after the queued requests (and the requests of
+    /// callers that still hold the queue); a later [`Scorer::score`] fails
+    /// with [`ScoreError::Closed`].
+    pub fn shutdown(&self) {
+        if let Ok(mut q) = self.queue.lock() {
+            *q = None;
+        }
+        let threads = match self.threads.lock() {
+            Ok(mut t) => std::mem::take(&mut *t),
+            Err(_) => Vec::new(),
+        };
+        for t in threads {
             if t.join().is_err() {
                 warn!("An inference thread had panicked.");
             }

@@ -1,7 +1,7 @@
 //! Event history in files (NDJSON, Parquet, CSV), for the generator
 //! (writing) and the trainer and batch tools (reading); one module per
 //! format (`ndjson`, `parquet_rows`, `csv_rows`) and the `writer`. History
-//! read back from the input topics is `crate::ingest::history`: this module
+//! read back from the input topics is `crate::intake::history`: this module
 //! touches no Kafka.
 //!
 //! Every reader turns its rows into the wire struct `proto::Event` and runs

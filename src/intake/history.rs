@@ -1,16 +1,18 @@
 //! History from the input topics themselves, for the trainer and batch
-//! tools: the records the pipeline would read, routed the way it routes them.
+//! tools: the records the pipeline would read, through the pipeline's
+//! [`Intake`].
 
 use std::collections::BTreeMap;
 
-use super::IngestError;
+use super::{Accepted, Intake};
 use crate::event::files::{BadRow, Progress, ReadReport, Record};
 use crate::event::Rejection;
+use crate::ingest::IngestError;
 
 /// Reads the configured input topics from their beginning up to the end
-/// offsets they have when the read starts (`read_committed`), routing each
-/// record exactly as the pipeline does ([`crate::ingest::route`], with the
-/// configured decoder and limits). Blocking: call it from a blocking task.
+/// offsets they have when the read starts (`read_committed`), accepting each
+/// record exactly as the pipeline does ([`Intake::accept`]: the configured
+/// decoders and limits, and the partition check; customer ids as produced). Blocking: call it from a blocking task.
 /// It joins no consumer group and commits nothing. `on_progress` is called
 /// every `every` records and at the end.
 pub fn read_topics(
@@ -24,16 +26,17 @@ pub fn read_topics(
     use rdkafka::{Offset, TopicPartitionList};
     use std::time::{Duration, Instant};
 
-    use crate::ingest::{intern, now_ms, route, source_record, Routed};
+    use crate::ingest::{now_ms, reader_config, source_record};
 
     let kafka = IngestError::kafka;
     let group = format!("{}-history-{}", config.kafka.group_id, std::process::id());
-    let client = super::reader_config(&config.kafka, &group, false)?;
+    let client = reader_config(&config.kafka, &group, false)?;
     let consumer: BaseConsumer = client.create().map_err(kafka("creating the consumer"))?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer
         .fetch_metadata(None, timeout)
         .map_err(kafka("fetching metadata"))?;
+    let mut intake = Intake::reader(config);
     let mut tpl = TopicPartitionList::new();
     // (topic, partition) → end offset still to reach.
     let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
@@ -41,6 +44,9 @@ pub fn read_topics(
         let Some(m) = metadata.topics().iter().find(|t| t.name() == topic) else {
             return Err(IngestError::MissingTopics(vec![topic.clone()]));
         };
+        if Some(topic) == config.input.topics.first() {
+            intake.set_partitions(m.partitions().len() as i32);
+        }
         for p in m.partitions() {
             let (low, high) = consumer
                 .fetch_watermarks(topic, p.id(), timeout)
@@ -62,9 +68,6 @@ pub fn read_topics(
     consumer
         .assign(&tpl)
         .map_err(kafka("assigning partitions"))?;
-    let decoder = config.decoders();
-    let max_dlq = config.dead_letter.max_value_bytes;
-    let mut names = BTreeMap::new();
     let mut last_data = Instant::now();
     let every = every.max(1);
     while !ends.is_empty() {
@@ -92,7 +95,7 @@ pub fn read_topics(
         };
         let msg = msg.map_err(kafka("reading the input topics"))?;
         last_data = Instant::now();
-        let topic = intern(&mut names, msg.topic());
+        let topic = intake.topic(msg.topic());
         let record = source_record(&msg);
         let key = (msg.topic().to_string(), msg.partition());
         let Some(end) = ends.get(&key).copied() else {
@@ -107,9 +110,11 @@ pub fn read_topics(
         }
         progress.records += 1;
         progress.bytes += record.value.map_or(0, |v| v.len() as u64);
-        let r = match route(&decoder, &record, &topic, now_ms(), max_dlq) {
-            Routed::Event(e) => Record::Event(e.event),
-            Routed::DeadLetter(d) => {
+        let r = match intake.accept(&record, &topic, now_ms()) {
+            Accepted::Event(e) => Record::Event(e.event),
+            // The reader's intake has no erasure topic.
+            Accepted::Erasure(_) => continue,
+            Accepted::Refused(d) => {
                 progress.rejected += 1;
                 Record::Bad(BadRow {
                     location: format!("{}[{}]@{}", record.topic, record.partition, record.offset),
