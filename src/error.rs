@@ -116,6 +116,120 @@ impl Classify for rdkafka::error::KafkaError {
     }
 }
 
+impl Classify for serde_json::Error {
+    /// JSON that does not parse or fit is bad input; a failed read or
+    /// write under it is external.
+    fn class(&self) -> ErrorClass {
+        match self.classify() {
+            serde_json::error::Category::Io => ErrorClass::External,
+            _ => ErrorClass::BadInput,
+        }
+    }
+}
+
+impl Classify for toml::de::Error {
+    /// A TOML file the user gave that does not parse or fit.
+    fn class(&self) -> ErrorClass {
+        ErrorClass::BadInput
+    }
+}
+
+impl Classify for prometheus::Error {
+    /// Registering segstream's own metrics failed: a bug.
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Internal
+    }
+}
+
+impl Classify for tokio::task::JoinError {
+    /// A task of segstream's own that panicked or was cancelled.
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Internal
+    }
+}
+
+/// A command's failure: its error, the class the error gave when it became
+/// a failure (so the exit status is the error's own, not looked up in a
+/// list), and what was being done, outermost first.
+pub struct Failure {
+    class: ErrorClass,
+    doing: Vec<String>,
+    error: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl Failure {
+    /// A failure of class `class` from an error that does not know its own
+    /// (another library's, at the command line's edge).
+    pub fn new(class: ErrorClass, error: Box<dyn std::error::Error + Send + Sync>) -> Failure {
+        Failure {
+            class,
+            doing: Vec::new(),
+            error,
+        }
+    }
+
+    /// The failure's class (the exit status is its [`ErrorClass::exit_code`]).
+    pub fn class(&self) -> ErrorClass {
+        self.class
+    }
+
+    /// Adds what was being done when it failed.
+    pub fn doing(mut self, what: impl fmt::Display) -> Failure {
+        self.doing.insert(0, what.to_string());
+        self
+    }
+}
+
+impl<E: Classify + std::error::Error + Send + Sync + 'static> From<E> for Failure {
+    fn from(error: E) -> Failure {
+        Failure {
+            class: error.class(),
+            doing: Vec::new(),
+            error: Box::new(error),
+        }
+    }
+}
+
+/// What was being done, then the error and each of its causes.
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for d in &self.doing {
+            write!(f, "{d}: ")?;
+        }
+        write!(f, "{}", self.error)?;
+        let mut cause = self.error.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self} ({})", self.class)
+    }
+}
+
+/// Says what was being done when a call failed, keeping its class.
+pub trait Doing<T> {
+    /// The failure, with `what` was being done.
+    fn doing(self, what: impl fmt::Display) -> Result<T, Failure>;
+    /// The failure, with what was being done, computed only on failure.
+    fn doing_with<D: fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T, Failure>;
+}
+
+impl<T, E: Into<Failure>> Doing<T> for Result<T, E> {
+    fn doing(self, what: impl fmt::Display) -> Result<T, Failure> {
+        self.map_err(|e| e.into().doing(what))
+    }
+
+    fn doing_with<D: fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T, Failure> {
+        self.map_err(|e| e.into().doing(what()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +267,24 @@ mod tests {
             KafkaError::ClientCreation("ssl.ca.location: no such file".into()).class(),
             ErrorClass::BadInput
         );
+    }
+
+    /// A failure keeps its error's class through added context, and says
+    /// the context, the error and its causes in order.
+    #[test]
+    fn a_failure_has_its_errors_class_and_says_what_was_being_done() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let f: Result<(), Failure> = Err(io).doing("reading x.csv").doing("training");
+        let f = f.unwrap_err();
+        assert_eq!(f.class(), ErrorClass::BadInput);
+        assert!(
+            f.to_string().starts_with("training: reading x.csv: "),
+            "{f}"
+        );
+        let f = Failure::from(InvalidInput("no".into()));
+        assert_eq!(f.class().exit_code(), 2);
+        let f = Failure::from(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        assert_eq!(f.class().exit_code(), 69);
     }
 
     #[test]

@@ -4,12 +4,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tracing::{error, info};
 
 use segstream::config::Config;
-use segstream::error::{Classify, ErrorClass};
+use segstream::error::{Doing as _, Failure};
 use segstream::telemetry::{self, Metrics};
 
 mod cli;
@@ -192,7 +191,7 @@ fn main() -> ExitCode {
                     Command::Generate(a) => {
                         segstream::generate::cli::run(&config, a, shutdown_signal())
                             .await
-                            .map_err(anyhow::Error::from)
+                            .map_err(Failure::from)
                     }
                     Command::Bench { command } => bench(config, command).await,
                     Command::Model { command } => model_command(config, command),
@@ -228,9 +227,9 @@ fn main() -> ExitCode {
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    let class = class_of(&e);
+                    let class = e.class();
                     error!(
-                        error = format!("{e:#}"),
+                        error = %e,
                         class = class.name(),
                         exit_code = class.exit_code(),
                         "segstream stopped on an error."
@@ -240,49 +239,6 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-/// The class of the first error in `e`'s chain that knows its class. An
-/// error that carries only text (a Kafka helper's message) counts as
-/// external: those are the cluster's failures.
-fn class_of(e: &anyhow::Error) -> ErrorClass {
-    use segstream::{
-        config::ConfigError, event::files::FileError, features::FeatureError,
-        generate::cli::CliError, generate::kafka::GenerateError, generate::samples::SamplesError,
-        ingest::IngestError, model::ModelError, pipeline::snapshot::SnapshotError,
-        pipeline::PipelineError, privacy::PrivacyError, score::ScoreError,
-        state::changelog::ChangelogError, state::changelog::CodecError,
-        train::predict::PredictError, train::TrainError,
-    };
-    fn class<T: Classify + std::error::Error + 'static>(
-        e: &(dyn std::error::Error + 'static),
-    ) -> Option<ErrorClass> {
-        e.downcast_ref::<T>().map(Classify::class)
-    }
-    let known = [
-        class::<segstream::error::InvalidInput>,
-        class::<PipelineError>,
-        class::<TrainError>,
-        class::<PredictError>,
-        class::<FileError>,
-        class::<ModelError>,
-        class::<ScoreError>,
-        class::<FeatureError>,
-        class::<ChangelogError>,
-        class::<CodecError>,
-        class::<IngestError>,
-        class::<PrivacyError>,
-        class::<SnapshotError>,
-        class::<ConfigError>,
-        class::<CliError>,
-        class::<GenerateError>,
-        class::<SamplesError>,
-        class::<std::io::Error>,
-        class::<rdkafka::error::KafkaError>,
-    ];
-    e.chain()
-        .find_map(|cause| known.iter().find_map(|f| f(cause)))
-        .unwrap_or(ErrorClass::External)
 }
 
 fn config_check(file: Option<PathBuf>, print: bool) -> ExitCode {
@@ -312,8 +268,8 @@ fn config_check(file: Option<PathBuf>, print: bool) -> ExitCode {
 }
 
 /// The streaming pipeline (see `segstream::pipeline` for its guarantees).
-async fn run(config: Config) -> anyhow::Result<()> {
-    let metrics = Metrics::new().context("registering metrics")?;
+async fn run(config: Config) -> Result<(), Failure> {
+    let metrics = Metrics::new().doing("registering metrics")?;
     segstream::pipeline::run(config, metrics, shutdown_signal()).await?;
     info!("Stopped.");
     Ok(())

@@ -44,8 +44,8 @@ pub use crate::config::MIN_KEY_BYTES;
 #[derive(Debug, thiserror::Error)]
 pub enum PrivacyError {
     /// The pseudonymization key is missing or too short.
-    #[error("{0}")]
-    Key(String),
+    #[error(transparent)]
+    Key(#[from] crate::config::KeyError),
     /// Erasure is not configured.
     #[error(
         "privacy.erasure_topic is empty: erasure is not set up (see docs/privacy-and-risk.md)"
@@ -118,8 +118,8 @@ impl Pseudonymizer {
     /// A pseudonymizer with `key` (at least [`MIN_KEY_BYTES`]).
     pub fn new(key: &[u8]) -> Result<Pseudonymizer, PrivacyError> {
         crate::config::check_key(key).map_err(PrivacyError::Key)?;
-        let mac =
-            Hmac::<Sha256>::new_from_slice(key).map_err(|e| PrivacyError::Key(e.to_string()))?;
+        let mac = Hmac::<Sha256>::new_from_slice(key)
+            .map_err(|e| PrivacyError::Key(crate::config::KeyError::Mac(e)))?;
         Ok(Pseudonymizer { mac })
     }
 

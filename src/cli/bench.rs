@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Subcommand;
 use segstream::config::Config;
+use segstream::error::{Doing, ErrorClass, Failure};
 use tracing::info;
 
 #[derive(Subcommand)]
@@ -160,9 +160,10 @@ pub(crate) struct BenchAllArgs {
 }
 
 /// Runs one benchmark, prints its Markdown table and optionally writes JSON.
-pub(crate) async fn bench(config: Config, command: BenchCommand) -> anyhow::Result<()> {
+pub(crate) async fn bench(config: Config, command: BenchCommand) -> Result<(), Failure> {
     use segstream::bench;
-    let lift = |e: Box<dyn std::error::Error + Send + Sync>| anyhow::anyhow!("{e}");
+    // A benchmark's failures are the broker's or the runtime's.
+    let lift = |e: Box<dyn std::error::Error + Send + Sync>| Failure::new(ErrorClass::External, e);
     let (markdown, value, json) = match command {
         BenchCommand::All(a) => return bench_all(&config, a).await,
         BenchCommand::Ingest {
@@ -241,14 +242,14 @@ pub(crate) async fn bench(config: Config, command: BenchCommand) -> anyhow::Resu
     println!("{markdown}");
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_vec_pretty(&value)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+            .doing_with(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
 
 /// Runs every benchmark not skipped, then writes the Markdown and JSON
 /// reports; a failed benchmark is reported in both and fails the command.
-pub(crate) async fn bench_all(config: &Config, a: BenchAllArgs) -> anyhow::Result<()> {
+pub(crate) async fn bench_all(config: &Config, a: BenchAllArgs) -> Result<(), Failure> {
     use segstream::bench::{self, Outcome, Suite};
     let pick = |full: f64, quick: f64| if a.quick { quick } else { full };
     let run = |name: &str| !a.skip.iter().any(|s| s == name);
@@ -347,14 +348,17 @@ pub(crate) async fn bench_all(config: &Config, a: BenchAllArgs) -> anyhow::Resul
         (&a.json, serde_json::to_vec_pretty(&suite)?),
     ] {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(dir).doing_with(|| format!("creating {}", dir.display()))?;
         }
-        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, bytes).doing_with(|| format!("writing {}", path.display()))?;
     }
     let failed = suite.failures();
     if failed.is_empty() {
         Ok(())
     } else {
-        anyhow::bail!("benchmarks failed: {}", failed.join(", "))
+        Err(Failure::new(
+            ErrorClass::Internal,
+            format!("benchmarks failed: {}", failed.join(", ")).into(),
+        ))
     }
 }

@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Subcommand;
 use rdkafka::consumer::Consumer;
 use segstream::config::Config;
+use segstream::error::{Doing, Failure, InvalidInput};
 
 #[derive(Subcommand)]
 pub(crate) enum ModelCommand {
@@ -87,7 +87,7 @@ pub(crate) enum DlqCommand {
     Show(ShowArgs),
 }
 
-pub(crate) fn model_command(config: Config, command: ModelCommand) -> anyhow::Result<()> {
+pub(crate) fn model_command(config: Config, command: ModelCommand) -> Result<(), Failure> {
     use segstream::model::{reference, ModelFiles, Registry, Segment};
     use segstream::score::{signature, LoadedModel};
     let limits = config.state.limits().state;
@@ -175,7 +175,7 @@ pub(crate) fn model_command(config: Config, command: ModelCommand) -> anyhow::Re
     }
 }
 
-pub(crate) async fn samples(config: Config, customers: usize) -> anyhow::Result<()> {
+pub(crate) async fn samples(config: Config, customers: usize) -> Result<(), Failure> {
     let report = segstream::generate::samples::produce(&config, customers).await?;
     for (topic, n) in &report.valid {
         println!("produced {n:>4} valid events to {topic}");
@@ -189,21 +189,22 @@ pub(crate) async fn samples(config: Config, customers: usize) -> anyhow::Result<
 }
 
 /// A throwaway read_committed consumer of `topic` from its beginning.
-pub(crate) async fn risk_show(config: Config, idle: Duration, max: usize) -> anyhow::Result<()> {
+pub(crate) async fn risk_show(config: Config, idle: Duration, max: usize) -> Result<(), Failure> {
     use prost::Message as _;
     use rdkafka::message::Message;
     use segstream::event::proto::RiskFlag;
     let topic = &config.output.risk_topic;
-    anyhow::ensure!(
-        !topic.is_empty(),
-        "output.risk_topic is empty: the risk rules do not run"
-    );
+    if topic.is_empty() {
+        return Err(
+            InvalidInput("output.risk_topic is empty: the risk rules do not run".into()).into(),
+        );
+    }
     let consumer = reader(&config, topic)?;
     let mut shown = 0;
     while shown < max {
         let msg = match tokio::time::timeout(idle, consumer.recv()).await {
             Err(_) => break,
-            Ok(m) => m.context("reading the risk topic")?,
+            Ok(m) => m.doing("reading the risk topic")?,
         };
         // A record without a value fails to decode below and is shown so.
         let bytes = msg.payload().unwrap_or_default();
@@ -239,15 +240,15 @@ pub(crate) async fn risk_show(config: Config, idle: Duration, max: usize) -> any
 pub(crate) fn reader(
     config: &Config,
     topic: &str,
-) -> anyhow::Result<rdkafka::consumer::StreamConsumer> {
+) -> Result<rdkafka::consumer::StreamConsumer, Failure> {
     let group = format!("{}-show-{}", config.kafka.group_id, std::process::id());
     let mut client = segstream::ingest::reader_config(&config.kafka, &group, false)?;
     client.set("auto.offset.reset", "earliest");
     let consumer: rdkafka::consumer::StreamConsumer =
-        client.create().context("creating the consumer")?;
+        client.create().doing("creating the consumer")?;
     consumer
         .subscribe(&[topic])
-        .with_context(|| format!("subscribing to {topic}"))?;
+        .doing_with(|| format!("subscribing to {topic}"))?;
     Ok(consumer)
 }
 
@@ -256,21 +257,23 @@ pub(crate) async fn segments_show(
     idle: Duration,
     max: usize,
     changes_only: bool,
-) -> anyhow::Result<()> {
+) -> Result<(), Failure> {
     use prost::Message as _;
     use rdkafka::message::Message;
     use segstream::event::proto::SegmentChange;
     let topic = config.output.topic.replace("{segment}", "*");
-    anyhow::ensure!(
-        !config.output.topic.contains("{segment}"),
-        "output.topic is a per-segment template ({topic}); read those topics individually"
-    );
+    if config.output.topic.contains("{segment}") {
+        return Err(InvalidInput(format!(
+            "output.topic is a per-segment template ({topic}); read those topics individually"
+        ))
+        .into());
+    }
     let consumer = reader(&config, &config.output.topic)?;
     let mut shown = 0;
     while shown < max {
         let msg = match tokio::time::timeout(idle, consumer.recv()).await {
             Err(_) => break,
-            Ok(m) => m.context("reading the segment topic")?,
+            Ok(m) => m.doing("reading the segment topic")?,
         };
         // A record without a value fails to decode below and is shown so.
         let bytes = msg.payload().unwrap_or_default();
@@ -330,7 +333,7 @@ pub(crate) async fn segments_show(
     Ok(())
 }
 
-pub(crate) async fn dlq_show(config: Config, idle: Duration, max: usize) -> anyhow::Result<()> {
+pub(crate) async fn dlq_show(config: Config, idle: Duration, max: usize) -> Result<(), Failure> {
     use rdkafka::message::{Headers, Message};
     use segstream::ingest::header;
     let consumer = reader(&config, &config.dead_letter.topic)?;
@@ -342,7 +345,7 @@ pub(crate) async fn dlq_show(config: Config, idle: Duration, max: usize) -> anyh
     while shown < max {
         let msg = match tokio::time::timeout(idle, consumer.recv()).await {
             Err(_) => break,
-            Ok(m) => m.context("reading the dead-letter topic")?,
+            Ok(m) => m.doing("reading the dead-letter topic")?,
         };
         let get = |key: &str| {
             msg.headers()

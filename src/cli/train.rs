@@ -3,9 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use segstream::config::Config;
-use segstream::error::InvalidInput;
+use segstream::error::{Doing, Failure, InvalidInput};
 use tracing::{error, info};
 
 /// Where training history comes from.
@@ -101,25 +100,30 @@ pub(crate) struct PredictArgs {
     format: segstream::train::predict::OutputFormat,
 }
 
-pub(crate) fn parse_file_format(s: &str) -> Result<segstream::event::files::FileFormat, String> {
+pub(crate) fn parse_file_format(
+    s: &str,
+) -> Result<segstream::event::files::FileFormat, InvalidInput> {
     use segstream::event::files::FileFormat;
     match s {
         "ndjson" | "jsonl" => Ok(FileFormat::Ndjson),
         "csv" => Ok(FileFormat::Csv),
         "parquet" => Ok(FileFormat::Parquet),
-        _ => Err(format!("{s:?}: use ndjson, csv or parquet")),
+        _ => Err(InvalidInput(format!("{s:?}: use ndjson, csv or parquet"))),
     }
 }
 
-pub(crate) fn parse_time_ms(s: &str) -> anyhow::Result<i64> {
+pub(crate) fn parse_time_ms(s: &str) -> Result<i64, Failure> {
     if let Ok(ms) = s.parse::<i64>() {
         return Ok(ms);
     }
-    let t = humantime::parse_rfc3339_weak(s)
-        .with_context(|| format!("{s:?} is neither ms since the epoch nor an RFC 3339 time"))?;
+    let t = humantime::parse_rfc3339_weak(s).map_err(|e| {
+        InvalidInput(format!(
+            "{s:?} is neither ms since the epoch nor an RFC 3339 time ({e})"
+        ))
+    })?;
     let d = t
         .duration_since(std::time::UNIX_EPOCH)
-        .context("time before 1970")?;
+        .map_err(|_| InvalidInput(format!("{s:?} is before 1970")))?;
     Ok(segstream::units::millis(d))
 }
 
@@ -128,7 +132,7 @@ pub(crate) fn load_history(
     config: &Config,
     source: HistorySource,
     args: &HistoryArgs,
-) -> anyhow::Result<Vec<segstream::event::Event>> {
+) -> Result<Vec<segstream::event::Event>, Failure> {
     use segstream::generate::behaviour::{history, GeneratorConfig};
     let bar = indicatif::ProgressBar::new_spinner().with_message("reading history");
     bar.enable_steady_tick(Duration::from_millis(200));
@@ -142,7 +146,7 @@ pub(crate) fn load_history(
                 ..GeneratorConfig::default()
             };
             g.validate()
-                .map_err(|p| InvalidInput(format!("synthetic history: {}", p.join("; "))))?;
+                .map_err(|p| InvalidInput(format!("synthetic history: {p}")))?;
             history(&g).inspect(|_| bar.inc(1)).collect()
         }
         HistorySource::Files | HistorySource::Topics => {
@@ -192,10 +196,10 @@ pub(crate) fn load_history(
                 let mapping = match &args.csv_mapping {
                     Some(p) => {
                         let text = std::fs::read_to_string(p)
-                            .with_context(|| format!("reading {}", p.display()))?;
+                            .doing_with(|| format!("reading {}", p.display()))?;
                         Some(
                             toml::from_str::<files::CsvMapping>(&text)
-                                .with_context(|| format!("{}: not a CSV mapping", p.display()))?,
+                                .doing_with(|| format!("{}: not a CSV mapping", p.display()))?,
                         )
                     }
                     None => None,
@@ -204,7 +208,7 @@ pub(crate) fn load_history(
                 for path in &args.files {
                     let reader =
                         EventReader::open(path, args.history_format, &limits, mapping.as_ref())
-                            .with_context(|| format!("opening {}", path.display()))?;
+                            .doing_with(|| format!("opening {}", path.display()))?;
                     reports.push(reader.for_each(50_000, &mut on_record, on_progress)?);
                 }
             }
@@ -269,7 +273,7 @@ pub(crate) fn load_history(
 }
 
 /// `--until`: RFC 3339, or a date (midnight UTC at its end: the whole day).
-pub(crate) fn parse_until(s: &str) -> Result<i64, String> {
+pub(crate) fn parse_until(s: &str) -> Result<i64, InvalidInput> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.timestamp_millis());
     }
@@ -277,13 +281,17 @@ pub(crate) fn parse_until(s: &str) -> Result<i64, String> {
         .ok()
         .and_then(|d| d.and_hms_milli_opt(23, 59, 59, 999))
         .map(|t| t.and_utc().timestamp_millis())
-        .ok_or_else(|| format!("{s:?} is not an RFC 3339 time or a YYYY-MM-DD date"))
+        .ok_or_else(|| {
+            InvalidInput(format!(
+                "{s:?} is not an RFC 3339 time or a YYYY-MM-DD date"
+            ))
+        })
 }
 
 pub(crate) fn train_once(
     config: &Config,
     args: &TrainArgs,
-) -> anyhow::Result<segstream::train::TrainReport> {
+) -> Result<segstream::train::TrainReport, Failure> {
     use segstream::train::{self, Progress, TrainOptions};
     let source = args.from.unwrap_or(if args.history.files.is_empty() {
         HistorySource::Topics
@@ -297,7 +305,7 @@ pub(crate) fn train_once(
             .unwrap_or_else(|| config.score.registry.clone()),
     );
     std::fs::create_dir_all(registry.root())
-        .with_context(|| format!("creating the registry {}", registry.root().display()))?;
+        .doing_with(|| format!("creating the registry {}", registry.root().display()))?;
     let style = indicatif::ProgressStyle::with_template(
         "{msg:>12} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)",
     )
@@ -355,7 +363,7 @@ pub(crate) fn train_once(
     let text = train_report_markdown(&report);
     println!("{text}");
     if let Some(path) = &args.report {
-        std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, &text).doing_with(|| format!("writing {}", path.display()))?;
     }
     Ok(report)
 }
@@ -403,11 +411,11 @@ pub(crate) fn train_report_markdown(r: &segstream::train::TrainReport) -> String
     )
 }
 
-pub(crate) async fn train_command(config: Config, args: TrainArgs) -> anyhow::Result<()> {
+pub(crate) async fn train_command(config: Config, args: TrainArgs) -> Result<(), Failure> {
     let Some(every) = args.every else {
         return tokio::task::spawn_blocking(move || train_once(&config, &args).map(|_| ()))
             .await
-            .context("the training task failed")?;
+            .doing("the training task failed")?;
     };
     let config = std::sync::Arc::new(config);
     let args = std::sync::Arc::new(args);
@@ -434,10 +442,10 @@ pub(crate) async fn train_command(config: Config, args: TrainArgs) -> anyhow::Re
     }
 }
 
-pub(crate) fn predict_command(config: Config, args: PredictArgs) -> anyhow::Result<()> {
+pub(crate) fn predict_command(config: Config, args: PredictArgs) -> Result<(), Failure> {
     use segstream::train::predict::{self, OutputFormat};
     let files = segstream::model::ModelFiles::read(&args.model)
-        .with_context(|| format!("reading the model directory {}", args.model.display()))?;
+        .doing_with(|| format!("reading the model directory {}", args.model.display()))?;
     let events = load_history(&config, args.from, &args.history)?;
     let as_of = match &args.as_of {
         Some(s) => parse_time_ms(s)?,
@@ -445,9 +453,9 @@ pub(crate) fn predict_command(config: Config, args: PredictArgs) -> anyhow::Resu
     };
     let p = predict::predict(&config, &files, events, as_of)?;
     let create = |path: &PathBuf| {
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))
+        std::fs::File::create(path).doing_with(|| format!("creating {}", path.display()))
     };
-    let text_out = |path: Option<&PathBuf>| -> anyhow::Result<Box<dyn std::io::Write>> {
+    let text_out = |path: Option<&PathBuf>| -> Result<Box<dyn std::io::Write>, Failure> {
         Ok(match path {
             Some(path) => Box::new(std::io::BufWriter::new(create(path)?)),
             None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
@@ -458,7 +466,7 @@ pub(crate) fn predict_command(config: Config, args: PredictArgs) -> anyhow::Resu
             let path = args
                 .out
                 .as_ref()
-                .context("--format parquet needs --out FILE")?;
+                .ok_or_else(|| InvalidInput("--format parquet needs --out FILE".into()))?;
             predict::write_parquet(&p, create(path)?)?;
         }
         OutputFormat::Csv => {

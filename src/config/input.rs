@@ -121,7 +121,7 @@ impl InputConfig {
         }
         for (n, t) in i.topics.iter().enumerate() {
             if let Err(why) = check_topic_name(t) {
-                p.add(format!("input.topics[{n}]"), why);
+                p.add(format!("input.topics[{n}]"), why.to_string());
             }
             if i.topics[..n].contains(t) {
                 p.add(
@@ -249,7 +249,7 @@ impl DeadLetterConfig {
     pub(super) fn check(&self, p: &mut Problems) {
         let d = self;
         if let Err(why) = check_topic_name(&d.topic) {
-            p.add("dead_letter.topic", why);
+            p.add("dead_letter.topic", why.to_string());
         }
         range(
             p,

@@ -47,8 +47,8 @@ pub use input::{
 pub use kafka::{KafkaConfig, SaslConfig, SaslMechanism, SecurityProtocol, TlsConfig};
 pub use output::{ExitRecords, OutputConfig, OutputFormat};
 pub use pipeline::{LogFormat, PipelineConfig, TelemetryConfig};
-pub use privacy::{check_key, PrivacyConfig, MIN_KEY_BYTES};
-pub use problems::{check_topic_name, env_name, ConfigError, Problem};
+pub use privacy::{check_key, KeyError, PrivacyConfig, MIN_KEY_BYTES};
+pub use problems::{check_topic_name, env_name, ConfigError, Problem, TopicNameError};
 use problems::{is_secret_path, prune_unknown, replace_with_default, Problems};
 pub use risk::{RiskConfig, Rule};
 pub use score::{DecideConfig, GraphOptimization, Provider, ScoreConfig};

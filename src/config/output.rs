@@ -84,11 +84,11 @@ impl OutputConfig {
     pub(super) fn check(&self, p: &mut Problems) {
         let out = self;
         if let Err(why) = check_topic_name(&out.topic_for("segment")) {
-            p.add("output.topic", why);
+            p.add("output.topic", why.to_string());
         }
         if !out.current_topic.is_empty() {
             if let Err(why) = check_topic_name(&out.current_topic) {
-                p.add("output.current_topic", why);
+                p.add("output.current_topic", why.to_string());
             }
         }
         if out.live_age < Duration::from_secs(1) || out.live_age > Duration::from_secs(30 * 86_400)

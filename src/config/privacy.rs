@@ -54,13 +54,33 @@ impl Default for PrivacyConfig {
 /// Shortest accepted pseudonymization key.
 pub const MIN_KEY_BYTES: usize = 16;
 
+/// A pseudonymization key that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// Shorter than [`MIN_KEY_BYTES`].
+    #[error("the pseudonymization key has {0} bytes; at least {MIN_KEY_BYTES} are needed")]
+    TooShort(usize),
+    /// `privacy.key_file` cannot be read.
+    #[error("privacy.key_file {path}: {source}")]
+    Unreadable {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Neither a key file nor the key's environment variable.
+    #[error("privacy.pseudonymize is on but there is no key: set privacy.key_file or the environment variable {0}")]
+    Missing(String),
+    /// The key cannot key an HMAC.
+    #[error("the pseudonymization key cannot key HMAC-SHA-256: {0}")]
+    Mac(hmac::digest::InvalidLength),
+}
+
 /// Whether `key` may key the pseudonyms.
-pub fn check_key(key: &[u8]) -> Result<(), String> {
+pub fn check_key(key: &[u8]) -> Result<(), KeyError> {
     if key.len() < MIN_KEY_BYTES {
-        return Err(format!(
-            "the pseudonymization key has {} bytes; at least {MIN_KEY_BYTES} are needed",
-            key.len()
-        ));
+        return Err(KeyError::TooShort(key.len()));
     }
     Ok(())
 }
@@ -68,10 +88,13 @@ pub fn check_key(key: &[u8]) -> Result<(), String> {
 impl PrivacyConfig {
     /// The key bytes: the key file's content (one trailing newline dropped), or
     /// the environment variable's value.
-    pub fn key(&self) -> Result<Vec<u8>, String> {
+    pub fn key(&self) -> Result<Vec<u8>, KeyError> {
         if !self.key_file.as_os_str().is_empty() {
-            let mut bytes = std::fs::read(&self.key_file)
-                .map_err(|e| format!("privacy.key_file {}: {e}", self.key_file.display()))?;
+            let mut bytes =
+                std::fs::read(&self.key_file).map_err(|source| KeyError::Unreadable {
+                    path: self.key_file.clone(),
+                    source,
+                })?;
             if bytes.last() == Some(&b'\n') {
                 bytes.pop();
             }
@@ -79,10 +102,7 @@ impl PrivacyConfig {
         }
         match std::env::var_os(&self.key_env) {
             Some(v) if !v.is_empty() => Ok(v.into_encoded_bytes()),
-            _ => Err(format!(
-                "privacy.pseudonymize is on but there is no key: set privacy.key_file or the environment variable {}",
-                self.key_env
-            )),
+            _ => Err(KeyError::Missing(self.key_env.clone())),
         }
     }
 
@@ -91,7 +111,7 @@ impl PrivacyConfig {
         let pr = self;
         if pr.pseudonymize {
             if let Err(e) = pr.key().and_then(|k| check_key(&k)) {
-                p.add("privacy.pseudonymize", e);
+                p.add("privacy.pseudonymize", e.to_string());
             }
         }
         if pr.erasure_retention.is_zero() {
@@ -112,7 +132,7 @@ impl PrivacyConfig {
         ] {
             if !t.is_empty() {
                 if let Err(why) = check_topic_name(t) {
-                    p.add(path, why);
+                    p.add(path, why.to_string());
                 }
             }
         }

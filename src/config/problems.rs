@@ -94,24 +94,47 @@ pub(super) fn range(p: &mut Problems, path: &str, value: usize, min: usize, max:
     }
 }
 
+/// A topic name Kafka does not accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicNameError {
+    /// No name.
+    #[error("topic name must not be empty")]
+    Empty,
+    /// `.` or `..`.
+    #[error("{0:?} is not a legal topic name")]
+    Dots(String),
+    /// More than 249 characters.
+    #[error("topic name is longer than 249 characters")]
+    TooLong,
+    /// A character outside ASCII letters, digits, `.`, `_` and `-`.
+    #[error("topic name {name:?} contains {character:?}; only ASCII letters, digits, '.', '_' and '-' are legal")]
+    Character {
+        /// The name.
+        name: String,
+        /// The first illegal character.
+        character: char,
+    },
+}
+
 /// Kafka's topic name rules.
-pub fn check_topic_name(name: &str) -> Result<(), String> {
+pub fn check_topic_name(name: &str) -> Result<(), TopicNameError> {
     if name.is_empty() {
-        return Err("topic name must not be empty".into());
+        return Err(TopicNameError::Empty);
     }
     if name == "." || name == ".." {
-        return Err(format!("{name:?} is not a legal topic name"));
+        return Err(TopicNameError::Dots(name.to_string()));
     }
     if name.len() > 249 {
-        return Err("topic name is longer than 249 characters".into());
+        return Err(TopicNameError::TooLong);
     }
-    if let Some(c) = name
+    if let Some(character) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(format!(
-            "topic name {name:?} contains {c:?}; only ASCII letters, digits, '.', '_' and '-' are legal"
-        ));
+        return Err(TopicNameError::Character {
+            name: name.to_string(),
+            character,
+        });
     }
     Ok(())
 }

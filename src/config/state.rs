@@ -77,7 +77,7 @@ impl StateConfig {
             );
         }
         if let Err(why) = check_topic_name(&s.changelog_topic) {
-            p.add("state.changelog_topic", why);
+            p.add("state.changelog_topic", why.to_string());
         }
     }
 }

@@ -177,7 +177,7 @@ pub async fn run(
         ..GeneratorConfig::default()
     };
     gen.validate()
-        .map_err(|p| CliError::Usage(format!("invalid settings: {}", p.join("; "))))?;
+        .map_err(|p| CliError::Usage(format!("invalid settings: {p}")))?;
     match args.to {
         Target::File => {
             let out = args

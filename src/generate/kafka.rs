@@ -24,8 +24,8 @@ pub enum GenerateError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The generator settings are invalid.
-    #[error("invalid generator settings: {}", .0.join("; "))]
-    Settings(Vec<String>),
+    #[error("invalid generator settings: {0}")]
+    Settings(#[from] crate::generate::behaviour::SettingsError),
     /// Kafka refused a record or the producer could not be created.
     #[error("{what}: {source}")]
     Kafka {

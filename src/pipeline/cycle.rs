@@ -334,7 +334,7 @@ impl Pipeline {
     /// The output records of the cycle: segment changes, risk flags, exits
     /// of evicted or erased customers, erasure audits; counted in metrics.
     fn output_records(&mut self, decided: Decided) -> Result<Vec<OutRecord>, TxnError> {
-        let encoding = |e: String| TxnError::Fatal(PipelineError::Encode(e));
+        let encoding = |e: output::EncodeError| TxnError::Fatal(PipelineError::Encode(e));
         let out = &self.cfg.output;
         let mut records = Vec::with_capacity(decided.changes.len() * 2);
         // Each partition's lag once per cycle, not once per record.

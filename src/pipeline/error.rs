@@ -54,8 +54,8 @@ pub enum PipelineError {
     #[error("privacy: {0}")]
     Privacy(#[from] crate::privacy::PrivacyError),
     /// An output record could not be encoded.
-    #[error("{0}")]
-    Encode(String),
+    #[error(transparent)]
+    Encode(#[from] super::output::EncodeError),
     /// The served model's features could not be computed.
     #[error("featurizing: {0}")]
     Features(#[from] crate::features::FeatureError),

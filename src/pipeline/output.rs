@@ -45,12 +45,29 @@ pub fn is_live(
         && lag <= out.live_lag
 }
 
+/// An output record that could not be encoded (a bug: the records are
+/// built here from values that always encode).
+#[derive(Debug, thiserror::Error)]
+#[error("encoding a {what} as JSON: {source}")]
+pub struct EncodeError {
+    /// The message type.
+    what: &'static str,
+    #[source]
+    source: serde_json::Error,
+}
+
+impl EncodeError {
+    fn json(what: &'static str) -> impl FnOnce(serde_json::Error) -> EncodeError {
+        move |source| EncodeError { what, source }
+    }
+}
+
 /// Encodes a change in the configured format.
-pub fn encode(c: &SegmentChange, format: OutputFormat) -> Result<Vec<u8>, String> {
+pub fn encode(c: &SegmentChange, format: OutputFormat) -> Result<Vec<u8>, EncodeError> {
     match format {
         OutputFormat::Protobuf => Ok(c.encode_to_vec()),
         OutputFormat::Json => serde_json::to_vec(&SegmentChangeJson::new(c))
-            .map_err(|e| format!("encoding a SegmentChange as JSON: {e}")),
+            .map_err(EncodeError::json("SegmentChange")),
     }
 }
 
@@ -81,7 +98,7 @@ pub fn for_change(
     partition: i32,
     mut entered: SegmentChange,
     live: bool,
-) -> Result<Vec<OutRecord>, String> {
+) -> Result<Vec<OutRecord>, EncodeError> {
     entered.membership = Membership::Entered as i32;
     entered.live = live;
     let value = encode(&entered, out.format)?;
@@ -121,7 +138,7 @@ pub fn for_exit(
     as_of_ms: i64,
     decided_at_ms: i64,
     live: bool,
-) -> Result<Vec<OutRecord>, String> {
+) -> Result<Vec<OutRecord>, EncodeError> {
     let (customer_id, segment) = (exit.customer_id.as_str(), exit.segment.as_str());
     let exited = SegmentChange {
         customer_id: customer_id.to_string(),
@@ -153,7 +170,11 @@ pub fn for_exit(
 
 /// The record that says the customer left `left` (to `c.segment`, or to
 /// none), on `left`'s topic.
-fn exit_record(out: &OutputConfig, left: &str, c: &SegmentChange) -> Result<OutRecord, String> {
+fn exit_record(
+    out: &OutputConfig,
+    left: &str,
+    c: &SegmentChange,
+) -> Result<OutRecord, EncodeError> {
     let mut exited = c.clone();
     exited.membership = Membership::Exited as i32;
     let value = match out.exits {
@@ -178,7 +199,7 @@ pub fn for_risk(
     as_of_ms: i64,
     decided_at_ms: i64,
     live: bool,
-) -> Result<OutRecord, String> {
+) -> Result<OutRecord, EncodeError> {
     use crate::decide::risk;
     let flag = RiskFlag {
         customer_id: customer_id.to_string(),
@@ -218,7 +239,7 @@ pub fn for_risk(
             "live": flag.live,
             "reason": flag.reason,
         }))
-        .map_err(|e| format!("encoding a RiskFlag as JSON: {e}"))?,
+        .map_err(EncodeError::json("RiskFlag"))?,
     };
     Ok(OutRecord {
         topic: out.risk_topic.clone(),

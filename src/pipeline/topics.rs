@@ -223,15 +223,17 @@ impl Pipeline {
     }
 
     /// A topic's `cleanup.policy` (DescribeConfigs).
-    pub(super) async fn cleanup_policy(&self, topic: &str) -> Result<String, String> {
+    pub(super) async fn cleanup_policy(&self, topic: &str) -> Result<String, PipelineError> {
         use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode;
+        const WHAT: &str = "describing a topic's configuration";
         let admin: AdminClient<QuietContext> = self
             .cfg
             .kafka
-            .client_config()
-            .map_err(|e| e.to_string())?
+            .client_config()?
             .create_with_context(QuietContext)
-            .map_err(|e| e.to_string())?;
+            .map_err(kafka("creating an admin client"))?;
         let topic = ResourceSpecifier::Topic(topic);
         let opts = AdminOptions::new().request_timeout(Some(self.watchdog.timeout()));
         let described = tokio::time::timeout(
@@ -239,13 +241,14 @@ impl Pipeline {
             admin.describe_configs([&topic], &opts),
         )
         .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| KafkaError::AdminOp(RDKafkaErrorCode::OperationTimedOut))
+        .and_then(|r| r)
+        .map_err(kafka(WHAT))?;
         let resource = described
             .into_iter()
             .next()
-            .ok_or("no answer")?
-            .map_err(|e| e.to_string())?;
+            .unwrap_or(Err(RDKafkaErrorCode::Fail))
+            .map_err(|code| kafka(WHAT)(KafkaError::AdminOp(code)))?;
         Ok(resource
             .get("cleanup.policy")
             .and_then(|e| e.value.clone())

@@ -46,7 +46,7 @@ use crate::telemetry::Metrics;
 pub enum ScoreError {
     /// ONNX Runtime could not be loaded or initialized.
     #[error("ONNX Runtime: {0}")]
-    Runtime(String),
+    Runtime(#[from] RuntimeUnavailable),
     /// CUDA was required and is not usable.
     #[error("CUDA execution provider required but unavailable: {0}")]
     CudaUnavailable(String),
@@ -113,7 +113,20 @@ impl ScoreError {
     }
 }
 
-static ENVIRONMENT: OnceLock<Result<Arc<ort::environment::Environment>, String>> = OnceLock::new();
+/// Why ONNX Runtime could not be loaded (kept for every later caller: the
+/// library is loaded once per process).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("loading {library}: {message}")]
+pub struct RuntimeUnavailable {
+    /// The shared library tried.
+    pub library: String,
+    /// ONNX Runtime's own message.
+    pub message: String,
+}
+
+type Environment = Arc<ort::environment::Environment>;
+
+static ENVIRONMENT: OnceLock<Result<Environment, RuntimeUnavailable>> = OnceLock::new();
 
 /// A validated model, ready to score: one session per inference thread.
 pub struct LoadedModel {
@@ -195,7 +208,11 @@ impl LoadedModel {
                 if g.inputs.batch == 0 {
                     return Err(contract(vec!["manifest has no golden inputs".into()]));
                 }
-                check_golden_shapes(&g.inputs, &m.feature_spec).map_err(|p| contract(vec![p]))?;
+                let mut problems = Vec::new();
+                check_golden_shapes(&g.inputs, &m.feature_spec, &mut problems);
+                if !problems.is_empty() {
+                    return Err(contract(problems));
+                }
                 if !(g.tolerance.is_finite() && g.tolerance >= 0.0 && g.tolerance <= 0.1) {
                     return Err(contract(
                         vec!["golden tolerance must be in [0, 0.1]".into()],
@@ -213,10 +230,10 @@ impl LoadedModel {
                 version: version.clone(),
                 message: format!("golden inputs do not run: {e}"),
             })?;
-            compare(&m.golden.outputs, &got, m.golden.tolerance).map_err(|message| {
+            compare(&m.golden.outputs, &got, m.golden.tolerance).map_err(|e| {
                 ScoreError::Golden {
                     version: version.clone(),
-                    message,
+                    message: e.to_string(),
                 }
             })?;
             list.push(Mutex::new(session));
@@ -308,7 +325,8 @@ impl LoadedModel {
     }
 }
 
-fn check_golden_shapes(x: &GoldenInputs, spec: &FeatureSpec) -> Result<(), String> {
+/// Adds a problem for each golden input whose length the spec does not give.
+fn check_golden_shapes(x: &GoldenInputs, spec: &FeatureSpec, problems: &mut Vec<String>) {
     let (b, n, e, t, f) = (
         x.batch,
         spec.max_events,
@@ -325,12 +343,11 @@ fn check_golden_shapes(x: &GoldenInputs, spec: &FeatureSpec) -> Result<(), Strin
         ("customer_features", x.customer_features.len(), b * f),
     ] {
         if len != want {
-            return Err(format!(
+            problems.push(format!(
                 "golden input {name} has {len} values, the spec needs {want}"
             ));
         }
     }
-    Ok(())
 }
 
 /// Scores of one batch, with the model that produced them.
@@ -559,9 +576,12 @@ mod tests {
         let mut b = a.clone();
         b.churn_probability[0] = 0.2 + 1e-3;
         assert!(compare(&a, &b, 1e-2).is_ok());
-        let err = compare(&a, &b, 1e-5).unwrap_err();
+        let err = compare(&a, &b, 1e-5).unwrap_err().to_string();
         assert!(err.starts_with("churn_probability[0]"), "{err}");
         b.segment_probs[1] = f32::NAN;
-        assert!(compare(&a, &b, 1.0).unwrap_err().contains("NaN"));
+        assert!(compare(&a, &b, 1.0)
+            .unwrap_err()
+            .to_string()
+            .contains("NaN"));
     }
 }

@@ -56,26 +56,68 @@ pub fn max_difference(expected: &Outputs, got: &Outputs) -> (f32, &'static str) 
     worst
 }
 
-pub(super) fn compare(expected: &Outputs, got: &Outputs, tolerance: f32) -> Result<f32, String> {
+/// Why a model's outputs on its golden inputs are not its golden outputs.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(super) enum ParityError {
+    /// An output is NaN or infinite.
+    #[error("{name}[{index}] is {value} for the golden inputs")]
+    NotFinite {
+        name: &'static str,
+        index: usize,
+        value: f32,
+    },
+    /// An output has another length than the golden one.
+    #[error("{name} has {got} values, the manifest's golden output {expected}")]
+    Length {
+        name: &'static str,
+        got: usize,
+        expected: usize,
+    },
+    /// An output is further from the golden one than the tolerance.
+    #[error("{name}[{index}] is {got}, the golden output is {expected} (difference {difference:e} > tolerance {tolerance:e})")]
+    Beyond {
+        name: &'static str,
+        index: usize,
+        got: f32,
+        expected: f32,
+        difference: f32,
+        tolerance: f32,
+    },
+}
+
+pub(super) fn compare(
+    expected: &Outputs,
+    got: &Outputs,
+    tolerance: f32,
+) -> Result<f32, ParityError> {
     let mut worst = 0f32;
     for (name, a, b) in paired(expected, got) {
         if let Some(i) = b.iter().position(|v| !v.is_finite()) {
-            return Err(format!("{name}[{i}] is {} for the golden inputs", b[i]));
+            return Err(ParityError::NotFinite {
+                name,
+                index: i,
+                value: b[i],
+            });
         }
         if a.len() != b.len() {
-            return Err(format!(
-                "{name} has {} values, the manifest's golden output {}",
-                b.len(),
-                a.len()
-            ));
+            return Err(ParityError::Length {
+                name,
+                got: b.len(),
+                expected: a.len(),
+            });
         }
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
             let d = difference(name, *x, *y);
             worst = worst.max(d);
             if d > tolerance {
-                return Err(format!(
-                    "{name}[{i}] is {y}, the golden output is {x} (difference {d:e} > tolerance {tolerance:e})"
-                ));
+                return Err(ParityError::Beyond {
+                    name,
+                    index: i,
+                    got: *y,
+                    expected: *x,
+                    difference: d,
+                    tolerance,
+                });
             }
         }
     }

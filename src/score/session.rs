@@ -15,7 +15,7 @@ use crate::features::FeatureSpec;
 use crate::model::onnx::Elem;
 use crate::model::reference::Outputs;
 use crate::model::{GoldenInputs, TensorSig};
-use crate::score::{ScoreError, ENVIRONMENT};
+use crate::score::{RuntimeUnavailable, ScoreError, ENVIRONMENT};
 
 /// Loads ONNX Runtime once per process (from `score.onnxruntime_library`,
 /// else `$ORT_DYLIB_PATH`, else `libonnxruntime.so`).
@@ -27,11 +27,15 @@ pub fn environment(cfg: &ScoreConfig) -> Result<Arc<ort::environment::Environmen
             } else {
                 cfg.onnxruntime_library.clone()
             };
+            let unavailable = |e: &dyn std::fmt::Display| RuntimeUnavailable {
+                library: path.clone(),
+                message: e.to_string(),
+            };
             let env = ort::init_from(&path)
-                .map_err(|e| format!("loading {path}: {e}"))?
+                .map_err(|e| unavailable(&e))?
                 .with_name("segstream")
                 .build()
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| unavailable(&e))?;
             info!(library = %path, "Loaded ONNX Runtime.");
             Ok(Arc::new(env))
         })

@@ -88,7 +88,7 @@ impl GeneratorConfig {
     }
 
     /// Every problem with the settings, at once.
-    pub fn validate(&self) -> Result<(), Vec<String>> {
+    pub fn validate(&self) -> Result<(), SettingsError> {
         let mut problems = Vec::new();
         if self.customers == 0 {
             problems.push("customers must be at least 1".to_string());
@@ -114,8 +114,19 @@ impl GeneratorConfig {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(problems)
+            Err(SettingsError(problems))
         }
+    }
+}
+
+/// Every problem of a generator's settings (bad input).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct SettingsError(pub Vec<String>);
+
+impl crate::error::Classify for SettingsError {
+    fn class(&self) -> crate::error::ErrorClass {
+        crate::error::ErrorClass::BadInput
     }
 }
 
