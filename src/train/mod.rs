@@ -358,12 +358,10 @@ fn train_in_pool(
     // sequence's own contribution is a measured number.
     let masked = fit::predict(&net, &val_set.without_events(), spend_scale, None)?;
     let m_masked = metrics::evaluate(&masked, &val_set.labels, segments);
-    let m_rules = metrics::evaluate(
-        &baselines::rules(&spec, &val_set),
-        &val_set.labels,
-        segments,
-    );
-    let m_logistic = metrics::evaluate(&logistic.predict(&val_set), &val_set.labels, segments);
+    let rules_out = baselines::rules(&spec, &val_set);
+    let m_rules = metrics::evaluate(&rules_out, &val_set.labels, segments);
+    let logistic_out = logistic.predict(&val_set);
+    let m_logistic = metrics::evaluate(&logistic_out, &val_set.labels, segments);
     // BG/NBD: purchase propensity only (it knows no segments).
     let horizon_days = rules.horizon_ms as f64 / crate::state::DAY_MS as f64;
     let bgnbd = btyd::Baseline::fit(&spec, &train_set, horizon_days);
@@ -376,13 +374,48 @@ fn train_in_pool(
             "Fitted the BG/NBD baseline."
         );
     }
-    let mut m_bgnbd = metrics::evaluate(
-        &bgnbd.predict(&spec, &val_set, segments),
-        &val_set.labels,
-        segments,
-    );
+    let bgnbd_out = bgnbd.predict(&spec, &val_set, segments);
+    let mut m_bgnbd = metrics::evaluate(&bgnbd_out, &val_set.labels, segments);
     m_bgnbd.remove("segment_accuracy");
     m_bgnbd.remove("segment_macro_f1");
+    // Every lead with its interval: the same validation examples resampled
+    // for both models (BG/NBD knows no segments: purchase only).
+    let mut margin_metrics = vec![tc.promote_metric.as_str()];
+    if tc.promote_metric != "purchase_auc" {
+        margin_metrics.push("purchase_auc");
+    }
+    let judged = metrics::Judged {
+        labels: &val_set.labels,
+        customer: &val_set.customer,
+        segments,
+    };
+    let (margins, mut margin_values) = metrics::margins_report(
+        ("transformer", &crossed),
+        &[
+            ("same, sequence masked", &masked),
+            ("logistic regression", &logistic_out),
+            ("RFM rules", &rules_out),
+        ],
+        &judged,
+        &margin_metrics,
+        tc.seed,
+    );
+    let (bgnbd_margin, bgnbd_values) = metrics::margins_report(
+        ("transformer", &crossed),
+        &[("BG/NBD", &bgnbd_out)],
+        &judged,
+        &["purchase_auc"],
+        tc.seed,
+    );
+    margin_values.extend(bgnbd_values);
+    let margins = format!(
+        "{margins}{}",
+        bgnbd_margin
+            .lines()
+            .skip(1)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    );
 
     // Export, then prove the file computes what was trained.
     // On an evenly spread sample of at most PARITY_SAMPLE validation
@@ -470,13 +503,14 @@ fn train_in_pool(
     if let (Some(l), Some(m)) = (&champion_label, &m_champion) {
         table_models.push((l.as_str(), m));
     }
-    let table = metrics::table(&table_models);
+    let table = format!("{}\n{margins}", metrics::table(&table_models));
 
     let mut stored = prefixed("", &m_ours);
     stored.extend(prefixed("baseline_logistic", &m_logistic));
     stored.extend(prefixed("baseline_rules", &m_rules));
     stored.extend(prefixed("baseline_bgnbd", &m_bgnbd));
     stored.extend(prefixed("ablation_sequence_masked", &m_masked));
+    stored.extend(margin_values);
     stored.insert("parity_max_abs_diff".into(), f64::from(diff));
     stored.insert("train_examples".into(), train_set.len() as f64);
     stored.insert("best_epoch".into(), fitted.best_epoch as f64);
