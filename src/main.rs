@@ -229,7 +229,7 @@ fn main() -> ExitCode {
                 Err(e) => {
                     let class = e.class();
                     error!(
-                        error = %e,
+                        error = e.to_string(),
                         class = class.name(),
                         exit_code = class.exit_code(),
                         "segstream stopped on an error."

@@ -191,7 +191,7 @@ pub fn erasures(cfg: &Config) -> Result<HashMap<String, i64>, PrivacyError> {
         return Ok(out);
     }
     let group = format!("{}-erasures", cfg.kafka.group_id);
-    let c = crate::ingest::reader_config(&cfg.kafka, &group, true)?;
+    let c = crate::config::reader_config(&cfg.kafka, &group, true)?;
     let consumer: BaseConsumer<QuietContext> = c
         .create_with_context(QuietContext)
         .map_err(kafka("creating the erasure reader"))?;

@@ -43,7 +43,7 @@ pub(super) fn read_to_end_consumer(
 ) -> Result<BaseConsumer<ReadToEnd>, KafkaError> {
     let mut c = client.clone();
     // The pipeline's own consumer settings, for the baseline too.
-    crate::ingest::reader_defaults(&mut c, group, true);
+    crate::config::reader_defaults(&mut c, group, true);
     let consumer: BaseConsumer<ReadToEnd> = c.create_with_context(ReadToEnd)?;
     let mut tpl = TopicPartitionList::new();
     for t in topics {

@@ -242,7 +242,7 @@ pub(crate) fn reader(
     topic: &str,
 ) -> Result<rdkafka::consumer::StreamConsumer, Failure> {
     let group = format!("{}-show-{}", config.kafka.group_id, std::process::id());
-    let mut client = segstream::ingest::reader_config(&config.kafka, &group, false)?;
+    let mut client = segstream::config::reader_config(&config.kafka, &group, false)?;
     client.set("auto.offset.reset", "earliest");
     let consumer: rdkafka::consumer::StreamConsumer =
         client.create().doing("creating the consumer")?;

@@ -29,6 +29,7 @@ use crate::event::Decoders;
 /// Prefix of environment overrides (`SEGSTREAM__SECTION__KEY`).
 pub const ENV_PREFIX: &str = "SEGSTREAM";
 
+mod clients;
 mod input;
 mod kafka;
 mod output;
@@ -41,6 +42,9 @@ mod secret;
 mod state;
 mod train;
 
+pub use clients::{
+    consumer_defaults, member_config, producer_defaults, reader_config, reader_defaults,
+};
 pub use input::{
     default_input_topics, DeadLetterConfig, InputConfig, OffsetReset, Partitioner, ValidationConfig,
 };

@@ -26,7 +26,8 @@ pub fn read_topics(
     use rdkafka::{Offset, TopicPartitionList};
     use std::time::{Duration, Instant};
 
-    use crate::ingest::{now_ms, reader_config, source_record};
+    use crate::config::reader_config;
+    use crate::ingest::{now_ms, source_record};
 
     let kafka = IngestError::kafka;
     let group = format!("{}-history-{}", config.kafka.group_id, std::process::id());

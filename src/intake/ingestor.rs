@@ -12,9 +12,10 @@ use rdkafka::{ClientContext, TopicPartitionList};
 use tracing::{info, warn};
 
 use super::{Accepted, Intake};
+use crate::config::member_config;
 use crate::config::Config;
 use crate::event::Reason;
-use crate::ingest::{member_config, now_ms, source_record, DeadLetter, IngestError, SourcedEvent};
+use crate::ingest::{now_ms, source_record, DeadLetter, IngestError, SourcedEvent};
 use crate::telemetry::Metrics;
 
 /// What one poll produced.

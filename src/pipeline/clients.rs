@@ -19,7 +19,6 @@ use tracing::warn;
 
 use super::{directory, kafka, PipelineError};
 use crate::config::{Config, Partitioner};
-use crate::ingest;
 use crate::telemetry::kafka_log;
 
 /// The consumer of stream thread `thread`.
@@ -27,7 +26,7 @@ pub(super) fn consumer(
     cfg: &Config,
     thread: usize,
 ) -> Result<StreamConsumer<PipelineContext>, PipelineError> {
-    let mut c = ingest::member_config(cfg)?;
+    let mut c = crate::config::member_config(cfg)?;
     if !cfg.pipeline.advertised_url.is_empty() {
         // How the other instances find this one (see `directory`).
         c.set(
@@ -76,7 +75,7 @@ pub fn producer_config(
     let mut pc = cfg.kafka.producer_config()?;
     // Room for the largest dead letter (its value plus headers).
     let max = (cfg.dead_letter.max_value_bytes + 256 * 1024).max(1_000_000);
-    ingest::producer_defaults(&mut pc);
+    crate::config::producer_defaults(&mut pc);
     if pc.get("partitioner").is_none() {
         // Keyed outputs (segment changes, risk flags, dead letters) hashed
         // as the input is: with as many partitions as the input, a

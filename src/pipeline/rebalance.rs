@@ -18,7 +18,6 @@ use super::retry::Retry;
 use super::{kafka, Pipeline, PipelineError};
 use crate::config::OffsetReset;
 use crate::error::Classify;
-use crate::ingest;
 use crate::state::changelog;
 use crate::state::PartitionStore;
 
@@ -153,7 +152,7 @@ impl Pipeline {
         // the pipeline's (a prefix ACL on kafka.group_id covers it), so that
         // it never shares the pipeline's group.
         let group = format!("{}-restore", self.cfg.kafka.group_id);
-        let client = ingest::reader_config(&self.cfg.kafka, &group, true)?;
+        let client = crate::config::reader_config(&self.cfg.kafka, &group, true)?;
         // Counted once the reader is built: every path below undoes it.
         self.telemetry
             .health

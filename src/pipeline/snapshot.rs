@@ -138,7 +138,7 @@ pub fn read_current(
     }
     // Assigned partitions: no group is joined and nothing is committed.
     let group = format!("{}-snapshot", cfg.kafka.group_id);
-    let c = crate::ingest::reader_config(&cfg.kafka, &group, true)?;
+    let c = crate::config::reader_config(&cfg.kafka, &group, true)?;
     let consumer: BaseConsumer<QuietContext> = c
         .create_with_context(QuietContext)
         .map_err(kafka("creating the reader"))?;

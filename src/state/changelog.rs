@@ -235,7 +235,7 @@ pub fn restore_reader_config(client: &ClientConfig) -> ClientConfig {
         .get("group.id")
         .unwrap_or("segstream-restore")
         .to_string();
-    crate::ingest::reader_defaults(&mut client, &group, true);
+    crate::config::reader_defaults(&mut client, &group, true);
     client.set("auto.offset.reset", "earliest");
     client.set("fetch.wait.max.ms", "10");
     client
