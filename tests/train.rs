@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use segstream::config::{Config, ScoreConfig, TrainConfig};
+use segstream::config::{Config, ModelFamily, ScoreConfig, TrainConfig};
 use segstream::event::{Browse, BrowseAction, Event, LineItem, Payload, Purchase, Review};
 use segstream::model::{ModelFiles, Registry};
 use segstream::score::LoadedModel;
@@ -160,7 +160,17 @@ fn onnx_checker(model: &Path) -> std::process::Output {
 
 #[test]
 fn the_export_matches_the_network_passes_the_checker_and_loads_for_serving() {
-    let config = config();
+    for family in [ModelFamily::Transformer, ModelFamily::Logistic] {
+        export_of(family);
+    }
+}
+
+/// Issue 38: each family `segstream train` can serve exports with the same
+/// contract, passes the parity check, the ONNX checker and the serving
+/// loader's golden check.
+fn export_of(family: ModelFamily) {
+    let mut config = config();
+    config.train.model = family;
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::new(dir.path());
     let report = run(
@@ -174,6 +184,14 @@ fn the_export_matches_the_network_passes_the_checker_and_loads_for_serving() {
     )
     .expect("training succeeds");
     assert!(report.promoted, "{}", report.decision);
+    assert_eq!(report.served, family);
+    assert!(
+        report
+            .table
+            .contains(&format!("train.model = {}", family.as_str())),
+        "{}",
+        report.table
+    );
     let m = &report.manifest;
     let parity = m.metrics["parity_max_abs_diff"];
     assert!(parity <= 1e-4, "parity {parity}");
@@ -182,6 +200,8 @@ fn the_export_matches_the_network_passes_the_checker_and_loads_for_serving() {
         "purchase_auc",
         "baseline_rules.segment_macro_f1",
         "baseline_logistic.purchase_auc",
+        "candidate_transformer.purchase_auc",
+        "margin_logistic_regression_purchase_auc_low",
     ] {
         assert!(
             m.metrics.contains_key(key),

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::raw::{raw_read_all, raw_read_write};
 use super::running::{Running, E2E_PARTITIONS};
-use super::score::{bench_transformer, E2eModel};
+use super::score::{bench_trained, bench_transformer, E2eModel};
 use super::Outcome;
 use crate::bench::{delete_bench_topics, BenchResult};
 use crate::config::Config;
@@ -292,6 +292,15 @@ pub async fn e2e(
                 registry.promote("rules-bench")?;
             }
             E2eModel::Transformer => bench_transformer(config, &registry).await?,
+            E2eModel::Logistic => {
+                bench_trained(
+                    config,
+                    &registry,
+                    crate::config::ModelFamily::Logistic,
+                    "logistic-bench",
+                )
+                .await?
+            }
         }
         let inputs = &cfg.input.topics;
 
@@ -396,10 +405,7 @@ pub async fn e2e(
             .try_into()
             .map_err(|_| "the latency runs did not all run")?;
         Ok(E2eBench {
-            model: match model {
-                E2eModel::Rules => "rules".into(),
-                E2eModel::Transformer => "transformer".into(),
-            },
+            model: model.as_str().into(),
             events,
             raw_events_per_second: raw_rate,
             pipeline_events_per_second: pipeline_rate,

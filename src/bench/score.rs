@@ -20,6 +20,20 @@ pub enum E2eModel {
     /// The default Transformer, trained inside the benchmark on generated
     /// history (one epoch): what users run.
     Transformer,
+    /// The logistic regression `segstream train` serves where the
+    /// Transformer is not ahead, trained the same way.
+    Logistic,
+}
+
+impl E2eModel {
+    /// Its name in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            E2eModel::Rules => "rules",
+            E2eModel::Transformer => "transformer",
+            E2eModel::Logistic => "logistic",
+        }
+    }
 }
 
 /// Trains the default Transformer (the `[train]` architecture) on 30k
@@ -29,9 +43,28 @@ pub(super) async fn bench_transformer(
     config: &Config,
     registry: &crate::model::Registry,
 ) -> BenchResult<()> {
+    bench_trained(
+        config,
+        registry,
+        crate::config::ModelFamily::Transformer,
+        "transformer-bench",
+    )
+    .await
+}
+
+/// Trains on 30k generated events for one epoch, serves `family` and
+/// promotes it in `registry` as `version`.
+pub(super) async fn bench_trained(
+    config: &Config,
+    registry: &crate::model::Registry,
+    family: crate::config::ModelFamily,
+    version: &str,
+) -> BenchResult<()> {
     let (_, history) = train::history_for(30_000);
     let mut tc = config.clone();
     tc.train.max_epochs = 1;
+    tc.train.model = family;
+    let version = version.to_string();
     let registry = registry.clone();
     let report = tokio::task::spawn_blocking(move || {
         crate::train::Progress::silent(|p| {
@@ -40,7 +73,7 @@ pub(super) async fn bench_transformer(
                 history,
                 &registry,
                 &crate::train::TrainOptions {
-                    version: Some("transformer-bench".into()),
+                    version: Some(version),
                     force: true,
                     no_promote: false,
                 },
@@ -50,11 +83,7 @@ pub(super) async fn bench_transformer(
     })
     .await??;
     if !report.promoted {
-        return Err(format!(
-            "the bench Transformer was not promoted: {}",
-            report.decision
-        )
-        .into());
+        return Err(format!("the bench model was not promoted: {}", report.decision).into());
     }
     Ok(())
 }
@@ -104,11 +133,14 @@ pub async fn score(
                 manifest,
             }
         }
-        E2eModel::Transformer => {
+        E2eModel::Transformer | E2eModel::Logistic => {
             let registry = crate::model::Registry::new(dir.join("models"));
-            let trained = bench_transformer(config, &registry).await;
-            let files =
-                trained.and_then(|()| Ok(ModelFiles::read(&registry.dir("transformer-bench")?)?));
+            let (family, version) = match model {
+                E2eModel::Logistic => (crate::config::ModelFamily::Logistic, "logistic-bench"),
+                _ => (crate::config::ModelFamily::Transformer, "transformer-bench"),
+            };
+            let trained = bench_trained(config, &registry, family, version).await;
+            let files = trained.and_then(|()| Ok(ModelFiles::read(&registry.dir(version)?)?));
             let _ = std::fs::remove_dir_all(&dir); // Best effort: a temporary directory.
             files?
         }

@@ -165,7 +165,7 @@ pub fn summarize(
     let millions = (events as f64 / 1e6).max(1e-9);
     let auc = |key: &str| report.manifest.metrics.get(key).copied();
     let purchase_auc = [
-        ("Transformer", "purchase_auc"),
+        ("Transformer", "candidate_transformer.purchase_auc"),
         (
             "same, sequence masked",
             "ablation_sequence_masked.purchase_auc",

@@ -374,10 +374,10 @@ pub(crate) fn train_report_markdown(r: &segstream::train::TrainReport) -> String
         "## Model {version}\n\n\
          History: {events} events, {customers} customers, {days:.0} days; {cuts} cut times; \
          {train} training and {val} validation examples (validation: the latest cut times){sampled}.\n\n\
-         Transformer: {params} parameters; best epoch {best} of {ran}; \
+         Served model: {family}, {params} parameters. Transformer: best epoch {best} of {ran}; \
          replay {rs:.1} s, training {fs:.1} s, evaluation and export {es:.1} s.\n\n\
          Validation metrics:\n\n{table}\n\
-         ONNX export parity (max abs difference vs the trained network): {parity:.2e}\n\n\
+         ONNX export parity (max abs difference vs the trained model): {parity:.2e}\n\n\
          Decision: {decision}. Written to {dir}.\n",
         version = r.version,
         events = r.replay.events,
@@ -393,6 +393,7 @@ pub(crate) fn train_report_markdown(r: &segstream::train::TrainReport) -> String
         } else {
             String::new()
         },
+        family = r.served.as_str(),
         params = r.parameters,
         best = r.fit.best_epoch,
         ran = r.fit.epochs.len(),

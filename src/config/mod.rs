@@ -58,7 +58,7 @@ pub use risk::{RiskConfig, Rule};
 pub use score::{DecideConfig, GraphOptimization, Provider, ScoreConfig};
 pub use secret::Secret;
 pub use state::StateConfig;
-pub use train::{TrainConfig, PROMOTE_METRICS};
+pub use train::{ModelFamily, TrainConfig, PROMOTE_METRICS};
 
 /// The whole configuration of a segstream instance.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

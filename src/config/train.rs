@@ -72,6 +72,34 @@ pub struct TrainConfig {
     /// Largest accepted difference between the trained model and its ONNX
     /// export under ONNX Runtime, on validation examples.
     pub parity_tolerance: f32,
+    /// Which candidate is exported and served: `auto` (the best on
+    /// `promote_metric`, a tie within the paired bootstrap interval going
+    /// to the cheaper logistic regression), `transformer` or `logistic`.
+    pub model: ModelFamily,
+}
+
+/// The model families `segstream train` can export and serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelFamily {
+    /// The best candidate on the validation examples.
+    #[default]
+    Auto,
+    /// The Transformer, whatever the validation says.
+    Transformer,
+    /// The logistic regression on the customer features.
+    Logistic,
+}
+
+impl ModelFamily {
+    /// Its name in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelFamily::Auto => "auto",
+            ModelFamily::Transformer => "transformer",
+            ModelFamily::Logistic => "logistic",
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -101,6 +129,7 @@ impl Default for TrainConfig {
             threads: 0,
             promote_metric: "segment_macro_f1".into(),
             parity_tolerance: 1e-4,
+            model: ModelFamily::Auto,
         }
     }
 }

@@ -4,7 +4,7 @@
 //! customer (window aggregate) features, with one head per model output.
 
 use super::examples::{class_weights, ExampleSet};
-use super::net::LinearStart;
+use super::net::{Calibration, LinearStart};
 use crate::features::{FeatureSpec, CUSTOMER_DIM};
 use crate::model::reference::{sigmoid, softmax, Inputs, Outputs};
 use crate::model::Segment;
@@ -150,17 +150,65 @@ impl Logistic {
         z
     }
 
-    /// Outputs for every example of `set`.
+    /// Outputs for every example of `set` (uncalibrated).
     pub fn predict(&self, set: &ExampleSet) -> Outputs {
+        self.predict_with(set, &Calibration::default(), false)
+    }
+
+    /// Outputs for every example of `set` calibrated by `c`, as the
+    /// exported graph computes them ([`super::export::logistic_to_onnx`]);
+    /// with `explain`, also the explanation output: per segment, each
+    /// standardized feature times its weight, 0 for the sequence (this
+    /// model has none) and the bias, centered over the segments, so a row
+    /// sums to the centered segment logit.
+    pub fn predict_with(&self, set: &ExampleSet, c: &Calibration, explain: bool) -> Outputs {
+        let k = Segment::COUNT;
+        let centered = self.centered_segment_weights();
         let mut out = Outputs::default();
         for i in 0..set.len() {
-            let z = self.logits(&self.row(set, i));
-            out.segment_probs.extend(softmax(&z[..Segment::COUNT]));
-            out.purchase_probability.push(sigmoid(z[Segment::COUNT]));
-            out.churn_probability.push(sigmoid(z[Segment::COUNT + 1]));
+            let x = self.row(set, i);
+            let z = self.logits(&x);
+            out.segment_probs.extend(softmax(&z[..k]));
+            let (pa, pb) = c.purchase;
+            out.purchase_probability.push(sigmoid(pa * z[k] + pb));
+            let (ca, cb) = c.churn;
+            out.churn_probability.push(sigmoid(ca * z[k + 1] + cb));
             out.predicted_spend
-                .push(((z[Segment::COUNT + 2] * self.spend_scale).exp() - 1.0).max(0.0));
+                .push((((z[k + 2] * self.spend_scale).exp() - 1.0) * c.smear).max(0.0));
+            if explain {
+                let f = CUSTOMER_DIM;
+                for s in 0..k {
+                    for (j, xv) in x.iter().take(f).enumerate() {
+                        out.segment_contributions.push(xv * centered[j * k + s]);
+                    }
+                    out.segment_contributions.push(0.0);
+                    out.segment_contributions.push(centered[f * k + s]);
+                }
+            }
         }
         out
+    }
+
+    /// The segment weights `[F + 1, K]` (the last row the biases), each
+    /// row centered over the segments (softmax does not see a shift).
+    pub fn centered_segment_weights(&self) -> Vec<f32> {
+        let k = Segment::COUNT;
+        let mut out = Vec::with_capacity((CUSTOMER_DIM + 1) * k);
+        for j in 0..=CUSTOMER_DIM {
+            let row: Vec<f32> = (0..k).map(|s| self.weight(j, s)).collect();
+            let mean = row.iter().sum::<f32>() / k as f32;
+            out.extend(row.iter().map(|w| w - mean));
+        }
+        out
+    }
+
+    /// The scale of the log-spend output.
+    pub fn spend_scale(&self) -> f32 {
+        self.spend_scale
+    }
+
+    /// Trainable numbers.
+    pub fn parameter_count(&self) -> usize {
+        self.w.len()
     }
 }

@@ -4,9 +4,11 @@
 //! exactly as in training, so a batch padded to N gives the same outputs as
 //! one padded to its longest row (the parity check proves it).
 
-use super::net::{Transformer, LN_EPS, MASK_NEG, TIME_FREQS};
+use super::baselines::Logistic;
+use super::net::{Calibration, Transformer, LN_EPS, MASK_NEG, TIME_FREQS};
 use crate::features::{FeatureSpec, CUSTOMER_DIM, EVENT_NUMERIC_DIM};
 use crate::model::onnx::{Attr, GraphBuilder};
+use crate::model::Segment;
 
 /// The ONNX model of `net` for `spec`, with the explanation output.
 pub fn to_onnx(
@@ -259,4 +261,114 @@ pub fn to_onnx_with(
             ("segstream.d_model", &width),
         ],
     ))
+}
+
+/// The ONNX model of the logistic regression `model`, calibrated by `c`,
+/// with the Transformer's contract: the same inputs (the event inputs are
+/// accepted and not read), the same outputs and the explanation output
+/// (see [`Logistic::predict_with`], which computes the same numbers). Its
+/// cost is one matrix product per batch, whatever the histories' length.
+pub fn logistic_to_onnx(
+    model: &Logistic,
+    c: &Calibration,
+    spec: &FeatureSpec,
+    version: &str,
+) -> Vec<u8> {
+    let (k, f) = (Segment::COUNT, CUSTOMER_DIM);
+    let mut g = GraphBuilder::new("segstream_logistic");
+    let [_kind, _category, _numeric, _text, _mask, cust] =
+        g.contract_inputs_with(spec, crate::model::onnx::Dim::Dynamic("events"));
+    let (mean, inv_std) = model.standardization();
+    let mean = g.init_f32("cust_mean", &[f as i64], &mean);
+    let inv_std = g.init_f32("cust_inv_std", &[f as i64], &inv_std);
+    let x = g.op("Sub", &[&cust, &mean], &[]);
+    let x = g.op("Mul", &[&x, &inv_std], &[]);
+    // Weights [F, outputs] and biases [outputs] of a range of outputs.
+    let head = |g: &mut GraphBuilder, name: &str, outputs: std::ops::Range<usize>| {
+        let width = outputs.len();
+        let w: Vec<f32> = (0..f)
+            .flat_map(|j| outputs.clone().map(move |o| (j, o)))
+            .map(|(j, o)| model.weight(j, o))
+            .collect();
+        let b: Vec<f32> = outputs.clone().map(|o| model.weight(f, o)).collect();
+        let w = g.init_f32(&format!("{name}_w"), &[f as i64, width as i64], &w);
+        let b = g.init_f32(&format!("{name}_b"), &[width as i64], &b);
+        let y = g.op("MatMul", &[&x, &w], &[]);
+        g.op("Add", &[&y, &b], &[])
+    };
+    let logits = head(&mut g, "seg", 0..k);
+    g.op_into(
+        "Softmax",
+        &[&logits],
+        "segment_probs",
+        &[Attr::Int("axis", 1)],
+    );
+    let calibrated = |g: &mut GraphBuilder, name: &str, o: usize, (a, b): (f32, f32)| {
+        let z = head(g, name, o..o + 1);
+        let a = g.init_f32(&format!("{name}_platt_a"), &[], &[a]);
+        let b = g.init_f32(&format!("{name}_platt_b"), &[], &[b]);
+        let z = g.op("Mul", &[&z, &a], &[]);
+        let z = g.op("Add", &[&z, &b], &[]);
+        let z = g.op("Sigmoid", &[&z], &[]);
+        let axis = g.init_i64(&format!("{name}_axis"), &[1], &[1]);
+        g.op_into("Squeeze", &[&z, &axis], name, &[]);
+    };
+    calibrated(&mut g, "purchase_probability", k, c.purchase);
+    calibrated(&mut g, "churn_probability", k + 1, c.churn);
+    let spend = head(&mut g, "spend", k + 2..k + 3);
+    let scale = g.init_f32("spend_scale", &[], &[model.spend_scale()]);
+    let one = g.init_f32("one", &[], &[1.0]);
+    let factor = g.init_f32("spend_factor", &[], &[c.smear]);
+    let spend = g.op("Mul", &[&spend, &scale], &[]);
+    let spend = g.op("Exp", &[&spend], &[]);
+    let spend = g.op("Sub", &[&spend, &one], &[]);
+    let spend = g.op("Mul", &[&spend, &factor], &[]);
+    let spend = g.op("Relu", &[&spend], &[]);
+    let axis = g.init_i64("spend_axis", &[1], &[1]);
+    g.op_into("Squeeze", &[&spend, &axis], "predicted_spend", &[]);
+    g.contract_outputs(k);
+
+    // Explanations, [B, K, F + 2]: feature × centered weight, 0 for the
+    // sequence, the centered bias.
+    let centered = model.centered_segment_weights();
+    let feat_w: Vec<f32> = (0..k)
+        .flat_map(|s| (0..f).map(move |j| (j, s)))
+        .map(|(j, s)| centered[j * k + s])
+        .collect();
+    let bias: Vec<f32> = (0..k).map(|s| centered[f * k + s]).collect();
+    let feat_w = g.init_f32("explain_feature_w", &[k as i64, f as i64], &feat_w);
+    let bias = g.init_f32("explain_bias", &[1, k as i64, 1], &bias);
+    let zero = g.init_f32("explain_sequence", &[1, k as i64, 1], &vec![0.0; k]);
+    let ax1 = g.init_i64("axis1", &[1], &[1]);
+    let x3 = g.op("Unsqueeze", &[&x, &ax1], &[]);
+    let features = g.op("Mul", &[&x3, &feat_w], &[]);
+    let ax2 = g.init_i64("axis2", &[1], &[2]);
+    let first = g.init_i64("first", &[1], &[0]);
+    let one_col = g.init_i64("one_col", &[1], &[1]);
+    // [B, K, 1] of zeros shaped like the batch: a slice of the features.
+    let column = g.op("Slice", &[&features, &first, &one_col, &ax2], &[]);
+    let sequence = g.op("Mul", &[&column, &zero], &[]);
+    let baseline = g.op("Add", &[&sequence, &bias], &[]);
+    g.op_into(
+        "Concat",
+        &[&features, &sequence, &baseline],
+        crate::model::SEGMENT_CONTRIBUTIONS,
+        &[Attr::Int("axis", 2)],
+    );
+    g.output(
+        crate::model::SEGMENT_CONTRIBUTIONS,
+        crate::model::onnx::Elem::F32,
+        &[
+            crate::model::onnx::Dim::Dynamic("batch"),
+            crate::model::onnx::Dim::Fixed(k as i64),
+            crate::model::onnx::Dim::Fixed(f as i64 + 2),
+        ],
+    );
+    g.finish(
+        "segstream logistic regression: customer features, four heads",
+        &[
+            ("segstream.version", version),
+            ("segstream.family", "logistic"),
+        ],
+    )
 }

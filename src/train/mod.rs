@@ -18,6 +18,7 @@
 
 pub mod baselines;
 pub mod btyd;
+pub mod calibrate;
 pub mod examples;
 pub mod export;
 pub mod fit;
@@ -32,7 +33,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 
-use crate::config::Config;
+use crate::config::{Config, ModelFamily};
 use crate::event::Event;
 use crate::features::{FeatureError, FeatureSpec, Featurizer};
 use crate::model::reference::Outputs;
@@ -152,8 +153,45 @@ pub struct TrainReport {
     pub manifest: Manifest,
     /// Seconds: replay, fit, evaluation + export.
     pub seconds: (f64, f64, f64),
-    /// Trainable parameters.
+    /// Trainable parameters of the served model.
     pub parameters: usize,
+    /// The family served (`Transformer` or `Logistic`).
+    pub served: ModelFamily,
+}
+
+/// The family `train.model` asks for, given `lead`: the logistic
+/// regression's margin over the Transformer on `key` (higher is better).
+/// `auto` serves the logistic regression unless the Transformer is ahead
+/// by an interval that excludes 0: a tie goes to the cheaper model.
+pub fn choose(asked: ModelFamily, key: &str, lead: &metrics::Margin) -> (ModelFamily, String) {
+    let margin = format!(
+        "logistic regression − transformer on {key}: {:+.4} [{:+.4}, {:+.4}]",
+        lead.difference, lead.low, lead.high
+    );
+    match asked {
+        ModelFamily::Transformer | ModelFamily::Logistic => {
+            (asked, format!("train.model = {}; {margin}", asked.as_str()))
+        }
+        ModelFamily::Auto if lead.tie() => (
+            ModelFamily::Logistic,
+            format!("a tie goes to the cheaper model: {margin}"),
+        ),
+        ModelFamily::Auto if lead.difference > 0.0 => (
+            ModelFamily::Logistic,
+            format!("the logistic regression is ahead: {margin}"),
+        ),
+        ModelFamily::Auto => (
+            ModelFamily::Transformer,
+            format!("the Transformer is ahead: {margin}"),
+        ),
+    }
+}
+
+fn served_label(f: ModelFamily) -> &'static str {
+    match f {
+        ModelFamily::Logistic => "logistic regression",
+        _ => "transformer",
+    }
 }
 
 /// The state limits and feature spec the trainer uses: those the pipeline
@@ -167,11 +205,6 @@ pub fn featurizer(config: &Config) -> Result<Featurizer, FeatureError> {
 const PARITY_SAMPLE: usize = 4096;
 
 /// ln(p / (1 − p)), with p kept inside (0, 1).
-fn logit(p: f32) -> f32 {
-    let p = p.clamp(1e-6, 1.0 - 1e-6);
-    (p / (1.0 - p)).ln()
-}
-
 /// The default version name: `t` and the UTC time, e.g. `t20261128T130512Z`.
 pub fn default_version() -> String {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
@@ -307,60 +340,22 @@ fn train_in_pool(
 
     let t2 = Instant::now();
     let version = options.version.clone().unwrap_or_else(default_version);
-    // Calibration on the held-out examples: Platt scaling of the two
-    // probabilities and the spend factor (see `net::Calibration`). The
-    // exported model is calibrated on every validation example; the table
-    // reports cross-fitted figures (customers split in two halves, each
-    // calibrated on the other), so its calibration and spend ratio are not
-    // in-sample.
+    // Calibration on the held-out examples (see `calibrate`).
     let raw = fit::predict(&net, &val_set, spend_scale, None)?;
-    let fold: Vec<bool> = val_set.customer.iter().map(|c| c % 2 == 0).collect();
-    let calibrate = |keep: &dyn Fn(usize) -> bool| {
-        let rows: Vec<usize> = (0..val_set.len()).filter(|&i| keep(i)).collect();
-        let logits = |p: &[f32]| rows.iter().map(|&i| logit(p[i])).collect::<Vec<_>>();
-        let labels = |f: fn(&examples::Labels) -> bool| {
-            rows.iter()
-                .map(|&i| f(&val_set.labels[i]))
-                .collect::<Vec<_>>()
-        };
-        net::Calibration {
-            purchase: net::Calibration::platt(
-                &logits(&raw.purchase_probability),
-                &labels(|l| l.purchased),
-            ),
-            churn: net::Calibration::platt(&logits(&raw.churn_probability), &labels(|l| l.churned)),
-            smear: net::Calibration::smearing(
-                &rows
-                    .iter()
-                    .map(|&i| raw.predicted_spend[i])
-                    .collect::<Vec<_>>(),
-                &rows
-                    .iter()
-                    .map(|&i| val_set.labels[i].spend_minor)
-                    .collect::<Vec<_>>(),
-            ),
-        }
-    };
-    let halves = [calibrate(&|i| fold[i]), calibrate(&|i| !fold[i])];
-    let mut crossed = raw.clone();
-    for i in 0..val_set.len() {
-        // Calibrated by the half the example is not in.
-        let c = &halves[usize::from(fold[i])];
-        let platt = |p: f32, (a, b): (f32, f32)| 1.0 / (1.0 + (-(a * logit(p) + b)).exp());
-        crossed.purchase_probability[i] = platt(raw.purchase_probability[i], c.purchase);
-        crossed.churn_probability[i] = platt(raw.churn_probability[i], c.churn);
-        crossed.predicted_spend[i] = raw.predicted_spend[i] * c.smear;
-    }
-    net.calibration = calibrate(&|_| true);
+    let (crossed, calibration) = calibrate::cross_fitted(&raw, &val_set);
+    net.calibration = calibration;
     tracing::info!(calibration = ?net.calibration, "Calibrated the outputs on the validation examples.");
-    let m_ours = metrics::evaluate(&crossed, &val_set.labels, segments);
+    let m_transformer = metrics::evaluate(&crossed, &val_set.labels, segments);
     // Ablation: the same network with the event sequence masked, so the
     // sequence's own contribution is a measured number.
     let masked = fit::predict(&net, &val_set.without_events(), spend_scale, None)?;
     let m_masked = metrics::evaluate(&masked, &val_set.labels, segments);
     let rules_out = baselines::rules(&spec, &val_set);
     let m_rules = metrics::evaluate(&rules_out, &val_set.labels, segments);
-    let logistic_out = logistic.predict(&val_set);
+    // The logistic regression is calibrated as the Transformer is: it is a
+    // candidate for serving, judged on the same footing.
+    let (logistic_out, logistic_calibration) =
+        calibrate::cross_fitted(&logistic.predict(&val_set), &val_set);
     let m_logistic = metrics::evaluate(&logistic_out, &val_set.labels, segments);
     // BG/NBD: purchase propensity only (it knows no segments).
     let horizon_days = rules.horizon_ms as f64 / crate::state::DAY_MS as f64;
@@ -417,14 +412,43 @@ fn train_in_pool(
             .collect::<String>()
     );
 
+    // Which candidate is served (`train.model`).
+    let key = tc.promote_metric.as_str();
+    let lead = metrics::margin(
+        &logistic_out,
+        &crossed,
+        &judged,
+        key,
+        metrics::RESAMPLES,
+        tc.seed,
+    );
+    let (served, why_served) = choose(tc.model, key, &lead);
+    tracing::info!(served = served.as_str(), why = %why_served, "Chose the model to serve.");
+    let m_served = match served {
+        ModelFamily::Logistic => &m_logistic,
+        _ => &m_transformer,
+    };
+
     // Export, then prove the file computes what was trained.
     // On an evenly spread sample of at most PARITY_SAMPLE validation
     // examples: the check's cost stays flat as customers grow.
-    let onnx = export::to_onnx(&net, &spec, &version)?;
     let step = val_set.len().div_ceil(PARITY_SAMPLE).max(1);
     let sample = val_set.subset(|i| i % step == 0);
+    let golden_idx: Vec<usize> = (0..val_set.len().min(8)).collect();
+    let golden_set = val_set.subset(|i| i < golden_idx.len());
+    let (onnx, ours_sample, golden_outputs) = match served {
+        ModelFamily::Logistic => (
+            export::logistic_to_onnx(&logistic, &logistic_calibration, &spec, &version),
+            logistic.predict_with(&sample, &logistic_calibration, true),
+            logistic.predict_with(&golden_set, &logistic_calibration, true),
+        ),
+        _ => (
+            export::to_onnx(&net, &spec, &version)?,
+            fit::predict_with(&net, &sample, spend_scale, None, true)?,
+            fit::predict_with(&net, &golden_set, spend_scale, Some(spec.max_events), true)?,
+        ),
+    };
     let theirs = onnx_outputs(config, &version, &onnx, &spec, segments, &sample)?;
-    let ours_sample = fit::predict_with(&net, &sample, spend_scale, None, true)?;
     let (diff, output) = crate::score::max_difference(&ours_sample, &theirs);
     if diff.is_nan() || diff > tc.parity_tolerance {
         return Err(TrainError::Parity {
@@ -433,15 +457,13 @@ fn train_in_pool(
             output: output.to_string(),
         });
     }
-    // Golden I/O: validation examples, with the trained network's outputs.
-    let golden_idx: Vec<usize> = (0..val_set.len().min(8)).collect();
-    let golden_set = val_set.subset(|i| i < golden_idx.len());
+    // Golden I/O: validation examples, with the served model's outputs.
     let golden = Golden {
         tolerance: tc.parity_tolerance,
         inputs: golden_set
             .batch(&golden_idx, Some(spec.max_events))
             .to_golden(),
-        outputs: fit::predict_with(&net, &golden_set, spend_scale, Some(spec.max_events), true)?,
+        outputs: golden_outputs,
     };
 
     // The champion, judged on the same validation examples.
@@ -463,8 +485,7 @@ fn train_in_pool(
             Err(e) => champion_note = format!("champion {c} could not be read ({e})"),
         }
     }
-    let key = tc.promote_metric.as_str();
-    let new_score = m_ours.get(key).copied().unwrap_or(0.0);
+    let new_score = m_served.get(key).copied().unwrap_or(0.0);
     let (promote, decision) = match (&champion, &m_champion) {
         _ if options.no_promote => (false, "not promoted (--no-promote)".to_string()),
         (None, _) => (true, "no champion yet".to_string()),
@@ -493,7 +514,7 @@ fn train_in_pool(
     };
 
     let mut table_models: Vec<(&str, &BTreeMap<String, f64>)> = vec![
-        ("transformer", &m_ours),
+        ("transformer", &m_transformer),
         ("same, sequence masked", &m_masked),
         ("logistic regression", &m_logistic),
         ("BG/NBD", &m_bgnbd),
@@ -503,9 +524,15 @@ fn train_in_pool(
     if let (Some(l), Some(m)) = (&champion_label, &m_champion) {
         table_models.push((l.as_str(), m));
     }
-    let table = format!("{}\n{margins}", metrics::table(&table_models));
+    let table = format!(
+        "{}\n{margins}\nServed: {} ({why_served}).\n",
+        metrics::table(&table_models),
+        served_label(served)
+    );
 
-    let mut stored = prefixed("", &m_ours);
+    // Unprefixed: the served model's (the next training's champion figures).
+    let mut stored = prefixed("", m_served);
+    stored.extend(prefixed("candidate_transformer", &m_transformer));
     stored.extend(prefixed("baseline_logistic", &m_logistic));
     stored.extend(prefixed("baseline_rules", &m_rules));
     stored.extend(prefixed("baseline_bgnbd", &m_bgnbd));
@@ -515,19 +542,32 @@ fn train_in_pool(
     stored.insert("train_examples".into(), train_set.len() as f64);
     stored.insert("best_epoch".into(), fitted.best_epoch as f64);
     stored.insert("train_seconds".into(), fit_s);
-    stored.insert("parameters".into(), net.parameter_count() as f64);
+    let parameters = match served {
+        ModelFamily::Logistic => logistic.parameter_count(),
+        _ => net.parameter_count(),
+    };
+    stored.insert("parameters".into(), parameters as f64);
+    stored.insert(
+        "candidate_transformer.parameters".into(),
+        net.parameter_count() as f64,
+    );
     let manifest = Manifest {
         format_version: MANIFEST_VERSION,
         version: version.clone(),
         created_at_ms: crate::ingest::now_ms(),
-        description: format!(
-            "Transformer ({} layers, d={}, {} heads), trained on {} examples; {}",
-            tc.layers,
-            tc.d_model,
-            tc.heads,
-            train_set.len(),
-            decision
-        ),
+        description: match served {
+            ModelFamily::Logistic => format!(
+                "Logistic regression on the customer features ({why_served}), trained on {} examples; {decision}",
+                train_set.len(),
+            ),
+            _ => format!(
+                "Transformer ({} layers, d={}, {} heads; {why_served}), trained on {} examples; {decision}",
+                tc.layers,
+                tc.d_model,
+                tc.heads,
+                train_set.len(),
+            ),
+        },
         feature_spec: spec,
         segments: Segment::names(),
         training_window: Some(TrainingWindow {
@@ -552,7 +592,8 @@ fn train_in_pool(
         table,
         manifest,
         seconds: (replay_s, fit_s, t2.elapsed().as_secs_f64()),
-        parameters: net.parameter_count(),
+        parameters,
+        served,
     })
 }
 
