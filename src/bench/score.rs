@@ -237,6 +237,7 @@ pub async fn score(
                     std::hint::black_box(crate::decide::explain(
                         scores.contributions(i),
                         best,
+                        None,
                         reasons,
                     ));
                 }

@@ -294,7 +294,16 @@ pub(crate) async fn segments_show(
                         .reasons
                         .iter()
                         .take(2)
-                        .map(|r| format!("{} {:+.2}", r.feature, r.contribution))
+                        .map(|r| match r.value {
+                            Some(v) if r.unit == "minor_units" => {
+                                format!("{} {:.2} ({:+.2})", r.feature, v / 100.0, r.contribution)
+                            }
+                            Some(v) if v.fract() == 0.0 => {
+                                format!("{} {v:.0} ({:+.2})", r.feature, r.contribution)
+                            }
+                            Some(v) => format!("{} {v:.1} ({:+.2})", r.feature, r.contribution),
+                            None => format!("{} ({:+.2})", r.feature, r.contribution),
+                        })
                         .collect();
                     let why = if why.is_empty() {
                         String::new()

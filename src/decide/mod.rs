@@ -115,39 +115,81 @@ impl crate::config::DecideConfig {
 pub const OTHER_FEATURES: &str = "other_features";
 
 /// The reasons for `segment` from a customer's explanation rows
-/// ([K, F + 2]): the `top` customer features of largest magnitude and the
-/// sequence pathway, largest magnitude first, then the sum of the other
-/// features; and the baseline. Baseline plus every contribution is the
-/// segment's centered log-probability. Empty for rows of another shape.
-pub fn explain(contributions: &[f32], segment: usize, top: usize) -> (Vec<Reason>, f32) {
+/// ([K, F + 2]), against `against` (the segment the customer leaves; `None`
+/// on a first classification: against the average segment, which the rows
+/// are centered on). Each part is its contribution to ln p(segment) -
+/// ln p(against): the `top` customer features that pushed most towards
+/// `segment` and the sequence pathway, the largest push first, then the sum
+/// of the other features; and the baseline. Baseline plus every
+/// contribution is that difference. Empty for rows of another shape.
+pub fn explain(
+    contributions: &[f32],
+    segment: usize,
+    against: Option<usize>,
+    top: usize,
+) -> (Vec<Reason>, f32) {
     let names = crate::features::customer_feature_names();
     let width = crate::model::CONTRIBUTION_WIDTH;
-    let Some(row) = contributions.get(segment * width..(segment + 1) * width) else {
+    let row_of = |s: usize| contributions.get(s * width..(s + 1) * width);
+    let Some(to) = row_of(segment) else {
         return (Vec::new(), 0.0);
+    };
+    let row: Vec<f32> = match against.filter(|a| *a != segment) {
+        Some(a) => match row_of(a) {
+            Some(from) => to.iter().zip(from).map(|(t, f)| t - f).collect(),
+            None => return (Vec::new(), 0.0),
+        },
+        None => to.to_vec(),
     };
     let f = names.len();
     let mut order: Vec<usize> = (0..f).collect();
-    order.sort_by(|&a, &b| row[b].abs().total_cmp(&row[a].abs()));
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
     let top = top.min(f);
+    let reason = |feature: &str, contribution: f32| Reason {
+        feature: feature.to_string(),
+        contribution,
+        value: None,
+        unit: String::new(),
+    };
     let mut reasons: Vec<Reason> = order[..top]
         .iter()
-        .map(|&j| Reason {
-            feature: names[j].clone(),
-            contribution: row[j],
-        })
-        .chain(std::iter::once(Reason {
-            feature: crate::model::CONTRIBUTION_SEQUENCE.to_string(),
-            contribution: row[f],
-        }))
+        .map(|&j| reason(&names[j], row[j]))
+        .chain(std::iter::once(reason(
+            crate::model::CONTRIBUTION_SEQUENCE,
+            row[f],
+        )))
         .collect();
-    reasons.sort_by(|a, b| b.contribution.abs().total_cmp(&a.contribution.abs()));
+    reasons.sort_by(|a, b| b.contribution.total_cmp(&a.contribution));
     if top < f {
-        reasons.push(Reason {
-            feature: OTHER_FEATURES.to_string(),
-            contribution: order[top..].iter().map(|&j| row[j]).sum(),
-        });
+        reasons.push(reason(
+            OTHER_FEATURES,
+            order[top..].iter().map(|&j| row[j]).sum(),
+        ));
     }
     (reasons, row[f + 1])
+}
+
+/// Puts the customer's own value, in its unit, on each named feature of
+/// `reasons`, from the customer's feature row `features` (encoded as the
+/// featurizer encodes it).
+pub fn with_values(
+    reasons: &mut [Reason],
+    features: &[f32],
+    norm: &crate::features::Normalization,
+) {
+    let names = crate::features::customer_feature_names();
+    for r in reasons {
+        let Some(j) = names.iter().position(|n| *n == r.feature) else {
+            continue;
+        };
+        if let Some((value, unit)) = features
+            .get(j)
+            .and_then(|v| crate::features::customer_feature_value(j, *v, norm))
+        {
+            r.value = Some(value);
+            r.unit = unit.to_string();
+        }
+    }
 }
 
 /// Applies a scoring to the customer's decision memory and returns the
@@ -172,7 +214,8 @@ pub fn apply(
     let to = to?;
     let previous = std::mem::replace(&mut decision.segment, scored.segments[to].clone());
     decision.since_ms = as_of_ms;
-    let (reasons, reasons_baseline) = explain(scored.contributions, to, rules.reasons);
+    let from = scored.segments.iter().position(|s| *s == previous);
+    let (reasons, reasons_baseline) = explain(scored.contributions, to, from, rules.reasons);
     Some(SegmentChange {
         customer_id: customer_id.to_string(),
         segment: decision.segment.clone(),
@@ -225,6 +268,10 @@ pub struct SegmentChangeJson<'a> {
 pub struct ReasonJson<'a> {
     feature: &'a str,
     contribution: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<f64>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    unit: &'a str,
 }
 
 /// Name of a trigger in the JSON form and in headers.
@@ -271,6 +318,8 @@ impl<'a> SegmentChangeJson<'a> {
                 .map(|r| ReasonJson {
                     feature: &r.feature,
                     contribution: r.contribution,
+                    value: r.value,
+                    unit: &r.unit,
                 })
                 .collect(),
             reasons_baseline: (!c.reasons.is_empty()).then_some(c.reasons_baseline),
@@ -310,27 +359,42 @@ mod tests {
         }
         rows[w + f] = 0.25;
         rows[w + f + 1] = -0.5;
-        let (reasons, baseline) = explain(&rows, 1, 2);
+        let (reasons, baseline) = explain(&rows, 1, None, 2);
         let names = crate::features::customer_feature_names();
         let fields: Vec<&str> = reasons.iter().map(|r| r.feature.as_str()).collect();
-        // -2.0 (feature 0) and -1.9 (feature 1) are largest (the last
-        // feature gives +1.8); then the sequence; then the rest.
+        // The features that push most towards segment 1 first: the last two
+        // (the largest j), then the sequence (+0.25); then the rest.
         assert_eq!(
             fields,
             [
-                names[0].as_str(),
-                names[1].as_str(),
+                names[f - 1].as_str(),
+                names[f - 2].as_str(),
                 "sequence",
                 OTHER_FEATURES
             ]
         );
+        assert!(reasons[0].contribution > reasons[1].contribution);
         assert_eq!(baseline, -0.5);
         let total: f32 = rows[w..].iter().sum();
         let listed: f32 = reasons.iter().map(|r| r.contribution).sum::<f32>() + baseline;
         assert!((total - listed).abs() < 1e-4, "{total} vs {listed}");
+        // Against segment 0 (all zeros here) the parts are the same; against
+        // segment 1 itself, too (no difference with itself is taken).
+        assert_eq!(explain(&rows, 1, Some(0), 2), (reasons.clone(), baseline));
+        assert_eq!(explain(&rows, 1, Some(1), 2), (reasons.clone(), baseline));
+        // Against a segment that favours feature 0 above all, feature 0
+        // argues against the change: it is not among the top reasons.
+        let mut other = rows.clone();
+        other[0] = 5.0;
+        let (against, _) = explain(&other, 1, Some(0), 2);
+        assert!(against.iter().all(|r| r.feature != names[0]), "{against:?}");
+        let total: f32 = (0..w).map(|j| other[w + j] - other[j]).sum();
+        let (parts, base) = explain(&other, 1, Some(0), 2);
+        let listed: f32 = parts.iter().map(|r| r.contribution).sum::<f32>() + base;
+        assert!((total - listed).abs() < 1e-4, "{total} vs {listed}");
         // No explanation output, or a row of another shape: no reasons.
-        assert!(explain(&[], 0, 5).0.is_empty());
-        assert!(explain(&rows[..w + 3], 1, 5).0.is_empty());
+        assert!(explain(&[], 0, None, 5).0.is_empty());
+        assert!(explain(&rows[..w + 3], 1, None, 5).0.is_empty());
     }
 
     #[test]

@@ -83,6 +83,41 @@ pub fn customer_feature_names() -> &'static [String] {
     })
 }
 
+/// The customer's own value of customer feature `j` from its encoded
+/// value `v` (the inverse of the featurizer's scaling), with its unit's
+/// name; `None` where it is not defined (never purchased, no rating, too
+/// few purchases for a gap).
+pub fn customer_feature_value(
+    j: usize,
+    v: f32,
+    norm: &Normalization,
+) -> Option<(f64, &'static str)> {
+    let log = |scale: f32| (f64::from(v) * f64::from(scale)).exp_m1().max(0.0);
+    let windows = WINDOW_DAYS.len() * PER_WINDOW;
+    if j < windows {
+        return match j % PER_WINDOW {
+            0..=3 => Some((log(norm.count_log_scale).round(), "count")),
+            4 => Some((log(norm.spend_log_scale).round(), "minor_units")),
+            5 => Some(((f64::from(v) * 64.0).round(), "categories")),
+            _ => (v > 0.0).then(|| (f64::from(v) * 5.0, "stars")),
+        };
+    }
+    let defined = v >= 0.0;
+    match j - windows {
+        // Recency, tenure.
+        0..=2 => defined.then(|| (log(norm.days_log_scale), "days")),
+        // Lifetime: purchases, spend, mean order value, T, t_x, rate, gap,
+        // gap irregularity.
+        3 => Some((log(norm.count_log_scale).round(), "count")),
+        4 => Some((log(norm.spend_log_scale).round(), "minor_units")),
+        5 => defined.then(|| (log(norm.amount_log_scale).round(), "minor_units")),
+        6 | 7 | 9 => defined.then(|| (log(norm.days_log_scale), "days")),
+        8 => defined.then(|| (log(norm.count_log_scale), "per_30_days")),
+        10 => defined.then(|| (f64::from(v) * 3.0, "ratio")),
+        _ => None,
+    }
+}
+
 /// Names of the model inputs, in order.
 pub const INPUT_NAMES: [&str; 6] = [
     "event_kind",
@@ -395,6 +430,14 @@ impl Featurizer {
                 text[i * s.text_tokens + j] = bucket(u32::from(*tok), s.text_buckets);
             }
         }
+    }
+
+    /// The customer features of one customer as of `as_of_ms` (the
+    /// `customer_features` row [`Featurizer::featurize`] gives it).
+    pub fn customer_features(&self, state: &CustomerState, as_of_ms: i64) -> Vec<f32> {
+        let mut out = vec![0.0; CUSTOMER_DIM];
+        self.fill_customer(state, as_of_ms, &mut out);
+        out
     }
 
     fn fill_customer(&self, state: &CustomerState, as_of_ms: i64, out: &mut [f32]) {

@@ -201,6 +201,29 @@ fn lifetime_features_reach_past_the_windows_and_the_recent_events() {
         close(lt[7], 0.0),
         "clockwork purchases have no gap variation"
     );
+    // Issue 38: a reason shows the customer's value in its unit, decoded
+    // from the encoded feature.
+    let row = f.customer_features(&s, as_of);
+    assert_eq!(&row[..], c, "one customer's row is the batch's");
+    let names = crate::features::customer_feature_names();
+    let value = |name: &str| {
+        let j = names.iter().position(|n| n == name).unwrap();
+        crate::features::customer_feature_value(j, row[j], n)
+    };
+    let near = |got: Option<(f64, &str)>, want: f64, unit: &str| {
+        let (v, u) = got.unwrap();
+        assert!(
+            (v - want).abs() <= want.abs() * 1e-3 + 1e-3 && u == unit,
+            "{v} {u}, not {want} {unit}"
+        );
+    };
+    near(value("lifetime_purchases"), 21.0, "count");
+    near(value("lifetime_spend"), 210_000.0, "minor_units");
+    near(value("mean_order_value"), 10_000.0, "minor_units");
+    near(value("days_since_purchase"), 30.0, "days");
+    near(value("mean_purchase_gap_days"), 10.0, "days");
+    near(value("purchases_90d"), 6.0, "count");
+    near(value("purchase_gap_irregularity"), 0.0, "ratio");
     // Never purchased: counts 0, the rest "not defined".
     let browser = state(&[ev("b", "1", T0, view("x", 1, 0))]);
     let batch = f.featurize(&[&browser], as_of).unwrap();

@@ -103,6 +103,9 @@ pub(super) struct Rules<'a> {
     pub risk: Option<&'a risk::RiskConfig>,
     /// When a customer is scored again without new events (ms of event time).
     pub review_after_ms: i64,
+    /// The scoring model's featurizer: a change's reasons get the
+    /// customer's own feature values from it.
+    pub featurizer: Option<&'a crate::features::Featurizer>,
 }
 
 /// What deciding a cycle's scored customers produced.
@@ -150,6 +153,14 @@ pub(super) fn decide_chunk(
             decided_at_ms,
             why.trigger(),
         ) {
+            let mut change = change;
+            if let (Some(f), Some(state)) = (rules.featurizer, store.get(id)) {
+                decide::with_values(
+                    &mut change.reasons,
+                    &f.customer_features(state, as_of_ms),
+                    &f.spec().normalization,
+                );
+            }
             out.changes.push((partition, change));
         }
         if let Some(cfg) = rules.risk {
@@ -304,7 +315,7 @@ impl Pipeline {
                 };
                 let scores = self
                     .scorer
-                    .score(model, batch)
+                    .score(model.clone(), batch)
                     .await
                     .map_err(|e| TxnError::Abortable(format!("scoring failed: {e}")))?;
                 let Some(store) = self.partitions.stores.get_mut(&p) else {
@@ -314,6 +325,7 @@ impl Pipeline {
                     hysteresis: &self.rules,
                     risk: risk_on.then_some(&self.cfg.risk),
                     review_after_ms,
+                    featurizer: Some(&model.featurizer),
                 };
                 let decided_at = ingest::now_ms();
                 decide_chunk(
@@ -499,6 +511,7 @@ mod tests {
             hysteresis: h,
             risk: None,
             review_after_ms: 3_600_000,
+            featurizer: None,
         }
     }
 

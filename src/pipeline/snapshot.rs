@@ -247,6 +247,8 @@ pub fn decode(bytes: &[u8], format: OutputFormat) -> Option<SegmentChange> {
                             .map(|r| Reason {
                                 feature: r["feature"].as_str().unwrap_or_default().to_string(),
                                 contribution: r["contribution"].as_f64().unwrap_or_default() as f32,
+                                value: r["value"].as_f64(),
+                                unit: r["unit"].as_str().unwrap_or_default().to_string(),
                             })
                             .collect()
                     })

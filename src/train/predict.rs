@@ -140,8 +140,15 @@ pub fn predict(
         for (i, id) in chunk.iter().enumerate() {
             let probs = scores.segment_probs(i).to_vec();
             let best = crate::decide::argmax(&probs).unwrap_or(0);
-            let (reasons, reasons_baseline) =
-                crate::decide::explain(scores.contributions(i), best, config.decide.reasons);
+            let (mut reasons, reasons_baseline) =
+                crate::decide::explain(scores.contributions(i), best, None, config.decide.reasons);
+            if let Some(state) = states.get(*id) {
+                crate::decide::with_values(
+                    &mut reasons,
+                    &loaded.featurizer.customer_features(state, as_of_ms),
+                    &loaded.featurizer.spec().normalization,
+                );
+            }
             out.rows.push(Prediction {
                 customer_id: (*id).clone(),
                 // `best` indexes the model's own segment list.

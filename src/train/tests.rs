@@ -214,6 +214,7 @@ fn explanations_sum_to_the_centered_segment_log_probabilities() {
             let (reasons, baseline) = crate::decide::explain(
                 &out.segment_contributions[i * k * w..(i + 1) * k * w],
                 s,
+                None,
                 3,
             );
             assert_eq!(reasons.len(), 5, "3 features, sequence, other_features");
