@@ -50,6 +50,61 @@ pub fn apply(raw: &Outputs, c: &Calibration) -> Outputs {
     out
 }
 
+/// How the calibration holds one cut time ahead: fitted on the validation
+/// examples before the last cut time, applied to those at the last one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Forward {
+    /// The last cut time (ms).
+    pub cut_ms: i64,
+    /// Examples at it.
+    pub examples: usize,
+    /// Mean predicted purchase probability at it.
+    pub predicted_purchase: f64,
+    /// Share of its examples that purchased.
+    pub realized_purchase: f64,
+    /// Predicted over actual spend, summed over its examples.
+    pub spend_ratio: f64,
+}
+
+impl Forward {
+    /// Mean predicted over realized purchase rate (1: calibrated).
+    pub fn purchase_ratio(&self) -> f64 {
+        self.predicted_purchase / self.realized_purchase.max(1e-9)
+    }
+}
+
+/// [`Forward`] for uncalibrated outputs `raw` of `set`; `None` with fewer
+/// than two cut times or no purchase at the last.
+pub fn forward(raw: &Outputs, set: &ExampleSet) -> Option<Forward> {
+    let last = set.cut_ms.iter().copied().max()?;
+    if !set.cut_ms.iter().any(|c| *c < last) {
+        return None;
+    }
+    let calibrated = apply(raw, &fit(raw, set, &|i| set.cut_ms[i] < last));
+    let rows: Vec<usize> = (0..set.len()).filter(|&i| set.cut_ms[i] == last).collect();
+    let n = rows.len() as f64;
+    let bought = rows.iter().filter(|&&i| set.labels[i].purchased).count() as f64;
+    let actual: f64 = rows
+        .iter()
+        .map(|&i| set.labels[i].spend_minor.max(0) as f64)
+        .sum();
+    let predicted: f64 = rows
+        .iter()
+        .map(|&i| f64::from(calibrated.predicted_spend[i]))
+        .sum();
+    (bought > 0.0).then(|| Forward {
+        cut_ms: last,
+        examples: rows.len(),
+        predicted_purchase: rows
+            .iter()
+            .map(|&i| f64::from(calibrated.purchase_probability[i]))
+            .sum::<f64>()
+            / n,
+        realized_purchase: bought / n,
+        spend_ratio: predicted / actual.max(1e-9),
+    })
+}
+
 /// The cross-fitted outputs (each example calibrated on the half of the
 /// customers it is not in) and the calibration fitted on every example.
 pub fn cross_fitted(raw: &Outputs, set: &ExampleSet) -> (Outputs, Calibration) {

@@ -10,7 +10,7 @@ use crate::model::reference::Outputs;
 use crate::model::Segment;
 
 /// Metric names, in report order, and whether higher is better.
-pub const METRICS: [(&str, bool); 10] = [
+pub const METRICS: [(&str, bool); 11] = [
     ("segment_accuracy", true),
     ("segment_macro_f1", true),
     ("purchase_auc", true),
@@ -20,6 +20,7 @@ pub const METRICS: [(&str, bool); 10] = [
     ("spend_mae", false),
     ("spend_log_rmse", false),
     ("spend_sum_ratio", true),
+    ("spend_max_ratio", false),
     ("examples", true),
 ];
 
@@ -55,6 +56,7 @@ pub fn evaluate(out: &Outputs, labels: &[Labels], segments: usize) -> BTreeMap<S
         calibration_error(&out.churn_probability, &churned),
     );
     let (mut abs, mut sq, mut total_p, mut total_y) = (0f64, 0f64, 0f64, 0f64);
+    let (mut max_p, mut max_y) = (0f64, 0f64);
     for (p, l) in out.predicted_spend.iter().zip(labels) {
         let y = l.spend_minor.max(0) as f64;
         let p = f64::from(p.max(0.0));
@@ -62,6 +64,14 @@ pub fn evaluate(out: &Outputs, labels: &[Labels], segments: usize) -> BTreeMap<S
         sq += (p.ln_1p() - y.ln_1p()).powi(2);
         total_p += p;
         total_y += y;
+        max_p = max_p.max(p);
+        max_y = max_y.max(y);
+    }
+    // The largest single prediction over the largest actual spend: an
+    // expected value stays below 1; far above, the head explodes on a
+    // heavy tail.
+    if max_y > 0.0 {
+        m.insert("spend_max_ratio".into(), max_p / max_y);
     }
     // Predicted over actual spend, summed over the examples: 1 when the
     // spend head is an unbiased expected value.
@@ -174,6 +184,8 @@ pub fn table(models: &[(&str, &BTreeMap<String, f64>)]) -> String {
             ""
         } else if metric == "spend_sum_ratio" {
             " (→1)"
+        } else if metric == "spend_max_ratio" {
+            " (≤1)"
         } else if higher {
             " (↑)"
         } else {

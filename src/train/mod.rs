@@ -354,8 +354,8 @@ fn train_in_pool(
     let m_rules = metrics::evaluate(&rules_out, &val_set.labels, segments);
     // The logistic regression is calibrated as the Transformer is: it is a
     // candidate for serving, judged on the same footing.
-    let (logistic_out, logistic_calibration) =
-        calibrate::cross_fitted(&logistic.predict(&val_set), &val_set);
+    let logistic_raw = logistic.predict(&val_set);
+    let (logistic_out, logistic_calibration) = calibrate::cross_fitted(&logistic_raw, &val_set);
     let m_logistic = metrics::evaluate(&logistic_out, &val_set.labels, segments);
     // BG/NBD: purchase propensity only (it knows no segments).
     let horizon_days = rules.horizon_ms as f64 / crate::state::DAY_MS as f64;
@@ -424,9 +424,24 @@ fn train_in_pool(
     );
     let (served, why_served) = choose(tc.model, key, &lead);
     tracing::info!(served = served.as_str(), why = %why_served, "Chose the model to serve.");
-    let m_served = match served {
-        ModelFamily::Logistic => &m_logistic,
-        _ => &m_transformer,
+    let (m_served, served_raw) = match served {
+        ModelFamily::Logistic => (&m_logistic, &logistic_raw),
+        _ => (&m_transformer, &raw),
+    };
+    // Calibration one cut time ahead, on the served model.
+    let forward = calibrate::forward(served_raw, &val_set);
+    let forward_line = match &forward {
+        Some(f) => format!(
+            "Forward calibration (fitted on the validation cut times before the last, checked on the last, {} examples): \
+             mean predicted purchase probability {:.4} against a realized rate of {:.4} (ratio {:.3}); \
+             predicted over actual spend {:.3}.\n",
+            f.examples,
+            f.predicted_purchase,
+            f.realized_purchase,
+            f.purchase_ratio(),
+            f.spend_ratio
+        ),
+        None => "Forward calibration: not measured (one validation cut time, or no purchase at the last).\n".into(),
     };
 
     // Export, then prove the file computes what was trained.
@@ -525,7 +540,7 @@ fn train_in_pool(
         table_models.push((l.as_str(), m));
     }
     let table = format!(
-        "{}\n{margins}\nServed: {} ({why_served}).\n",
+        "{}\n{margins}\nServed: {} ({why_served}).\n\n{forward_line}",
         metrics::table(&table_models),
         served_label(served)
     );
@@ -538,6 +553,10 @@ fn train_in_pool(
     stored.extend(prefixed("baseline_bgnbd", &m_bgnbd));
     stored.extend(prefixed("ablation_sequence_masked", &m_masked));
     stored.extend(margin_values);
+    if let Some(f) = &forward {
+        stored.insert("forward_purchase_ratio".into(), f.purchase_ratio());
+        stored.insert("forward_spend_ratio".into(), f.spend_ratio);
+    }
     stored.insert("parity_max_abs_diff".into(), f64::from(diff));
     stored.insert("train_examples".into(), train_set.len() as f64);
     stored.insert("best_epoch".into(), fitted.best_epoch as f64);
