@@ -157,6 +157,7 @@ async fn served_scores_equal_offline_replay_scores() {
     let mut compared = 0;
     let mut worst = 0f32;
     let mut explain_worst = 0f32;
+    let (mut reasons_compared, mut with_values) = (0, 0);
     for (customer, changes) in &chains {
         for c in changes
             .iter()
@@ -176,24 +177,41 @@ async fn served_scores_equal_offline_replay_scores() {
             }
             worst = worst.max((c.purchase_probability - row.purchase_probability).abs());
             worst = worst.max((c.churn_probability - row.churn_probability).abs());
-            // Explanations: the reasons with their baseline reproduce the
-            // segment's centered log-probability from the published scores,
-            // and the offline replay gives the same reasons.
+            // Explanations: the reasons with their baseline reproduce, from
+            // the published scores, ln p(segment) - ln p(previous segment)
+            // on a change, the segment's centered log-probability on a first
+            // classification; on a first classification the offline replay
+            // (which explains against the average segment) gives the same
+            // reasons, with the same values in the same units.
             assert_eq!(c.reasons.len(), 5 + 2, "{c:?}");
-            let mean_ln = c.scores.values().map(|p| p.ln()).sum::<f32>() / c.scores.len() as f32;
-            let centered = c.scores[&c.segment].ln() - mean_ln;
+            let target = if c.previous_segment.is_empty() {
+                let mean_ln =
+                    c.scores.values().map(|p| p.ln()).sum::<f32>() / c.scores.len() as f32;
+                c.scores[&c.segment].ln() - mean_ln
+            } else {
+                c.scores[&c.segment].ln() - c.scores[&c.previous_segment].ln()
+            };
             let explained =
                 c.reasons_baseline + c.reasons.iter().map(|r| r.contribution).sum::<f32>();
-            explain_worst =
-                explain_worst.max((explained - centered).abs() / centered.abs().max(1.0));
-            if row.segment == c.segment {
+            explain_worst = explain_worst.max((explained - target).abs() / target.abs().max(1.0));
+            assert!(
+                c.reasons[0].contribution >= c.reasons[1].contribution,
+                "the largest push towards the segment first: {c:?}"
+            );
+            if row.segment == c.segment && c.previous_segment.is_empty() {
                 let names = |rs: &[segstream::event::proto::Reason]| {
-                    rs.iter().map(|r| r.feature.clone()).collect::<Vec<_>>()
+                    rs.iter()
+                        .map(|r| (r.feature.clone(), r.unit.clone(), r.value.map(|v| v as f32)))
+                        .collect::<Vec<_>>()
                 };
                 assert_eq!(names(&c.reasons), names(&row.reasons));
                 for (a, b) in c.reasons.iter().zip(&row.reasons) {
                     explain_worst = explain_worst.max((a.contribution - b.contribution).abs());
                 }
+                reasons_compared += 1;
+            }
+            if c.reasons.iter().any(|r| r.value.is_some()) {
+                with_values += 1;
             }
             compared += 1;
         }
@@ -206,6 +224,10 @@ async fn served_scores_equal_offline_replay_scores() {
     assert!(
         worst <= 1e-5,
         "served and replayed scores differ by {worst} over {compared} changes"
+    );
+    assert!(
+        reasons_compared >= 10 && with_values >= compared / 2,
+        "{reasons_compared} first classifications' reasons compared, {with_values} of {compared} changes with feature values"
     );
     assert!(
         explain_worst <= 1e-3,
