@@ -168,7 +168,15 @@ impl Running {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        let (t0, done0) = first.unwrap_or((last, 0));
+        // The group never settled while there was input left: no rate can be
+        // measured (it would be the whole input over no time).
+        let Some((t0, done0)) = first else {
+            return Err(format!(
+                "the pipeline consumed all {events} events before its group settled; \
+                 run with more events"
+            )
+            .into());
+        };
         // A rate measured over a sliver of the input is noise, and the latency
         // runs feed at a share of it: refuse rather than flood the broker.
         if total - done0 < total / 2 {
