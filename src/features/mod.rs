@@ -34,6 +34,10 @@ use crate::state::{kind, CustomerState, StateLimits, WINDOW_DAYS};
 
 /// Version of the feature definitions in this module. Bump it whenever a
 /// feature's meaning changes; models trained on another version are refused.
+mod catalogue;
+
+pub use catalogue::{customer_feature_names, customer_feature_value};
+
 pub const FEATURE_VERSION: u32 = 3;
 /// Numeric values per event (E): log age, log amount, rating, log dwell,
 /// hour of day (sin, cos), and (version 3) the log gaps to the previous
@@ -45,78 +49,6 @@ const PER_WINDOW: usize = 7;
 pub const LIFETIME_DIM: usize = 8;
 /// Customer features (F).
 pub const CUSTOMER_DIM: usize = WINDOW_DAYS.len() * PER_WINDOW + 3 + LIFETIME_DIM;
-
-/// Names of the customer features (F), in `customer_features` order, as
-/// explanations name them: per window `<measure>_<days>d`, then recency,
-/// tenure and the lifetime purchase features.
-pub fn customer_feature_names() -> &'static [String] {
-    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    NAMES.get_or_init(|| {
-        const WINDOW: [&str; PER_WINDOW] = [
-            "browse",
-            "cart_adds",
-            "purchases",
-            "reviews",
-            "spend",
-            "distinct_categories",
-            "mean_rating",
-        ];
-        const REST: [&str; 3 + LIFETIME_DIM] = [
-            "days_since_purchase",
-            "days_since_event",
-            "tenure_days",
-            "lifetime_purchases",
-            "lifetime_spend",
-            "mean_order_value",
-            "days_since_first_purchase",
-            "purchase_span_days",
-            "purchases_per_30d",
-            "mean_purchase_gap_days",
-            "purchase_gap_irregularity",
-        ];
-        let mut names = Vec::with_capacity(CUSTOMER_DIM);
-        for days in WINDOW_DAYS {
-            names.extend(WINDOW.iter().map(|m| format!("{m}_{days}d")));
-        }
-        names.extend(REST.iter().map(|s| s.to_string()));
-        names
-    })
-}
-
-/// The customer's own value of customer feature `j` from its encoded
-/// value `v` (the inverse of the featurizer's scaling), with its unit's
-/// name; `None` where it is not defined (never purchased, no rating, too
-/// few purchases for a gap).
-pub fn customer_feature_value(
-    j: usize,
-    v: f32,
-    norm: &Normalization,
-) -> Option<(f64, &'static str)> {
-    let log = |scale: f32| (f64::from(v) * f64::from(scale)).exp_m1().max(0.0);
-    let windows = WINDOW_DAYS.len() * PER_WINDOW;
-    if j < windows {
-        return match j % PER_WINDOW {
-            0..=3 => Some((log(norm.count_log_scale).round(), "count")),
-            4 => Some((log(norm.spend_log_scale).round(), "minor_units")),
-            5 => Some(((f64::from(v) * 64.0).round(), "categories")),
-            _ => (v > 0.0).then(|| (f64::from(v) * 5.0, "stars")),
-        };
-    }
-    let defined = v >= 0.0;
-    match j - windows {
-        // Recency, tenure.
-        0..=2 => defined.then(|| (log(norm.days_log_scale), "days")),
-        // Lifetime: purchases, spend, mean order value, T, t_x, rate, gap,
-        // gap irregularity.
-        3 => Some((log(norm.count_log_scale).round(), "count")),
-        4 => Some((log(norm.spend_log_scale).round(), "minor_units")),
-        5 => defined.then(|| (log(norm.amount_log_scale).round(), "minor_units")),
-        6 | 7 | 9 => defined.then(|| (log(norm.days_log_scale), "days")),
-        8 => defined.then(|| (log(norm.count_log_scale), "per_30_days")),
-        10 => defined.then(|| (f64::from(v) * 3.0, "ratio")),
-        _ => None,
-    }
-}
 
 /// Names of the model inputs, in order.
 pub const INPUT_NAMES: [&str; 6] = [

@@ -235,21 +235,7 @@ pub fn to_onnx_with(
         let sequence = g.op("Unsqueeze", &[&sequence, &ax2], &[]);
         let shape = g.op("Shape", &[&sequence], &[]);
         let baseline = g.op("Expand", &[&bias, &shape], &[]);
-        g.op_into(
-            "Concat",
-            &[&features, &sequence, &baseline],
-            crate::model::SEGMENT_CONTRIBUTIONS,
-            &[Attr::Int("axis", 2)],
-        );
-        g.output(
-            crate::model::SEGMENT_CONTRIBUTIONS,
-            crate::model::onnx::Elem::F32,
-            &[
-                crate::model::onnx::Dim::Dynamic("batch"),
-                crate::model::onnx::Dim::Fixed(k),
-                crate::model::onnx::Dim::Fixed(f + 2),
-            ],
-        );
+        explanation_output(&mut g, [&features, &sequence, &baseline], k as usize);
     }
     let layers = a.layers.to_string();
     let width = a.d.to_string();
@@ -261,6 +247,28 @@ pub fn to_onnx_with(
             ("segstream.d_model", &width),
         ],
     ))
+}
+
+/// The explanation output ([`crate::model::SEGMENT_CONTRIBUTIONS`],
+/// [B, K, F + 2]) from its three parts: the features' [B, K, F], the
+/// sequence's and the baseline's [B, K, 1] each.
+fn explanation_output(g: &mut GraphBuilder, [features, sequence, baseline]: [&str; 3], k: usize) {
+    use crate::model::onnx::{Dim, Elem};
+    g.op_into(
+        "Concat",
+        &[features, sequence, baseline],
+        crate::model::SEGMENT_CONTRIBUTIONS,
+        &[Attr::Int("axis", 2)],
+    );
+    g.output(
+        crate::model::SEGMENT_CONTRIBUTIONS,
+        Elem::F32,
+        &[
+            Dim::Dynamic("batch"),
+            Dim::Fixed(k as i64),
+            Dim::Fixed(CUSTOMER_DIM as i64 + 2),
+        ],
+    );
 }
 
 /// The ONNX model of the logistic regression `model`, calibrated by `c`,
@@ -349,21 +357,7 @@ pub fn logistic_to_onnx(
     let column = g.op("Slice", &[&features, &first, &one_col, &ax2], &[]);
     let sequence = g.op("Mul", &[&column, &zero], &[]);
     let baseline = g.op("Add", &[&sequence, &bias], &[]);
-    g.op_into(
-        "Concat",
-        &[&features, &sequence, &baseline],
-        crate::model::SEGMENT_CONTRIBUTIONS,
-        &[Attr::Int("axis", 2)],
-    );
-    g.output(
-        crate::model::SEGMENT_CONTRIBUTIONS,
-        crate::model::onnx::Elem::F32,
-        &[
-            crate::model::onnx::Dim::Dynamic("batch"),
-            crate::model::onnx::Dim::Fixed(k as i64),
-            crate::model::onnx::Dim::Fixed(f as i64 + 2),
-        ],
-    );
+    explanation_output(&mut g, [&features, &sequence, &baseline], k);
     g.finish(
         "segstream logistic regression: customer features, four heads",
         &[

@@ -336,41 +336,79 @@ fn select(out: &Outputs, idx: &[usize], segments: usize) -> Outputs {
     }
 }
 
-/// The margins of `challengers` against `reference` on `metrics`, as
-/// report lines: "name − reference: metric +0.0012 [−0.0004, +0.0031] (tie)".
-pub fn margins_report(
-    reference: (&str, &Outputs),
-    challengers: &[(&str, &Outputs)],
-    on: &Judged<'_>,
-    metrics: &[&str],
-    seed: u64,
-) -> (String, BTreeMap<String, f64>) {
-    let mut text = format!(
-        "Margins against the {} (paired bootstrap over customers, {RESAMPLES} resamples, 95 %; a margin whose interval holds 0 is a tie):\n",
-        reference.0
-    );
-    let mut stored = BTreeMap::new();
-    for (name, out) in challengers {
-        for metric in metrics {
+/// Each challenger's [`margin`] against a reference model, on its metrics.
+#[derive(Debug, Clone)]
+pub struct Margins {
+    reference: String,
+    /// (challenger, metric, margin), in the order asked.
+    rows: Vec<(String, String, Margin)>,
+}
+
+impl Margins {
+    /// The margins of each challenger (name, outputs, metrics) against
+    /// `reference` on the examples `on`.
+    pub fn of(
+        reference: (&str, &Outputs),
+        challengers: &[(&str, &Outputs, &[&str])],
+        on: &Judged<'_>,
+        seed: u64,
+    ) -> Margins {
+        let rows = challengers
+            .iter()
+            .flat_map(|(name, out, metrics)| {
+                metrics.iter().map(move |metric| {
+                    let m = margin(out, reference.1, on, metric, RESAMPLES, seed);
+                    (name.to_string(), metric.to_string(), m)
+                })
+            })
+            .collect();
+        Margins {
+            reference: reference.0.to_string(),
+            rows,
+        }
+    }
+
+    /// `challenger`'s margin on `metric`, when it was measured.
+    pub fn get(&self, challenger: &str, metric: &str) -> Option<&Margin> {
+        self.rows
+            .iter()
+            .find(|(n, m, _)| n == challenger && m == metric)
+            .map(|(_, _, margin)| margin)
+    }
+
+    /// Report lines: "name − reference: metric +0.0012 [−0.0004, +0.0031] (tie)".
+    pub fn report(&self) -> String {
+        let mut text = format!(
+            "Margins against the {} (paired bootstrap over customers, {RESAMPLES} resamples, 95 %; a margin whose interval holds 0 is a tie):\n",
+            self.reference
+        );
+        for (name, metric, m) in &self.rows {
             let higher = METRICS
                 .iter()
-                .find(|(m, _)| m == metric)
+                .find(|(k, _)| k == metric)
                 .is_none_or(|(_, h)| *h);
-            let m = margin(out, reference.1, on, metric, RESAMPLES, seed);
             text.push_str(&format!(
                 "  {name} − {}: {metric} {:+.4} [{:+.4}, {:+.4}] ({})\n",
-                reference.0,
+                self.reference,
                 m.difference,
                 m.low,
                 m.high,
                 m.verdict(higher)
             ));
+        }
+        text
+    }
+
+    /// The bounds for the manifest: `margin_<challenger>_<metric>_low`/`_high`.
+    pub fn stored(&self) -> BTreeMap<String, f64> {
+        let mut stored = BTreeMap::new();
+        for (name, metric, m) in &self.rows {
             let key = format!("margin_{}_{metric}", name.replace([' ', ',', '/'], "_"));
             stored.insert(format!("{key}_low"), m.low);
             stored.insert(format!("{key}_high"), m.high);
         }
+        stored
     }
-    (text, stored)
 }
 
 #[cfg(test)]

@@ -384,44 +384,34 @@ fn train_in_pool(
         customer: &val_set.customer,
         segments,
     };
-    let (margins, mut margin_values) = metrics::margins_report(
+    let margins = metrics::Margins::of(
         ("transformer", &crossed),
         &[
-            ("same, sequence masked", &masked),
-            ("logistic regression", &logistic_out),
-            ("RFM rules", &rules_out),
+            ("same, sequence masked", &masked, &margin_metrics),
+            ("logistic regression", &logistic_out, &margin_metrics),
+            ("RFM rules", &rules_out, &margin_metrics),
+            ("BG/NBD", &bgnbd_out, &["purchase_auc"]),
         ],
         &judged,
-        &margin_metrics,
         tc.seed,
-    );
-    let (bgnbd_margin, bgnbd_values) = metrics::margins_report(
-        ("transformer", &crossed),
-        &[("BG/NBD", &bgnbd_out)],
-        &judged,
-        &["purchase_auc"],
-        tc.seed,
-    );
-    margin_values.extend(bgnbd_values);
-    let margins = format!(
-        "{margins}{}",
-        bgnbd_margin
-            .lines()
-            .skip(1)
-            .map(|l| format!("{l}\n"))
-            .collect::<String>()
     );
 
-    // Which candidate is served (`train.model`).
+    // Which candidate is served (`train.model`), on the logistic
+    // regression's margin on the promote metric (measured just above).
     let key = tc.promote_metric.as_str();
-    let lead = metrics::margin(
-        &logistic_out,
-        &crossed,
-        &judged,
-        key,
-        metrics::RESAMPLES,
-        tc.seed,
-    );
+    let lead = margins
+        .get("logistic regression", key)
+        .copied()
+        .unwrap_or_else(|| {
+            metrics::margin(
+                &logistic_out,
+                &crossed,
+                &judged,
+                key,
+                metrics::RESAMPLES,
+                tc.seed,
+            )
+        });
     let (served, why_served) = choose(tc.model, key, &lead);
     tracing::info!(served = served.as_str(), why = %why_served, "Chose the model to serve.");
     let (m_served, served_raw) = match served {
@@ -540,8 +530,9 @@ fn train_in_pool(
         table_models.push((l.as_str(), m));
     }
     let table = format!(
-        "{}\n{margins}\nServed: {} ({why_served}).\n\n{forward_line}",
+        "{}\n{}\nServed: {} ({why_served}).\n\n{forward_line}",
         metrics::table(&table_models),
+        margins.report(),
         served_label(served)
     );
 
@@ -552,7 +543,7 @@ fn train_in_pool(
     stored.extend(prefixed("baseline_rules", &m_rules));
     stored.extend(prefixed("baseline_bgnbd", &m_bgnbd));
     stored.extend(prefixed("ablation_sequence_masked", &m_masked));
-    stored.extend(margin_values);
+    stored.extend(margins.stored());
     if let Some(f) = &forward {
         stored.insert("forward_purchase_ratio".into(), f.purchase_ratio());
         stored.insert("forward_spend_ratio".into(), f.spend_ratio);
