@@ -9,8 +9,9 @@ use std::process::Command;
 
 use segstream::bench::{
     suite_markdown, E2eBench, HistoryE2e, IngestBench, Latency, Machine, Outcome, RestoreBench,
-    ScoreBenchRow, StateBench, Suite, TrainBench,
+    ScoreBenchRow, SparseBench, StateBench, Suite, TrainBench,
 };
+use segstream::train::metrics::MarginLine;
 
 fn segstream() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_segstream"));
@@ -155,26 +156,44 @@ fn suite() -> Suite {
                 ("Transformer".into(), 0.861),
                 ("logistic regression".into(), 0.846),
             ],
+            seed: 11,
+            served: "transformer".into(),
+            served_quality: Vec::new(),
+            margins: Vec::new(),
         }),
-        train_sparse: Outcome::Done(TrainBench {
-            history: "generated, purchases only".into(),
-            events: 422_075,
-            customers: 25_000,
-            days: 456,
-            examples: (49_848, 39_843),
-            parameters: 1_194_880,
-            epochs: 3,
-            plain_replay_seconds: 0.3,
-            replay_seconds: 1.6,
-            replay_ratio: 5.3,
-            seconds_per_epoch: 24.0,
-            fit_seconds: 79.1,
-            eval_export_seconds: 33.1,
-            seconds_per_million_replay_epoch: 60.6,
-            seconds_per_million_total: 270.0,
-            total_seconds: 113.8,
-            candidate_examples: 730_276,
-            purchase_auc: vec![("Transformer".into(), 0.7948)],
+        train_sparse: Outcome::Done(SparseBench {
+            runs: vec![TrainBench {
+                history: "generated, purchases only".into(),
+                events: 422_075,
+                customers: 25_000,
+                days: 456,
+                examples: (49_848, 39_843),
+                parameters: 1_194_880,
+                epochs: 3,
+                plain_replay_seconds: 0.3,
+                replay_seconds: 1.6,
+                replay_ratio: 5.3,
+                seconds_per_epoch: 24.0,
+                fit_seconds: 79.1,
+                eval_export_seconds: 33.1,
+                seconds_per_million_replay_epoch: 60.6,
+                seconds_per_million_total: 270.0,
+                total_seconds: 113.8,
+                candidate_examples: 730_276,
+                purchase_auc: vec![("Transformer".into(), 0.7948)],
+                seed: 12,
+                served: "logistic".into(),
+                served_quality: vec![("spend_sum_ratio".into(), 1.004)],
+                margins: vec![MarginLine {
+                    challenger: "logistic regression".into(),
+                    reference: "transformer".into(),
+                    metric: "segment_macro_f1".into(),
+                    difference: 0.0001,
+                    low: -0.0031,
+                    high: 0.0035,
+                    verdict: "tie".into(),
+                }],
+            }],
         }),
     }
 }
@@ -223,6 +242,13 @@ fn the_suite_report_has_the_machine_and_every_section() {
         "{md}"
     );
     assert!(md.contains("## Training on a sparse history"), "{md}");
+    assert!(
+        md.contains(
+            "| 12 | logistic | 1.004 | – | – | logistic regression − transformer \
+             segment_macro_f1 +0.0001 [-0.0031, +0.0035] tie |"
+        ),
+        "{md}"
+    );
     assert!(
         md.contains("| training (generated, purchases only history: 422075 events"),
         "{md}"

@@ -149,6 +149,18 @@ async fn served_scores_equal_offline_replay_scores() {
     // Offline: the same events, replayed up to each change's as_of, scored
     // with the same model directory.
     let files = ModelFiles::read(&registry.dir("skew-1").unwrap()).unwrap();
+    // Issue 38: the model takes the classical inputs (BG/NBD, Gamma-Gamma)
+    // with the parameters fitted at training, stored in its feature spec;
+    // the same model scored with those inputs "not defined" shows that the
+    // comparison below would see serving compute them otherwise.
+    assert!(
+        files.manifest.feature_spec.classical.is_some(),
+        "the classical models were fitted: {:?}",
+        files.manifest.feature_spec
+    );
+    let mut without_classical = files.clone();
+    without_classical.manifest.feature_spec.classical = None;
+    let mut classical_moves = 0f32;
     let mut by_customer: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
     for e in &events {
         by_customer.entry(&e.customer_id).or_default().push(e);
@@ -168,9 +180,18 @@ async fn served_scores_equal_offline_replay_scores() {
                 .iter()
                 .map(|e| (*e).clone())
                 .collect();
-            let offline = train::predict::predict(&config, &files, mine, c.as_of_ms).unwrap();
+            let offline =
+                train::predict::predict(&config, &files, mine.clone(), c.as_of_ms).unwrap();
             assert_eq!(offline.rows.len(), 1);
             let row = &offline.rows[0];
+            if compared < 20 {
+                let plain =
+                    train::predict::predict(&config, &without_classical, mine.clone(), c.as_of_ms)
+                        .unwrap();
+                for (a, b) in plain.rows[0].probabilities.iter().zip(&row.probabilities) {
+                    classical_moves = classical_moves.max((a - b).abs());
+                }
+            }
             for (name, p) in offline.segments.iter().zip(&row.probabilities) {
                 let served = c.scores[name];
                 worst = worst.max((served - p).abs());
@@ -220,6 +241,10 @@ async fn served_scores_equal_offline_replay_scores() {
         compared >= 100,
         "only {compared} changes to compare:\n{}",
         tail(&log)
+    );
+    assert!(
+        classical_moves > 1e-4,
+        "the classical inputs move the scores by only {classical_moves}"
     );
     assert!(
         worst <= 1e-5,

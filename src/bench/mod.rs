@@ -35,7 +35,8 @@ pub use risk::{risk, risk_markdown, RiskBench, RuleScore};
 pub use score::{score, score_markdown, E2eModel, ScoreBenchRow};
 pub use state::{state, state_markdown, RestoreBench, StateBench};
 pub use train::{
-    history_for, summarize as train_summary, train, train_markdown, train_sparse, TrainBench,
+    history_for, sparse_markdown, summarize as train_summary, train, train_markdown, train_sparse,
+    SparseBench, TrainBench, SPARSE_SEEDS,
 };
 
 /// What a benchmark returns; its error is reported, not classified.

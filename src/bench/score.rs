@@ -75,7 +75,7 @@ pub(super) async fn bench_trained(
                 &crate::train::TrainOptions {
                     version: Some(version),
                     force: true,
-                    no_promote: false,
+                    ..Default::default()
                 },
                 p,
             )

@@ -64,7 +64,28 @@ pub struct TrainBench {
     pub candidate_examples: u64,
     /// Validation purchase AUC by model (Transformer, ablation, baselines).
     pub purchase_auc: Vec<(String, f64)>,
+    /// Seed of the generated world.
+    pub seed: u64,
+    /// The family served (`train.model`, judged on the margins).
+    pub served: String,
+    /// The served model's spend and forward-calibration figures
+    /// (`spend_sum_ratio`, `spend_max_ratio`, `forward_purchase_ratio`,
+    /// `forward_spend_ratio`), where measured.
+    pub served_quality: Vec<(String, f64)>,
+    /// Every margin of the report (paired bootstrap, 95 %).
+    pub margins: Vec<crate::train::metrics::MarginLine>,
 }
+
+/// The sparse benchmark: one training per seed of the generated
+/// purchases-only world.
+#[derive(Debug, Clone, Serialize)]
+pub struct SparseBench {
+    /// One run per seed.
+    pub runs: Vec<TrainBench>,
+}
+
+/// Seeds of the sparse benchmark's generated worlds.
+pub const SPARSE_SEEDS: [u64; 3] = [11, 12, 13];
 
 /// The generated history for about `events` events (180 days, customers
 /// scaled to the generator's yield).
@@ -108,7 +129,7 @@ pub fn train(config: &Config, events: usize, epochs: usize) -> BenchResult<Train
     let mut cfg = config.clone();
     cfg.train.max_epochs = epochs.max(1);
     cfg.train.patience = cfg.train.patience.max(cfg.train.max_epochs);
-    timed_training(&cfg, &gen, history)
+    timed_training(&cfg, &gen, history, false)
 }
 
 /// Replays `history` plainly (the baseline), then trains on it into a
@@ -117,6 +138,7 @@ fn timed_training(
     config: &Config,
     gen: &GeneratorConfig,
     mut history: Vec<Event>,
+    ablate: bool,
 ) -> BenchResult<TrainBench> {
     let (plain, _) = plain_replay(config, &mut history);
     let n = history.len() as u64;
@@ -124,8 +146,9 @@ fn timed_training(
     let registry = Registry::new(dir.join("models"));
     let options = TrainOptions {
         version: Some("bench-1".into()),
-        force: false,
         no_promote: true,
+        ablate,
+        ..Default::default()
     };
     let report = Progress::silent(|p| crate::train::train(config, history, &registry, &options, p));
     let _ = std::fs::remove_dir_all(&dir); // Best effort: a temporary directory.
@@ -136,15 +159,24 @@ fn timed_training(
 /// [`SPARSE`] customers and days (an orders table), trained as users run
 /// `segstream train`: the `[train]` settings as configured, early stopping
 /// and example sampling included. Goal: the whole run within 3 minutes.
-pub fn train_sparse(config: &Config) -> BenchResult<TrainBench> {
-    let gen = GeneratorConfig {
-        customers: SPARSE.0,
-        days: SPARSE.1,
-        seed: 11,
-        purchases_only: true,
-        ..GeneratorConfig::default()
-    };
-    timed_training(config, &gen, crate::generate::history(&gen).collect())
+pub fn train_sparse(config: &Config, seeds: &[u64], ablate: bool) -> BenchResult<SparseBench> {
+    let mut runs = Vec::with_capacity(seeds.len());
+    for &seed in seeds {
+        let gen = GeneratorConfig {
+            customers: SPARSE.0,
+            days: SPARSE.1,
+            seed,
+            purchases_only: true,
+            ..GeneratorConfig::default()
+        };
+        runs.push(timed_training(
+            config,
+            &gen,
+            crate::generate::history(&gen).collect(),
+            ablate,
+        )?);
+    }
+    Ok(SparseBench { runs })
 }
 
 /// The benchmark figures from a training report and the baseline replay.
@@ -170,8 +202,16 @@ pub fn summarize(
             "same, sequence masked",
             "ablation_sequence_masked.purchase_auc",
         ),
+        (
+            "same, no classical inputs",
+            "ablation_transformer_no_classical.purchase_auc",
+        ),
         ("logistic regression", "baseline_logistic.purchase_auc"),
-        ("BG/NBD", "baseline_bgnbd.purchase_auc"),
+        (
+            "logistic, no classical inputs",
+            "ablation_logistic_no_classical.purchase_auc",
+        ),
+        ("BG/NBD + Gamma-Gamma", "baseline_bgnbd.purchase_auc"),
         ("RFM rules", "baseline_rules.purchase_auc"),
     ]
     .into_iter()
@@ -200,6 +240,18 @@ pub fn summarize(
         total_seconds: replay + fit + eval,
         candidate_examples: report.replay.candidates,
         purchase_auc,
+        seed: gen.seed,
+        served: report.served.as_str().to_string(),
+        served_quality: [
+            "spend_sum_ratio",
+            "spend_max_ratio",
+            "forward_purchase_ratio",
+            "forward_spend_ratio",
+        ]
+        .into_iter()
+        .filter_map(|k| auc(k).map(|v| (k.to_string(), v)))
+        .collect(),
+        margins: report.margins.clone(),
     }
 }
 
@@ -247,6 +299,58 @@ pub fn train_markdown(b: &TrainBench) -> String {
         s.push_str(&format!(
             "| validation purchase AUC, {model} | {auc:.4} |\n"
         ));
+    }
+    s.push_str(&format!("| served (seed {}) | {} |\n", b.seed, b.served));
+    for (k, v) in &b.served_quality {
+        s.push_str(&format!("| served model's {k} | {v:.3} |\n"));
+    }
+    for m in &b.margins {
+        s.push_str(&format!(
+            "| {} − {}, {} | {:+.4} [{:+.4}, {:+.4}] ({}) |\n",
+            m.challenger, m.reference, m.metric, m.difference, m.low, m.high, m.verdict
+        ));
+    }
+    s
+}
+
+/// The sparse benchmark as Markdown: one line per seed (served model, its
+/// spend and forward figures, the margins), then each run's table.
+pub fn sparse_markdown(b: &SparseBench) -> String {
+    let mut s = String::from(
+        "| seed | served | spend sum ratio | largest prediction / largest actual | forward purchase ratio | margins (95 %) |\n\
+         | --- | --- | ---: | ---: | ---: | --- |\n",
+    );
+    for r in &b.runs {
+        let q = |k: &str| {
+            r.served_quality
+                .iter()
+                .find(|(n, _)| n == k)
+                .map_or("–".to_string(), |(_, v)| format!("{v:.3}"))
+        };
+        let margins: Vec<String> = r
+            .margins
+            .iter()
+            .filter(|m| !m.challenger.starts_with("RFM") && !m.challenger.starts_with("same, seq"))
+            .map(|m| {
+                format!(
+                    "{} − {} {} {:+.4} [{:+.4}, {:+.4}] {}",
+                    m.challenger, m.reference, m.metric, m.difference, m.low, m.high, m.verdict
+                )
+            })
+            .collect();
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            r.seed,
+            r.served,
+            q("spend_sum_ratio"),
+            q("spend_max_ratio"),
+            q("forward_purchase_ratio"),
+            margins.join("; ")
+        ));
+    }
+    for r in &b.runs {
+        s.push('\n');
+        s.push_str(&train_markdown(r));
     }
     s
 }

@@ -52,11 +52,19 @@ pub(crate) enum BenchCommand {
         /// Epochs (early stopping off).
         #[arg(long, default_value_t = 1)]
         epochs: usize,
-        /// Instead: the sparse case, a generated purchases-only history of
-        /// 25k customers over 15 months, trained with the `[train]` settings
-        /// as configured (early stopping and example sampling included).
+        /// Instead: the sparse case, generated purchases-only histories of
+        /// 25k customers over 15 months (one per seed), trained with the
+        /// `[train]` settings as configured (early stopping and example
+        /// sampling included).
         #[arg(long)]
         sparse: bool,
+        /// Seeds of the sparse worlds.
+        #[arg(long, value_delimiter = ',', default_values_t = segstream::bench::SPARSE_SEEDS)]
+        seeds: Vec<u64>,
+        /// Sparse: also fit each Transformer without the classical inputs
+        /// (a second fit per seed), to measure what they add.
+        #[arg(long)]
+        ablate: bool,
         /// Also write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -192,19 +200,23 @@ pub(crate) async fn bench(config: Config, command: BenchCommand) -> Result<(), F
             events,
             epochs,
             sparse,
+            seeds,
+            ablate,
             json,
         } => {
             let c = config.clone();
-            let r = tokio::task::spawn_blocking(move || {
-                if sparse {
-                    bench::train_sparse(&c)
-                } else {
-                    bench::train(&c, events, epochs)
-                }
-            })
-            .await?
-            .map_err(lift)?;
-            (bench::train_markdown(&r), serde_json::to_value(&r)?, json)
+            if sparse {
+                let r =
+                    tokio::task::spawn_blocking(move || bench::train_sparse(&c, &seeds, ablate))
+                        .await?
+                        .map_err(lift)?;
+                (bench::sparse_markdown(&r), serde_json::to_value(&r)?, json)
+            } else {
+                let r = tokio::task::spawn_blocking(move || bench::train(&c, events, epochs))
+                    .await?
+                    .map_err(lift)?;
+                (bench::train_markdown(&r), serde_json::to_value(&r)?, json)
+            }
         }
         BenchCommand::State {
             customers,
@@ -338,7 +350,10 @@ pub(crate) async fn bench_all(config: &Config, a: BenchAllArgs) -> Result<(), Fa
         suite.train = Outcome::from_result(r);
         info!("Running the sparse training benchmark.");
         let c = config.clone();
-        let r = tokio::task::spawn_blocking(move || bench::train_sparse(&c)).await?;
+        let r = tokio::task::spawn_blocking(move || {
+            bench::train_sparse(&c, &bench::SPARSE_SEEDS, false)
+        })
+        .await?;
         suite.train_sparse = Outcome::from_result(r);
     }
     let markdown = bench::suite_markdown(&suite);

@@ -69,6 +69,10 @@ pub(crate) struct TrainArgs {
     /// Publish the new version without promoting it.
     #[arg(long)]
     no_promote: bool,
+    /// Also fit the Transformer without the classical inputs (a second
+    /// fit), so the report measures what they add.
+    #[arg(long)]
+    ablate: bool,
     /// Train again this often (e.g. 24h) until interrupted; a failed run
     /// leaves the champion in place.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -346,6 +350,7 @@ pub(crate) fn train_once(
         version: args.version.clone(),
         force: args.force,
         no_promote: args.no_promote,
+        ablate: args.ablate,
     };
     let report = train::train(
         config,

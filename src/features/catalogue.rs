@@ -2,11 +2,11 @@
 //! explanations name them) and each one's value in its own unit, decoded
 //! from the featurizer's encoding.
 
-use super::{Normalization, CUSTOMER_DIM, LIFETIME_DIM, PER_WINDOW, WINDOW_DAYS};
+use super::{Normalization, CLASSICAL_DIM, CUSTOMER_DIM, LIFETIME_DIM, PER_WINDOW, WINDOW_DAYS};
 
 /// Names of the customer features (F), in `customer_features` order, as
 /// explanations name them: per window `<measure>_<days>d`, then recency,
-/// tenure and the lifetime purchase features.
+/// tenure, the lifetime purchase features and the classical inputs.
 pub fn customer_feature_names() -> &'static [String] {
     static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     NAMES.get_or_init(|| {
@@ -19,7 +19,7 @@ pub fn customer_feature_names() -> &'static [String] {
             "distinct_categories",
             "mean_rating",
         ];
-        const REST: [&str; 3 + LIFETIME_DIM] = [
+        const REST: [&str; 3 + LIFETIME_DIM + CLASSICAL_DIM] = [
             "days_since_purchase",
             "days_since_event",
             "tenure_days",
@@ -31,6 +31,10 @@ pub fn customer_feature_names() -> &'static [String] {
             "purchases_per_30d",
             "mean_purchase_gap_days",
             "purchase_gap_irregularity",
+            "bgnbd_p_alive",
+            "bgnbd_p_purchase",
+            "bgnbd_expected_purchases",
+            "expected_spend",
         ];
         let mut names = Vec::with_capacity(CUSTOMER_DIM);
         for days in WINDOW_DAYS {
@@ -44,7 +48,7 @@ pub fn customer_feature_names() -> &'static [String] {
 /// The customer's own value of customer feature `j` from its encoded
 /// value `v` (the inverse of the featurizer's scaling), with its unit's
 /// name; `None` where it is not defined (never purchased, no rating, too
-/// few purchases for a gap).
+/// few purchases for a gap, no classical parameters).
 pub fn customer_feature_value(
     j: usize,
     v: f32,
@@ -72,6 +76,11 @@ pub fn customer_feature_value(
         6 | 7 | 9 => defined.then(|| (log(norm.days_log_scale), "days")),
         8 => defined.then(|| (log(norm.count_log_scale), "per_30_days")),
         10 => defined.then(|| (f64::from(v) * 3.0, "ratio")),
+        // Classical: probability alive, of a purchase; expected purchases,
+        // spend.
+        11 | 12 => defined.then(|| (f64::from(v), "probability")),
+        13 => defined.then(|| (log(norm.count_log_scale), "count")),
+        14 => defined.then(|| (log(norm.spend_log_scale).round(), "minor_units")),
         _ => None,
     }
 }

@@ -35,10 +35,12 @@ use crate::state::{kind, CustomerState, StateLimits, WINDOW_DAYS};
 /// Version of the feature definitions in this module. Bump it whenever a
 /// feature's meaning changes; models trained on another version are refused.
 mod catalogue;
+pub mod classical;
 
 pub use catalogue::{customer_feature_names, customer_feature_value};
+pub use classical::Classical;
 
-pub const FEATURE_VERSION: u32 = 3;
+pub const FEATURE_VERSION: u32 = 4;
 /// Numeric values per event (E): log age, log amount, rating, log dwell,
 /// hour of day (sin, cos), and (version 3) the log gaps to the previous
 /// event and to the previous event of the same kind (-1: none).
@@ -47,8 +49,15 @@ pub const EVENT_NUMERIC_DIM: usize = 8;
 const PER_WINDOW: usize = 7;
 /// Lifetime purchase features (after the windows, recency and tenure).
 pub const LIFETIME_DIM: usize = 8;
+/// Where the lifetime purchase features start.
+pub const LIFETIME_AT: usize = WINDOW_DAYS.len() * PER_WINDOW + 3;
+/// Classical inputs (version 4, see [`classical`]), after the lifetime
+/// features.
+pub const CLASSICAL_DIM: usize = 4;
+/// Where the classical inputs start.
+pub const CLASSICAL_AT: usize = LIFETIME_AT + LIFETIME_DIM;
 /// Customer features (F).
-pub const CUSTOMER_DIM: usize = WINDOW_DAYS.len() * PER_WINDOW + 3 + LIFETIME_DIM;
+pub const CUSTOMER_DIM: usize = CLASSICAL_AT + CLASSICAL_DIM;
 
 /// Names of the model inputs, in order.
 pub const INPUT_NAMES: [&str; 6] = [
@@ -119,6 +128,10 @@ pub struct FeatureSpec {
     pub windows_days: Vec<u32>,
     /// Normalization constants.
     pub normalization: Normalization,
+    /// Parameters of the classical inputs, fitted at training (none: the
+    /// inputs are "not defined", -1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classical: Option<Classical>,
 }
 
 impl FeatureSpec {
@@ -136,6 +149,20 @@ impl FeatureSpec {
             tokenizer: TOKENIZER.to_string(),
             windows_days: WINDOW_DAYS.to_vec(),
             normalization: Normalization::default(),
+            classical: None,
+        }
+    }
+
+    /// Whether a model of `other` takes the same input layout: every field
+    /// but the classical parameters, which change with each fit (inputs of
+    /// `self` are recomputed with `other`'s parameters to score it).
+    pub fn same_layout(&self, other: &FeatureSpec) -> bool {
+        FeatureSpec {
+            classical: None,
+            ..self.clone()
+        } == FeatureSpec {
+            classical: None,
+            ..other.clone()
         }
     }
 }
@@ -243,6 +270,9 @@ impl Featurizer {
             if !(v.is_finite() && v > 0.0) {
                 why.push(format!("normalization.{name} must be a positive number"));
             }
+        }
+        if let Some(c) = &spec.classical {
+            why.extend(c.problems());
         }
         if !why.is_empty() {
             return Err(FeatureError::Unsupported(why.join("; ")));
@@ -392,7 +422,8 @@ impl Featurizer {
         out[base] = agg.days_since_purchase.map_or(-1.0, days);
         out[base + 1] = days(agg.days_since_event);
         out[base + 2] = days(agg.tenure_days);
-        fill_lifetime(state, as_of_ms, norm, &mut out[base + 3..]);
+        fill_lifetime(state, as_of_ms, norm, &mut out[LIFETIME_AT..CLASSICAL_AT]);
+        classical::fill(self.spec.classical.as_ref(), norm, out);
     }
 }
 

@@ -189,7 +189,7 @@ fn lifetime_features_reach_past_the_windows_and_the_recent_events() {
         panic!()
     };
     let n = &f.spec().normalization;
-    let lt = &c[CUSTOMER_DIM - LIFETIME_DIM..];
+    let lt = &c[LIFETIME_AT..CLASSICAL_AT];
     let close = |a: f32, b: f32| (a - b).abs() < 1e-5;
     assert!(close(lt[0], 21f32.ln_1p() / n.count_log_scale), "{lt:?}");
     assert!(close(lt[1], 210_000f32.ln_1p() / n.spend_log_scale));
@@ -232,9 +232,95 @@ fn lifetime_features_reach_past_the_windows_and_the_recent_events() {
         panic!()
     };
     assert_eq!(
-        &c[CUSTOMER_DIM - LIFETIME_DIM..],
-        [0.0, 0.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0]
+        &c[LIFETIME_AT..],
+        [0.0, 0.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0]
     );
+}
+
+/// Issue 38: the classical inputs are "not defined" without parameters,
+/// and with them are the BG/NBD and Gamma-Gamma predictions for the
+/// customer's x, t_x, T and mean order value, in the catalogue's units.
+#[test]
+fn classical_inputs_are_the_fitted_models_predictions() {
+    use crate::features::classical::{BgNbd, Classical, GammaGamma, Rfm};
+    const DAY: i64 = 86_400_000;
+    let limits = StateLimits::default();
+    let mut s = CustomerState::default();
+    for i in 0..21 {
+        s.record(
+            &ev("a", &format!("p{i}"), T0 + i * 10 * DAY, buy("x", 10_000)),
+            limits,
+        );
+    }
+    let as_of = T0 + 230 * DAY;
+    let plain = featurizer();
+    assert_eq!(
+        plain.customer_features(&s, as_of)[CLASSICAL_AT..],
+        [-1.0; CLASSICAL_DIM]
+    );
+    let classical = Classical {
+        bgnbd: BgNbd {
+            r: 0.8,
+            alpha: 20.0,
+            a: 0.7,
+            b: 3.0,
+        },
+        gamma_gamma: Some(GammaGamma {
+            p: 6.0,
+            q: 4.0,
+            gamma: 5_000.0,
+        }),
+        horizon_days: 90.0,
+    };
+    let spec = FeatureSpec {
+        classical: Some(classical),
+        ..plain.spec().clone()
+    };
+    let f = Featurizer::new(spec, limits).unwrap();
+    let row = f.customer_features(&s, as_of);
+    assert_eq!(
+        row[..CLASSICAL_AT],
+        plain.customer_features(&s, as_of)[..CLASSICAL_AT],
+        "the other features do not move"
+    );
+    let c = Rfm {
+        x: 20.0,
+        t_x: 200.0,
+        t: 230.0,
+    };
+    let m = classical.bgnbd;
+    let value = 6.0 * (5_000.0 + 21.0 * 10_000.0) / (6.0 * 21.0 + 3.0);
+    let want = [
+        (m.p_alive(&c), "probability"),
+        (m.p_purchase_within(&c, 90.0), "probability"),
+        (m.expected_purchases(&c, 90.0), "count"),
+        (m.expected_purchases(&c, 90.0) * value, "minor_units"),
+    ];
+    let n = &f.spec().normalization;
+    for (k, (want, unit)) in want.into_iter().enumerate() {
+        let j = CLASSICAL_AT + k;
+        let (got, u) = crate::features::customer_feature_value(j, row[j], n).unwrap();
+        assert_eq!(u, unit);
+        assert!(
+            (got - want).abs() <= want.abs() * 2e-3 + 1e-3,
+            "{}: {got} against {want}",
+            crate::features::customer_feature_names()[j]
+        );
+    }
+    assert!(
+        row[CLASSICAL_AT] > 0.5 && row[CLASSICAL_AT] < 1.0,
+        "{row:?}"
+    );
+    // A spec with parameters that cannot be used is refused, with why.
+    let bad = FeatureSpec {
+        classical: Some(Classical {
+            horizon_days: 0.0,
+            ..classical
+        }),
+        ..plain.spec().clone()
+    };
+    let e = Featurizer::new(bad, limits).unwrap_err().to_string();
+    assert!(e.contains("horizon_days"), "{e}");
 }
 
 #[test]
@@ -244,7 +330,8 @@ fn every_customer_feature_has_one_distinct_name() {
     let distinct: std::collections::BTreeSet<&String> = names.iter().collect();
     assert_eq!(distinct.len(), names.len());
     assert_eq!(names[2], "purchases_1d");
-    assert_eq!(names[super::CUSTOMER_DIM - 1], "purchase_gap_irregularity");
+    assert_eq!(names[super::CLASSICAL_AT - 1], "purchase_gap_irregularity");
+    assert_eq!(names[super::CUSTOMER_DIM - 1], "expected_spend");
 }
 
 #[test]

@@ -1,47 +1,30 @@
-//! The BG/NBD baseline (Fader, Hardie and Lee 2005, "Counting your customers
-//! the easy way"): the classical "buy till you die" model a team compares a
-//! purchase-propensity model against.
+//! The classical baselines, fitted: BG/NBD (Fader, Hardie and Lee 2005,
+//! "Counting your customers the easy way"), the "buy till you die" model a
+//! team compares a purchase-propensity model against, and Gamma-Gamma for
+//! order values (Fader, Hardie and Lee 2005, "RFM and CLV").
 //!
 //! While alive, a customer buys as a Poisson process with rate λ ~
 //! Gamma(r, α); after each purchase they drop out with probability
 //! p ~ Beta(a, b). A customer is summarized by x (repeat purchases), t_x
 //! (first to last purchase) and T (first purchase to the cut), in days; the
 //! four parameters are fitted by maximum likelihood (Nelder-Mead on their
-//! logarithms). It predicts, for each customer, the probability of at least
-//! one purchase within the horizon and the expected number of purchases.
+//! logarithms). Order values are Gamma(p, ν) per customer with ν ~
+//! Gamma(q, γ); p, q and γ are fitted the same way on each customer's
+//! number of purchases and mean order value.
 //!
-//! The trainer reads x, t_x and T back from the lifetime customer features
-//! (feature version 2), so the baseline is scored on exactly the examples
-//! the Transformer is scored on. Customers who never purchased are outside
-//! the model; they get the purchase rate of such customers in training.
+//! The trainer reads x, t_x, T and the mean order value back from the
+//! lifetime customer features, so the baseline is scored on exactly the
+//! examples the learned models are scored on. The fitted parameters also
+//! become those models' classical inputs (`features::classical`), which
+//! hold the evaluation side (probability alive, expected purchases and
+//! spend). Customers who never purchased are outside the model; they get
+//! the purchase rate of such customers in training.
 
 use super::examples::ExampleSet;
-use crate::features::{FeatureSpec, CUSTOMER_DIM, LIFETIME_DIM};
+pub use crate::features::classical::BgNbd;
+use crate::features::classical::{GammaGamma, Rfm};
+use crate::features::{Classical, FeatureSpec};
 use crate::model::reference::Outputs;
-
-/// BG/NBD parameters.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BgNbd {
-    /// Shape of the purchase-rate Gamma.
-    pub r: f64,
-    /// Rate (scale⁻¹) of the purchase-rate Gamma, in days.
-    pub alpha: f64,
-    /// Beta parameter a of the dropout probability.
-    pub a: f64,
-    /// Beta parameter b of the dropout probability.
-    pub b: f64,
-}
-
-/// One customer's summary, in days.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rfm {
-    /// Repeat purchases (purchases − 1).
-    pub x: f64,
-    /// First to last purchase.
-    pub t_x: f64,
-    /// First purchase to the cut.
-    pub t: f64,
-}
 
 impl BgNbd {
     /// Log-likelihood of one customer.
@@ -74,12 +57,7 @@ impl BgNbd {
         let objective = |v: &[f64; 4]| {
             let m = from(v);
             let ll: f64 = customers.iter().map(|c| m.log_likelihood(c)).sum();
-            let nll = -ll / customers.len() as f64;
-            if nll.is_finite() {
-                nll
-            } else {
-                f64::MAX
-            }
+            finite_or_max(-ll / customers.len() as f64)
         };
         let mean_t = customers.iter().map(|c| c.t).sum::<f64>() / customers.len() as f64;
         let mut start = [0.0, mean_t.max(1.0).ln(), 0.0, 0.0];
@@ -93,86 +71,81 @@ impl BgNbd {
             .all(|v| v.is_finite() && *v > 0.0)
             .then_some(m)
     }
+}
 
-    /// Probability that the customer is still alive at T.
-    pub fn p_alive(&self, c: &Rfm) -> f64 {
-        if c.x <= 0.0 {
-            return 1.0;
+impl GammaGamma {
+    /// Log-likelihood of a customer's mean order value `mean` over `n`
+    /// purchases (the constant terms in the values themselves left out).
+    pub fn log_likelihood(&self, n: f64, mean: f64) -> f64 {
+        let GammaGamma { p, q, gamma } = *self;
+        ln_gamma(p * n + q) - ln_gamma(p * n) - ln_gamma(q)
+            + q * gamma.ln()
+            + (p * n - 1.0) * mean.ln()
+            + p * n * n.ln()
+            - (p * n + q) * (gamma + mean * n).ln()
+    }
+
+    /// Fits p, q (> 1) and γ by maximum likelihood on (purchases, mean
+    /// order value) pairs with a positive mean; None with fewer than 20 or
+    /// when the optimum is not finite.
+    pub fn fit(customers: &[(f64, f64)]) -> Option<GammaGamma> {
+        let customers: Vec<(f64, f64)> = customers
+            .iter()
+            .copied()
+            .filter(|&(n, m)| n >= 1.0 && m > 0.0)
+            .collect();
+        if customers.len() < 20 {
+            return None;
         }
-        let BgNbd { r, alpha, a, b } = *self;
-        let odds = (a / (b + c.x - 1.0)) * ((alpha + c.t) / (alpha + c.t_x)).powf(r + c.x);
-        1.0 / (1.0 + odds)
-    }
-
-    /// Probability of at least one purchase in (T, T + h]: alive, and the
-    /// Poisson process (rate posterior Gamma(r + x, α + T)) fires.
-    pub fn p_purchase_within(&self, c: &Rfm, h: f64) -> f64 {
-        let shape = self.r + c.x;
-        let none = ((self.alpha + c.t) / (self.alpha + c.t + h)).powf(shape);
-        self.p_alive(c) * (1.0 - none)
-    }
-
-    /// Expected purchases in (T, T + h] (Fader, Hardie and Lee, eq. 10).
-    pub fn expected_purchases(&self, c: &Rfm, h: f64) -> f64 {
-        let BgNbd { r, alpha, a, b } = *self;
-        // The closed form has a pole at a = 1 (its limit is finite).
-        let a = if (a - 1.0).abs() < 1e-6 {
-            1.0 + 1e-6
-        } else {
-            a
+        let from = |v: &[f64; 3]| GammaGamma {
+            p: v[0].exp(),
+            q: 1.0 + v[1].exp(),
+            gamma: v[2].exp(),
         };
-        let x = c.x;
-        let z = h / (alpha + c.t + h);
-        let f = hyp2f1(r + x, b + x, a + b + x - 1.0, z);
-        let num = (a + b + x - 1.0) / (a - 1.0)
-            * (1.0 - ((alpha + c.t) / (alpha + c.t + h)).powf(r + x) * f);
-        let den = if x > 0.0 {
-            1.0 + (a / (b + x - 1.0)) * ((alpha + c.t) / (alpha + c.t_x)).powf(r + x)
-        } else {
-            1.0
+        let objective = |v: &[f64; 3]| {
+            let g = from(v);
+            let ll: f64 = customers.iter().map(|&(n, m)| g.log_likelihood(n, m)).sum();
+            finite_or_max(-ll / customers.len() as f64)
         };
-        (num / den).max(0.0)
+        // Start where the population mean order value is p·γ/(q − 1).
+        let mean = customers.iter().map(|c| c.1).sum::<f64>() / customers.len() as f64;
+        let mut start = [0.0, 0.0, mean.ln()];
+        for _ in 0..3 {
+            start = nelder_mead(&objective, start, 0.5, 4000);
+        }
+        let g = from(&start);
+        (g.p.is_finite() && g.q.is_finite() && g.gamma.is_finite() && g.q > 1.0 && g.p > 0.0)
+            .then_some(g)
     }
 }
 
-/// x, t_x and T of an example, read back from its lifetime features; None
-/// for a customer who never purchased.
-pub fn rfm_of(spec: &FeatureSpec, features: &[f32]) -> Option<Rfm> {
-    let n = &spec.normalization;
-    let lt = &features[CUSTOMER_DIM - LIFETIME_DIM..CUSTOMER_DIM];
-    let purchases = (f64::from(lt[0] * n.count_log_scale)).exp_m1().round();
-    if purchases < 1.0 || lt[3] < 0.0 {
-        return None;
+fn finite_or_max(v: f64) -> f64 {
+    if v.is_finite() {
+        v
+    } else {
+        f64::MAX
     }
-    let days = |v: f32| f64::from(v * n.days_log_scale).exp_m1().max(0.0);
-    let t = days(lt[3]);
-    Some(Rfm {
-        x: purchases - 1.0,
-        t_x: days(lt[4]).min(t),
-        t,
-    })
 }
 
-/// The fitted baseline: BG/NBD for customers with a purchase, the training
-/// purchase rate for the others.
+/// The fitted baseline: BG/NBD with Gamma-Gamma for customers with a
+/// purchase, the training purchase rate for the others.
 #[derive(Debug, Clone, Copy)]
 pub struct Baseline {
-    /// The model (None when it could not be fitted).
-    pub model: Option<BgNbd>,
+    /// The models (None when BG/NBD could not be fitted).
+    pub classical: Option<Classical>,
     /// Purchase rate in training of customers who never purchased.
     pub never_rate: f64,
-    /// Horizon in days.
-    pub horizon_days: f64,
 }
 
 impl Baseline {
     /// Fits on the training examples: each customer's latest one (the end
     /// of its calibration period).
     pub fn fit(spec: &FeatureSpec, train: &ExampleSet, horizon_days: f64) -> Baseline {
+        let norm = &spec.normalization;
         let mut latest: std::collections::HashMap<u32, (i64, usize)> = Default::default();
         let (mut never, mut never_bought) = (0usize, 0usize);
         for i in 0..train.len() {
-            if rfm_of(spec, train.customer_features_of(i)).is_none() {
+            if Rfm::of(norm, train.customer_features_of(i)).is_none() {
                 never += 1;
                 never_bought += usize::from(train.labels[i].purchased);
                 continue;
@@ -182,24 +155,32 @@ impl Baseline {
                 *e = (train.cut_ms[i], i);
             }
         }
-        let customers: Vec<Rfm> = latest
+        let customers: Vec<(Rfm, f64, f64)> = latest
             .values()
-            .filter_map(|(_, i)| rfm_of(spec, train.customer_features_of(*i)))
+            .filter_map(|(_, i)| Rfm::of(norm, train.customer_features_of(*i)))
             .collect();
+        let rfm: Vec<Rfm> = customers.iter().map(|c| c.0).collect();
+        let values: Vec<(f64, f64)> = customers.iter().map(|c| (c.1, c.2)).collect();
+        let classical = BgNbd::fit(&rfm).map(|bgnbd| Classical {
+            bgnbd,
+            gamma_gamma: GammaGamma::fit(&values),
+            horizon_days,
+        });
         Baseline {
-            model: BgNbd::fit(&customers),
+            // The manifest's JSON carries these exactly (serde_json's
+            // float_roundtrip): serving reads the parameters training used.
+            classical,
             never_rate: if never == 0 {
                 0.0
             } else {
                 never_bought as f64 / never as f64
             },
-            horizon_days,
         }
     }
 
     /// Outputs for `set`: purchase probability, churn as "no purchase"
     /// (BG/NBD knows nothing of browsing), and expected purchases times the
-    /// customer's mean order value as spend. No segments.
+    /// Gamma-Gamma expected order value as spend. No segments.
     pub fn predict(&self, spec: &FeatureSpec, set: &ExampleSet, segments: usize) -> Outputs {
         let n = set.len();
         let mut out = Outputs {
@@ -209,19 +190,14 @@ impl Baseline {
             predicted_spend: Vec::with_capacity(n),
             segment_contributions: Vec::new(),
         };
-        let norm = &spec.normalization;
         for i in 0..n {
             let f = set.customer_features_of(i);
-            let (p, spend) = match (rfm_of(spec, f), self.model) {
-                (Some(c), Some(m)) => {
-                    let aov = f64::from(f[CUSTOMER_DIM - LIFETIME_DIM + 2] * norm.amount_log_scale)
-                        .exp_m1();
-                    (
-                        m.p_purchase_within(&c, self.horizon_days),
-                        m.expected_purchases(&c, self.horizon_days) * aov,
-                    )
-                }
-                _ => (self.never_rate, 0.0),
+            let (p, spend) = match self
+                .classical
+                .and_then(|c| c.predict(&spec.normalization, f))
+            {
+                Some(p) => (p.p_purchase, p.spend),
+                None => (self.never_rate, 0.0),
             };
             out.purchase_probability.push(p as f32);
             out.churn_probability.push((1.0 - p) as f32);
@@ -272,28 +248,14 @@ fn ln_beta(a: f64, b: f64) -> f64 {
     ln_gamma(a) + ln_gamma(b) - ln_gamma(a + b)
 }
 
-/// Gauss hypergeometric ₂F₁(a, b; c; z) for 0 <= z < 1, by its series.
-fn hyp2f1(a: f64, b: f64, c: f64, z: f64) -> f64 {
-    let (mut term, mut sum) = (1.0, 1.0);
-    for k in 0..10_000 {
-        let k = f64::from(k);
-        term *= (a + k) * (b + k) / ((c + k) * (k + 1.0)) * z;
-        sum += term;
-        if term.abs() < 1e-12 * sum.abs() {
-            break;
-        }
-    }
-    sum
-}
-
 /// Minimizes `f` from `start` (simplex of the given step), `iterations` at most.
-fn nelder_mead(
-    f: &impl Fn(&[f64; 4]) -> f64,
-    start: [f64; 4],
+fn nelder_mead<const N: usize>(
+    f: &impl Fn(&[f64; N]) -> f64,
+    start: [f64; N],
     step: f64,
     iterations: usize,
-) -> [f64; 4] {
-    let mut simplex: Vec<([f64; 4], f64)> = (0..5)
+) -> [f64; N] {
+    let mut simplex: Vec<([f64; N], f64)> = (0..=N)
         .map(|i| {
             let mut p = start;
             if i > 0 {
@@ -304,20 +266,20 @@ fn nelder_mead(
         .collect();
     for _ in 0..iterations {
         simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
-        let (best, worst) = (simplex[0].1, simplex[4].1);
+        let (best, worst) = (simplex[0].1, simplex[N].1);
         if (worst - best).abs() < 1e-10 * (1.0 + best.abs()) {
             break;
         }
-        let mut centroid = [0.0; 4];
-        for (p, _) in &simplex[..4] {
-            for d in 0..4 {
-                centroid[d] += p[d] / 4.0;
+        let mut centroid = [0.0; N];
+        for (p, _) in &simplex[..N] {
+            for d in 0..N {
+                centroid[d] += p[d] / N as f64;
             }
         }
         let along = |t: f64| {
-            let mut p = [0.0; 4];
-            for d in 0..4 {
-                p[d] = centroid[d] + t * (simplex[4].0[d] - centroid[d]);
+            let mut p = [0.0; N];
+            for d in 0..N {
+                p[d] = centroid[d] + t * (simplex[N].0[d] - centroid[d]);
             }
             p
         };
@@ -326,27 +288,27 @@ fn nelder_mead(
         if fr < simplex[0].1 {
             let expanded = along(-2.0);
             let fe = f(&expanded);
-            simplex[4] = if fe < fr {
+            simplex[N] = if fe < fr {
                 (expanded, fe)
             } else {
                 (reflected, fr)
             };
-        } else if fr < simplex[3].1 {
-            simplex[4] = (reflected, fr);
+        } else if fr < simplex[N - 1].1 {
+            simplex[N] = (reflected, fr);
         } else {
-            let contracted = if fr < simplex[4].1 {
+            let contracted = if fr < simplex[N].1 {
                 along(-0.5)
             } else {
                 along(0.5)
             };
             let fc = f(&contracted);
-            if fc < simplex[4].1.min(fr) {
-                simplex[4] = (contracted, fc);
+            if fc < simplex[N].1.min(fr) {
+                simplex[N] = (contracted, fc);
             } else {
                 // Shrink toward the best point.
                 let best = simplex[0].0;
                 for (p, v) in simplex.iter_mut().skip(1) {
-                    for d in 0..4 {
+                    for d in 0..N {
                         p[d] = best[d] + 0.5 * (p[d] - best[d]);
                     }
                     *v = f(p);
@@ -511,5 +473,39 @@ mod tests {
             39.0,
         );
         assert!((e - 1.226).abs() < 0.02, "{e}");
+    }
+
+    /// Gamma-Gamma on 5,000 simulated customers recovers its parameters;
+    /// a customer's expected order value lies between their own mean and
+    /// the population's, nearer their own the more they bought.
+    #[test]
+    fn gamma_gamma_recovers_parameters_and_shrinks_toward_the_population() {
+        let truth = GammaGamma {
+            p: 6.25,
+            q: 3.74,
+            gamma: 15.44,
+        };
+        let mut rng = Rng::new(3);
+        let data: Vec<(f64, f64)> = (0..5_000)
+            .map(|i| {
+                let n = 1 + i % 8;
+                let nu = gamma(&mut rng, truth.q) / truth.gamma;
+                let total: f64 = (0..n).map(|_| gamma(&mut rng, truth.p) / nu).sum();
+                (n as f64, total / n as f64)
+            })
+            .collect();
+        let fit = GammaGamma::fit(&data).expect("a fit");
+        let close = |got: f64, want: f64, tol: f64| (got / want - 1.0).abs() < tol;
+        assert!(close(fit.p, truth.p, 0.15), "p {fit:?}");
+        assert!(close(fit.q, truth.q, 0.2), "q {fit:?}");
+        assert!(close(fit.gamma, truth.gamma, 0.3), "gamma {fit:?}");
+        let population = fit.p * fit.gamma / (fit.q - 1.0);
+        let own = 3.0 * population;
+        let (one, many) = (fit.expected_value(1.0, own), fit.expected_value(20.0, own));
+        assert!(
+            population < one && one < many && many < own,
+            "{population} {one} {many} {own}"
+        );
+        assert!(GammaGamma::fit(&data[..10]).is_none());
     }
 }

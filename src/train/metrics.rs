@@ -234,6 +234,33 @@ impl Margin {
     }
 }
 
+/// One measured margin: challenger − reference on a metric, with its
+/// interval and verdict ("ahead", "behind", "tie", for the challenger).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MarginLine {
+    /// The model compared.
+    pub challenger: String,
+    /// The model it is compared against.
+    pub reference: String,
+    /// The metric.
+    pub metric: String,
+    /// Challenger minus reference, on all examples.
+    pub difference: f64,
+    /// 2.5th percentile of the resampled differences.
+    pub low: f64,
+    /// 97.5th percentile of the resampled differences.
+    pub high: f64,
+    /// "ahead", "behind" or "tie".
+    pub verdict: String,
+}
+
+fn higher_is_better(metric: &str) -> bool {
+    METRICS
+        .iter()
+        .find(|(k, _)| *k == metric)
+        .is_none_or(|(_, h)| *h)
+}
+
 /// The examples models are judged on: their labels, whose they are, and
 /// the number of segments.
 #[derive(Debug, Clone, Copy)]
@@ -376,6 +403,22 @@ impl Margins {
             .map(|(_, _, margin)| margin)
     }
 
+    /// Every margin measured, with its verdict.
+    pub fn lines(&self) -> Vec<MarginLine> {
+        self.rows
+            .iter()
+            .map(|(name, metric, m)| MarginLine {
+                challenger: name.clone(),
+                reference: self.reference.clone(),
+                metric: metric.clone(),
+                difference: m.difference,
+                low: m.low,
+                high: m.high,
+                verdict: m.verdict(higher_is_better(metric)).to_string(),
+            })
+            .collect()
+    }
+
     /// Report lines: "name − reference: metric +0.0012 [−0.0004, +0.0031] (tie)".
     pub fn report(&self) -> String {
         let mut text = format!(
@@ -383,10 +426,7 @@ impl Margins {
             self.reference
         );
         for (name, metric, m) in &self.rows {
-            let higher = METRICS
-                .iter()
-                .find(|(k, _)| k == metric)
-                .is_none_or(|(_, h)| *h);
+            let higher = higher_is_better(metric);
             text.push_str(&format!(
                 "  {name} − {}: {metric} {:+.4} [{:+.4}, {:+.4}] ({})\n",
                 self.reference,

@@ -106,6 +106,9 @@ pub struct TrainOptions {
     pub force: bool,
     /// Publish but do not promote.
     pub no_promote: bool,
+    /// Also fit the Transformer without the classical inputs (a second
+    /// fit), so the report measures what they add to it.
+    pub ablate: bool,
 }
 
 /// Progress callbacks (the CLI draws bars; tests pass no-ops).
@@ -157,6 +160,8 @@ pub struct TrainReport {
     pub parameters: usize,
     /// The family served (`Transformer` or `Logistic`).
     pub served: ModelFamily,
+    /// Every margin the report prints (candidates, ablations).
+    pub margins: Vec<metrics::MarginLine>,
 }
 
 /// The family `train.model` asks for, given `lead`: the logistic
@@ -299,7 +304,7 @@ fn train_in_pool(
     let (all, replay) = examples::build(events, &featurizer, limits, rules, sampling, &mut |n| {
         (progress.replay)(n, total)
     })?;
-    let (train_set, val_set) =
+    let (mut train_set, mut val_set) =
         examples::split_by_time(&all, replay.validation_from_ms, rules.horizon_ms);
     drop(all);
     if train_set.len() < 50 || val_set.len() < 20 {
@@ -312,6 +317,19 @@ fn train_in_pool(
             (replay.span_ms.1 - replay.span_ms.0) as f64 / crate::units::DAY_MS as f64
         )));
     }
+    // The classical models, fitted on the training examples: a baseline,
+    // and (their parameters in the spec) inputs of the learned models.
+    let horizon_days = rules.horizon_ms as f64 / crate::state::DAY_MS as f64;
+    let bgnbd = btyd::Baseline::fit(&spec, &train_set, horizon_days);
+    if let Some(c) = &bgnbd.classical {
+        tracing::info!(bgnbd = ?c.bgnbd, gamma_gamma = ?c.gamma_gamma, "Fitted the classical models.");
+    }
+    let spec = FeatureSpec {
+        classical: bgnbd.classical,
+        ..spec
+    };
+    train_set.fill_classical(&spec);
+    val_set.fill_classical(&spec);
     let replay_s = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
@@ -337,6 +355,42 @@ fn train_in_pool(
         progress,
     )?;
     let fit_s = t1.elapsed().as_secs_f64();
+    // Ablation (on request: a second fit): the same Transformer, trained
+    // and calibrated without the classical inputs.
+    let plain_net = if options.ablate {
+        let (plain_train, plain_val) = (
+            train_set.without_classical(&spec),
+            val_set.without_classical(&spec),
+        );
+        let mut net = net::Transformer::new(net::Arch::new(&spec, tc, segments), tc.seed, &device)?;
+        if tc.warm_start {
+            net.warm_start(
+                &baselines::Logistic::fit(&plain_train, spend_scale, 300).linear_start(),
+            )?;
+        } else {
+            let (mean, std) = plain_train.feature_moments();
+            net.set_standardization(mean, std.iter().map(|s| 1.0 / s).collect());
+        }
+        let silent = &mut |_: &fit::EpochReport| {};
+        let mut quiet = Progress {
+            replay: progress.replay,
+            step: progress.step,
+            epoch: silent,
+        };
+        fit::fit(
+            &net,
+            &plain_train,
+            &plain_val,
+            tc,
+            spend_scale,
+            &device,
+            &mut quiet,
+        )?;
+        let raw = fit::predict(&net, &plain_val, spend_scale, None)?;
+        Some(calibrate::cross_fitted(&raw, &plain_val).0)
+    } else {
+        None
+    };
 
     let t2 = Instant::now();
     let version = options.version.clone().unwrap_or_else(default_version);
@@ -357,18 +411,14 @@ fn train_in_pool(
     let logistic_raw = logistic.predict(&val_set);
     let (logistic_out, logistic_calibration) = calibrate::cross_fitted(&logistic_raw, &val_set);
     let m_logistic = metrics::evaluate(&logistic_out, &val_set.labels, segments);
-    // BG/NBD: purchase propensity only (it knows no segments).
-    let horizon_days = rules.horizon_ms as f64 / crate::state::DAY_MS as f64;
-    let bgnbd = btyd::Baseline::fit(&spec, &train_set, horizon_days);
-    if let Some(m) = bgnbd.model {
-        tracing::info!(
-            r = m.r,
-            alpha = m.alpha,
-            a = m.a,
-            b = m.b,
-            "Fitted the BG/NBD baseline."
-        );
-    }
+    // Ablation: the logistic regression refitted without the classical
+    // inputs, so what they add is a measured number.
+    let plain_val = val_set.without_classical(&spec);
+    let plain = baselines::Logistic::fit(&train_set.without_classical(&spec), spend_scale, 300);
+    let (plain_out, _) = calibrate::cross_fitted(&plain.predict(&plain_val), &plain_val);
+    drop(plain_val);
+    let m_plain = metrics::evaluate(&plain_out, &val_set.labels, segments);
+    // BG/NBD with Gamma-Gamma: purchase propensity and spend (no segments).
     let bgnbd_out = bgnbd.predict(&spec, &val_set, segments);
     let mut m_bgnbd = metrics::evaluate(&bgnbd_out, &val_set.labels, segments);
     m_bgnbd.remove("segment_accuracy");
@@ -390,11 +440,28 @@ fn train_in_pool(
             ("same, sequence masked", &masked, &margin_metrics),
             ("logistic regression", &logistic_out, &margin_metrics),
             ("RFM rules", &rules_out, &margin_metrics),
-            ("BG/NBD", &bgnbd_out, &["purchase_auc"]),
+            ("BG/NBD + Gamma-Gamma", &bgnbd_out, &["purchase_auc"]),
         ],
         &judged,
         tc.seed,
     );
+    let ablation = metrics::Margins::of(
+        ("logistic regression", &logistic_out),
+        &[("logistic, no classical inputs", &plain_out, &margin_metrics)],
+        &judged,
+        tc.seed,
+    );
+    let m_plain_net = plain_net
+        .as_ref()
+        .map(|o| metrics::evaluate(o, &val_set.labels, segments));
+    let net_ablation = plain_net.as_ref().map(|o| {
+        metrics::Margins::of(
+            ("transformer", &crossed),
+            &[("transformer, no classical inputs", o, &margin_metrics)],
+            &judged,
+            tc.seed,
+        )
+    });
 
     // Which candidate is served (`train.model`), on the logistic
     // regression's margin on the promote metric (measured just above).
@@ -478,10 +545,13 @@ fn train_in_pool(
     if let Some(c) = &champion {
         match registry.dir(c).and_then(|d| ModelFiles::read(&d)) {
             Ok(files)
-                if files.manifest.feature_spec == spec
+                if files.manifest.feature_spec.same_layout(&spec)
                     && files.manifest.segments.len() == segments =>
             {
-                match onnx_outputs(config, c, &files.onnx, &spec, segments, &val_set) {
+                // Its classical inputs with its own parameters.
+                let mut theirs = val_set.clone();
+                theirs.fill_classical(&files.manifest.feature_spec);
+                match onnx_outputs(config, c, &files.onnx, &spec, segments, &theirs) {
                     Ok(o) => m_champion = Some(metrics::evaluate(&o, &val_set.labels, segments)),
                     Err(e) => champion_note = format!("champion {c} could not be scored ({e})"),
                 }
@@ -522,17 +592,29 @@ fn train_in_pool(
         ("transformer", &m_transformer),
         ("same, sequence masked", &m_masked),
         ("logistic regression", &m_logistic),
-        ("BG/NBD", &m_bgnbd),
+        ("logistic, no classical inputs", &m_plain),
+        ("BG/NBD + Gamma-Gamma", &m_bgnbd),
         ("RFM rules", &m_rules),
     ];
+    if let Some(m) = &m_plain_net {
+        table_models.insert(2, ("transformer, no classical inputs", m));
+    }
     let champion_label = champion.as_deref().map(|c| format!("champion {c}"));
     if let (Some(l), Some(m)) = (&champion_label, &m_champion) {
         table_models.push((l.as_str(), m));
     }
+    let mut lines = margins.lines();
+    lines.extend(ablation.lines());
+    lines.extend(net_ablation.iter().flat_map(|m| m.lines()));
     let table = format!(
-        "{}\n{}\nServed: {} ({why_served}).\n\n{forward_line}",
+        "{}\n{}{}\nServed: {} ({why_served}).\n\n{forward_line}",
         metrics::table(&table_models),
         margins.report(),
+        ablation.report()
+            + &net_ablation
+                .as_ref()
+                .map(|m| m.report())
+                .unwrap_or_default(),
         served_label(served)
     );
 
@@ -543,7 +625,13 @@ fn train_in_pool(
     stored.extend(prefixed("baseline_rules", &m_rules));
     stored.extend(prefixed("baseline_bgnbd", &m_bgnbd));
     stored.extend(prefixed("ablation_sequence_masked", &m_masked));
+    stored.extend(prefixed("ablation_logistic_no_classical", &m_plain));
     stored.extend(margins.stored());
+    stored.extend(ablation.stored());
+    if let (Some(m), Some(margins)) = (&m_plain_net, &net_ablation) {
+        stored.extend(prefixed("ablation_transformer_no_classical", m));
+        stored.extend(margins.stored());
+    }
     if let Some(f) = &forward {
         stored.insert("forward_purchase_ratio".into(), f.purchase_ratio());
         stored.insert("forward_spend_ratio".into(), f.spend_ratio);
@@ -604,6 +692,7 @@ fn train_in_pool(
         seconds: (replay_s, fit_s, t2.elapsed().as_secs_f64()),
         parameters,
         served,
+        margins: lines,
     })
 }
 

@@ -300,6 +300,27 @@ impl ExampleSet {
         }
     }
 
+    /// Recomputes every example's classical inputs with `spec`'s
+    /// parameters (`features::classical::fill`, the code the featurizer
+    /// serves them with), from the lifetime features already there.
+    pub fn fill_classical(&mut self, spec: &crate::features::FeatureSpec) {
+        let f = crate::features::CUSTOMER_DIM;
+        for row in self.customer_features.chunks_mut(f) {
+            crate::features::classical::fill(spec.classical.as_ref(), &spec.normalization, row);
+        }
+    }
+
+    /// The same examples with the classical inputs "not defined" (-1): the
+    /// ablation that measures what they add, refitted on.
+    pub fn without_classical(&self, spec: &crate::features::FeatureSpec) -> ExampleSet {
+        let mut out = self.clone();
+        out.fill_classical(&crate::features::FeatureSpec {
+            classical: None,
+            ..spec.clone()
+        });
+        out
+    }
+
     /// Appends the rows of a feature batch (one per customer index in `who`).
     fn push_features(
         &mut self,
