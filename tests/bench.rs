@@ -8,8 +8,8 @@ mod common;
 use std::process::Command;
 
 use segstream::bench::{
-    suite_markdown, E2eBench, HistoryE2e, IngestBench, Latency, Machine, Outcome, RestoreBench,
-    ScoreBenchRow, SparseBench, StateBench, Suite, TrainBench,
+    suite_markdown, E2eBench, Floor, HistoryE2e, IngestBench, Latency, Machine, Outcome,
+    RestoreBench, ScoreBenchRow, SparseBench, StateBench, Suite, TrainBench,
 };
 use segstream::train::metrics::MarginLine;
 
@@ -79,8 +79,15 @@ fn suite() -> Suite {
             raw_events_per_second: 180_000.0,
             pipeline_events_per_second: 9_000.0,
             ratio: 0.05,
-            raw_read_write_events_per_second: 45_000.0,
-            read_write_ratio: 0.2,
+            floor: Floor {
+                records_per_event: [1.0, 1.0, 1.0],
+                bytes_per_event: 1_050.0,
+                events_per_second: 45_000.0,
+                ratio: 0.2,
+                pipeline_cpu_us: Some(60.0),
+                floor_cpu_us: Some(20.0),
+                cpu_ratio: Some(3.0),
+            },
             latency: Latency {
                 target_rate: 4_500.0,
                 rate: 4_500.0,
@@ -106,6 +113,15 @@ fn suite() -> Suite {
                 segment_changes: 950,
                 dead_letters: 3,
                 late_events: 0,
+                floor: Floor {
+                    records_per_event: [0.4, 0.02, 0.02],
+                    bytes_per_event: 420.0,
+                    events_per_second: 90_000.0,
+                    ratio: 0.444,
+                    pipeline_cpu_us: None,
+                    floor_cpu_us: Some(9.5),
+                    cpu_ratio: None,
+                },
             }),
         }),
         e2e_transformer: Outcome::Done(E2eBench {
@@ -114,8 +130,15 @@ fn suite() -> Suite {
             raw_events_per_second: 180_000.0,
             pipeline_events_per_second: 5_000.0,
             ratio: 0.028,
-            raw_read_write_events_per_second: 45_000.0,
-            read_write_ratio: 0.111,
+            floor: Floor {
+                records_per_event: [1.0, 1.0, 1.0],
+                bytes_per_event: 1_050.0,
+                events_per_second: 45_000.0,
+                ratio: 0.111,
+                pipeline_cpu_us: Some(90.0),
+                floor_cpu_us: Some(20.0),
+                cpu_ratio: Some(4.5),
+            },
             latency: Latency {
                 target_rate: 2_500.0,
                 rate: 2_500.0,
@@ -254,6 +277,18 @@ fn the_suite_report_has_the_machine_and_every_section() {
         "{md}"
     );
     assert!(md.contains("| same, p99 | 480 ms |"), "{md}");
+    assert!(
+        md.contains("| CPU per event: pipeline; floor | 60.0 µs; 20.0 µs |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| pipeline CPU / floor CPU per event | 3.00 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| CPU per event: pipeline; floor | unknown; 9.5 µs |"),
+        "{md}"
+    );
     assert!(md.contains("| same, p99 | 210 ms |"), "{md}");
     assert!(
         md.contains(

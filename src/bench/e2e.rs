@@ -3,13 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use serde::Serialize;
 
-use super::raw::{raw_read_all, raw_read_write};
+use super::floor::{same_bytes_floor, Written};
+use super::raw::raw_read_all;
 use super::running::{Running, E2E_PARTITIONS};
 use super::score::{bench_trained, bench_transformer, E2eModel};
 use super::Outcome;
@@ -30,14 +31,9 @@ pub struct E2eBench {
     pub pipeline_events_per_second: f64,
     /// pipeline / raw.
     pub ratio: f64,
-    /// Raw librdkafka doing the run's Kafka work without segstream's own:
-    /// reading the input and writing each record to three topics (as many
-    /// as the pipeline writes per event here: changelog, segment change,
-    /// current segment) in transactions with the consumed offsets, on as
-    /// many threads as the pipeline, events/s.
-    pub raw_read_write_events_per_second: f64,
-    /// pipeline / raw read and write.
-    pub read_write_ratio: f64,
+    /// Raw librdkafka doing the run's Kafka work without segstream's own,
+    /// moving the same records and bytes, and CPU per event of both.
+    pub floor: super::Floor,
     /// Latency at half the sustained rate.
     pub latency: Latency,
     /// Latency at a quarter of the sustained rate.
@@ -258,22 +254,7 @@ pub async fn e2e(
     let dir = std::env::temp_dir().join(&id);
     let registry = Registry::new(dir.join("models"));
     let cfg = Running::config(config, &id, registry.root());
-    // The read-write baseline's outputs, shaped like the pipeline's.
-    let floor = [
-        format!("{id}.floor-changelog"),
-        format!("{id}.floor-segments"),
-        format!("{id}.floor-current"),
-    ];
-    let mut new_topics = Running::new_topics(&cfg);
-    for (i, name) in floor.iter().enumerate() {
-        let topic = NewTopic::new(name, E2E_PARTITIONS, TopicReplication::Fixed(1));
-        // Changelog and current membership are compacted, as the pipeline's.
-        new_topics.push(if i == 1 {
-            topic
-        } else {
-            topic.set("cleanup.policy", "compact")
-        });
-    }
+    let new_topics = Running::new_topics(&cfg);
     for r in admin
         .create_topics(&new_topics, &AdminOptions::new())
         .await?
@@ -349,16 +330,11 @@ pub async fn e2e(
         let raw = tokio::task::spawn_blocking(move || raw_read_all(&c1, &topics1, E2E_PARTITIONS))
             .await??;
         let raw_rate = raw.0 as f64 / raw.1.as_secs_f64().max(1e-9);
-        let (c2, topics2, floor2) = (cfg.clone(), inputs.to_vec(), floor.to_vec());
-        let group2 = format!("{id}-floor");
-        let rw = tokio::task::spawn_blocking(move || {
-            raw_read_write(&c2, &group2, &topics2, E2E_PARTITIONS, &floor2)
-        })
-        .await??;
-        let rw_rate = rw.0 as f64 / rw.1.as_secs_f64().max(1e-9);
 
-        // The pipeline, in-process.
-        let (pipeline, pipeline_rate) = Running::measure(&cfg, &client, events).await?;
+        // The pipeline, in-process, and what it wrote (the floor's records).
+        let (pipeline, measured) = Running::measure(&cfg, &client, events).await?;
+        let pipeline_rate = measured.rate;
+        let written = Written::read(&cfg, &client, &id, events as u64).await?;
 
         // Latency at half the sustained rate (the figure the goals name), then
         // at a quarter of it (the pipeline's own latency with the machine's
@@ -384,6 +360,8 @@ pub async fn e2e(
             runs.push(probe.run(&upstream, rate, n, latency_seconds).await?);
         }
         pipeline.stop().await;
+        // The same Kafka work without segstream's, with the pipeline stopped.
+        let floor = same_bytes_floor(&cfg, &admin, &id, written, &measured).await?;
         // Twice the events and at least HISTORY_MIN_EVENTS: its pipeline runs
         // faster than the main run's, and the rate counts only after the
         // group has settled (with the local broker's rebalance delay of 0 the
@@ -410,17 +388,14 @@ pub async fn e2e(
             raw_events_per_second: raw_rate,
             pipeline_events_per_second: pipeline_rate,
             ratio: pipeline_rate / raw_rate.max(1e-9),
-            raw_read_write_events_per_second: rw_rate,
-            read_write_ratio: pipeline_rate / rw_rate.max(1e-9),
+            floor,
             latency: half,
             latency_quarter: quarter,
             history,
         })
     }
     .await;
-    let mut names = Running::topic_names(&cfg);
-    names.extend(floor.iter().map(String::as_str));
-    delete_bench_topics(&admin, &names).await;
+    delete_bench_topics(&admin, &Running::topic_names(&cfg)).await;
     let _ = std::fs::remove_dir_all(&dir); // Best effort: a temporary directory.
     result
 }
@@ -432,16 +407,13 @@ pub fn e2e_markdown(b: &E2eBench) -> String {
          | raw librdkafka read of the input (baseline) | {:.0} events/s |\n\
          | pipeline, transactions on | {:.0} events/s |\n\
          | pipeline / raw | {:.3} |\n\
-         | raw read + transactional write of each record to 3 topics (the run's Kafka work, no processing) | {:.0} events/s |\n\
-         | pipeline / raw read + write | {:.3} |\n\
-         {}{}{}",
+         {}{}{}{}",
         b.model,
         b.events,
         b.raw_events_per_second,
         b.pipeline_events_per_second,
         b.ratio,
-        b.raw_read_write_events_per_second,
-        b.read_write_ratio,
+        super::floor::floor_rows(&b.floor),
         latency_rows("half the sustained rate", &b.latency),
         latency_rows("a quarter of it", &b.latency_quarter),
         super::history::history_rows(&b.history),

@@ -10,6 +10,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
 use serde::Serialize;
 
+use super::floor::{same_bytes_floor, Written};
 use super::raw::raw_read_all;
 use super::running::{Running, E2E_PARTITIONS};
 use super::Outcome;
@@ -35,6 +36,8 @@ pub struct HistoryE2e {
     pub dead_letters: u64,
     /// Events refused as late.
     pub late_events: u64,
+    /// The same-bytes Kafka-work floor and CPU per event.
+    pub floor: super::Floor,
 }
 
 /// Produces about `events` events of a month of generated behaviour into
@@ -65,8 +68,12 @@ pub(super) async fn history_e2e(
         let raw_rate = raw.0 as f64 / raw.1.as_secs_f64().max(1e-9);
 
         let total = usize::try_from(produced.events)?;
-        let (pipeline, rate) = Running::measure(&cfg, client, total).await?;
+        let (pipeline, measured) = Running::measure(&cfg, client, total).await?;
+        let rate = measured.rate;
+        let floor_id = format!("{id}-history");
+        let written = Written::read(&cfg, client, &floor_id, produced.events).await?;
         let metrics = pipeline.stop().await;
+        let floor = same_bytes_floor(&cfg, admin, &floor_id, written, &measured).await?;
         Ok(HistoryE2e {
             events: produced.events,
             customers: produced.summary.active_customers as u64,
@@ -76,6 +83,7 @@ pub(super) async fn history_e2e(
             segment_changes: counter_sum(&metrics.segment_changes),
             dead_letters: counter_sum(&metrics.dead_letters),
             late_events: metrics.late_events.get(),
+            floor,
         })
     }
     .await;
@@ -110,7 +118,7 @@ pub(super) fn history_rows(h: &Outcome<HistoryE2e>) -> String {
          | raw librdkafka read of that input | {:.0} events/s |\n\
          | pipeline, transactions on | {:.0} events/s |\n\
          | pipeline / raw | {:.3} |\n\
-         | segment changes published; dead letters (late) | {}; {} ({}) |\n",
+         | segment changes published; dead letters (late) | {}; {} ({}) |\n{}",
         h.events,
         h.customers,
         h.raw_events_per_second,
@@ -119,5 +127,6 @@ pub(super) fn history_rows(h: &Outcome<HistoryE2e>) -> String {
         h.segment_changes,
         h.dead_letters,
         h.late_events,
+        super::floor::floor_rows(&h.floor),
     )
 }

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::event::{Browse, BrowseAction, Event, LineItem, Payload, Purchase, Review};
 
 mod e2e;
+mod floor;
 mod history;
 mod ingest;
 mod raw;
@@ -27,6 +28,7 @@ mod state;
 mod train;
 
 pub use e2e::{e2e, e2e_markdown, E2eBench, Latency};
+pub use floor::Floor;
 pub use history::HistoryE2e;
 pub use ingest::{ingest, ingest_markdown, IngestBench};
 use raw::{raw_read_all, read_span, Span};

@@ -1,6 +1,7 @@
 //! The raw librdkafka baselines: reading topics to their end with the
 //! pipeline's own consumer settings.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -139,19 +140,21 @@ pub(super) fn raw_read_all(
 }
 
 /// The Kafka work of an end-to-end run without segstream's own: reads the
-/// listed partitions of `topics` to their end and writes every record's key
-/// and value to each of `outputs` (same partition number), in transactions
-/// that carry the consumed offsets, committed every commit interval or
-/// `pipeline.max_cycle_records` records, with the pipeline's transactional
-/// producer settings. The pipeline's own records are larger than the input
-/// records copied here, so this floor is, if anything, optimistic.
+/// listed partitions of `topics` to their end and writes, per record read,
+/// `per_input` records of each of `outputs` (the pipeline's own records,
+/// cycled from this thread's `lane` of `lanes`; same partition number as
+/// the record read), in transactions that carry the consumed offsets,
+/// committed every commit interval or `pipeline.max_cycle_records` records,
+/// with the pipeline's transactional producer settings.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn read_write_span(
     cfg: &Config,
     group: &str,
     transactional_id: &str,
     topics: &[String],
     partitions: &[i32],
-    outputs: &[String],
+    outputs: &[FloorOutput],
+    (lane, lanes): (usize, usize),
 ) -> BenchResult<(u64, Span)> {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let wait = Duration::from_secs(30);
@@ -166,6 +169,9 @@ pub(super) fn read_write_span(
     let mut started: Option<Instant> = None;
     let mut cycle_start = Instant::now();
     let want = topics.len() * partitions.len();
+    // Per output: records owed (fractional) and the next one to write.
+    let mut owed = vec![0f64; outputs.len()];
+    let mut next: Vec<usize> = vec![lane; outputs.len()];
     let commit = |offsets: &mut std::collections::BTreeMap<(String, i32), i64>| -> BenchResult<()> {
         let mut tpl = TopicPartitionList::new();
         for ((t, p), o) in std::mem::take(offsets) {
@@ -188,25 +194,30 @@ pub(super) fn read_write_span(
             Some(Ok(msg)) => {
                 use rdkafka::message::Message;
                 started.get_or_insert_with(Instant::now);
-                for out in outputs {
-                    let mut record = BaseRecord::<[u8], [u8]>::to(out).partition(msg.partition());
-                    if let Some(k) = msg.key() {
-                        record = record.key(k);
-                    }
-                    if let Some(v) = msg.payload() {
-                        record = record.payload(v);
-                    }
-                    while let Err((e, r)) = producer.send(record) {
-                        if !matches!(
-                            e,
-                            KafkaError::MessageProduction(
-                                rdkafka::types::RDKafkaErrorCode::QueueFull
-                            )
-                        ) {
-                            return Err(e.into());
+                for (o, out) in outputs.iter().enumerate() {
+                    owed[o] += out.per_input;
+                    while owed[o] >= 1.0 {
+                        owed[o] -= 1.0;
+                        let (k, v) = &out.records[next[o] % out.records.len()];
+                        next[o] += lanes;
+                        let mut record = BaseRecord::<[u8], [u8]>::to(&out.topic)
+                            .partition(msg.partition())
+                            .key(k.as_slice());
+                        if let Some(v) = v {
+                            record = record.payload(v.as_slice());
                         }
-                        record = r;
-                        producer.poll(Duration::from_millis(1));
+                        while let Err((e, r)) = producer.send(record) {
+                            if !matches!(
+                                e,
+                                KafkaError::MessageProduction(
+                                    rdkafka::types::RDKafkaErrorCode::QueueFull
+                                )
+                            ) {
+                                return Err(e.into());
+                            }
+                            record = r;
+                            producer.poll(Duration::from_millis(1));
+                        }
                     }
                 }
                 offsets.insert((msg.topic().to_string(), msg.partition()), msg.offset() + 1);
@@ -245,7 +256,7 @@ pub(super) fn raw_read_write(
     group: &str,
     topics: &[String],
     partitions: i32,
-    outputs: &[String],
+    outputs: &[FloorOutput],
 ) -> BenchResult<(u64, Duration)> {
     let threads = cfg
         .pipeline
@@ -258,7 +269,9 @@ pub(super) fn raw_read_write(
                     .filter(|p| *p as usize % threads == t)
                     .collect();
                 let id = format!("{group}-tx-{t}");
-                s.spawn(move || read_write_span(cfg, group, &id, topics, &share, outputs))
+                s.spawn(move || {
+                    read_write_span(cfg, group, &id, topics, &share, outputs, (t, threads))
+                })
             })
             .collect();
         handles
@@ -277,4 +290,19 @@ pub(super) fn raw_read_write(
         spans.push(span);
     }
     Ok((total, Span::union(&spans)))
+}
+
+/// A record to write again: key and value (None: a tombstone).
+pub(super) type Record = (Vec<u8>, Option<Vec<u8>>);
+
+/// One output of the floor: the records to write, and how many per input
+/// record.
+#[derive(Debug, Clone)]
+pub(super) struct FloorOutput {
+    /// Where to write.
+    pub topic: String,
+    /// (key, value) records to cycle through; a None value is a tombstone.
+    pub records: Arc<Vec<Record>>,
+    /// Records per input record.
+    pub per_input: f64,
 }

@@ -12,6 +12,16 @@ use crate::bench::BenchResult;
 use crate::config::Config;
 use crate::telemetry::Metrics;
 
+/// What a measured pipeline run gave.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Measured {
+    /// Sustained events/s.
+    pub rate: f64,
+    /// CPU time of this process per event over the same window, µs (None
+    /// where it cannot be read).
+    pub cpu_us_per_event: Option<f64>,
+}
+
 /// A pipeline running in-process (`segstream run` on a task of this
 /// runtime) until [`Running::stop`].
 pub(super) struct Running {
@@ -74,7 +84,7 @@ impl Running {
         cfg: &Config,
         client: &ClientConfig,
         events: usize,
-    ) -> BenchResult<(Running, f64)> {
+    ) -> BenchResult<(Running, Measured)> {
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let metrics = Metrics::new()?;
         let task = tokio::spawn(crate::pipeline::run(
@@ -106,7 +116,12 @@ impl Running {
         }
     }
 
-    async fn rate(&self, cfg: &Config, client: &ClientConfig, events: usize) -> BenchResult<f64> {
+    async fn rate(
+        &self,
+        cfg: &Config,
+        client: &ClientConfig,
+        events: usize,
+    ) -> BenchResult<Measured> {
         let id = &cfg.kafka.group_id;
         let consumer: BaseConsumer = client.clone().set("group.id", id).create()?;
         let offsets = || -> Result<i64, KafkaError> {
@@ -141,7 +156,7 @@ impl Running {
                 })
                 .unwrap_or(false)
         };
-        let mut first: Option<(Instant, i64)> = None;
+        let mut first: Option<(Instant, i64, Option<f64>)> = None;
         let deadline = Instant::now() + Duration::from_secs(900);
         let last = loop {
             let done = offsets()?;
@@ -155,10 +170,10 @@ impl Running {
                     )
                     .into());
                 }
-                first = Some((Instant::now(), done));
+                first = Some((Instant::now(), done, process_cpu_seconds()));
             }
             if done >= total {
-                break Instant::now();
+                break (Instant::now(), process_cpu_seconds());
             }
             if self.task.is_finished() {
                 return Err("the pipeline stopped before it consumed the benchmark input".into());
@@ -170,7 +185,7 @@ impl Running {
         };
         // The group never settled while there was input left: no rate can be
         // measured (it would be the whole input over no time).
-        let Some((t0, done0)) = first else {
+        let Some((t0, done0, cpu0)) = first else {
             return Err(format!(
                 "the pipeline consumed all {events} events before its group settled; \
                  run with more events"
@@ -186,7 +201,12 @@ impl Running {
             )
             .into());
         }
-        Ok((total - done0) as f64 / last.duration_since(t0).as_secs_f64().max(1e-3))
+        let (end, cpu1) = last;
+        let counted = (total - done0) as f64;
+        Ok(Measured {
+            rate: counted / end.duration_since(t0).as_secs_f64().max(1e-3),
+            cpu_us_per_event: cpu0.zip(cpu1).map(|(a, b)| (b - a) * 1e6 / counted),
+        })
     }
 
     /// Stops the pipeline and waits for it; its error, if any, is logged
@@ -205,3 +225,17 @@ impl Running {
 /// Partitions per topic of the end-to-end benchmark: a multiple of 2 and 3,
 /// so stream threads share them evenly.
 pub(super) const E2E_PARTITIONS: i32 = 6;
+
+/// CPU seconds (user + system) this process has used so far, from
+/// `/proc/self/stat` (clock ticks of USER_HZ = 100, Linux's fixed
+/// user-space unit); None where it cannot be read.
+pub(super) fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces: fields start after its ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5), utime and stime: 11 and 12 after ')'.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}

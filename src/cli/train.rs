@@ -44,6 +44,10 @@ pub(crate) struct HistoryArgs {
     /// table).
     #[arg(long)]
     purchases_only: bool,
+    /// Synthetic history: share of sessions lost per year (a drifting base
+    /// rate).
+    #[arg(long, default_value_t = 0.0)]
+    decline: f64,
     /// Use only the history up to this time (RFC 3339, or a date such as
     /// 2011-09-01): back-testing a model as it would have been trained then.
     #[arg(long, value_parser = parse_until)]
@@ -147,6 +151,7 @@ pub(crate) fn load_history(
                 days: args.days,
                 seed: args.seed,
                 purchases_only: args.purchases_only,
+                decline: args.decline,
                 ..GeneratorConfig::default()
             };
             g.validate()

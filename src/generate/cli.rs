@@ -80,6 +80,10 @@ pub struct GenerateArgs {
     /// Emit only purchases (the same world seen as an orders table).
     #[arg(long)]
     pub purchases_only: bool,
+    /// Share of sessions lost per year since the start (0: a steady base
+    /// rate): a world whose purchase rate drifts.
+    #[arg(long, default_value_t = 0.0)]
+    pub decline: f64,
     /// Days of history with their original event times (files: default 90;
     /// Kafka: none, i.e. live only).
     #[arg(long)]
@@ -174,6 +178,7 @@ pub async fn run(
         start_ms,
         days,
         purchases_only: args.purchases_only,
+        decline: args.decline,
         ..GeneratorConfig::default()
     };
     gen.validate()

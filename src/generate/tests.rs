@@ -146,6 +146,40 @@ fn customers_drift_between_archetypes() {
     assert_eq!(g.summary().transitions, 0);
 }
 
+/// A declining world (issue 38: calibration into a drifting future): the
+/// same customers buy markedly less in the last quarter of the year than
+/// in the first, against a steady world of the same seed.
+#[test]
+fn a_declining_world_buys_less_as_time_goes_on() {
+    let quarters = |c: &GeneratorConfig| {
+        let (mut first, mut last) = (0usize, 0usize);
+        for e in history(c) {
+            if !matches!(e.payload, Payload::Purchase(_)) {
+                continue;
+            }
+            let day = (e.event_time_ms - c.start_ms) / DAY_MS;
+            first += usize::from(day < 90);
+            last += usize::from(day >= 270);
+        }
+        last as f64 / first.max(1) as f64
+    };
+    let steady = cfg(1500, 360, 9);
+    let declining = GeneratorConfig {
+        decline: 0.5,
+        ..steady.clone()
+    };
+    let (a, b) = (quarters(&steady), quarters(&declining));
+    assert!(
+        b < 0.8 * a,
+        "last/first quarter purchases: steady {a:.3}, declining {b:.3}"
+    );
+    let bad = GeneratorConfig {
+        decline: 1.0,
+        ..steady
+    };
+    assert!(bad.validate().unwrap_err().to_string().contains("decline"));
+}
+
 /// What the trainer's labels need, per customer.
 #[derive(Default)]
 struct Timeline {

@@ -59,6 +59,11 @@ pub struct GeneratorConfig {
     /// Emit only the purchases (the same world, seen as an orders table):
     /// the sparse, purchase-only history most shops can export.
     pub purchases_only: bool,
+    /// Share of every customer's sessions lost per year since the start
+    /// (0: a steady base rate; 0.5: half as many sessions a year in): a
+    /// world whose purchase rate drifts down, where calibration fitted on
+    /// the past overshoots the future.
+    pub decline: f64,
 }
 
 /// 2025-01-01T00:00:00Z.
@@ -77,6 +82,7 @@ impl Default for GeneratorConfig {
             arriving_share: 0.35,
             drift: 1.0,
             purchases_only: false,
+            decline: 0.0,
         }
     }
 }
@@ -110,6 +116,9 @@ impl GeneratorConfig {
         }
         if !(self.drift >= 0.0 && self.drift.is_finite()) {
             problems.push("drift must be >= 0".to_string());
+        }
+        if !(0.0..1.0).contains(&self.decline) {
+            problems.push("decline must be within [0, 1)".to_string());
         }
         if problems.is_empty() {
             Ok(())
@@ -169,6 +178,9 @@ struct Customer {
     pub(super) seq: u64,
     pub(super) sessions: u64,
     pub(super) orders: u64,
+    /// The world's start and the share of sessions kept per year since
+    /// (`GeneratorConfig::decline`).
+    pub(super) decline: (i64, f64),
 }
 
 impl Customer {
@@ -415,6 +427,7 @@ fn new_customer(cfg: &GeneratorConfig, index: usize) -> Customer {
         seq: 0,
         sessions: 0,
         orders: 0,
+        decline: (cfg.start_ms, 1.0 - cfg.decline),
     };
     // Customers already there are somewhere in their current stage.
     let stay = stay_ms(&mut c, cfg.drift);
@@ -465,8 +478,9 @@ fn transition(c: &mut Customer, at: i64, drift: f64) {
 }
 
 /// The start of the next session at or after `from`: a Poisson process at
-/// the archetype's rate, thinned by weekly and daily seasonality and, for
-/// fading customers, by decay; an open cart brings the customer back sooner.
+/// the archetype's rate, thinned by weekly and daily seasonality, the
+/// world's decline and, for fading customers, by decay; an open cart brings
+/// the customer back sooner.
 fn next_session(c: &mut Customer, from: i64) -> i64 {
     let p = c.archetype.params();
     let mut rate_per_day = p.sessions_per_week / 7.0;
@@ -485,6 +499,11 @@ fn next_session(c: &mut Customer, from: i64) -> i64 {
         if p.decay_days > 0.0 {
             let age_days = (t - c.since_ms) as f64 / DAY_MS as f64;
             accept *= (-age_days / p.decay_days).exp();
+        }
+        let (origin, kept_per_year) = c.decline;
+        if kept_per_year < 1.0 {
+            let years = (t - origin).max(0) as f64 / (365.0 * DAY_MS as f64);
+            accept *= kept_per_year.powf(years);
         }
         if c.rng.chance(accept) {
             return t;
