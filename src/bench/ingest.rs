@@ -92,24 +92,46 @@ pub(super) fn unique_id(what: &str) -> String {
     format!("segstream-bench-{what}-{}-{nanos:09}", std::process::id())
 }
 
+/// The stores' limits and the intake of an ingest pass over `cfg`'s input
+/// topics of `partitions` partitions. The topics hold a month of history
+/// read in partition, not time, order: the stores accept all of it, as
+/// when replaying history. The intake is the run loop's (decoding,
+/// partition check, risk rules); the event-time merge is left out: it waits
+/// on the topics' ends, which a read of a finished history does not.
+fn ingest_stage(cfg: &Config, partitions: i32) -> (StoreLimits, Intake) {
+    let mut limits = cfg.state.limits();
+    limits.allowed_lateness_ms = limits
+        .allowed_lateness_ms
+        .max(i64::from(INGEST_DAYS + 2) * DAY_MS);
+    let mut intake = Intake::reader(cfg);
+    intake.set_partitions(partitions);
+    (limits, intake)
+}
+
+/// The ingest benchmark's world for about `events` events: a month of the
+/// generator's behaviour ending a day ago.
+fn ingest_world(events: usize) -> GeneratorConfig {
+    // About 0.76 events per customer and day (the generator's mix); a third
+    // more customers than needed so the cap, not the world, ends the run.
+    let per_customer = 0.76 * f64::from(INGEST_DAYS);
+    let customers = ((events as f64 / per_customer) * 1.33).ceil().max(10.0) as usize;
+    let now = ingest::now_ms();
+    GeneratorConfig {
+        customers,
+        days: INGEST_DAYS,
+        start_ms: now - i64::from(INGEST_DAYS) * DAY_MS - DAY_MS,
+        seed: 7,
+        ..GeneratorConfig::default()
+    }
+}
+
 /// Produces about `events` events of realistic behaviour (the generator's
 /// mix over a month of history, protobuf) into `cfg.input.topics`.
 pub(super) async fn produce_history(
     cfg: &Config,
     events: usize,
 ) -> BenchResult<crate::generate::kafka::ProduceReport> {
-    // About 0.76 events per customer and day (the generator's mix); a third
-    // more customers than needed so the cap, not the world, ends the run.
-    let per_customer = 0.76 * f64::from(INGEST_DAYS);
-    let customers = ((events as f64 / per_customer) * 1.33).ceil().max(10.0) as usize;
-    let now = ingest::now_ms();
-    let gen = GeneratorConfig {
-        customers,
-        days: INGEST_DAYS,
-        start_ms: now - i64::from(INGEST_DAYS) * DAY_MS - DAY_MS,
-        seed: 7,
-        ..GeneratorConfig::default()
-    };
+    let gen = ingest_world(events);
     let options = ProduceOptions {
         format: WireFormat::Protobuf,
         history: true,
@@ -170,17 +192,7 @@ async fn ingest_on(
     cfg.input.topics = inputs.to_vec();
     produce_history(&cfg, events).await?;
 
-    let mut limits = cfg.state.limits();
-    // The topics hold a month of history read in partition, not time,
-    // order: the stores accept all of it, as when replaying history.
-    limits.allowed_lateness_ms = limits
-        .allowed_lateness_ms
-        .max(i64::from(INGEST_DAYS + 2) * DAY_MS);
-    // The run loop's intake (decoding, partition check, risk rules); the
-    // event-time merge is left out: it waits on the topics' ends, which a
-    // read of a finished history does not.
-    let mut intake = Intake::reader(&cfg);
-    intake.set_partitions(partitions);
+    let (limits, intake) = ingest_stage(&cfg, partitions);
     let intake = Arc::new(intake);
 
     let threads = cfg.pipeline.stream_threads();
@@ -329,6 +341,166 @@ fn ingest_share(
     )?;
     counts.customers = stores.values().map(PartitionStore::len).sum();
     Ok((counts, span))
+}
+
+/// Results of the in-memory ingest pass: the pipeline's per-record step
+/// alone, without a broker or a client (issue 40: a steady yardstick for
+/// segstream's own intake cost, where the Kafka runs move with the broker
+/// sharing the cores).
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryIngestBench {
+    /// Records put through the step per pass.
+    pub events: u64,
+    /// Passes; each starts from empty stores.
+    pub rounds: usize,
+    /// Nanoseconds of this thread's CPU time per record (user + system),
+    /// per pass, in order.
+    pub cpu_ns_per_event: Vec<f64>,
+    /// Wall nanoseconds per record, per pass.
+    pub wall_ns_per_event: Vec<f64>,
+    /// Events applied / duplicates / late / refused, last pass.
+    pub counts: (u64, u64, u64, u64),
+}
+
+/// A record of the in-memory pass, as a producer would have written it.
+struct MemoryRecord {
+    /// Index of its input topic.
+    topic: usize,
+    partition: i32,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    /// Its timestamp (the event time), ms.
+    at: i64,
+}
+
+/// This thread's CPU time (user + system), seconds; None where
+/// `/proc/thread-self/stat` cannot be read.
+fn thread_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// Generates about `events` events of the ingest benchmark's world, encodes
+/// them as the producers do (protobuf, keyed by customer, in the key's
+/// partition of `partitions`, on the kind's input topic), then puts every
+/// record through [`Intake::accept`] and [`Intake::apply`] on this thread,
+/// `rounds` times from empty stores.
+pub fn ingest_in_memory(
+    config: &Config,
+    events: usize,
+    partitions: i32,
+    rounds: usize,
+) -> BenchResult<MemoryIngestBench> {
+    use crate::event::encode::{encode, to_proto};
+    let mut cfg = config.clone();
+    cfg.input.topics = ["browse", "purchase", "review"]
+        .iter()
+        .map(|k| format!("memory.{k}"))
+        .collect();
+    let gen = ingest_world(events);
+    let partitioner = cfg.input.partitioner;
+    let records: Vec<MemoryRecord> = crate::generate::history(&gen)
+        .take(events)
+        .map(|e| {
+            let topic = crate::generate::samples::topic_for(&cfg, e.kind());
+            let t = cfg
+                .input
+                .topics
+                .iter()
+                .position(|n| n == topic)
+                .unwrap_or(0);
+            let key = e.customer_id.clone().into_bytes();
+            let partition = ingest::partition_for(partitioner, &key, partitions);
+            MemoryRecord {
+                topic: t,
+                partition,
+                value: encode(&to_proto(&e), WireFormat::Protobuf),
+                key,
+                at: e.event_time_ms,
+            }
+        })
+        .collect();
+    let (limits, mut intake) = ingest_stage(&cfg, partitions);
+    let topics: Vec<Arc<str>> = cfg.input.topics.iter().map(|t| intake.topic(t)).collect();
+    let mut out = MemoryIngestBench {
+        events: records.len() as u64,
+        rounds: rounds.max(1),
+        cpu_ns_per_event: Vec::new(),
+        wall_ns_per_event: Vec::new(),
+        counts: (0, 0, 0, 0),
+    };
+    let n = records.len().max(1) as f64;
+    for _ in 0..rounds.max(1) {
+        let mut stores: HashMap<i32, PartitionStore> = HashMap::new();
+        let mut counts = (0u64, 0u64, 0u64, 0u64);
+        let (cpu0, wall0) = (thread_cpu_seconds(), std::time::Instant::now());
+        for (offset, r) in records.iter().enumerate() {
+            let record = ingest::SourceRecord {
+                topic: &topics[r.topic],
+                partition: r.partition,
+                offset: offset as i64,
+                timestamp_ms: Some(r.at),
+                key: Some(&r.key),
+                value: Some(&r.value),
+                headers: Vec::new(),
+            };
+            match intake.accept(&record, &topics[r.topic], ingest::now_ms()) {
+                Accepted::Event(e) => {
+                    let store = stores
+                        .entry(e.partition)
+                        .or_insert_with(|| PartitionStore::new(limits));
+                    match intake.apply(store, &e.event, Some(r.at), tokio::time::Instant::now()) {
+                        Applied::Changed { .. } => counts.0 += 1,
+                        Applied::Duplicate => counts.1 += 1,
+                        Applied::Late { .. } => counts.2 += 1,
+                        Applied::Erased => counts.3 += 1,
+                    }
+                }
+                Accepted::Refused(_) | Accepted::Erasure(_) => counts.3 += 1,
+            }
+        }
+        let wall = wall0.elapsed().as_secs_f64();
+        if let Some(cpu) = cpu0.zip(thread_cpu_seconds()).map(|(a, b)| b - a) {
+            out.cpu_ns_per_event.push(cpu * 1e9 / n);
+        }
+        out.wall_ns_per_event.push(wall * 1e9 / n);
+        out.counts = counts;
+    }
+    Ok(out)
+}
+
+/// The in-memory ingest results as a Markdown table.
+pub fn memory_ingest_markdown(b: &MemoryIngestBench) -> String {
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    format!(
+        "| ingest in memory ({} records, no broker, one thread, {} passes) | value |\n| --- | --- |\n\
+         | CPU per record, median (each pass) | {:.0} ns ({}) |\n\
+         | wall per record, median (each pass) | {:.0} ns ({}) |\n\
+         | applied / duplicates / late / refused | {} / {} / {} / {} |\n",
+        b.events,
+        b.rounds,
+        median(&b.cpu_ns_per_event),
+        list(&b.cpu_ns_per_event),
+        median(&b.wall_ns_per_event),
+        list(&b.wall_ns_per_event),
+        b.counts.0,
+        b.counts.1,
+        b.counts.2,
+        b.counts.3,
+    )
 }
 
 /// The ingest results as a Markdown table.

@@ -30,7 +30,10 @@ mod train;
 pub use e2e::{e2e, e2e_markdown, E2eBench, Latency};
 pub use floor::Floor;
 pub use history::HistoryE2e;
-pub use ingest::{ingest, ingest_markdown, IngestBench};
+pub use ingest::{
+    ingest, ingest_in_memory, ingest_markdown, memory_ingest_markdown, IngestBench,
+    MemoryIngestBench,
+};
 use raw::{raw_read_all, read_span, Span};
 pub use report::{suite_markdown, Machine, Suite};
 pub use risk::{risk, risk_markdown, RiskBench, RuleScore};

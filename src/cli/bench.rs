@@ -25,6 +25,12 @@ pub(crate) enum BenchCommand {
         /// Rounds of (raw read, ingest pass); the best of each counts.
         #[arg(long, default_value_t = 2)]
         rounds: usize,
+        /// Instead: the per-record step alone, on records encoded in memory
+        /// (no broker, no client, one thread), CPU and wall time per record
+        /// for each of `rounds` passes: a steady yardstick for segstream's
+        /// own intake cost.
+        #[arg(long)]
+        in_memory: bool,
         /// Also write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -178,6 +184,26 @@ pub(crate) async fn bench(config: Config, command: BenchCommand) -> Result<(), F
             events,
             partitions,
             rounds,
+            in_memory: true,
+            json,
+        } => {
+            let c = config.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                bench::ingest_in_memory(&c, events, partitions, rounds)
+            })
+            .await?
+            .map_err(lift)?;
+            (
+                bench::memory_ingest_markdown(&r),
+                serde_json::to_value(&r)?,
+                json,
+            )
+        }
+        BenchCommand::Ingest {
+            events,
+            partitions,
+            rounds,
+            in_memory: false,
             json,
         } => {
             let r = bench::ingest(&config, events, partitions, rounds)

@@ -457,6 +457,62 @@ async fn idle_partitions_advance_by_wall_clock_and_fire_inactivity_timers() {
     assert_eq!(store.watermark_ms(), wm);
 }
 
+/// Issue 40: the timer and retention indexes are lazy (an event of a known
+/// customer touches neither). An entry left early by later events neither
+/// fires nor evicts: it is filed again at the customer's time, which then
+/// fires once; an earlier review asked for fires at its own time; a
+/// customer who left and came back has only their new times.
+#[test]
+fn lazy_time_indexes_fire_and_evict_at_the_customers_own_times() {
+    const H: i64 = 3_600_000;
+    const D: i64 = 86_400_000;
+    let now = Instant::now();
+    let mut store = PartitionStore::new(store_limits());
+    let at = |store: &mut PartitionStore, id: &str, n: &str, t: i64| {
+        store.record(&ev(id, n, t, view("x", 1, 0)), now)
+    };
+    at(&mut store, "a", "1", T0);
+    at(&mut store, "a", "2", T0 + 2 * H);
+    // The watermark passes a's first review time (T0 + 1h), not its next.
+    at(&mut store, "z", "1", T0 + 2 * H + 30 * 60_000);
+    assert!(store.take_due().is_empty(), "a is reviewed at T0 + 3h");
+    assert_eq!(store.get("a").unwrap().decision.next_review_ms, T0 + 3 * H);
+    at(&mut store, "z", "2", T0 + 3 * H + 60_000 + 1);
+    assert_eq!(store.take_due(), ["a"]);
+    assert!(store.take_due().is_empty(), "each timer fires once");
+    // An earlier review than the one set fires at its own time, once.
+    at(&mut store, "b", "1", T0 + 4 * H);
+    store.schedule_review("b", T0 + 4 * H + 10 * 60_000);
+    at(&mut store, "z", "3", T0 + 4 * H + 12 * 60_000);
+    // (z's own event moved its review to T0 + 5h 12m.)
+    assert_eq!(store.take_due(), ["b"]);
+    store.schedule_review("b", 0);
+    at(&mut store, "z", "4", T0 + 6 * H);
+    assert!(
+        !store.take_due().contains(&"b".to_string()),
+        "a cleared timer does not fire"
+    );
+    // Retention: a's entry at T0 is early once a buys again at T0 + 50 days.
+    at(&mut store, "a", "3", T0 + 50 * D);
+    at(&mut store, "z", "5", T0 + 101 * D);
+    store.take_due();
+    let evicted = store.evict_expired();
+    assert!(store.get("a").is_some(), "a was active 51 days ago");
+    assert!(
+        store.get("b").is_none() && evicted >= 1,
+        "b was last seen 101 days ago"
+    );
+    // Erased and back: only the new times count.
+    assert!(store.erase("a", T0 + 50 * D));
+    at(&mut store, "a", "4", T0 + 101 * D + H);
+    at(&mut store, "z", "6", T0 + 101 * D + 3 * H);
+    assert!(store.take_due().contains(&"a".to_string()));
+    at(&mut store, "z", "7", T0 + 190 * D);
+    store.take_due();
+    assert_eq!(store.evict_expired(), 0, "a was seen 89 days ago");
+    assert!(store.get("a").is_some());
+}
+
 #[test]
 fn inactive_customers_are_evicted_as_tombstones() {
     let now = Instant::now();

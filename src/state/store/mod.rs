@@ -2,7 +2,7 @@
 //! event-time watermark, inactivity timers, retention, and the set of
 //! customers changed since the last changelog flush.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::mem::size_of;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -126,11 +126,22 @@ pub struct PartitionStore {
     /// Wall time up to which idleness has been credited to `clock_ms`.
     idle_credited_at: Option<Instant>,
     last_input_at: Option<Instant>,
-    /// (next review time, customer).
+    /// (review time, customer): inactivity timers. Kept lazily, so that an
+    /// event of a known customer touches no tree: every customer with a
+    /// timer has an entry at or before its next review time, and an entry
+    /// may be early (its time moved later since) or stale (the customer
+    /// left, or its timer was cleared). [`PartitionStore::take_due`] checks
+    /// each entry it reaches against the customer, and files an early one
+    /// again at the customer's time.
     timers: BTreeSet<(i64, Id)>,
-    /// (latest event time, customer), for retention.
+    /// (event time, customer), for retention: every customer has an entry at
+    /// or before its latest event time, kept as lazily as `timers` (checked
+    /// by [`PartitionStore::evict_expired`]).
     expiry: BTreeSet<(i64, Id)>,
-    dirty: BTreeSet<Id>,
+    /// Changed since the last drain: a hash set (an event's insert is one
+    /// hash, not a string comparison per level of a tree), sorted when
+    /// drained, so the changelog's order stays deterministic.
+    dirty: HashSet<Id, foldhash::quality::RandomState>,
     /// Erasure markers (see [`super::erasure`]).
     markers: Markers,
     /// Evicted or erased customers that had a segment or a flag, until
@@ -260,7 +271,7 @@ impl PartitionStore {
             last_input_at: None,
             timers: BTreeSet::new(),
             expiry: BTreeSet::new(),
-            dirty: BTreeSet::new(),
+            dirty: HashSet::default(),
             markers: Markers::default(),
             exits: Vec::new(),
             duplicates: 0,
@@ -296,12 +307,10 @@ impl PartitionStore {
     fn live(&mut self, id: &str) -> Option<&mut CustomerState> {
         if let Slot::Restored(_) = self.customers.get(id)? {
             let slot = self.customers.get_mut(id)?;
-            let times = slot.times();
             if slot.make_live().1 {
                 self.undecodable += 1;
-                if let Some((key, _)) = self.customers.remove_entry(id) {
-                    self.unindex(&key, times);
-                }
+                // Its index entries go stale, and are dropped when reached.
+                self.customers.remove(id);
                 return None;
             }
         }
@@ -345,7 +354,11 @@ impl PartitionStore {
         self.last_input_at = Some(now);
         self.idle_credited_at = None;
         let key = self.key(&event.customer_id);
-        let slot = self.customers.entry(Id::clone(&key)).or_default();
+        let mut new = false;
+        let slot = self.customers.entry(Id::clone(&key)).or_insert_with(|| {
+            new = true;
+            Slot::default()
+        });
         let before = slot.times();
         let (state, failed) = slot.make_live();
         if failed {
@@ -364,25 +377,18 @@ impl PartitionStore {
         let next_review = after_last.saturating_add(self.limits.review_after_ms);
         state.decision.next_review_ms = before.1.max(next_review);
         let after = (after_last, state.decision.next_review_ms);
-        self.reindex(&key, before, after);
+        // Times only move later here: a known customer's entries stay
+        // valid (at or before its times), so only a new one, or a timer
+        // that was cleared, is filed.
+        if new {
+            self.expiry.insert((after.0, Id::clone(&key)));
+        }
+        if after.1 > 0 && (new || before.1 == 0) {
+            self.timers.insert((after.1, Id::clone(&key)));
+        }
         self.dirty.insert(key);
         self.clock_ms = self.clock_ms.max(event.event_time_ms);
         RecordOutcome::Applied
-    }
-
-    fn reindex(&mut self, id: &Id, before: (i64, i64), after: (i64, i64)) {
-        if before.0 != after.0 {
-            self.expiry.remove(&(before.0, Id::clone(id)));
-            self.expiry.insert((after.0, Id::clone(id)));
-        }
-        if before.1 != after.1 {
-            if before.1 > 0 {
-                self.timers.remove(&(before.1, Id::clone(id)));
-            }
-            if after.1 > 0 {
-                self.timers.insert((after.1, Id::clone(id)));
-            }
-        }
     }
 
     /// Lets the watermark follow the wall clock once the partition has had no
@@ -407,6 +413,7 @@ impl PartitionStore {
     pub fn take_due(&mut self) -> Vec<String> {
         let watermark = self.watermark_ms();
         let mut due = Vec::new();
+        let mut later = Vec::new();
         while let Some((at, _)) = self.timers.first() {
             if *at > watermark {
                 break;
@@ -414,13 +421,27 @@ impl PartitionStore {
             let Some((_, id)) = self.timers.pop_first() else {
                 break;
             };
+            // A stale entry (customer gone, timer cleared or already fired)
+            // is dropped; an early one is filed again at the customer's time.
+            let Some(next) = self.customers.get(&id).map(|s| s.times().1) else {
+                continue;
+            };
+            if next == 0 {
+                continue;
+            }
+            if next > watermark {
+                later.push((next, id));
+                continue;
+            }
             if let Some(s) = self.live(&id) {
                 s.decision.next_review_ms = 0;
                 self.dirty.insert(Id::clone(&id));
             }
-            due.push(id.to_string());
+            due.push((next, id));
         }
-        due
+        self.timers.extend(later);
+        due.sort_unstable();
+        due.into_iter().map(|(_, id)| id.to_string()).collect()
     }
 
     /// Sets a customer's next review time (event time, ms; 0 clears it).
@@ -428,10 +449,14 @@ impl PartitionStore {
         let Some(s) = self.live(id) else {
             return;
         };
-        let before = (s.last_event_ms, s.decision.next_review_ms);
+        let before = s.decision.next_review_ms;
         s.decision.next_review_ms = at_ms;
         let key = self.key(id);
-        self.reindex(&key, before, (before.0, at_ms));
+        // An entry at or before `before` covers a later time; an earlier
+        // one needs its own (the older entry goes stale).
+        if at_ms > 0 && (before == 0 || at_ms < before) {
+            self.timers.insert((at_ms, Id::clone(&key)));
+        }
         self.dirty.insert(key);
     }
 
@@ -441,6 +466,7 @@ impl PartitionStore {
     pub fn evict_expired(&mut self) -> usize {
         let horizon = self.watermark_ms().saturating_sub(self.limits.ttl_ms);
         let mut evicted = 0;
+        let mut later = Vec::new();
         while let Some((last, _)) = self.expiry.first() {
             if *last >= horizon {
                 break;
@@ -448,11 +474,16 @@ impl PartitionStore {
             let Some((_, id)) = self.expiry.pop_first() else {
                 break;
             };
+            // Stale (gone) or early (active since): dropped, or filed again.
+            let Some(last) = self.customers.get(&id).map(|s| s.times().0) else {
+                continue;
+            };
+            if last >= horizon {
+                later.push((last, id));
+                continue;
+            }
+            // Its timer entry goes stale, and is dropped when reached.
             if let Some(slot) = self.customers.remove(&id) {
-                let (_, next_review) = slot.times();
-                if next_review > 0 {
-                    self.timers.remove(&(next_review, Id::clone(&id)));
-                }
                 // A restored customer is decoded for their segment and
                 // flags; one whose value does not decode leaves without an
                 // exit record.
@@ -466,6 +497,7 @@ impl PartitionStore {
             self.dirty.insert(id);
             evicted += 1;
         }
+        self.expiry.extend(later);
         evicted
     }
 
@@ -527,7 +559,8 @@ impl PartitionStore {
     /// Customers changed (or evicted: `None`) since the last call, for the
     /// changelog.
     pub fn take_dirty(&mut self) -> Vec<(String, Option<&CustomerState>)> {
-        let dirty = std::mem::take(&mut self.dirty);
+        let mut dirty: Vec<Id> = std::mem::take(&mut self.dirty).into_iter().collect();
+        dirty.sort_unstable();
         dirty
             .into_iter()
             .map(|id| {
@@ -556,17 +589,10 @@ impl PartitionStore {
         self.remove_indexed(id);
     }
 
+    /// Removes a customer; its index entries go stale, and are dropped
+    /// when reached.
     fn remove_indexed(&mut self, id: &str) {
-        if let Some((key, old)) = self.customers.remove_entry(id) {
-            self.unindex(&key, old.times());
-        }
-    }
-
-    fn unindex(&mut self, id: &Id, (last_event, next_review): (i64, i64)) {
-        self.expiry.remove(&(last_event, Id::clone(id)));
-        if next_review > 0 {
-            self.timers.remove(&(next_review, Id::clone(id)));
-        }
+        self.customers.remove(id);
     }
 
     /// One customer's state (a restored one is decoded at its first read).

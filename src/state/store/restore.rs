@@ -39,8 +39,9 @@ pub struct BulkRestore<'a> {
     /// The indexes' entries as they come (built into sets on drop).
     expiry: SortedRuns,
     timers: SortedRuns,
-    /// Whether a record replaced or removed a customer: their earlier
-    /// index entries must then be filtered out.
+    /// Whether a record replaced or removed a customer: the entries of
+    /// customers no longer there, or after their times, are then filtered
+    /// out.
     replaced: bool,
 }
 
@@ -170,8 +171,10 @@ impl Drop for BulkRestore<'_> {
         if self.replaced {
             // Keep only the entries of customers still there with these times.
             let current = |id: &Id| store.customers.get(id).map(Slot::times);
-            expiry.retain(|(t, id)| current(id).is_some_and(|(last, _)| last == *t));
-            timers.retain(|(t, id)| current(id).is_some_and(|(_, next)| next == *t));
+            // (Entries before the customer's times are kept: the indexes
+            // are lazy, see `PartitionStore::timers`.)
+            expiry.retain(|(t, id)| current(id).is_some_and(|(last, _)| *t <= last));
+            timers.retain(|(t, id)| current(id).is_some_and(|(_, next)| next > 0 && *t <= next));
         }
         // A set collected from a vector sorts it (a stable sort, which
         // merges sorted runs) and then builds in one pass. The entries are
