@@ -17,6 +17,7 @@ use rdkafka::message::Message;
 use rdkafka::ClientConfig;
 use serde::Serialize;
 
+use super::running::thread_cpu_seconds;
 use super::{raw_read_all, read_span, BenchResult, Span};
 use crate::config::Config;
 use crate::event::encode::WireFormat;
@@ -371,16 +372,6 @@ struct MemoryRecord {
     value: Vec<u8>,
     /// Its timestamp (the event time), ms.
     at: i64,
-}
-
-/// This thread's CPU time (user + system), seconds; None where
-/// `/proc/thread-self/stat` cannot be read.
-fn thread_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
 }
 
 /// Generates about `events` events of the ingest benchmark's world, encodes

@@ -226,11 +226,22 @@ impl Running {
 /// so stream threads share them evenly.
 pub(super) const E2E_PARTITIONS: i32 = 6;
 
-/// CPU seconds (user + system) this process has used so far, from
-/// `/proc/self/stat` (clock ticks of USER_HZ = 100, Linux's fixed
-/// user-space unit); None where it cannot be read.
+/// CPU seconds (user + system) this process has used so far; None where
+/// it cannot be read.
 pub(super) fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_seconds("/proc/self/stat")
+}
+
+/// CPU seconds (user + system) the calling thread has used so far; None
+/// where it cannot be read.
+pub(super) fn thread_cpu_seconds() -> Option<f64> {
+    cpu_seconds("/proc/thread-self/stat")
+}
+
+/// utime + stime of a stat(5) file, in seconds (clock ticks of USER_HZ =
+/// 100, Linux's fixed user-space unit).
+fn cpu_seconds(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // The command name may hold spaces: fields start after its ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();

@@ -165,16 +165,11 @@ fn spec_round_trips_through_json_and_mismatches_are_refused() {
     assert_eq!(f.featurize(&[&s], T0 + 10).unwrap().column(0).len(), 1);
 }
 
-#[test]
-fn lifetime_features_reach_past_the_windows_and_the_recent_events() {
+/// Purchases every 10 days for 200 days (21 of them), 100.00 each, kept
+/// with `limits`, and the time 30 days after the last: the first ones are
+/// long out of the 90-day windows and the recent events.
+fn clockwork_buyer(limits: StateLimits) -> (CustomerState, i64) {
     const DAY: i64 = 86_400_000;
-    let limits = StateLimits {
-        max_events: 8,
-        text_tokens: 3,
-    };
-    let f = Featurizer::new(FeatureSpec::for_state(limits), limits).unwrap();
-    // Purchases every 10 days for 200 days (21 of them), 100.00 each; the
-    // first ones are long out of the 90-day windows and the recent events.
     let mut s = CustomerState::default();
     for i in 0..21 {
         s.record(
@@ -182,7 +177,17 @@ fn lifetime_features_reach_past_the_windows_and_the_recent_events() {
             limits,
         );
     }
-    let as_of = T0 + 230 * DAY;
+    (s, T0 + 230 * DAY)
+}
+
+#[test]
+fn lifetime_features_reach_past_the_windows_and_the_recent_events() {
+    let limits = StateLimits {
+        max_events: 8,
+        text_tokens: 3,
+    };
+    let f = Featurizer::new(FeatureSpec::for_state(limits), limits).unwrap();
+    let (s, as_of) = clockwork_buyer(limits);
     let batch = f.featurize(&[&s], as_of).unwrap();
     let t = tensors(&batch).unwrap();
     let TensorData::F32(c) = column(&t, "customer_features").data else {
@@ -243,16 +248,8 @@ fn lifetime_features_reach_past_the_windows_and_the_recent_events() {
 #[test]
 fn classical_inputs_are_the_fitted_models_predictions() {
     use crate::features::classical::{BgNbd, Classical, GammaGamma, Rfm};
-    const DAY: i64 = 86_400_000;
     let limits = StateLimits::default();
-    let mut s = CustomerState::default();
-    for i in 0..21 {
-        s.record(
-            &ev("a", &format!("p{i}"), T0 + i * 10 * DAY, buy("x", 10_000)),
-            limits,
-        );
-    }
-    let as_of = T0 + 230 * DAY;
+    let (s, as_of) = clockwork_buyer(limits);
     let plain = featurizer();
     assert_eq!(
         plain.customer_features(&s, as_of)[CLASSICAL_AT..],

@@ -257,6 +257,26 @@ fn onnx_outputs(
     Ok(out)
 }
 
+/// A Transformer for `spec` and `tc`, ready to fit on `train`: its direct
+/// path warm-started from `logistic` (fitted on `train`), or its inputs
+/// standardized by `train`'s moments.
+fn start_net(
+    spec: &FeatureSpec,
+    tc: &crate::config::TrainConfig,
+    device: &Device,
+    train: &ExampleSet,
+    logistic: &baselines::Logistic,
+) -> Result<net::Transformer, TrainError> {
+    let mut net = net::Transformer::new(net::Arch::new(spec, tc, Segment::COUNT), tc.seed, device)?;
+    if tc.warm_start {
+        net.warm_start(&logistic.linear_start())?;
+    } else {
+        let (mean, std) = train.feature_moments();
+        net.set_standardization(mean, std.iter().map(|s| 1.0 / s).collect());
+    }
+    Ok(net)
+}
+
 /// Trains once on `events` and publishes to the registry of
 /// `config.score.registry` (or `registry`), promoting when not worse than
 /// the champion.
@@ -338,13 +358,7 @@ fn train_in_pool(
     // The logistic regression is both a baseline and the warm start of the
     // Transformer's direct path from the customer features.
     let logistic = baselines::Logistic::fit(&train_set, spec.normalization.spend_log_scale, 300);
-    let mut net = net::Transformer::new(net::Arch::new(&spec, tc, segments), tc.seed, &device)?;
-    if tc.warm_start {
-        net.warm_start(&logistic.linear_start())?;
-    } else {
-        let (mean, std) = train_set.feature_moments();
-        net.set_standardization(mean, std.iter().map(|s| 1.0 / s).collect());
-    }
+    let mut net = start_net(&spec, tc, &device, &train_set, &logistic)?;
     let fitted = fit::fit(
         &net,
         &train_set,
@@ -355,41 +369,36 @@ fn train_in_pool(
         progress,
     )?;
     let fit_s = t1.elapsed().as_secs_f64();
-    // Ablation (on request: a second fit): the same Transformer, trained
-    // and calibrated without the classical inputs.
-    let plain_net = if options.ablate {
-        let (plain_train, plain_val) = (
-            train_set.without_classical(&spec),
-            val_set.without_classical(&spec),
-        );
-        let mut net = net::Transformer::new(net::Arch::new(&spec, tc, segments), tc.seed, &device)?;
-        if tc.warm_start {
-            net.warm_start(
-                &baselines::Logistic::fit(&plain_train, spend_scale, 300).linear_start(),
+    // Ablations: the logistic regression refitted without the classical
+    // inputs and (on request: a second fit) the Transformer too, so what
+    // they add is a measured number.
+    let plain_val = val_set.without_classical(&spec);
+    let (plain, plain_net) = {
+        let plain_train = train_set.without_classical(&spec);
+        let plain = baselines::Logistic::fit(&plain_train, spend_scale, 300);
+        let plain_net = if options.ablate {
+            let net = start_net(&spec, tc, &device, &plain_train, &plain)?;
+            let silent = &mut |_: &fit::EpochReport| {};
+            let mut quiet = Progress {
+                replay: progress.replay,
+                step: progress.step,
+                epoch: silent,
+            };
+            fit::fit(
+                &net,
+                &plain_train,
+                &plain_val,
+                tc,
+                spend_scale,
+                &device,
+                &mut quiet,
             )?;
+            let raw = fit::predict(&net, &plain_val, spend_scale, None)?;
+            Some(calibrate::cross_fitted(&raw, &plain_val).0)
         } else {
-            let (mean, std) = plain_train.feature_moments();
-            net.set_standardization(mean, std.iter().map(|s| 1.0 / s).collect());
-        }
-        let silent = &mut |_: &fit::EpochReport| {};
-        let mut quiet = Progress {
-            replay: progress.replay,
-            step: progress.step,
-            epoch: silent,
+            None
         };
-        fit::fit(
-            &net,
-            &plain_train,
-            &plain_val,
-            tc,
-            spend_scale,
-            &device,
-            &mut quiet,
-        )?;
-        let raw = fit::predict(&net, &plain_val, spend_scale, None)?;
-        Some(calibrate::cross_fitted(&raw, &plain_val).0)
-    } else {
-        None
+        (plain, plain_net)
     };
 
     let t2 = Instant::now();
@@ -411,10 +420,6 @@ fn train_in_pool(
     let logistic_raw = logistic.predict(&val_set);
     let (logistic_out, logistic_calibration) = calibrate::cross_fitted(&logistic_raw, &val_set);
     let m_logistic = metrics::evaluate(&logistic_out, &val_set.labels, segments);
-    // Ablation: the logistic regression refitted without the classical
-    // inputs, so what they add is a measured number.
-    let plain_val = val_set.without_classical(&spec);
-    let plain = baselines::Logistic::fit(&train_set.without_classical(&spec), spend_scale, 300);
     let (plain_out, _) = calibrate::cross_fitted(&plain.predict(&plain_val), &plain_val);
     drop(plain_val);
     let m_plain = metrics::evaluate(&plain_out, &val_set.labels, segments);

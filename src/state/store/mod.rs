@@ -522,7 +522,8 @@ impl PartitionStore {
         // A restored value that does not decode has nothing to leave.
         let exit = Exit::of(id, slot.get().map(|s| &s.decision), true);
         self.exits.extend(exit);
-        self.remove_indexed(id);
+        // Its index entries go stale (see `timers`).
+        self.customers.remove(id);
         self.dirty.insert(key);
         true
     }
@@ -574,7 +575,6 @@ impl PartitionStore {
     /// Installs a restored state (not marked dirty: it is already in the changelog).
     pub fn restore(&mut self, id: impl Into<Arc<str>>, state: CustomerState) {
         let id: Id = id.into();
-        self.remove_indexed(&id);
         self.clock_ms = self.clock_ms.max(state.last_event_ms);
         self.expiry.insert((state.last_event_ms, Id::clone(&id)));
         if state.decision.next_review_ms > 0 {
@@ -586,12 +586,7 @@ impl PartitionStore {
 
     /// Applies a changelog tombstone.
     pub fn forget(&mut self, id: &str) {
-        self.remove_indexed(id);
-    }
-
-    /// Removes a customer; its index entries go stale, and are dropped
-    /// when reached.
-    fn remove_indexed(&mut self, id: &str) {
+        // Its index entries go stale (see `timers`).
         self.customers.remove(id);
     }
 
@@ -651,3 +646,6 @@ impl PartitionStore {
         states + self.markers.memory_bytes()
     }
 }
+
+#[cfg(test)]
+mod tests;
