@@ -241,6 +241,49 @@ impl Config {
         self.train.check(p);
         self.telemetry.check(p);
         self.check_topics_apart(p);
+        self.check_monitor(p);
+    }
+
+    /// Live outcomes (`output.outcomes_topic`): cuts and horizons in whole
+    /// days, and no customer evicted before their last snapshot resolves.
+    fn check_monitor(&self, p: &mut Problems) {
+        if self.output.outcomes_topic.is_empty() {
+            return;
+        }
+        let ms = crate::units::millis;
+        let rules = crate::state::MonitorRules {
+            every_ms: ms(self.train.sample_every),
+            horizon_ms: ms(self.train.horizon),
+            lookback_ms: ms(self.train.lookback),
+        };
+        if let Some(why) = rules.problem() {
+            p.add("output.outcomes_topic", why);
+        }
+        if self.state.ttl <= self.train.lookback + self.train.horizon {
+            p.add(
+                "state.ttl",
+                "must be longer than train.lookback + train.horizon with output.outcomes_topic \
+                 (a customer would be evicted before their snapshot resolves)",
+            );
+        }
+        let t = &self.output.outcomes_topic;
+        if self.input.topics.contains(t)
+            || *t == self.state.changelog_topic
+            || *t == self.output.current_topic
+            || *t == self.output.topic
+            || *t == self.dead_letter.topic
+        {
+            p.add("output.outcomes_topic", "must be a topic of its own");
+        }
+    }
+
+    /// The rules the partition stores apply: `[state]`'s, with live
+    /// outcomes when `output.outcomes_topic` is set.
+    pub fn store_limits(&self) -> crate::state::StoreLimits {
+        crate::state::StoreLimits {
+            monitor: crate::state::MonitorRules::of(self),
+            ..self.state.limits()
+        }
     }
 
     /// Rules across sections: the topics that must be distinct.

@@ -33,6 +33,12 @@ pub struct OutputConfig {
     /// Risk flags (`segstream.v1.RiskFlag`, raised and cleared, keyed by
     /// customer; rules in `[risk]`). Empty: the rules do not run.
     pub risk_topic: String,
+    /// Live outcomes (`segstream.v1.Outcome`, keyed by customer): every
+    /// `train.sample_every` of event time each customer of the evaluation
+    /// population (active within `train.lookback`) is predicted as of that
+    /// cut, and once `train.horizon` has passed the prediction is published
+    /// here with what the customer did. Empty: no snapshots are taken.
+    pub outcomes_topic: String,
 }
 
 impl Default for OutputConfig {
@@ -45,6 +51,7 @@ impl Default for OutputConfig {
             live_age: Duration::from_secs(300),
             live_lag: 10_000,
             risk_topic: String::new(),
+            outcomes_topic: String::new(),
         }
     }
 }
@@ -89,6 +96,11 @@ impl OutputConfig {
         if !out.current_topic.is_empty() {
             if let Err(why) = check_topic_name(&out.current_topic) {
                 p.add("output.current_topic", why.to_string());
+            }
+        }
+        if !out.outcomes_topic.is_empty() {
+            if let Err(why) = check_topic_name(&out.outcomes_topic) {
+                p.add("output.outcomes_topic", why.to_string());
             }
         }
         if out.live_age < Duration::from_secs(1) || out.live_age > Duration::from_secs(30 * 86_400)

@@ -248,7 +248,8 @@ impl Pipeline {
         self.cycle.unflushed = 0;
         self.cycle.unflushed_since = None;
         let decided = self.score_and_decide().await?;
-        let records = self.output_records(decided)?;
+        let mut records = self.output_records(decided)?;
+        records.extend(self.monitor_cycle().await?);
         for r in &records {
             self.send_out(r).await?;
         }
@@ -476,6 +477,7 @@ mod tests {
             idle_timeout: std::time::Duration::from_secs(30),
             ttl_ms: 100 * 86_400_000,
             review_after_ms: 3_600_000,
+            monitor: None,
         });
         let now = tokio::time::Instant::now();
         for (i, c) in customers.iter().enumerate() {

@@ -57,6 +57,7 @@ mod error;
 mod http;
 mod intake;
 pub mod output;
+mod outcomes;
 mod partitions;
 mod rebalance;
 mod retry;

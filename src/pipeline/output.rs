@@ -9,7 +9,7 @@ use prost::Message as _;
 
 use crate::config::{ExitRecords, OutputConfig, OutputFormat};
 use crate::decide::{self, SegmentChangeJson};
-use crate::event::proto::{Membership, RiskFlag, SegmentChange, Trigger};
+use crate::event::proto::{Membership, Outcome, RiskFlag, SegmentChange, Trigger};
 use crate::state::Exit;
 
 /// One record to send inside the cycle's transaction.
@@ -126,6 +126,83 @@ pub fn for_change(
     });
     records.extend(current);
     Ok(records)
+}
+
+/// An outcome in the configured format.
+pub fn encode_outcome(o: &Outcome, format: OutputFormat) -> Result<Vec<u8>, EncodeError> {
+    match format {
+        OutputFormat::Protobuf => Ok(o.encode_to_vec()),
+        OutputFormat::Json => {
+            serde_json::to_vec(&OutcomeJson::new(o)).map_err(EncodeError::json("Outcome"))
+        }
+    }
+}
+
+/// The JSON form of an [`Outcome`] (snake_case field names, every field
+/// present).
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct OutcomeJson {
+    /// See the proto's fields.
+    pub customer_id: String,
+    /// The cut time (ms).
+    pub cut_ms: i64,
+    /// The horizon (ms).
+    pub horizon_ms: i64,
+    /// The model version that predicted.
+    pub model_version: String,
+    /// Predicted segment.
+    pub segment: String,
+    /// Predicted purchase probability.
+    pub purchase_probability: f32,
+    /// Predicted churn probability.
+    pub churn_probability: f32,
+    /// Predicted spend (minor units).
+    pub predicted_spend: f32,
+    /// Realized: purchased.
+    pub purchased: bool,
+    /// Realized: no activity.
+    pub churned: bool,
+    /// Realized spend (minor units).
+    pub spend_minor: i64,
+    /// The segment the outcomes define.
+    pub realized_segment: String,
+    /// Wall clock of the resolution (ms).
+    pub resolved_at_ms: i64,
+}
+
+impl OutcomeJson {
+    /// The JSON form of `o`.
+    pub fn new(o: &Outcome) -> Self {
+        OutcomeJson {
+            customer_id: o.customer_id.clone(),
+            cut_ms: o.cut_ms,
+            horizon_ms: o.horizon_ms,
+            model_version: o.model_version.clone(),
+            segment: o.segment.clone(),
+            purchase_probability: o.purchase_probability,
+            churn_probability: o.churn_probability,
+            predicted_spend: o.predicted_spend,
+            purchased: o.purchased,
+            churned: o.churned,
+            spend_minor: o.spend_minor,
+            realized_segment: o.realized_segment.clone(),
+            resolved_at_ms: o.resolved_at_ms,
+        }
+    }
+}
+
+/// The record of an outcome on `output.outcomes_topic`, keyed by customer.
+pub fn for_outcome(out: &OutputConfig, o: &Outcome) -> Result<OutRecord, EncodeError> {
+    Ok(OutRecord {
+        topic: out.outcomes_topic.clone(),
+        partition: None,
+        key: o.customer_id.clone(),
+        value: Some(encode_outcome(o, out.format)?),
+        headers: vec![
+            ("segstream.model_version", o.model_version.clone()),
+            ("segstream.cut_ms", o.cut_ms.to_string()),
+        ],
+    })
 }
 
 /// The records of an evicted or erased customer who was in a segment: an

@@ -159,7 +159,7 @@ impl Pipeline {
             .restoring
             .fetch_add(1, Ordering::Relaxed);
         let topic = self.cfg.state.changelog_topic.clone();
-        let limits = self.cfg.state.limits();
+        let limits = self.cfg.store_limits();
         let metrics = self.telemetry.metrics.clone();
         let timeout = self.cfg.state.restore_timeout;
         // The restore has its own budget (state.restore_timeout); the

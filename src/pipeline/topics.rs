@@ -193,6 +193,7 @@ impl Pipeline {
         needed.push(Needed::main(&self.cfg.dead_letter.topic, false));
         let optional = [
             (&output.risk_topic, "output.risk_topic", false, ""),
+            (&output.outcomes_topic, "output.outcomes_topic", false, ""),
             (&privacy.erasure_topic, "privacy.erasure_topic", true, ""),
             (&privacy.audit_topic, "privacy.audit_topic", false, ""),
         ];

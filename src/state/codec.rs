@@ -18,7 +18,7 @@ use prost::Message as _;
 use super::wire::{
     expect, fixeds, float, int64, message, string, u32_of, u64_of, uint, varints, Wire, LEN,
 };
-use super::{CustomerState, DayBucket, Decision, Lifetime, ProductSketch, RecentEvent};
+use super::{CustomerState, DayBucket, Decision, Lifetime, ProductSketch, RecentEvent, Snapshot};
 #[cfg(test)]
 use crate::event::proto;
 
@@ -86,6 +86,22 @@ fn write_record(state: &CustomerState, out: &mut Vec<u8>, nested: &mut Vec<u8>) 
     if !state.lifetime.products.is_empty() {
         super::wire::out::packed_fixed64(out, 12, state.lifetime.products.0.iter().copied());
     }
+    for snapshot in &state.snapshots {
+        message(out, 13, nested, |w| write_snapshot(snapshot, w));
+    }
+    scalar(out, 14, state.snapshot_through_ms as u64);
+}
+
+fn write_snapshot(s: &Snapshot, w: &mut Vec<u8>) {
+    use super::wire::out::{float, scalar, string};
+    scalar(w, 1, s.cut_ms as u64);
+    string(w, 2, &s.model_version);
+    string(w, 3, &s.segment);
+    float(w, 4, s.purchase_probability);
+    float(w, 5, s.churn_probability);
+    float(w, 6, s.predicted_spend);
+    scalar(w, 7, u64::from(s.purchased_before));
+    scalar(w, 8, u64::from(s.scored));
 }
 
 fn write_recent(state: &CustomerState, w: &mut Vec<u8>) {
@@ -211,8 +227,38 @@ pub(crate) fn encode_with_prost(state: &CustomerState) -> Vec<u8> {
         } else {
             state.lifetime.products.0.to_vec()
         },
+        snapshots: state.snapshots.iter().map(snapshot_to_proto).collect(),
+        snapshot_through_ms: state.snapshot_through_ms,
     }
     .encode_to_vec()
+}
+
+#[cfg(test)]
+pub(crate) fn snapshot_to_proto(s: &Snapshot) -> proto::Snapshot {
+    proto::Snapshot {
+        cut_ms: s.cut_ms,
+        model_version: s.model_version.clone(),
+        segment: s.segment.clone(),
+        purchase_probability: s.purchase_probability,
+        churn_probability: s.churn_probability,
+        predicted_spend: s.predicted_spend,
+        purchased_before: s.purchased_before,
+        scored: s.scored,
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn snapshot_of_proto(s: &proto::Snapshot) -> Snapshot {
+    Snapshot {
+        cut_ms: s.cut_ms,
+        model_version: s.model_version.clone(),
+        segment: s.segment.clone(),
+        purchase_probability: s.purchase_probability,
+        churn_probability: s.churn_probability,
+        predicted_spend: s.predicted_spend,
+        purchased_before: s.purchased_before,
+        scored: s.scored,
+    }
 }
 
 /// Decodes a changelog value.
@@ -298,6 +344,7 @@ struct Scalars<'a> {
     predicted_spend: f32,
     as_of_ms: i64,
     risk_flags: u32,
+    snapshot_through_ms: i64,
 }
 
 /// The repeated fields of a record, as on the wire (reused between records).
@@ -323,6 +370,8 @@ struct Columns {
     category_bits: Vec<u64>,
     scores: Vec<f32>,
     purchased_products: Vec<u64>,
+    /// Snapshots (few, and rare: parsed whole).
+    snapshots: Vec<Snapshot>,
 }
 
 impl Columns {
@@ -355,6 +404,7 @@ impl Columns {
         self.kind.clear();
         self.rating.clear();
         self.scores.clear();
+        self.snapshots.clear();
     }
 }
 
@@ -380,6 +430,8 @@ fn parse_record<'a>(
             10 => s.lifetime_spend_minor = uint(&mut w, wire)?,
             11 => s.first_purchase_ms = int64(&mut w, wire)?,
             12 => fixeds(&mut w, wire, &mut c.purchased_products)?,
+            13 => c.snapshots.push(parse_snapshot(message(&mut w, wire)?)?),
+            14 => s.snapshot_through_ms = int64(&mut w, wire)?,
             _ => w.skip(field, wire, 0)?,
         }
     }
@@ -432,6 +484,25 @@ fn parse_days(mut w: Wire<'_>, c: &mut Columns) -> Result<(), CodecError> {
         }
     }
     Ok(())
+}
+
+fn parse_snapshot(mut w: Wire<'_>) -> Result<Snapshot, CodecError> {
+    let mut s = Snapshot::default();
+    while !w.is_empty() {
+        let (field, wire) = w.key()?;
+        match field {
+            1 => s.cut_ms = int64(&mut w, wire)?,
+            2 => s.model_version = string(&mut w, wire)?.to_string(),
+            3 => s.segment = string(&mut w, wire)?.to_string(),
+            4 => s.purchase_probability = float(&mut w, wire)?,
+            5 => s.churn_probability = float(&mut w, wire)?,
+            6 => s.predicted_spend = float(&mut w, wire)?,
+            7 => s.purchased_before = uint(&mut w, wire)? != 0,
+            8 => s.scored = uint(&mut w, wire)? != 0,
+            _ => w.skip(field, wire, 1)?,
+        }
+    }
+    Ok(s)
 }
 
 fn parse_decision<'a>(
@@ -584,6 +655,8 @@ fn assemble(s: &Scalars<'_>, c: &Columns) -> Result<CustomerState, CodecError> {
         },
         duplicates: s.duplicates,
         lifetime,
+        snapshots: c.snapshots.clone(),
+        snapshot_through_ms: s.snapshot_through_ms,
     })
 }
 
@@ -659,6 +732,7 @@ mod tests {
             category_bits: days.category_bits,
             scores: d.scores,
             purchased_products: r.purchased_products.clone(),
+            snapshots: r.snapshots.iter().map(snapshot_of_proto).collect(),
         };
         Ok((r, c))
     }
@@ -684,6 +758,7 @@ mod tests {
             predicted_spend: d.map_or(0.0, |d| d.predicted_spend),
             as_of_ms: d.map_or(0, |d| d.as_of_ms),
             risk_flags: d.map_or(0, |d| d.risk_flags),
+            snapshot_through_ms: r.snapshot_through_ms,
         }
     }
 
@@ -755,6 +830,23 @@ mod tests {
             lifetime_spend_minor: 9_000,
             first_purchase_ms: 1_780_000_000_000,
             purchased_products: vec![1, 2, 3, u64::MAX],
+            snapshots: vec![
+                proto::Snapshot {
+                    cut_ms: 1_789_999_999_999,
+                    model_version: "m1".into(),
+                    segment: "active_buyer".into(),
+                    purchase_probability: 0.5,
+                    churn_probability: 0.125,
+                    predicted_spend: 30.0,
+                    purchased_before: true,
+                    scored: true,
+                },
+                proto::Snapshot {
+                    cut_ms: 1_790_604_799_999,
+                    ..Default::default()
+                },
+            ],
+            snapshot_through_ms: 1_790_604_799_999,
         }
     }
 

@@ -11,12 +11,14 @@
 pub mod changelog;
 mod codec;
 pub mod erasure;
+pub mod monitor;
 mod store;
 pub mod text;
 mod wire;
 
 use std::mem::size_of;
 
+pub use monitor::{Capture, MonitorRules, Predicted, Realized, Resolved, Snapshot};
 pub use store::{BulkRestore, Exit, PartitionStore, RecordOutcome, Restored, StoreLimits};
 
 use crate::event::{BrowseAction, Event, Payload};
@@ -170,6 +172,11 @@ pub struct CustomerState {
     /// Every purchase ever applied, beyond the recent window and the kept
     /// days: the sufficient statistics of BTYD models.
     pub lifetime: Lifetime,
+    /// Predictions as of cut times, until their horizon passes (live
+    /// outcomes, see [`monitor`]), oldest first.
+    pub snapshots: Vec<Snapshot>,
+    /// The latest cut the customer was captured at (ms; 0: none).
+    pub snapshot_through_ms: i64,
 }
 
 /// Lifetime purchase statistics: count x, spend, first and last purchase
@@ -490,6 +497,11 @@ impl CustomerState {
             + self.decision.segment.capacity()
             + self.decision.model_version.capacity()
             + self.decision.scores.capacity() * size_of::<f32>()
+            + self
+                .snapshots
+                .iter()
+                .map(|s| size_of::<Snapshot>() + s.model_version.capacity() + s.segment.capacity())
+                .sum::<usize>()
     }
 
     /// Releases spare capacity (after restore or eviction sweeps).

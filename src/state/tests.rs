@@ -99,6 +99,7 @@ pub(crate) fn store_limits() -> StoreLimits {
         idle_timeout: std::time::Duration::from_secs(30),
         ttl_ms: 100 * 86_400_000,
         review_after_ms: 3_600_000,
+        monitor: None,
     }
 }
 

@@ -13,6 +13,7 @@
 //! `pipeline::http`, which renders [`Metrics::render`].
 
 pub mod kafka_log;
+pub mod outcomes;
 mod tally;
 pub use tally::{Tally, END_TO_END_MAX_MS, REFUSAL_LOG_INTERVAL};
 
@@ -111,6 +112,8 @@ pub struct Metrics {
     pub lookups: IntCounterVec,
     /// Risk flags raised and cleared, by rule.
     pub risk_flags: IntCounterVec,
+    /// Live outcomes: quality per model version.
+    pub outcomes: outcomes::OutcomeMetrics,
 }
 
 fn counter(name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
@@ -291,6 +294,7 @@ impl Metrics {
                 "Risk flags published, by rule and state (raised, cleared).",
                 &["rule", "state"],
             )?,
+            outcomes: outcomes::OutcomeMetrics::new()?,
             stalled: gauge(
                 "segstream_stalled",
                 "1 while the instance is stalled: no committed cycle for pipeline.stall_timeout while records wait, or a Kafka client call past pipeline.call_deadline.",
@@ -331,6 +335,7 @@ impl Metrics {
             Box::new(m.lookups.clone()),
             Box::new(m.risk_flags.clone()),
         ];
+        collectors.extend(m.outcomes.collectors());
         // process_cpu_seconds_total, process_resident_memory_bytes,
         // process_open_fds, process_threads, process_start_time_seconds, ...
         #[cfg(target_os = "linux")]

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+mod monitor;
 mod restore;
 
 use super::codec::{decode, peek, CodecError, Peek};
@@ -32,6 +33,9 @@ pub struct StoreLimits {
     /// A customer is rescored (trigger INACTIVITY) this long after their
     /// latest event unless the decision stage schedules otherwise.
     pub review_after_ms: i64,
+    /// Live outcomes: prediction snapshots at cut times (see
+    /// [`super::monitor`]); `None`: off.
+    pub monitor: Option<super::MonitorRules>,
 }
 
 /// `[state]`'s defaults.
@@ -54,6 +58,7 @@ impl crate::config::StateConfig {
             idle_timeout: self.idle_timeout,
             ttl_ms: ms(self.ttl),
             review_after_ms: ms(self.review_after),
+            monitor: None,
         }
     }
 }
@@ -148,6 +153,12 @@ pub struct PartitionStore {
     /// [`PartitionStore::take_exits`].
     exits: Vec<Exit>,
     duplicates: u64,
+    /// Live outcomes: how far cuts are closed and horizons resolved
+    /// (`None` until the store first moves its watermark), the captures to
+    /// score and the snapshots resolved, until the cycle takes them.
+    cursor: Option<super::monitor::Cursor>,
+    captures: Vec<super::Capture>,
+    resolved: Vec<super::Resolved>,
     /// Restored values that passed the restore's check but did not decode
     /// when their customer was first used.
     undecodable: u64,
@@ -275,6 +286,9 @@ impl PartitionStore {
             markers: Markers::default(),
             exits: Vec::new(),
             duplicates: 0,
+            cursor: None,
+            captures: Vec::new(),
+            resolved: Vec::new(),
             undecodable: 0,
         }
     }
@@ -353,6 +367,9 @@ impl PartitionStore {
         }
         self.last_input_at = Some(now);
         self.idle_credited_at = None;
+        if let Some(rules) = self.limits.monitor {
+            self.monitor_before(rules, event);
+        }
         let key = self.key(&event.customer_id);
         let mut new = false;
         let slot = self.customers.entry(Id::clone(&key)).or_insert_with(|| {
@@ -403,7 +420,11 @@ impl PartitionStore {
         }
         let from = self.idle_credited_at.unwrap_or(idle_from).max(idle_from);
         let credit = now.saturating_duration_since(from);
-        self.clock_ms = self.clock_ms.saturating_add(crate::units::millis(credit));
+        let clock = self.clock_ms.saturating_add(crate::units::millis(credit));
+        if let Some(rules) = self.limits.monitor {
+            self.monitor_advance(rules, clock);
+        }
+        self.clock_ms = clock;
         self.idle_credited_at = Some(now);
     }
 
@@ -521,6 +542,9 @@ impl PartitionStore {
         };
         // A restored value that does not decode has nothing to leave.
         let exit = Exit::of(id, slot.get().map(|s| &s.decision), true);
+        // Forgotten: no prediction of theirs is scored or published.
+        self.captures.retain(|c| c.customer_id != id);
+        self.resolved.retain(|r| r.customer_id != id);
         self.exits.extend(exit);
         // Its index entries go stale (see `timers`).
         self.customers.remove(id);
@@ -649,3 +673,6 @@ impl PartitionStore {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod monitor_tests;

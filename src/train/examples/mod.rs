@@ -67,7 +67,20 @@ impl LabelRules {
                 spend = spend.saturating_add(o.spend_minor);
             }
         }
-        let seg = if purchases > 0 && spend >= self.high_value_spend_minor {
+        self.labels(purchases, spend, active, purchased_before)
+    }
+
+    /// The labels of what a customer did in a horizon: `purchases` and
+    /// `spend` in it, any activity, and whether they purchased before it.
+    /// The trainer's examples and the pipeline's live outcomes both use it.
+    pub fn labels(
+        &self,
+        purchases: u32,
+        spend_minor: i64,
+        active: bool,
+        purchased_before: bool,
+    ) -> Labels {
+        let seg = if purchases > 0 && spend_minor >= self.high_value_spend_minor {
             Segment::HighValue
         } else if purchases > 0 {
             Segment::ActiveBuyer
@@ -82,7 +95,7 @@ impl LabelRules {
             segment: seg,
             purchased: purchases > 0,
             churned: !active,
-            spend_minor: spend,
+            spend_minor,
         }
     }
 }
