@@ -92,3 +92,54 @@ fn schema_and_decoder_agree_on_value_rules() {
         assert_eq!(got.reason, reason, "{name}");
     }
 }
+
+/// Issue 39: the JSON form of a live outcome (`output.format = "json"`)
+/// conforms to `schemas/outcome.schema.json`, field for field.
+#[test]
+fn outcomes_in_json_conform_to_their_schema() {
+    use segstream::config::{OutputConfig, OutputFormat};
+    use segstream::event::proto::Outcome;
+    use segstream::pipeline::output::for_outcome;
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/outcome.schema.json"),
+    )
+    .unwrap();
+    let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let out = OutputConfig {
+        outcomes_topic: "outcomes".into(),
+        format: OutputFormat::Json,
+        ..OutputConfig::default()
+    };
+    let outcome = Outcome {
+        customer_id: "c1".into(),
+        cut_ms: 1_790_207_999_999,
+        horizon_ms: 30 * 86_400_000,
+        model_version: "m1".into(),
+        segment: "active_buyer".into(),
+        purchase_probability: 0.75,
+        churn_probability: 0.0,
+        predicted_spend: 1200.0,
+        purchased: true,
+        churned: false,
+        spend_minor: 0,
+        realized_segment: "browser".into(),
+        resolved_at_ms: NOW,
+    };
+    let record = for_outcome(&out, &outcome).unwrap();
+    assert_eq!(
+        (record.topic.as_str(), record.key.as_str()),
+        ("outcomes", "c1")
+    );
+    let json: serde_json::Value = serde_json::from_slice(&record.value.unwrap()).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&json)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{json}: {errors:?}");
+    // Every field is present, defaults included (false, 0).
+    assert_eq!(json.as_object().map(|o| o.len()), Some(13), "{json}");
+    let mut broken = json.clone();
+    broken["realized_segment"] = "gold".into();
+    assert!(!validator.is_valid(&broken));
+}

@@ -38,7 +38,15 @@ async fn served_scores_equal_offline_replay_scores() {
         &[("cleanup.policy", "compact")],
     )
     .await;
-    common::create_topics(&[&format!("{id}.dlq"), &format!("{id}.segments")], 1).await;
+    common::create_topics(
+        &[
+            &format!("{id}.dlq"),
+            &format!("{id}.segments"),
+            &format!("{id}.outcomes"),
+        ],
+        1,
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
 
     // History: the generator's world, all kinds in one topic so that the
@@ -106,6 +114,8 @@ async fn served_scores_equal_offline_replay_scores() {
     settings.dead_letter.topic = format!("{id}.dlq");
     settings.output.topic = format!("{id}.segments");
     settings.output.current_topic = format!("{id}.current");
+    // Issue 39: live outcomes, checked below against the offline replay.
+    settings.output.outcomes_topic = format!("{id}.outcomes");
     settings.decide.margin = 0.0;
     settings.decide.min_dwell = Duration::from_millis(1);
     settings.pipeline.transactional_id = format!("{id}-instance");
@@ -257,5 +267,174 @@ async fn served_scores_equal_offline_replay_scores() {
     assert!(
         explain_worst <= 1e-3,
         "reasons miss the centered log-probability (or the replay's reasons) by {explain_worst}"
+    );
+
+    check_outcomes(
+        &config,
+        &s.settings,
+        &files,
+        &events,
+        &format!("{id}.outcomes"),
+        &log,
+    );
+}
+
+/// Issue 39: the live outcomes the pipeline published equal, per customer
+/// and cut, `predict --as-of` at the cut (the same model, the trainer's
+/// population rule) with the trainer's labels; their AUC, calibration and
+/// spend ratio per cut equal the offline figures within 1e-6; every
+/// snapshot whose horizon the input passed is published, once.
+fn check_outcomes(
+    config: &Config,
+    settings: &Config,
+    files: &ModelFiles,
+    events: &[Event],
+    topic: &str,
+    log: &std::path::Path,
+) {
+    use prost::Message as _;
+    use segstream::event::proto::Outcome;
+    use segstream::event::Payload;
+    use segstream::train::examples::{LabelRules, Outcome as Happened};
+    use segstream::train::metrics::auc;
+    use std::collections::BTreeSet;
+
+    let rows = common::pipeline::read_all(topic);
+    let published: Vec<Outcome> = rows
+        .iter()
+        .map(|r| Outcome::decode(r.3.as_deref().unwrap_or_default()).unwrap())
+        .collect();
+    let keys: BTreeSet<(String, i64)> = published
+        .iter()
+        .map(|o| (o.customer_id.clone(), o.cut_ms))
+        .collect();
+    assert_eq!(keys.len(), published.len(), "an outcome published twice");
+    let rules = LabelRules::from_config(&settings.train);
+    let ms = |d: std::time::Duration| d.as_millis() as i64;
+    let (every, horizon, lookback) = (
+        ms(settings.train.sample_every),
+        ms(settings.train.horizon),
+        ms(settings.train.lookback),
+    );
+    let last = events.iter().map(|e| e.event_time_ms).max().unwrap();
+    let first = events.iter().map(|e| e.event_time_ms).min().unwrap();
+    let mut timelines: BTreeMap<&str, Vec<Happened>> = BTreeMap::new();
+    let mut sorted: Vec<&Event> = events.iter().collect();
+    sorted.sort_by_key(|e| e.event_time_ms);
+    for e in &sorted {
+        timelines.entry(&e.customer_id).or_default().push(Happened {
+            time_ms: e.event_time_ms,
+            spend_minor: match &e.payload {
+                Payload::Purchase(p) => p.total_minor.max(0),
+                _ => -1,
+            },
+        });
+    }
+    let (mut compared, mut cuts, mut worst) = (0usize, 0usize, 0f32);
+    // Every calendar cut whose horizon ended well before the input's end
+    // (two days: each partition's watermark is its own latest event).
+    let mut t = (first / every + 1) * every - 1;
+    while t + horizon < last - 2 * 86_400_000 {
+        let offline = train::predict::predict(config, files, events.to_vec(), t).unwrap();
+        let mut live: Vec<&Outcome> = published.iter().filter(|o| o.cut_ms == t).collect();
+        live.sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
+        let population: Vec<_> = offline
+            .rows
+            .iter()
+            .filter(|r| {
+                let seen = timelines[r.customer_id.as_str()]
+                    .iter()
+                    .filter(|h| h.time_ms <= t)
+                    .map(|h| h.time_ms)
+                    .max()
+                    .unwrap_or(i64::MIN);
+                seen > t - lookback
+            })
+            .collect();
+        assert_eq!(
+            live.iter()
+                .map(|o| o.customer_id.as_str())
+                .collect::<Vec<_>>(),
+            population
+                .iter()
+                .map(|r| r.customer_id.as_str())
+                .collect::<Vec<_>>(),
+            "the population at cut {t}:\n{}",
+            tail(log)
+        );
+        let (mut p_live, mut p_off, mut bought) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut sum_live, mut sum_off, mut spend_live, mut spend_off, mut spend_real) =
+            (0f64, 0f64, 0f64, 0f64, 0f64);
+        for (o, r) in live.iter().zip(&population) {
+            let labels = rules.label(&timelines[r.customer_id.as_str()], t);
+            assert_eq!(
+                (
+                    o.purchased,
+                    o.churned,
+                    o.spend_minor,
+                    o.realized_segment.as_str()
+                ),
+                (
+                    labels.purchased,
+                    labels.churned,
+                    labels.spend_minor,
+                    labels.segment.name()
+                ),
+                "{} at {t}",
+                o.customer_id
+            );
+            assert_eq!(o.model_version, "skew-1");
+            assert_eq!(o.horizon_ms, horizon);
+            worst = worst
+                .max((o.purchase_probability - r.purchase_probability).abs())
+                .max((o.churn_probability - r.churn_probability).abs())
+                .max(
+                    (o.predicted_spend - r.predicted_spend).abs()
+                        / r.predicted_spend.abs().max(1.0),
+                );
+            p_live.push(o.purchase_probability);
+            p_off.push(r.purchase_probability);
+            bought.push(labels.purchased);
+            sum_live += f64::from(o.purchase_probability);
+            sum_off += f64::from(r.purchase_probability);
+            spend_live += f64::from(o.predicted_spend);
+            spend_off += f64::from(r.predicted_spend);
+            spend_real += labels.spend_minor as f64;
+            compared += 1;
+        }
+        if bought.iter().any(|b| *b) && bought.iter().any(|b| !*b) {
+            let (a, b) = (auc(&p_live, &bought), auc(&p_off, &bought));
+            assert!(
+                (a - b).abs() <= 1e-6,
+                "purchase AUC at {t}: live {a}, offline {b}"
+            );
+        }
+        let n = live.len().max(1) as f64;
+        assert!(
+            (sum_live / n - sum_off / n).abs() <= 1e-6,
+            "calibration at {t}"
+        );
+        if spend_real > 0.0 {
+            let (a, b) = (spend_live / spend_real, spend_off / spend_real);
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "spend ratio at {t}: {a} {b}"
+            );
+        }
+        cuts += 1;
+        t += every;
+    }
+    eprintln!(
+        "live outcomes: {} published, {compared} compared over {cuts} cuts, largest prediction difference {worst}",
+        published.len()
+    );
+    assert!(
+        cuts >= 5 && compared >= 300,
+        "{compared} outcomes over {cuts} cuts compared:\n{}",
+        tail(log)
+    );
+    assert!(
+        worst <= 1e-5,
+        "live and offline predictions differ by {worst} over {compared} outcomes"
     );
 }

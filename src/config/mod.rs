@@ -32,6 +32,7 @@ pub const ENV_PREFIX: &str = "SEGSTREAM";
 mod clients;
 mod input;
 mod kafka;
+mod monitor;
 mod output;
 mod pipeline;
 mod privacy;
@@ -49,6 +50,7 @@ pub use input::{
     default_input_topics, DeadLetterConfig, InputConfig, OffsetReset, Partitioner, ValidationConfig,
 };
 pub use kafka::{KafkaConfig, SaslConfig, SaslMechanism, SecurityProtocol, TlsConfig};
+pub use monitor::MonitorRules;
 pub use output::{ExitRecords, OutputConfig, OutputFormat};
 pub use pipeline::{LogFormat, PipelineConfig, TelemetryConfig};
 pub use privacy::{check_key, KeyError, PrivacyConfig, MIN_KEY_BYTES};
@@ -251,7 +253,7 @@ impl Config {
             return;
         }
         let ms = crate::units::millis;
-        let rules = crate::state::MonitorRules {
+        let rules = MonitorRules {
             every_ms: ms(self.train.sample_every),
             horizon_ms: ms(self.train.horizon),
             lookback_ms: ms(self.train.lookback),
@@ -274,15 +276,6 @@ impl Config {
             || *t == self.dead_letter.topic
         {
             p.add("output.outcomes_topic", "must be a topic of its own");
-        }
-    }
-
-    /// The rules the partition stores apply: `[state]`'s, with live
-    /// outcomes when `output.outcomes_topic` is set.
-    pub fn store_limits(&self) -> crate::state::StoreLimits {
-        crate::state::StoreLimits {
-            monitor: crate::state::MonitorRules::of(self),
-            ..self.state.limits()
         }
     }
 

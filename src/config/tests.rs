@@ -315,3 +315,39 @@ fn consumer_and_producer_properties_go_to_their_clients_only() {
         "{e}"
     );
 }
+
+/// Issue 39: live outcomes need whole-day cuts and horizons the state can
+/// resolve, a TTL that outlives every snapshot and a topic of their own;
+/// every problem is reported at once.
+#[test]
+fn live_outcome_rules_are_checked() {
+    let ok = load_toml(
+        r#"
+        [output]
+        outcomes_topic = "customer-outcomes"
+        "#,
+        &[],
+    )
+    .unwrap();
+    assert!(crate::state::MonitorRules::of(&ok).is_some());
+    assert!(crate::state::MonitorRules::of(&Config::default()).is_none());
+    let e = load_toml(
+        r#"
+        [output]
+        outcomes_topic = "customer-segments"
+        [train]
+        horizon = "91days"
+        sample_every = "36h"
+        lookback = "400days"
+        "#,
+        &[],
+    )
+    .unwrap_err();
+    let p = paths(&e);
+    assert_eq!(
+        p.iter().filter(|p| **p == "output.outcomes_topic").count(),
+        2,
+        "{e}"
+    );
+    assert!(p.contains(&"state.ttl"), "{e}");
+}

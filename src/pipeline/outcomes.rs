@@ -43,7 +43,10 @@ impl Pipeline {
         if unscored > 0 {
             // Captures are scored in the cycle that takes them, before the
             // resolutions are read: this would be a bug.
-            tracing::error!(unscored, "Resolved snapshots without a prediction were dropped.");
+            tracing::error!(
+                unscored,
+                "Resolved snapshots without a prediction were dropped."
+            );
         }
         self.telemetry.metrics.outcomes.observe(&outcomes);
         outcomes

@@ -22,71 +22,17 @@
 //! latest cut a customer was captured at) makes capture idempotent when a
 //! restored partition's watermark passes a cut again.
 
-use crate::units::DAY_MS;
-
 use super::{day_of, CustomerState};
 
-/// Where and how often snapshots are taken (from `[train]`: `sample_every`,
-/// `lookback`, `horizon`), when `output.outcomes_topic` is set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MonitorRules {
-    /// Distance between cuts (whole days, ms).
-    pub every_ms: i64,
-    /// Outcomes count in `(t, t + horizon]` (whole days, ms).
-    pub horizon_ms: i64,
-    /// A customer is in the population at `t` if active in `(t - lookback, t]`.
-    pub lookback_ms: i64,
-}
+pub use crate::config::MonitorRules;
 
-impl MonitorRules {
-    /// The monitor of a configuration; `None` without `output.outcomes_topic`
-    /// (or with intervals that are not whole days, which `Config::check`
-    /// refuses).
-    pub fn of(cfg: &crate::config::Config) -> Option<MonitorRules> {
-        let ms = crate::units::millis;
-        let rules = MonitorRules {
-            every_ms: ms(cfg.train.sample_every),
-            horizon_ms: ms(cfg.train.horizon),
-            lookback_ms: ms(cfg.train.lookback),
-        };
-        (!cfg.output.outcomes_topic.is_empty() && rules.problem().is_none()).then_some(rules)
-    }
-
-    /// Why these rules cannot be monitored (the buckets that resolve an
-    /// outcome are whole days, kept for 90 days).
-    pub fn problem(&self) -> Option<&'static str> {
-        if self.every_ms < DAY_MS || self.every_ms % DAY_MS != 0 {
-            Some("live outcomes need train.sample_every in whole days")
-        } else if self.horizon_ms < DAY_MS || self.horizon_ms % DAY_MS != 0 {
-            Some("live outcomes need train.horizon in whole days")
-        } else if self.horizon_ms > 60 * DAY_MS {
-            Some("live outcomes need train.horizon of at most 60 days (the state keeps 90 days of daily buckets)")
-        } else {
-            None
-        }
-    }
-
-    /// The latest cut at or before `ms` (`i64::MIN` when none).
-    pub fn cut_at_or_before(&self, ms: i64) -> i64 {
-        (ms.saturating_add(1))
-            .div_euclid(self.every_ms)
-            .saturating_mul(self.every_ms)
-            .saturating_sub(1)
-    }
-
-    /// The first cut strictly after `ms`.
-    pub fn cut_after(&self, ms: i64) -> i64 {
-        self.cut_at_or_before(ms).saturating_add(self.every_ms)
-    }
-
-    /// Whether `state` belongs to the population at cut `t` and has not been
-    /// captured there: active in `(t - lookback, t]`, nothing after `t`.
-    pub fn captures(&self, state: &CustomerState, t: i64) -> bool {
-        state.last_event_ms > 0
-            && state.last_event_ms <= t
-            && state.last_event_ms > t.saturating_sub(self.lookback_ms)
-            && state.snapshot_through_ms < t
-    }
+/// Whether `state` belongs to the population at cut `t` and has not been
+/// captured there: active in `(t - lookback, t]`, nothing after `t`.
+pub fn captures(rules: &MonitorRules, state: &CustomerState, t: i64) -> bool {
+    state.last_event_ms > 0
+        && state.last_event_ms <= t
+        && state.last_event_ms > t.saturating_sub(rules.lookback_ms)
+        && state.snapshot_through_ms < t
 }
 
 /// A prediction as of a cut, kept in the customer's state until resolved.
@@ -129,7 +75,10 @@ impl CustomerState {
     /// daily buckets of the days after the cut's, up to and including the
     /// horizon's last.
     pub fn realized(&self, cut_ms: i64, horizon_ms: i64) -> Realized {
-        let (first, last) = (day_of(cut_ms) + 1, day_of(cut_ms.saturating_add(horizon_ms)));
+        let (first, last) = (
+            day_of(cut_ms) + 1,
+            day_of(cut_ms.saturating_add(horizon_ms)),
+        );
         let mut r = Realized::default();
         for d in self
             .days()
@@ -248,6 +197,7 @@ pub(crate) const MAX_CUTS_PER_STEP: usize = 16;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::units::DAY_MS;
 
     fn rules() -> MonitorRules {
         MonitorRules {

@@ -19,6 +19,9 @@ use crate::event::proto::Outcome;
 /// bin count one half: the AUC is within 1 / AUC_BINS of the exact one).
 const AUC_BINS: usize = 1000;
 
+/// Per (model version, output): (negatives, positives) per fine bin.
+type Bins = HashMap<(String, &'static str), Vec<[u64; 2]>>;
+
 /// The outcome metrics (part of [`super::Metrics`]).
 #[derive(Debug, Clone)]
 pub struct OutcomeMetrics {
@@ -36,7 +39,7 @@ pub struct OutcomeMetrics {
     /// Running AUC of this instance's outcomes since it started.
     pub auc: GaugeVec,
     /// Per (model version, output): (negatives, positives) per fine bin.
-    bins: Arc<Mutex<HashMap<(String, &'static str), Vec<[u64; 2]>>>>,
+    bins: Arc<Mutex<Bins>>,
 }
 
 impl OutcomeMetrics {
@@ -140,7 +143,9 @@ impl OutcomeMetrics {
             self.realized
                 .with_label_values(&[v, "spend_minor"])
                 .inc_by(o.spend_minor.max(0) as f64);
-            self.by_segment.with_label_values(&[v, &o.segment, "all"]).inc();
+            self.by_segment
+                .with_label_values(&[v, &o.segment, "all"])
+                .inc();
             if o.purchased {
                 self.by_segment
                     .with_label_values(&[v, &o.segment, "purchased"])
@@ -220,7 +225,10 @@ mod tests {
         assert_eq!(m.outcomes.with_label_values(&["m1"]).get(), 3);
         let predicted = m.predicted.with_label_values(&["m1", "purchase"]).get();
         assert!((predicted - 1.7).abs() < 1e-6, "{predicted}");
-        assert_eq!(m.realized.with_label_values(&["m1", "spend_minor"]).get(), 40.0);
+        assert_eq!(
+            m.realized.with_label_values(&["m1", "spend_minor"]).get(),
+            40.0
+        );
         assert_eq!(m.auc.with_label_values(&["m1", "purchase"]).get(), 1.0);
         assert_eq!(
             m.reliability

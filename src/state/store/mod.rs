@@ -45,6 +45,17 @@ impl Default for StoreLimits {
     }
 }
 
+impl crate::config::Config {
+    /// The rules the partition stores apply: `[state]`'s, with live
+    /// outcomes when `output.outcomes_topic` is set.
+    pub fn store_limits(&self) -> StoreLimits {
+        StoreLimits {
+            monitor: super::MonitorRules::of(self),
+            ..self.state.limits()
+        }
+    }
+}
+
 impl crate::config::StateConfig {
     /// The rules the partition stores apply.
     pub fn limits(&self) -> StoreLimits {

@@ -112,7 +112,7 @@ impl PartitionStore {
             .customers
             .get(id)
             .and_then(|slot| slot.get())
-            .is_some_and(|s| rules.captures(s, t))
+            .is_some_and(|s| crate::state::monitor::captures(&rules, s, t))
         {
             return;
         }

@@ -87,7 +87,10 @@ fn captures_are_the_replay_state_as_of_the_cut_and_resolutions_the_trainers_labe
     let watermark = last - lateness;
     let mut by_customer: BTreeMap<&str, Vec<Event>> = BTreeMap::new();
     for e in &events {
-        by_customer.entry(&e.customer_id).or_default().push(e.clone());
+        by_customer
+            .entry(&e.customer_id)
+            .or_default()
+            .push(e.clone());
     }
     // Expected captures: every calendar cut the watermark passed, every
     // customer whose latest event at or before it is in the lookback.
@@ -95,7 +98,11 @@ fn captures_are_the_replay_state_as_of_the_cut_and_resolutions_the_trainers_labe
     let mut t = m.cut_after(first - lateness - 1);
     while t < watermark {
         for (c, evs) in &by_customer {
-            let seen = evs.iter().filter(|e| e.event_time_ms <= t).map(|e| e.event_time_ms).max();
+            let seen = evs
+                .iter()
+                .filter(|e| e.event_time_ms <= t)
+                .map(|e| e.event_time_ms)
+                .max();
             if seen.is_some_and(|s| s > t - m.lookback_ms) {
                 expected.insert((c.to_string(), t));
             }
@@ -165,10 +172,31 @@ fn captures_are_the_replay_state_as_of_the_cut_and_resolutions_the_trainers_labe
         );
         assert_eq!(have, want, "{} at {}", r.customer_id, r.snapshot.cut_ms);
     }
+    // The changelog bytes snapshots add (kept until resolved).
+    let with: usize = store.iter().map(|(_, s)| encode(s).len()).sum();
+    let without: usize = store
+        .iter()
+        .map(|(_, s)| {
+            let mut s = s.clone();
+            s.snapshots.clear();
+            s.snapshot_through_ms = 0;
+            encode(&s).len()
+        })
+        .sum();
+    let held: usize = store.iter().map(|(_, s)| s.snapshots.len()).sum();
+    eprintln!(
+        "snapshots: {} customers, {held} snapshots held, {:.1} changelog bytes per customer ({:.1} per snapshot) on {:.1}",
+        store.len(),
+        (with - without) as f64 / store.len() as f64,
+        (with - without) as f64 / held.max(1) as f64,
+        without as f64 / store.len() as f64
+    );
     // What is left in state: the snapshots not due yet, scored.
     let left: usize = store.iter().map(|(_, s)| s.snapshots.len()).sum();
     assert_eq!(left, expected.len() - due.len());
-    assert!(store.iter().all(|(_, s)| s.snapshots.iter().all(|x| x.scored)));
+    assert!(store
+        .iter()
+        .all(|(_, s)| s.snapshots.iter().all(|x| x.scored)));
 }
 
 #[test]
