@@ -101,6 +101,19 @@ fn exported_names() -> std::collections::BTreeSet<String> {
     m.set_model("v", "cpu");
     m.segment_changes
         .with_label_values(&["none", "new", "event"]);
+    m.outcomes.observe(&[
+        segstream::event::proto::Outcome {
+            model_version: "v".into(),
+            purchase_probability: 0.5,
+            purchased: true,
+            ..Default::default()
+        },
+        segstream::event::proto::Outcome {
+            model_version: "v".into(),
+            churned: true,
+            ..Default::default()
+        },
+    ]);
     let mut names = std::collections::BTreeSet::new();
     for line in m.render().lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -462,7 +475,7 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 7);
+    assert_eq!(alerts.len(), 8);
     let untested: Vec<&&str> = alerts
         .iter()
         .filter(|a| !tests.contains(&format!("alertname: {a}")))
