@@ -125,6 +125,7 @@ fn outcomes_in_json_conform_to_their_schema() {
         spend_minor: 0,
         realized_segment: "browser".into(),
         resolved_at_ms: NOW,
+        role: "champion".into(),
     };
     let record = for_outcome(&out, &outcome).unwrap();
     assert_eq!(
@@ -138,7 +139,7 @@ fn outcomes_in_json_conform_to_their_schema() {
         .collect();
     assert!(errors.is_empty(), "{json}: {errors:?}");
     // Every field is present, defaults included (false, 0).
-    assert_eq!(json.as_object().map(|o| o.len()), Some(13), "{json}");
+    assert_eq!(json.as_object().map(|o| o.len()), Some(14), "{json}");
     let mut broken = json.clone();
     broken["realized_segment"] = "gold".into();
     assert!(!validator.is_valid(&broken));

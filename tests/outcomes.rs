@@ -106,6 +106,14 @@ async fn outcomes_survive_crashes_and_rebalances_exactly_once() {
         .iter()
         .map(|r| Outcome::decode(r.3.as_deref().unwrap_or_default()).unwrap())
         .collect();
+    // Every baseline is resolved with the champion, on the same customers
+    // and cuts, with the same realized fields.
+    let all = published.len();
+    let baselines = check_baselines(&published);
+    let published: Vec<Outcome> = published
+        .into_iter()
+        .filter(|o| o.role == "champion")
+        .collect();
     let keys: BTreeSet<(String, i64)> = published
         .iter()
         .map(|o| (o.customer_id.clone(), o.cut_ms))
@@ -119,7 +127,10 @@ async fn outcomes_survive_crashes_and_rebalances_exactly_once() {
     let (every, horizon, lookback) = (7 * DAY, 14 * DAY, 30 * DAY);
     let mut sorted: Vec<&Event> = events.iter().collect();
     sorted.sort_by_key(|e| e.event_time_ms);
-    let (first, last) = (sorted[0].event_time_ms, sorted[sorted.len() - 1].event_time_ms);
+    let (first, last) = (
+        sorted[0].event_time_ms,
+        sorted[sorted.len() - 1].event_time_ms,
+    );
     let mut timelines: BTreeMap<&str, Vec<Happened>> = BTreeMap::new();
     for e in &sorted {
         timelines.entry(&e.customer_id).or_default().push(Happened {
@@ -162,7 +173,10 @@ async fn outcomes_survive_crashes_and_rebalances_exactly_once() {
         tail(&log)
     );
     let extra: Vec<_> = keys.difference(&may).take(5).collect();
-    assert!(extra.is_empty(), "outcomes outside the population: {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "outcomes outside the population: {extra:?}"
+    );
     assert!(must.len() >= 500, "only {} snapshots", must.len());
 
     // Labels are the trainer's; predictions the offline replay's.
@@ -173,7 +187,12 @@ async fn outcomes_survive_crashes_and_rebalances_exactly_once() {
     for o in &published {
         let labels = rules.label(&timelines[o.customer_id.as_str()], o.cut_ms);
         assert_eq!(
-            (o.purchased, o.churned, o.spend_minor, o.realized_segment.as_str()),
+            (
+                o.purchased,
+                o.churned,
+                o.spend_minor,
+                o.realized_segment.as_str()
+            ),
             (
                 labels.purchased,
                 labels.churned,
@@ -204,10 +223,58 @@ async fn outcomes_survive_crashes_and_rebalances_exactly_once() {
         }
     }
     eprintln!(
-        "outcomes: {} published over {} cuts, {} required; largest prediction difference {worst}",
+        "outcomes: {all} published ({} champion; baselines {baselines:?}) over {} cuts, {} required; largest prediction difference {worst}",
         published.len(),
         by_cut.len(),
         must.len()
     );
-    assert!(worst <= 1e-5, "live and offline predictions differ by {worst}");
+    assert!(
+        worst <= 1e-5,
+        "live and offline predictions differ by {worst}"
+    );
+}
+
+/// The baselines' outcomes: one per baseline for each champion outcome
+/// (same customer and cut), with the same realized fields; returns the
+/// baselines seen.
+fn check_baselines(all: &[segstream::event::proto::Outcome]) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let mut by_key: BTreeMap<(&str, i64), Vec<&segstream::event::proto::Outcome>> = BTreeMap::new();
+    for o in all {
+        by_key
+            .entry((&o.customer_id, o.cut_ms))
+            .or_default()
+            .push(o);
+    }
+    let mut names: Vec<String> = all
+        .iter()
+        .filter(|o| o.role == "baseline")
+        .map(|o| o.model_version.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.iter().any(|n| n == "rfm_rules"), "{names:?}");
+    for ((c, t), group) in &by_key {
+        let champion: Vec<_> = group.iter().filter(|o| o.role == "champion").collect();
+        assert_eq!(champion.len(), 1, "{c} at {t}: {group:?}");
+        let mut versions: Vec<&str> = group
+            .iter()
+            .filter(|o| o.role == "baseline")
+            .map(|o| o.model_version.as_str())
+            .collect();
+        versions.sort_unstable();
+        assert_eq!(versions, names, "{c} at {t}: each baseline once");
+        for o in group {
+            let realized = |o: &segstream::event::proto::Outcome| {
+                (
+                    o.purchased,
+                    o.churned,
+                    o.spend_minor,
+                    o.realized_segment.clone(),
+                )
+            };
+            assert_eq!(realized(o), realized(champion[0]));
+        }
+    }
+    names
 }

@@ -75,6 +75,11 @@ pub struct Classical {
     pub gamma_gamma: Option<GammaGamma>,
     /// The horizon the probabilities and expectations are for, in days.
     pub horizon_days: f64,
+    /// Purchase rate in the horizon of the training customers who had never
+    /// purchased: the baseline's prediction for them (BG/NBD starts at the
+    /// first purchase). 0 in manifests written before it was kept.
+    #[serde(default)]
+    pub never_rate: f64,
 }
 
 impl BgNbd {

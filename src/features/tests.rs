@@ -268,6 +268,7 @@ fn classical_inputs_are_the_fitted_models_predictions() {
             gamma: 5_000.0,
         }),
         horizon_days: 90.0,
+        never_rate: 0.0,
     };
     let spec = FeatureSpec {
         classical: Some(classical),
@@ -312,6 +313,7 @@ fn classical_inputs_are_the_fitted_models_predictions() {
     let bad = FeatureSpec {
         classical: Some(Classical {
             horizon_days: 0.0,
+            never_rate: 0.0,
             ..classical
         }),
         ..plain.spec().clone()

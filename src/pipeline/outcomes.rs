@@ -102,13 +102,94 @@ impl Pipeline {
                     purchase_probability: scores.outputs.purchase_probability[row],
                     churn_probability: scores.outputs.churn_probability[row],
                     predicted_spend: scores.outputs.predicted_spend[row],
+                    role: String::new(),
                 };
+                store.fill_snapshot(&c.customer_id, c.cut_ms, &predicted);
+            }
+            // The baselines, on the same customers as of the same cut.
+            for (row, predicted) in baselines(&model.featurizer, &states, cut) {
+                let c = &chunk[row];
                 store.fill_snapshot(&c.customer_id, c.cut_ms, &predicted);
             }
             start = end;
         }
         Ok(())
     }
+}
+
+/// `model_version` of the rule-model baseline.
+pub const RFM_RULES: &str = "rfm_rules";
+/// `model_version` of the BG/NBD + Gamma-Gamma baseline.
+pub const BGNBD: &str = "bgnbd_gamma_gamma";
+
+/// The baselines' predictions for `states` as of `cut` (row index, then
+/// prediction): the recency/frequency/monetary rule model (`model::rules`,
+/// the trainer's "RFM rules" row) and, when the served model's feature spec
+/// has them, BG/NBD with Gamma-Gamma at the parameters fitted when it was
+/// trained (the trainer's "BG/NBD + Gamma-Gamma" row: churn is "no
+/// purchase", no segment). Both read only the customer features.
+pub(super) fn baselines(
+    featurizer: &crate::features::Featurizer,
+    states: &[&CustomerState],
+    cut: i64,
+) -> Vec<(usize, Predicted)> {
+    use crate::features::CUSTOMER_DIM;
+    use crate::model::Segment;
+    let spec = featurizer.spec();
+    let rows: Vec<f32> = states
+        .iter()
+        .flat_map(|s| featurizer.customer_features(s, cut))
+        .collect();
+    let rules = crate::model::rules::forward(
+        spec,
+        crate::model::reference::Inputs {
+            event_kind: &[],
+            event_category: &[],
+            event_numeric: &[],
+            event_text: &[],
+            event_mask: &[],
+            customer_features: &rows,
+        },
+    );
+    let k = Segment::COUNT;
+    let mut out = Vec::with_capacity(states.len() * 2);
+    for i in 0..states.len() {
+        let best = rules
+            .segment_probs
+            .get(i * k..(i + 1) * k)
+            .and_then(crate::decide::argmax)
+            .and_then(Segment::from_index);
+        out.push((
+            i,
+            Predicted {
+                model_version: RFM_RULES.to_string(),
+                segment: best.map(|s| s.name().to_string()).unwrap_or_default(),
+                purchase_probability: rules.purchase_probability[i],
+                churn_probability: rules.churn_probability[i],
+                predicted_spend: rules.predicted_spend[i],
+                role: "baseline".to_string(),
+            },
+        ));
+    }
+    if let Some(c) = spec.classical {
+        for (i, row) in rows.chunks(CUSTOMER_DIM).enumerate() {
+            let (p, spend) = c
+                .predict(&spec.normalization, row)
+                .map_or((c.never_rate, 0.0), |p| (p.p_purchase, p.spend));
+            out.push((
+                i,
+                Predicted {
+                    model_version: BGNBD.to_string(),
+                    segment: String::new(),
+                    purchase_probability: p as f32,
+                    churn_probability: (1.0 - p) as f32,
+                    predicted_spend: spend as f32,
+                    role: "baseline".to_string(),
+                },
+            ));
+        }
+    }
+    out
 }
 
 /// The outcome record of a resolved snapshot: the prediction, and the
@@ -135,5 +216,113 @@ pub(super) fn outcome_of(rules: &LabelRules, r: Resolved, resolved_at_ms: i64) -
         spend_minor: labels.spend_minor,
         realized_segment: labels.segment.name().to_string(),
         resolved_at_ms,
+        role: if s.role.is_empty() {
+            "champion".to_string()
+        } else {
+            s.role
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::classical::{BgNbd, Classical, GammaGamma};
+    use crate::features::{FeatureSpec, Featurizer};
+    use crate::generate::behaviour::{history, GeneratorConfig};
+    use crate::model::Segment;
+    use crate::state::tests::state_of;
+    use crate::state::StateLimits;
+    use crate::train::btyd::Baseline;
+    use crate::train::examples::{build, LabelRules, Sampling};
+    use crate::units::DAY_MS;
+
+    /// The live baselines are the trainer's baseline rows: at every example
+    /// of a replayed history, `baselines` on the replay state as of the cut
+    /// gives what `train::baselines::rules` and `btyd::Baseline::predict`
+    /// give on the example's features.
+    #[test]
+    fn live_baselines_equal_the_trainers_baseline_rows() {
+        let limits = StateLimits::default();
+        let plain = Featurizer::new(FeatureSpec::for_state(limits), limits)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let classical = Classical {
+            bgnbd: BgNbd {
+                r: 0.8,
+                alpha: 20.0,
+                a: 0.7,
+                b: 3.0,
+            },
+            gamma_gamma: Some(GammaGamma {
+                p: 6.0,
+                q: 4.0,
+                gamma: 5_000.0,
+            }),
+            horizon_days: 30.0,
+            never_rate: 0.125,
+        };
+        let spec = FeatureSpec {
+            classical: Some(classical),
+            ..plain.spec().clone()
+        };
+        let featurizer = Featurizer::new(spec, limits).unwrap_or_else(|e| panic!("{e}"));
+        let gen = GeneratorConfig {
+            customers: 60,
+            days: 60,
+            seed: 4,
+            ..GeneratorConfig::default()
+        };
+        let events: Vec<crate::event::Event> = history(&gen).collect();
+        let rules = LabelRules {
+            horizon_ms: 14 * DAY_MS,
+            high_value_spend_minor: 50_000,
+        };
+        let (set, _) = build(
+            events.clone(),
+            &featurizer,
+            limits,
+            rules,
+            Sampling::all(7 * DAY_MS, 30 * DAY_MS, 0.0),
+            &mut |_| {},
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(set.len() > 100, "{} examples", set.len());
+        let spec = featurizer.spec();
+        let trainer_rules = crate::train::baselines::rules(spec, &set);
+        let trainer_btyd = Baseline {
+            classical: Some(classical),
+            never_rate: classical.never_rate,
+        }
+        .predict(spec, &set, Segment::COUNT);
+        for i in 0..set.len() {
+            let (customer, cut) = (&set.customers[set.customer[i] as usize], set.cut_ms[i]);
+            let mine: Vec<crate::event::Event> = events
+                .iter()
+                .filter(|e| &e.customer_id == customer && e.event_time_ms <= cut)
+                .cloned()
+                .collect();
+            let state = state_of(&mine, limits);
+            let live = baselines(&featurizer, &[&state], cut);
+            assert_eq!(live.len(), 2);
+            let (r, b) = (&live[0].1, &live[1].1);
+            assert_eq!(
+                (r.model_version.as_str(), b.model_version.as_str()),
+                (RFM_RULES, BGNBD)
+            );
+            assert_eq!(
+                r.purchase_probability,
+                trainer_rules.purchase_probability[i]
+            );
+            assert_eq!(r.churn_probability, trainer_rules.churn_probability[i]);
+            assert_eq!(r.predicted_spend, trainer_rules.predicted_spend[i]);
+            let k = Segment::COUNT;
+            let best = crate::decide::argmax(&trainer_rules.segment_probs[i * k..(i + 1) * k])
+                .and_then(Segment::from_index)
+                .map(|s| s.name());
+            assert_eq!(Some(r.segment.as_str()), best);
+            assert_eq!(b.purchase_probability, trainer_btyd.purchase_probability[i]);
+            assert_eq!(b.churn_probability, trainer_btyd.churn_probability[i]);
+            assert_eq!(b.predicted_spend, trainer_btyd.predicted_spend[i]);
+        }
     }
 }

@@ -168,6 +168,8 @@ pub struct OutcomeJson {
     pub realized_segment: String,
     /// Wall clock of the resolution (ms).
     pub resolved_at_ms: i64,
+    /// `champion` or `baseline`.
+    pub role: String,
 }
 
 impl OutcomeJson {
@@ -187,6 +189,7 @@ impl OutcomeJson {
             spend_minor: o.spend_minor,
             realized_segment: o.realized_segment.clone(),
             resolved_at_ms: o.resolved_at_ms,
+            role: o.role.clone(),
         }
     }
 }
@@ -201,6 +204,7 @@ pub fn for_outcome(out: &OutputConfig, o: &Outcome) -> Result<OutRecord, EncodeE
         headers: vec![
             ("segstream.model_version", o.model_version.clone()),
             ("segstream.cut_ms", o.cut_ms.to_string()),
+            ("segstream.role", o.role.clone()),
         ],
     })
 }

@@ -102,6 +102,7 @@ fn write_snapshot(s: &Snapshot, w: &mut Vec<u8>) {
     float(w, 6, s.predicted_spend);
     scalar(w, 7, u64::from(s.purchased_before));
     scalar(w, 8, u64::from(s.scored));
+    string(w, 9, &s.role);
 }
 
 fn write_recent(state: &CustomerState, w: &mut Vec<u8>) {
@@ -244,6 +245,7 @@ pub(crate) fn snapshot_to_proto(s: &Snapshot) -> proto::Snapshot {
         predicted_spend: s.predicted_spend,
         purchased_before: s.purchased_before,
         scored: s.scored,
+        role: s.role.clone(),
     }
 }
 
@@ -258,6 +260,7 @@ pub(crate) fn snapshot_of_proto(s: &proto::Snapshot) -> Snapshot {
         predicted_spend: s.predicted_spend,
         purchased_before: s.purchased_before,
         scored: s.scored,
+        role: s.role.clone(),
     }
 }
 
@@ -499,6 +502,7 @@ fn parse_snapshot(mut w: Wire<'_>) -> Result<Snapshot, CodecError> {
             6 => s.predicted_spend = float(&mut w, wire)?,
             7 => s.purchased_before = uint(&mut w, wire)? != 0,
             8 => s.scored = uint(&mut w, wire)? != 0,
+            9 => s.role = string(&mut w, wire)?.to_string(),
             _ => w.skip(field, wire, 1)?,
         }
     }
@@ -840,6 +844,7 @@ mod tests {
                     predicted_spend: 30.0,
                     purchased_before: true,
                     scored: true,
+                    role: "baseline".into(),
                 },
                 proto::Snapshot {
                     cut_ms: 1_790_604_799_999,

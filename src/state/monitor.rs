@@ -56,6 +56,8 @@ pub struct Snapshot {
     /// Whether the prediction is filled in (captured snapshots are scored
     /// in the cycle that captures them).
     pub scored: bool,
+    /// Who predicted: "" for the served model, `baseline`, `challenger`.
+    pub role: String,
 }
 
 /// What a customer did in `(t, t + horizon]`, from their daily buckets.
@@ -163,6 +165,8 @@ pub struct Predicted {
     pub churn_probability: f32,
     /// Predicted spend (minor units).
     pub predicted_spend: f32,
+    /// Who predicted: "" for the served model, `baseline`, `challenger`.
+    pub role: String,
 }
 
 impl Snapshot {
@@ -173,6 +177,7 @@ impl Snapshot {
         self.purchase_probability = p.purchase_probability;
         self.churn_probability = p.churn_probability;
         self.predicted_spend = p.predicted_spend;
+        self.role.clone_from(&p.role);
         self.scored = true;
     }
 }

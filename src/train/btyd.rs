@@ -161,20 +161,22 @@ impl Baseline {
             .collect();
         let rfm: Vec<Rfm> = customers.iter().map(|c| c.0).collect();
         let values: Vec<(f64, f64)> = customers.iter().map(|c| (c.1, c.2)).collect();
+        let never_rate = if never == 0 {
+            0.0
+        } else {
+            never_bought as f64 / never as f64
+        };
         let classical = BgNbd::fit(&rfm).map(|bgnbd| Classical {
             bgnbd,
             gamma_gamma: GammaGamma::fit(&values),
             horizon_days,
+            never_rate,
         });
         Baseline {
             // The manifest's JSON carries these exactly (serde_json's
             // float_roundtrip): serving reads the parameters training used.
             classical,
-            never_rate: if never == 0 {
-                0.0
-            } else {
-                never_bought as f64 / never as f64
-            },
+            never_rate,
         }
     }
 

@@ -169,26 +169,46 @@ impl PartitionStore {
         std::mem::take(&mut self.captures)
     }
 
-    /// Fills in the prediction of `id`'s snapshot at `cut_ms`, in the
-    /// state or among the resolved ones (a horizon that passed in the same
-    /// cycle). Returns whether it was found.
+    /// Fills in a prediction of `id`'s snapshot at `cut_ms`, in the state
+    /// or among the resolved ones (a horizon that passed in the same
+    /// cycle): the first fills the captured snapshot, each further one (a
+    /// baseline, a challenger) adds a snapshot of the same cut. Returns
+    /// whether the snapshot was found.
     pub fn fill_snapshot(&mut self, id: &str, cut_ms: i64, p: &Predicted) -> bool {
-        if let Some(r) = self
-            .resolved
-            .iter_mut()
-            .find(|r| r.customer_id == id && r.snapshot.cut_ms == cut_ms)
-        {
-            r.snapshot.fill(p);
+        let at = |r: &Resolved| r.customer_id == id && r.snapshot.cut_ms == cut_ms;
+        if let Some(i) = self.resolved.iter().position(at) {
+            let unscored = self.resolved[i..]
+                .iter()
+                .position(|r| at(r) && !r.snapshot.scored);
+            match unscored {
+                Some(j) => self.resolved[i + j].snapshot.fill(p),
+                None => {
+                    let mut more = self.resolved[i].clone();
+                    more.snapshot.fill(p);
+                    self.resolved.push(more);
+                }
+            }
             return true;
         }
         let key = self.key(id);
         let Some(state) = self.live(id) else {
             return false;
         };
-        let Some(s) = state.snapshots.iter_mut().find(|s| s.cut_ms == cut_ms) else {
+        let Some(first) = state.snapshots.iter().position(|s| s.cut_ms == cut_ms) else {
             return false;
         };
-        s.fill(p);
+        let unscored = state.snapshots[first..]
+            .iter()
+            .take_while(|s| s.cut_ms == cut_ms)
+            .position(|s| !s.scored);
+        match unscored {
+            Some(j) => state.snapshots[first + j].fill(p),
+            None => {
+                let mut more = state.snapshots[first].clone();
+                more.fill(p);
+                state.snapshots.insert(first + 1, more);
+            }
+        }
         self.dirty.insert(key);
         true
     }

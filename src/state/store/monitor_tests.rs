@@ -49,6 +49,7 @@ fn predicted() -> Predicted {
         purchase_probability: 0.25,
         churn_probability: 0.5,
         predicted_spend: 10.0,
+        role: String::new(),
     }
 }
 
