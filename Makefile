@@ -61,9 +61,14 @@ CONFLUENT_KAFKA_VERSION := 2.16.1
 CLIENTENV := $(SEGSTREAM_CACHE)/pyenv-confluent-kafka-$(CONFLUENT_KAFKA_VERSION)
 export SEGSTREAM_TEST_CLIENT_PYTHON := $(CLIENTENV)/bin/python
 
+# Debian's Chromium, headless, for the test that renders the live quality
+# report (`segstream report`) and finds its figures.
+CHROMIUM := /usr/bin/chromium
+export SEGSTREAM_TEST_CHROMIUM := $(CHROMIUM)
+
 .PHONY: help check tools pyenv client-pyenv onnxruntime kafka-jars kafka-up kafka-down kafka-status \
         topics build test bench lint demo clean-kafka prometheus k8s-validate \
-        observability-tools dashboard-configmap fuzz
+        observability-tools dashboard-configmap fuzz browser
 
 help: ## List targets
 	@echo "Usage: make <target> [VAR=value ...]"
@@ -143,6 +148,13 @@ $(K8SENV)/.ok:
 
 observability-tools: prometheus k8s-validate ## promtool, Prometheus and kubernetes-validate
 
+browser: $(CHROMIUM) ## Debian's Chromium (headless report test)
+
+$(CHROMIUM):
+	apt-get install -y -qq chromium >/dev/null 2>&1 \
+	  || { apt-get update -qq && apt-get install -y -qq chromium; }
+	"$(CHROMIUM)" --version
+
 # The dashboard ConfigMap embeds deploy/grafana/segstream.json; a test checks
 # that they agree.
 dashboard-configmap: ## Regenerate deploy/k8s/grafana-dashboard.yaml from deploy/grafana/
@@ -188,7 +200,7 @@ build: ## cargo build --release
 # (also on failure or Ctrl-C) and exits with the command's status.
 # SEGSTREAM_TEST_REQUIRE_TOOLS: tests that need an external tool fail when it
 # is missing instead of skipping (they skip only when run by hand).
-test: tools pyenv client-pyenv observability-tools ## Run all tests against a fresh local broker
+test: tools pyenv client-pyenv observability-tools browser ## Run all tests against a fresh local broker
 	SEGSTREAM_TEST_REQUIRE_TOOLS=1 \
 	SEGSTREAM_TEST_BOOTSTRAP=$(KAFKA_BOOTSTRAP) deploy/local/with-kafka.sh \
 	  $(CARGO) test --locked --release --all-targets

@@ -34,6 +34,7 @@
 //! | [`bench`](mod@bench) | the benchmark suite: ratios against raw librdkafka / ONNX Runtime baselines |
 //! | [`telemetry`] | Prometheus metrics and logging |
 //! | [`privacy`] | pseudonymous customer ids (keyed HMAC), erasure requests and the erased-customer list |
+//! | [`report`] | the live quality report: outcomes per model as a table with intervals and an HTML page of figures |
 //! | [`units`] | time units shared by every stage (`DAY_MS`, durations in milliseconds) |
 //! | [`rng`] | the one seeded pseudo-random generator (SplitMix64): generator, trainer, benchmarks |
 //!
@@ -60,6 +61,7 @@ pub mod intake;
 pub mod model;
 pub mod pipeline;
 pub mod privacy;
+pub mod report;
 pub mod rng;
 pub mod score;
 pub mod state;

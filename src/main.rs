@@ -124,6 +124,11 @@ enum Command {
         #[arg(long, value_parser = cli::train::parse_until)]
         as_of: Option<i64>,
     },
+    /// The live quality report: read the outcomes the pipeline published
+    /// (`output.outcomes_topic`, or `--file`), print the table of every
+    /// model (champion and baselines, with bootstrap intervals) and write an
+    /// HTML page of figures.
+    Report(cli::inspect::ReportArgs),
     /// Model tools: look at, check, or create model directories.
     Model {
         #[command(subcommand)]
@@ -197,6 +202,7 @@ fn main() -> ExitCode {
                     Command::Model { command } => model_command(config, command),
                     Command::Train(a) => train_command(config, a).await,
                     Command::Predict(a) => predict_command(config, a),
+                    Command::Report(a) => cli::inspect::report_command(config, a).await,
                     Command::Segments {
                         command: SegmentsCommand::Show(a),
                     } => segments_show(config, a.idle, a.max, a.changes_only).await,

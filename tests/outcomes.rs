@@ -110,6 +110,7 @@ async fn outcomes_survive_crashes_and_rebalances_exactly_once() {
     // and cuts, with the same realized fields.
     let all = published.len();
     let baselines = check_baselines(&published);
+    let everything = published.clone();
     let published: Vec<Outcome> = published
         .into_iter()
         .filter(|o| o.role == "champion")
@@ -232,6 +233,8 @@ async fn outcomes_survive_crashes_and_rebalances_exactly_once() {
         worst <= 1e-5,
         "live and offline predictions differ by {worst}"
     );
+
+    check_report(&everything, s.dir.path());
 }
 
 /// The baselines' outcomes: one per baseline for each champion outcome
@@ -277,4 +280,101 @@ fn check_baselines(all: &[segstream::event::proto::Outcome]) -> Vec<String> {
         }
     }
     names
+}
+
+/// `segstream report` on these outcomes prints the live table and writes a
+/// page whose figures a real browser (headless Chromium) renders.
+fn check_report(outcomes: &[Outcome], dir: &std::path::Path) {
+    use segstream::pipeline::output::OutcomeJson;
+    let file = dir.join("outcomes.ndjson");
+    let mut text = String::new();
+    for o in outcomes {
+        text.push_str(&serde_json::to_string(&OutcomeJson::new(o)).unwrap());
+        text.push('\n');
+    }
+    std::fs::write(&file, text).unwrap();
+    let out = dir.join("report");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_segstream"))
+        .args(["report", "--file"])
+        .arg(&file)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    eprintln!("{stdout}");
+    for wanted in [
+        "| m1 | champion |",
+        "| rfm_rules | baseline |",
+        "m1 − rfm_rules",
+    ] {
+        assert!(stdout.contains(wanted), "{wanted} in:\n{stdout}");
+    }
+    let page = out.join("report.html");
+    let Some(chromium) = common::tool("SEGSTREAM_TEST_CHROMIUM", "Chromium (Debian)") else {
+        return;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ];
+    let dom = std::process::Command::new(&chromium)
+        .args(flags)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    let figures = dom.matches("<figure").count();
+    let svgs = dom.matches("<svg").count();
+    assert_eq!(
+        (figures, svgs),
+        (5, 5),
+        "the page's figures, as Chromium parsed it"
+    );
+    for id in [
+        "auc_per_cut",
+        "calibration_per_cut",
+        "reliability",
+        "gains",
+        "segments",
+    ] {
+        assert!(dom.contains(&format!("id=\"{id}\"")), "figure {id}");
+    }
+    let shot = out.join("report.png");
+    let status = std::process::Command::new(&chromium)
+        .args(flags)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg("--window-size=1400,2400")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    let png = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        png > 20_000,
+        "a screenshot of the page ({png} bytes): {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    if let Some(keep) = std::env::var_os("SEGSTREAM_KEEP_REPORT") {
+        let keep = std::path::PathBuf::from(keep);
+        std::fs::create_dir_all(&keep).unwrap();
+        std::fs::copy(&file, keep.join("outcomes.ndjson")).unwrap();
+        for f in ["report.html", "report.png"] {
+            std::fs::copy(out.join(f), keep.join(f)).unwrap();
+        }
+    }
 }

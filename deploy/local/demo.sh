@@ -18,7 +18,9 @@
 #  6. midway, trains a second model on everything so far; the running
 #     pipeline validates and hot-swaps it and rescores its customers
 #     (trigger MODEL_UPDATE);
-#  7. stops everything. Ctrl-C stops early, cleanly.
+#  7. stops everything, prints the live quality table (every prediction
+#     checked against what the customer then did: `segstream report`) and
+#     writes the report page. Ctrl-C stops early, cleanly.
 #
 # The broker is started and always stopped by deploy/local/with-kafka.sh.
 set -euo pipefail
@@ -59,6 +61,7 @@ export SEGSTREAM__STATE__CHANGELOG_TOPIC="$run_id.segstream-state-changelog"
 export SEGSTREAM__OUTPUT__TOPIC="$run_id.customer-segments"
 export SEGSTREAM__OUTPUT__CURRENT_TOPIC="$run_id.customer-segments.current"
 export SEGSTREAM__OUTPUT__RISK_TOPIC="$run_id.customer-risk"
+export SEGSTREAM__OUTPUT__OUTCOMES_TOPIC="$run_id.customer-outcomes"
 export SEGSTREAM__SCORE__REGISTRY="$work/models"
 export SEGSTREAM__SCORE__POLL_INTERVAL="1s"
 export SEGSTREAM__PIPELINE__TRANSACTIONAL_ID="segstream-$run_id"
@@ -80,6 +83,7 @@ step "Creating topics ($run_id.*)"
 "$KAFKA_SH" topic "$SEGSTREAM__OUTPUT__TOPIC" 1
 "$KAFKA_SH" topic "$SEGSTREAM__OUTPUT__CURRENT_TOPIC" "${PARTITIONS:-3}" cleanup.policy=compact
 "$KAFKA_SH" topic "$SEGSTREAM__OUTPUT__RISK_TOPIC" 1
+"$KAFKA_SH" topic "$SEGSTREAM__OUTPUT__OUTCOMES_TOPIC" 1
 
 step "Generating $DEMO_DAYS days of history for $DEMO_CUSTOMERS customers into $SEGSTREAM__INPUT__TOPICS"
 "$BIN" -c "$CONFIG" "${GEN[@]}" --to kafka
@@ -199,5 +203,13 @@ echo "Current membership: $("$BIN" -c "$CONFIG" segments snapshot --out "$work/s
 echo "Dead-letter records: $dead_letters"
 echo "Models in the registry: $(ls "$SEGSTREAM__SCORE__REGISTRY" | grep -v CURRENT | tr '\n' ' ')(CURRENT: $(cat "$SEGSTREAM__SCORE__REGISTRY/CURRENT"))"
 echo "Pipeline log: $work/pipeline.log"
+step "Live quality: every prediction checked against what the customer then did"
+echo "Every 7th day of event time (train.sample_every) the pipeline predicted each customer active in the"
+echo "last 90 days (train.lookback) as of that day, with the served model and two baselines; once 30 days"
+echo "(train.horizon) had passed it published what they did (output.outcomes_topic)."
+echo "(The first model was trained on this same history: its figures here are in-sample except for its"
+echo "validation period. On live traffic they are out of sample.)"
+"$BIN" -c "$CONFIG" report --idle 3s --out "$work/report" 2>/dev/null | sed 's/^/  /' \
+  || echo "  (no outcomes: the history is shorter than a cut plus the horizon)"
 echo
 bold "Done. The broker is stopped next; nothing is left running."

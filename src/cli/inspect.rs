@@ -383,3 +383,90 @@ pub(crate) async fn dlq_show(config: Config, idle: Duration, max: usize) -> Resu
     );
     Ok(())
 }
+
+/// `segstream report`'s options.
+#[derive(clap::Args)]
+pub(crate) struct ReportArgs {
+    /// Read outcomes from this NDJSON file (their JSON form, one per line)
+    /// instead of `output.outcomes_topic`.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// The folder to write `report.html`, `figures/*.svg` and `live.json` to.
+    #[arg(long, default_value = "segstream-report")]
+    out: PathBuf,
+    /// Reading the topic: stop once no record came for this long.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    idle: Duration,
+}
+
+/// Reads the live outcomes (the topic from its beginning, or a file),
+/// prints the live quality table and writes the report.
+pub(crate) async fn report_command(config: Config, a: ReportArgs) -> Result<(), Failure> {
+    use prost::Message as _;
+    use rdkafka::message::Message;
+    use segstream::event::proto::Outcome;
+    use segstream::pipeline::output::OutcomeJson;
+    let json = |line: &[u8]| -> Result<Outcome, Failure> {
+        let o: OutcomeJson = serde_json::from_slice(line)
+            .map_err(|e| InvalidInput(format!("an outcome does not read as JSON: {e}")))?;
+        Ok(o.into_outcome())
+    };
+    let mut outcomes = Vec::new();
+    let source = match &a.file {
+        Some(path) => {
+            let text = std::fs::read(path).doing_with(|| format!("reading {}", path.display()))?;
+            for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                outcomes.push(json(line)?);
+            }
+            path.display().to_string()
+        }
+        None => {
+            let topic = config.output.outcomes_topic.clone();
+            if topic.is_empty() {
+                return Err(InvalidInput(
+                    "output.outcomes_topic is empty: no outcomes are published (or pass --file)"
+                        .into(),
+                )
+                .into());
+            }
+            let consumer = reader(&config, &topic)?;
+            while let Ok(m) = tokio::time::timeout(a.idle, consumer.recv()).await {
+                let msg = m.doing("reading the outcomes topic")?;
+                let bytes = msg.payload().unwrap_or_default();
+                outcomes.push(match config.output.format {
+                    segstream::config::OutputFormat::Protobuf => Outcome::decode(bytes)
+                        .map_err(|e| InvalidInput(format!("an outcome does not decode: {e}")))?,
+                    segstream::config::OutputFormat::Json => json(bytes)?,
+                });
+            }
+            topic
+        }
+    };
+    if outcomes.is_empty() {
+        return Err(InvalidInput(format!(
+            "no outcomes in {source} yet: they are published once train.horizon of event time has passed a cut"
+        ))
+        .into());
+    }
+    let live = segstream::report::summarize(&outcomes);
+    let figures = segstream::report::figures(&outcomes, &live)
+        .map_err(|e| InvalidInput(format!("drawing the figures: {e}")))?;
+    let flows = segstream::report::flows(&outcomes);
+    let dir = &a.out;
+    std::fs::create_dir_all(dir.join("figures"))
+        .doing_with(|| format!("creating {}", dir.display()))?;
+    for f in &figures {
+        let path = dir.join("figures").join(format!("{}.svg", f.name));
+        std::fs::write(&path, &f.svg).doing_with(|| format!("writing {}", path.display()))?;
+    }
+    let page = dir.join("report.html");
+    std::fs::write(&page, segstream::report::html(&live, &figures, &flows))
+        .doing_with(|| format!("writing {}", page.display()))?;
+    let summary = serde_json::to_string_pretty(&live)
+        .map_err(|e| InvalidInput(format!("encoding the summary: {e}")))?;
+    std::fs::write(dir.join("live.json"), summary).doing("writing live.json")?;
+    println!("Live quality: {} outcomes from {source}\n", outcomes.len());
+    print!("{}", segstream::report::markdown(&live));
+    println!("\nReport: {} ({} figures)", page.display(), figures.len());
+    Ok(())
+}

@@ -194,6 +194,28 @@ impl OutcomeJson {
     }
 }
 
+impl OutcomeJson {
+    /// The record this JSON form is of.
+    pub fn into_outcome(self) -> Outcome {
+        Outcome {
+            customer_id: self.customer_id,
+            cut_ms: self.cut_ms,
+            horizon_ms: self.horizon_ms,
+            model_version: self.model_version,
+            segment: self.segment,
+            purchase_probability: self.purchase_probability,
+            churn_probability: self.churn_probability,
+            predicted_spend: self.predicted_spend,
+            purchased: self.purchased,
+            churned: self.churned,
+            spend_minor: self.spend_minor,
+            realized_segment: self.realized_segment,
+            resolved_at_ms: self.resolved_at_ms,
+            role: self.role,
+        }
+    }
+}
+
 /// The record of an outcome on `output.outcomes_topic`, keyed by customer.
 pub fn for_outcome(out: &OutputConfig, o: &Outcome) -> Result<OutRecord, EncodeError> {
     Ok(OutRecord {
