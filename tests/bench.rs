@@ -9,7 +9,7 @@ use std::process::Command;
 
 use segstream::bench::{
     suite_markdown, E2eBench, Floor, HistoryE2e, IngestBench, Latency, Machine, Outcome,
-    RestoreBench, ScoreBenchRow, SparseBench, StateBench, Suite, TrainBench,
+    OutcomesCost, RestoreBench, ScoreBenchRow, SparseBench, StateBench, Suite, TrainBench,
 };
 use segstream::train::metrics::MarginLine;
 
@@ -122,6 +122,16 @@ fn suite() -> Suite {
                     floor_cpu_us: Some(9.5),
                     cpu_ratio: None,
                 },
+                outcomes: Some(OutcomesCost {
+                    every_days: 7,
+                    horizon_days: 7,
+                    events_per_second: 38_000.0,
+                    throughput_ratio: 0.95,
+                    cpu_us_per_event: Some(12.0),
+                    cpu_ratio: Some(1.2),
+                    outcomes: 1_234,
+                    changelog_record_bytes: (760.0, 800.0),
+                }),
             }),
         }),
         e2e_transformer: Outcome::Done(E2eBench {
@@ -306,6 +316,16 @@ fn the_suite_report_has_the_machine_and_every_section() {
     );
     assert!(
         md.contains("| segment changes published; dead letters (late) | 950; 3 (0) |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| CPU per event with live outcomes | 12.00 µs (1.200 of without) |"),
+        "{md}"
+    );
+    assert!(
+        md.contains(
+            "| outcomes published; changelog record bytes without / with | 1234; 760 / 800 |"
+        ),
         "{md}"
     );
     // A failed realistic-traffic run is one row; the run's other figures stand.

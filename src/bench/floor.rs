@@ -86,6 +86,11 @@ impl Written {
             tokio::task::spawn_blocking(move || sample_outputs(&c, &group, &outputs, n)).await??,
         ))
     }
+
+    /// Mean key + value bytes of a changelog record written.
+    pub(super) fn changelog_mean_bytes(&self) -> f64 {
+        self.0.first().map_or(0.0, |s| s.mean_bytes)
+    }
 }
 
 /// Runs the floor over the input topics of `cfg`, writing what its

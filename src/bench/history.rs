@@ -38,6 +38,32 @@ pub struct HistoryE2e {
     pub late_events: u64,
     /// The same-bytes Kafka-work floor and CPU per event.
     pub floor: super::Floor,
+    /// The same input again with live outcomes on.
+    pub outcomes: Option<OutcomesCost>,
+}
+
+/// What live outcomes (`output.outcomes_topic`: snapshots, their scoring
+/// with the champion and the baselines, resolutions) cost on the same
+/// input: a second pipeline run with them on.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutcomesCost {
+    /// Cut spacing and horizon of the run, days.
+    pub every_days: u64,
+    /// See `every_days`.
+    pub horizon_days: u64,
+    /// events/s with live outcomes.
+    pub events_per_second: f64,
+    /// With / without.
+    pub throughput_ratio: f64,
+    /// CPU µs per event with live outcomes.
+    pub cpu_us_per_event: Option<f64>,
+    /// With / without.
+    pub cpu_ratio: Option<f64>,
+    /// Outcomes published (champion and baselines).
+    pub outcomes: u64,
+    /// Mean bytes of a changelog record (a changed customer's state),
+    /// without and with (snapshots held until resolved).
+    pub changelog_record_bytes: (f64, f64),
 }
 
 /// Produces about `events` events of a month of generated behaviour into
@@ -73,7 +99,16 @@ pub(super) async fn history_e2e(
         let floor_id = format!("{id}-history");
         let written = Written::read(&cfg, client, &floor_id, produced.events).await?;
         let metrics = pipeline.stop().await;
+        let changelog_bytes = written.changelog_mean_bytes();
         let floor = same_bytes_floor(&cfg, admin, &floor_id, written, &measured).await?;
+        let outcomes =
+            match with_outcomes(&cfg, client, admin, id, total, &measured, changelog_bytes).await {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    tracing::warn!(error = %e, "The run with live outcomes failed.");
+                    None
+                }
+            };
         Ok(HistoryE2e {
             events: produced.events,
             customers: produced.summary.active_customers as u64,
@@ -84,11 +119,116 @@ pub(super) async fn history_e2e(
             dead_letters: counter_sum(&metrics.dead_letters),
             late_events: metrics.late_events.get(),
             floor,
+            outcomes,
         })
     }
     .await;
     delete_bench_topics(admin, &Running::topic_names(&cfg)).await;
     result
+}
+
+/// The same input through a second pipeline with live outcomes on (its own
+/// group, changelog and outputs): cuts every 7 days and a 7-day horizon,
+/// so that the run's three weeks of history have snapshots resolved too.
+async fn with_outcomes(
+    cfg: &Config,
+    client: &ClientConfig,
+    admin: &AdminClient<DefaultClientContext>,
+    id: &str,
+    events: usize,
+    without: &super::running::Measured,
+    without_changelog_bytes: f64,
+) -> BenchResult<OutcomesCost> {
+    use rdkafka::admin::{NewTopic, TopicReplication};
+    let name = format!("{id}-history-outcomes");
+    let t = |s: &str| format!("{name}.{s}");
+    let mut c = cfg.clone();
+    c.state.changelog_topic = t("changelog");
+    c.dead_letter.topic = t("dlq");
+    c.output.topic = t("segments");
+    c.output.current_topic = t("current");
+    c.output.outcomes_topic = t("outcomes");
+    c.kafka.group_id = name.clone();
+    c.pipeline.transactional_id = format!("{name}-tx");
+    // The run's history spans about three weeks (the event cap ends it):
+    // a 7-day horizon has cuts resolved in it.
+    let (every_days, horizon_days) = (7u64, 7u64);
+    c.train.sample_every = std::time::Duration::from_secs(every_days * 86_400);
+    c.train.horizon = std::time::Duration::from_secs(horizon_days * 86_400);
+    let mut topics: Vec<NewTopic<'_>> = Running::new_topics(&c)
+        .into_iter()
+        .filter(|n| !c.input.topics.iter().any(|i| i == n.name))
+        .collect();
+    topics.push(NewTopic::new(
+        &c.output.outcomes_topic,
+        1,
+        TopicReplication::Fixed(1),
+    ));
+    let names: Vec<String> = topics.iter().map(|n| n.name.to_string()).collect();
+    for r in admin.create_topics(&topics, &AdminOptions::new()).await? {
+        r.map_err(|(t, e)| format!("creating {t}: {e}"))?;
+    }
+    let result = async {
+        wait_for_topics(client, &names).await?;
+        let (pipeline, measured) = Running::measure(&c, client, events).await?;
+        let written = Written::read(&c, client, &name, events as u64).await?;
+        let metrics = pipeline.stop().await;
+        let outcomes = {
+            use prometheus::core::Collector;
+            metrics
+                .outcomes
+                .outcomes
+                .collect()
+                .iter()
+                .flat_map(|f| f.get_metric())
+                .map(|m| m.get_counter().get_value() as u64)
+                .sum()
+        };
+        Ok(OutcomesCost {
+            every_days,
+            horizon_days,
+            events_per_second: measured.rate,
+            throughput_ratio: measured.rate / without.rate.max(1e-9),
+            cpu_us_per_event: measured.cpu_us_per_event,
+            cpu_ratio: measured
+                .cpu_us_per_event
+                .zip(without.cpu_us_per_event)
+                .map(|(a, b)| a / b.max(1e-9)),
+            outcomes,
+            changelog_record_bytes: (without_changelog_bytes, written.changelog_mean_bytes()),
+        })
+    }
+    .await;
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    delete_bench_topics(admin, &refs).await;
+    result
+}
+
+/// Waits until the broker's metadata lists every topic of `names` (a
+/// topic just created is not at once visible to every client).
+async fn wait_for_topics(client: &ClientConfig, names: &[String]) -> BenchResult<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let (c, names) = (client.clone(), names.to_vec());
+    tokio::task::spawn_blocking(move || -> BenchResult<()> {
+        let consumer: BaseConsumer = c.create()?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let md = consumer.fetch_metadata(None, std::time::Duration::from_secs(5))?;
+            let seen = |n: &String| {
+                md.topics()
+                    .iter()
+                    .any(|t| t.name() == n && t.error().is_none() && !t.partitions().is_empty())
+            };
+            if names.iter().all(seen) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err("the outcome run's topics did not appear in 30 s".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    })
+    .await?
 }
 
 /// The total of a counter vector over all its label values.
@@ -128,5 +268,28 @@ pub(super) fn history_rows(h: &Outcome<HistoryE2e>) -> String {
         h.dead_letters,
         h.late_events,
         super::floor::floor_rows(&h.floor),
+    ) + &outcomes_rows(h.outcomes.as_ref())
+}
+
+fn outcomes_rows(o: Option<&OutcomesCost>) -> String {
+    let Some(o) = o else {
+        return String::new();
+    };
+    let opt = |v: Option<f64>, digits: usize| {
+        v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.digits$}"))
+    };
+    format!(
+        "| same input with live outcomes (cuts every {} days, {}-day horizon; champion and two baselines scored at each snapshot) | {:.0} events/s ({:.3} of without) |\n\
+         | CPU per event with live outcomes | {} µs ({} of without) |\n\
+         | outcomes published; changelog record bytes without / with | {}; {:.0} / {:.0} |\n",
+        o.every_days,
+        o.horizon_days,
+        o.events_per_second,
+        o.throughput_ratio,
+        opt(o.cpu_us_per_event, 2),
+        opt(o.cpu_ratio, 3),
+        o.outcomes,
+        o.changelog_record_bytes.0,
+        o.changelog_record_bytes.1,
     )
 }

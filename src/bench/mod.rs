@@ -29,7 +29,7 @@ mod train;
 
 pub use e2e::{e2e, e2e_markdown, E2eBench, Latency};
 pub use floor::Floor;
-pub use history::HistoryE2e;
+pub use history::{HistoryE2e, OutcomesCost};
 pub use ingest::{
     ingest, ingest_in_memory, ingest_markdown, memory_ingest_markdown, IngestBench,
     MemoryIngestBench,

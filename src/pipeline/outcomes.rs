@@ -86,6 +86,9 @@ impl Pipeline {
                 .featurizer
                 .featurize(&states, cut)
                 .map_err(|e| TxnError::Fatal(PipelineError::Features(e)))?;
+            // The baselines read the customer features of this very batch.
+            let rows =
+                customer_rows(&batch).map_err(|e| TxnError::Fatal(PipelineError::Features(e)))?;
             let scores = self
                 .scorer
                 .score(model.clone(), batch)
@@ -107,7 +110,7 @@ impl Pipeline {
                 store.fill_snapshot(&c.customer_id, c.cut_ms, &predicted);
             }
             // The baselines, on the same customers as of the same cut.
-            for (row, predicted) in baselines(&model.featurizer, &states, cut) {
+            for (row, predicted) in baselines_of(model.featurizer.spec(), &rows) {
                 let c = &chunk[row];
                 store.fill_snapshot(&c.customer_id, c.cut_ms, &predicted);
             }
@@ -122,24 +125,34 @@ pub const RFM_RULES: &str = "rfm_rules";
 /// `model_version` of the BG/NBD + Gamma-Gamma baseline.
 pub const BGNBD: &str = "bgnbd_gamma_gamma";
 
-/// The baselines' predictions for `states` as of `cut` (row index, then
-/// prediction): the recency/frequency/monetary rule model (`model::rules`,
-/// the trainer's "RFM rules" row) and, when the served model's feature spec
-/// has them, BG/NBD with Gamma-Gamma at the parameters fitted when it was
-/// trained (the trainer's "BG/NBD + Gamma-Gamma" row: churn is "no
-/// purchase", no segment). Both read only the customer features.
-pub(super) fn baselines(
-    featurizer: &crate::features::Featurizer,
-    states: &[&CustomerState],
-    cut: i64,
+/// The customer-feature rows of a feature batch ([rows, F], concatenated).
+fn customer_rows(
+    batch: &arrow_array::RecordBatch,
+) -> Result<Vec<f32>, crate::features::FeatureError> {
+    use crate::features::{tensors, FeatureError, TensorData};
+    tensors(batch)?
+        .into_iter()
+        .find_map(|v| match (v.name == "customer_features", v.data) {
+            (true, TensorData::F32(d)) => Some(d.to_vec()),
+            _ => None,
+        })
+        .ok_or_else(|| FeatureError::Layout("customer_features is missing".into()))
+}
+
+/// The baselines' predictions from customer-feature rows ([rows, F],
+/// concatenated, as the served model's featurizer computed them; row
+/// index, then prediction): the recency/frequency/monetary rule model
+/// (`model::rules`, the trainer's "RFM rules" row) and, when the served
+/// model's feature spec has them, BG/NBD with Gamma-Gamma at the parameters
+/// fitted when it was trained (the trainer's "BG/NBD + Gamma-Gamma" row:
+/// churn is "no purchase", no segment). Both read only customer features.
+pub(super) fn baselines_of(
+    spec: &crate::features::FeatureSpec,
+    rows: &[f32],
 ) -> Vec<(usize, Predicted)> {
     use crate::features::CUSTOMER_DIM;
     use crate::model::Segment;
-    let spec = featurizer.spec();
-    let rows: Vec<f32> = states
-        .iter()
-        .flat_map(|s| featurizer.customer_features(s, cut))
-        .collect();
+    let n = rows.len() / CUSTOMER_DIM;
     let rules = crate::model::rules::forward(
         spec,
         crate::model::reference::Inputs {
@@ -148,12 +161,12 @@ pub(super) fn baselines(
             event_numeric: &[],
             event_text: &[],
             event_mask: &[],
-            customer_features: &rows,
+            customer_features: rows,
         },
     );
     let k = Segment::COUNT;
-    let mut out = Vec::with_capacity(states.len() * 2);
-    for i in 0..states.len() {
+    let mut out = Vec::with_capacity(n * 2);
+    for i in 0..n {
         let best = rules
             .segment_probs
             .get(i * k..(i + 1) * k)
@@ -302,7 +315,11 @@ mod tests {
                 .cloned()
                 .collect();
             let state = state_of(&mine, limits);
-            let live = baselines(&featurizer, &[&state], cut);
+            let batch = featurizer
+                .featurize(&[&state], cut)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let rows = customer_rows(&batch).unwrap_or_else(|e| panic!("{e}"));
+            let live = baselines_of(featurizer.spec(), &rows);
             assert_eq!(live.len(), 2);
             let (r, b) = (&live[0].1, &live[1].1);
             assert_eq!(

@@ -175,20 +175,38 @@ impl PartitionStore {
     /// baseline, a challenger) adds a snapshot of the same cut. Returns
     /// whether the snapshot was found.
     pub fn fill_snapshot(&mut self, id: &str, cut_ms: i64, p: &Predicted) -> bool {
-        let at = |r: &Resolved| r.customer_id == id && r.snapshot.cut_ms == cut_ms;
-        if let Some(i) = self.resolved.iter().position(at) {
-            let unscored = self.resolved[i..]
-                .iter()
-                .position(|r| at(r) && !r.snapshot.scored);
-            match unscored {
-                Some(j) => self.resolved[i + j].snapshot.fill(p),
-                None => {
-                    let mut more = self.resolved[i].clone();
-                    more.snapshot.fill(p);
-                    self.resolved.push(more);
-                }
-            }
+        // A snapshot is in the state until resolved, and never in both
+        // places: the state first (its few snapshots), the resolved ones
+        // (a horizon that passed in the capturing cycle) only when not there.
+        if self.fill_in_state(id, cut_ms, p) {
             return true;
+        }
+        let at = |r: &Resolved| r.customer_id == id && r.snapshot.cut_ms == cut_ms;
+        let Some(i) = self.resolved.iter().position(at) else {
+            return false;
+        };
+        let unscored = self.resolved[i..]
+            .iter()
+            .position(|r| at(r) && !r.snapshot.scored);
+        match unscored {
+            Some(j) => self.resolved[i + j].snapshot.fill(p),
+            None => {
+                let mut more = self.resolved[i].clone();
+                more.snapshot.fill(p);
+                self.resolved.push(more);
+            }
+        }
+        true
+    }
+
+    fn fill_in_state(&mut self, id: &str, cut_ms: i64, p: &Predicted) -> bool {
+        let has = self
+            .customers
+            .get(id)
+            .and_then(|slot| slot.get())
+            .is_some_and(|s| s.snapshots.iter().any(|x| x.cut_ms == cut_ms));
+        if !has {
+            return false;
         }
         let key = self.key(id);
         let Some(state) = self.live(id) else {

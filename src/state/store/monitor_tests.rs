@@ -265,3 +265,63 @@ fn an_erased_customer_has_no_outcome() {
         .iter()
         .all(|r| r.customer_id != target || r.snapshot.cut_ms > erased_at));
 }
+
+/// A clock that jumps past a cut's horizon closes the cut and resolves it
+/// in one step: the predictions (the champion's, then a baseline's) are
+/// filled into the resolved snapshots, each once.
+#[test]
+fn a_jump_past_the_horizon_fills_the_resolved_snapshots() {
+    use crate::state::tests::{ev, view, T0};
+    let m = rules();
+    let mut store = PartitionStore::new(limits());
+    let now = Instant::now();
+    let t = m.cut_after(T0);
+    store.record(&ev("a", "1", t - DAY_MS, view("x", 1, 0)), now);
+    assert!(store.take_captures().is_empty());
+    store.record(&ev("b", "2", t + 40 * DAY_MS, view("x", 1, 0)), now);
+    let captures = store.take_captures();
+    // `a` (last seen a day before t) at every cut of its 30-day lookback.
+    let cuts: Vec<i64> = captures.iter().map(|c| c.cut_ms).collect();
+    let week = 7 * DAY_MS;
+    assert_eq!(
+        cuts,
+        [t, t + week, t + 2 * week, t + 3 * week, t + 4 * week]
+    );
+    let baseline = Predicted {
+        model_version: "rfm_rules".into(),
+        role: "baseline".into(),
+        ..predicted()
+    };
+    for c in &captures {
+        assert!(store.fill_snapshot(&c.customer_id, c.cut_ms, &predicted()));
+        assert!(store.fill_snapshot(&c.customer_id, c.cut_ms, &baseline));
+    }
+    let resolved = store.take_resolved();
+    // Watermark t + 40 days - 1 min: the horizons (14 days) of the first
+    // four cuts have passed; t + 28's has not.
+    let got: Vec<(i64, &str)> = resolved
+        .iter()
+        .map(|r| (r.snapshot.cut_ms, r.snapshot.model_version.as_str()))
+        .collect();
+    let mut want = Vec::new();
+    for k in 0..4 {
+        want.push((t + k * week, "m1"));
+        want.push((t + k * week, "rfm_rules"));
+    }
+    let mut sorted = got.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, want);
+    assert!(resolved
+        .iter()
+        .all(|r| r.snapshot.scored && !r.realized.active));
+    let held: Vec<(i64, &str)> = store
+        .get("a")
+        .map(|s| {
+            s.snapshots
+                .iter()
+                .map(|x| (x.cut_ms, x.model_version.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(held, [(t + 4 * week, "m1"), (t + 4 * week, "rfm_rules")]);
+}
