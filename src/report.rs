@@ -316,95 +316,121 @@ fn date(days: f64) -> String {
         .collect()
 }
 
+/// A chart of one line per model (in [`by_model`]'s order and colours).
+struct Lines<'a> {
+    title: &'a str,
+    x_desc: &'a str,
+    y_desc: &'a str,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    /// Dates on the x axis (days since the epoch) instead of numbers.
+    dates: bool,
+    /// A grey reference line.
+    reference: [(f64, f64); 2],
+    /// Points marked on the lines.
+    markers: bool,
+    legend: SeriesLabelPosition,
+}
+
+impl Lines<'_> {
+    /// Draws `series` (model, points) as SVG.
+    fn draw(
+        &self,
+        series: &[(String, Vec<(f64, f64)>)],
+    ) -> Result<String, Box<dyn std::error::Error>> {
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, (640, 360)).into_drawing_area();
+            root.fill(&WHITE)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(self.title, ("sans-serif", 18))
+                .margin(12)
+                .x_label_area_size(36)
+                .y_label_area_size(48)
+                .build_cartesian_2d(self.x.clone(), self.y.clone())?;
+            let as_date = |d: &f64| date(*d);
+            let mut mesh = chart.configure_mesh();
+            mesh.x_desc(self.x_desc).y_desc(self.y_desc);
+            if self.dates {
+                mesh.x_labels(6).x_label_formatter(&as_date);
+            }
+            mesh.draw()?;
+            chart.draw_series(LineSeries::new(self.reference, BLACK.mix(0.3)))?;
+            for (i, (model, points)) in series.iter().enumerate() {
+                let color = colour(i);
+                chart
+                    .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+                    .label(model.as_str())
+                    .legend(move |(x, y)| {
+                        PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
+                    });
+                if self.markers {
+                    chart.draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
+                }
+            }
+            chart
+                .configure_series_labels()
+                .position(self.legend.clone())
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK.mix(0.3))
+                .draw()?;
+            root.present()?;
+        }
+        Ok(svg)
+    }
+}
+
 /// A line per model over the cuts (`value` of each cut row).
 fn per_cut(
     live: &Live,
     title: &str,
     y_desc: &str,
-    y_range: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
     value: impl Fn(&CutRow) -> f64,
-    reference: Option<f64>,
+    reference: f64,
 ) -> Result<String, Box<dyn std::error::Error>> {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (640, 360)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let (lo, hi) = live.cuts.iter().fold((f64::MAX, f64::MIN), |(a, b), c| {
-            (a.min(days(c.cut_ms)), b.max(days(c.cut_ms)))
-        });
-        let (lo, hi) = if lo > hi {
-            (0.0, 1.0)
-        } else {
-            (lo - 1.0, hi + 1.0)
-        };
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(48)
-            .build_cartesian_2d(lo..hi, y_range)?;
-        chart
-            .configure_mesh()
-            .x_labels(6)
-            .x_label_formatter(&|d| date(*d))
-            .x_desc("cut (UTC day)")
-            .y_desc(y_desc)
-            .draw()?;
-        if let Some(r) = reference {
-            chart.draw_series(LineSeries::new([(lo, r), (hi, r)], BLACK.mix(0.3)))?;
-        }
-        let models: Vec<&str> = live.models.iter().map(|m| m.model.as_str()).collect();
-        for (i, m) in models.iter().enumerate() {
-            let color = colour(i);
-            let points: Vec<(f64, f64)> = live
+    let (lo, hi) = live.cuts.iter().fold((f64::MAX, f64::MIN), |(a, b), c| {
+        (a.min(days(c.cut_ms)), b.max(days(c.cut_ms)))
+    });
+    let (lo, hi) = if lo > hi {
+        (0.0, 1.0)
+    } else {
+        (lo - 1.0, hi + 1.0)
+    };
+    let series: Vec<(String, Vec<(f64, f64)>)> = live
+        .models
+        .iter()
+        .map(|m| {
+            let points = live
                 .cuts
                 .iter()
-                .filter(|c| c.model == *m)
+                .filter(|c| c.model == m.model)
                 .map(|c| (days(c.cut_ms), value(c)))
                 .filter(|(_, v)| v.is_finite())
                 .collect();
-            chart
-                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-                .label(*m)
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
-                });
-            chart.draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK.mix(0.3))
-            .draw()?;
-        root.present()?;
+            (m.model.clone(), points)
+        })
+        .collect();
+    Lines {
+        title,
+        x_desc: "cut (UTC day)",
+        y_desc,
+        x: lo..hi,
+        y,
+        dates: true,
+        reference: [(lo, reference), (hi, reference)],
+        markers: true,
+        legend: SeriesLabelPosition::UpperRight,
     }
-    Ok(svg)
+    .draw(&series)
 }
 
 /// Reliability diagram: per model, outcomes in ten bins of predicted
 /// purchase probability, mean prediction against realized rate.
 fn reliability(outcomes: &[Outcome]) -> Result<String, Box<dyn std::error::Error>> {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (640, 360)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "Reliability: predicted against realized purchase rate",
-                ("sans-serif", 18),
-            )
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(48)
-            .build_cartesian_2d(0f64..1f64, 0f64..1f64)?;
-        chart
-            .configure_mesh()
-            .x_desc("mean predicted purchase probability (bin)")
-            .y_desc("realized purchase rate")
-            .draw()?;
-        chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3)))?;
-        for (i, ((_, model), rows)) in by_model(outcomes).iter().enumerate() {
-            let color = colour(i);
+    let series: Vec<(String, Vec<(f64, f64)>)> = by_model(outcomes)
+        .into_iter()
+        .map(|((_, model), rows)| {
             let mut bins = [(0f64, 0f64, 0usize); 10];
             for o in rows {
                 let p = f64::from(o.purchase_probability.clamp(0.0, 1.0));
@@ -413,54 +439,34 @@ fn reliability(outcomes: &[Outcome]) -> Result<String, Box<dyn std::error::Error
                 bins[b].1 += f64::from(u8::from(o.purchased));
                 bins[b].2 += 1;
             }
-            let points: Vec<(f64, f64)> = bins
+            let points = bins
                 .iter()
                 .filter(|b| b.2 > 0)
                 .map(|b| (b.0 / b.2 as f64, b.1 / b.2 as f64))
                 .collect();
-            chart
-                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-                .label(model.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
-                });
-            chart.draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK.mix(0.3))
-            .draw()?;
-        root.present()?;
+            (model, points)
+        })
+        .collect();
+    Lines {
+        title: "Reliability: predicted against realized purchase rate",
+        x_desc: "mean predicted purchase probability (bin)",
+        y_desc: "realized purchase rate",
+        x: 0.0..1.0,
+        y: 0.0..1.0,
+        dates: false,
+        reference: [(0.0, 0.0), (1.0, 1.0)],
+        markers: true,
+        legend: SeriesLabelPosition::UpperLeft,
     }
-    Ok(svg)
+    .draw(&series)
 }
 
 /// Gains: customers ranked by predicted purchase probability, the share of
 /// all purchasers found in the top share of customers, per model.
 fn gains(outcomes: &[Outcome]) -> Result<String, Box<dyn std::error::Error>> {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (640, 360)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "Gains: purchasers found among the top-ranked customers",
-                ("sans-serif", 18),
-            )
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(48)
-            .build_cartesian_2d(0f64..1f64, 0f64..1f64)?;
-        chart
-            .configure_mesh()
-            .x_desc("share of customers, highest predicted first")
-            .y_desc("share of purchasers")
-            .draw()?;
-        chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3)))?;
-        for (i, ((_, model), rows)) in by_model(outcomes).iter().enumerate() {
-            let color = colour(i);
+    let series: Vec<(String, Vec<(f64, f64)>)> = by_model(outcomes)
+        .into_iter()
+        .map(|((_, model), rows)| {
             let mut ranked: Vec<(f32, bool)> = rows
                 .iter()
                 .map(|o| (o.purchase_probability, o.purchased))
@@ -477,22 +483,21 @@ fn gains(outcomes: &[Outcome]) -> Result<String, Box<dyn std::error::Error>> {
                     points.push(((j + 1) as f64 / n, found as f64 / total));
                 }
             }
-            chart
-                .draw_series(LineSeries::new(points, color.stroke_width(2)))?
-                .label(model.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
-                });
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK.mix(0.3))
-            .draw()?;
-        root.present()?;
+            (model, points)
+        })
+        .collect();
+    Lines {
+        title: "Gains: purchasers found among the top-ranked customers",
+        x_desc: "share of customers, highest predicted first",
+        y_desc: "share of purchasers",
+        x: 0.0..1.0,
+        y: 0.0..1.0,
+        dates: false,
+        reference: [(0.0, 0.0), (1.0, 1.0)],
+        markers: false,
+        legend: SeriesLabelPosition::LowerRight,
     }
-    Ok(svg)
+    .draw(&series)
 }
 
 /// The champion's realized purchase and churn rates per predicted segment.
@@ -588,7 +593,7 @@ pub fn figures(
             "purchase AUC",
             0.0..1.0,
             |c| c.purchase_auc,
-            Some(0.5),
+            0.5,
         ),
     )?;
     add(
@@ -600,7 +605,7 @@ pub fn figures(
             "predicted / realized",
             0.0..2.5,
             |c| ratio(c.predicted_rate, c.realized_rate),
-            Some(1.0),
+            1.0,
         ),
     )?;
     add("reliability", "Reliability diagram", reliability(outcomes))?;

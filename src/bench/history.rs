@@ -141,15 +141,10 @@ async fn with_outcomes(
 ) -> BenchResult<OutcomesCost> {
     use rdkafka::admin::{NewTopic, TopicReplication};
     let name = format!("{id}-history-outcomes");
-    let t = |s: &str| format!("{name}.{s}");
-    let mut c = cfg.clone();
-    c.state.changelog_topic = t("changelog");
-    c.dead_letter.topic = t("dlq");
-    c.output.topic = t("segments");
-    c.output.current_topic = t("current");
-    c.output.outcomes_topic = t("outcomes");
-    c.kafka.group_id = name.clone();
-    c.pipeline.transactional_id = format!("{name}-tx");
+    // Its own group, changelog and outputs; the same input.
+    let mut c = Running::config(cfg, &name, &cfg.score.registry);
+    c.input.topics.clone_from(&cfg.input.topics);
+    c.output.outcomes_topic = format!("{name}.outcomes");
     // The run's history spans about three weeks (the event cap ends it):
     // a 7-day horizon has cuts resolved in it.
     let (every_days, horizon_days) = (7u64, 7u64);
