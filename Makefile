@@ -151,8 +151,8 @@ observability-tools: prometheus k8s-validate ## promtool, Prometheus and kuberne
 browser: $(CHROMIUM) ## Debian's Chromium (headless report test)
 
 $(CHROMIUM):
-	apt-get install -y -qq chromium >/dev/null 2>&1 \
-	  || { apt-get update -qq && apt-get install -y -qq chromium; }
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	"$(CHROMIUM)" --version
 
 # The dashboard ConfigMap embeds deploy/grafana/segstream.json; a test checks
