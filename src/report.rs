@@ -9,7 +9,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use plotters::prelude::*;
+use plotters::backend::SVGBackend;
+use plotters::chart::{ChartBuilder, SeriesLabelPosition};
+use plotters::drawing::IntoDrawingArea;
+use plotters::element::{Circle, PathElement, Rectangle};
+use plotters::series::LineSeries;
+use plotters::style::{Color, RGBColor, BLACK, WHITE};
 
 use crate::event::proto::Outcome;
 use crate::model::reference::Outputs;

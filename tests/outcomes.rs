@@ -101,15 +101,26 @@ async fn outcomes_survive_crashes_and_rebalances_exactly_once() {
     }
     keep_log(&log);
 
-    // The verifier.
-    let published: Vec<Outcome> = read_all(&outcomes)
+    // The verifier. The last transaction's records become readable
+    // (read_committed) once its markers are written, just after the commit
+    // returns: read until two reads agree.
+    let mut rows = read_all(&outcomes);
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let again = read_all(&outcomes);
+        if again.len() == rows.len() {
+            break;
+        }
+        rows = again;
+    }
+    let published: Vec<Outcome> = rows
         .iter()
         .map(|r| Outcome::decode(r.3.as_deref().unwrap_or_default()).unwrap())
         .collect();
     // Every baseline is resolved with the champion, on the same customers
     // and cuts, with the same realized fields.
     let all = published.len();
-    let baselines = check_baselines(&published);
+    let baselines = common::pipeline::check_baselines(&published);
     let everything = published.clone();
     let published: Vec<Outcome> = published
         .into_iter()
@@ -235,51 +246,6 @@ async fn outcomes_survive_crashes_and_rebalances_exactly_once() {
     );
 
     check_report(&everything, s.dir.path());
-}
-
-/// The baselines' outcomes: one per baseline for each champion outcome
-/// (same customer and cut), with the same realized fields; returns the
-/// baselines seen.
-fn check_baselines(all: &[segstream::event::proto::Outcome]) -> Vec<String> {
-    use std::collections::BTreeMap;
-    let mut by_key: BTreeMap<(&str, i64), Vec<&segstream::event::proto::Outcome>> = BTreeMap::new();
-    for o in all {
-        by_key
-            .entry((&o.customer_id, o.cut_ms))
-            .or_default()
-            .push(o);
-    }
-    let mut names: Vec<String> = all
-        .iter()
-        .filter(|o| o.role == "baseline")
-        .map(|o| o.model_version.clone())
-        .collect();
-    names.sort();
-    names.dedup();
-    assert!(names.iter().any(|n| n == "rfm_rules"), "{names:?}");
-    for ((c, t), group) in &by_key {
-        let champion: Vec<_> = group.iter().filter(|o| o.role == "champion").collect();
-        assert_eq!(champion.len(), 1, "{c} at {t}: {group:?}");
-        let mut versions: Vec<&str> = group
-            .iter()
-            .filter(|o| o.role == "baseline")
-            .map(|o| o.model_version.as_str())
-            .collect();
-        versions.sort_unstable();
-        assert_eq!(versions, names, "{c} at {t}: each baseline once");
-        for o in group {
-            let realized = |o: &segstream::event::proto::Outcome| {
-                (
-                    o.purchased,
-                    o.churned,
-                    o.spend_minor,
-                    o.realized_segment.clone(),
-                )
-            };
-            assert_eq!(realized(o), realized(champion[0]));
-        }
-    }
-    names
 }
 
 /// `segstream report` on these outcomes prints the live table and writes a

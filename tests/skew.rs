@@ -307,7 +307,7 @@ fn check_outcomes(
     // Every baseline is resolved with the champion, on the same customers
     // and cuts, with the same realized fields.
     let all = published.len();
-    let baselines = check_baselines(&published);
+    let baselines = common::pipeline::check_baselines(&published);
     let published: Vec<Outcome> = published
         .into_iter()
         .filter(|o| o.role == "champion")
@@ -449,49 +449,4 @@ fn check_outcomes(
         worst <= 1e-5,
         "live and offline predictions differ by {worst} over {compared} outcomes"
     );
-}
-
-/// The baselines' outcomes: one per baseline for each champion outcome
-/// (same customer and cut), with the same realized fields; returns the
-/// baselines seen.
-fn check_baselines(all: &[segstream::event::proto::Outcome]) -> Vec<String> {
-    use std::collections::BTreeMap;
-    let mut by_key: BTreeMap<(&str, i64), Vec<&segstream::event::proto::Outcome>> = BTreeMap::new();
-    for o in all {
-        by_key
-            .entry((&o.customer_id, o.cut_ms))
-            .or_default()
-            .push(o);
-    }
-    let mut names: Vec<String> = all
-        .iter()
-        .filter(|o| o.role == "baseline")
-        .map(|o| o.model_version.clone())
-        .collect();
-    names.sort();
-    names.dedup();
-    assert!(names.iter().any(|n| n == "rfm_rules"), "{names:?}");
-    for ((c, t), group) in &by_key {
-        let champion: Vec<_> = group.iter().filter(|o| o.role == "champion").collect();
-        assert_eq!(champion.len(), 1, "{c} at {t}: {group:?}");
-        let mut versions: Vec<&str> = group
-            .iter()
-            .filter(|o| o.role == "baseline")
-            .map(|o| o.model_version.as_str())
-            .collect();
-        versions.sort_unstable();
-        assert_eq!(versions, names, "{c} at {t}: each baseline once");
-        for o in group {
-            let realized = |o: &segstream::event::proto::Outcome| {
-                (
-                    o.purchased,
-                    o.churned,
-                    o.spend_minor,
-                    o.realized_segment.clone(),
-                )
-            };
-            assert_eq!(realized(o), realized(champion[0]));
-        }
-    }
-    names
 }

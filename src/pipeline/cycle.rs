@@ -466,19 +466,12 @@ mod tests {
     use super::*;
     use crate::model::reference::Outputs;
     use crate::state::tests::{buy, ev, view, T0};
-    use crate::state::{RecordOutcome, StateLimits, StoreLimits};
+    use crate::state::RecordOutcome;
 
     const SEGMENTS: [&str; 2] = ["active_buyer", "at_risk"];
 
     fn store_with(customers: &[&str]) -> PartitionStore {
-        let mut store = PartitionStore::new(StoreLimits {
-            state: StateLimits::default(),
-            allowed_lateness_ms: 60_000,
-            idle_timeout: std::time::Duration::from_secs(30),
-            ttl_ms: 100 * 86_400_000,
-            review_after_ms: 3_600_000,
-            monitor: None,
-        });
+        let mut store = PartitionStore::new(crate::state::tests::store_limits());
         let now = tokio::time::Instant::now();
         for (i, c) in customers.iter().enumerate() {
             let e = ev(c, &format!("e{i}"), T0 + i as i64, buy("shoes", 1_000));

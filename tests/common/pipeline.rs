@@ -801,3 +801,48 @@ pub fn keep_log(log: &std::path::Path) {
         let _ = std::fs::copy(log, std::path::Path::new(&dir).join(name));
     }
 }
+
+/// The baselines' outcomes: one per baseline for each champion outcome
+/// (same customer and cut), with the same realized fields; returns the
+/// baselines seen.
+pub fn check_baselines(all: &[segstream::event::proto::Outcome]) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let mut by_key: BTreeMap<(&str, i64), Vec<&segstream::event::proto::Outcome>> = BTreeMap::new();
+    for o in all {
+        by_key
+            .entry((&o.customer_id, o.cut_ms))
+            .or_default()
+            .push(o);
+    }
+    let mut names: Vec<String> = all
+        .iter()
+        .filter(|o| o.role == "baseline")
+        .map(|o| o.model_version.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.iter().any(|n| n == "rfm_rules"), "{names:?}");
+    for ((c, t), group) in &by_key {
+        let champion: Vec<_> = group.iter().filter(|o| o.role == "champion").collect();
+        assert_eq!(champion.len(), 1, "{c} at {t}: {group:?}");
+        let mut versions: Vec<&str> = group
+            .iter()
+            .filter(|o| o.role == "baseline")
+            .map(|o| o.model_version.as_str())
+            .collect();
+        versions.sort_unstable();
+        assert_eq!(versions, names, "{c} at {t}: each baseline once");
+        for o in group {
+            let realized = |o: &segstream::event::proto::Outcome| {
+                (
+                    o.purchased,
+                    o.churned,
+                    o.spend_minor,
+                    o.realized_segment.clone(),
+                )
+            };
+            assert_eq!(realized(o), realized(champion[0]));
+        }
+    }
+    names
+}

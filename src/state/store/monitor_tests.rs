@@ -11,7 +11,9 @@ use crate::event::{Event, Payload};
 use crate::generate::behaviour::{history, GeneratorConfig};
 use crate::state::changelog::{decode, encode};
 use crate::state::tests::{state_of, store_limits};
-use crate::state::*;
+use crate::state::{
+    Capture, Decision, MonitorRules, PartitionStore, Predicted, Resolved, StoreLimits,
+};
 use crate::train::examples::{LabelRules, Outcome};
 use crate::units::DAY_MS;
 
