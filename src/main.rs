@@ -199,7 +199,7 @@ fn main() -> ExitCode {
                             .map_err(Failure::from)
                     }
                     Command::Bench { command } => bench(config, command).await,
-                    Command::Model { command } => model_command(config, command),
+                    Command::Model { command } => model_command(config, command).await,
                     Command::Train(a) => train_command(config, a).await,
                     Command::Predict(a) => predict_command(config, a),
                     Command::Report(a) => cli::inspect::report_command(config, a).await,

@@ -188,61 +188,153 @@ pub fn summarize(outcomes: &[Outcome]) -> Live {
             });
         }
     }
-    // Margins: the champion against each baseline on the (customer, cut)
-    // pairs both predicted.
+    // Margins on the (customer, cut) pairs both predicted: the champion
+    // against each baseline; each shadow model against the champion.
     let champion = groups.iter().find(|((r, _), _)| r == "champion");
     if let Some(((_, champ), crows)) = champion {
-        let index: BTreeMap<(&str, i64), &Outcome> = crows
-            .iter()
-            .map(|o| ((o.customer_id.as_str(), o.cut_ms), *o))
-            .collect();
         for ((role, model), rows) in &groups {
-            if role == "champion" {
-                continue;
-            }
-            let pairs: Vec<(&Outcome, &Outcome)> = rows
-                .iter()
-                .filter_map(|o| {
-                    index
-                        .get(&(o.customer_id.as_str(), o.cut_ms))
-                        .map(|c| (*c, *o))
-                })
-                .collect();
-            if pairs.len() < 2 {
-                continue;
-            }
-            let a: Vec<&Outcome> = pairs.iter().map(|p| p.0).collect();
-            let b: Vec<&Outcome> = pairs.iter().map(|p| p.1).collect();
-            let labels: Vec<Labels> = a.iter().map(|o| labels_of(o)).collect();
-            let mut ids: BTreeMap<&str, u32> = BTreeMap::new();
-            let customer: Vec<u32> = a
-                .iter()
-                .map(|o| {
-                    let n = ids.len() as u32;
-                    *ids.entry(o.customer_id.as_str()).or_insert(n)
-                })
-                .collect();
-            let on = metrics::Judged {
-                labels: &labels,
-                customer: &customer,
-                segments: Segment::COUNT,
+            let (challenger, reference, metrics) = match role.as_str() {
+                "champion" => continue,
+                SHADOW => (rows, crows, SHADOW_METRICS.as_slice()),
+                _ => (crows, rows, BASELINE_METRICS.as_slice()),
             };
-            let (oa, ob) = (outputs_of(&a), outputs_of(&b));
-            for metric in ["purchase_auc", "churn_auc"] {
-                let m = metrics::margin(&oa, &ob, &on, metric, metrics::RESAMPLES, 7);
-                live.margins.push(MarginLine {
-                    challenger: champ.clone(),
-                    reference: model.clone(),
-                    metric: metric.to_string(),
-                    difference: m.difference,
-                    low: m.low,
-                    high: m.high,
-                    verdict: m.verdict(true).to_string(),
-                });
+            for metric in metrics {
+                if let Some((line, _)) = paired_margin(challenger, reference, metric) {
+                    live.margins.push(MarginLine {
+                        challenger: if role == SHADOW { model } else { champ }.clone(),
+                        reference: if role == SHADOW { champ } else { model }.clone(),
+                        ..line
+                    });
+                }
             }
         }
     }
     live
+}
+
+/// `role` of a shadow model's outcomes.
+const SHADOW: &str = crate::pipeline::outcomes::SHADOW;
+/// What the champion is compared with each baseline on.
+const BASELINE_METRICS: [&str; 2] = ["purchase_auc", "churn_auc"];
+/// What each shadow model is compared with the champion on (the baselines
+/// predict no segment; shadows do).
+const SHADOW_METRICS: [&str; 3] = ["purchase_auc", "churn_auc", "segment_macro_f1"];
+
+/// `challenger` minus `reference` on `metric`, over the (customer, cut)
+/// pairs both predicted, with its paired bootstrap interval (resampling
+/// customers), and the number of pairs; `None` with fewer than two pairs.
+/// The `challenger` and `reference` fields of the line are the versions of
+/// the first outcome of each.
+pub fn paired_margin(
+    challenger: &[&Outcome],
+    reference: &[&Outcome],
+    metric: &str,
+) -> Option<(MarginLine, usize)> {
+    let index: BTreeMap<(&str, i64), &Outcome> = reference
+        .iter()
+        .map(|o| ((o.customer_id.as_str(), o.cut_ms), *o))
+        .collect();
+    let pairs: Vec<(&Outcome, &Outcome)> = challenger
+        .iter()
+        .filter_map(|o| {
+            index
+                .get(&(o.customer_id.as_str(), o.cut_ms))
+                .map(|r| (*o, *r))
+        })
+        .collect();
+    if pairs.len() < 2 {
+        return None;
+    }
+    let a: Vec<&Outcome> = pairs.iter().map(|p| p.0).collect();
+    let b: Vec<&Outcome> = pairs.iter().map(|p| p.1).collect();
+    let labels: Vec<Labels> = a.iter().map(|o| labels_of(o)).collect();
+    let mut ids: BTreeMap<&str, u32> = BTreeMap::new();
+    let customer: Vec<u32> = a
+        .iter()
+        .map(|o| {
+            let n = ids.len() as u32;
+            *ids.entry(o.customer_id.as_str()).or_insert(n)
+        })
+        .collect();
+    let on = metrics::Judged {
+        labels: &labels,
+        customer: &customer,
+        segments: Segment::COUNT,
+    };
+    let m = metrics::margin(
+        &outputs_of(&a),
+        &outputs_of(&b),
+        &on,
+        metric,
+        metrics::RESAMPLES,
+        7,
+    );
+    Some((
+        MarginLine {
+            challenger: a[0].model_version.clone(),
+            reference: b[0].model_version.clone(),
+            metric: metric.to_string(),
+            difference: m.difference,
+            low: m.low,
+            high: m.high,
+            verdict: m.verdict(true).to_string(),
+        },
+        pairs.len(),
+    ))
+}
+
+/// What live evidence says of replacing the champion by a shadow model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveDecision {
+    /// The shadow model minus the champion on the promote metric.
+    pub margin: MarginLine,
+    /// (customer, cut) pairs both predicted and resolved.
+    pub pairs: usize,
+    /// Whether it may be promoted: enough pairs, and ahead (the interval
+    /// above zero).
+    pub promote: bool,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// Judges `shadow` against `champion` (model versions) on `metric` from the
+/// live outcomes: promote only with at least `min_pairs` (customer, cut)
+/// pairs both predicted and a difference whose 95 % paired bootstrap
+/// interval lies above zero (a tie keeps the champion). `None` when the two
+/// share fewer than two resolved snapshots.
+pub fn live_decision(
+    outcomes: &[Outcome],
+    shadow: &str,
+    champion: &str,
+    metric: &str,
+    min_pairs: usize,
+) -> Option<LiveDecision> {
+    let of =
+        |v: &str| -> Vec<&Outcome> { outcomes.iter().filter(|o| o.model_version == v).collect() };
+    let (margin, pairs) = paired_margin(&of(shadow), &of(champion), metric)?;
+    let interval = format!(
+        "{metric} {:+.4} [{:+.4}, {:+.4}] on {pairs} live outcomes",
+        margin.difference, margin.low, margin.high
+    );
+    let (promote, reason) = if pairs < min_pairs {
+        (
+            false,
+            format!("{interval}: fewer than train.live_min_outcomes = {min_pairs}"),
+        )
+    } else if margin.verdict == "ahead" {
+        (true, format!("{interval}: ahead of champion {champion}"))
+    } else {
+        (
+            false,
+            format!("{interval}: {} champion {champion}", margin.verdict),
+        )
+    };
+    Some(LiveDecision {
+        margin,
+        pairs,
+        promote,
+        reason,
+    })
 }
 
 /// The live quality table in Markdown.
@@ -270,7 +362,7 @@ pub fn markdown(live: &Live) -> String {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "| champion − baseline | metric | difference [95% interval] | verdict |"
+            "| challenger − reference | metric | difference [95% interval] | verdict |"
         );
         let _ = writeln!(s, "| --- | --- | --- | --- |");
         for m in &live.margins {
@@ -659,7 +751,7 @@ pub fn html(live: &Live, figures: &[Figure], flows: &BTreeMap<(String, String), 
          td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}\
          figure{display:inline-block;margin:0.5em}figcaption{font-size:90%;color:#444}</style></head><body>\n\
          <h1>segstream: live quality</h1>\n<p>Every prediction checked against what the customer then did \
-         (output.outcomes_topic), per model; baselines are scored at the same snapshots.</p>\n",
+         (output.outcomes_topic), per model; baselines and shadow models are scored at the same snapshots.</p>\n",
     );
     s.push_str("<h2>Models</h2>\n<table id=\"models\"><tr><th>model</th><th>role</th><th>outcomes</th><th>purchase AUC</th><th>churn AUC</th><th>predicted / realized purchases</th><th>predicted / realized spend</th></tr>\n");
     for m in &live.models {
@@ -677,7 +769,7 @@ pub fn html(live: &Live, figures: &[Figure], flows: &BTreeMap<(String, String), 
     }
     s.push_str("</table>\n");
     if !live.margins.is_empty() {
-        s.push_str("<table id=\"margins\"><tr><th>champion − baseline</th><th>metric</th><th>difference [95% interval]</th><th>verdict</th></tr>\n");
+        s.push_str("<table id=\"margins\"><tr><th>challenger − reference</th><th>metric</th><th>difference [95% interval]</th><th>verdict</th></tr>\n");
         for m in &live.margins {
             let _ = writeln!(
                 s,
@@ -786,5 +878,56 @@ mod tests {
         let page = html(&live, &figures, &flows);
         assert_eq!(page.matches("<svg").count(), 5);
         assert!(page.contains("<table id=\"margins\">"));
+    }
+
+    /// A shadow model is compared with the champion (shadow minus
+    /// champion) on the pairs both predicted; live evidence promotes it only
+    /// when ahead on enough pairs.
+    #[test]
+    fn a_shadow_is_promoted_on_live_evidence_only_when_ahead_on_enough_outcomes() {
+        // The shadow ("s1") ranks like the champion reversed ranks: the
+        // "baseline" rows of `outcomes` become a shadow's, the champion the
+        // shadow's reference.
+        let mut o = outcomes();
+        for x in o.iter_mut().filter(|x| x.role == "baseline") {
+            x.role = SHADOW.into();
+            x.model_version = "s1".into();
+        }
+        let live = summarize(&o);
+        let m = live
+            .margins
+            .iter()
+            .find(|m| m.metric == "purchase_auc")
+            .unwrap_or_else(|| panic!("{:?}", live.margins));
+        assert_eq!((m.challenger.as_str(), m.reference.as_str()), ("s1", "m1"));
+        assert_eq!(m.verdict, "behind");
+        assert!(live.margins.iter().any(|m| m.metric == "segment_macro_f1"));
+        // Behind: kept.
+        let d =
+            live_decision(&o, "s1", "m1", "purchase_auc", 10).unwrap_or_else(|| panic!("no pairs"));
+        assert_eq!(d.pairs, 40);
+        assert!(!d.promote && d.reason.contains("behind"), "{}", d.reason);
+        // The other way round (the champion judged as the shadow): ahead,
+        // but promoted only with enough pairs.
+        let d =
+            live_decision(&o, "m1", "s1", "purchase_auc", 10).unwrap_or_else(|| panic!("no pairs"));
+        assert!(d.promote && d.reason.contains("ahead"), "{}", d.reason);
+        let d =
+            live_decision(&o, "m1", "s1", "purchase_auc", 41).unwrap_or_else(|| panic!("no pairs"));
+        assert!(
+            !d.promote && d.reason.contains("fewer than"),
+            "{}",
+            d.reason
+        );
+        // Equal predictions: a tie keeps the champion.
+        let mut tie = o.clone();
+        for x in tie.iter_mut().filter(|x| x.model_version == "s1") {
+            x.purchase_probability = if x.purchased { 0.8 } else { 0.2 };
+        }
+        let d = live_decision(&tie, "s1", "m1", "purchase_auc", 10)
+            .unwrap_or_else(|| panic!("no pairs"));
+        assert!(!d.promote && d.reason.contains("tie"), "{}", d.reason);
+        // No shared snapshots: no decision.
+        assert!(live_decision(&o, "s9", "m1", "purchase_auc", 10).is_none());
     }
 }

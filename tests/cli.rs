@@ -223,3 +223,135 @@ fn snapshot_to_a_file_of_no_known_format_is_bad_input() {
     );
     assert!(stderr.contains("must end in .parquet"), "{stderr}");
 }
+
+/// Issue 39: a shadow model is promoted on live evidence only (`model
+/// promote --live`): ahead of the champion on `train.promote_metric`, over
+/// at least `train.live_min_outcomes` customers and cuts both predicted.
+#[test]
+fn model_promote_live_needs_enough_outcomes_ahead_of_the_champion() {
+    use segstream::event::proto::Outcome;
+    use segstream::pipeline::output::OutcomeJson;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("models");
+    let reg = registry.to_str().unwrap();
+    let run = |args: &[&str], config: Option<&std::path::Path>| {
+        let mut c = segstream();
+        if let Some(f) = config {
+            c.arg("--config").arg(f);
+        }
+        c.args(args).output().unwrap()
+    };
+    for (version, promote) in [("m1", true), ("s1", false)] {
+        let mut args = vec!["model", "builtin", "--registry", reg, "--version", version];
+        if promote {
+            args.push("--promote");
+        }
+        let out = run(&args, None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = run(&["model", "shadow", "s1", "--registry", reg], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = String::from_utf8_lossy(&run(&["model", "list", "--registry", reg], None).stdout)
+        .to_string();
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("m1") && l.ends_with("live")),
+        "{listed}"
+    );
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("s1") && l.ends_with("shadow")),
+        "{listed}"
+    );
+
+    // 60 customers at one cut: the shadow ranks buyers first, the
+    // champion last.
+    let mut lines = String::new();
+    for i in 0..60 {
+        let bought = i % 2 == 0;
+        for (model, role, p) in [
+            ("m1", "champion", if bought { 0.2 } else { 0.7 }),
+            ("s1", "shadow", if bought { 0.9 } else { 0.1 }),
+        ] {
+            let o = Outcome {
+                customer_id: format!("c{i}"),
+                cut_ms: 7 * 86_400_000 - 1,
+                horizon_ms: 30 * 86_400_000,
+                model_version: model.into(),
+                segment: if bought { "active_buyer" } else { "browser" }.into(),
+                purchase_probability: p,
+                churn_probability: 0.1,
+                predicted_spend: 100.0,
+                purchased: bought,
+                churned: false,
+                spend_minor: if bought { 500 } else { 0 },
+                realized_segment: if bought { "active_buyer" } else { "browser" }.into(),
+                resolved_at_ms: 0,
+                role: role.into(),
+            };
+            lines.push_str(&serde_json::to_string(&OutcomeJson::new(&o)).unwrap());
+            lines.push('\n');
+        }
+    }
+    let file = dir.path().join("outcomes.ndjson");
+    std::fs::write(&file, lines).unwrap();
+    let config = |min: usize| {
+        let path = dir.path().join(format!("c{min}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[output]\noutcomes_topic = \"o\"\n[train]\npromote_on = \"live\"\npromote_metric = \"purchase_auc\"\nlive_min_outcomes = {min}\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let promote = [
+        "model",
+        "promote",
+        "--live",
+        "--file",
+        file.to_str().unwrap(),
+        "--registry",
+        reg,
+    ];
+    // Too few outcomes: the champion stays.
+    let few = run(&promote, Some(&config(100)));
+    assert!(!few.status.success());
+    let said = String::from_utf8_lossy(&few.stdout);
+    assert!(
+        said.contains("fewer than train.live_min_outcomes = 100"),
+        "{said}"
+    );
+    assert!(std::fs::read_to_string(registry.join("CURRENT"))
+        .unwrap()
+        .starts_with("m1"));
+    // Enough: promoted, and out of the shadow.
+    let enough = run(&promote, Some(&config(50)));
+    assert!(
+        enough.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&enough.stdout),
+        String::from_utf8_lossy(&enough.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&enough.stdout).contains("promoted s1 (CURRENT) on live evidence")
+    );
+    assert!(std::fs::read_to_string(registry.join("CURRENT"))
+        .unwrap()
+        .starts_with("s1"));
+    assert_eq!(
+        std::fs::read_to_string(registry.join("SHADOW")).unwrap(),
+        ""
+    );
+}

@@ -34,6 +34,22 @@ async fn outcomes_survive_crashes_and_rebalances_exactly_once() {
     // events), all kinds together.
     let input = s.browse.clone();
     let outcomes_topic = outcomes.clone();
+    // A shadow model: another network, scored at every snapshot.
+    let registry = Registry::new(&s.settings.score.registry);
+    {
+        use segstream::features::{FeatureSpec, Featurizer};
+        let limits = segstream::state::StateLimits::default();
+        let featurizer = Featurizer::new(FeatureSpec::for_state(limits), limits).unwrap();
+        let (onnx, manifest) = segstream::model::reference::build(
+            &featurizer,
+            &segstream::model::Segment::names(),
+            "m2",
+            5,
+        )
+        .unwrap();
+        registry.publish(&onnx, &manifest).unwrap();
+        registry.add_shadow("m2").unwrap();
+    }
     s.configure(|c| {
         c.input.topics = vec![input];
         c.output.outcomes_topic = outcomes_topic;
@@ -122,6 +138,16 @@ async fn outcomes_survive_crashes_and_rebalances_exactly_once() {
     let all = published.len();
     let baselines = common::pipeline::check_baselines(&published);
     let everything = published.clone();
+    let shadows: BTreeMap<(String, i64), &Outcome> = everything
+        .iter()
+        .filter(|o| o.role == "shadow")
+        .map(|o| ((o.customer_id.clone(), o.cut_ms), o))
+        .collect();
+    assert_eq!(
+        shadows.len(),
+        everything.iter().filter(|o| o.role == "shadow").count(),
+        "a shadow snapshot resolved twice"
+    );
     let published: Vec<Outcome> = published
         .into_iter()
         .filter(|o| o.role == "champion")
@@ -193,8 +219,8 @@ async fn outcomes_survive_crashes_and_rebalances_exactly_once() {
 
     // Labels are the trainer's; predictions the offline replay's.
     let rules = LabelRules::from_config(&s.settings.train);
-    let registry = Registry::new(&s.settings.score.registry);
     let files = ModelFiles::read(&registry.dir("m1").unwrap()).unwrap();
+    let shadow_files = ModelFiles::read(&registry.dir("m2").unwrap()).unwrap();
     let mut by_cut: BTreeMap<i64, Vec<&Outcome>> = BTreeMap::new();
     for o in &published {
         let labels = rules.label(&timelines[o.customer_id.as_str()], o.cut_ms);
@@ -226,17 +252,45 @@ async fn outcomes_survive_crashes_and_rebalances_exactly_once() {
             .iter()
             .map(|r| (r.customer_id.as_str(), r))
             .collect();
+        let offline_shadow =
+            segstream::train::predict::predict(&s.settings, &shadow_files, events.clone(), *cut)
+                .unwrap();
+        let shadow_rows: BTreeMap<&str, _> = offline_shadow
+            .rows
+            .iter()
+            .map(|r| (r.customer_id.as_str(), r))
+            .collect();
         for o in live {
             let r = rows[o.customer_id.as_str()];
             assert_eq!(o.model_version, "m1");
             worst = worst
                 .max((o.purchase_probability - r.purchase_probability).abs())
                 .max((o.churn_probability - r.churn_probability).abs());
+            // The shadow model, at the same snapshot: its own offline replay.
+            let sh = shadows
+                .get(&(o.customer_id.clone(), o.cut_ms))
+                .unwrap_or_else(|| {
+                    panic!("no shadow outcome for {} at {}", o.customer_id, o.cut_ms)
+                });
+            let r = shadow_rows[o.customer_id.as_str()];
+            assert_eq!(
+                (sh.model_version.as_str(), sh.purchased, sh.spend_minor),
+                ("m2", o.purchased, o.spend_minor)
+            );
+            worst = worst
+                .max((sh.purchase_probability - r.purchase_probability).abs())
+                .max((sh.churn_probability - r.churn_probability).abs());
         }
     }
-    eprintln!(
-        "outcomes: {all} published ({} champion; baselines {baselines:?}) over {} cuts, {} required; largest prediction difference {worst}",
+    assert_eq!(
+        shadows.len(),
         published.len(),
+        "one shadow outcome per champion outcome"
+    );
+    eprintln!(
+        "outcomes: {all} published ({} champion, {} shadow; baselines {baselines:?}) over {} cuts, {} required; largest prediction difference {worst}",
+        published.len(),
+        shadows.len(),
         by_cut.len(),
         must.len()
     );

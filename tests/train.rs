@@ -283,6 +283,29 @@ fn a_worse_model_is_not_promoted_unless_forced_and_a_failed_run_keeps_the_champi
     .unwrap();
     assert!(forced.promoted, "{}", forced.decision);
     assert_eq!(registry.current().unwrap().as_deref(), Some("forced"));
+    // Live promotion: a better model goes into the shadow, the champion
+    // keeps serving until live evidence promotes it.
+    let mut live = config.clone();
+    live.output.outcomes_topic = "outcomes".into();
+    live.train.promote_on = segstream::config::PromoteOn::Live;
+    let shadowed = run(
+        &live,
+        history(150),
+        &registry,
+        TrainOptions {
+            version: Some("shadowed".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(!shadowed.promoted, "{}", shadowed.decision);
+    assert!(
+        shadowed.decision.contains("shadow model"),
+        "{}",
+        shadowed.decision
+    );
+    assert_eq!(registry.current().unwrap().as_deref(), Some("forced"));
+    assert_eq!(registry.shadows().unwrap(), ["shadowed"]);
     // Too little history: an error, and CURRENT is untouched.
     let err = run(
         &config,

@@ -41,6 +41,50 @@ pub(crate) enum ModelCommand {
         #[arg(long)]
         promote: bool,
     },
+    /// List a registry's versions: the live one (CURRENT) and the shadow
+    /// models (SHADOW) marked.
+    List {
+        /// Registry directory (default: score.registry).
+        #[arg(long)]
+        registry: Option<PathBuf>,
+    },
+    /// Put a published version in the shadow (or take it out with
+    /// `--remove`): the pipeline scores shadow models at every live-outcome
+    /// snapshot, never for decisions, and publishes their outcomes with
+    /// `role = "shadow"`.
+    Shadow {
+        /// The version.
+        version: String,
+        /// Take it out of the shadow instead.
+        #[arg(long)]
+        remove: bool,
+        /// Registry directory (default: score.registry).
+        #[arg(long)]
+        registry: Option<PathBuf>,
+    },
+    /// Make a version the live one. With `--live`, only on live evidence:
+    /// the shadow model's outcomes must be ahead of the champion's on
+    /// `train.promote_metric` (95 % paired bootstrap interval above zero)
+    /// over at least `train.live_min_outcomes` customers and cuts both
+    /// predicted; without a version, the best such shadow model.
+    Promote {
+        /// The version (with `--live`, default: the best shadow model).
+        version: Option<String>,
+        /// Decide on the live outcomes.
+        #[arg(long)]
+        live: bool,
+        /// With `--live`: read outcomes from this NDJSON file instead of
+        /// `output.outcomes_topic`.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// With `--live`, reading the topic: stop once no record came for
+        /// this long.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        idle: Duration,
+        /// Registry directory (default: score.registry).
+        #[arg(long)]
+        registry: Option<PathBuf>,
+    },
 }
 
 /// How long and how much a `show` command reads.
@@ -87,7 +131,7 @@ pub(crate) enum DlqCommand {
     Show(ShowArgs),
 }
 
-pub(crate) fn model_command(config: Config, command: ModelCommand) -> Result<(), Failure> {
+pub(crate) async fn model_command(config: Config, command: ModelCommand) -> Result<(), Failure> {
     use segstream::model::{reference, ModelFiles, Registry, Segment};
     use segstream::score::{signature, LoadedModel};
     let limits = config.state.limits().state;
@@ -171,6 +215,95 @@ pub(crate) fn model_command(config: Config, command: ModelCommand) -> Result<(),
                 println!("promoted {version} (CURRENT)");
             }
             Ok(())
+        }
+        ModelCommand::List { registry } => {
+            let registry = Registry::new(registry.unwrap_or(config.score.registry.clone()));
+            let current = registry.current()?;
+            let shadows = registry.shadows()?;
+            for v in registry.versions()? {
+                let mark = if current.as_deref() == Some(v.as_str()) {
+                    "live"
+                } else if shadows.contains(&v) {
+                    "shadow"
+                } else {
+                    ""
+                };
+                println!("{v:<40} {mark}");
+            }
+            Ok(())
+        }
+        ModelCommand::Shadow {
+            version,
+            remove,
+            registry,
+        } => {
+            let registry = Registry::new(registry.unwrap_or(config.score.registry.clone()));
+            if remove {
+                registry.remove_shadow(&version)?;
+                println!("{version} left the shadow");
+            } else {
+                registry.add_shadow(&version)?;
+                println!(
+                    "{version} is a shadow model: scored at the live-outcome snapshots from the pipeline's next registry poll"
+                );
+            }
+            Ok(())
+        }
+        ModelCommand::Promote {
+            version,
+            live,
+            file,
+            idle,
+            registry,
+        } => {
+            let registry = Registry::new(registry.unwrap_or(config.score.registry.clone()));
+            if !live {
+                let version = version.ok_or_else(|| {
+                    InvalidInput("name the version to promote (or pass --live)".into())
+                })?;
+                registry.promote(&version)?;
+                println!("promoted {version} (CURRENT)");
+                return Ok(());
+            }
+            let champion = registry
+                .current()?
+                .ok_or_else(|| InvalidInput("no live version (CURRENT) to compare with".into()))?;
+            let candidates = match version {
+                Some(v) => vec![v],
+                None => registry.shadows()?,
+            };
+            if candidates.is_empty() {
+                return Err(InvalidInput("no shadow models (SHADOW) to judge".into()).into());
+            }
+            let (outcomes, source) = read_outcomes(&config, file.as_deref(), idle).await?;
+            let metric = &config.train.promote_metric;
+            let min = config.train.live_min_outcomes;
+            let mut best: Option<(String, f64)> = None;
+            for c in &candidates {
+                match segstream::report::live_decision(&outcomes, c, &champion, metric, min) {
+                    Some(d) => {
+                        println!("{c}: {}", d.reason);
+                        let better = best.as_ref().is_none_or(|(_, m)| d.margin.difference > *m);
+                        if d.promote && better {
+                            best = Some((c.clone(), d.margin.difference));
+                        }
+                    }
+                    None => println!(
+                        "{c}: no resolved outcome shared with champion {champion} in {source}"
+                    ),
+                }
+            }
+            match best {
+                Some((v, _)) => {
+                    registry.promote(&v)?;
+                    println!("promoted {v} (CURRENT) on live evidence");
+                    Ok(())
+                }
+                None => Err(InvalidInput(format!(
+                    "no shadow model is ahead of champion {champion} on live {metric}: champion kept"
+                ))
+                .into()),
+            }
         }
     }
 }
@@ -402,52 +535,7 @@ pub(crate) struct ReportArgs {
 /// Reads the live outcomes (the topic from its beginning, or a file),
 /// prints the live quality table and writes the report.
 pub(crate) async fn report_command(config: Config, a: ReportArgs) -> Result<(), Failure> {
-    use prost::Message as _;
-    use rdkafka::message::Message;
-    use segstream::event::proto::Outcome;
-    use segstream::pipeline::output::OutcomeJson;
-    let json = |line: &[u8]| -> Result<Outcome, Failure> {
-        let o: OutcomeJson = serde_json::from_slice(line)
-            .map_err(|e| InvalidInput(format!("an outcome does not read as JSON: {e}")))?;
-        Ok(o.into_outcome())
-    };
-    let mut outcomes = Vec::new();
-    let source = match &a.file {
-        Some(path) => {
-            let text = std::fs::read(path).doing_with(|| format!("reading {}", path.display()))?;
-            for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                outcomes.push(json(line)?);
-            }
-            path.display().to_string()
-        }
-        None => {
-            let topic = config.output.outcomes_topic.clone();
-            if topic.is_empty() {
-                return Err(InvalidInput(
-                    "output.outcomes_topic is empty: no outcomes are published (or pass --file)"
-                        .into(),
-                )
-                .into());
-            }
-            let consumer = reader(&config, &topic)?;
-            while let Ok(m) = tokio::time::timeout(a.idle, consumer.recv()).await {
-                let msg = m.doing("reading the outcomes topic")?;
-                let bytes = msg.payload().unwrap_or_default();
-                outcomes.push(match config.output.format {
-                    segstream::config::OutputFormat::Protobuf => Outcome::decode(bytes)
-                        .map_err(|e| InvalidInput(format!("an outcome does not decode: {e}")))?,
-                    segstream::config::OutputFormat::Json => json(bytes)?,
-                });
-            }
-            topic
-        }
-    };
-    if outcomes.is_empty() {
-        return Err(InvalidInput(format!(
-            "no outcomes in {source} yet: they are published once train.horizon of event time has passed a cut"
-        ))
-        .into());
-    }
+    let (outcomes, source) = read_outcomes(&config, a.file.as_deref(), a.idle).await?;
     let live = segstream::report::summarize(&outcomes);
     let figures = segstream::report::figures(&outcomes, &live)
         .map_err(|e| InvalidInput(format!("drawing the figures: {e}")))?;
@@ -469,4 +557,60 @@ pub(crate) async fn report_command(config: Config, a: ReportArgs) -> Result<(), 
     print!("{}", segstream::report::markdown(&live));
     println!("\nReport: {} ({} figures)", page.display(), figures.len());
     Ok(())
+}
+
+/// The live outcomes: `file` (NDJSON, their JSON form) or the outcomes
+/// topic from its beginning until idle for `idle`; and where they came from.
+async fn read_outcomes(
+    config: &Config,
+    file: Option<&std::path::Path>,
+    idle: Duration,
+) -> Result<(Vec<segstream::event::proto::Outcome>, String), Failure> {
+    use prost::Message as _;
+    use rdkafka::message::Message;
+    use segstream::event::proto::Outcome;
+    use segstream::pipeline::output::OutcomeJson;
+    let json = |line: &[u8]| -> Result<Outcome, Failure> {
+        let o: OutcomeJson = serde_json::from_slice(line)
+            .map_err(|e| InvalidInput(format!("an outcome does not read as JSON: {e}")))?;
+        Ok(o.into_outcome())
+    };
+    let mut outcomes = Vec::new();
+    let source = match file {
+        Some(path) => {
+            let text = std::fs::read(path).doing_with(|| format!("reading {}", path.display()))?;
+            for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                outcomes.push(json(line)?);
+            }
+            path.display().to_string()
+        }
+        None => {
+            let topic = config.output.outcomes_topic.clone();
+            if topic.is_empty() {
+                return Err(InvalidInput(
+                    "output.outcomes_topic is empty: no outcomes are published (or pass --file)"
+                        .into(),
+                )
+                .into());
+            }
+            let consumer = reader(config, &topic)?;
+            while let Ok(m) = tokio::time::timeout(idle, consumer.recv()).await {
+                let msg = m.doing("reading the outcomes topic")?;
+                let bytes = msg.payload().unwrap_or_default();
+                outcomes.push(match config.output.format {
+                    segstream::config::OutputFormat::Protobuf => Outcome::decode(bytes)
+                        .map_err(|e| InvalidInput(format!("an outcome does not decode: {e}")))?,
+                    segstream::config::OutputFormat::Json => json(bytes)?,
+                });
+            }
+            topic
+        }
+    };
+    if outcomes.is_empty() {
+        return Err(InvalidInput(format!(
+            "no outcomes in {source} yet: they are published once train.horizon of event time has passed a cut"
+        ))
+        .into());
+    }
+    Ok((outcomes, source))
 }

@@ -60,7 +60,7 @@ pub use risk::{RiskConfig, Rule};
 pub use score::{DecideConfig, GraphOptimization, Provider, ScoreConfig};
 pub use secret::Secret;
 pub use state::StateConfig;
-pub use train::{ModelFamily, TrainConfig, PROMOTE_METRICS};
+pub use train::{ModelFamily, PromoteOn, TrainConfig, PROMOTE_METRICS};
 
 /// The whole configuration of a segstream instance.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -250,6 +250,12 @@ impl Config {
     /// days, and no customer evicted before their last snapshot resolves.
     fn check_monitor(&self, p: &mut Problems) {
         if self.output.outcomes_topic.is_empty() {
+            if self.train.promote_on == PromoteOn::Live {
+                p.add(
+                    "train.promote_on",
+                    "\"live\" needs output.outcomes_topic (the live evidence is its outcomes)",
+                );
+            }
             return;
         }
         let ms = crate::units::millis;

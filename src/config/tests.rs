@@ -351,3 +351,34 @@ fn live_outcome_rules_are_checked() {
     );
     assert!(p.contains(&"state.ttl"), "{e}");
 }
+
+/// Issue 39: live promotion needs the live outcomes; too few outcomes to
+/// decide on is refused.
+#[test]
+fn live_promotion_needs_the_outcomes_topic() {
+    let ok = load_toml(
+        r#"
+        [output]
+        outcomes_topic = "customer-outcomes"
+        [train]
+        promote_on = "live"
+        live_min_outcomes = 500
+        "#,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(ok.train.promote_on, crate::config::PromoteOn::Live);
+    let e = load_toml(
+        r#"
+        [train]
+        promote_on = "live"
+        live_min_outcomes = 10
+        "#,
+        &[],
+    )
+    .unwrap_err();
+    let p = paths(&e);
+    assert!(p.contains(&"train.promote_on"), "{e}");
+    assert!(p.contains(&"train.live_min_outcomes"), "{e}");
+    assert!(load_toml("[train]\npromote_on = \"later\"\n", &[]).is_err());
+}

@@ -69,6 +69,16 @@ pub struct TrainConfig {
     /// Metric a new model must not be worse on to replace the champion:
     /// `segment_macro_f1`, `segment_accuracy`, `purchase_auc` or `churn_auc`.
     pub promote_metric: String,
+    /// What decides a promotion once a champion serves: `validation` (the
+    /// trained model replaces the champion when it is not worse on
+    /// `promote_metric` on the validation examples) or `live` (the trained
+    /// model is published as a shadow, scored at the live-outcome
+    /// snapshots; `segstream model promote --live` promotes it once its
+    /// live outcomes put it ahead of the champion).
+    pub promote_on: PromoteOn,
+    /// With `promote_on = "live"`: resolved outcomes both the shadow and the
+    /// champion predicted, at least, before live evidence may promote.
+    pub live_min_outcomes: usize,
     /// Largest accepted difference between the trained model and its ONNX
     /// export under ONNX Runtime, on validation examples.
     pub parity_tolerance: f32,
@@ -76,6 +86,17 @@ pub struct TrainConfig {
     /// `promote_metric`, a tie within the paired bootstrap interval going
     /// to the cheaper logistic regression), `transformer` or `logistic`.
     pub model: ModelFamily,
+}
+
+/// What decides a promotion (`train.promote_on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromoteOn {
+    /// The validation examples at training.
+    #[default]
+    Validation,
+    /// The live outcomes of the model in the shadow.
+    Live,
 }
 
 /// The model families `segstream train` can export and serve.
@@ -128,6 +149,8 @@ impl Default for TrainConfig {
             seed: 7,
             threads: 0,
             promote_metric: "segment_macro_f1".into(),
+            promote_on: PromoteOn::Validation,
+            live_min_outcomes: 1_000,
             parity_tolerance: 1e-4,
             model: ModelFamily::Auto,
         }
@@ -206,6 +229,12 @@ impl TrainConfig {
                     tc.promote_metric,
                     PROMOTE_METRICS.join(", ")
                 ),
+            );
+        }
+        if tc.live_min_outcomes < 50 {
+            p.add(
+                "train.live_min_outcomes",
+                "must be at least 50 (fewer outcomes give no interval worth a promotion)",
             );
         }
         if !(tc.parity_tolerance.is_finite()

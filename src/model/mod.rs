@@ -32,6 +32,14 @@ pub const MODEL_FILE: &str = "model.onnx";
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// File naming the live version in a registry.
 pub const CURRENT_FILE: &str = "CURRENT";
+/// File in the registry root listing the shadow versions, one per line:
+/// published models the pipeline scores at the live-outcome snapshots only
+/// (never for decisions), so that live evidence can compare them with the
+/// champion on the same customers and outcomes.
+pub const SHADOW_FILE: &str = "SHADOW";
+/// Shadow versions at most (each costs one featurization and one scoring
+/// per snapshot).
+pub const MAX_SHADOWS: usize = 3;
 
 /// Errors reading or writing models and registries.
 #[derive(Debug, thiserror::Error)]
@@ -59,15 +67,19 @@ pub enum ModelError {
     /// The version already exists in the registry.
     #[error("model version {0} already exists in the registry")]
     Exists(String),
+    /// A shadow list that cannot be kept.
+    #[error("shadow models: {0}")]
+    Shadow(String),
 }
 
 impl crate::error::Classify for ModelError {
     fn class(&self) -> crate::error::ErrorClass {
         match self {
             ModelError::Io { source, .. } => crate::error::Classify::class(source),
-            ModelError::Manifest { .. } | ModelError::BadVersion(_) | ModelError::Exists(_) => {
-                crate::error::ErrorClass::BadInput
-            }
+            ModelError::Manifest { .. }
+            | ModelError::BadVersion(_)
+            | ModelError::Exists(_)
+            | ModelError::Shadow(_) => crate::error::ErrorClass::BadInput,
         }
     }
 }
@@ -425,8 +437,21 @@ impl Registry {
         Ok(dir)
     }
 
-    /// Makes `version` the live one: `CURRENT` is replaced by atomic rename.
+    /// Makes `version` the live one: `CURRENT` is replaced by atomic rename,
+    /// and `version` leaves the shadow list.
     pub fn promote(&self, version: &str) -> Result<(), ModelError> {
+        self.require(version)?;
+        self.replace_file(CURRENT_FILE, &format!("{version}\n"))?;
+        let shadows = self.shadows()?;
+        if shadows.iter().any(|v| v == version) {
+            let rest: Vec<String> = shadows.into_iter().filter(|v| v != version).collect();
+            self.write_shadows(&rest)?;
+        }
+        Ok(())
+    }
+
+    /// Fails unless `version` is a published model.
+    fn require(&self, version: &str) -> Result<PathBuf, ModelError> {
         let dir = self.dir(version)?;
         if !dir.join(MODEL_FILE).is_file() {
             return Err(io(&dir)(std::io::Error::new(
@@ -434,14 +459,79 @@ impl Registry {
                 "no model.onnx in this version",
             )));
         }
+        Ok(dir)
+    }
+
+    /// Replaces the root's `name` with `text` (written to a temporary file,
+    /// synced, then renamed over it: readers see the old or the new file).
+    fn replace_file(&self, name: &str, text: &str) -> Result<(), ModelError> {
+        fs::create_dir_all(&self.root).map_err(io(&self.root))?;
         let tmp = self
             .root
-            .join(format!(".{CURRENT_FILE}.tmp-{}", std::process::id()));
+            .join(format!(".{name}.tmp-{}", std::process::id()));
         let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-        writeln!(f, "{version}").map_err(io(&tmp))?;
+        f.write_all(text.as_bytes()).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
-        let current = self.root.join(CURRENT_FILE);
-        fs::rename(&tmp, &current).map_err(io(&current))
+        let path = self.root.join(name);
+        fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
+    /// The shadow versions ([`SHADOW_FILE`]), in the order they were added.
+    pub fn shadows(&self) -> Result<Vec<String>, ModelError> {
+        let path = self.root.join(SHADOW_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let mut out: Vec<String> = Vec::new();
+        for v in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            check_version(v)?;
+            if !out.iter().any(|o| o == v) {
+                out.push(v.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    fn write_shadows(&self, versions: &[String]) -> Result<(), ModelError> {
+        let text: String = versions.iter().map(|v| format!("{v}\n")).collect();
+        self.replace_file(SHADOW_FILE, &text)
+    }
+
+    /// Adds a published `version` to the shadow list: the pipeline scores it
+    /// at every live-outcome snapshot from its next registry poll on. Fails
+    /// for the live version, or beyond [`MAX_SHADOWS`].
+    pub fn add_shadow(&self, version: &str) -> Result<(), ModelError> {
+        self.require(version)?;
+        if self.current()?.as_deref() == Some(version) {
+            return Err(ModelError::Shadow(format!(
+                "{version} is the live version (CURRENT): it is scored as the champion"
+            )));
+        }
+        let mut shadows = self.shadows()?;
+        if shadows.iter().any(|v| v == version) {
+            return Ok(());
+        }
+        if shadows.len() >= MAX_SHADOWS {
+            return Err(ModelError::Shadow(format!(
+                "at most {MAX_SHADOWS} shadow versions ({} now): remove one first",
+                shadows.join(", ")
+            )));
+        }
+        shadows.push(version.to_string());
+        self.write_shadows(&shadows)
+    }
+
+    /// Removes `version` from the shadow list (no error when absent).
+    pub fn remove_shadow(&self, version: &str) -> Result<(), ModelError> {
+        check_version(version)?;
+        let shadows = self.shadows()?;
+        if !shadows.iter().any(|v| v == version) {
+            return Ok(());
+        }
+        let rest: Vec<String> = shadows.into_iter().filter(|v| v != version).collect();
+        self.write_shadows(&rest)
     }
 
     /// Versions present, sorted.
@@ -456,5 +546,80 @@ impl Registry {
         }
         out.sort();
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::Featurizer;
+    use crate::state::StateLimits;
+
+    fn registry_with(versions: &[&str]) -> (tempfile::TempDir, Registry) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let registry = Registry::new(dir.path());
+        let limits = StateLimits::default();
+        let featurizer = Featurizer::new(FeatureSpec::for_state(limits), limits)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for v in versions {
+            let (onnx, manifest) = rules::build(&featurizer, v).unwrap_or_else(|e| panic!("{e}"));
+            registry
+                .publish(&onnx, &manifest)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        (dir, registry)
+    }
+
+    /// The shadow list keeps published versions other than the live one,
+    /// at most `MAX_SHADOWS`, each once and in order; promoting a shadow
+    /// takes it out of the list.
+    #[test]
+    fn shadows_are_published_versions_apart_from_the_live_one() {
+        let (_dir, r) = registry_with(&["a", "b", "c", "d", "e"]);
+        let ok = |res: Result<(), ModelError>| res.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.shadows().ok(), Some(vec![]));
+        ok(r.promote("a"));
+        let live = r
+            .add_shadow("a")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(live.contains("live version"), "{live}");
+        assert!(r.add_shadow("nope").is_err(), "not published");
+        assert!(matches!(
+            r.add_shadow("../x"),
+            Err(ModelError::BadVersion(_))
+        ));
+        ok(r.add_shadow("b"));
+        ok(r.add_shadow("c"));
+        ok(r.add_shadow("b"));
+        ok(r.add_shadow("d"));
+        assert_eq!(
+            r.shadows().ok(),
+            Some(vec!["b".into(), "c".into(), "d".into()])
+        );
+        let full = r
+            .add_shadow("e")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(full.contains("at most 3"), "{full}");
+        ok(r.remove_shadow("c"));
+        ok(r.remove_shadow("c"));
+        ok(r.add_shadow("e"));
+        assert_eq!(
+            r.shadows().ok(),
+            Some(vec!["b".into(), "d".into(), "e".into()])
+        );
+        ok(r.promote("d"));
+        assert_eq!(r.current().ok().flatten().as_deref(), Some("d"));
+        assert_eq!(r.shadows().ok(), Some(vec!["b".into(), "e".into()]));
+        // A hand-edited list: blank lines and repeats are ignored, a bad
+        // name is an error.
+        std::fs::write(r.root().join(SHADOW_FILE), "b\n\n b \ne\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.shadows().ok(), Some(vec!["b".into(), "e".into()]));
+        std::fs::write(r.root().join(SHADOW_FILE), "b\n../etc\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(r.shadows().is_err());
     }
 }

@@ -56,7 +56,7 @@ pub mod directory;
 mod error;
 mod http;
 mod intake;
-mod outcomes;
+pub mod outcomes;
 pub mod output;
 mod partitions;
 mod rebalance;
@@ -212,6 +212,11 @@ async fn run_with(
     };
     info!(version = %model.version, provider = model.provider.as_str(), "Serving model.");
     let scorer = Arc::new(Scorer::start(&cfg.score, model, metrics.clone()));
+    if !cfg.output.outcomes_topic.is_empty() {
+        if let Some(shadows) = tokio::task::block_in_place(|| watcher.poll_shadows()) {
+            scorer.set_shadows(shadows);
+        }
+    }
     {
         let scorer = scorer.clone();
         services.on_stop("inference", move || scorer.shutdown());
@@ -223,6 +228,8 @@ async fn run_with(
     {
         let interval = cfg.score.poll_interval;
         let scorer = scorer.clone();
+        // Shadows are scored at the live-outcome snapshots only.
+        let shadowing = !cfg.output.outcomes_topic.is_empty();
         services
             .thread("model-watch", move |stop| {
                 while stop.wait(interval) {
@@ -231,6 +238,11 @@ async fn run_with(
                         scorer.swap(*m);
                         if model_tx.send(version).is_err() {
                             return;
+                        }
+                    }
+                    if shadowing {
+                        if let Some(shadows) = watcher.poll_shadows() {
+                            scorer.set_shadows(shadows);
                         }
                     }
                 }

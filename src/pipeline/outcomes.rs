@@ -98,15 +98,7 @@ impl Pipeline {
                 return Ok(());
             };
             for (row, c) in chunk.iter().enumerate().take(scores.rows) {
-                let best = crate::decide::argmax(scores.segment_probs(row)).unwrap_or(0);
-                let predicted = Predicted {
-                    model_version: scores.model_version.to_string(),
-                    segment: scores.segments.get(best).cloned().unwrap_or_default(),
-                    purchase_probability: scores.outputs.purchase_probability[row],
-                    churn_probability: scores.outputs.churn_probability[row],
-                    predicted_spend: scores.outputs.predicted_spend[row],
-                    role: String::new(),
-                };
+                let predicted = predicted_of(&scores, row, "");
                 store.fill_snapshot(&c.customer_id, c.cut_ms, &predicted);
             }
             // The baselines, on the same customers as of the same cut.
@@ -114,11 +106,50 @@ impl Pipeline {
                 let c = &chunk[row];
                 store.fill_snapshot(&c.customer_id, c.cut_ms, &predicted);
             }
+            // The shadow models, each with its own featurizer.
+            for shadow in self.scorer.shadows().iter() {
+                let batch = shadow
+                    .featurizer
+                    .featurize(&states, cut)
+                    .map_err(|e| TxnError::Fatal(PipelineError::Features(e)))?;
+                let scores = self
+                    .scorer
+                    .score(shadow.clone(), batch)
+                    .await
+                    .map_err(|e| {
+                        TxnError::Abortable(format!("scoring shadow snapshots failed: {e}"))
+                    })?;
+                let Some(store) = self.partitions.stores.get_mut(&p) else {
+                    return Ok(());
+                };
+                for (row, c) in chunk.iter().enumerate().take(scores.rows) {
+                    let predicted = predicted_of(&scores, row, SHADOW);
+                    store.fill_snapshot(&c.customer_id, c.cut_ms, &predicted);
+                }
+            }
             start = end;
         }
         Ok(())
     }
 }
+
+/// A served model's prediction for row `row` of `scores`.
+fn predicted_of(scores: &crate::score::Scores, row: usize, role: &str) -> Predicted {
+    let best = crate::decide::argmax(scores.segment_probs(row)).unwrap_or(0);
+    Predicted {
+        model_version: scores.model_version.to_string(),
+        segment: scores.segments.get(best).cloned().unwrap_or_default(),
+        purchase_probability: scores.outputs.purchase_probability[row],
+        churn_probability: scores.outputs.churn_probability[row],
+        predicted_spend: scores.outputs.predicted_spend[row],
+        role: role.to_string(),
+    }
+}
+
+/// `role` of a shadow model's snapshots and outcomes.
+pub const SHADOW: &str = "shadow";
+/// `role` of a baseline's snapshots and outcomes.
+pub const BASELINE: &str = "baseline";
 
 /// `model_version` of the rule-model baseline.
 pub const RFM_RULES: &str = "rfm_rules";
@@ -180,7 +211,7 @@ pub(super) fn baselines_of(
                 purchase_probability: rules.purchase_probability[i],
                 churn_probability: rules.churn_probability[i],
                 predicted_spend: rules.predicted_spend[i],
-                role: "baseline".to_string(),
+                role: BASELINE.to_string(),
             },
         ));
     }
@@ -197,7 +228,7 @@ pub(super) fn baselines_of(
                     purchase_probability: p as f32,
                     churn_probability: (1.0 - p) as f32,
                     predicted_spend: spend as f32,
-                    role: "baseline".to_string(),
+                    role: BASELINE.to_string(),
                 },
             ));
         }

@@ -389,6 +389,8 @@ struct Job {
 /// The scoring service: the live model and the inference threads.
 pub struct Scorer {
     live: Arc<RwLock<Arc<LoadedModel>>>,
+    /// Shadow models: scored at the live-outcome snapshots only.
+    shadows: RwLock<Arc<[Arc<LoadedModel>]>>,
     /// `None` once shut down.
     queue: Mutex<Option<SyncSender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -415,6 +417,7 @@ impl Scorer {
             .collect();
         Scorer {
             live: Arc::new(RwLock::new(Arc::new(model))),
+            shadows: RwLock::new(Arc::from(Vec::new())),
             queue: Mutex::new(Some(tx)),
             threads: Mutex::new(threads),
             metrics,
@@ -426,6 +429,24 @@ impl Scorer {
         match self.live.read() {
             Ok(g) => g.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The shadow models (see [`crate::model::SHADOW_FILE`]).
+    pub fn shadows(&self) -> Arc<[Arc<LoadedModel>]> {
+        match self.shadows.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the shadow models.
+    pub fn set_shadows(&self, models: Vec<Arc<LoadedModel>>) {
+        self.metrics.shadow_models.set(models.len() as i64);
+        let models: Arc<[Arc<LoadedModel>]> = Arc::from(models);
+        match self.shadows.write() {
+            Ok(mut g) => *g = models,
+            Err(poisoned) => *poisoned.into_inner() = models,
         }
     }
 

@@ -2,6 +2,10 @@
 //! model off the hot path, and hands it over for an atomic swap. A model
 //! that fails validation is rejected once (counted and logged) and not
 //! retried until `CURRENT` changes again; the old model keeps serving.
+//! It also keeps the shadow models (`SHADOW`: scored at the live-outcome
+//! snapshots only) loaded, with the same checks.
+
+use std::sync::Arc;
 
 use tracing::{error, info};
 
@@ -34,6 +38,9 @@ pub struct ModelWatcher {
     state: StateLimits,
     live: Option<String>,
     rejected: Option<String>,
+    /// The shadow list last acted on, and the shadow models it loaded.
+    shadow_list: Option<Vec<String>>,
+    shadows: Vec<Arc<LoadedModel>>,
     metrics: Metrics,
 }
 
@@ -46,12 +53,19 @@ impl ModelWatcher {
             state,
             live: None,
             rejected: None,
+            shadow_list: None,
+            shadows: Vec::new(),
             metrics,
         }
     }
 
-    /// Loads `version` (blocking).
+    /// Loads `version` (blocking) with one session per inference thread.
     fn load(&self, version: &str) -> Result<LoadedModel, ScoreError> {
+        self.load_with(version, self.cfg.inference_threads)
+    }
+
+    /// Loads `version` (blocking) with `sessions` sessions.
+    fn load_with(&self, version: &str, sessions: usize) -> Result<LoadedModel, ScoreError> {
         let dir = self.registry.dir(version).map_err(|e| ScoreError::Load {
             version: version.to_string(),
             message: e.to_string(),
@@ -69,7 +83,57 @@ impl ModelWatcher {
                 ),
             });
         }
-        LoadedModel::load(&self.cfg, &files, self.state, self.cfg.inference_threads)
+        LoadedModel::load(&self.cfg, &files, self.state, sessions)
+    }
+
+    /// Checks `SHADOW` once; blocking. Returns the shadow models to score
+    /// when the list changed (the live version and versions beyond
+    /// [`crate::model::MAX_SHADOWS`] left out; a shadow that fails its
+    /// checks is logged, counted and left out until the list changes).
+    pub fn poll_shadows(&mut self) -> Option<Vec<Arc<LoadedModel>>> {
+        let listed = match self.registry.shadows() {
+            Ok(l) => l,
+            Err(e) => {
+                error!(error = %e, "Cannot read the model registry's SHADOW list.");
+                self.metrics
+                    .model_load_failures
+                    .with_label_values(&["registry"])
+                    .inc();
+                return None;
+            }
+        };
+        let wanted: Vec<String> = listed
+            .into_iter()
+            .filter(|v| self.live.as_deref() != Some(v.as_str()))
+            .take(crate::model::MAX_SHADOWS)
+            .collect();
+        if self.shadow_list.as_ref() == Some(&wanted) {
+            return None;
+        }
+        let mut next = Vec::with_capacity(wanted.len());
+        for v in &wanted {
+            if let Some(m) = self.shadows.iter().find(|m| &*m.version == v.as_str()) {
+                next.push(m.clone());
+                continue;
+            }
+            // One session: a shadow scores snapshots only.
+            match self.load_with(v, 1) {
+                Ok(m) => {
+                    info!(version = %v, "Loaded a shadow model: it is scored at the live-outcome snapshots.");
+                    next.push(Arc::new(m));
+                }
+                Err(error) => {
+                    error!(version = %v, error = %error, "Rejected a shadow model; it is not scored.");
+                    self.metrics
+                        .model_load_failures
+                        .with_label_values(&[error.reason()])
+                        .inc();
+                }
+            }
+        }
+        self.shadow_list = Some(wanted);
+        self.shadows.clone_from(&next);
+        Some(next)
     }
 
     /// Checks `CURRENT` once; blocking (loads and validates a new model).

@@ -56,7 +56,7 @@ pub struct Snapshot {
     /// Whether the prediction is filled in (captured snapshots are scored
     /// in the cycle that captures them).
     pub scored: bool,
-    /// Who predicted: "" for the served model, `baseline`, `challenger`.
+    /// Who predicted: "" for the served model, `baseline` or `shadow`.
     pub role: String,
 }
 
@@ -165,7 +165,7 @@ pub struct Predicted {
     pub churn_probability: f32,
     /// Predicted spend (minor units).
     pub predicted_spend: f32,
-    /// Who predicted: "" for the served model, `baseline`, `challenger`.
+    /// Who predicted: "" for the served model, `baseline` or `shadow`.
     pub role: String,
 }
 

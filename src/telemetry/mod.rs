@@ -74,6 +74,8 @@ pub struct Metrics {
     pub model_info: IntGaugeVec,
     /// Models swapped in.
     pub model_swaps: IntCounter,
+    /// Shadow models loaded (scored at the live-outcome snapshots only).
+    pub shadow_models: IntGauge,
     /// Models rejected or not loadable, by reason.
     pub model_load_failures: IntCounterVec,
     /// Seconds per inference run.
@@ -221,6 +223,10 @@ impl Metrics {
                 "segstream_model_swaps_total",
                 "Models swapped in without a restart.",
             )?,
+            shadow_models: gauge(
+                "segstream_shadow_models",
+                "Shadow models loaded: scored at the live-outcome snapshots only.",
+            )?,
             model_load_failures: counter_vec(
                 "segstream_model_load_failures_total",
                 "Models rejected or not loadable, by reason.",
@@ -316,6 +322,7 @@ impl Metrics {
             Box::new(m.restore_duration.clone()),
             Box::new(m.model_info.clone()),
             Box::new(m.model_swaps.clone()),
+            Box::new(m.shadow_models.clone()),
             Box::new(m.model_load_failures.clone()),
             Box::new(m.inference_seconds.clone()),
             Box::new(m.inference_batch_rows.clone()),

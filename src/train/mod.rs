@@ -681,6 +681,35 @@ fn train_in_pool(
         golden,
     };
     let dir = registry.publish(&onnx, &manifest)?;
+    // With live promotion a serving champion is replaced on live evidence
+    // only: the new version goes into the shadow.
+    let shadowed = promote
+        && champion.is_some()
+        && !options.force
+        && config.train.promote_on == crate::config::PromoteOn::Live;
+    let (promote, decision) = if shadowed {
+        // A full shadow list gives up its oldest version (periodic training
+        // keeps the newest candidates in the shadow).
+        let shadows = registry.shadows()?;
+        if let Some(oldest) = shadows
+            .first()
+            .filter(|_| shadows.len() >= crate::model::MAX_SHADOWS)
+        {
+            tracing::info!(version = %oldest, "The shadow list is full: its oldest version leaves it.");
+            registry.remove_shadow(oldest)?;
+        }
+        registry.add_shadow(&version)?;
+        (
+            false,
+            format!(
+                "{decision}; train.promote_on = \"live\": published as a shadow model, \
+                 promoted by `segstream model promote {version} --live` once its live outcomes \
+                 are ahead of the champion's"
+            ),
+        )
+    } else {
+        (promote, decision)
+    };
     if promote {
         registry.promote(&version)?;
     }

@@ -172,7 +172,7 @@ impl PartitionStore {
     /// Fills in a prediction of `id`'s snapshot at `cut_ms`, in the state
     /// or among the resolved ones (a horizon that passed in the same
     /// cycle): the first fills the captured snapshot, each further one (a
-    /// baseline, a challenger) adds a snapshot of the same cut. Returns
+    /// baseline, a shadow model) adds a snapshot of the same cut. Returns
     /// whether the snapshot was found.
     pub fn fill_snapshot(&mut self, id: &str, cut_ms: i64, p: &Predicted) -> bool {
         // A snapshot is in the state until resolved, and never in both
