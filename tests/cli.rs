@@ -298,6 +298,7 @@ fn model_promote_live_needs_enough_outcomes_ahead_of_the_champion() {
                 realized_segment: if bought { "active_buyer" } else { "browser" }.into(),
                 resolved_at_ms: 0,
                 role: role.into(),
+                feature_bins: Vec::new(),
             };
             lines.push_str(&serde_json::to_string(&OutcomeJson::new(&o)).unwrap());
             lines.push('\n');

@@ -126,6 +126,7 @@ fn outcomes_in_json_conform_to_their_schema() {
         realized_segment: "browser".into(),
         resolved_at_ms: NOW,
         role: "champion".into(),
+        feature_bins: vec![0, 9, 3],
     };
     let record = for_outcome(&out, &outcome).unwrap();
     assert_eq!(
@@ -139,7 +140,7 @@ fn outcomes_in_json_conform_to_their_schema() {
         .collect();
     assert!(errors.is_empty(), "{json}: {errors:?}");
     // Every field is present, defaults included (false, 0).
-    assert_eq!(json.as_object().map(|o| o.len()), Some(14), "{json}");
+    assert_eq!(json.as_object().map(|o| o.len()), Some(15), "{json}");
     let mut broken = json.clone();
     broken["realized_segment"] = "gold".into();
     assert!(!validator.is_valid(&broken));

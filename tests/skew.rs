@@ -317,6 +317,56 @@ fn check_outcomes(
         .map(|o| (o.customer_id.clone(), o.cut_ms))
         .collect();
     assert_eq!(keys.len(), published.len(), "an outcome published twice");
+    // Drift: every champion outcome carries its features' bins in the
+    // model's reference, and the report reads a finite index per cut and
+    // feature from them.
+    let reference = files
+        .manifest
+        .reference
+        .as_ref()
+        .expect("a trained model's manifest has a drift reference");
+    let f = segstream::features::CUSTOMER_DIM;
+    assert_eq!(reference.features.len(), f);
+    for o in &published {
+        assert_eq!(o.feature_bins.len(), f, "{o:?}");
+        for (b, binned) in o.feature_bins.iter().zip(&reference.features) {
+            assert!((*b as usize) < binned.bins(), "{} bin {b}", binned.name);
+        }
+    }
+    let drift = segstream::report::drift(
+        &published,
+        &BTreeMap::from([(files.manifest.version.clone(), reference.clone())]),
+    );
+    let cut_count = published
+        .iter()
+        .map(|o| o.cut_ms)
+        .collect::<BTreeSet<_>>()
+        .len();
+    assert_eq!(drift.len(), cut_count * (f + 3));
+    assert!(drift.iter().all(|d| d.psi.is_finite() && d.psi >= 0.0));
+    let top = drift.iter().max_by(|a, b| a.psi.total_cmp(&b.psi)).unwrap();
+    let last = drift.iter().map(|d| d.cut_ms).max().unwrap();
+    let top_last = drift
+        .iter()
+        .filter(|d| d.cut_ms == last)
+        .max_by(|a, b| a.psi.total_cmp(&b.psi))
+        .unwrap();
+    eprintln!(
+        "drift: {} indexes over {cut_count} cuts; largest {} {:.3} at {}; at the last cut {} {:.3}",
+        drift.len(),
+        top.feature,
+        top.psi,
+        top.cut_ms,
+        top_last.feature,
+        top_last.psi
+    );
+    let at = |f: &str| reference.features.iter().find(|b| b.name == f).unwrap();
+    eprintln!(
+        "reference {}: {:?} {:?}",
+        top.feature,
+        at(&top.feature).edges,
+        at(&top.feature).shares
+    );
     let rules = LabelRules::from_config(&settings.train);
     let ms = |d: std::time::Duration| d.as_millis() as i64;
     let (every, horizon, lookback) = (

@@ -530,13 +530,40 @@ pub(crate) struct ReportArgs {
     /// Reading the topic: stop once no record came for this long.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     idle: Duration,
+    /// The model registry whose manifests hold the drift references
+    /// (default: score.registry); drift is left out for versions not there.
+    #[arg(long)]
+    registry: Option<PathBuf>,
 }
 
 /// Reads the live outcomes (the topic from its beginning, or a file),
 /// prints the live quality table and writes the report.
 pub(crate) async fn report_command(config: Config, a: ReportArgs) -> Result<(), Failure> {
     let (outcomes, source) = read_outcomes(&config, a.file.as_deref(), a.idle).await?;
-    let live = segstream::report::summarize(&outcomes);
+    let mut live = segstream::report::summarize(&outcomes);
+    // The champions' drift references, from their manifests.
+    let registry =
+        segstream::model::Registry::new(a.registry.unwrap_or(config.score.registry.clone()));
+    let mut references = std::collections::BTreeMap::new();
+    let versions: std::collections::BTreeSet<&String> = outcomes
+        .iter()
+        .filter(|o| o.role == "champion" && !o.feature_bins.is_empty())
+        .map(|o| &o.model_version)
+        .collect();
+    for v in versions {
+        let manifest = registry.dir(v).and_then(|d| {
+            segstream::model::Manifest::read(&d.join(segstream::model::MANIFEST_FILE))
+        });
+        match manifest {
+            Ok(m) => {
+                if let Some(r) = m.reference {
+                    references.insert(v.clone(), r);
+                }
+            }
+            Err(e) => eprintln!("no drift for {v}: {e}"),
+        }
+    }
+    live.drift = segstream::report::drift(&outcomes, &references);
     let figures = segstream::report::figures(&outcomes, &live)
         .map_err(|e| InvalidInput(format!("drawing the figures: {e}")))?;
     let flows = segstream::report::flows(&outcomes);

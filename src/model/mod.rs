@@ -7,6 +7,7 @@
 //! contracts; loading into ONNX Runtime and validation against a session is
 //! the `score` module's job.
 
+pub mod drift;
 pub mod onnx;
 pub mod reference;
 pub mod rules;
@@ -202,6 +203,11 @@ pub struct Manifest {
     pub metrics: BTreeMap<String, f64>,
     /// Golden inputs and outputs.
     pub golden: Golden,
+    /// The distributions of its customer features and outputs on its
+    /// validation examples, against which live drift is measured (models
+    /// `segstream train` makes; none for built-in models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<drift::Reference>,
 }
 
 impl Manifest {

@@ -386,6 +386,7 @@ pub fn build(
             inputs,
             outputs,
         },
+        reference: None,
     };
     Ok((model.to_onnx(version), manifest))
 }

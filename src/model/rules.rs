@@ -156,6 +156,7 @@ pub fn build(
             inputs,
             outputs,
         },
+        reference: None,
     };
     Ok((to_onnx(&spec, version), manifest))
 }

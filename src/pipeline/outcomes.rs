@@ -10,6 +10,7 @@ use super::{Pipeline, PipelineError, TxnError};
 use crate::event::proto::Outcome;
 use crate::ingest;
 use crate::state::{CustomerState, Predicted, Resolved};
+use crate::telemetry::drift::{Quantity, Scored};
 use crate::train::examples::LabelRules;
 
 impl Pipeline {
@@ -97,9 +98,50 @@ impl Pipeline {
             let Some(store) = self.partitions.stores.get_mut(&p) else {
                 return Ok(());
             };
+            // The champion's features, binned against its drift reference.
+            let f = crate::features::CUSTOMER_DIM;
+            let reference = model
+                .manifest
+                .reference
+                .as_ref()
+                .filter(|r| r.features.len() == f);
+            let bins: Vec<Vec<u8>> = match reference {
+                Some(r) => rows.chunks(f).map(|row| r.feature_bins(row)).collect(),
+                None => Vec::new(),
+            };
             for (row, c) in chunk.iter().enumerate().take(scores.rows) {
-                let predicted = predicted_of(&scores, row, "");
+                let mut predicted = predicted_of(&scores, row, "");
+                if let Some(b) = bins.get(row) {
+                    predicted.feature_bins.clone_from(b);
+                }
                 store.fill_snapshot(&c.customer_id, c.cut_ms, &predicted);
+            }
+            if let Some(r) = reference {
+                let o = &scores.outputs;
+                let all = crate::model::drift::quantity_bins(
+                    r,
+                    &bins,
+                    [
+                        &o.purchase_probability,
+                        &o.churn_probability,
+                        &o.predicted_spend,
+                    ],
+                );
+                let quantities: Vec<Quantity<'_>> = r
+                    .features
+                    .iter()
+                    .chain(&r.outputs)
+                    .map(|b| Quantity {
+                        name: &b.name,
+                        shares: &b.shares,
+                    })
+                    .collect();
+                self.telemetry.metrics.drift.observe(Scored {
+                    version: &scores.model_version,
+                    cut_ms: cut,
+                    quantities: &quantities,
+                    bins: &all,
+                });
             }
             // The baselines, on the same customers as of the same cut.
             for (row, predicted) in baselines_of(model.featurizer.spec(), &rows) {
@@ -143,6 +185,7 @@ fn predicted_of(scores: &crate::score::Scores, row: usize, role: &str) -> Predic
         churn_probability: scores.outputs.churn_probability[row],
         predicted_spend: scores.outputs.predicted_spend[row],
         role: role.to_string(),
+        feature_bins: Vec::new(),
     }
 }
 
@@ -212,6 +255,7 @@ pub(super) fn baselines_of(
                 churn_probability: rules.churn_probability[i],
                 predicted_spend: rules.predicted_spend[i],
                 role: BASELINE.to_string(),
+                feature_bins: Vec::new(),
             },
         ));
     }
@@ -229,6 +273,7 @@ pub(super) fn baselines_of(
                     churn_probability: (1.0 - p) as f32,
                     predicted_spend: spend as f32,
                     role: BASELINE.to_string(),
+                    feature_bins: Vec::new(),
                 },
             ));
         }
@@ -264,6 +309,14 @@ pub(super) fn outcome_of(rules: &LabelRules, r: Resolved, resolved_at_ms: i64) -
             "champion".to_string()
         } else {
             s.role
+        },
+        feature_bins: if s.feature_bins.is_empty() {
+            Vec::new()
+        } else {
+            (0..crate::features::CUSTOMER_DIM)
+                .filter_map(|j| crate::model::drift::unpacked(&s.feature_bins, j))
+                .map(|b| b as u32)
+                .collect()
         },
     }
 }
@@ -350,6 +403,9 @@ mod tests {
                 .featurize(&[&state], cut)
                 .unwrap_or_else(|e| panic!("{e}"));
             let rows = customer_rows(&batch).unwrap_or_else(|e| panic!("{e}"));
+            // The live customer features are the example's (what drift's
+            // bins are taken of).
+            assert_eq!(rows.as_slice(), set.customer_features_of(i));
             let live = baselines_of(featurizer.spec(), &rows);
             assert_eq!(live.len(), 2);
             let (r, b) = (&live[0].1, &live[1].1);

@@ -168,8 +168,12 @@ pub struct OutcomeJson {
     pub realized_segment: String,
     /// Wall clock of the resolution (ms).
     pub resolved_at_ms: i64,
-    /// `champion` or `baseline`.
+    /// `champion`, `baseline` or `shadow`.
     pub role: String,
+    /// The champion's customer features as of the cut, binned against its
+    /// drift reference (empty without one).
+    #[serde(default)]
+    pub feature_bins: Vec<u32>,
 }
 
 impl OutcomeJson {
@@ -190,6 +194,7 @@ impl OutcomeJson {
             realized_segment: o.realized_segment.clone(),
             resolved_at_ms: o.resolved_at_ms,
             role: o.role.clone(),
+            feature_bins: o.feature_bins.clone(),
         }
     }
 }
@@ -212,6 +217,7 @@ impl OutcomeJson {
             realized_segment: self.realized_segment,
             resolved_at_ms: self.resolved_at_ms,
             role: self.role,
+            feature_bins: self.feature_bins,
         }
     }
 }

@@ -103,6 +103,7 @@ fn write_snapshot(s: &Snapshot, w: &mut Vec<u8>) {
     scalar(w, 7, u64::from(s.purchased_before));
     scalar(w, 8, u64::from(s.scored));
     string(w, 9, &s.role);
+    super::wire::out::bytes(w, 10, s.feature_bins.iter().copied());
 }
 
 fn write_recent(state: &CustomerState, w: &mut Vec<u8>) {
@@ -246,6 +247,7 @@ pub(crate) fn snapshot_to_proto(s: &Snapshot) -> proto::Snapshot {
         purchased_before: s.purchased_before,
         scored: s.scored,
         role: s.role.clone(),
+        feature_bins: s.feature_bins.clone(),
     }
 }
 
@@ -261,6 +263,7 @@ pub(crate) fn snapshot_of_proto(s: &proto::Snapshot) -> Snapshot {
         purchased_before: s.purchased_before,
         scored: s.scored,
         role: s.role.clone(),
+        feature_bins: s.feature_bins.clone(),
     }
 }
 
@@ -503,6 +506,10 @@ fn parse_snapshot(mut w: Wire<'_>) -> Result<Snapshot, CodecError> {
             7 => s.purchased_before = uint(&mut w, wire)? != 0,
             8 => s.scored = uint(&mut w, wire)? != 0,
             9 => s.role = string(&mut w, wire)?.to_string(),
+            10 => {
+                expect(wire, LEN)?;
+                s.feature_bins = w.len_delimited()?.to_vec();
+            }
             _ => w.skip(field, wire, 1)?,
         }
     }
@@ -845,6 +852,7 @@ mod tests {
                     purchased_before: true,
                     scored: true,
                     role: "baseline".into(),
+                    feature_bins: vec![0x21, 0x09],
                 },
                 proto::Snapshot {
                     cut_ms: 1_790_604_799_999,

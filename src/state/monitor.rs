@@ -58,6 +58,10 @@ pub struct Snapshot {
     pub scored: bool,
     /// Who predicted: "" for the served model, `baseline` or `shadow`.
     pub role: String,
+    /// The served model's customer features as of the cut, binned against
+    /// its drift reference ([`crate::model::drift::Reference::feature_bins`];
+    /// empty without one, and for the other roles).
+    pub feature_bins: Vec<u8>,
 }
 
 /// What a customer did in `(t, t + horizon]`, from their daily buckets.
@@ -167,6 +171,8 @@ pub struct Predicted {
     pub predicted_spend: f32,
     /// Who predicted: "" for the served model, `baseline` or `shadow`.
     pub role: String,
+    /// See [`Snapshot::feature_bins`].
+    pub feature_bins: Vec<u8>,
 }
 
 impl Snapshot {
@@ -178,6 +184,7 @@ impl Snapshot {
         self.churn_probability = p.churn_probability;
         self.predicted_spend = p.predicted_spend;
         self.role.clone_from(&p.role);
+        self.feature_bins.clone_from(&p.feature_bins);
         self.scored = true;
     }
 }

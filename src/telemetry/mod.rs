@@ -12,6 +12,7 @@
 //! This module owns no I/O: the HTTP endpoints are served by
 //! `pipeline::http`, which renders [`Metrics::render`].
 
+pub mod drift;
 pub mod kafka_log;
 pub mod outcomes;
 mod tally;
@@ -116,6 +117,8 @@ pub struct Metrics {
     pub risk_flags: IntCounterVec,
     /// Live outcomes: quality per model version.
     pub outcomes: outcomes::OutcomeMetrics,
+    /// Drift of the served model's inputs and outputs at the live-outcome cuts.
+    pub drift: drift::DriftMetrics,
 }
 
 fn counter(name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
@@ -301,6 +304,7 @@ impl Metrics {
                 &["rule", "state"],
             )?,
             outcomes: outcomes::OutcomeMetrics::new()?,
+            drift: drift::DriftMetrics::new()?,
             stalled: gauge(
                 "segstream_stalled",
                 "1 while the instance is stalled: no committed cycle for pipeline.stall_timeout while records wait, or a Kafka client call past pipeline.call_deadline.",
@@ -343,6 +347,7 @@ impl Metrics {
             Box::new(m.risk_flags.clone()),
         ];
         collectors.extend(m.outcomes.collectors());
+        collectors.extend(m.drift.collectors());
         // process_cpu_seconds_total, process_resident_memory_bytes,
         // process_open_fds, process_threads, process_start_time_seconds, ...
         #[cfg(target_os = "linux")]

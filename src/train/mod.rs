@@ -534,6 +534,21 @@ fn train_in_pool(
             output: output.to_string(),
         });
     }
+    // Drift's reference: the validation examples' customer features, and
+    // the exported model's outputs on the parity sample.
+    let reference = {
+        let f = crate::features::CUSTOMER_DIM;
+        let rows: Vec<f32> = (0..val_set.len())
+            .flat_map(|i| val_set.customer_features_of(i).iter().copied())
+            .collect();
+        let mut r = crate::model::drift::Reference::fit(
+            &rows,
+            &crate::features::customer_feature_names()[..f],
+            &theirs,
+        );
+        r.examples = val_set.len();
+        r
+    };
     // Golden I/O: validation examples, with the served model's outputs.
     let golden = Golden {
         tolerance: tc.parity_tolerance,
@@ -679,6 +694,7 @@ fn train_in_pool(
         }),
         metrics: stored,
         golden,
+        reference: Some(reference),
     };
     let dir = registry.publish(&onnx, &manifest)?;
     // With live promotion a serving champion is replaced on live evidence

@@ -52,6 +52,8 @@ fn predicted() -> Predicted {
         churn_probability: 0.5,
         predicted_spend: 10.0,
         role: String::new(),
+        // A trained champion's: one bin per customer feature, packed.
+        feature_bins: vec![0x95; crate::features::CUSTOMER_DIM.div_ceil(2)],
     }
 }
 
@@ -292,6 +294,7 @@ fn a_jump_past_the_horizon_fills_the_resolved_snapshots() {
     let baseline = Predicted {
         model_version: "rfm_rules".into(),
         role: "baseline".into(),
+        feature_bins: Vec::new(),
         ..predicted()
     };
     for c in &captures {

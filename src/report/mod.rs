@@ -1,20 +1,21 @@
 //! The live quality report (`segstream report`): the outcomes the pipeline
 //! published (`output.outcomes_topic`), per model version and cut, as a
-//! table (champion against the baselines, with paired bootstrap intervals)
-//! and as one self-contained HTML page of figures drawn with `plotters`:
-//! live AUC and calibration per cut, a reliability diagram, a gains chart,
-//! realized rates per predicted segment, and the champion's segment flows
-//! between cuts.
+//! table (champion against the baselines, shadow models against the
+//! champion, with paired bootstrap intervals), the drift of the champion's
+//! inputs and outputs against its training reference, and one
+//! self-contained HTML page of figures drawn with `plotters`
+//! ([`figures`]): live AUC and calibration per cut, a reliability diagram,
+//! a gains chart, realized rates per predicted segment, drift per cut, and
+//! the champion's segment flows between cuts ([`page`]).
+
+mod figures;
+mod page;
+
+pub use figures::{figures, Figure};
+pub use page::{flows, html};
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-
-use plotters::backend::SVGBackend;
-use plotters::chart::{ChartBuilder, SeriesLabelPosition};
-use plotters::drawing::IntoDrawingArea;
-use plotters::element::{Circle, PathElement, Rectangle};
-use plotters::series::LineSeries;
-use plotters::style::{Color, RGBColor, BLACK, WHITE};
 
 use crate::event::proto::Outcome;
 use crate::model::reference::Outputs;
@@ -65,9 +66,108 @@ pub struct Live {
     pub models: Vec<ModelRow>,
     /// Per model and cut.
     pub cuts: Vec<CutRow>,
-    /// Champion minus each baseline, on the customers and cuts both
-    /// predicted (paired bootstrap over customers).
+    /// Champion minus each baseline, and each shadow model minus the
+    /// champion, on the customers and cuts both predicted (paired
+    /// bootstrap over customers).
     pub margins: Vec<MarginLine>,
+    /// The champion's drift per cut and feature (or output), where its
+    /// manifest has a reference (see [`drift`]).
+    pub drift: Vec<DriftRow>,
+}
+
+/// One customer feature (or output) of the champion at one cut.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DriftRow {
+    /// Model version.
+    pub model: String,
+    /// Cut time (ms).
+    pub cut_ms: i64,
+    /// The feature's or output's name.
+    pub feature: String,
+    /// Population stability index against the training reference.
+    pub psi: f64,
+    /// Snapshots counted.
+    pub snapshots: usize,
+}
+
+/// The champion's drift at each cut: for every customer feature (from the
+/// outcomes' `feature_bins`) and output (from their predictions), the
+/// population stability index of the cut's snapshots against the
+/// reference in the model's manifest (`references`, by version; versions
+/// without one are left out).
+pub fn drift(
+    outcomes: &[Outcome],
+    references: &BTreeMap<String, crate::model::drift::Reference>,
+) -> Vec<DriftRow> {
+    use crate::model::drift::psi;
+    let mut groups: BTreeMap<(&str, i64), Vec<&Outcome>> = BTreeMap::new();
+    for o in outcomes
+        .iter()
+        .filter(|o| o.role == "champion" && !o.feature_bins.is_empty())
+    {
+        groups
+            .entry((o.model_version.as_str(), o.cut_ms))
+            .or_default()
+            .push(o);
+    }
+    let mut out = Vec::new();
+    for ((model, cut), rows) in groups {
+        let Some(r) = references.get(model) else {
+            continue;
+        };
+        for (j, b) in r.features.iter().enumerate() {
+            let mut counts = vec![0u64; b.bins()];
+            for o in &rows {
+                if let Some(c) = o
+                    .feature_bins
+                    .get(j)
+                    .and_then(|x| counts.get_mut(*x as usize))
+                {
+                    *c += 1;
+                }
+            }
+            out.push(DriftRow {
+                model: model.to_string(),
+                cut_ms: cut,
+                feature: b.name.clone(),
+                psi: psi(&b.shares, &counts),
+                snapshots: rows.len(),
+            });
+        }
+        let outputs: [fn(&Outcome) -> f32; 3] = [
+            |o| o.purchase_probability,
+            |o| o.churn_probability,
+            |o| o.predicted_spend,
+        ];
+        for (b, value) in r.outputs.iter().zip(outputs) {
+            let mut counts = vec![0u64; b.bins()];
+            for o in &rows {
+                counts[b.bin(value(o))] += 1;
+            }
+            out.push(DriftRow {
+                model: model.to_string(),
+                cut_ms: cut,
+                feature: b.name.clone(),
+                psi: psi(&b.shares, &counts),
+                snapshots: rows.len(),
+            });
+        }
+    }
+    out
+}
+
+/// The latest cut's drift rows of the latest model, largest index first.
+pub fn latest_drift(live: &Live) -> Vec<&DriftRow> {
+    let Some(last) = live.drift.iter().max_by_key(|d| d.cut_ms) else {
+        return Vec::new();
+    };
+    let mut rows: Vec<&DriftRow> = live
+        .drift
+        .iter()
+        .filter(|d| d.cut_ms == last.cut_ms && d.model == last.model)
+        .collect();
+    rows.sort_by(|a, b| b.psi.total_cmp(&a.psi));
+    rows
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -139,11 +239,6 @@ fn by_model(outcomes: &[Outcome]) -> Vec<((String, String), Vec<&Outcome>)> {
         .collect()
 }
 
-/// The colour of the `i`-th model of [`by_model`].
-fn colour(i: usize) -> RGBColor {
-    PALETTE[i % PALETTE.len()]
-}
-
 /// The live figures of `outcomes`.
 pub fn summarize(outcomes: &[Outcome]) -> Live {
     let groups = by_model(outcomes);
@@ -151,6 +246,7 @@ pub fn summarize(outcomes: &[Outcome]) -> Live {
         models: Vec::new(),
         cuts: Vec::new(),
         margins: Vec::new(),
+        drift: Vec::new(),
     };
     for ((role, model), rows) in &groups {
         let purchased: Vec<bool> = rows.iter().map(|o| o.purchased).collect();
@@ -373,439 +469,45 @@ pub fn markdown(live: &Live) -> String {
             );
         }
     }
+    let latest = latest_drift(live);
+    if let Some(top) = latest.first() {
+        let _ = writeln!(s);
+        let moved: Vec<String> = latest
+            .iter()
+            .filter(|d| d.psi >= crate::model::drift::PSI_MODERATE)
+            .map(|d| format!("{} {:.3} ({})", d.feature, d.psi, psi_word(d.psi)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "Drift of {} at the cut of {} ({} snapshots, PSI against the training reference): {}",
+            top.model,
+            day_of(top.cut_ms),
+            top.snapshots,
+            if moved.is_empty() {
+                format!("nothing moved (largest: {} {:.3}).", top.feature, top.psi)
+            } else {
+                format!("{} moved: {}.", moved.len(), moved.join(", "))
+            }
+        );
+    }
     s
 }
 
-/// A figure: its file name, title and SVG.
-#[derive(Debug, Clone)]
-pub struct Figure {
-    /// File name (`<name>.svg`).
-    pub name: &'static str,
-    /// Title.
-    pub title: String,
-    /// The SVG document.
-    pub svg: String,
-}
-
-type Drawn = Result<(), Box<dyn std::error::Error>>;
-
-const PALETTE: [RGBColor; 6] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-];
-
-fn days(ms: i64) -> f64 {
-    ms as f64 / 86_400_000.0
-}
-
-/// A day number (days since the epoch) as `YYYY-MM-DD`.
-fn date(days: f64) -> String {
-    let secs = (days * 86_400.0).max(0.0) as u64;
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-    humantime::format_rfc3339_seconds(t)
-        .to_string()
-        .chars()
-        .take(10)
-        .collect()
-}
-
-/// A chart of one line per model (in [`by_model`]'s order and colours).
-struct Lines<'a> {
-    title: &'a str,
-    x_desc: &'a str,
-    y_desc: &'a str,
-    x: std::ops::Range<f64>,
-    y: std::ops::Range<f64>,
-    /// Dates on the x axis (days since the epoch) instead of numbers.
-    dates: bool,
-    /// A grey reference line.
-    reference: [(f64, f64); 2],
-    /// Points marked on the lines.
-    markers: bool,
-    legend: SeriesLabelPosition,
-}
-
-impl Lines<'_> {
-    /// Draws `series` (model, points) as SVG.
-    fn draw(
-        &self,
-        series: &[(String, Vec<(f64, f64)>)],
-    ) -> Result<String, Box<dyn std::error::Error>> {
-        let mut svg = String::new();
-        {
-            let root = SVGBackend::with_string(&mut svg, (640, 360)).into_drawing_area();
-            root.fill(&WHITE)?;
-            let mut chart = ChartBuilder::on(&root)
-                .caption(self.title, ("sans-serif", 18))
-                .margin(12)
-                .x_label_area_size(36)
-                .y_label_area_size(48)
-                .build_cartesian_2d(self.x.clone(), self.y.clone())?;
-            let as_date = |d: &f64| date(*d);
-            let mut mesh = chart.configure_mesh();
-            mesh.x_desc(self.x_desc).y_desc(self.y_desc);
-            if self.dates {
-                mesh.x_labels(6).x_label_formatter(&as_date);
-            }
-            mesh.draw()?;
-            chart.draw_series(LineSeries::new(self.reference, BLACK.mix(0.3)))?;
-            for (i, (model, points)) in series.iter().enumerate() {
-                let color = colour(i);
-                chart
-                    .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-                    .label(model.as_str())
-                    .legend(move |(x, y)| {
-                        PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
-                    });
-                if self.markers {
-                    chart.draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
-                }
-            }
-            chart
-                .configure_series_labels()
-                .position(self.legend.clone())
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK.mix(0.3))
-                .draw()?;
-            root.present()?;
-        }
-        Ok(svg)
-    }
-}
-
-/// A line per model over the cuts (`value` of each cut row).
-fn per_cut(
-    live: &Live,
-    title: &str,
-    y_desc: &str,
-    y: std::ops::Range<f64>,
-    value: impl Fn(&CutRow) -> f64,
-    reference: f64,
-) -> Result<String, Box<dyn std::error::Error>> {
-    let (lo, hi) = live.cuts.iter().fold((f64::MAX, f64::MIN), |(a, b), c| {
-        (a.min(days(c.cut_ms)), b.max(days(c.cut_ms)))
-    });
-    let (lo, hi) = if lo > hi {
-        (0.0, 1.0)
+/// The usual reading of a population stability index.
+pub fn psi_word(psi: f64) -> &'static str {
+    use crate::model::drift::{PSI_MAJOR, PSI_MODERATE};
+    if psi >= PSI_MAJOR {
+        "major"
+    } else if psi >= PSI_MODERATE {
+        "moderate"
     } else {
-        (lo - 1.0, hi + 1.0)
-    };
-    let series: Vec<(String, Vec<(f64, f64)>)> = live
-        .models
-        .iter()
-        .map(|m| {
-            let points = live
-                .cuts
-                .iter()
-                .filter(|c| c.model == m.model)
-                .map(|c| (days(c.cut_ms), value(c)))
-                .filter(|(_, v)| v.is_finite())
-                .collect();
-            (m.model.clone(), points)
-        })
-        .collect();
-    Lines {
-        title,
-        x_desc: "cut (UTC day)",
-        y_desc,
-        x: lo..hi,
-        y,
-        dates: true,
-        reference: [(lo, reference), (hi, reference)],
-        markers: true,
-        legend: SeriesLabelPosition::UpperRight,
+        "none"
     }
-    .draw(&series)
 }
 
-/// Reliability diagram: per model, outcomes in ten bins of predicted
-/// purchase probability, mean prediction against realized rate.
-fn reliability(outcomes: &[Outcome]) -> Result<String, Box<dyn std::error::Error>> {
-    let series: Vec<(String, Vec<(f64, f64)>)> = by_model(outcomes)
-        .into_iter()
-        .map(|((_, model), rows)| {
-            let mut bins = [(0f64, 0f64, 0usize); 10];
-            for o in rows {
-                let p = f64::from(o.purchase_probability.clamp(0.0, 1.0));
-                let b = ((p * 10.0) as usize).min(9);
-                bins[b].0 += p;
-                bins[b].1 += f64::from(u8::from(o.purchased));
-                bins[b].2 += 1;
-            }
-            let points = bins
-                .iter()
-                .filter(|b| b.2 > 0)
-                .map(|b| (b.0 / b.2 as f64, b.1 / b.2 as f64))
-                .collect();
-            (model, points)
-        })
-        .collect();
-    Lines {
-        title: "Reliability: predicted against realized purchase rate",
-        x_desc: "mean predicted purchase probability (bin)",
-        y_desc: "realized purchase rate",
-        x: 0.0..1.0,
-        y: 0.0..1.0,
-        dates: false,
-        reference: [(0.0, 0.0), (1.0, 1.0)],
-        markers: true,
-        legend: SeriesLabelPosition::UpperLeft,
-    }
-    .draw(&series)
-}
-
-/// Gains: customers ranked by predicted purchase probability, the share of
-/// all purchasers found in the top share of customers, per model.
-fn gains(outcomes: &[Outcome]) -> Result<String, Box<dyn std::error::Error>> {
-    let series: Vec<(String, Vec<(f64, f64)>)> = by_model(outcomes)
-        .into_iter()
-        .map(|((_, model), rows)| {
-            let mut ranked: Vec<(f32, bool)> = rows
-                .iter()
-                .map(|o| (o.purchase_probability, o.purchased))
-                .collect();
-            ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
-            let total = ranked.iter().filter(|r| r.1).count().max(1) as f64;
-            let n = ranked.len().max(1) as f64;
-            let step = (ranked.len() / 100).max(1);
-            let mut found = 0usize;
-            let mut points = vec![(0.0, 0.0)];
-            for (j, r) in ranked.iter().enumerate() {
-                found += usize::from(r.1);
-                if (j + 1) % step == 0 || j + 1 == ranked.len() {
-                    points.push(((j + 1) as f64 / n, found as f64 / total));
-                }
-            }
-            (model, points)
-        })
-        .collect();
-    Lines {
-        title: "Gains: purchasers found among the top-ranked customers",
-        x_desc: "share of customers, highest predicted first",
-        y_desc: "share of purchasers",
-        x: 0.0..1.0,
-        y: 0.0..1.0,
-        dates: false,
-        reference: [(0.0, 0.0), (1.0, 1.0)],
-        markers: false,
-        legend: SeriesLabelPosition::LowerRight,
-    }
-    .draw(&series)
-}
-
-/// The champion's realized purchase and churn rates per predicted segment.
-fn by_segment(outcomes: &[Outcome]) -> Result<String, Box<dyn std::error::Error>> {
-    let champion: Vec<&Outcome> = outcomes.iter().filter(|o| o.role == "champion").collect();
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (640, 360)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let names: Vec<&str> = Segment::ALL.iter().map(|s| s.name()).collect();
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "Realized rates by predicted segment (champion)",
-                ("sans-serif", 18),
-            )
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(48)
-            .build_cartesian_2d(0f64..names.len() as f64, 0f64..1f64)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(names.len() * 2 + 1)
-            .x_label_formatter(&|x| {
-                let i = x.floor() as usize;
-                if (x - x.floor() - 0.5).abs() < 0.01 {
-                    names.get(i).map(|s| s.to_string()).unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            })
-            .y_desc("share of the segment's outcomes")
-            .draw()?;
-        for (k, (what, color)) in [("purchased", PALETTE[0]), ("churned", PALETTE[3])]
-            .into_iter()
-            .enumerate()
-        {
-            let bars: Vec<Rectangle<(f64, f64)>> = names
-                .iter()
-                .enumerate()
-                .filter_map(|(i, name)| {
-                    let rows: Vec<&&Outcome> =
-                        champion.iter().filter(|o| o.segment == *name).collect();
-                    if rows.is_empty() {
-                        return None;
-                    }
-                    let hit = rows
-                        .iter()
-                        .filter(|o| if k == 0 { o.purchased } else { o.churned })
-                        .count() as f64
-                        / rows.len() as f64;
-                    let x0 = i as f64 + 0.1 + 0.4 * k as f64;
-                    Some(Rectangle::new([(x0, 0.0), (x0 + 0.4, hit)], color.filled()))
-                })
-                .collect();
-            chart.draw_series(bars)?.label(what).legend(move |(x, y)| {
-                Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
-            });
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK.mix(0.3))
-            .draw()?;
-        root.present()?;
-    }
-    Ok(svg)
-}
-
-/// Every figure of the report.
-pub fn figures(
-    outcomes: &[Outcome],
-    live: &Live,
-) -> Result<Vec<Figure>, Box<dyn std::error::Error>> {
-    let mut out = Vec::new();
-    let mut add = |name: &'static str,
-                   title: &str,
-                   svg: Result<String, Box<dyn std::error::Error>>|
-     -> Drawn {
-        out.push(Figure {
-            name,
-            title: title.to_string(),
-            svg: svg?,
-        });
-        Ok(())
-    };
-    add(
-        "auc_per_cut",
-        "Live purchase AUC per cut",
-        per_cut(
-            live,
-            "Live purchase AUC per cut",
-            "purchase AUC",
-            0.0..1.0,
-            |c| c.purchase_auc,
-            0.5,
-        ),
-    )?;
-    add(
-        "calibration_per_cut",
-        "Calibration per cut",
-        per_cut(
-            live,
-            "Predicted / realized purchase rate per cut",
-            "predicted / realized",
-            0.0..2.5,
-            |c| ratio(c.predicted_rate, c.realized_rate),
-            1.0,
-        ),
-    )?;
-    add("reliability", "Reliability diagram", reliability(outcomes))?;
-    add("gains", "Gains chart", gains(outcomes))?;
-    add(
-        "segments",
-        "Realized rates by predicted segment",
-        by_segment(outcomes),
-    )?;
-    Ok(out)
-}
-
-/// The champion's segment flows between consecutive cuts: (from, to) →
-/// customers.
-pub fn flows(outcomes: &[Outcome]) -> BTreeMap<(String, String), usize> {
-    let mut by_customer: BTreeMap<&str, Vec<(i64, &str)>> = BTreeMap::new();
-    for o in outcomes.iter().filter(|o| o.role == "champion") {
-        by_customer
-            .entry(&o.customer_id)
-            .or_default()
-            .push((o.cut_ms, &o.segment));
-    }
-    let mut flows = BTreeMap::new();
-    for v in by_customer.values_mut() {
-        v.sort_unstable();
-        for w in v.windows(2) {
-            *flows
-                .entry((w[0].1.to_string(), w[1].1.to_string()))
-                .or_insert(0) += 1;
-        }
-    }
-    flows
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-/// The report page: the table, the figures inline, the flows.
-pub fn html(live: &Live, figures: &[Figure], flows: &BTreeMap<(String, String), usize>) -> String {
-    let mut s = String::from(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>segstream live quality</title>\n\
-         <style>body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0}\
-         td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}\
-         figure{display:inline-block;margin:0.5em}figcaption{font-size:90%;color:#444}</style></head><body>\n\
-         <h1>segstream: live quality</h1>\n<p>Every prediction checked against what the customer then did \
-         (output.outcomes_topic), per model; baselines and shadow models are scored at the same snapshots.</p>\n",
-    );
-    s.push_str("<h2>Models</h2>\n<table id=\"models\"><tr><th>model</th><th>role</th><th>outcomes</th><th>purchase AUC</th><th>churn AUC</th><th>predicted / realized purchases</th><th>predicted / realized spend</th></tr>\n");
-    for m in &live.models {
-        let _ = writeln!(
-            s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.3}</td><td>{:.3}</td></tr>",
-            escape(&m.model),
-            escape(&m.role),
-            m.outcomes,
-            m.purchase_auc,
-            m.churn_auc,
-            m.purchase_calibration,
-            m.spend_ratio
-        );
-    }
-    s.push_str("</table>\n");
-    if !live.margins.is_empty() {
-        s.push_str("<table id=\"margins\"><tr><th>challenger − reference</th><th>metric</th><th>difference [95% interval]</th><th>verdict</th></tr>\n");
-        for m in &live.margins {
-            let _ = writeln!(
-                s,
-                "<tr><td>{} − {}</td><td>{}</td><td>{:+.4} [{:+.4}, {:+.4}]</td><td>{}</td></tr>",
-                escape(&m.challenger),
-                escape(&m.reference),
-                m.metric,
-                m.difference,
-                m.low,
-                m.high,
-                m.verdict
-            );
-        }
-        s.push_str("</table>\n");
-    }
-    s.push_str("<h2>Figures</h2>\n");
-    for f in figures {
-        let _ = writeln!(
-            s,
-            "<figure id=\"{}\" class=\"figure\">{}<figcaption>{}</figcaption></figure>",
-            f.name,
-            f.svg,
-            escape(&f.title)
-        );
-    }
-    s.push_str("<h2>Segment flows between cuts (champion)</h2>\n<table id=\"flows\"><tr><th>from</th><th>to</th><th>customers</th></tr>\n");
-    for ((from, to), n) in flows {
-        let _ = writeln!(
-            s,
-            "<tr><td>{}</td><td>{}</td><td>{n}</td></tr>",
-            escape(from),
-            escape(to)
-        );
-    }
-    s.push_str("</table>\n</body></html>\n");
-    s
+/// A cut time as its UTC day, `YYYY-MM-DD`.
+fn day_of(cut_ms: i64) -> String {
+    figures::date(figures::days(cut_ms))
 }
 
 #[cfg(test)]
@@ -837,6 +539,7 @@ mod tests {
                     realized_segment: if bought { "active_buyer" } else { "dormant" }.into(),
                     resolved_at_ms: 0,
                     role: role.into(),
+                    feature_bins: Vec::new(),
                 });
             }
         }
@@ -929,5 +632,59 @@ mod tests {
         assert!(!d.promote && d.reason.contains("tie"), "{}", d.reason);
         // No shared snapshots: no decision.
         assert!(live_decision(&o, "s9", "m1", "purchase_auc", 10).is_none());
+    }
+
+    /// Drift per cut from the outcomes' feature bins and predictions
+    /// against the model's reference; the table names what moved, the page
+    /// draws it.
+    #[test]
+    fn drift_names_the_features_that_moved() {
+        use crate::model::drift::Reference;
+        let names: Vec<String> = vec!["recency".into(), "tenure".into()];
+        // Reference: both features uniform over 0..100.
+        let rows: Vec<f32> = (0..100).flat_map(|i| [i as f32, i as f32]).collect();
+        let p: Vec<f32> = (0..100)
+            .map(|i| if i % 2 == 0 { 0.8 } else { 0.2 })
+            .collect();
+        let outputs = Outputs {
+            segment_probs: Vec::new(),
+            purchase_probability: p.clone(),
+            churn_probability: p.iter().map(|x| 1.0 - x).collect(),
+            predicted_spend: vec![100.0; 100],
+            segment_contributions: Vec::new(),
+        };
+        let r = Reference::fit(&rows, &names, &outputs);
+        // Live: recency spread as in training at the first cut, all in its
+        // top bin at the second; tenure spread throughout.
+        let mut o = outcomes();
+        for (i, x) in o.iter_mut().filter(|x| x.role == "champion").enumerate() {
+            let late = x.cut_ms > 7 * 86_400_000;
+            let v = (i * 100 / 40) as f32;
+            let recency = if late { 99.0 } else { v };
+            x.feature_bins = [recency, v]
+                .iter()
+                .map(|v| r.features[0].bin(*v) as u32)
+                .collect();
+        }
+        let refs = BTreeMap::from([("m1".to_string(), r)]);
+        let mut live = summarize(&o);
+        live.drift = drift(&o, &refs);
+        let cuts = o
+            .iter()
+            .map(|x| x.cut_ms)
+            .collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(live.drift.len(), cuts.len() * 5);
+        let latest = latest_drift(&live);
+        assert_eq!(latest[0].feature, "recency");
+        assert!(latest[0].psi > crate::model::drift::PSI_MAJOR, "{latest:?}");
+        let text = markdown(&live);
+        // Largest first (tenure, sampled unevenly at the later cut, moves
+        // a little too).
+        assert!(text.contains("moved: recency 8."), "{text}");
+        let figures = figures(&o, &live).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(figures.len(), 6);
+        let page = html(&live, &figures, &flows(&o));
+        assert!(page.contains("<table id=\"drift\">"));
+        assert_eq!(page.matches("<svg").count(), 6);
     }
 }
