@@ -173,6 +173,9 @@ while (( SECONDS - start < DEMO_SECONDS )); do
     done
     bold "-- the pipeline now serves: $(curl -fs "http://$METRICS_ADDR/metrics" | awk '/^segstream_model_info\{/ && $2 == 1 { print $1 }')"
     echo "   (customers are being rescored in the background with trigger MODEL_UPDATE)"
+    # The replaced model stays in the shadow: scored at the same snapshots
+    # as the new champion, so the live table compares the two.
+    "$BIN" -c "$CONFIG" model shadow model-1 | sed 's/^/   /' || true
   fi
 done
 
@@ -201,12 +204,17 @@ awk -v bots="$DEMO_BOTS" '
   }' "$work/risk.txt"
 echo "Current membership: $("$BIN" -c "$CONFIG" segments snapshot --out "$work/segments.ndjson" 2>/dev/null) ($work/segments.ndjson)"
 echo "Dead-letter records: $dead_letters"
-echo "Models in the registry: $(ls "$SEGSTREAM__SCORE__REGISTRY" | grep -v CURRENT | tr '\n' ' ')(CURRENT: $(cat "$SEGSTREAM__SCORE__REGISTRY/CURRENT"))"
+echo "Models in the registry:"
+"$BIN" -c "$CONFIG" model list | sed 's/^/  /'
+
 echo "Pipeline log: $work/pipeline.log"
 step "Live quality: every prediction checked against what the customer then did"
 echo "Every 7th day of event time (train.sample_every) the pipeline predicted each customer active in the"
-echo "last 90 days (train.lookback) as of that day, with the served model and two baselines; once 30 days"
-echo "(train.horizon) had passed it published what they did (output.outcomes_topic)."
+echo "last 90 days (train.lookback) as of that day, with the served model, two baselines and, after the"
+echo "swap, model-1 in the shadow; once 30 days (train.horizon) had passed it published what they did"
+echo "(output.outcomes_topic). Drift compares each cut's customers with the model's training data."
+echo "(A shadow's outcomes resolve a horizon after it entered the shadow: on a run longer than 30 days of"
+echo "event time after the swap, model-1 appears in the table, compared with model-2 on the same customers.)"
 echo "(The first model was trained on this same history: its figures here are in-sample except for its"
 echo "validation period. On live traffic they are out of sample.)"
 "$BIN" -c "$CONFIG" report --idle 3s --out "$work/report" 2>/dev/null | sed 's/^/  /' \

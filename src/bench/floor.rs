@@ -91,6 +91,11 @@ impl Written {
     pub(super) fn changelog_mean_bytes(&self) -> f64 {
         self.0.first().map_or(0.0, |s| s.mean_bytes)
     }
+
+    /// Changelog records written per input event.
+    pub(super) fn changelog_per_event(&self) -> f64 {
+        self.0.first().map_or(0.0, |s| s.per_input)
+    }
 }
 
 /// Runs the floor over the input topics of `cfg`, writing what its

@@ -64,6 +64,9 @@ pub struct OutcomesCost {
     /// Mean bytes of a changelog record (a changed customer's state),
     /// without and with (snapshots held until resolved).
     pub changelog_record_bytes: (f64, f64),
+    /// Changelog records per input event, without and with (a capture at
+    /// a cut and a resolution each write the customer's state).
+    pub changelog_records_per_event: (f64, f64),
 }
 
 /// Produces about `events` events of a month of generated behaviour into
@@ -99,7 +102,10 @@ pub(super) async fn history_e2e(
         let floor_id = format!("{id}-history");
         let written = Written::read(&cfg, client, &floor_id, produced.events).await?;
         let metrics = pipeline.stop().await;
-        let changelog_bytes = written.changelog_mean_bytes();
+        let changelog_bytes = (
+            written.changelog_mean_bytes(),
+            written.changelog_per_event(),
+        );
         let floor = same_bytes_floor(&cfg, admin, &floor_id, written, &measured).await?;
         let outcomes =
             match with_outcomes(&cfg, client, admin, id, total, &measured, changelog_bytes).await {
@@ -137,7 +143,7 @@ async fn with_outcomes(
     id: &str,
     events: usize,
     without: &super::running::Measured,
-    without_changelog_bytes: f64,
+    without_changelog: (f64, f64),
 ) -> BenchResult<OutcomesCost> {
     use rdkafka::admin::{NewTopic, TopicReplication};
     let name = format!("{id}-history-outcomes");
@@ -190,7 +196,8 @@ async fn with_outcomes(
                 .zip(without.cpu_us_per_event)
                 .map(|(a, b)| a / b.max(1e-9)),
             outcomes,
-            changelog_record_bytes: (without_changelog_bytes, written.changelog_mean_bytes()),
+            changelog_record_bytes: (without_changelog.0, written.changelog_mean_bytes()),
+            changelog_records_per_event: (without_changelog.1, written.changelog_per_event()),
         })
     }
     .await;
@@ -276,7 +283,7 @@ fn outcomes_rows(o: Option<&OutcomesCost>) -> String {
     format!(
         "| same input with live outcomes (cuts every {} days, {}-day horizon; champion and two baselines scored at each snapshot) | {:.0} events/s ({:.3} of without) |\n\
          | CPU per event with live outcomes | {} µs ({} of without) |\n\
-         | outcomes published; changelog record bytes without / with | {}; {:.0} / {:.0} |\n",
+         | outcomes published; changelog record bytes without / with; changelog records per event without / with | {}; {:.0} / {:.0}; {:.3} / {:.3} |\n",
         o.every_days,
         o.horizon_days,
         o.events_per_second,
@@ -286,5 +293,7 @@ fn outcomes_rows(o: Option<&OutcomesCost>) -> String {
         o.outcomes,
         o.changelog_record_bytes.0,
         o.changelog_record_bytes.1,
+        o.changelog_records_per_event.0,
+        o.changelog_records_per_event.1,
     )
 }

@@ -402,7 +402,8 @@ fn drift(live: &Live) -> Result<String, Box<dyn std::error::Error>> {
         dates: true,
         reference: [(lo - 1.0, major), (hi + 1.0, major)],
         markers: true,
-        legend: SeriesLabelPosition::UpperLeft,
+        // Drift falls toward the training period (the latest cuts).
+        legend: SeriesLabelPosition::UpperRight,
     }
     .draw(&series)
 }
