@@ -258,12 +258,7 @@ impl Config {
             }
             return;
         }
-        let ms = crate::units::millis;
-        let rules = MonitorRules {
-            every_ms: ms(self.train.sample_every),
-            horizon_ms: ms(self.train.horizon),
-            lookback_ms: ms(self.train.lookback),
-        };
+        let rules = MonitorRules::configured(self);
         if let Some(why) = rules.problem() {
             p.add("output.outcomes_topic", why);
         }

@@ -1,9 +1,11 @@
-//! Live outcomes' schedule, from `[train]` (see `state::monitor`).
+//! Live outcomes' schedule, from `[train]` and `output.outcomes_every` (see
+//! `state::monitor`).
 
 use crate::units::DAY_MS;
 
-/// Where and how often snapshots are taken (from `[train]`: `sample_every`,
-/// `lookback`, `horizon`), when `output.outcomes_topic` is set.
+/// Where and how often snapshots are taken (from `[train]`: `sample_every`
+/// unless `output.outcomes_every` is set, `lookback`, `horizon`), when
+/// `output.outcomes_topic` is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MonitorRules {
     /// Distance between cuts (whole days, ms).
@@ -19,20 +21,31 @@ impl MonitorRules {
     /// (or with intervals that are not whole days, which `Config::check`
     /// refuses).
     pub fn of(cfg: &super::Config) -> Option<MonitorRules> {
+        let rules = Self::configured(cfg);
+        (!cfg.output.outcomes_topic.is_empty() && rules.problem().is_none()).then_some(rules)
+    }
+
+    /// The schedule a configuration asks for, whether or not it can be
+    /// monitored ([`MonitorRules::problem`]).
+    pub(super) fn configured(cfg: &super::Config) -> MonitorRules {
         let ms = crate::units::millis;
-        let rules = MonitorRules {
-            every_ms: ms(cfg.train.sample_every),
+        let every = if cfg.output.outcomes_every.is_zero() {
+            cfg.train.sample_every
+        } else {
+            cfg.output.outcomes_every
+        };
+        MonitorRules {
+            every_ms: ms(every),
             horizon_ms: ms(cfg.train.horizon),
             lookback_ms: ms(cfg.train.lookback),
-        };
-        (!cfg.output.outcomes_topic.is_empty() && rules.problem().is_none()).then_some(rules)
+        }
     }
 
     /// Why these rules cannot be monitored (the buckets that resolve an
     /// outcome are whole days, kept for 90 days).
     pub fn problem(&self) -> Option<&'static str> {
         if self.every_ms < DAY_MS || self.every_ms % DAY_MS != 0 {
-            Some("live outcomes need train.sample_every in whole days")
+            Some("live outcomes need cuts in whole days (output.outcomes_every, or train.sample_every when it is 0)")
         } else if self.horizon_ms < DAY_MS || self.horizon_ms % DAY_MS != 0 {
             Some("live outcomes need train.horizon in whole days")
         } else if self.horizon_ms > 60 * DAY_MS {

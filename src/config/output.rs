@@ -34,11 +34,17 @@ pub struct OutputConfig {
     /// customer; rules in `[risk]`). Empty: the rules do not run.
     pub risk_topic: String,
     /// Live outcomes (`segstream.v1.Outcome`, keyed by customer): every
-    /// `train.sample_every` of event time each customer of the evaluation
+    /// `train.sample_every` (or `outcomes_every`) of event time each customer of the evaluation
     /// population (active within `train.lookback`) is predicted as of that
     /// cut, and once `train.horizon` has passed the prediction is published
     /// here with what the customer did. Empty: no snapshots are taken.
     pub outcomes_topic: String,
+    /// Cuts of the live outcomes this far apart instead of
+    /// `train.sample_every` (0, the default: `train.sample_every`). Whole
+    /// days; the cost of snapshots falls as it grows (one capture of every
+    /// active customer per cut).
+    #[serde(with = "humantime_serde")]
+    pub outcomes_every: Duration,
 }
 
 impl Default for OutputConfig {
@@ -52,6 +58,7 @@ impl Default for OutputConfig {
             live_lag: 10_000,
             risk_topic: String::new(),
             outcomes_topic: String::new(),
+            outcomes_every: Duration::ZERO,
         }
     }
 }

@@ -350,6 +350,33 @@ fn live_outcome_rules_are_checked() {
         "{e}"
     );
     assert!(p.contains(&"state.ttl"), "{e}");
+    // Cuts of their own spacing: whole days.
+    let monthly = load_toml(
+        r#"
+        [output]
+        outcomes_topic = "customer-outcomes"
+        outcomes_every = "28days"
+        "#,
+        &[],
+    )
+    .unwrap();
+    let rules = crate::state::MonitorRules::of(&monthly).unwrap();
+    assert_eq!(rules.every_ms, 28 * crate::units::DAY_MS);
+    assert_eq!(
+        crate::state::MonitorRules::of(&ok).map(|r| r.every_ms),
+        Some(7 * crate::units::DAY_MS),
+        "train.sample_every by default"
+    );
+    let e = load_toml(
+        r#"
+        [output]
+        outcomes_topic = "customer-outcomes"
+        outcomes_every = "36h"
+        "#,
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("output.outcomes_every"), "{e}");
 }
 
 /// Issue 39: live promotion needs the live outcomes; too few outcomes to
