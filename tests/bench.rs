@@ -131,6 +131,7 @@ fn suite() -> Suite {
                     cpu_ratio: Some(1.2),
                     outcomes: 1_234,
                     changelog_record_bytes: (760.0, 800.0),
+                    changelog_records_per_event: (0.14, 0.18),
                 }),
             }),
         }),
@@ -324,7 +325,7 @@ fn the_suite_report_has_the_machine_and_every_section() {
     );
     assert!(
         md.contains(
-            "| outcomes published; changelog record bytes without / with | 1234; 760 / 800 |"
+            "| outcomes published; changelog record bytes without / with; changelog records per event without / with | 1234; 760 / 800; 0.140 / 0.180 |"
         ),
         "{md}"
     );
