@@ -426,13 +426,19 @@ pub(crate) use crate::units::millis as ms;
 
 /// Cut times for history spanning [first, last]: the last millisecond of a
 /// UTC day, `every` apart, ending where a full horizon of outcomes is still
-/// observed, starting once a full `every` of history exists.
+/// observed, starting once a full `every` of history exists. With `every`
+/// in whole days the cuts are the live monitor's calendar (the last
+/// millisecond of every `every`-th day since the epoch,
+/// `state::monitor`): the trainer's validation cut times are days the
+/// pipeline's live outcomes are also taken at.
 pub fn cut_times(first_ms: i64, last_ms: i64, every_ms: i64, horizon_ms: i64) -> Vec<i64> {
     let mut cuts = Vec::new();
     let end = last_ms - horizon_ms;
-    // Last ms of the day, at or before `end`.
-    let mut t = (end + 1).div_euclid(DAY_MS) * DAY_MS - 1;
     let every = every_ms.max(DAY_MS);
+    // The last cut at or before `end`: on the calendar with whole days,
+    // else the last ms of the day.
+    let step = if every % DAY_MS == 0 { every } else { DAY_MS };
+    let mut t = (end + 1).div_euclid(step) * step - 1;
     while t >= first_ms + every {
         cuts.push(t);
         t -= every;

@@ -67,6 +67,20 @@ fn cut_times_end_a_horizon_before_the_last_event() {
     assert!(*cuts.last().unwrap() <= T0 + 70 * DAY);
     assert!(cuts[0] >= T0 + 7 * DAY);
     assert!(cuts.windows(2).all(|w| w[1] - w[0] == 7 * DAY));
+    // On the live monitor's calendar: every 7th day since the epoch.
+    let monitor = crate::config::MonitorRules {
+        every_ms: 7 * DAY,
+        horizon_ms: 30 * DAY,
+        lookback_ms: 90 * DAY,
+    };
+    assert!(
+        cuts.iter().all(|t| monitor.cut_at_or_before(*t) == *t),
+        "{cuts:?}"
+    );
+    assert_eq!(
+        *cuts.last().unwrap(),
+        monitor.cut_at_or_before(T0 + 70 * DAY)
+    );
 }
 
 /// A customer history with an event every 2 days, purchases every 5th.
