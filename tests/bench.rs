@@ -125,6 +125,7 @@ fn suite() -> Suite {
                 outcomes: Some(OutcomesCost {
                     every_days: 7,
                     horizon_days: 7,
+                    shadow: "rules-bench-shadow".into(),
                     events_per_second: 38_000.0,
                     throughput_ratio: 0.95,
                     cpu_us_per_event: Some(12.0),

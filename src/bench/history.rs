@@ -51,6 +51,8 @@ pub struct OutcomesCost {
     pub every_days: u64,
     /// See `every_days`.
     pub horizon_days: u64,
+    /// The shadow model scored at each snapshot (a copy of the champion).
+    pub shadow: String,
     /// events/s with live outcomes.
     pub events_per_second: f64,
     /// With / without.
@@ -59,7 +61,7 @@ pub struct OutcomesCost {
     pub cpu_us_per_event: Option<f64>,
     /// With / without.
     pub cpu_ratio: Option<f64>,
-    /// Outcomes published (champion and baselines).
+    /// Outcomes published (champion, baselines and shadow).
     pub outcomes: u64,
     /// Mean bytes of a changelog record (a changed customer's state),
     /// without and with (snapshots held until resolved).
@@ -171,6 +173,9 @@ async fn with_outcomes(
     }
     let result = async {
         wait_for_topics(client, &names).await?;
+        // One shadow model: a copy of the champion under another version
+        // (a shadow costs what its network costs; this is the champion's).
+        let shadow = shadow_of_champion(&c.score.registry)?;
         let (pipeline, measured) = Running::measure(&c, client, events).await?;
         let written = Written::read(&c, client, &name, events as u64).await?;
         let metrics = pipeline.stop().await;
@@ -188,6 +193,7 @@ async fn with_outcomes(
         Ok(OutcomesCost {
             every_days,
             horizon_days,
+            shadow,
             events_per_second: measured.rate,
             throughput_ratio: measured.rate / without.rate.max(1e-9),
             cpu_us_per_event: measured.cpu_us_per_event,
@@ -201,9 +207,33 @@ async fn with_outcomes(
         })
     }
     .await;
+    let registry = crate::model::Registry::new(&c.score.registry);
+    if let Ok(shadows) = registry.shadows() {
+        for v in shadows {
+            let _ = registry.remove_shadow(&v);
+        }
+    }
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     delete_bench_topics(admin, &refs).await;
     result
+}
+
+/// Publishes a copy of the registry's live model as `<version>-shadow` and
+/// puts it in the shadow list; returns its version.
+fn shadow_of_champion(root: &std::path::Path) -> BenchResult<String> {
+    use crate::model::{ModelFiles, Registry};
+    let registry = Registry::new(root);
+    let champion = registry
+        .current()?
+        .ok_or("no live model in the benchmark's registry")?;
+    let mut files = ModelFiles::read(&registry.dir(&champion)?)?;
+    let version = format!("{champion}-shadow");
+    if !registry.versions()?.contains(&version) {
+        files.manifest.version.clone_from(&version);
+        registry.publish(&files.onnx, &files.manifest)?;
+    }
+    registry.add_shadow(&version)?;
+    Ok(version)
 }
 
 /// Waits until the broker's metadata lists every topic of `names` (a
@@ -281,11 +311,12 @@ fn outcomes_rows(o: Option<&OutcomesCost>) -> String {
         v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.digits$}"))
     };
     format!(
-        "| same input with live outcomes (cuts every {} days, {}-day horizon; champion and two baselines scored at each snapshot) | {:.0} events/s ({:.3} of without) |\n\
+        "| same input with live outcomes (cuts every {} days, {}-day horizon; champion, two baselines and one shadow model, {}, scored at each snapshot) | {:.0} events/s ({:.3} of without) |\n\
          | CPU per event with live outcomes | {} µs ({} of without) |\n\
          | outcomes published; changelog record bytes without / with; changelog records per event without / with | {}; {:.0} / {:.0}; {:.3} / {:.3} |\n",
         o.every_days,
         o.horizon_days,
+        o.shadow,
         o.events_per_second,
         o.throughput_ratio,
         opt(o.cpu_us_per_event, 2),
