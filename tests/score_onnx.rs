@@ -477,3 +477,72 @@ async fn small_and_large_batches_score_alike() {
     }
     assert_eq!(metrics.scored_customers.get(), scored);
 }
+
+/// Shadow models (issue 39): the watcher loads the versions listed in
+/// `SHADOW` with the hot-swap checks, leaves out the live version and a
+/// version that fails them (counted, not retried until the list changes),
+/// reuses what it loaded, and says nothing when the list is unchanged.
+#[test]
+fn the_watcher_loads_shadow_models_with_the_hot_swap_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = cfg();
+    config.registry = dir.path().to_path_buf();
+    let registry = Registry::new(dir.path());
+    for (version, seed, broken) in [("v1", 1, false), ("v2", 2, false), ("bad", 3, true)] {
+        let mut files = reference_files(version, seed);
+        if broken {
+            files.manifest.golden.outputs.churn_probability[0] += 0.5;
+        }
+        registry.publish(&files.onnx, &files.manifest).unwrap();
+    }
+    registry.promote("v1").unwrap();
+    let metrics = Metrics::new().unwrap();
+    let mut watcher = ModelWatcher::new(&config, limits(), metrics.clone());
+    assert!(matches!(watcher.poll(), PollOutcome::Loaded(_)));
+    let none = watcher
+        .poll_shadows()
+        .expect("the first poll says what it found");
+    assert!(none.is_empty());
+    assert!(watcher.poll_shadows().is_none(), "unchanged");
+    registry.add_shadow("v2").unwrap();
+    registry.add_shadow("bad").unwrap();
+    let shadows = watcher.poll_shadows().expect("the list changed");
+    let versions: Vec<&str> = shadows.iter().map(|m| &*m.version).collect();
+    assert_eq!(versions, ["v2"], "the broken one is left out");
+    let failures = |reason: &str| {
+        metrics
+            .model_load_failures
+            .with_label_values(&[reason])
+            .get()
+    };
+    assert_eq!(failures("golden"), 1);
+    assert!(
+        watcher.poll_shadows().is_none(),
+        "a rejected shadow is not retried"
+    );
+    assert_eq!(failures("golden"), 1);
+    // Taking the broken one out: the model loaded before is reused.
+    registry.remove_shadow("bad").unwrap();
+    let kept = watcher.poll_shadows().expect("the list changed");
+    assert!(Arc::ptr_eq(&kept[0], &shadows[0]), "reused, not reloaded");
+    // Promoting the shadow makes it live, and it leaves the shadows.
+    registry.promote("v2").unwrap();
+    assert!(matches!(watcher.poll(), PollOutcome::Loaded(_)));
+    assert!(registry.shadows().unwrap().is_empty());
+    assert!(watcher.poll_shadows().expect("the list changed").is_empty());
+    // A shadow list naming the live version (written by hand) leaves it out.
+    std::fs::write(dir.path().join("SHADOW"), "v2\nv1\n").unwrap();
+    let listed = watcher.poll_shadows().expect("the list changed");
+    let versions: Vec<&str> = listed.iter().map(|m| &*m.version).collect();
+    assert_eq!(versions, ["v1"]);
+    // The scorer hands them out.
+    let scorer = Scorer::start(
+        &config,
+        load(&reference_files("v9", 9)).unwrap(),
+        metrics.clone(),
+    );
+    scorer.set_shadows(listed);
+    assert_eq!(scorer.shadows().len(), 1);
+    assert_eq!(metrics.shadow_models.get(), 1);
+    scorer.shutdown();
+}
