@@ -116,6 +116,12 @@ impl Pipeline {
                 }
                 store.fill_snapshot(&c.customer_id, c.cut_ms, &predicted);
             }
+            if reference.is_none() {
+                self.telemetry
+                    .metrics
+                    .drift
+                    .served_without_reference(&scores.model_version);
+            }
             if let Some(r) = reference {
                 let o = &scores.outputs;
                 let all = crate::model::drift::quantity_bins(

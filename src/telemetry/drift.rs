@@ -105,6 +105,26 @@ impl DriftMetrics {
         })
     }
 
+    /// Forgets the indexes unless they are of `version`: the served model
+    /// changed to one without a drift reference (an index of the model
+    /// before would otherwise stay exported, and alert, for good).
+    pub fn served_without_reference(&self, version: &str) {
+        let mut guard = match self.tally.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if guard.as_ref().is_some_and(|t| t.version != version) {
+            *guard = None;
+            self.clear();
+        }
+    }
+
+    fn clear(&self) {
+        self.psi.reset();
+        self.cut.set(0.0);
+        self.snapshots.set(0);
+    }
+
     pub(super) fn collectors(&self) -> Vec<Box<dyn Collector>> {
         vec![
             Box::new(self.psi.clone()),
@@ -129,6 +149,10 @@ impl DriftMetrics {
             Some(t) => s.cut_ms > t.cut_ms,
         };
         if fresh {
+            if guard.as_ref().is_some_and(|t| t.version != s.version) {
+                // Another model: the last one's indexes no longer apply.
+                self.clear();
+            }
             *guard = Some(Tally {
                 version: s.version.to_string(),
                 cut_ms: s.cut_ms,
@@ -214,5 +238,13 @@ mod tests {
         assert_eq!(m.snapshots.get(), 1000);
         assert!(m.psi.with_label_values(&["a"]).get() > 0.25);
         assert!(m.psi.with_label_values(&["b"]).get().abs() < 1e-9);
+        // The same model again keeps them; another model without a
+        // reference clears them.
+        m.served_without_reference("m1");
+        assert_eq!(m.snapshots.get(), 1000);
+        m.served_without_reference("m2");
+        assert_eq!(m.snapshots.get(), 0);
+        let exported: usize = m.psi.collect().iter().map(|f| f.get_metric().len()).sum();
+        assert_eq!(exported, 0, "no index of the model before");
     }
 }
