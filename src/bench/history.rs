@@ -207,12 +207,6 @@ async fn with_outcomes(
         })
     }
     .await;
-    let registry = crate::model::Registry::new(&c.score.registry);
-    if let Ok(shadows) = registry.shadows() {
-        for v in shadows {
-            let _ = registry.remove_shadow(&v);
-        }
-    }
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     delete_bench_topics(admin, &refs).await;
     result

@@ -529,6 +529,22 @@ impl Registry {
         self.write_shadows(&shadows)
     }
 
+    /// Adds `version` to the shadow list, taking the oldest version out
+    /// first when the list is full (periodic training keeps the newest
+    /// candidates in the shadow); returns the version taken out.
+    pub fn add_shadow_replacing_oldest(&self, version: &str) -> Result<Option<String>, ModelError> {
+        let shadows = self.shadows()?;
+        let oldest = shadows
+            .first()
+            .filter(|o| shadows.len() >= MAX_SHADOWS && *o != version)
+            .cloned();
+        if let Some(o) = &oldest {
+            self.remove_shadow(o)?;
+        }
+        self.add_shadow(version)?;
+        Ok(oldest)
+    }
+
     /// Removes `version` from the shadow list (no error when absent).
     pub fn remove_shadow(&self, version: &str) -> Result<(), ModelError> {
         check_version(version)?;

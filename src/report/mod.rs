@@ -115,40 +115,33 @@ pub fn drift(
         let Some(r) = references.get(model) else {
             continue;
         };
-        for (j, b) in r.features.iter().enumerate() {
-            let mut counts = vec![0u64; b.bins()];
-            for o in &rows {
-                if let Some(c) = o
-                    .feature_bins
-                    .get(j)
-                    .and_then(|x| counts.get_mut(*x as usize))
-                {
+        // Every quantity of the reference, features then outputs, counted
+        // per bin in one pass over the cut's outcomes.
+        let quantities: Vec<&crate::model::drift::Binned> =
+            r.features.iter().chain(&r.outputs).collect();
+        let mut counts: Vec<Vec<u64>> = quantities.iter().map(|b| vec![0; b.bins()]).collect();
+        let f = r.features.len();
+        for o in &rows {
+            let outputs = [
+                o.purchase_probability,
+                o.churn_probability,
+                o.predicted_spend,
+            ];
+            let bins = (0..f)
+                .map(|j| o.feature_bins.get(j).map(|b| *b as usize))
+                .chain(outputs.iter().zip(&r.outputs).map(|(x, b)| Some(b.bin(*x))));
+            for (c, bin) in counts.iter_mut().zip(bins) {
+                if let Some(c) = bin.and_then(|b| c.get_mut(b)) {
                     *c += 1;
                 }
             }
-            out.push(DriftRow {
-                model: model.to_string(),
-                cut_ms: cut,
-                feature: b.name.clone(),
-                psi: psi(&b.shares, &counts),
-                snapshots: rows.len(),
-            });
         }
-        let outputs: [fn(&Outcome) -> f32; 3] = [
-            |o| o.purchase_probability,
-            |o| o.churn_probability,
-            |o| o.predicted_spend,
-        ];
-        for (b, value) in r.outputs.iter().zip(outputs) {
-            let mut counts = vec![0u64; b.bins()];
-            for o in &rows {
-                counts[b.bin(value(o))] += 1;
-            }
+        for (b, counts) in quantities.iter().zip(&counts) {
             out.push(DriftRow {
                 model: model.to_string(),
                 cut_ms: cut,
                 feature: b.name.clone(),
-                psi: psi(&b.shares, &counts),
+                psi: psi(&b.shares, counts),
                 snapshots: rows.len(),
             });
         }

@@ -704,17 +704,9 @@ fn train_in_pool(
         && !options.force
         && config.train.promote_on == crate::config::PromoteOn::Live;
     let (promote, decision) = if shadowed {
-        // A full shadow list gives up its oldest version (periodic training
-        // keeps the newest candidates in the shadow).
-        let shadows = registry.shadows()?;
-        if let Some(oldest) = shadows
-            .first()
-            .filter(|_| shadows.len() >= crate::model::MAX_SHADOWS)
-        {
-            tracing::info!(version = %oldest, "The shadow list is full: its oldest version leaves it.");
-            registry.remove_shadow(oldest)?;
+        if let Some(oldest) = registry.add_shadow_replacing_oldest(&version)? {
+            tracing::info!(version = %oldest, "The shadow list was full: its oldest version left it.");
         }
-        registry.add_shadow(&version)?;
         (
             false,
             format!(
